@@ -1,0 +1,52 @@
+//! Node registry: `nodes/<id>` holds a JSON [`NodeInfo`] attached to the node's lease, so a
+//! node disappears from [`Meta::list_nodes`] when it stops renewing its lease.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Meta, NodeId, decode_json, encode_json};
+use crate::error::{Error, Result};
+use crate::kv::LeaseId;
+
+/// A live broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: NodeId,
+    /// Where other nodes and clients reach it (`host:port`).
+    pub addr: String,
+}
+
+impl Meta {
+    /// Registers (or re-registers) a node under `lease`.
+    pub async fn register_node(&self, node_id: NodeId, addr: &str, lease: LeaseId) -> Result<()> {
+        if addr.is_empty() {
+            return Err(Error::invalid("node address must not be empty"));
+        }
+        let info = NodeInfo {
+            node_id,
+            addr: addr.to_owned(),
+        };
+        self.kv
+            .put(
+                self.keys.node(node_id).as_bytes(),
+                encode_json(&info),
+                Some(lease),
+            )
+            .await?;
+        tracing::info!(node_id, addr, lease = %lease, "registered node");
+        Ok(())
+    }
+
+    /// Removes a node's registration; `false` if it was not registered.
+    pub async fn deregister_node(&self, node_id: NodeId) -> Result<bool> {
+        let resp = self.kv.delete(self.keys.node(node_id).as_bytes()).await?;
+        Ok(resp.deleted > 0)
+    }
+
+    /// Registered nodes, sorted by id.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>> {
+        let range = self.kv.range(self.keys.nodes().as_bytes(), None).await?;
+        let mut nodes: Vec<NodeInfo> = range.kvs.iter().map(decode_json).collect::<Result<_>>()?;
+        nodes.sort_by_key(|n| n.node_id);
+        Ok(nodes)
+    }
+}

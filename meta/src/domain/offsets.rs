@@ -1,0 +1,128 @@
+//! Committed consumer-group offsets: `groups/<group>/offsets/<topic>/<p>` holds
+//! `{"offset":N,"metadata":"..."}`. `<group>` is percent-encoded (see `keys`).
+//!
+//! A commit is one txn when it has at most `max_txn_ops` partitions (etcd's limit); larger
+//! commits are split into several txns, each atomic. Deleting a topic does not delete the
+//! offsets committed for it.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::keys::{validate_group, validate_topic_name};
+use super::{Meta, decode_json, encode_json};
+use crate::error::{Error, Result};
+use crate::kv::{Txn, TxnOp};
+
+/// One partition's committed position for a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffset {
+    pub topic: String,
+    pub partition: u32,
+    /// The next offset the group will consume.
+    pub offset: i64,
+    /// Opaque client metadata, stored as-is.
+    pub metadata: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredOffset {
+    offset: i64,
+    metadata: String,
+}
+
+impl Meta {
+    /// Commits offsets for `group` (see the module docs for atomicity).
+    pub async fn commit_offsets(&self, group: &str, offsets: &[PartitionOffset]) -> Result<()> {
+        validate_group(group)?;
+        let mut seen = BTreeSet::new();
+        for o in offsets {
+            validate_topic_name(&o.topic)?;
+            if o.offset < 0 {
+                return Err(Error::invalid(format!(
+                    "offset for {}/{} must be >= 0, got {}",
+                    o.topic, o.partition, o.offset
+                )));
+            }
+            if !seen.insert((o.topic.as_str(), o.partition)) {
+                return Err(Error::invalid(format!(
+                    "partition {}/{} appears twice in one commit",
+                    o.topic, o.partition
+                )));
+            }
+        }
+        for chunk in offsets.chunks(self.max_txn_ops) {
+            let puts = chunk.iter().map(|o| {
+                let value = StoredOffset {
+                    offset: o.offset,
+                    metadata: o.metadata.clone(),
+                };
+                let key = self.keys.offset(group, &o.topic, o.partition);
+                TxnOp::put(key, encode_json(&value), None)
+            });
+            self.kv.txn(Txn::new().and_then(puts)).await?;
+        }
+        tracing::debug!(group, partitions = offsets.len(), "committed offsets");
+        Ok(())
+    }
+
+    /// Offsets committed by `group` (only for `topic` when given), sorted by topic and
+    /// partition. Empty for an unknown group.
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        topic: Option<&str>,
+    ) -> Result<Vec<PartitionOffset>> {
+        validate_group(group)?;
+        let prefix = match topic {
+            Some(topic) => {
+                validate_topic_name(topic)?;
+                self.keys.group_topic_offsets(group, topic)
+            }
+            None => self.keys.group_offsets(group),
+        };
+        let range = self.kv.range(prefix.as_bytes(), None).await?;
+        let mut out = Vec::with_capacity(range.kvs.len());
+        for kv in &range.kvs {
+            let Some((topic, partition)) = self.keys.parse_offset(group, &kv.key) else {
+                return Err(Error::corrupt(
+                    format!("key {:?}", String::from_utf8_lossy(&kv.key)),
+                    "not a valid offset key",
+                ));
+            };
+            let stored: StoredOffset = decode_json(kv)?;
+            out.push(PartitionOffset {
+                topic,
+                partition,
+                offset: stored.offset,
+                metadata: stored.metadata,
+            });
+        }
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(out)
+    }
+
+    /// Groups with at least one committed offset, sorted.
+    pub async fn list_groups(&self) -> Result<Vec<String>> {
+        let range = self.kv.range(self.keys.groups().as_bytes(), None).await?;
+        let groups: BTreeSet<String> = range
+            .kvs
+            .iter()
+            .filter_map(|kv| self.keys.parse_group(&kv.key))
+            .collect();
+        Ok(groups.into_iter().collect())
+    }
+
+    /// Deletes everything stored for `group`; `false` if there was nothing.
+    pub async fn delete_group(&self, group: &str) -> Result<bool> {
+        validate_group(group)?;
+        let resp = self
+            .kv
+            .delete_prefix(self.keys.group(group).as_bytes())
+            .await?;
+        if resp.deleted > 0 {
+            tracing::info!(group, keys = resp.deleted, "deleted consumer group");
+        }
+        Ok(resp.deleted > 0)
+    }
+}

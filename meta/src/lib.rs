@@ -1,0 +1,70 @@
+//! `meta`: everything the tierlog cluster must agree on.
+//!
+//! # What it owns
+//!
+//! - [`KvBackend`]: one object-safe key-value contract with etcd v3 semantics (global
+//!   revisions, per-key versions, compare-and-act [`Txn`]s, leases that delete their keys,
+//!   prefix watches with replay). See [`kv`] for the exact rules.
+//! - [`EmbeddedKv`]: the single-node backend (`tierlog serve`'s default), in memory with every
+//!   write committed to a local redb file first; [`EmbeddedKv::memory`] is the same without the
+//!   disk, for tests. An etcd backend implements the same trait.
+//! - [`Meta`]: the typed layer over any `Arc<dyn KvBackend>`: topics, id counters, partition
+//!   leadership with fencing epochs, the node registry, committed consumer offsets.
+//! - `conformance` (feature `conformance`): the checks every backend must pass.
+//!
+//! # Key layout
+//!
+//! Under a configurable root ([`MetaOptions::root`], default `/tierlog/`):
+//!
+//! | key                                    | value                              | lease |
+//! |----------------------------------------|------------------------------------|-------|
+//! | `topics/<name>`                        | JSON [`TopicMeta`]                 | no    |
+//! | `ids/<counter>`                        | last id handed out, decimal        | no    |
+//! | `partitions/<topic>/<p>/epoch`         | last leader epoch granted, decimal | no    |
+//! | `partitions/<topic>/<p>/leader`        | JSON [`Leader`]                    | yes   |
+//! | `nodes/<id>`                           | JSON [`NodeInfo`]                  | yes   |
+//! | `groups/<group>/offsets/<topic>/<p>`   | JSON `{"offset":N,"metadata":".."}`| no    |
+//!
+//! Topic and counter names are `[A-Za-z0-9._-]{1,249}` (not `.`/`..`); group ids are
+//! arbitrary, with `%` and `/` percent-encoded in keys.
+//!
+//! # Invariants
+//!
+//! - Revisions only grow; every change is visible to watchers, in revision order.
+//! - Every acknowledged write is durable: [`EmbeddedKv`] commits to disk (fsync) before it
+//!   returns or shows the change to anyone; etcd acknowledges after quorum commit.
+//! - Leader epochs of a partition never decrease and are never granted twice: the epoch key
+//!   is not leased and survives leader loss, restarts and topic deletion.
+//! - At most one node holds a partition's leader key, and only while its lease lives.
+//! - Ids from a counter (topic ids included) are unique and never reused.
+//! - Leases are process-local in [`EmbeddedKv`]: reopening a store deletes every key that
+//!   was attached to a lease.
+//!
+//! # Errors
+//!
+//! One enum, [`Error`], classified once by [`Error::class`]: retryable (`Unavailable`,
+//! `Timeout`, `Contention`), the caller's (`InvalidArgument`, `TopicNotFound`, `TopicExists`,
+//! `LeaseNotFound`, `Compacted`), fenced (`Fenced`, `LeaderExists`), corruption (`Corrupt`),
+//! fatal (`Storage`, `Closed`).
+
+pub mod clock;
+pub mod domain;
+pub mod embedded;
+pub mod error;
+pub mod kv;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use domain::{
+    Leader, LeaderEpoch, LeaderEvent, LeaderSnapshot, Meta, MetaOptions, NodeId, NodeInfo,
+    PartitionLeader, PartitionOffset, TOPIC_ID_COUNTER, TopicConfig, TopicMeta,
+    validate_topic_name,
+};
+pub use embedded::{EmbeddedKv, EmbeddedOptions};
+pub use error::{Error, ErrorClass, Result};
+pub use kv::{
+    Compare, CompareOp, CompareTarget, DeleteResponse, EventKind, KeyValue, KvBackend, LeaseId,
+    RangeResponse, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent, WatchStream,
+};

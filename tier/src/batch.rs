@@ -1,0 +1,569 @@
+//! Kafka record batch v2: the unit the hot tier stores and the unit producers send.
+//!
+//! Layout (big-endian, as Kafka defines it):
+//!
+//! ```text
+//! 0  base_offset            i64   assigned by the log on append (not covered by the batch CRC)
+//! 8  batch_length           i32   bytes after this field
+//! 12 partition_leader_epoch i32   set by the log on append (not covered by the batch CRC)
+//! 16 magic                  i8    = 2
+//! 17 crc                    u32   CRC-32C of bytes [21..]
+//! 21 attributes             i16   bits 0-2 codec, 4 transactional, 5 control
+//! 23 last_offset_delta      i32
+//! 27 base_timestamp         i64
+//! 35 max_timestamp          i64
+//! 43 producer_id            i64   -1 when absent
+//! 51 producer_epoch         i16   -1 when absent
+//! 53 base_sequence          i32   -1 when absent
+//! 57 record_count           i32
+//! 61 records (compressed as a whole when the codec is not none)
+//! ```
+//!
+//! Each record: varint length, i8 attributes, varlong timestamp delta, varint offset delta,
+//! varint key length (-1 = null) and key, varint value length (-1 = null) and value, varint header
+//! count, then per header a varint key length and UTF-8 key, a varint value length (-1 = null) and value.
+//!
+//! Invariants: a [`RecordBatch`] always holds a structurally valid v2 header whose CRC matched when
+//! it was parsed; offsets within a batch are `base_offset + offset_delta` with deltas
+//! `0..record_count`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{Error, Result};
+
+/// Size of the fixed v2 batch header, up to and including the record count.
+pub const HEADER_LEN: usize = 61;
+const MAGIC: i8 = 2;
+const CRC_START: usize = 21;
+
+/// Compression codec of a batch (attributes bits 0-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn from_attributes(attributes: i16) -> Result<Self> {
+        Ok(match attributes & 0x07 {
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            4 => Compression::Zstd,
+            other => return Err(Error::invalid(format!("unknown compression codec {other}"))),
+        })
+    }
+
+    fn bits(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+}
+
+/// A record header: a UTF-8 key and an optional value. Keys may repeat, as in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Option<Bytes>,
+}
+
+/// One record with its absolute offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: i64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+impl Record {
+    /// Bytes of payload this record carries (key, value, headers), the figure size limits use.
+    pub fn payload_len(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
+                .sum::<usize>()
+    }
+}
+
+/// Producer identity carried by a batch, for idempotence and transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerInfo {
+    pub const NONE: ProducerInfo = ProducerInfo {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+}
+
+/// The parsed fixed header of a v2 batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer: ProducerInfo,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    pub fn compression(&self) -> Result<Compression> {
+        Compression::from_attributes(self.attributes)
+    }
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
+    /// Offset of the last record: `base_offset + last_offset_delta`.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.last_offset_delta)
+    }
+    /// The offset the log assigns next after this batch.
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset() + 1
+    }
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("slice of 4"))
+}
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("slice of 8"))
+}
+
+/// A structurally valid v2 record batch, kept as the bytes it arrived in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordBatch {
+    bytes: Bytes,
+    header: BatchHeader,
+}
+
+impl RecordBatch {
+    /// Parses and validates a batch: length, magic, CRC, counts. The bytes must hold exactly one batch.
+    pub fn parse(bytes: Bytes) -> Result<Self> {
+        let header = parse_header(&bytes)?;
+        let total = 12 + header.batch_length as usize;
+        if total != bytes.len() {
+            return Err(Error::invalid(format!(
+                "batch length field says {total} bytes, frame holds {}",
+                bytes.len()
+            )));
+        }
+        let crc = crc32c::crc32c(&bytes[CRC_START..]);
+        if crc != header.crc {
+            return Err(Error::invalid(format!(
+                "batch CRC mismatch: stored {:08x}, computed {crc:08x}",
+                header.crc
+            )));
+        }
+        Ok(RecordBatch { bytes, header })
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Returns this batch with the base offset and leader epoch the log assigned. Neither field is
+    /// covered by the batch CRC, so the CRC stays valid.
+    pub fn with_assigned(self, base_offset: i64, leader_epoch: i32) -> RecordBatch {
+        let mut b = BytesMut::from(self.bytes);
+        b[0..8].copy_from_slice(&base_offset.to_be_bytes());
+        b[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+        let mut header = self.header;
+        header.base_offset = base_offset;
+        header.partition_leader_epoch = leader_epoch;
+        RecordBatch {
+            bytes: b.freeze(),
+            header,
+        }
+    }
+
+    /// Decodes every record, decompressing when needed.
+    pub fn records(&self) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(self.header.record_count.max(0) as usize);
+        self.decode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Appends every record to `out`, decompressing when needed.
+    pub fn decode_into(&self, out: &mut Vec<Record>) -> Result<()> {
+        let body = self.bytes.slice(HEADER_LEN..);
+        let body = match self.header.compression()? {
+            Compression::None => body,
+            Compression::Zstd => Bytes::from(
+                zstd::stream::decode_all(&body[..])
+                    .map_err(|e| Error::invalid(format!("zstd batch body: {e}")))?,
+            ),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "compression codec {other:?} is not supported yet (none and zstd are)"
+                )));
+            }
+        };
+        let mut r = Reader { buf: &body, pos: 0 };
+        for i in 0..self.header.record_count {
+            let rec = decode_record(&mut r, &body, &self.header)
+                .map_err(|e| Error::invalid(format!("record {i}: {e}")))?;
+            out.push(rec);
+        }
+        if r.pos != body.len() {
+            return Err(Error::invalid(format!(
+                "{} trailing bytes after {} records",
+                body.len() - r.pos,
+                self.header.record_count
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Parses the fixed header and checks what can be checked without the body.
+pub fn parse_header(b: &[u8]) -> Result<BatchHeader> {
+    if b.len() < HEADER_LEN {
+        return Err(Error::invalid(format!(
+            "batch of {} bytes is shorter than the {HEADER_LEN}-byte header",
+            b.len()
+        )));
+    }
+    let magic = b[16] as i8;
+    if magic != MAGIC {
+        return Err(Error::invalid(format!(
+            "record batch magic {magic}, only v2 is supported"
+        )));
+    }
+    let h = BatchHeader {
+        base_offset: be_i64(b, 0),
+        batch_length: be_i32(b, 8),
+        partition_leader_epoch: be_i32(b, 12),
+        crc: u32::from_be_bytes(b[17..21].try_into().expect("slice of 4")),
+        attributes: be_i16(b, 21),
+        last_offset_delta: be_i32(b, 23),
+        base_timestamp: be_i64(b, 27),
+        max_timestamp: be_i64(b, 35),
+        producer: ProducerInfo {
+            producer_id: be_i64(b, 43),
+            producer_epoch: be_i16(b, 51),
+            base_sequence: be_i32(b, 53),
+        },
+        record_count: be_i32(b, 57),
+    };
+    if (h.batch_length as i64) < (HEADER_LEN as i64 - 12) {
+        return Err(Error::invalid(format!(
+            "batch length {} is too small",
+            h.batch_length
+        )));
+    }
+    if h.record_count <= 0 {
+        return Err(Error::invalid("a batch must hold at least one record"));
+    }
+    if h.last_offset_delta != h.record_count - 1 {
+        return Err(Error::invalid(format!(
+            "last offset delta {} does not match record count {}",
+            h.last_offset_delta, h.record_count
+        )));
+    }
+    if h.is_control() {
+        return Err(Error::Unsupported("control batches".into()));
+    }
+    Compression::from_attributes(h.attributes)?;
+    Ok(h)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn varlong(&mut self) -> std::result::Result<i64, String> {
+        let mut v: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let Some(&byte) = self.buf.get(self.pos) else {
+                return Err("truncated varint".into());
+            };
+            self.pos += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err("varint longer than 10 bytes".into());
+            }
+        }
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+    fn varint(&mut self) -> std::result::Result<i32, String> {
+        let v = self.varlong()?;
+        i32::try_from(v).map_err(|_| format!("varint {v} out of i32 range"))
+    }
+    fn take(&mut self, n: usize) -> std::result::Result<std::ops::Range<usize>, String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| format!("field of {n} bytes runs past the end"))?;
+        let r = self.pos..end;
+        self.pos = end;
+        Ok(r)
+    }
+    fn nullable(&mut self, body: &Bytes) -> std::result::Result<Option<Bytes>, String> {
+        let len = self.varint()?;
+        match len {
+            -1 => Ok(None),
+            n if n < -1 => Err(format!("negative length {n}")),
+            n => Ok(Some(body.slice(self.take(n as usize)?))),
+        }
+    }
+}
+
+fn decode_record(
+    r: &mut Reader<'_>,
+    body: &Bytes,
+    h: &BatchHeader,
+) -> std::result::Result<Record, String> {
+    let len = r.varint()?;
+    if len < 0 {
+        return Err(format!("negative record length {len}"));
+    }
+    let start = r.pos;
+    let end = start + len as usize;
+    if end > r.buf.len() {
+        return Err("record runs past the end of the batch".into());
+    }
+    r.pos += 1; // record attributes, unused in v2
+    let ts_delta = r.varlong()?;
+    let offset_delta = r.varint()?;
+    let key = r.nullable(body)?;
+    let value = r.nullable(body)?;
+    let n_headers = r.varint()?;
+    if n_headers < 0 {
+        return Err(format!("negative header count {n_headers}"));
+    }
+    let mut headers = Vec::with_capacity(n_headers.min(64) as usize);
+    for _ in 0..n_headers {
+        let klen = r.varint()?;
+        if klen < 0 {
+            return Err("null header key".into());
+        }
+        let kr = r.take(klen as usize)?;
+        let key = std::str::from_utf8(&r.buf[kr])
+            .map_err(|_| "header key is not UTF-8".to_string())?
+            .to_owned();
+        let value = r.nullable(body)?;
+        headers.push(Header { key, value });
+    }
+    if r.pos != end {
+        return Err(format!(
+            "record length says {len} bytes, fields used {}",
+            r.pos - start
+        ));
+    }
+    Ok(Record {
+        offset: h.base_offset + i64::from(offset_delta),
+        timestamp: h.base_timestamp + ts_delta,
+        key,
+        value,
+        headers,
+    })
+}
+
+fn put_varlong(buf: &mut BytesMut, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        buf.put_u8((z as u8) | 0x80);
+        z >>= 7;
+    }
+    buf.put_u8(z as u8);
+}
+
+fn varlong_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - z.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
+fn put_nullable(buf: &mut BytesMut, v: Option<&[u8]>) {
+    match v {
+        None => put_varlong(buf, -1),
+        Some(b) => {
+            put_varlong(buf, b.len() as i64);
+            buf.put_slice(b);
+        }
+    }
+}
+
+fn nullable_len(v: Option<&[u8]>) -> usize {
+    match v {
+        None => 1,
+        Some(b) => varlong_len(b.len() as i64) + b.len(),
+    }
+}
+
+/// Builds a v2 batch from records. Offsets are relative (0..n); the log assigns the base offset.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    compression: Compression,
+    producer: ProducerInfo,
+    transactional: bool,
+    base_timestamp: Option<i64>,
+    max_timestamp: i64,
+    count: i32,
+    records: BytesMut,
+}
+
+impl BatchBuilder {
+    pub fn new(compression: Compression) -> Self {
+        BatchBuilder {
+            compression,
+            producer: ProducerInfo::NONE,
+            transactional: false,
+            base_timestamp: None,
+            max_timestamp: i64::MIN,
+            count: 0,
+            records: BytesMut::new(),
+        }
+    }
+
+    pub fn producer(mut self, producer: ProducerInfo, transactional: bool) -> Self {
+        self.producer = producer;
+        self.transactional = transactional;
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    /// Encoded size of the records so far (before compression), plus the header.
+    pub fn estimated_size(&self) -> usize {
+        HEADER_LEN + self.records.len()
+    }
+
+    /// Appends a record with the given timestamp (ms).
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) {
+        let base = *self.base_timestamp.get_or_insert(timestamp);
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        let ts_delta = timestamp - base;
+        let offset_delta = i64::from(self.count);
+        let body_len = 1
+            + varlong_len(ts_delta)
+            + varlong_len(offset_delta)
+            + nullable_len(key)
+            + nullable_len(value)
+            + varlong_len(headers.len() as i64)
+            + headers
+                .iter()
+                .map(|h| nullable_len(Some(h.key.as_bytes())) + nullable_len(h.value.as_deref()))
+                .sum::<usize>();
+        let buf = &mut self.records;
+        buf.reserve(body_len + 5);
+        put_varlong(buf, body_len as i64);
+        buf.put_i8(0);
+        put_varlong(buf, ts_delta);
+        put_varlong(buf, offset_delta);
+        put_nullable(buf, key);
+        put_nullable(buf, value);
+        put_varlong(buf, headers.len() as i64);
+        for h in headers {
+            put_nullable(buf, Some(h.key.as_bytes()));
+            put_nullable(buf, h.value.as_deref());
+        }
+        self.count += 1;
+    }
+
+    /// Encodes the batch (base offset 0). Fails on an empty builder or an unsupported codec.
+    pub fn build(self) -> Result<RecordBatch> {
+        if self.count == 0 {
+            return Err(Error::invalid("a batch must hold at least one record"));
+        }
+        let body: Bytes = match self.compression {
+            Compression::None => self.records.freeze(),
+            Compression::Zstd => Bytes::from(
+                zstd::bulk::compress(&self.records, 3)
+                    .map_err(|e| Error::invalid(format!("zstd: {e}")))?,
+            ),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "compression codec {other:?} is not supported yet (none and zstd are)"
+                )));
+            }
+        };
+        let mut attributes = self.compression.bits();
+        if self.transactional {
+            attributes |= 0x10;
+        }
+        let base_ts = self.base_timestamp.unwrap_or(0);
+        let mut b = BytesMut::with_capacity(HEADER_LEN + body.len());
+        b.put_i64(0);
+        b.put_i32((HEADER_LEN - 12 + body.len()) as i32);
+        b.put_i32(-1);
+        b.put_i8(MAGIC);
+        b.put_u32(0); // crc, patched below
+        b.put_i16(attributes);
+        b.put_i32(self.count - 1);
+        b.put_i64(base_ts);
+        b.put_i64(self.max_timestamp);
+        b.put_i64(self.producer.producer_id);
+        b.put_i16(self.producer.producer_epoch);
+        b.put_i32(self.producer.base_sequence);
+        b.put_i32(self.count);
+        b.put_slice(&body);
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        RecordBatch::parse(b.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,7 @@
+//! The cold tier: sealed segments as Parquet objects, the manifest that commits them, the read
+//! cache, and the upload pipeline.
+
+pub(crate) mod cache;
+pub mod manifest;
+pub mod parquet;
+pub(crate) mod upload;

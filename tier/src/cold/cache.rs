@@ -1,0 +1,201 @@
+//! The cold read cache: Parquet footers and decoded row groups, bounded in bytes.
+//!
+//! Row groups are fetched with range reads (`ParquetObjectReader` asks only for the column
+//! chunks of the row group) and decoded once. Concurrent requests for the same row group share
+//! one load (moka's `try_get_with`), so N readers replaying the same history cost one GET.
+//! Read-ahead is a background `row_group` call for what a sequential reader wants next.
+//!
+//! Invariant: a cached row group of segment object `path` holds its rows in offset order; row
+//! group `i` starts at `segment base + rows in row groups before i` (segments are dense).
+
+use std::sync::Arc;
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::statistics::Statistics;
+
+use crate::batch::Record;
+use crate::cold::manifest::unwrap_shared;
+use crate::cold::parquet::to_records;
+use crate::error::{Error, Result};
+
+/// The decoded rows of one row group.
+#[derive(Debug)]
+pub struct RowGroup {
+    pub records: Vec<Record>,
+    pub bytes: usize,
+}
+
+/// Reads a Parquet object of known size with range GETs.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreReader {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: Path,
+    pub size: u64,
+}
+
+fn store_err(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for StoreReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move { self.store.get_range(&self.path, range).await.map_err(store_err) }.boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(store_err) }.boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let m = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .with_prefetch_hint(Some(64 << 10))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(m))
+        }
+        .boxed()
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct ColdCache {
+    store: Arc<dyn ObjectStore>,
+    rows: moka::future::Cache<(Path, usize), Arc<RowGroup>>,
+    meta: moka::future::Cache<Path, ArrowReaderMetadata>,
+}
+
+impl std::fmt::Debug for ColdCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ColdCache")
+            .field("row_groups", &self.rows.entry_count())
+            .field("bytes", &self.rows.weighted_size())
+            .finish()
+    }
+}
+
+fn pq(context: &str) -> impl FnOnce(parquet::errors::ParquetError) -> Error + '_ {
+    move |source| Error::Parquet {
+        context: context.to_string(),
+        source,
+    }
+}
+
+impl ColdCache {
+    pub fn new(store: Arc<dyn ObjectStore>, capacity_bytes: u64) -> Self {
+        let rows = moka::future::Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|_k: &(Path, usize), v: &Arc<RowGroup>| {
+                u32::try_from(v.bytes + 64 * v.records.len()).unwrap_or(u32::MAX)
+            })
+            .build();
+        ColdCache {
+            store,
+            rows,
+            meta: moka::future::Cache::builder().max_capacity(4096).build(),
+        }
+    }
+
+    /// The footer of a cold segment object of `size` bytes.
+    pub async fn metadata(&self, path: &Path, size: u64) -> Result<ArrowReaderMetadata> {
+        let store = self.store.clone();
+        let p = path.clone();
+        self.meta
+            .try_get_with(path.clone(), async move {
+                let mut reader = StoreReader { store, path: p, size };
+                let opts = ArrowReaderOptions::new();
+                ArrowReaderMetadata::load_async(&mut reader, opts)
+                    .await
+                    .map_err(pq("reading footer"))
+            })
+            .await
+            .map_err(unwrap_shared)
+    }
+
+    /// Decoded rows of row group `rg` of a cold segment.
+    pub async fn row_group(&self, path: &Path, size: u64, rg: usize) -> Result<Arc<RowGroup>> {
+        let meta = self.metadata(path, size).await?;
+        let store = self.store.clone();
+        let p = path.clone();
+        self.rows
+            .try_get_with((path.clone(), rg), async move {
+                let reader = StoreReader { store, path: p, size };
+                let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
+                    .with_row_groups(vec![rg])
+                    .with_batch_size(8192)
+                    .build()
+                    .map_err(pq("opening row group"))?;
+                let mut records = Vec::new();
+                while let Some(b) = stream.try_next().await.map_err(pq("decoding row group"))? {
+                    to_records(&b, &mut records)?;
+                }
+                let bytes = records.iter().map(Record::payload_len).sum();
+                Ok::<_, Error>(Arc::new(RowGroup { records, bytes }))
+            })
+            .await
+            .map_err(unwrap_shared)
+    }
+
+    /// Starts loading a row group in the background if it is not cached.
+    pub fn prefetch(&self, path: Path, size: u64, rg: usize) {
+        if self.rows.contains_key(&(path.clone(), rg)) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.row_group(&path, size, rg).await {
+                tracing::debug!(path = %path, row_group = rg, error = %e, "read-ahead failed");
+            }
+        });
+    }
+
+    pub fn cached_bytes(&self) -> u64 {
+        self.rows.weighted_size()
+    }
+}
+
+/// The row group holding `offset` in a segment starting at `base`, with that row group's first
+/// offset. `None` past the end.
+pub(crate) fn locate(meta: &ArrowReaderMetadata, base: i64, offset: i64) -> Option<(usize, i64)> {
+    let mut first = base;
+    for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
+        let next = first + rg.num_rows();
+        if offset < next {
+            return Some((i, first));
+        }
+        first = next;
+    }
+    None
+}
+
+/// Index of the first row group whose max timestamp is ≥ `ts` (from column statistics; a row
+/// group without statistics is assumed to match).
+pub(crate) fn first_row_group_at_or_after(meta: &ArrowReaderMetadata, ts: i64) -> Option<usize> {
+    let schema = meta.metadata().file_metadata().schema_descr();
+    let col = (0..schema.num_columns()).find(|&i| schema.column(i).name() == "timestamp")?;
+    meta.metadata().row_groups().iter().position(|rg| {
+        match rg.column(col).statistics() {
+            Some(Statistics::Int64(s)) => s.max_opt().is_none_or(|&m| m >= ts),
+            _ => true,
+        }
+    })
+}

@@ -1,0 +1,757 @@
+//! The manifest: the committed list of cold segments of one partition, kept in the object store.
+//!
+//! Layout under the partition prefix `P = <root>/topics/<topic>/<partition>`:
+//!
+//! ```text
+//! P/segments/<base:020>-<epoch:010>-<nonce>.parquet   cold segments (immutable)
+//! P/manifest/deltas/<seq:020>.json                    one object per commit (immutable)
+//! P/manifest/checkpoints/<seq:020>.json               the state after delta <seq> (derived)
+//! P/manifest/chunks/L<level>-<base:020>-<nonce>.json  FANOUT older entries of one level (immutable)
+//! P/manifest/_last_checkpoint                         hint: the newest checkpoint's seq
+//! ```
+//!
+//! Every manifest object is JSON: `{"format":…,"version":1,"crc32c":N,"body":{…}}` where `crc32c` is
+//! CRC-32C of the exact bytes of `body`.
+//!
+//! **Commits** write delta `seq = last + 1` with create-if-absent, so the delta log is a single
+//! linear history: two writers can never both commit the same `seq`. **Fencing**: every delta
+//! carries its writer's epoch; a new leader first commits a `fence` delta with its (higher) epoch.
+//! A deposed writer's next create fails (the slot is taken); it re-reads, finds the higher epoch
+//! and stops with [`Error::Fenced`]. Epochs along the log never decrease (checked on load).
+//!
+//! **Cost**: a commit writes one small delta. Every `CHECKPOINT_EVERY` commits the writer writes a
+//! checkpoint; before that, any level holding `FANOUT` entries has its oldest `FANOUT` entries moved
+//! into an immutable chunk object referenced from the level above. A checkpoint therefore holds at
+//! most `FANOUT` entries per level and `log_FANOUT(segments)` levels: its size grows with the
+//! logarithm of history, and chunks, deltas and segments are never rewritten. Checkpoints and
+//! chunks are derived from the immutable deltas, so any writer (even a deposed one) writes a
+//! correct one.
+//!
+//! **Lookups** by offset or timestamp walk levels oldest-first using each entry's offset range and
+//! max timestamp, loading (cached) chunks on the way: O(FANOUT × levels) comparisons.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store::Retry;
+
+/// Entries per chunk and the most entries a level holds in a checkpoint.
+pub const FANOUT: usize = 256;
+/// A checkpoint is written after every this many commits.
+pub const CHECKPOINT_EVERY: u64 = 32;
+const VERSION: u32 = 1;
+
+/// One committed cold segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    /// Object path relative to the partition prefix, e.g. `segments/…parquet`.
+    pub path: String,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub min_timestamp: i64,
+    pub max_timestamp: i64,
+    pub records: u64,
+    /// Object size in bytes.
+    pub size: u64,
+    /// Bytes of the hot-tier batches it was made from.
+    pub raw_bytes: u64,
+    pub row_groups: u32,
+    /// Epoch of the writer that committed it.
+    pub epoch: u64,
+}
+
+/// A reference to an immutable chunk holding up to `FANOUT` entries of the level below.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub path: String,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub min_timestamp: i64,
+    pub max_timestamp: i64,
+    pub records: u64,
+    pub size: u64,
+    pub segments: u64,
+}
+
+/// An entry of a level: a segment (level 0 and chunks of level 1) or a chunk reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Node {
+    Segment(SegmentEntry),
+    Chunk(ChunkRef),
+}
+
+impl Node {
+    pub fn base_offset(&self) -> i64 {
+        match self {
+            Node::Segment(s) => s.base_offset,
+            Node::Chunk(c) => c.base_offset,
+        }
+    }
+    pub fn last_offset(&self) -> i64 {
+        match self {
+            Node::Segment(s) => s.last_offset,
+            Node::Chunk(c) => c.last_offset,
+        }
+    }
+    fn min_timestamp(&self) -> i64 {
+        match self {
+            Node::Segment(s) => s.min_timestamp,
+            Node::Chunk(c) => c.min_timestamp,
+        }
+    }
+    pub fn max_timestamp(&self) -> i64 {
+        match self {
+            Node::Segment(s) => s.max_timestamp,
+            Node::Chunk(c) => c.max_timestamp,
+        }
+    }
+    fn records(&self) -> u64 {
+        match self {
+            Node::Segment(s) => s.records,
+            Node::Chunk(c) => c.records,
+        }
+    }
+    fn size(&self) -> u64 {
+        match self {
+            Node::Segment(s) => s.size,
+            Node::Chunk(c) => c.size,
+        }
+    }
+    fn segments(&self) -> u64 {
+        match self {
+            Node::Segment(_) => 1,
+            Node::Chunk(c) => c.segments,
+        }
+    }
+}
+
+/// The state of a partition's manifest after applying deltas up to `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestState {
+    pub topic: String,
+    pub partition: u32,
+    /// The last applied delta (0: none).
+    pub seq: u64,
+    /// The highest writer epoch seen.
+    pub epoch: u64,
+    /// Offsets below this were removed by retention.
+    pub start_offset: i64,
+    /// The offset after the last committed segment.
+    pub next_offset: i64,
+    /// `levels[0]` holds the newest entries; higher levels hold chunk references to older ones.
+    /// Each level is in offset order and every entry of level k+1 precedes every entry of level k.
+    pub levels: Vec<Vec<Node>>,
+}
+
+impl ManifestState {
+    pub fn new(topic: &str, partition: u32) -> Self {
+        ManifestState {
+            topic: topic.to_string(),
+            partition,
+            seq: 0,
+            epoch: 0,
+            start_offset: 0,
+            next_offset: 0,
+            levels: vec![Vec::new()],
+        }
+    }
+
+    /// Entries in offset order (oldest level first).
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.levels.iter().rev().flatten()
+    }
+
+    /// Total committed bytes and records (including entries below `start_offset` not yet dropped).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        self.nodes().fold((0, 0, 0), |(b, r, s), n| {
+            (b + n.size(), r + n.records(), s + n.segments())
+        })
+    }
+
+    fn apply(&mut self, d: &Delta) -> Result<()> {
+        if d.seq != self.seq + 1 {
+            return Err(self.corrupt(format!("delta {} follows {}", d.seq, self.seq)));
+        }
+        if d.epoch < self.epoch {
+            return Err(self.corrupt(format!(
+                "delta {} has epoch {} below the earlier epoch {}",
+                d.seq, d.epoch, self.epoch
+            )));
+        }
+        match &d.op {
+            Op::Fence => {}
+            Op::Add { segments } => {
+                for s in segments {
+                    if s.base_offset != self.next_offset || s.last_offset < s.base_offset {
+                        return Err(self.corrupt(format!(
+                            "delta {} adds [{}, {}] where offset {} was next",
+                            d.seq, s.base_offset, s.last_offset, self.next_offset
+                        )));
+                    }
+                    self.next_offset = s.last_offset + 1;
+                    self.levels[0].push(Node::Segment(s.clone()));
+                }
+            }
+            Op::Truncate { start_offset } => {
+                self.start_offset = self.start_offset.max(*start_offset);
+                let start = self.start_offset;
+                for level in self.levels.iter_mut() {
+                    level.retain(|n| n.last_offset() >= start);
+                }
+            }
+            Op::Init { next_offset } => {
+                if self.next_offset != 0 || self.seq != 0 {
+                    return Err(self.corrupt("init after other commits".into()));
+                }
+                self.next_offset = *next_offset;
+                self.start_offset = *next_offset;
+            }
+        }
+        self.seq = d.seq;
+        self.epoch = d.epoch;
+        Ok(())
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        Error::Corrupt {
+            location: format!("manifest of {}/{}", self.topic, self.partition),
+            position: self.seq,
+            reason,
+        }
+    }
+}
+
+/// What a commit does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Claims the manifest for the writer's epoch.
+    Fence,
+    /// Starts an empty log at an offset other than 0 (first commit only).
+    Init { next_offset: i64 },
+    /// Appends segments; each must start at the current next offset.
+    Add { segments: Vec<SegmentEntry> },
+    /// Removes whole segments below `start_offset` (retention). Objects are deleted after.
+    Truncate { start_offset: i64 },
+}
+
+/// One commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub seq: u64,
+    pub epoch: u64,
+    /// Random id: recognizes our own commit when a retried create finds the slot taken.
+    pub commit_id: String,
+    pub time_ms: i64,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Chunk {
+    level: u32,
+    nodes: Vec<Node>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hint {
+    seq: u64,
+}
+
+/// Serializes `body` inside a checksummed envelope.
+fn encode<T: Serialize>(kind: &str, body: &T) -> Result<Bytes> {
+    let body = serde_json::to_string(body)
+        .map_err(|e| Error::invalid(format!("encoding {kind}: {e}")))?;
+    let crc = crc32c::crc32c(body.as_bytes());
+    Ok(Bytes::from(format!(
+        "{{\"format\":\"tierlog.{kind}\",\"version\":{VERSION},\"crc32c\":{crc},\"body\":{body}}}\n"
+    )))
+}
+
+/// Parses and verifies an envelope written by [`encode`].
+fn decode<T: DeserializeOwned>(kind: &str, location: &Path, bytes: &[u8]) -> Result<T> {
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        format: String,
+        version: u32,
+        crc32c: u32,
+        #[serde(borrow)]
+        body: &'a serde_json::value::RawValue,
+    }
+    let corrupt = |reason: String| Error::Corrupt {
+        location: location.to_string(),
+        position: 0,
+        reason,
+    };
+    let env: Envelope<'_> =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not a manifest object: {e}")))?;
+    if env.format != format!("tierlog.{kind}") {
+        return Err(corrupt(format!("expected tierlog.{kind}, found {}", env.format)));
+    }
+    if env.version != VERSION {
+        return Err(corrupt(format!("unsupported version {}", env.version)));
+    }
+    let crc = crc32c::crc32c(env.body.get().as_bytes());
+    if crc != env.crc32c {
+        return Err(corrupt(format!(
+            "checksum mismatch: stored {}, computed {crc}",
+            env.crc32c
+        )));
+    }
+    serde_json::from_str(env.body.get()).map_err(|e| corrupt(format!("bad {kind} body: {e}")))
+}
+
+fn nonce() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Object paths of one partition.
+#[derive(Debug, Clone)]
+pub struct PartitionPaths {
+    pub prefix: Path,
+}
+
+impl PartitionPaths {
+    pub fn new(root: &Path, topic: &str, partition: u32) -> Self {
+        let prefix = root
+            .clone()
+            .join("topics")
+            .join(topic)
+            .join(partition.to_string().as_str());
+        PartitionPaths { prefix }
+    }
+    fn join(&self, rel: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/') {
+            p = p.join(part);
+        }
+        p
+    }
+    pub fn object(&self, rel: &str) -> Path {
+        self.join(rel)
+    }
+    pub fn new_segment(&self, base: i64, epoch: u64) -> String {
+        format!("segments/{base:020}-{epoch:010}-{}.parquet", nonce())
+    }
+    fn deltas(&self) -> Path {
+        self.join("manifest/deltas")
+    }
+    fn delta(&self, seq: u64) -> Path {
+        self.join(&format!("manifest/deltas/{seq:020}.json"))
+    }
+    fn checkpoints(&self) -> Path {
+        self.join("manifest/checkpoints")
+    }
+    fn checkpoint(&self, seq: u64) -> Path {
+        self.join(&format!("manifest/checkpoints/{seq:020}.json"))
+    }
+    fn hint(&self) -> Path {
+        self.join("manifest/_last_checkpoint")
+    }
+}
+
+fn seq_of(p: &Path) -> Option<u64> {
+    p.filename()?.strip_suffix(".json")?.parse().ok()
+}
+
+async fn get_opt(store: &dyn ObjectStore, p: &Path) -> Result<Option<Bytes>> {
+    match store.get(p).await {
+        Ok(r) => Ok(Some(r.bytes().await?)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads manifests: loads the state, refreshes it, and answers lookups, caching chunks.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    store: Arc<dyn ObjectStore>,
+    pub paths: PartitionPaths,
+    topic: String,
+    partition: u32,
+    chunks: moka::future::Cache<String, Arc<Vec<Node>>>,
+}
+
+impl Manifest {
+    pub fn new(store: Arc<dyn ObjectStore>, root: &Path, topic: &str, partition: u32) -> Self {
+        Manifest {
+            store,
+            paths: PartitionPaths::new(root, topic, partition),
+            topic: topic.to_string(),
+            partition,
+            chunks: moka::future::Cache::builder().max_capacity(1024).build(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Loads the current state: the newest checkpoint, then every delta after it.
+    pub async fn load(&self) -> Result<ManifestState> {
+        let hinted = match get_opt(&*self.store, &self.paths.hint()).await? {
+            Some(b) => Some(decode::<Hint>("hint", &self.paths.hint(), &b)?.seq),
+            None => None,
+        };
+        let seq = match hinted {
+            Some(s) => Some(s),
+            None => {
+                let metas: Vec<_> = self.store.list(Some(&self.paths.checkpoints())).try_collect().await?;
+                metas.iter().filter_map(|m| seq_of(&m.location)).max()
+            }
+        };
+        let mut state = match seq {
+            Some(seq) => {
+                let p = self.paths.checkpoint(seq);
+                let b = get_opt(&*self.store, &p).await?.ok_or_else(|| Error::Corrupt {
+                    location: p.to_string(),
+                    position: 0,
+                    reason: "the checkpoint named by _last_checkpoint is missing".into(),
+                })?;
+                decode::<ManifestState>("checkpoint", &p, &b)?
+            }
+            None => ManifestState::new(&self.topic, self.partition),
+        };
+        self.catch_up(&mut state).await?;
+        Ok(state)
+    }
+
+    /// Applies every delta after `state.seq`. Returns how many were applied.
+    pub async fn catch_up(&self, state: &mut ManifestState) -> Result<usize> {
+        let after = self.paths.delta(state.seq);
+        let mut metas: Vec<_> = self
+            .store
+            .list_with_offset(Some(&self.paths.deltas()), &after)
+            .try_collect()
+            .await?;
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut n = 0;
+        for m in metas {
+            let Some(seq) = seq_of(&m.location) else { continue };
+            if seq <= state.seq {
+                continue;
+            }
+            let d = self.read_delta(seq).await?.ok_or_else(|| Error::Corrupt {
+                location: m.location.to_string(),
+                position: 0,
+                reason: "listed delta vanished".into(),
+            })?;
+            state.apply(&d)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn read_delta(&self, seq: u64) -> Result<Option<Delta>> {
+        let p = self.paths.delta(seq);
+        match get_opt(&*self.store, &p).await? {
+            Some(b) => {
+                let d: Delta = decode("delta", &p, &b)?;
+                if d.seq != seq {
+                    return Err(Error::Corrupt {
+                        location: p.to_string(),
+                        position: 0,
+                        reason: format!("delta object names seq {}", d.seq),
+                    });
+                }
+                Ok(Some(d))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn chunk(&self, path: &str) -> Result<Arc<Vec<Node>>> {
+        let store = self.store.clone();
+        let p = self.paths.object(path);
+        self.chunks
+            .try_get_with(path.to_string(), async move {
+                let b = store.get(&p).await?.bytes().await?;
+                let c: Chunk = decode("chunk", &p, &b)?;
+                Ok::<_, Error>(Arc::new(c.nodes))
+            })
+            .await
+            .map_err(unwrap_shared)
+    }
+
+    /// The committed segment holding `offset`, if any.
+    pub async fn find_offset(&self, state: &ManifestState, offset: i64) -> Result<Option<SegmentEntry>> {
+        if offset < state.start_offset || offset >= state.next_offset {
+            return Ok(None);
+        }
+        let mut node = state.levels.iter().rev().find_map(|level| {
+            let i = level.partition_point(|n| n.last_offset() < offset);
+            level.get(i).filter(|n| n.base_offset() <= offset).cloned()
+        });
+        loop {
+            match node {
+                None => return Ok(None),
+                Some(Node::Segment(s)) => return Ok(Some(s)),
+                Some(Node::Chunk(c)) => {
+                    let children = self.chunk(&c.path).await?;
+                    let i = children.partition_point(|n| n.last_offset() < offset);
+                    node = children.get(i).filter(|n| n.base_offset() <= offset).cloned();
+                }
+            }
+        }
+    }
+
+    /// The first committed segment (at or after `start_offset`) holding a record with timestamp
+    /// ≥ `ts`, if any.
+    pub async fn find_timestamp(&self, state: &ManifestState, ts: i64) -> Result<Option<SegmentEntry>> {
+        let start = state.start_offset;
+        let mut list: Vec<Node> = state.nodes().cloned().collect();
+        loop {
+            let hit = list
+                .iter()
+                .find(|n| n.last_offset() >= start && n.max_timestamp() >= ts)
+                .cloned();
+            match hit {
+                None => return Ok(None),
+                Some(Node::Segment(s)) => return Ok(Some(s)),
+                Some(Node::Chunk(c)) => list = self.chunk(&c.path).await?.to_vec(),
+            }
+        }
+    }
+
+    /// Every committed segment at or after `start_offset`, in offset order.
+    pub async fn segments(&self, state: &ManifestState) -> Result<Vec<SegmentEntry>> {
+        let mut out = Vec::new();
+        let mut stack: Vec<Node> = state.nodes().cloned().collect();
+        stack.reverse();
+        while let Some(n) = stack.pop() {
+            match n {
+                Node::Segment(s) => {
+                    if s.last_offset >= state.start_offset {
+                        out.push(s);
+                    }
+                }
+                Node::Chunk(c) => {
+                    if c.last_offset >= state.start_offset {
+                        stack.extend(self.chunk(&c.path).await?.iter().rev().cloned());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn unwrap_shared(e: Arc<Error>) -> Error {
+    Arc::try_unwrap(e).unwrap_or_else(|e| match &*e {
+        Error::ObjectStore { source } => Error::Corrupt {
+            location: "object store".into(),
+            position: 0,
+            reason: source.to_string(),
+        },
+        other => Error::invalid(other.to_string()),
+    })
+}
+
+/// The single writer of a partition's manifest, holding an epoch.
+#[derive(Debug)]
+pub struct ManifestWriter {
+    manifest: Manifest,
+    epoch: u64,
+    state: ManifestState,
+    retry: Retry,
+}
+
+impl ManifestWriter {
+    /// Loads the manifest and fences it with `epoch`. Fails with [`Error::Fenced`] when a higher
+    /// epoch has committed.
+    pub async fn open(manifest: Manifest, epoch: u64, retry: Retry) -> Result<Self> {
+        let state = retry.run("load manifest", || manifest.load()).await?;
+        let mut w = ManifestWriter {
+            manifest,
+            epoch,
+            state,
+            retry,
+        };
+        w.check_epoch()?;
+        if w.state.epoch < epoch {
+            w.commit(Op::Fence).await?;
+        }
+        Ok(w)
+    }
+
+    pub fn state(&self) -> &ManifestState {
+        &self.state
+    }
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn check_epoch(&self) -> Result<()> {
+        if self.state.epoch > self.epoch {
+            return Err(Error::Fenced {
+                partition: format!("{}/{}", self.state.topic, self.state.partition),
+                ours: self.epoch,
+                current: self.state.epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits `op` atomically. Transient store errors are retried with the same delta, so a
+    /// commit that landed but whose answer was lost is recognized by its commit id.
+    pub async fn commit(&mut self, op: Op) -> Result<()> {
+        if let Op::Add { segments } = &op {
+            if let Some(first) = segments.first() {
+                if first.base_offset < self.state.next_offset {
+                    // Already committed (an earlier attempt landed): idempotent when it matches.
+                    let have = self.manifest.find_offset(&self.state, first.base_offset).await?;
+                    if have.as_ref().is_some_and(|h| h.path == first.path) {
+                        return Ok(());
+                    }
+                    return Err(Error::invalid(format!(
+                        "segment at {} overlaps the manifest, which ends before {}",
+                        first.base_offset, self.state.next_offset
+                    )));
+                }
+            }
+        }
+        let commit_id = nonce();
+        loop {
+            self.check_epoch()?;
+            let delta = Delta {
+                seq: self.state.seq + 1,
+                epoch: self.epoch,
+                commit_id: commit_id.clone(),
+                time_ms: now_ms(),
+                op: op.clone(),
+            };
+            let bytes = encode("delta", &delta)?;
+            let path = self.manifest.paths.delta(delta.seq);
+            let store = self.manifest.store.clone();
+            let put = self
+                .retry
+                .run("commit delta", || {
+                    let (store, path, bytes) = (store.clone(), path.clone(), bytes.clone());
+                    async move {
+                        let opts = PutOptions::from(PutMode::Create);
+                        match store.put_opts(&path, PutPayload::from(bytes), opts).await {
+                            Ok(_) => Ok(true),
+                            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                            Err(e) => Err(Error::from(e)),
+                        }
+                    }
+                })
+                .await?;
+            if put {
+                let mut next = self.state.clone();
+                next.apply(&delta)?;
+                self.state = next;
+                self.maybe_checkpoint().await;
+                return Ok(());
+            }
+            // The slot is taken: ours (a retried create that had landed) or another writer's.
+            let existing = self.manifest.read_delta(delta.seq).await?;
+            if existing.as_ref().is_some_and(|d| d.commit_id == commit_id) {
+                let mut next = self.state.clone();
+                next.apply(&delta)?;
+                self.state = next;
+                self.maybe_checkpoint().await;
+                return Ok(());
+            }
+            let mut next = self.state.clone();
+            self.manifest.catch_up(&mut next).await?;
+            self.state = next;
+            self.check_epoch()?;
+            if existing.is_some_and(|d| d.epoch == self.epoch) {
+                return Err(Error::Fenced {
+                    partition: format!("{}/{}", self.state.topic, self.state.partition),
+                    ours: self.epoch,
+                    current: self.epoch,
+                });
+            }
+        }
+    }
+
+    async fn maybe_checkpoint(&mut self) {
+        if self.state.seq % CHECKPOINT_EVERY != 0 {
+            return;
+        }
+        if let Err(e) = self.checkpoint().await {
+            tracing::warn!(topic = %self.state.topic, partition = self.state.partition,
+                seq = self.state.seq, error = %e, "manifest checkpoint failed; will retry at the next one");
+        }
+    }
+
+    /// Moves full levels into chunks, then writes a checkpoint of the state and the hint.
+    pub async fn checkpoint(&mut self) -> Result<()> {
+        let mut state = self.state.clone();
+        let store = &self.manifest.store;
+        let mut level = 0;
+        while level < state.levels.len() {
+            while state.levels[level].len() >= FANOUT {
+                let nodes: Vec<Node> = state.levels[level].drain(..FANOUT).collect();
+                let (first, last) = (&nodes[0], &nodes[FANOUT - 1]);
+                let rel = format!(
+                    "manifest/chunks/L{}-{:020}-{}.json",
+                    level + 1,
+                    first.base_offset(),
+                    nonce()
+                );
+                let chunk_ref = ChunkRef {
+                    path: rel.clone(),
+                    base_offset: first.base_offset(),
+                    last_offset: last.last_offset(),
+                    min_timestamp: nodes.iter().map(Node::min_timestamp).min().unwrap_or(i64::MIN),
+                    max_timestamp: nodes.iter().map(Node::max_timestamp).max().unwrap_or(i64::MIN),
+                    records: nodes.iter().map(Node::records).sum(),
+                    size: nodes.iter().map(Node::size).sum(),
+                    segments: nodes.iter().map(Node::segments).sum(),
+                };
+                let body = encode(
+                    "chunk",
+                    &Chunk {
+                        level: level as u32 + 1,
+                        nodes,
+                    },
+                )?;
+                let p = self.manifest.paths.object(&rel);
+                store
+                    .put_opts(&p, PutPayload::from(body), PutMode::Create.into())
+                    .await?;
+                if state.levels.len() == level + 1 {
+                    state.levels.push(Vec::new());
+                }
+                state.levels[level + 1].push(Node::Chunk(chunk_ref));
+            }
+            level += 1;
+        }
+        let p = self.manifest.paths.checkpoint(state.seq);
+        match store
+            .put_opts(&p, PutPayload::from(encode("checkpoint", &state)?), PutMode::Create.into())
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        store
+            .put(&self.manifest.paths.hint(), PutPayload::from(encode("hint", &Hint { seq: state.seq })?))
+            .await?;
+        self.state = state;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

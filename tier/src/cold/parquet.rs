@@ -1,0 +1,351 @@
+//! Cold segments as Parquet: one row per record.
+//!
+//! Columns: `partition` i32, `offset` i64, `timestamp` timestamp(ms, UTC), `key` binary?, `value`
+//! binary?, `headers` list<struct<key utf8, value binary?>>, `producer_id` i64?, `producer_epoch`
+//! i16?, `sequence` i32?, `transactional` bool. Producer fields are null when the batch had none
+//! (producer id -1). zstd; `offset` and `timestamp` are delta-encoded with page-level statistics so
+//! readers prune row groups and pages; payload columns carry no statistics. File key-value metadata
+//! names the topic, partition and offset range, so a file explains itself without the manifest.
+//!
+//! Invariant: rows are in offset order, dense from the first to the last offset of the segment.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, Int16Builder, Int32Builder, Int64Builder, ListBuilder,
+    StringBuilder, StructBuilder, TimestampMillisecondBuilder,
+};
+use arrow_array::{
+    Array, BinaryArray, Int64Array, ListArray, RecordBatch as ArrowBatch, StringArray,
+    StructArray, TimestampMillisecondArray,
+};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::batch::{Header, Record, RecordBatch};
+use crate::error::{Error, Result};
+use crate::PartitionId;
+
+/// The Parquet format version written in file metadata (`tierlog.format`).
+pub const FORMAT_VERSION: &str = "1";
+
+fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Binary, true),
+    ])
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new(
+            "headers",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(header_fields()),
+                false,
+            ))),
+            false,
+        ),
+        Field::new("producer_id", DataType::Int64, true),
+        Field::new("producer_epoch", DataType::Int16, true),
+        Field::new("sequence", DataType::Int32, true),
+        Field::new("transactional", DataType::Boolean, false),
+    ]))
+});
+
+/// The Arrow schema of cold segments (and of topic tables).
+pub fn schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+/// Summary of an encoded segment.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub bytes: Bytes,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub min_timestamp: i64,
+    pub max_timestamp: i64,
+    pub records: u64,
+    pub row_groups: u32,
+    /// Bytes of the hot-tier batches this was made from.
+    pub raw_bytes: u64,
+}
+
+struct Columns {
+    partition: Int32Builder,
+    offset: Int64Builder,
+    timestamp: TimestampMillisecondBuilder,
+    key: BinaryBuilder,
+    value: BinaryBuilder,
+    headers: ListBuilder<StructBuilder>,
+    producer_id: Int64Builder,
+    producer_epoch: Int16Builder,
+    sequence: Int32Builder,
+    transactional: BooleanBuilder,
+    rows: usize,
+}
+
+impl Columns {
+    fn new() -> Self {
+        let item = Field::new("item", DataType::Struct(header_fields()), false);
+        let hb = StructBuilder::from_fields(header_fields(), 0);
+        Columns {
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            timestamp: TimestampMillisecondBuilder::new().with_timezone("UTC"),
+            key: BinaryBuilder::new(),
+            value: BinaryBuilder::new(),
+            headers: ListBuilder::new(hb).with_field(Arc::new(item)),
+            producer_id: Int64Builder::new(),
+            producer_epoch: Int16Builder::new(),
+            sequence: Int32Builder::new(),
+            transactional: BooleanBuilder::new(),
+            rows: 0,
+        }
+    }
+
+    fn push(&mut self, partition: i32, r: &Record, b: &crate::batch::BatchHeader) {
+        self.partition.append_value(partition);
+        self.offset.append_value(r.offset);
+        self.timestamp.append_value(r.timestamp);
+        self.key.append_option(r.key.as_deref());
+        self.value.append_option(r.value.as_deref());
+        let hs = self.headers.values();
+        for h in &r.headers {
+            hs.field_builder::<StringBuilder>(0)
+                .expect("headers.key is utf8")
+                .append_value(&h.key);
+            hs.field_builder::<BinaryBuilder>(1)
+                .expect("headers.value is binary")
+                .append_option(h.value.as_deref());
+            hs.append(true);
+        }
+        self.headers.append(true);
+        let p = b.producer;
+        if p.producer_id >= 0 {
+            self.producer_id.append_value(p.producer_id);
+            self.producer_epoch.append_value(p.producer_epoch);
+            if p.base_sequence >= 0 {
+                let delta = (r.offset - b.base_offset) as i32;
+                self.sequence.append_value(p.base_sequence.wrapping_add(delta));
+            } else {
+                self.sequence.append_null();
+            }
+        } else {
+            self.producer_id.append_null();
+            self.producer_epoch.append_null();
+            self.sequence.append_null();
+        }
+        self.transactional.append_value(b.is_transactional());
+        self.rows += 1;
+    }
+
+    fn finish(&mut self) -> Result<ArrowBatch> {
+        self.rows = 0;
+        ArrowBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(self.partition.finish()),
+                Arc::new(self.offset.finish()),
+                Arc::new(self.timestamp.finish()),
+                Arc::new(self.key.finish()),
+                Arc::new(self.value.finish()),
+                Arc::new(self.headers.finish()),
+                Arc::new(self.producer_id.finish()),
+                Arc::new(self.producer_epoch.finish()),
+                Arc::new(self.sequence.finish()),
+                Arc::new(self.transactional.finish()),
+            ],
+        )
+        .map_err(|e| Error::invalid(format!("building arrow batch: {e}")))
+    }
+}
+
+fn writer_properties(
+    id: &PartitionId,
+    first: i64,
+    last: i64,
+    rows_per_group: usize,
+    zstd_level: i32,
+) -> Result<WriterProperties> {
+    let level = ZstdLevel::try_new(zstd_level).map_err(|e| Error::Parquet {
+        context: "zstd level".into(),
+        source: e,
+    })?;
+    let meta = vec![
+        KeyValue::new("tierlog.format".into(), FORMAT_VERSION.to_string()),
+        KeyValue::new("tierlog.topic".into(), id.topic.to_string()),
+        KeyValue::new("tierlog.partition".into(), id.partition.to_string()),
+        KeyValue::new("tierlog.base_offset".into(), first.to_string()),
+        KeyValue::new("tierlog.last_offset".into(), last.to_string()),
+    ];
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(rows_per_group))
+        .set_data_page_row_count_limit(8192)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_key_value_metadata(Some(meta));
+    for col in ["offset", "timestamp"] {
+        b = b
+            .set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::Page)
+            .set_column_dictionary_enabled(ColumnPath::from(col), false)
+            .set_column_encoding(ColumnPath::from(col), Encoding::DELTA_BINARY_PACKED);
+    }
+    for col in [
+        vec!["key"],
+        vec!["value"],
+        vec!["headers", "list", "item", "key"],
+        vec!["headers", "list", "item", "value"],
+    ] {
+        let path = ColumnPath::new(col.iter().map(|s| s.to_string()).collect());
+        b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    b = b.set_column_dictionary_enabled(ColumnPath::from("value"), false);
+    Ok(b.build())
+}
+
+/// Encodes the batches of one sealed segment as a Parquet file.
+pub fn encode_segment(
+    id: &PartitionId,
+    batches: &[RecordBatch],
+    row_group_bytes: usize,
+    zstd_level: i32,
+) -> Result<Encoded> {
+    let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+        return Err(Error::invalid("cannot encode an empty segment"));
+    };
+    let base_offset = first.header().base_offset;
+    let last_offset = last.header().last_offset();
+    let raw_bytes: u64 = batches.iter().map(|b| b.len() as u64).sum();
+    let records = (last_offset - base_offset + 1) as u64;
+    let avg = (raw_bytes / records.max(1)).max(1) as usize;
+    let rows_per_group = (row_group_bytes / avg).clamp(1024, 1 << 20);
+    let props = writer_properties(id, base_offset, last_offset, rows_per_group, zstd_level)?;
+    let mut out = Vec::with_capacity((raw_bytes / 4) as usize);
+    let pq = |context: &str| {
+        let context = context.to_string();
+        move |source| Error::Parquet { context, source }
+    };
+    let mut w = ArrowWriter::try_new(&mut out, schema(), Some(props)).map_err(pq("open writer"))?;
+    let mut cols = Columns::new();
+    let mut min_ts = i64::MAX;
+    let mut max_ts = i64::MIN;
+    let mut scratch = Vec::new();
+    let mut expect = base_offset;
+    let partition = id.partition as i32;
+    for b in batches {
+        scratch.clear();
+        b.decode_into(&mut scratch)?;
+        for r in &scratch {
+            if r.offset != expect {
+                return Err(Error::invalid(format!(
+                    "segment offsets not dense: found {} where {expect} was expected",
+                    r.offset
+                )));
+            }
+            expect += 1;
+            min_ts = min_ts.min(r.timestamp);
+            max_ts = max_ts.max(r.timestamp);
+            cols.push(partition, r, b.header());
+            if cols.rows == rows_per_group {
+                w.write(&cols.finish()?).map_err(pq("write"))?;
+            }
+        }
+    }
+    if cols.rows > 0 {
+        w.write(&cols.finish()?).map_err(pq("write"))?;
+    }
+    let meta = w.close().map_err(pq("close"))?;
+    Ok(Encoded {
+        bytes: Bytes::from(out),
+        base_offset,
+        last_offset,
+        min_timestamp: min_ts,
+        max_timestamp: max_ts,
+        records,
+        row_groups: meta.num_row_groups() as u32,
+        raw_bytes,
+    })
+}
+
+fn column<'a, T: 'static>(b: &'a ArrowBatch, name: &str) -> Result<&'a T> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| Error::invalid(format!("cold segment lacks a well-typed `{name}` column")))
+}
+
+/// One slice of a binary column's values copied into a single shared buffer, so each record's
+/// field is a cheap `Bytes` slice of it.
+fn shared_values(a: &BinaryArray) -> Bytes {
+    let offsets = a.value_offsets();
+    let (start, end) = (offsets[0] as usize, offsets[a.len()] as usize);
+    Bytes::copy_from_slice(&a.value_data()[start..end])
+}
+
+fn nullable_slice(a: &BinaryArray, shared: &Bytes, i: usize) -> Option<Bytes> {
+    if a.is_null(i) {
+        return None;
+    }
+    let offsets = a.value_offsets();
+    let base = offsets[0] as usize;
+    Some(shared.slice(offsets[i] as usize - base..offsets[i + 1] as usize - base))
+}
+
+/// Converts decoded Arrow rows of a cold segment back to records.
+pub fn to_records(b: &ArrowBatch, out: &mut Vec<Record>) -> Result<()> {
+    let offset = column::<Int64Array>(b, "offset")?;
+    let ts = column::<TimestampMillisecondArray>(b, "timestamp")?;
+    let key = column::<BinaryArray>(b, "key")?;
+    let value = column::<BinaryArray>(b, "value")?;
+    let headers = column::<ListArray>(b, "headers")?;
+    let hvals = headers
+        .values()
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| Error::invalid("headers are not a list of structs"))?;
+    let hkey = hvals
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| Error::invalid("header keys are not utf8"))?;
+    let hval = hvals
+        .column(1)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .ok_or_else(|| Error::invalid("header values are not binary"))?;
+    let (kshared, vshared, hshared) = (shared_values(key), shared_values(value), shared_values(hval));
+    let hoff = headers.value_offsets();
+    out.reserve(b.num_rows());
+    for i in 0..b.num_rows() {
+        let hs = (hoff[i] as usize..hoff[i + 1] as usize)
+            .map(|j| Header {
+                key: hkey.value(j).to_owned(),
+                value: nullable_slice(hval, &hshared, j),
+            })
+            .collect();
+        out.push(Record {
+            offset: offset.value(i),
+            timestamp: ts.value(i),
+            key: nullable_slice(key, &kshared, i),
+            value: nullable_slice(value, &vshared, i),
+            headers: hs,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Upload: sealed hot segments become Parquet objects committed to the manifest, oldest first.
+//!
+//! Invariants: a segment is committed only after its object is fully written; segments are
+//! committed in offset order with no gaps; a failing store is retried with backoff forever (the
+//! hot copy stays until the commit lands); a fenced commit stops uploads for the partition; a
+//! corrupt sealed segment stops uploads for the partition with an error naming the file, never
+//! skipping data.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::{PutMode, PutPayload};
+
+use crate::cold::manifest::{Op, SegmentEntry};
+use crate::cold::parquet::encode_segment;
+use crate::engine::{Inner, Partition};
+use crate::error::{Error, Result};
+use crate::hot::segment::Segment;
+
+pub(crate) fn spawn(inner: Arc<Inner>, p: Arc<Partition>) {
+    let tracker = inner.tasks.clone();
+    tracker.spawn(run(inner, p));
+}
+
+async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
+    let idle = inner.cfg.housekeeping();
+    loop {
+        let pending = p.log.pending_uploads();
+        if pending.is_empty() {
+            tokio::select! {
+                _ = inner.cancel.cancelled() => return,
+                _ = p.notify.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+            continue;
+        }
+        for seg in pending {
+            match upload(&inner, &p, &seg).await {
+                Ok(()) => {}
+                Err(Error::Closed) => return,
+                Err(e @ Error::Fenced { .. }) => {
+                    tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
+                        "deposed: stopping uploads; appends are refused");
+                    p.fenced.store(true, Ordering::Release);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(topic = %p.id.topic, partition = p.id.partition,
+                        base = seg.base_offset, error = %e, "upload failed; retrying later");
+                    tokio::select! {
+                        _ = inner.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(inner.cfg.upload_retry_max_ms)) => {}
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> Result<()> {
+    let (seg2, id, cfg) = (seg.clone(), p.id.clone(), inner.cfg.clone());
+    let enc = tokio::task::spawn_blocking(move || {
+        let batches = seg2.read_all()?;
+        encode_segment(&id, &batches, cfg.row_group_bytes, cfg.zstd_level)
+    })
+    .await
+    .map_err(|e| Error::invalid(format!("encoding task failed: {e}")))??;
+    let rel = p.manifest.paths.new_segment(enc.base_offset, p.epoch);
+    let path = p.manifest.paths.object(&rel);
+    let store = inner.store.clone();
+    let size = enc.bytes.len() as u64;
+    inner
+        .retry()
+        .run("upload segment", || {
+            let (store, path, bytes) = (store.clone(), path.clone(), enc.bytes.clone());
+            async move {
+                store
+                    .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
+                    .await
+                    .map(|_| ())
+                    .map_err(Error::from)
+            }
+        })
+        .await?;
+    let entry = SegmentEntry {
+        path: rel,
+        base_offset: enc.base_offset,
+        last_offset: enc.last_offset,
+        min_timestamp: enc.min_timestamp,
+        max_timestamp: enc.max_timestamp,
+        records: enc.records,
+        size,
+        raw_bytes: enc.raw_bytes,
+        row_groups: enc.row_groups,
+        epoch: p.epoch,
+    };
+    let mut w = p.writer.lock().await;
+    w.commit(Op::Add {
+        segments: vec![entry],
+    })
+    .await?;
+    p.set_cold(w.state());
+    drop(w);
+    p.log.mark_uploaded(enc.last_offset + 1);
+    tracing::debug!(topic = %p.id.topic, partition = p.id.partition, base = enc.base_offset,
+        last = enc.last_offset, bytes = size, raw = enc.raw_bytes, "segment committed to the cold tier");
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! Settings of the storage core, each with what it trades off.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// When appended bytes reach the disk. See docs/durability.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// fdatasync before an append returns: an acknowledged batch survives power loss. Slowest.
+    EveryBatch,
+    /// A background task fdatasyncs dirty partitions every `ms` milliseconds: a crash of the machine
+    /// loses at most the last interval of acknowledged appends; a crash of the process loses nothing
+    /// (the bytes are in the page cache).
+    Interval { ms: u64 },
+    /// Never fsync except when sealing a segment: the OS decides. Fastest; a machine crash may lose
+    /// everything not yet sealed.
+    Never,
+}
+
+/// Settings of one [`crate::Tier`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TierConfig {
+    /// Directory of the hot tier: `<dir>/<topic>/<partition>/<base offset>.log`.
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    /// The active segment seals at this size. Bigger segments mean fewer, larger cold objects
+    /// (cheaper scans, fewer manifest entries) but later uploads.
+    pub segment_bytes: u64,
+    /// The active segment seals when its oldest byte is this old (ms), bounding how long data
+    /// stays only on local disk.
+    pub segment_ms: u64,
+    /// One sparse index entry per this many bytes of batches.
+    pub index_interval_bytes: u64,
+    /// The largest batch accepted by an append.
+    pub max_batch_bytes: usize,
+    /// The hot tier keeps at most this many bytes per partition of segments already uploaded.
+    pub hot_retention_bytes: u64,
+    /// The hot tier keeps uploaded segments at most this long (ms, from their last write).
+    pub hot_retention_ms: u64,
+    /// Local-disk budget of the whole hot tier. Appends beyond it get a retriable back-pressure
+    /// error until uploads catch up.
+    pub hot_budget_bytes: u64,
+    /// Bytes of decoded cold data the read cache holds.
+    pub cache_bytes: u64,
+    /// Target uncompressed bytes per Parquet row group: the unit of cold reads and caching.
+    pub row_group_bytes: usize,
+    /// zstd level of cold Parquet files.
+    pub zstd_level: i32,
+    /// Prefetch the next row group or segment during sequential cold reads.
+    pub read_ahead: bool,
+    /// First delay between upload retries; doubles up to `upload_retry_max_ms`.
+    pub upload_retry_initial_ms: u64,
+    pub upload_retry_max_ms: u64,
+    /// How often background work (age-based sealing, retention, interval fsync checks) runs.
+    pub housekeeping_ms: u64,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        TierConfig {
+            data_dir: PathBuf::from("tierlog-data/hot"),
+            fsync: FsyncPolicy::Interval { ms: 10 },
+            segment_bytes: 128 << 20,
+            segment_ms: 10 * 60 * 1000,
+            index_interval_bytes: 4096,
+            max_batch_bytes: 4 << 20,
+            hot_retention_bytes: 1 << 30,
+            hot_retention_ms: 60 * 60 * 1000,
+            hot_budget_bytes: 16 << 30,
+            cache_bytes: 512 << 20,
+            row_group_bytes: 8 << 20,
+            zstd_level: 3,
+            read_ahead: true,
+            upload_retry_initial_ms: 100,
+            upload_retry_max_ms: 10_000,
+            housekeeping_ms: 1000,
+        }
+    }
+}
+
+impl TierConfig {
+    /// Checks the settings and says which one is wrong and why.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid(m));
+        if self.segment_bytes < 4096 {
+            return bad(format!("segment_bytes must be at least 4096, got {}", self.segment_bytes));
+        }
+        if self.max_batch_bytes as u64 > self.segment_bytes {
+            return bad(format!(
+                "max_batch_bytes ({}) must not exceed segment_bytes ({})",
+                self.max_batch_bytes, self.segment_bytes
+            ));
+        }
+        if self.hot_budget_bytes < self.segment_bytes.saturating_mul(2) {
+            return bad(format!(
+                "hot_budget_bytes ({}) must hold at least two segments ({} each)",
+                self.hot_budget_bytes, self.segment_bytes
+            ));
+        }
+        if let FsyncPolicy::Interval { ms: 0 } = self.fsync {
+            return bad("fsync interval must be at least 1 ms".into());
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            return bad(format!("zstd_level must be 1..=22, got {}", self.zstd_level));
+        }
+        if self.row_group_bytes < 64 << 10 {
+            return bad(format!("row_group_bytes must be at least 65536, got {}", self.row_group_bytes));
+        }
+        if self.upload_retry_initial_ms == 0 || self.upload_retry_max_ms < self.upload_retry_initial_ms {
+            return bad("upload retry delays must be positive and max ≥ initial".into());
+        }
+        if self.housekeeping_ms == 0 || self.segment_ms == 0 {
+            return bad("housekeeping_ms and segment_ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn housekeeping(&self) -> Duration {
+        Duration::from_millis(self.housekeeping_ms)
+    }
+}

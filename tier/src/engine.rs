@@ -1,0 +1,498 @@
+//! [`Tier`]: the storage core. Partitions append to the hot tier; sealed segments are uploaded
+//! as Parquet and committed to the partition's manifest under the leader's epoch; reads are
+//! served from the hot tier when it holds the offset, otherwise from the cold tier.
+//!
+//! Invariants:
+//! - an offset is readable from exactly one place at a time or from both with identical records;
+//! - hot segments are deleted only after the manifest commit that covers them;
+//! - the cold snapshot (`Partition::cold`) is updated before `uploaded_next`, so a reader that
+//!   misses in the hot tier always finds the offset in a fresh enough cold snapshot.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use object_store::path::Path;
+use object_store::ObjectStore;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Record, RecordBatch};
+use crate::cold::cache::{self, ColdCache};
+use crate::cold::manifest::{Manifest, ManifestState, ManifestWriter, Op};
+use crate::config::TierConfig;
+use crate::error::{Error, Result};
+use crate::hot::log::PartitionLog;
+use crate::hot::AppendResult;
+use crate::store::Retry;
+use crate::{retention, PartitionId};
+
+/// Where a read was served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Hot,
+    Cold,
+    /// Nothing to return: the offset is the log end.
+    None,
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    pub records: Vec<Record>,
+    /// The offset after the last record in the log (Kafka's high watermark for one replica).
+    pub high_watermark: i64,
+    /// The first offset still in the log.
+    pub log_start_offset: i64,
+    pub source: Source,
+}
+
+/// Where a partition's data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// First offset in the log (cold start, or hot start when nothing is cold).
+    pub log_start: i64,
+    /// First offset on local disk.
+    pub hot_start: i64,
+    /// Offsets below this are committed to the cold tier.
+    pub cold_next: i64,
+    /// Offsets below this are fsynced on local disk.
+    pub durable_next: i64,
+    /// The next offset to be assigned.
+    pub next: i64,
+    pub hot_bytes: u64,
+    pub cold_bytes: u64,
+    pub cold_segments: u64,
+}
+
+/// Cold retention of one partition (none by default: keep everything).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ColdRetention {
+    /// Remove segments whose newest record is older than this (ms).
+    pub ms: Option<i64>,
+    /// Remove the oldest segments while the partition's cold bytes exceed this.
+    pub bytes: Option<u64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Partition {
+    pub id: PartitionId,
+    pub log: Arc<PartitionLog>,
+    pub epoch: u64,
+    pub writer: tokio::sync::Mutex<ManifestWriter>,
+    pub manifest: Manifest,
+    pub cold: RwLock<Arc<ManifestState>>,
+    pub notify: Notify,
+    pub fenced: AtomicBool,
+    pub retention: RwLock<ColdRetention>,
+}
+
+impl Partition {
+    pub fn cold(&self) -> Arc<ManifestState> {
+        self.cold.read().expect("cold lock poisoned").clone()
+    }
+    pub fn set_cold(&self, s: &ManifestState) {
+        *self.cold.write().expect("cold lock poisoned") = Arc::new(s.clone());
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub cfg: Arc<TierConfig>,
+    pub store: Arc<dyn ObjectStore>,
+    pub root: Path,
+    pub partitions: RwLock<HashMap<PartitionId, Arc<Partition>>>,
+    pub cache: ColdCache,
+    pub hot_bytes: Arc<AtomicU64>,
+    pub cancel: CancellationToken,
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
+impl Inner {
+    pub fn retry(&self) -> Retry {
+        Retry::new(
+            Duration::from_millis(self.cfg.upload_retry_initial_ms),
+            Duration::from_millis(self.cfg.upload_retry_max_ms),
+            self.cancel.clone(),
+        )
+    }
+    pub fn all(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .expect("partitions lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// The storage core. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Tier {
+    inner: Arc<Inner>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::invalid(format!("blocking task failed: {e}")))?
+}
+
+impl Tier {
+    /// Opens the tier over `store` (cold objects live under `root`). Starts background work:
+    /// interval fsync, age-based sealing, retention.
+    pub async fn open(cfg: TierConfig, store: Arc<dyn ObjectStore>, root: Path) -> Result<Tier> {
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
+        let cache = ColdCache::new(store.clone(), cfg.cache_bytes);
+        let inner = Arc::new(Inner {
+            cfg: Arc::new(cfg),
+            store,
+            root,
+            partitions: RwLock::default(),
+            cache,
+            hot_bytes: Arc::default(),
+            cancel: CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        });
+        retention::spawn_housekeeping(&inner);
+        Ok(Tier { inner })
+    }
+
+    pub fn config(&self) -> &TierConfig {
+        &self.inner.cfg
+    }
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Opens a partition as its leader with `epoch`: fences the manifest (failing with
+    /// [`Error::Fenced`] if a higher epoch committed), recovers the hot tier, and starts uploads.
+    pub async fn open_partition(&self, topic: &str, partition: u32, epoch: u64) -> Result<()> {
+        let id = PartitionId::new(topic, partition);
+        if self.partition(&id).is_ok() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let manifest = Manifest::new(inner.store.clone(), &inner.root, topic, partition);
+        let writer = ManifestWriter::open(manifest.clone(), epoch, inner.retry()).await?;
+        let state = writer.state().clone();
+        let (cfg, root, hot) = (inner.cfg.clone(), inner.cfg.data_dir.clone(), inner.hot_bytes.clone());
+        let id2 = id.clone();
+        let cold_next = state.next_offset;
+        let log = blocking(move || PartitionLog::open(&root, id2, cfg, cold_next, hot)).await?;
+        let p = Arc::new(Partition {
+            id: id.clone(),
+            log: Arc::new(log),
+            epoch,
+            writer: tokio::sync::Mutex::new(writer),
+            manifest,
+            cold: RwLock::new(Arc::new(state)),
+            notify: Notify::new(),
+            fenced: AtomicBool::new(false),
+            retention: RwLock::default(),
+        });
+        {
+            let mut map = inner.partitions.write().expect("partitions lock poisoned");
+            if map.contains_key(&id) {
+                return Ok(());
+            }
+            map.insert(id.clone(), p.clone());
+        }
+        crate::cold::upload::spawn(inner.clone(), p);
+        tracing::info!(topic, partition, epoch, cold_next, "partition opened");
+        Ok(())
+    }
+
+    fn partition(&self, id: &PartitionId) -> Result<Arc<Partition>> {
+        self.inner
+            .partitions
+            .read()
+            .expect("partitions lock poisoned")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: id.topic.to_string(),
+                partition: id.partition,
+            })
+    }
+
+    fn get(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        self.partition(&PartitionId::new(topic, partition))
+    }
+
+    /// Partitions open in this tier.
+    pub fn partitions(&self) -> Vec<PartitionId> {
+        let mut v: Vec<_> = self.inner.all().iter().map(|p| p.id.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Appends a batch: assigns offsets, writes it to the hot tier (synced per the fsync policy)
+    /// and returns where it landed. Fails with [`Error::Backpressure`] when the hot tier's disk
+    /// budget is used up, and [`Error::Fenced`] after another leader took over.
+    pub async fn append(&self, topic: &str, partition: u32, batch: RecordBatch) -> Result<AppendResult> {
+        let p = self.get(topic, partition)?;
+        if p.fenced.load(Ordering::Acquire) {
+            let current = p.cold().epoch;
+            return Err(Error::Fenced {
+                partition: p.id.to_string(),
+                ours: p.epoch,
+                current,
+            });
+        }
+        let used = self.inner.hot_bytes.load(Ordering::Acquire);
+        let budget = self.inner.cfg.hot_budget_bytes;
+        if used + batch.len() as u64 > budget {
+            return Err(Error::Backpressure { used, budget });
+        }
+        let log = p.log.clone();
+        let epoch = p.epoch as i32;
+        let r = blocking(move || log.append(batch, epoch)).await?;
+        if r.rolled {
+            p.notify.notify_one();
+        }
+        Ok(r)
+    }
+
+    /// Records from `offset` on, up to about `max_bytes` of payload (at least one record when the
+    /// log has any at `offset`). Served from the hot tier when it holds `offset`, otherwise from
+    /// the cold tier.
+    pub async fn read(&self, topic: &str, partition: u32, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        let p = self.get(topic, partition)?;
+        let next = p.log.next_offset();
+        let log = p.log.clone();
+        let hot = blocking(move || log.read(offset, max_bytes)).await?;
+        let cold = p.cold();
+        let log_start = log_start(&cold, p.log.start_offset());
+        if offset < log_start || offset > next {
+            return Err(Error::OffsetOutOfRange {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                start: log_start,
+                end: next,
+            });
+        }
+        let result = |records: Vec<Record>, source| ReadResult {
+            high_watermark: next,
+            log_start_offset: log_start,
+            source: if records.is_empty() { Source::None } else { source },
+            records,
+        };
+        if let Some(batches) = hot {
+            let mut records = Vec::new();
+            for b in &batches {
+                b.decode_into(&mut records)?;
+            }
+            records.retain(|r| r.offset >= offset && r.offset < next);
+            return Ok(result(records, Source::Hot));
+        }
+        let records = self.read_cold(&p, &cold, offset, max_bytes).await?;
+        Ok(result(records, Source::Cold))
+    }
+
+    async fn read_cold(
+        &self,
+        p: &Partition,
+        cold: &ManifestState,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        let cache = &self.inner.cache;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut cur = offset;
+        while cur < cold.next_offset && (out.is_empty() || bytes < max_bytes) {
+            let seg = p.manifest.find_offset(cold, cur).await?.ok_or_else(|| Error::OffsetOutOfRange {
+                topic: p.id.topic.to_string(),
+                partition: p.id.partition,
+                offset: cur,
+                start: cold.start_offset,
+                end: cold.next_offset,
+            })?;
+            let path = p.manifest.paths.object(&seg.path);
+            let meta = cache.metadata(&path, seg.size).await?;
+            let (rg, first) = cache::locate(&meta, seg.base_offset, cur).ok_or_else(|| Error::Corrupt {
+                location: path.to_string(),
+                position: 0,
+                reason: format!("offset {cur} is not in the segment's row groups"),
+            })?;
+            let rows = cache.row_group(&path, seg.size, rg).await?;
+            let skip = usize::try_from(cur - first).unwrap_or(usize::MAX);
+            for r in rows.records.iter().skip(skip) {
+                if r.offset != cur {
+                    return Err(Error::Corrupt {
+                        location: path.to_string(),
+                        position: rg as u64,
+                        reason: format!("row for offset {cur} holds offset {}", r.offset),
+                    });
+                }
+                bytes += r.payload_len();
+                out.push(r.clone());
+                cur += 1;
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            if self.inner.cfg.read_ahead {
+                let n = meta.metadata().num_row_groups();
+                if rg + 1 < n {
+                    cache.prefetch(path, seg.size, rg + 1);
+                } else if let Some(next) = p.manifest.find_offset(cold, seg.last_offset + 1).await? {
+                    cache.prefetch(p.manifest.paths.object(&next.path), next.size, 0);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first offset whose record timestamp is ≥ `ts` (ms), across both tiers; `None` when
+    /// every record is older.
+    pub async fn offset_for_timestamp(&self, topic: &str, partition: u32, ts: i64) -> Result<Option<i64>> {
+        let p = self.get(topic, partition)?;
+        let cold = p.cold();
+        if let Some(seg) = p.manifest.find_timestamp(&cold, ts).await? {
+            let cache = &self.inner.cache;
+            let path = p.manifest.paths.object(&seg.path);
+            let meta = cache.metadata(&path, seg.size).await?;
+            let start = cache::first_row_group_at_or_after(&meta, ts).unwrap_or(0);
+            for rg in start..meta.metadata().num_row_groups() {
+                let rows = cache.row_group(&path, seg.size, rg).await?;
+                if let Some(r) = rows.records.iter().find(|r| r.timestamp >= ts) {
+                    return Ok(Some(r.offset));
+                }
+            }
+        }
+        let log = p.log.clone();
+        blocking(move || log.offset_for_timestamp(ts)).await
+    }
+
+    /// Where the partition's data lives now.
+    pub fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets> {
+        let p = self.get(topic, partition)?;
+        let cold = p.cold();
+        let (cold_bytes, _, cold_segments) = cold.totals();
+        Ok(PartitionOffsets {
+            log_start: log_start(&cold, p.log.start_offset()),
+            hot_start: p.log.start_offset(),
+            cold_next: cold.next_offset,
+            durable_next: p.log.durable_next(),
+            next: p.log.next_offset(),
+            hot_bytes: p.log.bytes(),
+            cold_bytes,
+            cold_segments,
+        })
+    }
+
+    /// Sets a partition's cold retention (applied by background work).
+    pub fn set_cold_retention(&self, topic: &str, partition: u32, r: ColdRetention) -> Result<()> {
+        let p = self.get(topic, partition)?;
+        *p.retention.write().expect("retention lock poisoned") = r;
+        Ok(())
+    }
+
+    /// Seals the active segment of a partition and waits until everything appended before this
+    /// call is committed to the cold tier.
+    pub async fn flush(&self, topic: &str, partition: u32) -> Result<()> {
+        let p = self.get(topic, partition)?;
+        let target = p.log.next_offset();
+        let log = p.log.clone();
+        blocking(move || log.seal_active(true).map(|_| ())).await?;
+        p.notify.notify_one();
+        loop {
+            if p.log.uploaded_next() >= target {
+                return Ok(());
+            }
+            if p.fenced.load(Ordering::Acquire) {
+                return Err(Error::Fenced {
+                    partition: p.id.to_string(),
+                    ours: p.epoch,
+                    current: p.cold().epoch,
+                });
+            }
+            if self.inner.cancel.is_cancelled() {
+                return Err(Error::Closed);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Flushes every partition (see [`Tier::flush`]).
+    pub async fn flush_all(&self) -> Result<()> {
+        for id in self.partitions() {
+            self.flush(&id.topic, id.partition).await?;
+        }
+        Ok(())
+    }
+
+    /// fsyncs every partition's active segment now.
+    pub async fn sync_all(&self) -> Result<()> {
+        let parts = self.inner.all();
+        blocking(move || {
+            for p in parts {
+                p.log.flush()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Commits a cold retention cut now (normally done by background work): removes every whole
+    /// segment below `start_offset` from the manifest, then deletes their objects.
+    pub async fn truncate_cold(&self, topic: &str, partition: u32, start_offset: i64) -> Result<u64> {
+        let p = self.get(topic, partition)?;
+        retention::truncate_cold(&p, start_offset).await
+    }
+
+    /// Bytes of decoded cold data held by the read cache.
+    pub fn cache_bytes(&self) -> u64 {
+        self.inner.cache.cached_bytes()
+    }
+
+    /// Bytes of hot segments on local disk, over all partitions.
+    pub fn hot_bytes(&self) -> u64 {
+        self.inner.hot_bytes.load(Ordering::Acquire)
+    }
+
+    /// Graceful shutdown: seals and uploads every partition (unless `upload` is false), syncs,
+    /// and stops background work.
+    pub async fn close(&self, upload: bool) -> Result<()> {
+        let flushed = if upload { self.flush_all().await } else { Ok(()) };
+        let synced = self.sync_all().await;
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        flushed.and(synced)
+    }
+
+    /// Stops background work without sealing or uploading (as if the process died, minus the
+    /// page cache). For tests.
+    pub async fn abort(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Applies an Op to a partition's manifest directly (tests and tools).
+    #[doc(hidden)]
+    pub async fn commit_manifest(&self, topic: &str, partition: u32, op: Op) -> Result<()> {
+        let p = self.get(topic, partition)?;
+        let mut w = p.writer.lock().await;
+        w.commit(op).await?;
+        p.set_cold(w.state());
+        Ok(())
+    }
+}
+
+fn log_start(cold: &ManifestState, hot_start: i64) -> i64 {
+    if cold.next_offset > cold.start_offset {
+        cold.start_offset.min(hot_start)
+    } else {
+        hot_start
+    }
+}

@@ -1,0 +1,392 @@
+//! The hot log of one partition: an ordered run of segment files in one directory.
+//!
+//! Invariants:
+//! - segments are contiguous: each segment's base offset is the previous one's next offset;
+//! - only the last segment is active (appendable); all others are sealed and were fsynced first;
+//! - offsets below `uploaded_next` are committed to the cold manifest; only segments wholly below
+//!   it may be deleted;
+//! - appends are serialized by the writer lock; readers take a snapshot of the segment list and
+//!   read only whole frames.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+
+use crate::batch::RecordBatch;
+use crate::config::{FsyncPolicy, TierConfig};
+use crate::error::{Error, Result};
+use crate::hot::segment::{self, Segment};
+use crate::PartitionId;
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// True when the batch sealed the active segment (a new one was started after it).
+    pub rolled: bool,
+}
+
+#[derive(Debug)]
+struct Writer {
+    scratch: BytesMut,
+}
+
+#[derive(Debug)]
+pub(crate) struct PartitionLog {
+    pub id: PartitionId,
+    dir: PathBuf,
+    cfg: Arc<TierConfig>,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    writer: Mutex<Writer>,
+    next_offset: AtomicI64,
+    durable_next: AtomicI64,
+    uploaded_next: AtomicI64,
+    dirty: AtomicBool,
+    /// Bytes on disk in this partition's segments.
+    bytes: AtomicU64,
+    /// Bytes on disk over all partitions of the tier (shared).
+    global: Arc<AtomicU64>,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the partition's directory. `cold_next` is the next offset after what the
+    /// cold manifest holds: the log continues from there when the hot tier is empty.
+    pub fn open(
+        root: &Path,
+        id: PartitionId,
+        cfg: Arc<TierConfig>,
+        cold_next: i64,
+        global: Arc<AtomicU64>,
+    ) -> Result<Self> {
+        let dir = root.join(&*id.topic).join(id.partition.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let name = entry.file_name();
+            if let Some(base) = name.to_str().and_then(segment::parse_segment_file_name) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let mut segs: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
+        for (i, base) in bases.iter().enumerate() {
+            let path = dir.join(segment::segment_file_name(*base));
+            let is_last = i + 1 == bases.len();
+            let seg = Segment::open(&path, *base, cfg.index_interval_bytes, is_last)?;
+            if let Some(prev) = segs.last() {
+                if prev.next_offset() != seg.base_offset {
+                    return Err(Error::Corrupt {
+                        location: path.display().to_string(),
+                        position: 0,
+                        reason: format!(
+                            "segment starts at offset {} but the previous one ends before {}",
+                            seg.base_offset,
+                            prev.next_offset()
+                        ),
+                    });
+                }
+            }
+            segs.push(Arc::new(seg));
+        }
+        // Reconcile with the cold tier.
+        if let Some(first) = segs.first() {
+            if first.base_offset > cold_next {
+                return Err(Error::Corrupt {
+                    location: dir.display().to_string(),
+                    position: 0,
+                    reason: format!(
+                        "hot tier starts at offset {} but the cold tier ends before {cold_next}: offsets in between are missing",
+                        first.base_offset
+                    ),
+                });
+            }
+            let last_next = segs.last().map_or(cold_next, |s| s.next_offset());
+            if last_next < cold_next {
+                tracing::warn!(
+                    topic = %id.topic, partition = id.partition, hot_next = last_next, cold_next,
+                    "hot tier is behind the cold tier; discarding the hot copy (it is all uploaded)"
+                );
+                for s in segs.drain(..) {
+                    std::fs::remove_file(&s.path).map_err(|e| Error::io(&s.path, e))?;
+                }
+            }
+        }
+        if segs.is_empty() {
+            segs.push(Arc::new(Segment::create(&dir, cold_next, cfg.index_interval_bytes)?));
+        } else if segs.last().is_some_and(|s| s.is_sealed()) {
+            // Only reachable if the last file was opened as sealed; keep one active segment.
+            let next = segs.last().map_or(cold_next, |s| s.next_offset());
+            segs.push(Arc::new(Segment::create(&dir, next, cfg.index_interval_bytes)?));
+        }
+        let next = segs.last().map_or(cold_next, |s| s.next_offset());
+        let bytes = segs.iter().map(|s| s.size()).sum();
+        global.fetch_add(bytes, Ordering::AcqRel);
+        Ok(PartitionLog {
+            id,
+            dir,
+            cfg,
+            segments: RwLock::new(segs),
+            writer: Mutex::new(Writer {
+                scratch: BytesMut::new(),
+            }),
+            next_offset: AtomicI64::new(next),
+            durable_next: AtomicI64::new(next),
+            uploaded_next: AtomicI64::new(cold_next),
+            dirty: AtomicBool::new(false),
+            bytes: AtomicU64::new(bytes),
+            global,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+    pub fn durable_next(&self) -> i64 {
+        self.durable_next.load(Ordering::Acquire)
+    }
+    pub fn uploaded_next(&self) -> i64 {
+        self.uploaded_next.load(Ordering::Acquire)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+    /// First offset still on local disk.
+    pub fn start_offset(&self) -> i64 {
+        self.snapshot().first().map_or(self.next_offset(), |s| s.base_offset)
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Segment>> {
+        self.segments.read().expect("segments lock poisoned").clone()
+    }
+
+    fn active(&self) -> Arc<Segment> {
+        self.segments
+            .read()
+            .expect("segments lock poisoned")
+            .last()
+            .cloned()
+            .expect("a partition log always has an active segment")
+    }
+
+    /// Appends a validated batch, assigning its offsets. Returns once the batch is written and,
+    /// under [`FsyncPolicy::EveryBatch`], synced.
+    pub fn append(&self, batch: RecordBatch, leader_epoch: i32) -> Result<AppendResult> {
+        if batch.len() > self.cfg.max_batch_bytes {
+            return Err(Error::TooLarge {
+                size: batch.len(),
+                limit: self.cfg.max_batch_bytes,
+            });
+        }
+        let mut w = self.writer.lock().expect("writer lock poisoned");
+        let mut active = self.active();
+        let frame = segment::frame_len(batch.len());
+        let mut rolled = false;
+        if !active.is_empty() && active.size() + frame > self.cfg.segment_bytes {
+            active = self.roll_locked(&active)?;
+            rolled = true;
+        }
+        let base = self.next_offset();
+        let batch = batch.with_assigned(base, leader_epoch);
+        let last = batch.header().last_offset();
+        active.append(&batch, &mut w.scratch)?;
+        self.bytes.fetch_add(frame, Ordering::AcqRel);
+        self.global.fetch_add(frame, Ordering::AcqRel);
+        self.next_offset.store(last + 1, Ordering::Release);
+        match self.cfg.fsync {
+            FsyncPolicy::EveryBatch => {
+                active.sync()?;
+                self.durable_next.store(last + 1, Ordering::Release);
+            }
+            FsyncPolicy::Interval { .. } | FsyncPolicy::Never => {
+                self.dirty.store(true, Ordering::Release);
+            }
+        }
+        Ok(AppendResult {
+            base_offset: base,
+            last_offset: last,
+            rolled,
+        })
+    }
+
+    /// Seals `active` and starts a new segment. Caller holds the writer lock.
+    fn roll_locked(&self, active: &Arc<Segment>) -> Result<Arc<Segment>> {
+        active.seal()?;
+        self.durable_next.store(active.next_offset(), Ordering::Release);
+        let next = Arc::new(Segment::create(
+            &self.dir,
+            active.next_offset(),
+            self.cfg.index_interval_bytes,
+        )?);
+        self.segments
+            .write()
+            .expect("segments lock poisoned")
+            .push(next.clone());
+        tracing::debug!(topic = %self.id.topic, partition = self.id.partition,
+            sealed_base = active.base_offset, next_base = next.base_offset, "segment sealed");
+        Ok(next)
+    }
+
+    /// Seals the active segment if it holds data and is older than `segment_ms`, or always when
+    /// `force`. Returns true when a segment was sealed.
+    pub fn seal_active(&self, force: bool) -> Result<bool> {
+        let _w = self.writer.lock().expect("writer lock poisoned");
+        let active = self.active();
+        if active.is_empty() {
+            return Ok(false);
+        }
+        let old = active.opened_at.elapsed() >= Duration::from_millis(self.cfg.segment_ms);
+        if force || old {
+            self.roll_locked(&active)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// fsyncs the active segment if anything was appended since the last sync.
+    pub fn flush(&self) -> Result<()> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let next = self.next_offset();
+        if let Err(e) = self.active().sync() {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e);
+        }
+        self.durable_next.fetch_max(next, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Sealed segments not yet committed to the cold manifest, oldest first.
+    pub fn pending_uploads(&self) -> Vec<Arc<Segment>> {
+        let up = self.uploaded_next();
+        self.snapshot()
+            .into_iter()
+            .filter(|s| s.is_sealed() && s.next_offset() > up && !s.is_empty())
+            .collect()
+    }
+
+    /// Records that everything below `next` is committed to the cold manifest.
+    pub fn mark_uploaded(&self, next: i64) {
+        self.uploaded_next.fetch_max(next, Ordering::AcqRel);
+    }
+
+    /// Deletes uploaded segments beyond the hot retention limits, or (when `over_budget`) every
+    /// uploaded segment. Returns the bytes freed.
+    pub fn enforce_retention(&self, over_budget: bool) -> Result<u64> {
+        let up = self.uploaded_next();
+        let max_age = Duration::from_millis(self.cfg.hot_retention_ms);
+        let mut freed = 0u64;
+        loop {
+            let victim = {
+                let segs = self.segments.read().expect("segments lock poisoned");
+                let total: u64 = segs.iter().map(|s| s.size()).sum();
+                match segs.first() {
+                    Some(s) if segs.len() > 1 && s.is_sealed() && s.next_offset() <= up => {
+                        let aged = file_age(&s.path).is_some_and(|a| a >= max_age);
+                        if over_budget || aged || total > self.cfg.hot_retention_bytes {
+                            Some(s.clone())
+                        } else {
+                            None
+                        }
+                    }
+                    _ => None,
+                }
+            };
+            let Some(victim) = victim else { break };
+            std::fs::remove_file(&victim.path).map_err(|e| Error::io(&victim.path, e))?;
+            self.segments
+                .write()
+                .expect("segments lock poisoned")
+                .retain(|s| !Arc::ptr_eq(s, &victim));
+            self.bytes.fetch_sub(victim.size(), Ordering::AcqRel);
+            self.global.fetch_sub(victim.size(), Ordering::AcqRel);
+            freed += victim.size();
+            tracing::debug!(topic = %self.id.topic, partition = self.id.partition,
+                base = victim.base_offset, "deleted uploaded hot segment");
+        }
+        Ok(freed)
+    }
+
+    /// Whole batches from `offset` on, up to about `max_bytes` (at least one batch when any
+    /// exists). `None` when `offset` is below what the hot tier still holds.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Vec<RecordBatch>>> {
+        let segs = self.snapshot();
+        let Some(first) = segs.first() else { return Ok(Some(Vec::new())) };
+        if offset < first.base_offset {
+            return Ok(None);
+        }
+        let mut i = segs.partition_point(|s| s.base_offset <= offset) - 1;
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        let mut pos = segs[i].position_for_offset(offset);
+        while i < segs.len() && (out.is_empty() || total < max_bytes) {
+            let batches = segs[i].read_batches(pos, max_bytes.saturating_sub(total).max(1))?;
+            for b in batches {
+                if b.header().next_offset() <= offset {
+                    continue;
+                }
+                total += b.len();
+                out.push(b);
+            }
+            i += 1;
+            pos = 0;
+        }
+        Ok(Some(out))
+    }
+
+    /// First offset whose record timestamp is ≥ `ts` among the hot segments, if any.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<i64>> {
+        for seg in self.snapshot() {
+            if seg.max_timestamp() < ts {
+                continue;
+            }
+            let mut pos = seg.position_for_timestamp(ts);
+            loop {
+                let batches = seg.read_batches(pos, 1 << 20)?;
+                if batches.is_empty() {
+                    break;
+                }
+                for b in &batches {
+                    pos += segment::frame_len(b.len());
+                    if b.header().max_timestamp < ts {
+                        continue;
+                    }
+                    let hit = b.records()?.into_iter().find(|r| r.timestamp >= ts);
+                    if let Some(r) = hit {
+                        return Ok(Some(r.offset));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes every segment file and the directory (topic deletion).
+    pub fn remove_all(&self) -> Result<()> {
+        let segs = std::mem::take(&mut *self.segments.write().expect("segments lock poisoned"));
+        let bytes = self.bytes.swap(0, Ordering::AcqRel);
+        self.global.fetch_sub(bytes, Ordering::AcqRel);
+        drop(segs);
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&self.dir, e)),
+        }
+    }
+}
+
+fn file_age(path: &Path) -> Option<Duration> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    SystemTime::now().duration_since(modified).ok()
+}
+
+#[cfg(test)]
+mod tests;

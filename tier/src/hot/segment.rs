@@ -1,0 +1,370 @@
+//! One hot-tier segment file: `<base_offset:020>.log`, a sequence of frames.
+//!
+//! Frame: `u32 length (BE) | u32 CRC-32C of the batch (BE) | Kafka v2 record batch`. The frame CRC
+//! covers every byte of the batch, including the base offset and leader epoch that the Kafka CRC
+//! leaves out.
+//!
+//! Invariants:
+//! - batches in a segment are contiguous: each base offset is the previous batch's next offset;
+//! - `size` only ever covers whole frames; readers never look past it;
+//! - a sealed segment was fsynced before the next segment was created, so a torn tail can only
+//!   be in the last segment of a partition. A bad frame in a sealed segment is corruption.
+//!
+//! The sparse index (batch base offset, file position, running max timestamp before the batch) is
+//! kept in memory and rebuilt on open by walking frame headers; it is never persisted.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::RwLock;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use crate::batch::{self, RecordBatch, HEADER_LEN};
+use crate::error::{Error, Result};
+
+pub(crate) const FRAME_HEADER: usize = 8;
+
+/// An index entry: a batch starts at `position` with base `offset`; every batch before it in the
+/// segment has a max timestamp below or equal to `max_ts_before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub offset: i64,
+    pub position: u64,
+    pub max_ts_before: i64,
+}
+
+/// What scanning a segment found.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    pub size: u64,
+    pub next_offset: i64,
+    pub max_timestamp: i64,
+    pub index: Vec<IndexEntry>,
+    /// Where the scan stopped early and why (only for a torn or corrupt tail).
+    pub stopped: Option<(u64, String)>,
+}
+
+pub(crate) fn segment_file_name(base: i64) -> String {
+    format!("{base:020}.log")
+}
+
+pub(crate) fn parse_segment_file_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".log")?;
+    if stem.len() != 20 {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base_offset: i64,
+    pub path: PathBuf,
+    file: File,
+    size: AtomicU64,
+    next_offset: AtomicI64,
+    max_timestamp: AtomicI64,
+    sealed: AtomicBool,
+    index: RwLock<Vec<IndexEntry>>,
+    index_interval: u64,
+    /// Bytes written since the last index entry (writer only).
+    since_index: AtomicU64,
+    pub opened_at: Instant,
+}
+
+impl Segment {
+    /// Creates a new, empty segment file. Fails if it exists.
+    pub fn create(dir: &Path, base: i64, index_interval: u64) -> Result<Segment> {
+        let path = dir.join(segment_file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Segment::new(path, file, base, index_interval, empty_scan(base)))
+    }
+
+    /// Opens an existing segment. A sealed segment must be whole; the last (active) segment has a
+    /// torn or corrupt tail truncated, and the log says which offsets went.
+    pub fn open(path: &Path, base: i64, index_interval: u64, is_last: bool) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        let scan = scan(&file, base, index_interval, is_last)?;
+        if let Some((pos, reason)) = &scan.stopped {
+            if !is_last {
+                return Err(Error::Corrupt {
+                    location: path.display().to_string(),
+                    position: *pos,
+                    reason: reason.clone(),
+                });
+            }
+            let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+            tracing::warn!(
+                file = %path.display(),
+                position = pos,
+                dropped_bytes = len - pos,
+                first_lost_offset = scan.next_offset,
+                %reason,
+                "truncating torn tail of the active segment; offsets from first_lost_offset on were never acknowledged durably"
+            );
+            file.set_len(*pos).map_err(|e| Error::io(path, e))?;
+            file.sync_all().map_err(|e| Error::io(path, e))?;
+        }
+        let seg = Segment::new(path.to_path_buf(), file, base, index_interval, scan);
+        if !is_last {
+            seg.sealed.store(true, Ordering::Release);
+        }
+        Ok(seg)
+    }
+
+    fn new(path: PathBuf, file: File, base: i64, index_interval: u64, scan: Scan) -> Segment {
+        let since = scan
+            .index
+            .last()
+            .map_or(0, |e| scan.size.saturating_sub(e.position));
+        Segment {
+            base_offset: base,
+            path,
+            file,
+            size: AtomicU64::new(scan.size),
+            next_offset: AtomicI64::new(scan.next_offset),
+            max_timestamp: AtomicI64::new(scan.max_timestamp),
+            sealed: AtomicBool::new(false),
+            index: RwLock::new(scan.index),
+            index_interval,
+            since_index: AtomicU64::new(since),
+            opened_at: Instant::now(),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.load(Ordering::Acquire)
+    }
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.size() == 0
+    }
+
+    /// Appends one batch whose base offset is already assigned and equals `next_offset()`.
+    /// On a failed write the file is cut back, so no partial frame stays behind.
+    /// Callers serialize appends.
+    pub fn append(&self, batch: &RecordBatch, scratch: &mut BytesMut) -> Result<()> {
+        debug_assert!(!self.is_sealed());
+        let h = batch.header();
+        debug_assert_eq!(h.base_offset, self.next_offset());
+        let bytes = batch.as_bytes();
+        scratch.clear();
+        scratch.reserve(FRAME_HEADER + bytes.len());
+        scratch.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        scratch.extend_from_slice(&crc32c::crc32c(bytes).to_be_bytes());
+        scratch.extend_from_slice(bytes);
+        let pos = self.size();
+        if let Err(e) = (&self.file).write_all(scratch) {
+            // Cut back whatever part of the frame reached the file; if even that fails the torn
+            // tail is dropped by recovery on the next open.
+            let _ = self.file.set_len(pos);
+            return Err(Error::io(&self.path, e));
+        }
+        let frame_len = scratch.len() as u64;
+        let since = self.since_index.load(Ordering::Relaxed);
+        if pos == 0 || since >= self.index_interval {
+            let max_before = self.max_timestamp();
+            self.index
+                .write()
+                .expect("index lock poisoned")
+                .push(IndexEntry {
+                    offset: h.base_offset,
+                    position: pos,
+                    max_ts_before: max_before,
+                });
+            self.since_index.store(frame_len, Ordering::Relaxed);
+        } else {
+            self.since_index.store(since + frame_len, Ordering::Relaxed);
+        }
+        self.max_timestamp
+            .fetch_max(h.max_timestamp, Ordering::AcqRel);
+        self.next_offset.store(h.next_offset(), Ordering::Release);
+        self.size.store(pos + frame_len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Syncs and marks the segment sealed: no more appends.
+    pub fn seal(&self) -> Result<()> {
+        self.sync()?;
+        self.sealed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Position of the last indexed batch at or before `offset`.
+    pub fn position_for_offset(&self, offset: i64) -> u64 {
+        let idx = self.index.read().expect("index lock poisoned");
+        let i = idx.partition_point(|e| e.offset <= offset);
+        if i == 0 { 0 } else { idx[i - 1].position }
+    }
+
+    /// Position from which a scan finds the first batch whose max timestamp is ≥ `ts`.
+    pub fn position_for_timestamp(&self, ts: i64) -> u64 {
+        let idx = self.index.read().expect("index lock poisoned");
+        let i = idx.partition_point(|e| e.max_ts_before < ts);
+        if i == 0 { 0 } else { idx[i - 1].position }
+    }
+
+    /// Reads whole batches starting at `position`, stopping once `max_bytes` is reached (at least
+    /// one batch is returned when any exists). Every frame is checked against its CRC.
+    pub fn read_batches(&self, mut position: u64, max_bytes: usize) -> Result<Vec<RecordBatch>> {
+        let end = self.size();
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        while position < end && (out.is_empty() || total < max_bytes) {
+            let (batch, next) = self.read_frame(position, end)?;
+            total += batch.len();
+            out.push(batch);
+            position = next;
+        }
+        Ok(out)
+    }
+
+    /// Reads all batches of the segment (for upload).
+    pub fn read_all(&self) -> Result<Vec<RecordBatch>> {
+        self.read_batches(0, usize::MAX)
+    }
+
+    fn read_frame(&self, position: u64, end: u64) -> Result<(RecordBatch, u64)> {
+        let corrupt = |reason: String| Error::Corrupt {
+            location: self.path.display().to_string(),
+            position,
+            reason,
+        };
+        let mut head = [0u8; FRAME_HEADER];
+        self.file
+            .read_exact_at(&mut head, position)
+            .map_err(|e| Error::io(&self.path, e))?;
+        let len = u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")) as u64;
+        let crc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+        let next = position + FRAME_HEADER as u64 + len;
+        if next > end {
+            return Err(corrupt(format!("frame of {len} bytes runs past the end ({end})")));
+        }
+        let mut buf = BytesMut::zeroed(len as usize);
+        self.file
+            .read_exact_at(&mut buf, position + FRAME_HEADER as u64)
+            .map_err(|e| Error::io(&self.path, e))?;
+        if crc32c::crc32c(&buf) != crc {
+            return Err(corrupt("frame CRC mismatch".into()));
+        }
+        let batch = RecordBatch::parse(buf.freeze()).map_err(|e| corrupt(e.to_string()))?;
+        Ok((batch, next))
+    }
+}
+
+fn empty_scan(base: i64) -> Scan {
+    Scan {
+        size: 0,
+        next_offset: base,
+        max_timestamp: i64::MIN,
+        index: Vec::new(),
+        stopped: None,
+    }
+}
+
+/// Walks a segment's frames. With `verify` every frame's CRC and batch structure is checked (for
+/// the active segment, which may have a torn tail); otherwise only frame and batch headers are read.
+pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) -> Result<Scan> {
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("<segment>", e))?
+        .len();
+    let mut s = empty_scan(base);
+    let mut since_index = u64::MAX;
+    let mut pos = 0u64;
+    let mut head = vec![0u8; FRAME_HEADER + HEADER_LEN];
+    let mut body = Vec::new();
+    while pos < len {
+        let stop = |s: &mut Scan, why: String| {
+            s.stopped = Some((pos, why));
+        };
+        if len - pos < (FRAME_HEADER + HEADER_LEN) as u64 {
+            stop(&mut s, format!("{} trailing bytes, shorter than a frame", len - pos));
+            break;
+        }
+        if let Err(e) = file.read_exact_at(&mut head, pos) {
+            stop(&mut s, format!("read failed: {e}"));
+            break;
+        }
+        let flen = u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")) as u64;
+        let fcrc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+        let next = pos + FRAME_HEADER as u64 + flen;
+        if flen < HEADER_LEN as u64 || next > len {
+            stop(&mut s, format!("frame length {flen} does not fit in the file"));
+            break;
+        }
+        if verify {
+            body.resize(flen as usize, 0);
+            if let Err(e) = file.read_exact_at(&mut body, pos + FRAME_HEADER as u64) {
+                stop(&mut s, format!("read failed: {e}"));
+                break;
+            }
+            if crc32c::crc32c(&body) != fcrc {
+                stop(&mut s, "frame CRC mismatch".into());
+                break;
+            }
+        }
+        let h = match batch::parse_header(&head[FRAME_HEADER..]) {
+            Ok(h) => h,
+            Err(e) => {
+                stop(&mut s, format!("bad batch header: {e}"));
+                break;
+            }
+        };
+        if 12 + h.batch_length as u64 != flen {
+            stop(&mut s, "batch length disagrees with frame length".into());
+            break;
+        }
+        if h.base_offset != s.next_offset {
+            let why = format!("batch base offset {} where {} was expected", h.base_offset, s.next_offset);
+            stop(&mut s, why);
+            break;
+        }
+        if since_index >= index_interval {
+            s.index.push(IndexEntry {
+                offset: h.base_offset,
+                position: pos,
+                max_ts_before: s.max_timestamp,
+            });
+            since_index = 0;
+        }
+        since_index += next - pos;
+        s.max_timestamp = s.max_timestamp.max(h.max_timestamp);
+        s.next_offset = h.next_offset();
+        pos = next;
+        s.size = pos;
+    }
+    Ok(s)
+}
+
+/// Bytes of a frame for a batch of `batch_len` bytes.
+pub(crate) fn frame_len(batch_len: usize) -> u64 {
+    (FRAME_HEADER + batch_len) as u64
+}
+

@@ -1,0 +1,151 @@
+//! Background housekeeping: interval fsync, age-based sealing, hot retention and back-pressure
+//! relief, and cold retention (manifest first, objects after).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+
+use crate::cold::manifest::Op;
+use crate::config::FsyncPolicy;
+use crate::engine::{Inner, Partition};
+use crate::error::Result;
+
+pub(crate) fn spawn_housekeeping(inner: &Arc<Inner>) {
+    if let FsyncPolicy::Interval { ms } = inner.cfg.fsync {
+        let inner2 = inner.clone();
+        inner.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = inner2.cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let parts = inner2.all();
+                let r = tokio::task::spawn_blocking(move || {
+                    for p in parts {
+                        if let Err(e) = p.log.flush() {
+                            tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e, "interval fsync failed");
+                        }
+                    }
+                })
+                .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "fsync task failed");
+                }
+            }
+        });
+    }
+    let inner2 = inner.clone();
+    inner.tasks.spawn(async move {
+        let mut tick = tokio::time::interval(inner2.cfg.housekeeping());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = inner2.cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            housekeep(&inner2).await;
+        }
+    });
+}
+
+async fn housekeep(inner: &Arc<Inner>) {
+    let parts = inner.all();
+    let budget = inner.cfg.hot_budget_bytes;
+    // Above 80% of the budget, drop every uploaded hot segment rather than wait for age or size.
+    let over = inner.hot_bytes.load(Ordering::Acquire) > budget / 10 * 8;
+    for p in parts {
+        let p2 = p.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<()> {
+            if p2.log.seal_active(false)? {
+                p2.notify.notify_one();
+            }
+            p2.log.enforce_retention(over)?;
+            Ok(())
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e, "hot housekeeping failed"),
+            Err(e) => tracing::error!(error = %e, "housekeeping task failed"),
+        }
+        if let Err(e) = cold_retention(&p).await {
+            tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e, "cold retention failed");
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn cold_retention(p: &Arc<Partition>) -> Result<()> {
+    let r = *p.retention.read().expect("retention lock poisoned");
+    if r.ms.is_none() && r.bytes.is_none() {
+        return Ok(());
+    }
+    let cold = p.cold();
+    let segs = p.manifest.segments(&cold).await?;
+    let cutoff = r.ms.map(|ms| now_ms() - ms);
+    let mut total: u64 = segs.iter().map(|s| s.size).sum();
+    let mut start = cold.start_offset;
+    for s in &segs {
+        let too_old = cutoff.is_some_and(|c| s.max_timestamp < c);
+        let too_big = r.bytes.is_some_and(|b| total > b);
+        if !(too_old || too_big) {
+            break;
+        }
+        total -= s.size;
+        start = s.last_offset + 1;
+    }
+    if start > cold.start_offset {
+        truncate_cold(p, start).await?;
+    }
+    Ok(())
+}
+
+/// Commits `start_offset` as the new cold start (whole segments only), then deletes the objects
+/// of the segments it removed. Returns how many objects were deleted.
+pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Result<u64> {
+    let before = p.cold();
+    let victims: Vec<_> = p
+        .manifest
+        .segments(&before)
+        .await?
+        .into_iter()
+        .filter(|s| s.last_offset < start_offset)
+        .collect();
+    // Cut at a segment boundary so no segment is half in, half out.
+    let cut = victims.last().map_or(before.start_offset, |s| s.last_offset + 1);
+    if cut <= before.start_offset {
+        return Ok(0);
+    }
+    {
+        let mut w = p.writer.lock().await;
+        w.commit(Op::Truncate { start_offset: cut }).await?;
+        p.set_cold(w.state());
+    }
+    let store = p.manifest.store().clone();
+    let mut deleted = 0;
+    let paths: Vec<_> = victims.iter().map(|s| p.manifest.paths.object(&s.path)).collect();
+    let mut results = futures::stream::iter(paths)
+        .map(|path| {
+            let store = store.clone();
+            async move { (store.delete(&path).await, path) }
+        })
+        .buffer_unordered(8);
+    while let Some((r, path)) = results.next().await {
+        match r {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => tracing::warn!(path = %path, error = %e, "could not delete a retired cold segment; it is unreferenced"),
+        }
+    }
+    tracing::info!(topic = %p.id.topic, partition = p.id.partition, start_offset = cut, deleted, "cold retention applied");
+    Ok(deleted)
+}
