@@ -9,7 +9,7 @@
 //!   misses in the hot tier always finds the offset in a fresh enough cold snapshot.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -84,13 +84,25 @@ pub(crate) struct Partition {
     pub manifest: Manifest,
     pub cold: RwLock<Arc<ManifestState>>,
     pub notify: Notify,
-    pub fenced: AtomicBool,
+    /// The epoch that fenced this partition's writer (0 while it leads).
+    pub fenced_by: AtomicU64,
     pub retention: RwLock<ColdRetention>,
 }
 
 impl Partition {
     pub fn cold(&self) -> Arc<ManifestState> {
         self.cold.read().expect("cold lock poisoned").clone()
+    }
+    /// Fails with [`Error::Fenced`] once a higher epoch has taken over the manifest.
+    pub fn check_fenced(&self) -> Result<()> {
+        match self.fenced_by.load(Ordering::Acquire) {
+            0 => Ok(()),
+            current => Err(Error::Fenced {
+                partition: self.id.to_string(),
+                ours: self.epoch,
+                current,
+            }),
+        }
     }
     pub fn set_cold(&self, s: &ManifestState) {
         *self.cold.write().expect("cold lock poisoned") = Arc::new(s.clone());
@@ -193,7 +205,7 @@ impl Tier {
             manifest,
             cold: RwLock::new(Arc::new(state)),
             notify: Notify::new(),
-            fenced: AtomicBool::new(false),
+            fenced_by: AtomicU64::new(0),
             retention: RwLock::default(),
         });
         {
@@ -237,14 +249,7 @@ impl Tier {
     /// budget is used up, and [`Error::Fenced`] after another leader took over.
     pub async fn append(&self, topic: &str, partition: u32, batch: RecordBatch) -> Result<AppendResult> {
         let p = self.get(topic, partition)?;
-        if p.fenced.load(Ordering::Acquire) {
-            let current = p.cold().epoch;
-            return Err(Error::Fenced {
-                partition: p.id.to_string(),
-                ours: p.epoch,
-                current,
-            });
-        }
+        p.check_fenced()?;
         let used = self.inner.hot_bytes.load(Ordering::Acquire);
         let budget = self.inner.cfg.hot_budget_bytes;
         if used + batch.len() as u64 > budget {
@@ -408,13 +413,7 @@ impl Tier {
             if p.log.uploaded_next() >= target {
                 return Ok(());
             }
-            if p.fenced.load(Ordering::Acquire) {
-                return Err(Error::Fenced {
-                    partition: p.id.to_string(),
-                    ours: p.epoch,
-                    current: p.cold().epoch,
-                });
-            }
+            p.check_fenced()?;
             if self.inner.cancel.is_cancelled() {
                 return Err(Error::Closed);
             }
@@ -450,8 +449,8 @@ impl Tier {
     }
 
     /// Bytes of decoded cold data held by the read cache.
-    pub fn cache_bytes(&self) -> u64 {
-        self.inner.cache.cached_bytes()
+    pub async fn cache_bytes(&self) -> u64 {
+        self.inner.cache.cached_bytes().await
     }
 
     /// Bytes of hot segments on local disk, over all partitions.
@@ -489,10 +488,12 @@ impl Tier {
     }
 }
 
+/// The first offset of the log: the cold start when the cold tier holds anything; otherwise the
+/// hot start, but never below a cold retention cut (hot copies below it count as deleted).
 fn log_start(cold: &ManifestState, hot_start: i64) -> i64 {
     if cold.next_offset > cold.start_offset {
-        cold.start_offset.min(hot_start)
+        cold.start_offset
     } else {
-        hot_start
+        cold.start_offset.max(hot_start)
     }
 }

@@ -168,7 +168,8 @@ impl ColdCache {
         });
     }
 
-    pub fn cached_bytes(&self) -> u64 {
+    pub async fn cached_bytes(&self) -> u64 {
+        self.rows.run_pending_tasks().await;
         self.rows.weighted_size()
     }
 }

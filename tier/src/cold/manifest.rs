@@ -637,6 +637,9 @@ impl ManifestWriter {
                 time_ms: now_ms(),
                 op: op.clone(),
             };
+            // Validate before writing: a delta that does not apply must never reach the store.
+            let mut next = self.state.clone();
+            next.apply(&delta)?;
             let bytes = encode("delta", &delta)?;
             let path = self.manifest.paths.delta(delta.seq);
             let store = self.manifest.store.clone();
@@ -654,25 +657,16 @@ impl ManifestWriter {
                     }
                 })
                 .await?;
-            if put {
-                let mut next = self.state.clone();
-                next.apply(&delta)?;
+            // The slot may be taken: ours (a retried create that had landed) or another writer's.
+            let existing = if put { None } else { self.manifest.read_delta(delta.seq).await? };
+            if put || existing.as_ref().is_some_and(|d| d.commit_id == commit_id) {
                 self.state = next;
                 self.maybe_checkpoint().await;
                 return Ok(());
             }
-            // The slot is taken: ours (a retried create that had landed) or another writer's.
-            let existing = self.manifest.read_delta(delta.seq).await?;
-            if existing.as_ref().is_some_and(|d| d.commit_id == commit_id) {
-                let mut next = self.state.clone();
-                next.apply(&delta)?;
-                self.state = next;
-                self.maybe_checkpoint().await;
-                return Ok(());
-            }
-            let mut next = self.state.clone();
-            self.manifest.catch_up(&mut next).await?;
-            self.state = next;
+            let mut caught_up = self.state.clone();
+            self.manifest.catch_up(&mut caught_up).await?;
+            self.state = caught_up;
             self.check_epoch()?;
             if existing.is_some_and(|d| d.epoch == self.epoch) {
                 return Err(Error::Fenced {

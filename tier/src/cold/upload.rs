@@ -39,10 +39,10 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
             match upload(&inner, &p, &seg).await {
                 Ok(()) => {}
                 Err(Error::Closed) => return,
-                Err(e @ Error::Fenced { .. }) => {
+                Err(e @ Error::Fenced { current, .. }) => {
                     tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
                         "deposed: stopping uploads; appends are refused");
-                    p.fenced.store(true, Ordering::Release);
+                    p.fenced_by.store(current.max(1), Ordering::Release);
                     return;
                 }
                 Err(e) => {

@@ -1,1 +1,233 @@
 use super::*;
+use crate::batch::{BatchBuilder, Compression, Record};
+use proptest::prelude::*;
+
+fn cfg(dir: &Path, segment_bytes: u64) -> Arc<TierConfig> {
+    Arc::new(TierConfig {
+        data_dir: dir.to_path_buf(),
+        segment_bytes,
+        fsync: FsyncPolicy::Never,
+        index_interval_bytes: 256,
+        ..TierConfig::default()
+    })
+}
+
+fn batch(first_ts: i64, n: usize, tag: u8) -> RecordBatch {
+    let mut b = BatchBuilder::new(Compression::None);
+    for i in 0..n {
+        b.push(first_ts + i as i64, Some(&[tag]), Some(&[tag; 40]), &[]);
+    }
+    b.build().unwrap()
+}
+
+fn open(dir: &Path, segment_bytes: u64, cold_next: i64) -> Result<PartitionLog> {
+    PartitionLog::open(dir, PartitionId::new("t", 0), cfg(dir, segment_bytes), cold_next, Arc::default())
+}
+
+fn all_records(log: &PartitionLog, from: i64) -> Vec<Record> {
+    let mut out = Vec::new();
+    for b in log.read(from, usize::MAX).unwrap().unwrap() {
+        b.decode_into(&mut out).unwrap();
+    }
+    out.retain(|r| r.offset >= from);
+    out
+}
+
+#[test]
+fn appends_get_dense_offsets_and_read_back_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 4096, 0).unwrap();
+    let mut expect = 0;
+    for i in 0..100 {
+        let r = log.append(batch(1000 + i * 10, 3, i as u8), 1).unwrap();
+        assert_eq!(r.base_offset, expect);
+        assert_eq!(r.last_offset, expect + 2);
+        expect += 3;
+    }
+    assert!(log.snapshot().len() > 3, "segments rolled at 4 KiB");
+    let recs = all_records(&log, 0);
+    assert_eq!(recs.len(), 300);
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r.offset, i as i64);
+    }
+    // Reads from the middle of a batch and of a segment start at that offset.
+    for from in [1, 77, 150, 299] {
+        assert_eq!(all_records(&log, from)[0].offset, from);
+    }
+    // max_bytes bounds a read but always returns at least one batch.
+    let some = log.read(0, 1).unwrap().unwrap();
+    assert_eq!(some.len(), 1);
+    assert_eq!(log.offset_for_timestamp(1000 + 50 * 10).unwrap(), Some(150));
+    assert_eq!(log.offset_for_timestamp(1000 + 50 * 10 + 1).unwrap(), Some(151));
+    assert_eq!(log.offset_for_timestamp(i64::MAX).unwrap(), None);
+}
+
+#[test]
+fn reopen_continues_where_it_left_off() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path(), 4096, 0).unwrap();
+        for i in 0..50 {
+            log.append(batch(i, 2, 1), 1).unwrap();
+        }
+    }
+    let log = open(dir.path(), 4096, 0).unwrap();
+    assert_eq!(log.next_offset(), 100);
+    assert_eq!(log.append(batch(0, 1, 1), 1).unwrap().base_offset, 100);
+    assert_eq!(all_records(&log, 0).len(), 101);
+}
+
+#[test]
+fn empty_hot_tier_starts_at_the_cold_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 4096, 12345).unwrap();
+    assert_eq!(log.append(batch(0, 1, 1), 1).unwrap().base_offset, 12345);
+}
+
+#[test]
+fn hot_tier_starting_after_the_cold_end_is_a_hard_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path(), 4096, 500).unwrap();
+        log.append(batch(0, 1, 1), 1).unwrap();
+    }
+    let err = open(dir.path(), 4096, 100).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    let pdir = dir.join("t").join("0");
+    let mut files: Vec<_> = std::fs::read_dir(&pdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.pop().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Cutting the active segment anywhere keeps exactly the whole batches before the cut.
+    #[test]
+    fn torn_tail_is_truncated_to_the_last_whole_batch(cut_frac in 0.0f64..1.0) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ends = vec![0u64];
+        {
+            let log = open(dir.path(), 1 << 20, 0).unwrap();
+            for i in 0..20 {
+                log.append(batch(i, 1 + (i as usize % 3), 2), 1).unwrap();
+                ends.push(log.active().size());
+            }
+        }
+        let path = last_segment(dir.path());
+        let len = std::fs::metadata(&path).unwrap().len();
+        let cut = (len as f64 * cut_frac) as u64;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+        let log = open(dir.path(), 1 << 20, 0).unwrap();
+        let kept = ends.iter().rposition(|&e| e <= cut).unwrap();
+        let size = log.active().size();
+        prop_assert_eq!(size, ends[kept]);
+        prop_assert_eq!(std::fs::metadata(&path).unwrap().len(), ends[kept]);
+        let recs = all_records(&log, 0);
+        prop_assert_eq!(recs.len() as i64, log.next_offset());
+        // And the log keeps working after recovery.
+        let r = log.append(batch(0, 1, 3), 1).unwrap();
+        prop_assert_eq!(r.base_offset, recs.len() as i64);
+    }
+
+    /// A flipped bit in the active segment drops that batch and everything after it, never more.
+    #[test]
+    fn bit_flip_in_active_segment_truncates_from_that_batch(pos_frac in 0.0f64..1.0, bit in 0u8..8) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ends = vec![0u64];
+        {
+            let log = open(dir.path(), 1 << 20, 0).unwrap();
+            for i in 0..10 {
+                log.append(batch(i, 2, 4), 1).unwrap();
+                ends.push(log.active().size());
+            }
+        }
+        let path = last_segment(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let pos = ((bytes.len() - 1) as f64 * pos_frac) as usize;
+        bytes[pos] ^= 1 << bit;
+        std::fs::write(&path, &bytes).unwrap();
+        let log = open(dir.path(), 1 << 20, 0).unwrap();
+        let hit = ends.iter().rposition(|&e| e <= pos as u64).unwrap();
+        prop_assert_eq!(log.active().size(), ends[hit]);
+        prop_assert_eq!(log.next_offset(), 2 * hit as i64);
+    }
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_is_a_hard_error_naming_file_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path(), 4096, 0).unwrap();
+        for i in 0..100 {
+            log.append(batch(i, 3, 5), 1).unwrap();
+        }
+    }
+    let pdir = dir.path().join("t").join("0");
+    let mut files: Vec<_> = std::fs::read_dir(&pdir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let sealed = files[0].clone();
+    // A flipped payload bit: found when the batch is read, with file and position.
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&sealed, &bytes).unwrap();
+    let log = open(dir.path(), 4096, 0).unwrap();
+    let err = log.read(0, usize::MAX).unwrap_err();
+    let msg = err.to_string();
+    assert!(err.is_corruption(), "{msg}");
+    assert!(msg.contains(&sealed.display().to_string()), "{msg}");
+    assert!(msg.contains("CRC"), "{msg}");
+    drop(log);
+    // A broken frame header in a sealed segment fails the open itself.
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    bytes[0] = 0xff;
+    std::fs::write(&sealed, &bytes).unwrap();
+    let err = open(dir.path(), 4096, 0).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    assert!(err.to_string().contains(&sealed.display().to_string()), "{err}");
+    assert!(err.to_string().contains("at 0"), "{err}");
+}
+
+#[test]
+fn retention_deletes_only_uploaded_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 4096, 0).unwrap();
+    for i in 0..200 {
+        log.append(batch(i, 3, 6), 1).unwrap();
+    }
+    let before = log.snapshot().len();
+    assert!(before > 5);
+    // Nothing uploaded: nothing may go, even over budget.
+    assert_eq!(log.enforce_retention(true).unwrap(), 0);
+    let pending = log.pending_uploads();
+    assert_eq!(pending.len(), before - 1);
+    log.mark_uploaded(pending[2].next_offset());
+    let freed = log.enforce_retention(true).unwrap();
+    assert!(freed > 0);
+    assert_eq!(log.snapshot().len(), before - 3);
+    assert_eq!(log.start_offset(), pending[2].next_offset());
+    assert!(log.read(0, 100).unwrap().is_none(), "offset 0 is no longer hot");
+    assert_eq!(log.bytes(), log.snapshot().iter().map(|s| s.size()).sum::<u64>());
+}
+
+#[test]
+fn oversized_batch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Arc::new(TierConfig {
+        data_dir: dir.path().to_path_buf(),
+        max_batch_bytes: 1000,
+        ..TierConfig::default()
+    });
+    let log = PartitionLog::open(dir.path(), PartitionId::new("t", 0), c, 0, Arc::default()).unwrap();
+    let err = log.append(batch(0, 100, 1), 1).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { limit: 1000, .. }), "{err}");
+    assert_eq!(log.next_offset(), 0);
+}

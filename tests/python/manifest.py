@@ -1,0 +1,74 @@
+"""Reads a tierlog partition manifest straight from the bucket, with no tierlog code.
+
+The layout and envelope are documented in docs/manifest.md. This is the reference for how other
+engines find the committed segments of a partition.
+"""
+import json
+import os
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def read_envelope(path, kind):
+    raw = open(path, "rb").read()
+    doc = json.loads(raw)
+    assert doc["format"] == "tierlog." + kind, (path, doc["format"])
+    # The checksum covers the exact bytes of "body" as stored.
+    start = raw.index(b'"body":') + len(b'"body":')
+    body = raw[start:raw.rstrip().rindex(b"}")]
+    assert crc32c(body) == doc["crc32c"], f"checksum mismatch in {path}"
+    return doc["body"]
+
+
+def committed_segments(partition_dir):
+    """The committed segment entries of a partition, in offset order."""
+    mdir = os.path.join(partition_dir, "manifest")
+    hint = os.path.join(mdir, "_last_checkpoint")
+    levels, start, seq = [[]], 0, 0
+    if os.path.exists(hint):
+        seq = read_envelope(hint, "hint")["seq"]
+        state = read_envelope(os.path.join(mdir, "checkpoints", f"{seq:020}.json"), "checkpoint")
+        levels, start = state["levels"], state["start_offset"]
+    deltas = sorted(os.listdir(os.path.join(mdir, "deltas")))
+    for name in deltas:
+        n = int(name.split(".")[0])
+        if n <= seq:
+            continue
+        assert n == seq + 1, f"gap in deltas before {name}"
+        d = read_envelope(os.path.join(mdir, "deltas", name), "delta")
+        seq = n
+        if d["op"] == "add":
+            levels[0].extend(dict(s, type="segment") for s in d["segments"])
+        elif d["op"] == "truncate":
+            start = max(start, d["start_offset"])
+        elif d["op"] == "init":
+            start = d["next_offset"]
+
+    def expand(nodes):
+        for node in nodes:
+            if node["type"] == "chunk":
+                chunk = read_envelope(os.path.join(partition_dir, node["path"]), "chunk")
+                yield from expand(chunk["nodes"])
+            else:
+                yield node
+
+    ordered = [n for level in reversed(levels) for n in level]
+    return [s for s in expand(ordered) if s["last_offset"] >= start]

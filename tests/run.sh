@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (idempotently), then runs every test.
+#   bash tests/run.sh [extra nextest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TIERLOG_PYTHON="$(bash localstack/install.sh python | tail -n 1)"
+export TIERLOG_PYTHON
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest (once)" >&2
+    cargo install --locked cargo-nextest
+fi
+
+cargo build --workspace --all-targets
+cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,86 @@
+//! Shared helpers of tierlog's integration tests: deterministic event data and environment
+//! checks. The tests themselves live in `tests/tests/`.
+
+use bytes::Bytes;
+use tier::{BatchBuilder, Compression, Header, Record, RecordBatch};
+
+/// First timestamp of generated data (2026-01-01T00:00:00Z).
+pub const BASE_TS: i64 = 1_767_225_600_000;
+
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ceb9fe1a85ec53);
+    x ^ (x >> 33)
+}
+
+/// The `i`-th generated event of `partition`: a JSON-like value, a key (absent for every 17th),
+/// headers on some, and timestamps that rise with jitter (not monotonic).
+pub fn event(partition: u32, i: i64) -> Record {
+    let h = mix(((partition as u64) << 40) ^ i as u64);
+    let key = (i % 17 != 0).then(|| Bytes::from(format!("user-{}", h % 1000)));
+    let kinds = ["click", "view", "purchase", "signup", "logout"];
+    let value = format!(
+        r#"{{"user":{{"id":"u{}","country":"{}"}},"event":"{}","seq":{},"amount":{}.{:02},"session":"{:016x}","page":"/products/{}"}}"#,
+        h % 1000,
+        ["de", "fr", "us", "jp", "br"][(h >> 8) as usize % 5],
+        kinds[(h >> 16) as usize % 5],
+        i,
+        (h >> 20) % 500,
+        (h >> 30) % 100,
+        h,
+        (h >> 40) % 5000,
+    );
+    let mut headers = Vec::new();
+    if i % 5 == 0 {
+        headers.push(Header { key: "trace".into(), value: Some(Bytes::from(format!("{:08x}", h >> 32))) });
+    }
+    if i % 7 == 0 {
+        headers.push(Header { key: "empty".into(), value: None });
+        headers.push(Header { key: "trace".into(), value: Some(Bytes::new()) });
+    }
+    Record {
+        offset: i,
+        timestamp: BASE_TS + i * 3 + (h % 50) as i64,
+        key,
+        value: Some(Bytes::from(value)),
+        headers,
+    }
+}
+
+/// A batch of events `from..from+n` of `partition`.
+pub fn events_batch(partition: u32, from: i64, n: i64, compression: Compression) -> RecordBatch {
+    let mut b = BatchBuilder::new(compression);
+    for i in from..from + n {
+        let r = event(partition, i);
+        b.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
+    }
+    b.build().expect("generated batch encodes")
+}
+
+/// The first offset in `0..n` whose generated timestamp is ≥ `ts`.
+pub fn first_at_or_after(partition: u32, n: i64, ts: i64) -> Option<i64> {
+    (0..n).find(|&i| event(partition, i).timestamp >= ts)
+}
+
+/// The Python interpreter with pyarrow, duckdb and kafka-python installed, from
+/// `TIERLOG_PYTHON`. In CI (`CI` set) its absence fails the test; elsewhere the test is skipped
+/// with a printed reason.
+pub fn python() -> Option<String> {
+    match std::env::var("TIERLOG_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("TIERLOG_PYTHON is not set: the test command installs it (see README)")
+        }
+        _ => {
+            eprintln!("skipping: TIERLOG_PYTHON is not set (run the README test command)");
+            None
+        }
+    }
+}
+
+/// The repository's `tests/` directory.
+pub fn tests_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}

@@ -1,0 +1,376 @@
+//! The storage core end to end: real files, a real object store on the file system, and an
+//! independent Parquet reader.
+
+use std::path::Path as FsPath;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::path::Path;
+use object_store::ObjectStore;
+use tier::store::{open_store, Decorated};
+use tier::{ColdRetention, Compression, Error, FsyncPolicy, Source, Tier, TierConfig};
+use tierlog_tests::{event, events_batch, first_at_or_after, python, tests_dir, BASE_TS};
+
+fn config(hot: &FsPath, segment_bytes: u64) -> TierConfig {
+    TierConfig {
+        data_dir: hot.to_path_buf(),
+        segment_bytes,
+        fsync: FsyncPolicy::Interval { ms: 10 },
+        housekeeping_ms: 50,
+        upload_retry_initial_ms: 10,
+        upload_retry_max_ms: 200,
+        row_group_bytes: 256 << 10,
+        max_batch_bytes: (segment_bytes / 2) as usize,
+        hot_budget_bytes: 1 << 30,
+        ..TierConfig::default()
+    }
+}
+
+async fn open(cfg: TierConfig, store: Arc<dyn ObjectStore>) -> Tier {
+    Tier::open(cfg, store, Path::from("cluster")).await.expect("open tier")
+}
+
+/// Reads a partition from `from` to `n`, checking every record against the generator and that
+/// reads below `cold_below` come from the cold tier and the rest from the hot tier.
+async fn check_all(t: &Tier, partition: u32, from: i64, n: i64, cold_below: i64) {
+    let mut next = from;
+    while next < n {
+        let r = t.read("events", partition, next, 256 << 10).await.expect("read");
+        assert!(!r.records.is_empty(), "empty read at {next}");
+        let want = if next < cold_below { Source::Cold } else { Source::Hot };
+        assert_eq!(r.source, want, "read at {next}");
+        for rec in r.records.into_iter().take((n - next) as usize) {
+            assert_eq!(rec, event(partition, next), "partition {partition} offset {next}");
+            next += 1;
+        }
+    }
+    assert_eq!(next, n);
+}
+
+async fn produce(t: &Tier, partition: u32, from: i64, n: i64, batch: i64) {
+    let mut i = from;
+    while i < from + n {
+        let k = batch.min(from + n - i);
+        let codec = if i % 2 == 0 { Compression::Zstd } else { Compression::None };
+        let r = t
+            .append("events", partition, events_batch(partition, i, k, codec))
+            .await
+            .expect("append");
+        assert_eq!(r.base_offset, i);
+        i += k;
+    }
+}
+
+/// 1,000,000 records over four partitions: write, seal, upload, delete the hot tier, and read
+/// everything back from offset 0 and by timestamp, identical to what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn million_records_round_trip_through_the_cold_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
+    let hot = dir.path().join("hot");
+    const PARTS: u32 = 4;
+    const N: i64 = 250_000;
+    {
+        let t = open(config(&hot, 8 << 20), store.clone()).await;
+        let mut tasks = Vec::new();
+        for p in 0..PARTS {
+            t.open_partition("events", p, 1).await.unwrap();
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move { produce(&t, p, 0, N, 500).await }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // Hot reads first: identical to what was written.
+        check_all(&t, 1, 0, N, 0).await;
+        t.close(true).await.unwrap();
+        for p in 0..PARTS {
+            let off = t.offsets("events", p).unwrap();
+            assert_eq!(off.cold_next, N);
+            assert!(off.cold_segments > 1, "several segments per partition");
+        }
+    }
+    std::fs::remove_dir_all(&hot).unwrap();
+    let t = open(config(&hot, 8 << 20), store.clone()).await;
+    for p in 0..PARTS {
+        t.open_partition("events", p, 2).await.unwrap();
+        let off = t.offsets("events", p).unwrap();
+        assert_eq!((off.log_start, off.hot_start, off.next), (0, N, N));
+    }
+    for p in 0..PARTS {
+        check_all(&t, p, 0, N, N).await;
+    }
+    for (p, ts) in [(0, BASE_TS), (1, BASE_TS + 7), (2, BASE_TS + 300_001), (3, BASE_TS + 3 * N - 40)] {
+        let want = first_at_or_after(p, N, ts);
+        assert_eq!(t.offset_for_timestamp("events", p, ts).await.unwrap(), want, "p{p} ts {ts}");
+    }
+    assert_eq!(t.offset_for_timestamp("events", 0, BASE_TS + 4 * N).await.unwrap(), None);
+    // New appends continue the offsets after the cold end, and timestamp seeks span both tiers.
+    produce(&t, 0, N, 1000, 100).await;
+    let ts = event(0, N + 500).timestamp;
+    assert_eq!(t.offset_for_timestamp("events", 0, ts).await.unwrap(), first_at_or_after(0, N + 1000, ts));
+    check_all(&t, 0, N - 10, N + 1000, N).await;
+    t.close(false).await.unwrap();
+}
+
+/// Uploads against a failing store: appends continue, nothing is uploaded, and once the store
+/// heals everything is uploaded and readable from the cold tier alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
+    let dec = Arc::new(Decorated::new(inner));
+    let hot = dir.path().join("hot");
+    let t = open(config(&hot, 256 << 10), dec.clone()).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    dec.faults.fail_puts.store(true, Ordering::SeqCst);
+    produce(&t, 0, 0, 20_000, 200).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let off = t.offsets("events", 0).unwrap();
+    assert_eq!(off.cold_next, 0, "nothing can be uploaded");
+    assert_eq!(off.next, 20_000);
+    assert_eq!(off.hot_start, 0, "the hot copy is kept");
+    dec.faults.fail_puts.store(false, Ordering::SeqCst);
+    t.flush("events", 0).await.unwrap();
+    assert_eq!(t.offsets("events", 0).unwrap().cold_next, 20_000);
+    t.close(false).await.unwrap();
+    std::fs::remove_dir_all(&hot).unwrap();
+    let t = open(config(&hot, 256 << 10), dec.clone()).await;
+    t.open_partition("events", 0, 2).await.unwrap();
+    check_all(&t, 0, 0, 20_000, 20_000).await;
+    t.close(false).await.unwrap();
+}
+
+/// With uploads failing, the hot tier fills its disk budget and appends get a retriable
+/// back-pressure error; when the store heals, uploads drain the hot tier and appends resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_hot_tier_pushes_back_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
+    let dec = Arc::new(Decorated::new(inner));
+    let hot = dir.path().join("hot");
+    let mut cfg = config(&hot, 128 << 10);
+    cfg.hot_budget_bytes = 512 << 10;
+    cfg.hot_retention_bytes = 0;
+    let t = open(cfg, dec.clone()).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    dec.faults.fail_puts.store(true, Ordering::SeqCst);
+    let mut next = 0i64;
+    let err = loop {
+        match t.append("events", 0, events_batch(0, next, 100, Compression::None)).await {
+            Ok(r) => next = r.last_offset + 1,
+            Err(e) => break e,
+        }
+        assert!(next < 1_000_000, "back-pressure never came");
+    };
+    assert!(matches!(err, Error::Backpressure { .. }), "{err}");
+    assert!(err.is_retryable());
+    assert!(t.hot_bytes() <= 512 << 10);
+    dec.faults.fail_puts.store(false, Ordering::SeqCst);
+    // Retry the refused batch until the budget frees up.
+    let mut waited = 0;
+    loop {
+        match t.append("events", 0, events_batch(0, next, 100, Compression::None)).await {
+            Ok(r) => {
+                assert_eq!(r.base_offset, next, "nothing was lost or duplicated");
+                next = r.last_offset + 1;
+                break;
+            }
+            Err(e) if e.is_retryable() => {
+                waited += 1;
+                assert!(waited < 2000, "uploads never drained the hot tier");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    t.flush("events", 0).await.unwrap();
+    let hot_start = t.offsets("events", 0).unwrap().hot_start;
+    assert!(hot_start > 0, "uploaded segments left the hot tier");
+    check_all(&t, 0, 0, next, hot_start).await;
+    t.close(false).await.unwrap();
+}
+
+/// A deposed leader keeps running but can commit nothing: its uploads fail fenced, its appends
+/// are refused, and the manifest holds only what the current leader and earlier epochs wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_cannot_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
+    let old = open(config(&dir.path().join("hot-a"), 64 << 10), store.clone()).await;
+    old.open_partition("events", 0, 1).await.unwrap();
+    produce(&old, 0, 0, 1000, 100).await;
+    old.flush("events", 0).await.unwrap();
+    // A new leader takes over with a higher epoch, from the committed manifest.
+    let new = open(config(&dir.path().join("hot-b"), 64 << 10), store.clone()).await;
+    new.open_partition("events", 0, 2).await.unwrap();
+    assert_eq!(new.offsets("events", 0).unwrap().next, 1000);
+    // The old leader still accepts this append locally (it has not learned yet) ...
+    produce(&old, 0, 1000, 500, 100).await;
+    // ... but cannot commit it.
+    let err = old.flush("events", 0).await.unwrap_err();
+    assert!(matches!(err, Error::Fenced { ours: 1, current: 2, .. }), "{err}");
+    let err = old.append("events", 0, events_batch(0, 0, 1, Compression::None)).await.unwrap_err();
+    assert!(matches!(err, Error::Fenced { .. }), "{err}");
+    // A tier at a lower epoch cannot even open the partition.
+    let stale = open(config(&dir.path().join("hot-c"), 64 << 10), store.clone()).await;
+    let err = stale.open_partition("events", 0, 1).await.unwrap_err();
+    assert!(matches!(err, Error::Fenced { .. }), "{err}");
+    // The new leader's log continues at 1000 and its history is intact.
+    produce(&new, 0, 1000, 300, 100).await;
+    new.flush("events", 0).await.unwrap();
+    assert_eq!(new.offsets("events", 0).unwrap().cold_next, 1300);
+    check_all(&new, 0, 0, 1000, 1000).await;
+    for t in [old, new, stale] {
+        t.close(false).await.ok();
+    }
+}
+
+/// Cold retention removes whole segments: manifest first, then the objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_retention_removes_whole_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let t = open(config(&dir.path().join("hot"), 64 << 10), store.clone()).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    produce(&t, 0, 0, 5000, 100).await;
+    t.flush("events", 0).await.unwrap();
+    let before = t.offsets("events", 0).unwrap();
+    assert!(before.cold_segments >= 4);
+    let seg_dir = bucket.join("cluster/topics/events/0/segments");
+    let count = || std::fs::read_dir(&seg_dir).unwrap().count() as u64;
+    assert_eq!(count(), before.cold_segments);
+    let keep = before.cold_bytes / 2;
+    t.set_cold_retention("events", 0, ColdRetention { ms: None, bytes: Some(keep) }).unwrap();
+    let mut waited = 0;
+    while t.offsets("events", 0).unwrap().cold_bytes > keep {
+        waited += 1;
+        assert!(waited < 500, "retention never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = t.offsets("events", 0).unwrap();
+    assert!(after.log_start > 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(count(), after.cold_segments, "retired objects are deleted");
+    t.close(false).await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
+    let t = open(config(&dir.path().join("hot"), 64 << 10), store).await;
+    t.open_partition("events", 0, 2).await.unwrap();
+    let err = t.read("events", 0, 0, 1000).await.unwrap_err();
+    assert!(matches!(err, Error::OffsetOutOfRange { .. }), "{err}");
+    check_all(&t, 0, after.log_start, 5000, 5000).await;
+    t.close(false).await.unwrap();
+}
+
+/// Sixteen readers replaying the same cold history at once cost the same GETs as one, and a
+/// sequential reader finds the next row group already fetched (read-ahead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_reads_share_fetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
+    let dec = Arc::new(Decorated::new(inner));
+    {
+        let t = open(config(&dir.path().join("hot"), 1 << 20), dec.clone()).await;
+        t.open_partition("events", 0, 1).await.unwrap();
+        produce(&t, 0, 0, 20_000, 500).await;
+        t.close(true).await.unwrap();
+    }
+    let gets_for = |readers: usize, read_ahead: bool| {
+        let dec = dec.clone();
+        let hot = dir.path().join(format!("hot-{readers}-{read_ahead}"));
+        async move {
+            let mut cfg = config(&hot, 1 << 20);
+            cfg.read_ahead = read_ahead;
+            let t = open(cfg, dec.clone()).await;
+            t.open_partition("events", 0, 2).await.unwrap();
+            let before = dec.stats.gets();
+            let mut tasks = Vec::new();
+            for _ in 0..readers {
+                let t = t.clone();
+                tasks.push(tokio::spawn(async move { t.read("events", 0, 0, 1000).await.unwrap().records.len() }));
+            }
+            for task in tasks {
+                assert!(task.await.unwrap() > 0);
+            }
+            let gets = dec.stats.gets() - before;
+            // Give read-ahead time to land (it runs in the background).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let cached = t.cache_bytes().await;
+            t.close(false).await.unwrap();
+            (gets, cached)
+        }
+    };
+    let (one, _) = gets_for(1, false).await;
+    let (sixteen, _) = gets_for(16, false).await;
+    assert_eq!(one, sixteen, "16 concurrent readers coalesce into the same fetches");
+    let (_, without) = gets_for(1, false).await;
+    let (_, with) = gets_for(1, true).await;
+    assert!(with > without, "read-ahead fetched the next row group ({with} vs {without} bytes cached)");
+}
+
+/// The Parquet files are readable by independent engines (pyarrow and DuckDB) with the expected
+/// rows, columns and values, using only the bucket (manifest + files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_is_read_by_pyarrow_and_duckdb() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let t = open(config(&dir.path().join("hot"), 256 << 10), store).await;
+    const N: i64 = 12_345;
+    let mut expected = serde_json::Map::new();
+    for p in 0..3u32 {
+        t.open_partition("events", p, 1).await.unwrap();
+        produce(&t, p, 0, N, 250).await;
+        let samples: Vec<_> = [0, 1, 5, 7, 17, 35, N - 1]
+            .iter()
+            .map(|&i| {
+                let r = event(p, i);
+                serde_json::json!({
+                    "offset": i,
+                    "timestamp": r.timestamp,
+                    "key": r.key.map(|k| String::from_utf8(k.to_vec()).unwrap()),
+                    "value": String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                    "headers": r.headers.iter().map(|h| serde_json::json!([h.key, h.value.as_ref().map(|v| String::from_utf8(v.to_vec()).unwrap())])).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        expected.insert(p.to_string(), serde_json::json!({ "count": N, "samples": samples }));
+    }
+    t.close(true).await.unwrap();
+    let spec = dir.path().join("expected.json");
+    std::fs::write(&spec, serde_json::to_vec(&expected).unwrap()).unwrap();
+    let out = std::process::Command::new(&py)
+        .arg(tests_dir().join("python/check_parquet.py"))
+        .arg(bucket.join("cluster/topics/events"))
+        .arg(&spec)
+        .output()
+        .expect("run python");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "independent reader failed:\n{text}");
+    assert!(text.contains("pyarrow ok") && text.contains("duckdb ok"), "{text}");
+}
+
+/// The record batch codec agrees with an independent Kafka implementation (kafka-python).
+#[test]
+fn batches_decode_with_kafka_python() {
+    let Some(py) = python() else { return };
+    let batch = events_batch(1, 0, 20, Compression::None).with_assigned(1000, 4);
+    let hex: String = batch.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let expect: Vec<_> = (0..20)
+        .map(|i| {
+            let r = event(1, i);
+            serde_json::json!([1000 + i, r.timestamp, r.key.map(|k| String::from_utf8(k.to_vec()).unwrap()), String::from_utf8(r.value.unwrap().to_vec()).unwrap()])
+        })
+        .collect();
+    let out = std::process::Command::new(&py)
+        .arg(tests_dir().join("python/check_kafka_batch.py"))
+        .arg(hex)
+        .arg(serde_json::to_string(&expect).unwrap())
+        .output()
+        .expect("run python");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("kafka-python ok"), "{text}");
+}
