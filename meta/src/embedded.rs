@@ -81,12 +81,6 @@ struct Inner {
     events: tokio::sync::watch::Sender<i64>,
 }
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
-    }
-}
-
 impl EmbeddedKv {
     /// Opens (or creates) a durable store in directory `dir`, with default options.
     pub async fn open(dir: impl AsRef<Path>) -> Result<Self> {

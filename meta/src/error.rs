@@ -81,7 +81,7 @@ pub enum Error {
     #[error("local metadata storage failed")]
     Storage {
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
 
     /// The backend was closed; this handle can no longer be used.
@@ -136,10 +136,7 @@ impl Error {
         Error::InvalidArgument(msg.into())
     }
 
-    pub(crate) fn corrupt(
-        what: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub(crate) fn corrupt(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error::Corrupt {
             what: what.into(),
             source: source.into(),
@@ -148,7 +145,7 @@ impl Error {
 
     pub(crate) fn storage(source: impl Into<redb::Error>) -> Self {
         Error::Storage {
-            source: source.into(),
+            source: Box::new(source.into()),
         }
     }
 }

@@ -230,10 +230,15 @@ impl TxnOp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOpResponse {
     Get(Option<KeyValue>),
-    Range { kvs: Vec<KeyValue>, more: bool },
+    Range {
+        kvs: Vec<KeyValue>,
+        more: bool,
+    },
     Put,
     /// For both [`TxnOp::Delete`] and [`TxnOp::DeletePrefix`].
-    Delete { deleted: u64 },
+    Delete {
+        deleted: u64,
+    },
 }
 
 /// A compare-then-act transaction: if every compare holds, apply `success`, else `failure`.

@@ -21,9 +21,9 @@ use super::{
     LeaderEpoch, MAX_CAS_ATTEMPTS, Meta, NodeId, backoff, contention, decode_json, decode_number,
     encode_json, guard, guard_opt, take_gets,
 };
+use crate::domain::TopicMeta;
 use crate::error::{Error, Result};
 use crate::kv::{Compare, CompareOp, EventKind, LeaseId, Txn, TxnOp};
-use crate::domain::TopicMeta;
 
 /// Who leads a partition, at which epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,12 +124,20 @@ impl Meta {
                     TxnOp::put(leader_key.clone(), encode_json(&leader), Some(lease)),
                 ]);
             if self.kv.txn(txn).await?.succeeded {
-                tracing::info!(topic, partition, node_id, epoch, "acquired partition leadership");
+                tracing::info!(
+                    topic,
+                    partition,
+                    node_id,
+                    epoch,
+                    "acquired partition leadership"
+                );
                 return Ok(epoch);
             }
             backoff(attempt).await;
         }
-        Err(contention(format!("acquire_leadership({topic}/{partition})")))
+        Err(contention(format!(
+            "acquire_leadership({topic}/{partition})"
+        )))
     }
 
     pub async fn current_leader(&self, topic: &str, partition: u32) -> Result<Option<Leader>> {
@@ -168,7 +176,9 @@ impl Meta {
             }
             backoff(attempt).await;
         }
-        Err(contention(format!("resign_leadership({topic}/{partition})")))
+        Err(contention(format!(
+            "resign_leadership({topic}/{partition})"
+        )))
     }
 
     /// `Ok` if `epoch` is the partition's latest epoch, [`Error::Fenced`] if a newer one was
@@ -207,7 +217,10 @@ impl Meta {
 
     /// Every partition's current leader, sorted by topic then partition.
     pub async fn list_leaders(&self) -> Result<LeaderSnapshot> {
-        let range = self.kv.range(self.keys.partitions().as_bytes(), None).await?;
+        let range = self
+            .kv
+            .range(self.keys.partitions().as_bytes(), None)
+            .await?;
         let mut leaders = Vec::new();
         for kv in &range.kvs {
             if let Some((topic, partition, PartitionKey::Leader)) =

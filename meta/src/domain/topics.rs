@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{PartitionKey, validate_topic_name};
 use super::{
-    MAX_CAS_ATTEMPTS, Meta, TOPIC_ID_COUNTER, backoff, contention, decode_json, encode_json,
-    guard, next_counter_value,
+    MAX_CAS_ATTEMPTS, Meta, TOPIC_ID_COUNTER, backoff, contention, decode_json, encode_json, guard,
+    next_counter_value,
 };
 use crate::error::{Error, Result};
 use crate::kv::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
@@ -113,7 +113,12 @@ impl Meta {
                 .or_else([TxnOp::get(topic_key.clone())]);
             let resp = self.kv.txn(txn).await?;
             if resp.succeeded {
-                tracing::info!(topic = name, id, partitions = config.partitions, "created topic");
+                tracing::info!(
+                    topic = name,
+                    id,
+                    partitions = config.partitions,
+                    "created topic"
+                );
                 return Ok(topic);
             }
             if let Some(TxnOpResponse::Get(Some(_))) = resp.responses.first() {
@@ -157,9 +162,11 @@ impl Meta {
                 )));
             }
             topic.config = config.clone();
-            let txn = Txn::new()
-                .when([guard(&kv)])
-                .and_then([TxnOp::put(key.clone(), encode_json(&topic), None)]);
+            let txn = Txn::new().when([guard(&kv)]).and_then([TxnOp::put(
+                key.clone(),
+                encode_json(&topic),
+                None,
+            )]);
             if self.kv.txn(txn).await?.succeeded {
                 tracing::info!(topic = name, "updated topic config");
                 return Ok(topic);

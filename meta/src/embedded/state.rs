@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::kv::{
-    EventKind, KeyValue, LeaseId, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent,
-};
+use crate::kv::{EventKind, KeyValue, LeaseId, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent};
 
 /// One durable change, with the revision it happens at.
 #[derive(Debug, Clone)]
@@ -106,7 +104,10 @@ impl State {
                 "too many operations in txn request ({widest} > {max_ops})"
             )));
         }
-        let succeeded = txn.compares.iter().all(|c| c.evaluate(self.kvs.get(&c.key)));
+        let succeeded = txn
+            .compares
+            .iter()
+            .all(|c| c.evaluate(self.kvs.get(&c.key)));
         let ops = if succeeded { txn.success } else { txn.failure };
         check_branch(&ops)?;
         for op in &ops {
@@ -388,11 +389,13 @@ fn tombstone(key: Vec<u8>, revision: i64) -> KeyValue {
 /// etcd's rules for one branch: no key put twice, no put inside a deleted range.
 fn check_branch(ops: &[TxnOp]) -> Result<()> {
     let mut puts = BTreeSet::new();
-    for op in ops {
-        if let TxnOp::Put { key, .. } = op {
-            if !puts.insert(key.as_slice()) {
-                return Err(Error::invalid("duplicate key given in txn request"));
-            }
+    let put_keys = ops.iter().filter_map(|op| match op {
+        TxnOp::Put { key, .. } => Some(key.as_slice()),
+        _ => None,
+    });
+    for key in put_keys {
+        if !puts.insert(key) {
+            return Err(Error::invalid("duplicate key given in txn request"));
         }
     }
     for op in ops {
@@ -444,6 +447,11 @@ impl<'a> Overlay<'a> {
 
     fn range(&self, prefix: &[u8], limit: Option<usize>) -> (Vec<KeyValue>, bool) {
         let limit = limit.unwrap_or(usize::MAX);
+        if self.changes.is_empty() {
+            let mut matching = prefixed(self.base, prefix).map(|(_, kv)| kv);
+            let kvs: Vec<KeyValue> = matching.by_ref().take(limit).cloned().collect();
+            return (kvs, matching.next().is_some());
+        }
         let mut merged: BTreeMap<&[u8], &KeyValue> = prefixed(self.base, prefix)
             .map(|(k, v)| (k.as_slice(), v))
             .collect();
@@ -513,9 +521,10 @@ mod tests {
             ]),
         );
         let keys = |r: &TxnOpResponse| match r {
-            TxnOpResponse::Range { kvs, more } => {
-                (kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), *more)
-            }
+            TxnOpResponse::Range { kvs, more } => (
+                kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+                *more,
+            ),
             other => panic!("unexpected {other:?}"),
         };
         assert_eq!(keys(&resp.responses[2]), (vec![b"a/2".to_vec()], true));
@@ -531,15 +540,24 @@ mod tests {
         let s = state();
         let now = Instant::now();
         let dup = Txn::new().and_then([TxnOp::put("k", "1", None), TxnOp::put("k", "2", None)]);
-        assert!(matches!(s.plan_txn(dup, now, 128), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            s.plan_txn(dup, now, 128),
+            Err(Error::InvalidArgument(_))
+        ));
         let covered = Txn::new().and_then([TxnOp::delete_prefix("k"), TxnOp::put("k2", "", None)]);
-        assert!(matches!(s.plan_txn(covered, now, 128), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            s.plan_txn(covered, now, 128),
+            Err(Error::InvalidArgument(_))
+        ));
         // The branch that does not run is not checked.
         let other = Txn::new()
             .when([crate::kv::Compare::absent("k")])
             .or_else([TxnOp::put("k", "1", None), TxnOp::put("k", "2", None)]);
         assert!(s.plan_txn(other, now, 128).is_ok());
         let wide = Txn::new().and_then((0..3).map(|i| TxnOp::get(format!("{i}"))));
-        assert!(matches!(s.plan_txn(wide, now, 2), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            s.plan_txn(wide, now, 2),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

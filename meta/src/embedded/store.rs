@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, DatabaseError, Durability, ReadableTable, TableDefinition};
 
 use super::state::{Change, Plan};
 use crate::error::{Error, Result};
@@ -51,14 +51,24 @@ pub(super) struct Store {
     path: PathBuf,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir` and loads everything in it.
     pub fn open(dir: &Path) -> Result<(Store, Loaded)> {
         std::fs::create_dir_all(dir).map_err(Error::storage)?;
         let path = dir.join(FILE_NAME);
-        let db = Database::builder()
-            .create(&path)
-            .map_err(Error::storage)?;
+        let db = Database::builder().create(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => Error::invalid(format!(
+                "metadata store {} is already open (another process or handle uses it)",
+                path.display()
+            )),
+            other => Error::storage(other),
+        })?;
         let mut store = Store { db, path };
         store.init_tables()?;
         let loaded = store.load()?;
@@ -235,14 +245,17 @@ mod tests {
         let hex: String = encoded.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
-            "01d3ba6e4e\
+            "01aa429928\
              0200000000000000\
              0300000000000000\
              0200000000000000\
              0700000000000000\
              7b7d"
         );
-        assert_eq!(decode_record(&sample().key, &encoded).expect("decode"), sample());
+        assert_eq!(
+            decode_record(&sample().key, &encoded).expect("decode"),
+            sample()
+        );
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub(crate) struct PartitionLog {
     durable_next: AtomicI64,
     uploaded_next: AtomicI64,
     dirty: AtomicBool,
+    /// Set when an fsync failed: the page cache may have dropped the written bytes, so nothing
+    /// more is appended until the log is reopened and recovered from what is on disk.
+    failed: AtomicBool,
     /// Bytes on disk in this partition's segments.
     bytes: AtomicU64,
     /// Bytes on disk over all partitions of the tier (shared).
@@ -138,6 +141,7 @@ impl PartitionLog {
             durable_next: AtomicI64::new(next),
             uploaded_next: AtomicI64::new(cold_next),
             dirty: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             bytes: AtomicU64::new(bytes),
             global,
         })
@@ -186,6 +190,12 @@ impl PartitionLog {
             });
         }
         let mut w = self.writer.lock().expect("writer lock poisoned");
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::io(
+                &self.dir,
+                std::io::Error::other("an earlier fsync failed; the partition must be reopened"),
+            ));
+        }
         let mut active = self.active();
         let frame = segment::frame_len(batch.len());
         let mut rolled = false;
@@ -202,7 +212,10 @@ impl PartitionLog {
         self.next_offset.store(last + 1, Ordering::Release);
         match self.cfg.fsync {
             FsyncPolicy::EveryBatch => {
-                active.sync()?;
+                if let Err(e) = active.sync() {
+                    self.failed.store(true, Ordering::Release);
+                    return Err(e);
+                }
                 self.durable_next.store(last + 1, Ordering::Release);
             }
             FsyncPolicy::Interval { .. } | FsyncPolicy::Never => {
@@ -255,9 +268,11 @@ impl PartitionLog {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
+        // No writer lock: appends go on during the sync. Reading `next` before the active segment
+        // makes `durable_next` safe even if the segment rolls meanwhile (rolling syncs it).
         let next = self.next_offset();
         if let Err(e) = self.active().sync() {
-            self.dirty.store(true, Ordering::Release);
+            self.failed.store(true, Ordering::Release);
             return Err(e);
         }
         self.durable_next.fetch_max(next, Ordering::AcqRel);
