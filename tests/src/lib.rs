@@ -84,3 +84,34 @@ pub fn python() -> Option<String> {
 pub fn tests_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// The S3-compatible server to test against (`TIERLOG_S3_ENDPOINT`, started by
+/// `localstack/s3.sh`), as object_store options. Required in CI; skipped with a reason elsewhere.
+pub fn s3_options() -> Option<Vec<(String, String)>> {
+    let endpoint = match std::env::var("TIERLOG_S3_ENDPOINT") {
+        Ok(e) if !e.is_empty() => e,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("TIERLOG_S3_ENDPOINT is not set: the test command starts the S3 server (see README)")
+        }
+        _ => {
+            eprintln!("skipping: TIERLOG_S3_ENDPOINT is not set (run the README test command)");
+            return None;
+        }
+    };
+    let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+    Some(vec![
+        kv("aws_endpoint", &endpoint),
+        kv("aws_allow_http", "true"),
+        kv("aws_access_key_id", "test"),
+        kv("aws_secret_access_key", "test"),
+        kv("aws_region", "us-east-1"),
+    ])
+}
+
+/// A prefix no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{nanos}-{}", std::process::id())
+}

@@ -290,12 +290,18 @@ fn column<'a, T: 'static>(b: &'a ArrowBatch, name: &str) -> Result<&'a T> {
         .ok_or_else(|| Error::invalid(format!("cold segment lacks a well-typed `{name}` column")))
 }
 
-/// One slice of a binary column's values copied into a single shared buffer, so each record's
-/// field is a cheap `Bytes` slice of it.
+/// Lets a `Bytes` share an Arrow buffer without copying it.
+struct ArrowOwner(arrow_buffer::Buffer);
+
+impl AsRef<[u8]> for ArrowOwner {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+/// A binary column's values buffer as `Bytes` (zero-copy), so each field is a cheap slice of it.
 fn shared_values(a: &BinaryArray) -> Bytes {
-    let offsets = a.value_offsets();
-    let (start, end) = (offsets[0] as usize, offsets[a.len()] as usize);
-    Bytes::copy_from_slice(&a.value_data()[start..end])
+    Bytes::from_owner(ArrowOwner(a.values().clone()))
 }
 
 fn nullable_slice(a: &BinaryArray, shared: &Bytes, i: usize) -> Option<Bytes> {
@@ -303,8 +309,7 @@ fn nullable_slice(a: &BinaryArray, shared: &Bytes, i: usize) -> Option<Bytes> {
         return None;
     }
     let offsets = a.value_offsets();
-    let base = offsets[0] as usize;
-    Some(shared.slice(offsets[i] as usize - base..offsets[i + 1] as usize - base))
+    Some(shared.slice(offsets[i] as usize..offsets[i + 1] as usize))
 }
 
 /// Converts decoded Arrow rows of a cold segment back to records.

@@ -13,8 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
-
 use crate::batch::RecordBatch;
 use crate::config::{FsyncPolicy, TierConfig};
 use crate::error::{Error, Result};
@@ -30,10 +28,9 @@ pub struct AppendResult {
     pub rolled: bool,
 }
 
+/// Serializes appends, seals and rolls.
 #[derive(Debug)]
-struct Writer {
-    scratch: BytesMut,
-}
+struct Writer;
 
 #[derive(Debug)]
 pub(crate) struct PartitionLog {
@@ -134,9 +131,7 @@ impl PartitionLog {
             dir,
             cfg,
             segments: RwLock::new(segs),
-            writer: Mutex::new(Writer {
-                scratch: BytesMut::new(),
-            }),
+            writer: Mutex::new(Writer),
             next_offset: AtomicI64::new(next),
             durable_next: AtomicI64::new(next),
             uploaded_next: AtomicI64::new(cold_next),
@@ -189,7 +184,7 @@ impl PartitionLog {
                 limit: self.cfg.max_batch_bytes,
             });
         }
-        let mut w = self.writer.lock().expect("writer lock poisoned");
+        let _w = self.writer.lock().expect("writer lock poisoned");
         if self.failed.load(Ordering::Acquire) {
             return Err(Error::io(
                 &self.dir,
@@ -204,9 +199,8 @@ impl PartitionLog {
             rolled = true;
         }
         let base = self.next_offset();
-        let batch = batch.with_assigned(base, leader_epoch);
-        let last = batch.header().last_offset();
-        active.append(&batch, &mut w.scratch)?;
+        let last = base + i64::from(batch.header().last_offset_delta);
+        active.append(&batch, base, leader_epoch)?;
         self.bytes.fetch_add(frame, Ordering::AcqRel);
         self.global.fetch_add(frame, Ordering::AcqRel);
         self.next_offset.store(last + 1, Ordering::Release);
@@ -342,8 +336,14 @@ impl PartitionLog {
         let mut out = Vec::new();
         let mut total = 0usize;
         let mut pos = segs[i].position_for_offset(offset);
-        while i < segs.len() && (out.is_empty() || total < max_bytes) {
-            let batches = segs[i].read_batches(pos, max_bytes.saturating_sub(total).max(1))?;
+        loop {
+            let seg = &segs[i];
+            let batches = seg.read_batches(pos, max_bytes.saturating_sub(total).max(1))?;
+            // A read may stop before the segment's end (its buffer ran out); only a read that
+            // reached the end may continue into the next segment, or offsets would be skipped.
+            let reached_end = batches
+                .last()
+                .is_none_or(|b| b.header().next_offset() >= seg.next_offset());
             for b in batches {
                 if b.header().next_offset() <= offset {
                     continue;
@@ -352,6 +352,9 @@ impl PartitionLog {
                 out.push(b);
             }
             i += 1;
+            if !reached_end || i == segs.len() || (!out.is_empty() && total >= max_bytes) {
+                break;
+            }
             pos = 0;
         }
         Ok(Some(out))

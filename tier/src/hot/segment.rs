@@ -14,7 +14,7 @@
 //! kept in memory and rebuilt on open by walking frame headers; it is never persisted.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -161,27 +161,42 @@ impl Segment {
         self.size() == 0
     }
 
-    /// Appends one batch whose base offset is already assigned and equals `next_offset()`.
-    /// On a failed write the file is cut back, so no partial frame stays behind.
-    /// Callers serialize appends.
-    pub fn append(&self, batch: &RecordBatch, scratch: &mut BytesMut) -> Result<()> {
+    /// Appends one batch at `base_offset` (which must equal `next_offset()`) with the leader
+    /// epoch, writing the frame as `[len | crc | patched 16-byte batch prefix]` plus the untouched
+    /// rest of the batch in one `writev`: the batch bytes are never copied. On a failed write the
+    /// file is cut back, so no partial frame stays behind. Callers serialize appends.
+    pub fn append(&self, batch: &RecordBatch, base_offset: i64, leader_epoch: i32) -> Result<()> {
         debug_assert!(!self.is_sealed());
+        debug_assert_eq!(base_offset, self.next_offset());
         let h = batch.header();
-        debug_assert_eq!(h.base_offset, self.next_offset());
         let bytes = batch.as_bytes();
-        scratch.clear();
-        scratch.reserve(FRAME_HEADER + bytes.len());
-        scratch.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        scratch.extend_from_slice(&crc32c::crc32c(bytes).to_be_bytes());
-        scratch.extend_from_slice(bytes);
+        let mut prefix = [0u8; FRAME_HEADER + 16];
+        prefix[0..4].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
+        prefix[8..16].copy_from_slice(&base_offset.to_be_bytes());
+        prefix[16..20].copy_from_slice(&bytes[8..12]);
+        prefix[20..24].copy_from_slice(&leader_epoch.to_be_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&prefix[8..24]), &bytes[16..]);
+        prefix[4..8].copy_from_slice(&crc.to_be_bytes());
         let pos = self.size();
-        if let Err(e) = (&self.file).write_all(scratch) {
-            // Cut back whatever part of the frame reached the file; if even that fails the torn
-            // tail is dropped by recovery on the next open.
-            let _ = self.file.set_len(pos);
-            return Err(Error::io(&self.path, e));
+        let mut bufs = [IoSlice::new(&prefix), IoSlice::new(&bytes[16..])];
+        let mut slices: &mut [IoSlice<'_>] = &mut bufs;
+        while !slices.is_empty() {
+            match (&self.file).write_vectored(slices) {
+                Ok(0) => {
+                    let _ = self.file.set_len(pos);
+                    return Err(Error::io(&self.path, std::io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Cut back whatever part of the frame reached the file; if even that fails,
+                    // recovery drops the torn tail on the next open.
+                    let _ = self.file.set_len(pos);
+                    return Err(Error::io(&self.path, e));
+                }
+            }
         }
-        let frame_len = scratch.len() as u64;
+        let frame_len = (FRAME_HEADER + bytes.len()) as u64;
         let since = self.since_index.load(Ordering::Relaxed);
         if pos == 0 || since >= self.index_interval {
             let max_before = self.max_timestamp();
@@ -189,7 +204,7 @@ impl Segment {
                 .write()
                 .expect("index lock poisoned")
                 .push(IndexEntry {
-                    offset: h.base_offset,
+                    offset: base_offset,
                     position: pos,
                     max_ts_before: max_before,
                 });
@@ -199,7 +214,8 @@ impl Segment {
         }
         self.max_timestamp
             .fetch_max(h.max_timestamp, Ordering::AcqRel);
-        self.next_offset.store(h.next_offset(), Ordering::Release);
+        self.next_offset
+            .store(base_offset + i64::from(h.last_offset_delta) + 1, Ordering::Release);
         self.size.store(pos + frame_len, Ordering::Release);
         Ok(())
     }
@@ -231,18 +247,58 @@ impl Segment {
     }
 
     /// Reads whole batches starting at `position`, stopping once `max_bytes` is reached (at least
-    /// one batch is returned when any exists). Every frame is checked against its CRC.
-    pub fn read_batches(&self, mut position: u64, max_bytes: usize) -> Result<Vec<RecordBatch>> {
+    /// one batch is returned when any exists). One read and one buffer serve all the batches it
+    /// covers; every frame is checked against its CRC.
+    pub fn read_batches(&self, position: u64, max_bytes: usize) -> Result<Vec<RecordBatch>> {
         let end = self.size();
         let mut out = Vec::new();
+        if position >= end {
+            return Ok(out);
+        }
+        let want = (max_bytes as u64).clamp(64 << 10, 16 << 20).min(end - position);
+        let mut buf = BytesMut::zeroed(want as usize);
+        self.file
+            .read_exact_at(&mut buf, position)
+            .map_err(|e| Error::io(&self.path, e))?;
+        let buf = buf.freeze();
+        let mut at = 0usize;
         let mut total = 0usize;
-        while position < end && (out.is_empty() || total < max_bytes) {
-            let (batch, next) = self.read_frame(position, end)?;
+        while position + (at as u64) < end && (out.is_empty() || total < max_bytes) {
+            let frame_pos = position + at as u64;
+            let whole = buf.len() >= at + FRAME_HEADER && {
+                let len = u32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+                buf.len() >= at + FRAME_HEADER + len
+            };
+            let (batch, len) = if whole {
+                let len = u32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+                let crc = u32::from_be_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes"));
+                let body = buf.slice(at + FRAME_HEADER..at + FRAME_HEADER + len);
+                (self.check_frame(frame_pos, crc, body)?, FRAME_HEADER + len)
+            } else if out.is_empty() {
+                // A first frame larger than the buffer: read it on its own.
+                let (b, next) = self.read_frame(frame_pos, end)?;
+                let n = (next - frame_pos) as usize;
+                (b, n)
+            } else {
+                break;
+            };
             total += batch.len();
             out.push(batch);
-            position = next;
+            at += len;
         }
         Ok(out)
+    }
+
+    fn check_frame(&self, position: u64, crc: u32, body: bytes::Bytes) -> Result<RecordBatch> {
+        let corrupt = |reason: String| Error::Corrupt {
+            location: self.path.display().to_string(),
+            position,
+            reason,
+        };
+        if crc32c::crc32c(&body) != crc {
+            return Err(corrupt("frame CRC mismatch".into()));
+        }
+        RecordBatch::parse(body).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Reads all batches of the segment (for upload).
@@ -270,11 +326,7 @@ impl Segment {
         self.file
             .read_exact_at(&mut buf, position + FRAME_HEADER as u64)
             .map_err(|e| Error::io(&self.path, e))?;
-        if crc32c::crc32c(&buf) != crc {
-            return Err(corrupt("frame CRC mismatch".into()));
-        }
-        let batch = RecordBatch::parse(buf.freeze()).map_err(|e| corrupt(e.to_string()))?;
-        Ok((batch, next))
+        Ok((self.check_frame(position, crc, buf.freeze())?, next))
     }
 }
 
