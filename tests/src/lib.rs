@@ -34,11 +34,20 @@ pub fn event(partition: u32, i: i64) -> Record {
     );
     let mut headers = Vec::new();
     if i % 5 == 0 {
-        headers.push(Header { key: "trace".into(), value: Some(Bytes::from(format!("{:08x}", h >> 32))) });
+        headers.push(Header {
+            key: "trace".into(),
+            value: Some(Bytes::from(format!("{:08x}", h >> 32))),
+        });
     }
     if i % 7 == 0 {
-        headers.push(Header { key: "empty".into(), value: None });
-        headers.push(Header { key: "trace".into(), value: Some(Bytes::new()) });
+        headers.push(Header {
+            key: "empty".into(),
+            value: None,
+        });
+        headers.push(Header {
+            key: "trace".into(),
+            value: Some(Bytes::new()),
+        });
     }
     Record {
         offset: i,
@@ -54,7 +63,12 @@ pub fn events_batch(partition: u32, from: i64, n: i64, compression: Compression)
     let mut b = BatchBuilder::new(compression);
     for i in from..from + n {
         let r = event(partition, i);
-        b.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
+        b.push(
+            r.timestamp,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            &r.headers,
+        );
     }
     b.build().expect("generated batch encodes")
 }
@@ -91,7 +105,9 @@ pub fn s3_options() -> Option<Vec<(String, String)>> {
     let endpoint = match std::env::var("TIERLOG_S3_ENDPOINT") {
         Ok(e) if !e.is_empty() => e,
         _ if std::env::var_os("CI").is_some() => {
-            panic!("TIERLOG_S3_ENDPOINT is not set: the test command starts the S3 server (see README)")
+            panic!(
+                "TIERLOG_S3_ENDPOINT is not set: the test command starts the S3 server (see README)"
+            )
         }
         _ => {
             eprintln!("skipping: TIERLOG_S3_ENDPOINT is not set (run the README test command)");

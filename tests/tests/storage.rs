@@ -2,15 +2,17 @@
 //! independent Parquet reader.
 
 use std::path::Path as FsPath;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use object_store::path::Path;
 use object_store::ObjectStore;
-use tier::store::{open_store, Decorated};
+use object_store::path::Path;
+use tier::store::{Decorated, open_store};
 use tier::{ColdRetention, Compression, Error, FsyncPolicy, Source, Tier, TierConfig};
-use tierlog_tests::{event, events_batch, first_at_or_after, python, s3_options, tests_dir, unique, BASE_TS};
+use tierlog_tests::{
+    BASE_TS, event, events_batch, first_at_or_after, python, s3_options, tests_dir, unique,
+};
 
 fn config(hot: &FsPath, segment_bytes: u64) -> TierConfig {
     TierConfig {
@@ -28,7 +30,9 @@ fn config(hot: &FsPath, segment_bytes: u64) -> TierConfig {
 }
 
 async fn open(cfg: TierConfig, store: Arc<dyn ObjectStore>) -> Tier {
-    Tier::open(cfg, store, Path::from("cluster")).await.expect("open tier")
+    Tier::open(cfg, store, Path::from("cluster"))
+        .await
+        .expect("open tier")
 }
 
 /// Reads a partition from `from` to `n`, checking every record against the generator and that
@@ -36,12 +40,23 @@ async fn open(cfg: TierConfig, store: Arc<dyn ObjectStore>) -> Tier {
 async fn check_all(t: &Tier, partition: u32, from: i64, n: i64, cold_below: i64) {
     let mut next = from;
     while next < n {
-        let r = t.read("events", partition, next, 256 << 10).await.expect("read");
+        let r = t
+            .read("events", partition, next, 256 << 10)
+            .await
+            .expect("read");
         assert!(!r.records.is_empty(), "empty read at {next}");
-        let want = if next < cold_below { Source::Cold } else { Source::Hot };
+        let want = if next < cold_below {
+            Source::Cold
+        } else {
+            Source::Hot
+        };
         assert_eq!(r.source, want, "read at {next}");
         for rec in r.records.into_iter().take((n - next) as usize) {
-            assert_eq!(rec, event(partition, next), "partition {partition} offset {next}");
+            assert_eq!(
+                rec,
+                event(partition, next),
+                "partition {partition} offset {next}"
+            );
             next += 1;
         }
     }
@@ -52,7 +67,11 @@ async fn produce(t: &Tier, partition: u32, from: i64, n: i64, batch: i64) {
     let mut i = from;
     while i < from + n {
         let k = batch.min(from + n - i);
-        let codec = if i % 2 == 0 { Compression::Zstd } else { Compression::None };
+        let codec = if i % 2 == 0 {
+            Compression::Zstd
+        } else {
+            Compression::None
+        };
         let r = t
             .append("events", partition, events_batch(partition, i, k, codec))
             .await
@@ -101,15 +120,32 @@ async fn million_records_round_trip_through_the_cold_tier() {
     for p in 0..PARTS {
         check_all(&t, p, 0, N, N).await;
     }
-    for (p, ts) in [(0, BASE_TS), (1, BASE_TS + 7), (2, BASE_TS + 300_001), (3, BASE_TS + 3 * N - 40)] {
+    for (p, ts) in [
+        (0, BASE_TS),
+        (1, BASE_TS + 7),
+        (2, BASE_TS + 300_001),
+        (3, BASE_TS + 3 * N - 40),
+    ] {
         let want = first_at_or_after(p, N, ts);
-        assert_eq!(t.offset_for_timestamp("events", p, ts).await.unwrap(), want, "p{p} ts {ts}");
+        assert_eq!(
+            t.offset_for_timestamp("events", p, ts).await.unwrap(),
+            want,
+            "p{p} ts {ts}"
+        );
     }
-    assert_eq!(t.offset_for_timestamp("events", 0, BASE_TS + 4 * N).await.unwrap(), None);
+    assert_eq!(
+        t.offset_for_timestamp("events", 0, BASE_TS + 4 * N)
+            .await
+            .unwrap(),
+        None
+    );
     // New appends continue the offsets after the cold end, and timestamp seeks span both tiers.
     produce(&t, 0, N, 1000, 100).await;
     let ts = event(0, N + 500).timestamp;
-    assert_eq!(t.offset_for_timestamp("events", 0, ts).await.unwrap(), first_at_or_after(0, N + 1000, ts));
+    assert_eq!(
+        t.offset_for_timestamp("events", 0, ts).await.unwrap(),
+        first_at_or_after(0, N + 1000, ts)
+    );
     check_all(&t, 0, N - 10, N + 1000, N).await;
     t.close(false).await.unwrap();
 }
@@ -158,7 +194,10 @@ async fn a_full_hot_tier_pushes_back_then_recovers() {
     dec.faults.fail_puts.store(true, Ordering::SeqCst);
     let mut next = 0i64;
     let err = loop {
-        match t.append("events", 0, events_batch(0, next, 100, Compression::None)).await {
+        match t
+            .append("events", 0, events_batch(0, next, 100, Compression::None))
+            .await
+        {
             Ok(r) => next = r.last_offset + 1,
             Err(e) => break e,
         }
@@ -171,7 +210,10 @@ async fn a_full_hot_tier_pushes_back_then_recovers() {
     // Retry the refused batch until the budget frees up.
     let mut waited = 0;
     loop {
-        match t.append("events", 0, events_batch(0, next, 100, Compression::None)).await {
+        match t
+            .append("events", 0, events_batch(0, next, 100, Compression::None))
+            .await
+        {
             Ok(r) => {
                 assert_eq!(r.base_offset, next, "nothing was lost or duplicated");
                 next = r.last_offset + 1;
@@ -210,8 +252,21 @@ async fn a_deposed_leader_cannot_commit() {
     produce(&old, 0, 1000, 500, 100).await;
     // ... but cannot commit it.
     let err = old.flush("events", 0).await.unwrap_err();
-    assert!(matches!(err, Error::Fenced { ours: 1, current: 2, .. }), "{err}");
-    let err = old.append("events", 0, events_batch(0, 0, 1, Compression::None)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Fenced {
+                ours: 1,
+                current: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = old
+        .append("events", 0, events_batch(0, 0, 1, Compression::None))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Fenced { .. }), "{err}");
     // A tier at a lower epoch cannot even open the partition.
     let stale = open(config(&dir.path().join("hot-c"), 64 << 10), store.clone()).await;
@@ -243,7 +298,15 @@ async fn cold_retention_removes_whole_segments() {
     let count = || std::fs::read_dir(&seg_dir).unwrap().count() as u64;
     assert_eq!(count(), before.cold_segments);
     let keep = before.cold_bytes / 2;
-    t.set_cold_retention("events", 0, ColdRetention { ms: None, bytes: Some(keep) }).unwrap();
+    t.set_cold_retention(
+        "events",
+        0,
+        ColdRetention {
+            ms: None,
+            bytes: Some(keep),
+        },
+    )
+    .unwrap();
     let mut waited = 0;
     while t.offsets("events", 0).unwrap().cold_bytes > keep {
         waited += 1;
@@ -282,14 +345,16 @@ async fn concurrent_cold_reads_share_fetches() {
         let hot = dir.path().join(format!("hot-{readers}-{read_ahead}"));
         async move {
             let mut cfg = config(&hot, 1 << 20);
-            cfg.read_ahead = read_ahead;
+            cfg.read_ahead_row_groups = if read_ahead { 2 } else { 0 };
             let t = open(cfg, dec.clone()).await;
             t.open_partition("events", 0, 2).await.unwrap();
             let before = dec.stats.gets();
             let mut tasks = Vec::new();
             for _ in 0..readers {
                 let t = t.clone();
-                tasks.push(tokio::spawn(async move { t.read("events", 0, 0, 1000).await.unwrap().records.len() }));
+                tasks.push(tokio::spawn(async move {
+                    t.read("events", 0, 0, 1000).await.unwrap().records.len()
+                }));
             }
             for task in tasks {
                 assert!(task.await.unwrap() > 0);
@@ -304,10 +369,16 @@ async fn concurrent_cold_reads_share_fetches() {
     };
     let (one, _) = gets_for(1, false).await;
     let (sixteen, _) = gets_for(16, false).await;
-    assert_eq!(one, sixteen, "16 concurrent readers coalesce into the same fetches");
+    assert_eq!(
+        one, sixteen,
+        "16 concurrent readers coalesce into the same fetches"
+    );
     let (_, without) = gets_for(1, false).await;
     let (_, with) = gets_for(1, true).await;
-    assert!(with > without, "read-ahead fetched the next row group ({with} vs {without} bytes cached)");
+    assert!(
+        with > without,
+        "read-ahead fetched the next row group ({with} vs {without} bytes cached)"
+    );
 }
 
 /// The Parquet files are readable by independent engines (pyarrow and DuckDB) with the expected
@@ -337,7 +408,10 @@ async fn parquet_is_read_by_pyarrow_and_duckdb() {
                 })
             })
             .collect();
-        expected.insert(p.to_string(), serde_json::json!({ "count": N, "samples": samples }));
+        expected.insert(
+            p.to_string(),
+            serde_json::json!({ "count": N, "samples": samples }),
+        );
     }
     t.close(true).await.unwrap();
     let spec = dir.path().join("expected.json");
@@ -348,9 +422,16 @@ async fn parquet_is_read_by_pyarrow_and_duckdb() {
         .arg(&spec)
         .output()
         .expect("run python");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "independent reader failed:\n{text}");
-    assert!(text.contains("pyarrow ok") && text.contains("duckdb ok"), "{text}");
+    assert!(
+        text.contains("pyarrow ok") && text.contains("duckdb ok"),
+        "{text}"
+    );
 }
 
 /// The record batch codec agrees with an independent Kafka implementation (kafka-python).
@@ -358,11 +439,20 @@ async fn parquet_is_read_by_pyarrow_and_duckdb() {
 fn batches_decode_with_kafka_python() {
     let Some(py) = python() else { return };
     let batch = events_batch(1, 0, 20, Compression::None).with_assigned(1000, 4);
-    let hex: String = batch.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = batch
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let expect: Vec<_> = (0..20)
         .map(|i| {
             let r = event(1, i);
-            serde_json::json!([1000 + i, r.timestamp, r.key.map(|k| String::from_utf8(k.to_vec()).unwrap()), String::from_utf8(r.value.unwrap().to_vec()).unwrap()])
+            serde_json::json!([
+                1000 + i,
+                r.timestamp,
+                r.key.map(|k| String::from_utf8(k.to_vec()).unwrap()),
+                String::from_utf8(r.value.unwrap().to_vec()).unwrap()
+            ])
         })
         .collect();
     let out = std::process::Command::new(&py)
@@ -371,8 +461,15 @@ fn batches_decode_with_kafka_python() {
         .arg(serde_json::to_string(&expect).unwrap())
         .output()
         .expect("run python");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("kafka-python ok"), "{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("kafka-python ok"),
+        "{text}"
+    );
 }
 
 /// The same round trip and fencing on a real S3-compatible server (moto, started by the test
@@ -400,13 +497,26 @@ async fn round_trip_and_fencing_on_s3() {
         check_all(&t, p, 0, 10_000, 10_000).await;
     }
     let ts = event(1, 6000).timestamp;
-    assert_eq!(t.offset_for_timestamp("events", 1, ts).await.unwrap(), first_at_or_after(1, 10_000, ts));
+    assert_eq!(
+        t.offset_for_timestamp("events", 1, ts).await.unwrap(),
+        first_at_or_after(1, 10_000, ts)
+    );
     // A newer epoch takes partition 0: the epoch-2 tier can no longer commit there.
     let newer = open_at("hot-c").await;
     newer.open_partition("events", 0, 3).await.unwrap();
     produce(&t, 0, 10_000, 100, 100).await;
     let err = t.flush("events", 0).await.unwrap_err();
-    assert!(matches!(err, Error::Fenced { ours: 2, current: 3, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Fenced {
+                ours: 2,
+                current: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(newer.offsets("events", 0).unwrap().next, 10_000);
     t.close(false).await.ok();
     newer.close(false).await.unwrap();

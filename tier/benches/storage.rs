@@ -3,12 +3,11 @@
 //!
 //!   cargo bench -p tierlog-tier --bench storage            (TIERLOG_BENCH_MB=512 by default)
 //!
-//! 1. Append throughput with 1 KiB JSON-like records, for each fsync policy, next to raw `write`
-//!    + `fdatasync` on the same disk with the same sync pattern. The segment size is set above the
-//!    data written, so this measures the append path alone (conversion is measured in 3).
-//! 2. Cold replay from offset 0 (hot tier deleted) next to a plain sequential read of the same
-//!    Parquet files.
-//! 3. Parquet bytes / raw payload bytes, and the conversion + upload rate.
+//! 1. Append throughput with 1 KiB JSON-like records, for each fsync policy, next to raw writes
+//!    and fdatasync on the same disk with the same sync pattern. The segment size is set above
+//!    the data written, so this measures the append path alone (conversion is measured in 2).
+//! 2. The conversion + upload rate, Parquet bytes / raw payload bytes, and cold replay from
+//!    offset 0 (hot tier deleted) next to a plain sequential read of the same Parquet files.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -98,7 +97,12 @@ fn make_batches(n_batches: usize, first: u64) -> Vec<RecordBatch> {
             for r in 0..BATCH_RECORDS {
                 let i = first + (b * BATCH_RECORDS + r) as u64;
                 let key = format!("u-{}", mix(i) % 50_000);
-                bb.push(1_790_000_000_000 + i as i64, Some(key.as_bytes()), Some(&json_event(i)), &[]);
+                bb.push(
+                    1_790_000_000_000 + i as i64,
+                    Some(key.as_bytes()),
+                    Some(&json_event(i)),
+                    &[],
+                );
             }
             bb.build().expect("batch")
         })
@@ -112,7 +116,13 @@ fn mib(bytes: u64, d: Duration) -> f64 {
 /// Raw disk: `writers` threads each write `total / writers` bytes to their own file in
 /// `chunk`-sized writes, syncing per `policy` (for an interval, a separate thread syncs every
 /// file, as the tier's flusher does); then every file is synced. The same shape as the appends.
-fn raw_write(dir: &FsPath, total: u64, chunk: usize, writers: u32, policy: FsyncPolicy) -> Duration {
+fn raw_write(
+    dir: &FsPath,
+    total: u64,
+    chunk: usize,
+    writers: u32,
+    policy: FsyncPolicy,
+) -> Duration {
     let files: Vec<_> = (0..writers)
         .map(|i| {
             Arc::new(
@@ -178,7 +188,9 @@ fn raw_write(dir: &FsPath, total: u64, chunk: usize, writers: u32, policy: Fsync
 
 /// Drops the page cache so reads come from the disk (needs root; says so when it cannot).
 fn drop_page_cache() -> &'static str {
-    let synced = std::process::Command::new("sync").status().is_ok_and(|s| s.success());
+    let synced = std::process::Command::new("sync")
+        .status()
+        .is_ok_and(|s| s.success());
     if synced && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok() {
         "page cache dropped"
     } else {
@@ -218,8 +230,19 @@ async fn append_all(t: &Tier, batches: &Arc<Vec<RecordBatch>>) -> Duration {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let mb: u64 = std::env::var("TIERLOG_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
-    let root = std::env::var("TIERLOG_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mb: u64 = std::env::var("TIERLOG_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let root = std::env::var("TIERLOG_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
     let work = tempfile::tempdir_in(&root).expect("bench dir");
     let dir = work.path();
     let batch_bytes = BATCH_RECORDS * (RECORD + 16);
@@ -227,18 +250,40 @@ async fn main() {
     let batches = Arc::new(make_batches(n_batches, 0));
     let total: u64 = batches.iter().map(|b| b.len() as u64).sum();
     let records = (n_batches * BATCH_RECORDS) as u64;
-    println!("tierlog storage benchmark: {records} records of {RECORD} B JSON, {} MiB, batches of {BATCH_RECORDS} records ({} KiB), {PARTITIONS} partitions, dir {}",
-        total >> 20, batch_bytes >> 10, root.display());
+    println!(
+        "tierlog storage benchmark: {records} records of {RECORD} B JSON, {} MiB, batches of {BATCH_RECORDS} records ({} KiB), {PARTITIONS} partitions, dir {}",
+        total >> 20,
+        batch_bytes >> 10,
+        root.display()
+    );
     println!();
-    println!("1. append throughput until durable (hot tier only; no segment seals during the run);");
-    println!("   raw disk: {PARTITIONS} threads writing their own files with the same chunks and sync pattern");
-    println!("   {:<16} {:>12} {:>14} {:>16} {:>8}", "fsync", "tierlog MB/s", "records/s", "raw disk MB/s", "ratio");
-    for policy in [FsyncPolicy::EveryBatch, FsyncPolicy::Interval { ms: 10 }, FsyncPolicy::Never] {
+    println!(
+        "1. append throughput until durable (hot tier only; no segment seals during the run);"
+    );
+    println!(
+        "   raw disk: {PARTITIONS} threads writing their own files with the same chunks and sync pattern"
+    );
+    println!(
+        "   {:<16} {:>12} {:>14} {:>16} {:>8}",
+        "fsync", "tierlog MB/s", "records/s", "raw disk MB/s", "ratio"
+    );
+    let policies = if std::env::var_os("TIERLOG_BENCH_SKIP_APPEND").is_some() {
+        vec![]
+    } else {
+        vec![
+            FsyncPolicy::EveryBatch,
+            FsyncPolicy::Interval { ms: 10 },
+            FsyncPolicy::Never,
+        ]
+    };
+    for policy in policies {
         let raw = raw_write(dir, total, batch_bytes, PARTITIONS, policy);
         let hot = dir.join("hot");
         std::fs::remove_dir_all(&hot).ok();
         let (store, _) = open_store("memory://", &[]).expect("store");
-        let t = Tier::open(config(dir, policy, 8 << 30), store, Path::from("b")).await.expect("tier");
+        let t = Tier::open(config(dir, policy, 8 << 30), store, Path::from("b"))
+            .await
+            .expect("tier");
         for p in 0..PARTITIONS {
             t.open_partition("bench", p, 1).await.expect("partition");
         }
@@ -253,7 +298,14 @@ async fn main() {
             FsyncPolicy::Never => "never".to_string(),
         };
         let (ours, base) = (mib(total, d_synced), mib(total, raw));
-        println!("   {:<16} {:>12.0} {:>14.0} {:>16.0} {:>7.0}%", name, ours, records as f64 / d_synced.as_secs_f64(), base, 100.0 * ours / base);
+        println!(
+            "   {:<16} {:>12.0} {:>14.0} {:>16.0} {:>7.0}%",
+            name,
+            ours,
+            records as f64 / d_synced.as_secs_f64(),
+            base,
+            100.0 * ours / base
+        );
     }
     std::fs::remove_dir_all(dir.join("hot")).ok();
 
@@ -261,7 +313,13 @@ async fn main() {
     println!("2. seal + convert to Parquet (zstd) + upload to a file:// store, then cold replay");
     let bucket = dir.join("bucket");
     let (store, _) = open_store(bucket.to_str().expect("utf8 path"), &[]).expect("store");
-    let t = Tier::open(config(dir, FsyncPolicy::Never, 64 << 20), store.clone(), Path::from("b")).await.expect("tier");
+    let t = Tier::open(
+        config(dir, FsyncPolicy::Never, 64 << 20),
+        store.clone(),
+        Path::from("b"),
+    )
+    .await
+    .expect("tier");
     for p in 0..PARTITIONS {
         t.open_partition("bench", p, 1).await.expect("partition");
     }
@@ -277,9 +335,26 @@ async fn main() {
         segments += o.cold_segments;
     }
     t.close(false).await.expect("close");
-    let payload: u64 = records * RECORD as u64 + batches.iter().map(|b| b.records().expect("decode").iter().map(|r| r.key.as_ref().map_or(0, |k| k.len()) as u64).sum::<u64>()).sum::<u64>();
-    println!("   ingest + convert + upload: {:.0} MB/s of batches ({segments} segments, conversion on {} cores)", mib(total, upload), std::thread::available_parallelism().map_or(1, |n| n.get()));
-    println!("   cold bytes / raw payload: {cold_bytes} / {payload} = {:.3}", cold_bytes as f64 / payload as f64);
+    let payload: u64 = records * RECORD as u64
+        + batches
+            .iter()
+            .map(|b| {
+                b.records()
+                    .expect("decode")
+                    .iter()
+                    .map(|r| r.key.as_ref().map_or(0, |k| k.len()) as u64)
+                    .sum::<u64>()
+            })
+            .sum::<u64>();
+    println!(
+        "   ingest + convert + upload: {:.0} MB/s of batches ({segments} segments, conversion on {} cores)",
+        mib(total, upload),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "   cold bytes / raw payload: {cold_bytes} / {payload} = {:.3}",
+        cold_bytes as f64 / payload as f64
+    );
 
     // Baseline: read the same Parquet files sequentially, whole, from the file system.
     let mut files = Vec::new();
@@ -301,14 +376,23 @@ async fn main() {
     let mut buf = Vec::new();
     for f in &files {
         buf.clear();
-        std::fs::File::open(f).expect("open").read_to_end(&mut buf).expect("read");
+        std::fs::File::open(f)
+            .expect("open")
+            .read_to_end(&mut buf)
+            .expect("read");
         raw_read += buf.len() as u64;
     }
     let raw_d = start.elapsed();
 
     std::fs::remove_dir_all(dir.join("hot")).expect("delete hot tier");
     drop_page_cache();
-    let t = Tier::open(config(dir, FsyncPolicy::Never, 64 << 20), store, Path::from("b")).await.expect("tier");
+    let t = Tier::open(
+        config(dir, FsyncPolicy::Never, 64 << 20),
+        store,
+        Path::from("b"),
+    )
+    .await
+    .expect("tier");
     let start = Instant::now();
     let mut read_records = 0u64;
     let mut read_payload = 0u64;
@@ -320,13 +404,26 @@ async fn main() {
             let r = t.read("bench", p, next, 1 << 20).await.expect("cold read");
             next = r.records.last().expect("records").offset + 1;
             read_records += r.records.len() as u64;
-            read_payload += r.records.iter().map(|r| r.payload_len() as u64).sum::<u64>();
+            read_payload += r
+                .records
+                .iter()
+                .map(|r| r.payload_len() as u64)
+                .sum::<u64>();
         }
     }
     let replay = start.elapsed();
     t.close(false).await.expect("close");
     assert_eq!(read_records, records, "replay returned every record");
-    println!("   plain sequential read of the Parquet files: {:.0} MB/s ({} MiB, {cache_state})", mib(raw_read, raw_d), raw_read >> 20);
-    println!("   cold replay from offset 0: {:.0} MB/s of Parquet files ({:.0}% of the plain read), {:.0} MB/s of payload, {:.0} records/s",
-        mib(cold_bytes, replay), 100.0 * mib(cold_bytes, replay) / mib(raw_read, raw_d), mib(read_payload, replay), read_records as f64 / replay.as_secs_f64());
+    println!(
+        "   plain sequential read of the Parquet files: {:.0} MB/s ({} MiB, {cache_state})",
+        mib(raw_read, raw_d),
+        raw_read >> 20
+    );
+    println!(
+        "   cold replay from offset 0: {:.0} MB/s of Parquet files ({:.0}% of the plain read), {:.0} MB/s of payload, {:.0} records/s",
+        mib(cold_bytes, replay),
+        100.0 * mib(cold_bytes, replay) / mib(raw_read, raw_d),
+        mib(read_payload, replay),
+        read_records as f64 / replay.as_secs_f64()
+    );
 }

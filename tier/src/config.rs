@@ -52,8 +52,9 @@ pub struct TierConfig {
     pub row_group_bytes: usize,
     /// zstd level of cold Parquet files.
     pub zstd_level: i32,
-    /// Prefetch the next row group or segment during sequential cold reads.
-    pub read_ahead: bool,
+    /// Row groups prefetched ahead of a sequential cold reader (crossing into the next segment):
+    /// decoding runs on other cores while the reader consumes. 0 turns read-ahead off.
+    pub read_ahead_row_groups: usize,
     /// First delay between upload retries; doubles up to `upload_retry_max_ms`.
     pub upload_retry_initial_ms: u64,
     pub upload_retry_max_ms: u64,
@@ -76,7 +77,7 @@ impl Default for TierConfig {
             cache_bytes: 512 << 20,
             row_group_bytes: 8 << 20,
             zstd_level: 3,
-            read_ahead: true,
+            read_ahead_row_groups: 2,
             upload_retry_initial_ms: 100,
             upload_retry_max_ms: 10_000,
             housekeeping_ms: 1000,
@@ -89,7 +90,10 @@ impl TierConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
         if self.segment_bytes < 4096 {
-            return bad(format!("segment_bytes must be at least 4096, got {}", self.segment_bytes));
+            return bad(format!(
+                "segment_bytes must be at least 4096, got {}",
+                self.segment_bytes
+            ));
         }
         if self.max_batch_bytes as u64 > self.segment_bytes {
             return bad(format!(
@@ -107,12 +111,20 @@ impl TierConfig {
             return bad("fsync interval must be at least 1 ms".into());
         }
         if !(1..=22).contains(&self.zstd_level) {
-            return bad(format!("zstd_level must be 1..=22, got {}", self.zstd_level));
+            return bad(format!(
+                "zstd_level must be 1..=22, got {}",
+                self.zstd_level
+            ));
         }
         if self.row_group_bytes < 64 << 10 {
-            return bad(format!("row_group_bytes must be at least 65536, got {}", self.row_group_bytes));
+            return bad(format!(
+                "row_group_bytes must be at least 65536, got {}",
+                self.row_group_bytes
+            ));
         }
-        if self.upload_retry_initial_ms == 0 || self.upload_retry_max_ms < self.upload_retry_initial_ms {
+        if self.upload_retry_initial_ms == 0
+            || self.upload_retry_max_ms < self.upload_retry_initial_ms
+        {
             return bad("upload retry delays must be positive and max ≥ initial".into());
         }
         if self.housekeeping_ms == 0 || self.segment_ms == 0 {

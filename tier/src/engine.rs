@@ -13,20 +13,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use object_store::path::Path;
 use object_store::ObjectStore;
+use object_store::path::Path;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Record, RecordBatch};
 use crate::cold::cache::{self, ColdCache};
-use crate::cold::manifest::{Manifest, ManifestState, ManifestWriter, Op};
+use crate::cold::manifest::{Manifest, ManifestState, ManifestWriter, Op, SegmentEntry};
 use crate::config::TierConfig;
 use crate::error::{Error, Result};
-use crate::hot::log::PartitionLog;
 use crate::hot::AppendResult;
+use crate::hot::log::PartitionLog;
 use crate::store::Retry;
-use crate::{retention, PartitionId};
+use crate::{PartitionId, retention};
 
 /// Where a read was served from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +193,11 @@ impl Tier {
         let manifest = Manifest::new(inner.store.clone(), &inner.root, topic, partition);
         let writer = ManifestWriter::open(manifest.clone(), epoch, inner.retry()).await?;
         let state = writer.state().clone();
-        let (cfg, root, hot) = (inner.cfg.clone(), inner.cfg.data_dir.clone(), inner.hot_bytes.clone());
+        let (cfg, root, hot) = (
+            inner.cfg.clone(),
+            inner.cfg.data_dir.clone(),
+            inner.hot_bytes.clone(),
+        );
         let id2 = id.clone();
         let cold_next = state.next_offset;
         let log = blocking(move || PartitionLog::open(&root, id2, cfg, cold_next, hot)).await?;
@@ -247,7 +251,12 @@ impl Tier {
     /// Appends a batch: assigns offsets, writes it to the hot tier (synced per the fsync policy)
     /// and returns where it landed. Fails with [`Error::Backpressure`] when the hot tier's disk
     /// budget is used up, and [`Error::Fenced`] after another leader took over.
-    pub async fn append(&self, topic: &str, partition: u32, batch: RecordBatch) -> Result<AppendResult> {
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: RecordBatch,
+    ) -> Result<AppendResult> {
         let p = self.get(topic, partition)?;
         p.check_fenced()?;
         let used = self.inner.hot_bytes.load(Ordering::Acquire);
@@ -267,7 +276,13 @@ impl Tier {
     /// Records from `offset` on, up to about `max_bytes` of payload (at least one record when the
     /// log has any at `offset`). Served from the hot tier when it holds `offset`, otherwise from
     /// the cold tier.
-    pub async fn read(&self, topic: &str, partition: u32, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
         let p = self.get(topic, partition)?;
         let next = p.log.next_offset();
         let log = p.log.clone();
@@ -286,7 +301,11 @@ impl Tier {
         let result = |records: Vec<Record>, source| ReadResult {
             high_watermark: next,
             log_start_offset: log_start,
-            source: if records.is_empty() { Source::None } else { source },
+            source: if records.is_empty() {
+                Source::None
+            } else {
+                source
+            },
             records,
         };
         if let Some(batches) = hot {
@@ -313,20 +332,23 @@ impl Tier {
         let mut bytes = 0usize;
         let mut cur = offset;
         while cur < cold.next_offset && (out.is_empty() || bytes < max_bytes) {
-            let seg = p.manifest.find_offset(cold, cur).await?.ok_or_else(|| Error::OffsetOutOfRange {
-                topic: p.id.topic.to_string(),
-                partition: p.id.partition,
-                offset: cur,
-                start: cold.start_offset,
-                end: cold.next_offset,
+            let seg = p.manifest.find_offset(cold, cur).await?.ok_or_else(|| {
+                Error::OffsetOutOfRange {
+                    topic: p.id.topic.to_string(),
+                    partition: p.id.partition,
+                    offset: cur,
+                    start: cold.start_offset,
+                    end: cold.next_offset,
+                }
             })?;
             let path = p.manifest.paths.object(&seg.path);
             let meta = cache.metadata(&path, seg.size).await?;
-            let (rg, first) = cache::locate(&meta, seg.base_offset, cur).ok_or_else(|| Error::Corrupt {
-                location: path.to_string(),
-                position: 0,
-                reason: format!("offset {cur} is not in the segment's row groups"),
-            })?;
+            let (rg, first) =
+                cache::locate(&meta, seg.base_offset, cur).ok_or_else(|| Error::Corrupt {
+                    location: path.to_string(),
+                    position: 0,
+                    reason: format!("offset {cur} is not in the segment's row groups"),
+                })?;
             let rows = cache.row_group(&path, seg.size, rg).await?;
             let skip = usize::try_from(cur - first).unwrap_or(usize::MAX);
             for r in rows.records.iter().skip(skip) {
@@ -344,21 +366,57 @@ impl Tier {
                     break;
                 }
             }
-            if self.inner.cfg.read_ahead {
-                let n = meta.metadata().num_row_groups();
-                if rg + 1 < n {
-                    cache.prefetch(path, seg.size, rg + 1);
-                } else if let Some(next) = p.manifest.find_offset(cold, seg.last_offset + 1).await? {
-                    cache.prefetch(p.manifest.paths.object(&next.path), next.size, 0);
-                }
-            }
+            self.read_ahead(p, cold, &seg, &path, meta.metadata().num_row_groups(), rg)
+                .await?;
         }
         Ok(out)
     }
 
+    /// Prefetches the `read_ahead_row_groups` row groups after row group `rg` of `seg`, crossing
+    /// into following segments.
+    async fn read_ahead(
+        &self,
+        p: &Partition,
+        cold: &ManifestState,
+        seg: &SegmentEntry,
+        path: &Path,
+        row_groups: usize,
+        rg: usize,
+    ) -> Result<()> {
+        let cache = &self.inner.cache;
+        let mut left = self.inner.cfg.read_ahead_row_groups;
+        let (mut seg, mut path, mut row_groups, mut next) =
+            (seg.clone(), path.clone(), row_groups, rg + 1);
+        while left > 0 {
+            if next < row_groups {
+                cache.prefetch(path.clone(), seg.size, next);
+                next += 1;
+                left -= 1;
+                continue;
+            }
+            let Some(following) = p.manifest.find_offset(cold, seg.last_offset + 1).await? else {
+                break;
+            };
+            path = p.manifest.paths.object(&following.path);
+            row_groups = cache
+                .metadata(&path, following.size)
+                .await?
+                .metadata()
+                .num_row_groups();
+            seg = following;
+            next = 0;
+        }
+        Ok(())
+    }
+
     /// The first offset whose record timestamp is ≥ `ts` (ms), across both tiers; `None` when
     /// every record is older.
-    pub async fn offset_for_timestamp(&self, topic: &str, partition: u32, ts: i64) -> Result<Option<i64>> {
+    pub async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        ts: i64,
+    ) -> Result<Option<i64>> {
         let p = self.get(topic, partition)?;
         let cold = p.cold();
         if let Some(seg) = p.manifest.find_timestamp(&cold, ts).await? {
@@ -443,7 +501,12 @@ impl Tier {
 
     /// Commits a cold retention cut now (normally done by background work): removes every whole
     /// segment below `start_offset` from the manifest, then deletes their objects.
-    pub async fn truncate_cold(&self, topic: &str, partition: u32, start_offset: i64) -> Result<u64> {
+    pub async fn truncate_cold(
+        &self,
+        topic: &str,
+        partition: u32,
+        start_offset: i64,
+    ) -> Result<u64> {
         let p = self.get(topic, partition)?;
         retention::truncate_cold(&p, start_offset).await
     }
@@ -461,7 +524,11 @@ impl Tier {
     /// Graceful shutdown: seals and uploads every partition (unless `upload` is false), syncs,
     /// and stops background work.
     pub async fn close(&self, upload: bool) -> Result<()> {
-        let flushed = if upload { self.flush_all().await } else { Ok(()) };
+        let flushed = if upload {
+            self.flush_all().await
+        } else {
+            Ok(())
+        };
         let synced = self.sync_all().await;
         self.inner.cancel.cancel();
         self.inner.tasks.close();

@@ -1,8 +1,8 @@
 //! Background housekeeping: interval fsync, age-based sealing, hot retention and back-pressure
 //! relief, and cold retention (manifest first, objects after).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -70,7 +70,9 @@ async fn housekeep(inner: &Arc<Inner>) {
         .await;
         match r {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e, "hot housekeeping failed"),
+            Ok(Err(e)) => {
+                tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e, "hot housekeeping failed")
+            }
             Err(e) => tracing::error!(error = %e, "housekeeping task failed"),
         }
         if let Err(e) = cold_retention(&p).await {
@@ -122,7 +124,9 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
         .filter(|s| s.last_offset < start_offset)
         .collect();
     // Cut at a segment boundary so no segment is half in, half out.
-    let cut = victims.last().map_or(before.start_offset, |s| s.last_offset + 1);
+    let cut = victims
+        .last()
+        .map_or(before.start_offset, |s| s.last_offset + 1);
     if cut <= before.start_offset {
         return Ok(0);
     }
@@ -133,7 +137,10 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
     }
     let store = p.manifest.store().clone();
     let mut deleted = 0;
-    let paths: Vec<_> = victims.iter().map(|s| p.manifest.paths.object(&s.path)).collect();
+    let paths: Vec<_> = victims
+        .iter()
+        .map(|s| p.manifest.paths.object(&s.path))
+        .collect();
     let mut results = futures::stream::iter(paths)
         .map(|path| {
             let store = store.clone();
@@ -143,7 +150,9 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
     while let Some((r, path)) = results.next().await {
         match r {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-            Err(e) => tracing::warn!(path = %path, error = %e, "could not delete a retired cold segment; it is unreferenced"),
+            Err(e) => {
+                tracing::warn!(path = %path, error = %e, "could not delete a retired cold segment; it is unreferenced")
+            }
         }
     }
     tracing::info!(topic = %p.id.topic, partition = p.id.partition, start_offset = cut, deleted, "cold retention applied");

@@ -4,14 +4,14 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -38,17 +38,24 @@ pub fn open_store(url: &str, options: &[(String, String)]) -> Result<(Arc<dyn Ob
             .with_url(url)
             .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
         for (k, v) in options {
-            let key = k.parse().map_err(|e: object_store::Error| bad(e.to_string()))?;
+            let key = k
+                .parse()
+                .map_err(|e: object_store::Error| bad(e.to_string()))?;
             b = b.with_config(key, v);
         }
         let store = b.build().map_err(|e| bad(e.to_string()))?;
-        let root = Path::parse(parsed.path().trim_start_matches('/')).map_err(|e| bad(e.to_string()))?;
+        let root =
+            Path::parse(parsed.path().trim_start_matches('/')).map_err(|e| bad(e.to_string()))?;
         return Ok((Arc::new(store), root));
     }
     let dir = match url.strip_prefix("file://") {
         Some(p) => std::path::PathBuf::from(p),
         None if !url.contains("://") => std::path::PathBuf::from(url),
-        None => return Err(bad("unsupported scheme (use file://, memory:// or s3://)".into())),
+        None => {
+            return Err(bad(
+                "unsupported scheme (use file://, memory:// or s3://)".into()
+            ));
+        }
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
@@ -209,7 +216,11 @@ impl ObjectStore for Decorated {
         self.inner.put_multipart_opts(location, opts).await
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         if self.faults.fail_gets.load(Ordering::SeqCst) {
             return Err(injected("get"));
         }
@@ -221,7 +232,11 @@ impl ObjectStore for Decorated {
         Ok(r)
     }
 
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
         if self.faults.fail_gets.load(Ordering::SeqCst) {
             return Err(injected("get"));
         }
@@ -273,7 +288,12 @@ impl ObjectStore for Decorated {
         self.inner.list_with_delimiter(prefix).await
     }
 
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         if self.faults.fail_puts.load(Ordering::SeqCst) {
             return Err(injected("copy"));
         }

@@ -5,7 +5,14 @@ fn arb_bytes() -> impl Strategy<Value = Option<Vec<u8>>> {
     prop::option::of(prop::collection::vec(any::<u8>(), 0..64))
 }
 
-fn arb_record() -> impl Strategy<Value = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>)> {
+type ArbRecord = (
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+fn arb_record() -> impl Strategy<Value = ArbRecord> {
     (
         -1_000_000i64..4_000_000_000_000i64,
         arb_bytes(),
@@ -98,11 +105,29 @@ fn rejects_wrong_magic_and_empty() {
 /// Pins the wire format: a known batch must encode to exactly these bytes.
 #[test]
 fn golden_encoding() {
-    let mut b = BatchBuilder::new(Compression::None)
-        .producer(ProducerInfo { producer_id: 7, producer_epoch: 1, base_sequence: 0 }, false);
-    b.push(1_700_000_000_000, Some(b"k"), Some(b"v"), &[Header { key: "h".into(), value: None }]);
+    let mut b = BatchBuilder::new(Compression::None).producer(
+        ProducerInfo {
+            producer_id: 7,
+            producer_epoch: 1,
+            base_sequence: 0,
+        },
+        false,
+    );
+    b.push(
+        1_700_000_000_000,
+        Some(b"k"),
+        Some(b"v"),
+        &[Header {
+            key: "h".into(),
+            value: None,
+        }],
+    );
     let batch = b.build().unwrap().with_assigned(42, 3);
-    let hex: String = batch.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = batch
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     // Checked field by field against the v2 layout, and decoded by kafka-python in CI.
     assert_eq!(
         hex,

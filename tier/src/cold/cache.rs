@@ -17,9 +17,9 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::statistics::Statistics;
@@ -50,14 +50,26 @@ fn store_err(e: object_store::Error) -> ParquetError {
 
 impl AsyncFileReader for StoreReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        async move { self.store.get_range(&self.path, range).await.map_err(store_err) }.boxed()
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(store_err)
+        }
+        .boxed()
     }
 
     fn get_byte_ranges(
         &mut self,
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(store_err) }.boxed()
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(store_err)
+        }
+        .boxed()
     }
 
     fn get_metadata<'a>(
@@ -121,7 +133,11 @@ impl ColdCache {
         let p = path.clone();
         self.meta
             .try_get_with(path.clone(), async move {
-                let mut reader = StoreReader { store, path: p, size };
+                let mut reader = StoreReader {
+                    store,
+                    path: p,
+                    size,
+                };
                 let opts = ArrowReaderOptions::new();
                 ArrowReaderMetadata::load_async(&mut reader, opts)
                     .await
@@ -138,7 +154,11 @@ impl ColdCache {
         let p = path.clone();
         self.rows
             .try_get_with((path.clone(), rg), async move {
-                let reader = StoreReader { store, path: p, size };
+                let reader = StoreReader {
+                    store,
+                    path: p,
+                    size,
+                };
                 let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
                     .with_row_groups(vec![rg])
                     .with_batch_size(8192)
@@ -193,10 +213,11 @@ pub(crate) fn locate(meta: &ArrowReaderMetadata, base: i64, offset: i64) -> Opti
 pub(crate) fn first_row_group_at_or_after(meta: &ArrowReaderMetadata, ts: i64) -> Option<usize> {
     let schema = meta.metadata().file_metadata().schema_descr();
     let col = (0..schema.num_columns()).find(|&i| schema.column(i).name() == "timestamp")?;
-    meta.metadata().row_groups().iter().position(|rg| {
-        match rg.column(col).statistics() {
+    meta.metadata()
+        .row_groups()
+        .iter()
+        .position(|rg| match rg.column(col).statistics() {
             Some(Statistics::Int64(s)) => s.max_opt().is_none_or(|&m| m >= ts),
             _ => true,
-        }
-    })
+        })
 }

@@ -268,8 +268,8 @@ struct Hint {
 
 /// Serializes `body` inside a checksummed envelope.
 fn encode<T: Serialize>(kind: &str, body: &T) -> Result<Bytes> {
-    let body = serde_json::to_string(body)
-        .map_err(|e| Error::invalid(format!("encoding {kind}: {e}")))?;
+    let body =
+        serde_json::to_string(body).map_err(|e| Error::invalid(format!("encoding {kind}: {e}")))?;
     let crc = crc32c::crc32c(body.as_bytes());
     Ok(Bytes::from(format!(
         "{{\"format\":\"tierlog.{kind}\",\"version\":{VERSION},\"crc32c\":{crc},\"body\":{body}}}\n"
@@ -291,10 +291,13 @@ fn decode<T: DeserializeOwned>(kind: &str, location: &Path, bytes: &[u8]) -> Res
         position: 0,
         reason,
     };
-    let env: Envelope<'_> =
-        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not a manifest object: {e}")))?;
+    let env: Envelope<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| corrupt(format!("not a manifest object: {e}")))?;
     if env.format != format!("tierlog.{kind}") {
-        return Err(corrupt(format!("expected tierlog.{kind}, found {}", env.format)));
+        return Err(corrupt(format!(
+            "expected tierlog.{kind}, found {}",
+            env.format
+        )));
     }
     if env.version != VERSION {
         return Err(corrupt(format!("unsupported version {}", env.version)));
@@ -410,18 +413,24 @@ impl Manifest {
         let seq = match hinted {
             Some(s) => Some(s),
             None => {
-                let metas: Vec<_> = self.store.list(Some(&self.paths.checkpoints())).try_collect().await?;
+                let metas: Vec<_> = self
+                    .store
+                    .list(Some(&self.paths.checkpoints()))
+                    .try_collect()
+                    .await?;
                 metas.iter().filter_map(|m| seq_of(&m.location)).max()
             }
         };
         let mut state = match seq {
             Some(seq) => {
                 let p = self.paths.checkpoint(seq);
-                let b = get_opt(&*self.store, &p).await?.ok_or_else(|| Error::Corrupt {
-                    location: p.to_string(),
-                    position: 0,
-                    reason: "the checkpoint named by _last_checkpoint is missing".into(),
-                })?;
+                let b = get_opt(&*self.store, &p)
+                    .await?
+                    .ok_or_else(|| Error::Corrupt {
+                        location: p.to_string(),
+                        position: 0,
+                        reason: "the checkpoint named by _last_checkpoint is missing".into(),
+                    })?;
                 decode::<ManifestState>("checkpoint", &p, &b)?
             }
             None => ManifestState::new(&self.topic, self.partition),
@@ -441,7 +450,9 @@ impl Manifest {
         metas.sort_by(|a, b| a.location.cmp(&b.location));
         let mut n = 0;
         for m in metas {
-            let Some(seq) = seq_of(&m.location) else { continue };
+            let Some(seq) = seq_of(&m.location) else {
+                continue;
+            };
             if seq <= state.seq {
                 continue;
             }
@@ -488,7 +499,11 @@ impl Manifest {
     }
 
     /// The committed segment holding `offset`, if any.
-    pub async fn find_offset(&self, state: &ManifestState, offset: i64) -> Result<Option<SegmentEntry>> {
+    pub async fn find_offset(
+        &self,
+        state: &ManifestState,
+        offset: i64,
+    ) -> Result<Option<SegmentEntry>> {
         if offset < state.start_offset || offset >= state.next_offset {
             return Ok(None);
         }
@@ -503,7 +518,10 @@ impl Manifest {
                 Some(Node::Chunk(c)) => {
                     let children = self.chunk(&c.path).await?;
                     let i = children.partition_point(|n| n.last_offset() < offset);
-                    node = children.get(i).filter(|n| n.base_offset() <= offset).cloned();
+                    node = children
+                        .get(i)
+                        .filter(|n| n.base_offset() <= offset)
+                        .cloned();
                 }
             }
         }
@@ -511,7 +529,11 @@ impl Manifest {
 
     /// The first committed segment (at or after `start_offset`) holding a record with timestamp
     /// ≥ `ts`, if any.
-    pub async fn find_timestamp(&self, state: &ManifestState, ts: i64) -> Result<Option<SegmentEntry>> {
+    pub async fn find_timestamp(
+        &self,
+        state: &ManifestState,
+        ts: i64,
+    ) -> Result<Option<SegmentEntry>> {
         let start = state.start_offset;
         let mut list: Vec<Node> = state.nodes().cloned().collect();
         loop {
@@ -612,20 +634,22 @@ impl ManifestWriter {
     /// Commits `op` atomically. Transient store errors are retried with the same delta, so a
     /// commit that landed but whose answer was lost is recognized by its commit id.
     pub async fn commit(&mut self, op: Op) -> Result<()> {
-        if let Op::Add { segments } = &op {
-            if let Some(first) = segments.first() {
-                if first.base_offset < self.state.next_offset {
-                    // Already committed (an earlier attempt landed): idempotent when it matches.
-                    let have = self.manifest.find_offset(&self.state, first.base_offset).await?;
-                    if have.as_ref().is_some_and(|h| h.path == first.path) {
-                        return Ok(());
-                    }
-                    return Err(Error::invalid(format!(
-                        "segment at {} overlaps the manifest, which ends before {}",
-                        first.base_offset, self.state.next_offset
-                    )));
-                }
+        if let Op::Add { segments } = &op
+            && let Some(first) = segments.first()
+            && first.base_offset < self.state.next_offset
+        {
+            // Already committed (an earlier attempt landed): idempotent when it matches.
+            let have = self
+                .manifest
+                .find_offset(&self.state, first.base_offset)
+                .await?;
+            if have.as_ref().is_some_and(|h| h.path == first.path) {
+                return Ok(());
             }
+            return Err(Error::invalid(format!(
+                "segment at {} overlaps the manifest, which ends before {}",
+                first.base_offset, self.state.next_offset
+            )));
         }
         let commit_id = nonce();
         loop {
@@ -658,7 +682,11 @@ impl ManifestWriter {
                 })
                 .await?;
             // The slot may be taken: ours (a retried create that had landed) or another writer's.
-            let existing = if put { None } else { self.manifest.read_delta(delta.seq).await? };
+            let existing = if put {
+                None
+            } else {
+                self.manifest.read_delta(delta.seq).await?
+            };
             if put || existing.as_ref().is_some_and(|d| d.commit_id == commit_id) {
                 self.state = next;
                 self.maybe_checkpoint().await;
@@ -679,7 +707,7 @@ impl ManifestWriter {
     }
 
     async fn maybe_checkpoint(&mut self) {
-        if self.state.seq % CHECKPOINT_EVERY != 0 {
+        if !self.state.seq.is_multiple_of(CHECKPOINT_EVERY) {
             return;
         }
         if let Err(e) = self.checkpoint().await {
@@ -707,8 +735,16 @@ impl ManifestWriter {
                     path: rel.clone(),
                     base_offset: first.base_offset(),
                     last_offset: last.last_offset(),
-                    min_timestamp: nodes.iter().map(Node::min_timestamp).min().unwrap_or(i64::MIN),
-                    max_timestamp: nodes.iter().map(Node::max_timestamp).max().unwrap_or(i64::MIN),
+                    min_timestamp: nodes
+                        .iter()
+                        .map(Node::min_timestamp)
+                        .min()
+                        .unwrap_or(i64::MIN),
+                    max_timestamp: nodes
+                        .iter()
+                        .map(Node::max_timestamp)
+                        .max()
+                        .unwrap_or(i64::MIN),
                     records: nodes.iter().map(Node::records).sum(),
                     size: nodes.iter().map(Node::size).sum(),
                     segments: nodes.iter().map(Node::segments).sum(),
@@ -733,14 +769,21 @@ impl ManifestWriter {
         }
         let p = self.manifest.paths.checkpoint(state.seq);
         match store
-            .put_opts(&p, PutPayload::from(encode("checkpoint", &state)?), PutMode::Create.into())
+            .put_opts(
+                &p,
+                PutPayload::from(encode("checkpoint", &state)?),
+                PutMode::Create.into(),
+            )
             .await
         {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         store
-            .put(&self.manifest.paths.hint(), PutPayload::from(encode("hint", &Hint { seq: state.seq })?))
+            .put(
+                &self.manifest.paths.hint(),
+                PutPayload::from(encode("hint", &Hint { seq: state.seq })?),
+            )
             .await?;
         self.state = state;
         Ok(())

@@ -16,8 +16,8 @@ use arrow_array::builder::{
     StringBuilder, StructBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::{
-    Array, BinaryArray, Int64Array, ListArray, RecordBatch as ArrowBatch, StringArray,
-    StructArray, TimestampMillisecondArray,
+    Array, BinaryArray, Int64Array, ListArray, RecordBatch as ArrowBatch, StringArray, StructArray,
+    TimestampMillisecondArray,
 };
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
@@ -27,9 +27,9 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use crate::PartitionId;
 use crate::batch::{Header, Record, RecordBatch};
 use crate::error::{Error, Result};
-use crate::PartitionId;
 
 /// The Parquet format version written in file metadata (`tierlog.format`).
 pub const FORMAT_VERSION: &str = "1";
@@ -143,7 +143,8 @@ impl Columns {
             self.producer_epoch.append_value(p.producer_epoch);
             if p.base_sequence >= 0 {
                 let delta = (r.offset - b.base_offset) as i32;
-                self.sequence.append_value(p.base_sequence.wrapping_add(delta));
+                self.sequence
+                    .append_value(p.base_sequence.wrapping_add(delta));
             } else {
                 self.sequence.append_null();
             }
@@ -334,7 +335,11 @@ pub fn to_records(b: &ArrowBatch, out: &mut Vec<Record>) -> Result<()> {
         .as_any()
         .downcast_ref::<BinaryArray>()
         .ok_or_else(|| Error::invalid("header values are not binary"))?;
-    let (kshared, vshared, hshared) = (shared_values(key), shared_values(value), shared_values(hval));
+    let (kshared, vshared, hshared) = (
+        shared_values(key),
+        shared_values(value),
+        shared_values(hval),
+    );
     let hoff = headers.value_offsets();
     out.reserve(b.num_rows());
     for i in 0..b.num_rows() {

@@ -6,8 +6,8 @@
 //! corrupt sealed segment stops uploads for the partition with an error naming the file, never
 //! skipping data.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use object_store::{PutMode, PutPayload};
@@ -63,7 +63,21 @@ async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> R
     let (seg2, id, cfg) = (seg.clone(), p.id.clone(), inner.cfg.clone());
     let enc = tokio::task::spawn_blocking(move || {
         let batches = seg2.read_all()?;
-        encode_segment(&id, &batches, cfg.row_group_bytes, cfg.zstd_level)
+        let enc = encode_segment(&id, &batches, cfg.row_group_bytes, cfg.zstd_level)?;
+        if enc.base_offset != seg2.base_offset || enc.last_offset + 1 != seg2.next_offset() {
+            return Err(Error::Corrupt {
+                location: seg2.path.display().to_string(),
+                position: 0,
+                reason: format!(
+                    "read offsets [{}, {}] of a segment holding [{}, {})",
+                    enc.base_offset,
+                    enc.last_offset,
+                    seg2.base_offset,
+                    seg2.next_offset()
+                ),
+            });
+        }
+        Ok(enc)
     })
     .await
     .map_err(|e| Error::invalid(format!("encoding task failed: {e}")))??;

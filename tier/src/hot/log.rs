@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::PartitionId;
 use crate::batch::RecordBatch;
 use crate::config::{FsyncPolicy, TierConfig};
 use crate::error::{Error, Result};
 use crate::hot::segment::{self, Segment};
-use crate::PartitionId;
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,18 +78,16 @@ impl PartitionLog {
             let path = dir.join(segment::segment_file_name(*base));
             let is_last = i + 1 == bases.len();
             let seg = Segment::open(&path, *base, cfg.index_interval_bytes, is_last)?;
-            if let Some(prev) = segs.last() {
-                if prev.next_offset() != seg.base_offset {
-                    return Err(Error::Corrupt {
-                        location: path.display().to_string(),
-                        position: 0,
-                        reason: format!(
-                            "segment starts at offset {} but the previous one ends before {}",
-                            seg.base_offset,
-                            prev.next_offset()
-                        ),
-                    });
-                }
+            if let Some(prev) = segs.last().filter(|p| p.next_offset() != seg.base_offset) {
+                return Err(Error::Corrupt {
+                    location: path.display().to_string(),
+                    position: 0,
+                    reason: format!(
+                        "segment starts at offset {} but the previous one ends before {}",
+                        seg.base_offset,
+                        prev.next_offset()
+                    ),
+                });
             }
             segs.push(Arc::new(seg));
         }
@@ -117,11 +115,19 @@ impl PartitionLog {
             }
         }
         if segs.is_empty() {
-            segs.push(Arc::new(Segment::create(&dir, cold_next, cfg.index_interval_bytes)?));
+            segs.push(Arc::new(Segment::create(
+                &dir,
+                cold_next,
+                cfg.index_interval_bytes,
+            )?));
         } else if segs.last().is_some_and(|s| s.is_sealed()) {
             // Only reachable if the last file was opened as sealed; keep one active segment.
             let next = segs.last().map_or(cold_next, |s| s.next_offset());
-            segs.push(Arc::new(Segment::create(&dir, next, cfg.index_interval_bytes)?));
+            segs.push(Arc::new(Segment::create(
+                &dir,
+                next,
+                cfg.index_interval_bytes,
+            )?));
         }
         let next = segs.last().map_or(cold_next, |s| s.next_offset());
         let bytes = segs.iter().map(|s| s.size()).sum();
@@ -142,9 +148,6 @@ impl PartitionLog {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
     pub fn next_offset(&self) -> i64 {
         self.next_offset.load(Ordering::Acquire)
     }
@@ -159,11 +162,16 @@ impl PartitionLog {
     }
     /// First offset still on local disk.
     pub fn start_offset(&self) -> i64 {
-        self.snapshot().first().map_or(self.next_offset(), |s| s.base_offset)
+        self.snapshot()
+            .first()
+            .map_or(self.next_offset(), |s| s.base_offset)
     }
 
     fn snapshot(&self) -> Vec<Arc<Segment>> {
-        self.segments.read().expect("segments lock poisoned").clone()
+        self.segments
+            .read()
+            .expect("segments lock poisoned")
+            .clone()
     }
 
     fn active(&self) -> Arc<Segment> {
@@ -226,7 +234,8 @@ impl PartitionLog {
     /// Seals `active` and starts a new segment. Caller holds the writer lock.
     fn roll_locked(&self, active: &Arc<Segment>) -> Result<Arc<Segment>> {
         active.seal()?;
-        self.durable_next.store(active.next_offset(), Ordering::Release);
+        self.durable_next
+            .store(active.next_offset(), Ordering::Release);
         let next = Arc::new(Segment::create(
             &self.dir,
             active.next_offset(),
@@ -328,7 +337,9 @@ impl PartitionLog {
     /// exists). `None` when `offset` is below what the hot tier still holds.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Vec<RecordBatch>>> {
         let segs = self.snapshot();
-        let Some(first) = segs.first() else { return Ok(Some(Vec::new())) };
+        let Some(first) = segs.first() else {
+            return Ok(Some(Vec::new()));
+        };
         if offset < first.base_offset {
             return Ok(None);
         }
@@ -385,19 +396,6 @@ impl PartitionLog {
             }
         }
         Ok(None)
-    }
-
-    /// Deletes every segment file and the directory (topic deletion).
-    pub fn remove_all(&self) -> Result<()> {
-        let segs = std::mem::take(&mut *self.segments.write().expect("segments lock poisoned"));
-        let bytes = self.bytes.swap(0, Ordering::AcqRel);
-        self.global.fetch_sub(bytes, Ordering::AcqRel);
-        drop(segs);
-        match std::fs::remove_dir_all(&self.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(&self.dir, e)),
-        }
     }
 }
 

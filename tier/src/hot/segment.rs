@@ -17,13 +17,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::batch::{self, RecordBatch, HEADER_LEN};
+use crate::batch::{self, HEADER_LEN, RecordBatch};
 use crate::error::{Error, Result};
 
 pub(crate) const FRAME_HEADER: usize = 8;
@@ -86,7 +86,13 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Segment::new(path, file, base, index_interval, empty_scan(base)))
+        Ok(Segment::new(
+            path,
+            file,
+            base,
+            index_interval,
+            empty_scan(base),
+        ))
     }
 
     /// Opens an existing segment. A sealed segment must be whole; the last (active) segment has a
@@ -214,8 +220,10 @@ impl Segment {
         }
         self.max_timestamp
             .fetch_max(h.max_timestamp, Ordering::AcqRel);
-        self.next_offset
-            .store(base_offset + i64::from(h.last_offset_delta) + 1, Ordering::Release);
+        self.next_offset.store(
+            base_offset + i64::from(h.last_offset_delta) + 1,
+            Ordering::Release,
+        );
         self.size.store(pos + frame_len, Ordering::Release);
         Ok(())
     }
@@ -255,7 +263,9 @@ impl Segment {
         if position >= end {
             return Ok(out);
         }
-        let want = (max_bytes as u64).clamp(64 << 10, 16 << 20).min(end - position);
+        let want = (max_bytes as u64)
+            .clamp(64 << 10, 16 << 20)
+            .min(end - position);
         let mut buf = BytesMut::zeroed(want as usize);
         self.file
             .read_exact_at(&mut buf, position)
@@ -301,9 +311,20 @@ impl Segment {
         RecordBatch::parse(body).map_err(|e| corrupt(e.to_string()))
     }
 
-    /// Reads all batches of the segment (for upload).
+    /// Reads every batch of the segment, to its end (for upload).
     pub fn read_all(&self) -> Result<Vec<RecordBatch>> {
-        self.read_batches(0, usize::MAX)
+        let end = self.size();
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        while pos < end {
+            let batches = self.read_batches(pos, 16 << 20)?;
+            if batches.is_empty() {
+                break;
+            }
+            pos += batches.iter().map(|b| frame_len(b.len())).sum::<u64>();
+            out.extend(batches);
+        }
+        Ok(out)
     }
 
     fn read_frame(&self, position: u64, end: u64) -> Result<(RecordBatch, u64)> {
@@ -320,7 +341,9 @@ impl Segment {
         let crc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
         let next = position + FRAME_HEADER as u64 + len;
         if next > end {
-            return Err(corrupt(format!("frame of {len} bytes runs past the end ({end})")));
+            return Err(corrupt(format!(
+                "frame of {len} bytes runs past the end ({end})"
+            )));
         }
         let mut buf = BytesMut::zeroed(len as usize);
         self.file
@@ -357,7 +380,10 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) ->
             s.stopped = Some((pos, why));
         };
         if len - pos < (FRAME_HEADER + HEADER_LEN) as u64 {
-            stop(&mut s, format!("{} trailing bytes, shorter than a frame", len - pos));
+            stop(
+                &mut s,
+                format!("{} trailing bytes, shorter than a frame", len - pos),
+            );
             break;
         }
         if let Err(e) = file.read_exact_at(&mut head, pos) {
@@ -368,7 +394,10 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) ->
         let fcrc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
         let next = pos + FRAME_HEADER as u64 + flen;
         if flen < HEADER_LEN as u64 || next > len {
-            stop(&mut s, format!("frame length {flen} does not fit in the file"));
+            stop(
+                &mut s,
+                format!("frame length {flen} does not fit in the file"),
+            );
             break;
         }
         if verify {
@@ -394,7 +423,10 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) ->
             break;
         }
         if h.base_offset != s.next_offset {
-            let why = format!("batch base offset {} where {} was expected", h.base_offset, s.next_offset);
+            let why = format!(
+                "batch base offset {} where {} was expected",
+                h.base_offset, s.next_offset
+            );
             stop(&mut s, why);
             break;
         }
@@ -419,4 +451,3 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) ->
 pub(crate) fn frame_len(batch_len: usize) -> u64 {
     (FRAME_HEADER + batch_len) as u64
 }
-

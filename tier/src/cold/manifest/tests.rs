@@ -6,7 +6,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 fn retry() -> Retry {
-    Retry::new(Duration::from_millis(1), Duration::from_millis(5), CancellationToken::new())
+    Retry::new(
+        Duration::from_millis(1),
+        Duration::from_millis(5),
+        CancellationToken::new(),
+    )
 }
 
 fn manifest(store: Arc<dyn ObjectStore>) -> Manifest {
@@ -30,13 +34,18 @@ fn seg(base: i64, n: i64, epoch: u64) -> SegmentEntry {
 
 async fn add(w: &mut ManifestWriter, base: i64, n: i64) -> Result<()> {
     let e = w.epoch();
-    w.commit(Op::Add { segments: vec![seg(base, n, e)] }).await
+    w.commit(Op::Add {
+        segments: vec![seg(base, n, e)],
+    })
+    .await
 }
 
 #[tokio::test]
 async fn commits_round_trip_through_load() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let mut w = ManifestWriter::open(manifest(store.clone()), 1, retry()).await.unwrap();
+    let mut w = ManifestWriter::open(manifest(store.clone()), 1, retry())
+        .await
+        .unwrap();
     for i in 0..10 {
         add(&mut w, i * 100, 100).await.unwrap();
     }
@@ -50,12 +59,26 @@ async fn commits_round_trip_through_load() {
 #[tokio::test]
 async fn a_stale_epoch_cannot_commit() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let mut old = ManifestWriter::open(manifest(store.clone()), 1, retry()).await.unwrap();
+    let mut old = ManifestWriter::open(manifest(store.clone()), 1, retry())
+        .await
+        .unwrap();
     add(&mut old, 0, 10).await.unwrap();
-    let mut new = ManifestWriter::open(manifest(store.clone()), 2, retry()).await.unwrap();
+    let mut new = ManifestWriter::open(manifest(store.clone()), 2, retry())
+        .await
+        .unwrap();
     // The deposed writer still believes it leads: its commit must fail and change nothing.
     let err = add(&mut old, 10, 10).await.unwrap_err();
-    assert!(matches!(err, Error::Fenced { ours: 1, current: 2, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Fenced {
+                ours: 1,
+                current: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = add(&mut old, 10, 10).await.unwrap_err();
     assert!(matches!(err, Error::Fenced { .. }), "stays fenced: {err}");
     add(&mut new, 10, 5).await.unwrap();
@@ -63,7 +86,9 @@ async fn a_stale_epoch_cannot_commit() {
     assert_eq!(state.next_offset, 15);
     assert_eq!(state.epoch, 2);
     // Opening with an epoch below the current one is refused too.
-    let err = ManifestWriter::open(manifest(store), 1, retry()).await.unwrap_err();
+    let err = ManifestWriter::open(manifest(store), 1, retry())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Fenced { .. }), "{err}");
 }
 
@@ -71,7 +96,9 @@ async fn a_stale_epoch_cannot_commit() {
 async fn a_commit_whose_answer_was_lost_is_recognized() {
     let dec = Arc::new(Decorated::new(Arc::new(InMemory::new())));
     let store: Arc<dyn ObjectStore> = dec.clone();
-    let mut w = ManifestWriter::open(manifest(store.clone()), 1, retry()).await.unwrap();
+    let mut w = ManifestWriter::open(manifest(store.clone()), 1, retry())
+        .await
+        .unwrap();
     dec.faults.lose_put_answers.store(true, Ordering::SeqCst);
     let mut r = retry();
     r.max_attempts = Some(2);
@@ -88,7 +115,9 @@ async fn a_commit_whose_answer_was_lost_is_recognized() {
 #[tokio::test]
 async fn gaps_and_overlaps_are_refused() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let mut w = ManifestWriter::open(manifest(store), 1, retry()).await.unwrap();
+    let mut w = ManifestWriter::open(manifest(store), 1, retry())
+        .await
+        .unwrap();
     add(&mut w, 0, 10).await.unwrap();
     assert!(add(&mut w, 11, 10).await.is_err(), "gap");
     assert!(add(&mut w, 5, 10).await.is_err(), "overlap");
@@ -103,8 +132,13 @@ async fn corrupt_manifest_objects_are_reported_not_skipped() {
     add(&mut w, 0, 10).await.unwrap();
     let p = m.paths.delta(2);
     let bytes = store.get(&p).await.unwrap().bytes().await.unwrap();
-    let tampered = String::from_utf8(bytes.to_vec()).unwrap().replace("\"records\":10", "\"records\":11");
-    store.put(&p, PutPayload::from(tampered.into_bytes())).await.unwrap();
+    let tampered = String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .replace("\"records\":10", "\"records\":11");
+    store
+        .put(&p, PutPayload::from(tampered.into_bytes()))
+        .await
+        .unwrap();
     let err = m.load().await.unwrap_err();
     assert!(err.is_corruption(), "{err}");
     assert!(err.to_string().contains("checksum"), "{err}");
@@ -128,7 +162,10 @@ async fn history_grows_without_growing_commits() {
             max_delta = max_delta.max(dec.stats.put_bytes.load(Ordering::Relaxed) - before);
         }
     }
-    assert!(max_delta < 600, "a delta is small and constant: {max_delta} bytes");
+    assert!(
+        max_delta < 600,
+        "a delta is small and constant: {max_delta} bytes"
+    );
     let state = m.load().await.unwrap();
     assert!(state.levels.len() >= 2, "old entries moved into chunks");
     for level in &state.levels {
@@ -151,7 +188,10 @@ async fn history_grows_without_growing_commits() {
     assert_eq!(s.base_offset, 3000);
     let all = fresh.segments(&state).await.unwrap();
     assert_eq!(all.len() as i64, n);
-    assert!(all.windows(2).all(|w| w[0].last_offset + 1 == w[1].base_offset));
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].last_offset + 1 == w[1].base_offset)
+    );
 }
 
 #[tokio::test]
@@ -166,10 +206,24 @@ async fn truncate_moves_the_start_and_drops_whole_entries() {
     let state = m.load().await.unwrap();
     assert_eq!(state.start_offset, 1000);
     assert!(m.find_offset(&state, 999).await.unwrap().is_none());
-    assert_eq!(m.find_offset(&state, 1000).await.unwrap().unwrap().base_offset, 1000);
+    assert_eq!(
+        m.find_offset(&state, 1000)
+            .await
+            .unwrap()
+            .unwrap()
+            .base_offset,
+        1000
+    );
     let segs = m.segments(&state).await.unwrap();
     assert_eq!(segs[0].base_offset, 1000);
-    assert_eq!(m.find_timestamp(&state, 0).await.unwrap().unwrap().base_offset, 1000);
+    assert_eq!(
+        m.find_timestamp(&state, 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .base_offset,
+        1000
+    );
 }
 
 #[test]

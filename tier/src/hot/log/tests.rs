@@ -21,7 +21,13 @@ fn batch(first_ts: i64, n: usize, tag: u8) -> RecordBatch {
 }
 
 fn open(dir: &Path, segment_bytes: u64, cold_next: i64) -> Result<PartitionLog> {
-    PartitionLog::open(dir, PartitionId::new("t", 0), cfg(dir, segment_bytes), cold_next, Arc::default())
+    PartitionLog::open(
+        dir,
+        PartitionId::new("t", 0),
+        cfg(dir, segment_bytes),
+        cold_next,
+        Arc::default(),
+    )
 }
 
 fn all_records(log: &PartitionLog, from: i64) -> Vec<Record> {
@@ -58,7 +64,10 @@ fn appends_get_dense_offsets_and_read_back_across_segments() {
     let some = log.read(0, 1).unwrap().unwrap();
     assert_eq!(some.len(), 1);
     assert_eq!(log.offset_for_timestamp(1000 + 50 * 10).unwrap(), Some(150));
-    assert_eq!(log.offset_for_timestamp(1000 + 50 * 10 + 1).unwrap(), Some(151));
+    assert_eq!(
+        log.offset_for_timestamp(1000 + 50 * 10 + 1).unwrap(),
+        Some(151)
+    );
     assert_eq!(log.offset_for_timestamp(i64::MAX).unwrap(), None);
 }
 
@@ -171,7 +180,10 @@ fn corruption_in_a_sealed_segment_is_a_hard_error_naming_file_and_position() {
         }
     }
     let pdir = dir.path().join("t").join("0");
-    let mut files: Vec<_> = std::fs::read_dir(&pdir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&pdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     let sealed = files[0].clone();
     // A flipped payload bit: found when the batch is read, with file and position.
@@ -192,7 +204,10 @@ fn corruption_in_a_sealed_segment_is_a_hard_error_naming_file_and_position() {
     std::fs::write(&sealed, &bytes).unwrap();
     let err = open(dir.path(), 4096, 0).unwrap_err();
     assert!(err.is_corruption(), "{err}");
-    assert!(err.to_string().contains(&sealed.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&sealed.display().to_string()),
+        "{err}"
+    );
     assert!(err.to_string().contains("at 0"), "{err}");
 }
 
@@ -214,8 +229,14 @@ fn retention_deletes_only_uploaded_segments() {
     assert!(freed > 0);
     assert_eq!(log.snapshot().len(), before - 3);
     assert_eq!(log.start_offset(), pending[2].next_offset());
-    assert!(log.read(0, 100).unwrap().is_none(), "offset 0 is no longer hot");
-    assert_eq!(log.bytes(), log.snapshot().iter().map(|s| s.size()).sum::<u64>());
+    assert!(
+        log.read(0, 100).unwrap().is_none(),
+        "offset 0 is no longer hot"
+    );
+    assert_eq!(
+        log.bytes(),
+        log.snapshot().iter().map(|s| s.size()).sum::<u64>()
+    );
 }
 
 #[test]
@@ -226,7 +247,8 @@ fn oversized_batch_is_refused() {
         max_batch_bytes: 1000,
         ..TierConfig::default()
     });
-    let log = PartitionLog::open(dir.path(), PartitionId::new("t", 0), c, 0, Arc::default()).unwrap();
+    let log =
+        PartitionLog::open(dir.path(), PartitionId::new("t", 0), c, 0, Arc::default()).unwrap();
     let err = log.append(batch(0, 100, 1), 1).unwrap_err();
     assert!(matches!(err, Error::TooLarge { limit: 1000, .. }), "{err}");
     assert_eq!(log.next_offset(), 0);
@@ -287,7 +309,14 @@ fn sequential_reads_of_compressed_batches_return_each_offset_once() {
     for i in 0..400 {
         let mut b = BatchBuilder::new(Compression::Zstd);
         for j in 0..50 {
-            let noise: String = (0..40).map(|k| format!("{:x}", ((i * 7919 + j * 104729 + k * 31) as u64).wrapping_mul(2654435761) % 4093)).collect();
+            let noise: String = (0..40)
+                .map(|k| {
+                    format!(
+                        "{:x}",
+                        ((i * 7919 + j * 104729 + k * 31) as u64).wrapping_mul(2654435761) % 4093
+                    )
+                })
+                .collect();
             b.push(i * 50 + j, Some(b"k"), Some(noise.as_bytes()), &[]);
         }
         log.append(b.build().unwrap(), 1).unwrap();
@@ -311,4 +340,32 @@ fn all_records_limited(log: &PartitionLog, from: i64, max: usize) -> Vec<Record>
     }
     out.retain(|r| r.offset >= from);
     out
+}
+
+/// Upload reads whole segments, however large (reads are buffered in pieces).
+#[test]
+fn read_all_returns_a_large_segment_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Arc::new(TierConfig {
+        data_dir: dir.path().to_path_buf(),
+        segment_bytes: 64 << 20,
+        fsync: FsyncPolicy::Never,
+        ..TierConfig::default()
+    });
+    let log =
+        PartitionLog::open(dir.path(), PartitionId::new("t", 0), c, 0, Arc::default()).unwrap();
+    let value = vec![7u8; 100 << 10];
+    for i in 0..400 {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(i, None, Some(&value), &[]);
+        log.append(b.build().unwrap(), 0).unwrap();
+    }
+    assert!(log.bytes() > 32 << 20);
+    let seg = log.active();
+    let all = seg.read_all().unwrap();
+    assert_eq!(all.len(), 400);
+    assert_eq!(
+        all.last().unwrap().header().next_offset(),
+        seg.next_offset()
+    );
 }
