@@ -521,3 +521,81 @@ async fn round_trip_and_fencing_on_s3() {
     t.close(false).await.ok();
     newer.close(false).await.unwrap();
 }
+
+/// A crash before upload (no flush, no close): the reopened tier finds the sealed and active
+/// segments on disk, uploads them, and the cold tier alone then holds everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_resume_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
+    let dec = Arc::new(Decorated::new(inner));
+    let hot = dir.path().join("hot");
+    let t = open(config(&hot, 128 << 10), dec.clone()).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    dec.faults.fail_puts.store(true, Ordering::SeqCst);
+    produce(&t, 0, 0, 8000, 200).await;
+    t.sync_all().await.unwrap();
+    t.abort().await;
+    drop(t);
+    dec.faults.fail_puts.store(false, Ordering::SeqCst);
+    let t = open(config(&hot, 128 << 10), dec.clone()).await;
+    t.open_partition("events", 0, 2).await.unwrap();
+    assert_eq!(t.offsets("events", 0).unwrap().next, 8000);
+    t.flush("events", 0).await.unwrap();
+    assert_eq!(t.offsets("events", 0).unwrap().cold_next, 8000);
+    t.close(false).await.unwrap();
+    std::fs::remove_dir_all(&hot).unwrap();
+    let t = open(config(&hot, 128 << 10), dec).await;
+    t.open_partition("events", 0, 3).await.unwrap();
+    check_all(&t, 0, 0, 8000, 8000).await;
+    t.close(false).await.unwrap();
+}
+
+/// Time-based retention on both tiers: uploaded hot segments leave local disk once older than
+/// `hot_retention_ms`; cold segments whose newest record is older than the topic's retention
+/// leave the manifest, then the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_based_retention_on_both_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
+    let mut cfg = config(&dir.path().join("hot"), 64 << 10);
+    cfg.hot_retention_ms = 0;
+    let t = open(cfg, store).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    produce(&t, 0, 0, 5000, 100).await;
+    t.flush("events", 0).await.unwrap();
+    let mut waited = 0;
+    while t.offsets("events", 0).unwrap().hot_start < 5000 {
+        waited += 1;
+        assert!(waited < 500, "aged hot segments were never deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Keep records newer than the one at offset 2500 (event times are in the past).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let keep_ms = now - event(0, 2500).timestamp;
+    t.set_cold_retention(
+        "events",
+        0,
+        ColdRetention {
+            ms: Some(keep_ms),
+            bytes: None,
+        },
+    )
+    .unwrap();
+    let mut waited = 0;
+    while t.offsets("events", 0).unwrap().log_start == 0 {
+        waited += 1;
+        assert!(waited < 500, "time retention never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = t.offsets("events", 0).unwrap().log_start;
+    assert!(
+        start > 1000 && start <= 2500,
+        "whole segments older than the cut are gone: {start}"
+    );
+    check_all(&t, 0, start, 5000, 5000).await;
+    t.close(false).await.unwrap();
+}
