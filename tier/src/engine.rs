@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use tokio::sync::Notify;
@@ -87,6 +88,9 @@ pub(crate) struct Partition {
     /// The epoch that fenced this partition's writer (0 while it leads).
     pub fenced_by: AtomicU64,
     pub retention: RwLock<ColdRetention>,
+    /// Stops this partition's background work (child of the tier's token).
+    pub cancel: CancellationToken,
+    pub uploader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Partition {
@@ -123,10 +127,13 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub fn retry(&self) -> Retry {
+        self.retry_until(self.cancel.clone())
+    }
+    pub fn retry_until(&self, cancel: CancellationToken) -> Retry {
         Retry::new(
             Duration::from_millis(self.cfg.upload_retry_initial_ms),
             Duration::from_millis(self.cfg.upload_retry_max_ms),
-            self.cancel.clone(),
+            cancel,
         )
     }
     pub fn all(&self) -> Vec<Arc<Partition>> {
@@ -211,6 +218,8 @@ impl Tier {
             notify: Notify::new(),
             fenced_by: AtomicU64::new(0),
             retention: RwLock::default(),
+            cancel: inner.cancel.child_token(),
+            uploader: std::sync::Mutex::new(None),
         });
         {
             let mut map = inner.partitions.write().expect("partitions lock poisoned");
@@ -450,6 +459,54 @@ impl Tier {
             cold_bytes,
             cold_segments,
         })
+    }
+
+    /// Closes a partition and deletes all of its data: the hot segments and, after its uploads
+    /// stopped, every object under its prefix (segments and manifest). For topic deletion.
+    pub async fn remove_partition(&self, topic: &str, partition: u32) -> Result<()> {
+        let id = PartitionId::new(topic, partition);
+        let p = self
+            .inner
+            .partitions
+            .write()
+            .expect("partitions lock poisoned")
+            .remove(&id);
+        let store = self.inner.store.clone();
+        if let Some(p) = &p {
+            p.cancel.cancel();
+            let handle = p.uploader.lock().expect("uploader lock poisoned").take();
+            if let Some(h) = handle {
+                let _ = h.await;
+            }
+        }
+        let dir = self
+            .inner
+            .cfg
+            .data_dir
+            .join(topic)
+            .join(partition.to_string());
+        blocking(move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&dir, e)),
+        })
+        .await?;
+        if let Some(p) = &p {
+            self.inner
+                .hot_bytes
+                .fetch_sub(p.log.bytes(), Ordering::AcqRel);
+        }
+        let prefix =
+            crate::cold::manifest::PartitionPaths::new(&self.inner.root, topic, partition).prefix;
+        let locations = store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+        let deleted: Vec<_> = store.delete_stream(locations).try_collect().await?;
+        tracing::info!(
+            topic,
+            partition,
+            objects = deleted.len(),
+            "partition data deleted"
+        );
+        Ok(())
     }
 
     /// Sets a partition's cold retention (applied by background work).

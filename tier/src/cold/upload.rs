@@ -20,7 +20,8 @@ use crate::hot::segment::Segment;
 
 pub(crate) fn spawn(inner: Arc<Inner>, p: Arc<Partition>) {
     let tracker = inner.tasks.clone();
-    tracker.spawn(run(inner, p));
+    let handle = tracker.spawn(run(inner, p.clone()));
+    *p.uploader.lock().expect("uploader lock poisoned") = Some(handle);
 }
 
 async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
@@ -29,7 +30,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
         let pending = p.log.pending_uploads();
         if pending.is_empty() {
             tokio::select! {
-                _ = inner.cancel.cancelled() => return,
+                _ = p.cancel.cancelled() => return,
                 _ = p.notify.notified() => {}
                 _ = tokio::time::sleep(idle) => {}
             }
@@ -49,7 +50,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                     tracing::error!(topic = %p.id.topic, partition = p.id.partition,
                         base = seg.base_offset, error = %e, "upload failed; retrying later");
                     tokio::select! {
-                        _ = inner.cancel.cancelled() => return,
+                        _ = p.cancel.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_millis(inner.cfg.upload_retry_max_ms)) => {}
                     }
                     break;
@@ -86,7 +87,7 @@ async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> R
     let store = inner.store.clone();
     let size = enc.bytes.len() as u64;
     inner
-        .retry()
+        .retry_until(p.cancel.clone())
         .run("upload segment", || {
             let (store, path, bytes) = (store.clone(), path.clone(), enc.bytes.clone());
             async move {

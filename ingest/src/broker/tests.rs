@@ -1,0 +1,203 @@
+use super::*;
+use meta::EmbeddedKv;
+use object_store::path::Path;
+use std::sync::Arc as StdArc;
+
+async fn broker(dir: &std::path::Path) -> Broker {
+    let (store, _) = tier::store::open_store("memory://", &[]).unwrap();
+    let cfg = tier::TierConfig {
+        data_dir: dir.join("hot"),
+        segment_bytes: 64 << 10,
+        max_batch_bytes: 32 << 10,
+        housekeeping_ms: 50,
+        ..tier::TierConfig::default()
+    };
+    let tier = Tier::open(cfg, store, Path::from("c")).await.unwrap();
+    let meta = Meta::new(StdArc::new(EmbeddedKv::memory()));
+    let cfg = BrokerConfig {
+        max_record_bytes: 1000,
+        ..BrokerConfig::default()
+    };
+    Broker::start(tier, meta, cfg).await.unwrap()
+}
+
+fn rec(v: &str) -> ProduceRecord {
+    ProduceRecord {
+        key: Some(Bytes::from("k")),
+        value: Some(Bytes::from(v.to_string())),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_record_gets_its_own_error_and_the_rest_is_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("events", TopicConfig::new(2)).await.unwrap();
+    let big = "x".repeat(2000);
+    let r = b
+        .produce(
+            "events",
+            1,
+            vec![rec("a"), rec(&big), rec("c")],
+            Acks::Leader,
+            Compression::None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.base_offset, r.accepted), (0, 2));
+    assert_eq!(r.errors.len(), 1);
+    assert_eq!(r.errors[0].0, 1);
+    assert_eq!(r.errors[0].1.code(), crate::Code::RecordTooLarge);
+    let got = b.read("events", 1, 0, 1 << 20, None).await.unwrap();
+    let values: Vec<_> = got
+        .records
+        .iter()
+        .map(|r| r.value.clone().unwrap())
+        .collect();
+    assert_eq!(values, vec![Bytes::from("a"), Bytes::from("c")]);
+}
+
+#[tokio::test]
+async fn unknown_topics_and_partitions_and_bad_names_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let e = b
+        .produce("nope", 0, vec![rec("a")], Acks::Leader, Compression::None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), crate::Code::UnknownTopic);
+    assert!(e.to_string().contains("nope"), "{e}");
+    b.create_topic("t", TopicConfig::new(1)).await.unwrap();
+    let e = b
+        .produce("t", 3, vec![rec("a")], Acks::Leader, Compression::None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), crate::Code::UnknownPartition);
+    for bad in ["", "a/b", "..", ".", &"x".repeat(250), "sp ace"] {
+        let e = b.create_topic(bad, TopicConfig::new(1)).await.unwrap_err();
+        assert_eq!(e.code(), crate::Code::InvalidTopicName, "{bad:?}: {e}");
+    }
+    let e = b.create_topic("t", TopicConfig::new(1)).await.unwrap_err();
+    assert_eq!(e.code(), crate::Code::TopicExists);
+}
+
+#[tokio::test]
+async fn a_waiting_read_wakes_up_when_records_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("t", TopicConfig::new(1)).await.unwrap();
+    let reader = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.read("t", 0, 0, 1 << 20, Some(Duration::from_secs(30)))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.produce("t", 0, vec![rec("hello")], Acks::Leader, Compression::None)
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.records.len(), 1);
+    // With a short wait and nothing new, the read returns empty at the deadline.
+    let r = b
+        .read("t", 0, 1, 1 << 20, Some(Duration::from_millis(20)))
+        .await
+        .unwrap();
+    assert!(r.records.is_empty());
+}
+
+#[tokio::test]
+async fn acks_all_returns_once_committed_to_the_object_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("t", TopicConfig::new(1)).await.unwrap();
+    let r = b
+        .produce(
+            "t",
+            0,
+            vec![rec("a"), rec("b")],
+            Acks::All,
+            Compression::Zstd,
+        )
+        .await
+        .unwrap();
+    let info = b.describe_topic("t").await.unwrap();
+    assert!(info.partitions[0].offsets.cold_next > r.base_offset + 1);
+}
+
+#[tokio::test]
+async fn timestamps_resolve_to_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("t", TopicConfig::new(1)).await.unwrap();
+    let recs = (0..10)
+        .map(|i| ProduceRecord {
+            timestamp_ms: 1000 + i * 10,
+            ..rec("v")
+        })
+        .collect();
+    b.produce("t", 0, recs, Acks::Leader, Compression::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.resolve("t", 0, StartAt::Timestamp(1035)).await.unwrap(),
+        4
+    );
+    assert_eq!(
+        b.resolve("t", 0, StartAt::Timestamp(99_999)).await.unwrap(),
+        10
+    );
+    assert_eq!(b.resolve("t", 0, StartAt::Earliest).await.unwrap(), 0);
+    assert_eq!(b.resolve("t", 0, StartAt::Latest).await.unwrap(), 10);
+}
+
+#[tokio::test]
+async fn committed_offsets_round_trip_and_need_a_real_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("t", TopicConfig::new(2)).await.unwrap();
+    let o = |p, off| PartitionOffset {
+        topic: "t".into(),
+        partition: p,
+        offset: off,
+        metadata: String::new(),
+    };
+    b.commit_offsets("g", vec![o(0, 5), o(1, 7)]).await.unwrap();
+    let got = b.fetch_offsets("g", Some("t")).await.unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|x| (x.partition, x.offset))
+            .collect::<Vec<_>>(),
+        vec![(0, 5), (1, 7)]
+    );
+    let e = b.commit_offsets("g", vec![o(9, 1)]).await.unwrap_err();
+    assert_eq!(e.code(), crate::Code::UnknownPartition);
+}
+
+#[tokio::test]
+async fn a_deleted_topic_created_again_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("t", TopicConfig::new(1)).await.unwrap();
+    b.produce("t", 0, vec![rec("old"); 5], Acks::All, Compression::None)
+        .await
+        .unwrap();
+    b.delete_topic("t").await.unwrap();
+    let e = b.describe_topic("t").await.unwrap_err();
+    assert_eq!(e.code(), crate::Code::UnknownTopic);
+    b.create_topic("t", TopicConfig::new(1)).await.unwrap();
+    let r = b
+        .produce("t", 0, vec![rec("new")], Acks::Leader, Compression::None)
+        .await
+        .unwrap();
+    assert_eq!(r.base_offset, 0);
+    let got = b.read("t", 0, 0, 1 << 20, None).await.unwrap();
+    assert_eq!(got.records.len(), 1);
+    assert_eq!(got.records[0].value.as_deref(), Some(&b"new"[..]));
+}

@@ -1,0 +1,96 @@
+//! The one error type of the ingest node, with the stable code every front end maps it to.
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Stable error codes (the numbers of `tierlog.v1.ErrorCode`). Append-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Code {
+    UnknownTopic = 1,
+    UnknownPartition = 2,
+    RecordTooLarge = 3,
+    InvalidTopicName = 4,
+    TopicExists = 5,
+    OffsetOutOfRange = 6,
+    Backpressure = 7,
+    NotLeader = 8,
+    InvalidRequest = 9,
+    CorruptData = 10,
+    Unavailable = 11,
+    Internal = 12,
+    Unsupported = 13,
+    ShuttingDown = 14,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("topic {topic:?} has {partitions} partitions; there is no partition {partition}")]
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
+    #[error("record {index} has {size} bytes; the limit is {limit}")]
+    RecordTooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Storage(#[from] tier::Error),
+    #[error(transparent)]
+    Meta(#[from] meta::Error),
+}
+
+impl Error {
+    /// The stable code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::UnknownTopic(_) => Code::UnknownTopic,
+            Error::UnknownPartition { .. } => Code::UnknownPartition,
+            Error::RecordTooLarge { .. } => Code::RecordTooLarge,
+            Error::InvalidRequest(_) => Code::InvalidRequest,
+            Error::Storage(e) => match e {
+                tier::Error::Invalid(_) => Code::InvalidRequest,
+                tier::Error::Unsupported(_) => Code::Unsupported,
+                tier::Error::TooLarge { .. } => Code::RecordTooLarge,
+                tier::Error::UnknownPartition { .. } => Code::UnknownPartition,
+                tier::Error::OffsetOutOfRange { .. } => Code::OffsetOutOfRange,
+                tier::Error::Backpressure { .. } => Code::Backpressure,
+                tier::Error::Corrupt { .. } => Code::CorruptData,
+                tier::Error::Fenced { .. } => Code::NotLeader,
+                tier::Error::Closed => Code::ShuttingDown,
+                tier::Error::Io { .. } | tier::Error::ObjectStore { .. } => {
+                    if e.is_retryable() {
+                        Code::Unavailable
+                    } else {
+                        Code::Internal
+                    }
+                }
+                tier::Error::Parquet { .. } => Code::Internal,
+            },
+            Error::Meta(e) => match e {
+                meta::Error::InvalidArgument(_) => Code::InvalidTopicName,
+                meta::Error::TopicNotFound { .. } => Code::UnknownTopic,
+                meta::Error::TopicExists { .. } => Code::TopicExists,
+                meta::Error::Fenced { .. } | meta::Error::LeaderExists { .. } => Code::NotLeader,
+                meta::Error::Corrupt { .. } => Code::CorruptData,
+                meta::Error::Closed => Code::ShuttingDown,
+                other if other.is_retryable() => Code::Unavailable,
+                _ => Code::Internal,
+            },
+        }
+    }
+
+    /// True when the same request may succeed later unchanged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.code(),
+            Code::Backpressure | Code::NotLeader | Code::Unavailable | Code::ShuttingDown
+        )
+    }
+}

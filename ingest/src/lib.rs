@@ -1,0 +1,11 @@
+//! `ingest`: the tierlog ingest node. [`Broker`] is the one core; [`server`] is the gRPC front
+//! end, a thin adapter that maps `tierlog.v1` messages to broker calls and errors to statuses
+//! with stable codes ([`Code`]).
+
+pub mod broker;
+pub mod error;
+
+pub use broker::{
+    Acks, Broker, BrokerConfig, PartitionInfo, ProduceRecord, ProduceResult, StartAt, TopicInfo,
+};
+pub use error::{Code, Error, Result};

@@ -1,0 +1,8 @@
+//! Compiles `tierlog/v1/tierlog.proto` with protox (a protobuf compiler in Rust), so building
+//! needs no `protoc` on the machine.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=tierlog/v1/tierlog.proto");
+    let fds = protox::compile(["tierlog/v1/tierlog.proto"], ["."])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}
