@@ -71,7 +71,15 @@ impl Error {
                         Code::Internal
                     }
                 }
-                tier::Error::Parquet { .. } => Code::Internal,
+                tier::Error::Parquet { .. } | tier::Error::Shared(_) => {
+                    if e.is_retryable() {
+                        Code::Unavailable
+                    } else if e.is_corruption() {
+                        Code::CorruptData
+                    } else {
+                        Code::Internal
+                    }
+                }
             },
             Error::Meta(e) => match e {
                 meta::Error::InvalidArgument(_) => Code::InvalidTopicName,

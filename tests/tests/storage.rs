@@ -599,3 +599,19 @@ async fn time_based_retention_on_both_tiers() {
     check_all(&t, 0, start, 5000, 5000).await;
     t.close(false).await.unwrap();
 }
+
+/// A dead object store at open time is a clear, retriable error, not an endless wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_store_at_open_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
+    let dec = Arc::new(Decorated::new(inner));
+    dec.faults.set_all(true);
+    let t = open(config(&dir.path().join("hot"), 64 << 10), dec.clone()).await;
+    let err = t.open_partition("events", 0, 1).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("injected"), "{err}");
+    dec.faults.set_all(false);
+    t.open_partition("events", 0, 1).await.unwrap();
+    t.close(false).await.unwrap();
+}

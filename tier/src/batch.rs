@@ -35,6 +35,8 @@ use crate::error::{Error, Result};
 pub const HEADER_LEN: usize = 61;
 const MAGIC: i8 = 2;
 const CRC_START: usize = 21;
+/// The largest decompressed batch body accepted (a bound against decompression bombs).
+const MAX_DECOMPRESSED: usize = 64 << 20;
 
 /// Compression codec of a batch (attributes bits 0-2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +222,33 @@ impl RecordBatch {
         }
     }
 
+    /// Checks every record, not just the header: the structure decodes (after decompression),
+    /// offset deltas are exactly `0..record_count`, and the header's max timestamp is the largest
+    /// record timestamp. The log appends only validated batches, so what it acknowledges can
+    /// always be read back and converted.
+    pub fn validate(&self) -> Result<()> {
+        let mut records = Vec::with_capacity(self.header.record_count.max(0) as usize);
+        self.decode_into(&mut records)?;
+        let base = self.header.base_offset;
+        let mut max_ts = i64::MIN;
+        for (i, r) in records.iter().enumerate() {
+            if r.offset - base != i as i64 {
+                return Err(Error::invalid(format!(
+                    "record {i} has offset delta {}, expected {i}",
+                    r.offset - base
+                )));
+            }
+            max_ts = max_ts.max(r.timestamp);
+        }
+        if max_ts != self.header.max_timestamp {
+            return Err(Error::invalid(format!(
+                "header max timestamp {} but the records' largest is {max_ts}",
+                self.header.max_timestamp
+            )));
+        }
+        Ok(())
+    }
+
     /// Decodes every record, decompressing when needed.
     pub fn records(&self) -> Result<Vec<Record>> {
         let mut out = Vec::with_capacity(self.header.record_count.max(0) as usize);
@@ -232,10 +261,7 @@ impl RecordBatch {
         let body = self.bytes.slice(HEADER_LEN..);
         let body = match self.header.compression()? {
             Compression::None => body,
-            Compression::Zstd => Bytes::from(
-                zstd::stream::decode_all(&body[..])
-                    .map_err(|e| Error::invalid(format!("zstd batch body: {e}")))?,
-            ),
+            Compression::Zstd => Bytes::from(zstd_decompress(&body)?),
             other => {
                 return Err(Error::Unsupported(format!(
                     "compression codec {other:?} is not supported yet (none and zstd are)"
@@ -256,6 +282,35 @@ impl RecordBatch {
             )));
         }
         Ok(())
+    }
+}
+
+/// Decompresses a zstd batch body, allocating what its frame header declares (bounded by
+/// `MAX_DECOMPRESSED`), or streaming with the same bound when the frame does not say.
+fn zstd_decompress(body: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let bad = |e: String| Error::invalid(format!("zstd batch body: {e}"));
+    match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(n)) if n as usize <= MAX_DECOMPRESSED => {
+            zstd::bulk::decompress(body, n as usize).map_err(|e| bad(e.to_string()))
+        }
+        Ok(Some(n)) => Err(bad(format!(
+            "declares {n} bytes, over the {MAX_DECOMPRESSED}-byte limit"
+        ))),
+        _ => {
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::new(body)
+                .map_err(|e| bad(e.to_string()))?
+                .take(MAX_DECOMPRESSED as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| bad(e.to_string()))?;
+            if out.len() > MAX_DECOMPRESSED {
+                return Err(bad(format!(
+                    "decompresses past the {MAX_DECOMPRESSED}-byte limit"
+                )));
+            }
+            Ok(out)
+        }
     }
 }
 

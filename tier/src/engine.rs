@@ -50,7 +50,7 @@ pub struct ReadResult {
 }
 
 /// Where a partition's data lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionOffsets {
     /// First offset in the log (cold start, or hot start when nothing is cold).
     pub log_start: i64,
@@ -65,6 +65,8 @@ pub struct PartitionOffsets {
     pub hot_bytes: u64,
     pub cold_bytes: u64,
     pub cold_segments: u64,
+    /// Why uploads of this partition stopped, if they did (corrupt or unconvertible data).
+    pub upload_error: Option<String>,
 }
 
 /// Cold retention of one partition (none by default: keep everything).
@@ -91,6 +93,8 @@ pub(crate) struct Partition {
     /// Stops this partition's background work (child of the tier's token).
     pub cancel: CancellationToken,
     pub uploader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Why uploads stopped for good, if they did.
+    pub upload_error: RwLock<Option<String>>,
 }
 
 impl Partition {
@@ -207,7 +211,9 @@ impl Tier {
         );
         let id2 = id.clone();
         let cold_next = state.next_offset;
-        let log = blocking(move || PartitionLog::open(&root, id2, cfg, cold_next, hot)).await?;
+        let cold_epoch = writer.prior_epoch();
+        let log = blocking(move || PartitionLog::open(&root, id2, cfg, cold_next, cold_epoch, hot))
+            .await?;
         let p = Arc::new(Partition {
             id: id.clone(),
             log: Arc::new(log),
@@ -220,6 +226,7 @@ impl Tier {
             retention: RwLock::default(),
             cancel: inner.cancel.child_token(),
             uploader: std::sync::Mutex::new(None),
+            upload_error: RwLock::default(),
         });
         {
             let mut map = inner.partitions.write().expect("partitions lock poisoned");
@@ -360,6 +367,16 @@ impl Tier {
                 })?;
             let rows = cache.row_group(&path, seg.size, rg).await?;
             let skip = usize::try_from(cur - first).unwrap_or(usize::MAX);
+            if skip >= rows.records.len() {
+                return Err(Error::Corrupt {
+                    location: path.to_string(),
+                    position: rg as u64,
+                    reason: format!(
+                        "row group {rg} holds {} rows, offset {cur} needs more",
+                        rows.records.len()
+                    ),
+                });
+            }
             for r in rows.records.iter().skip(skip) {
                 if r.offset != cur {
                     return Err(Error::Corrupt {
@@ -458,6 +475,11 @@ impl Tier {
             hot_bytes: p.log.bytes(),
             cold_bytes,
             cold_segments,
+            upload_error: p
+                .upload_error
+                .read()
+                .expect("upload error lock poisoned")
+                .clone(),
         })
     }
 
@@ -529,6 +551,18 @@ impl Tier {
                 return Ok(());
             }
             p.check_fenced()?;
+            if let Some(e) = p
+                .upload_error
+                .read()
+                .expect("upload error lock poisoned")
+                .clone()
+            {
+                return Err(Error::Corrupt {
+                    location: p.id.to_string(),
+                    position: p.log.uploaded_next() as u64,
+                    reason: format!("uploads stopped: {e}"),
+                });
+            }
             if self.inner.cancel.is_cancelled() {
                 return Err(Error::Closed);
             }

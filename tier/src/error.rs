@@ -77,6 +77,10 @@ pub enum Error {
         source: parquet::errors::ParquetError,
     },
 
+    /// An error shared by several callers of one load (the cache runs one load per key).
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
+
     /// The tier is shutting down.
     #[error("the tier is shutting down")]
     Closed,
@@ -99,6 +103,13 @@ impl Error {
         match self {
             Error::Backpressure { .. } => true,
             Error::ObjectStore { source } => is_transient_store_error(source),
+            Error::Shared(e) => e.is_retryable(),
+            Error::Parquet {
+                source: parquet::errors::ParquetError::External(inner),
+                ..
+            } => inner
+                .downcast_ref::<object_store::Error>()
+                .is_some_and(is_transient_store_error),
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::StorageFull
@@ -112,7 +123,11 @@ impl Error {
 
     /// True when the data read back does not match what was written.
     pub fn is_corruption(&self) -> bool {
-        matches!(self, Error::Corrupt { .. })
+        match self {
+            Error::Corrupt { .. } => true,
+            Error::Shared(e) => e.is_corruption(),
+            _ => false,
+        }
     }
 }
 

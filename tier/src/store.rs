@@ -58,10 +58,126 @@ pub fn open_store(url: &str, options: &[(String, String)]) -> Result<(Arc<dyn Ob
         }
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let dir = dir.canonicalize().map_err(|e| Error::io(&dir, e))?;
     let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
         .map_err(|e| bad(e.to_string()))?
         .with_automatic_cleanup(true);
-    Ok((Arc::new(store), Path::default()))
+    Ok((
+        Arc::new(SyncedLocal {
+            inner: Arc::new(store),
+            root: dir,
+        }),
+        Path::default(),
+    ))
+}
+
+/// A local file-system store whose puts are durable when they return: the written file and its
+/// directory are fsynced (object_store's local store does not sync). The hot tier deletes its
+/// copy once a commit lands, so the cold copy must be on disk by then.
+#[derive(Debug)]
+pub struct SyncedLocal {
+    inner: Arc<dyn ObjectStore>,
+    root: std::path::PathBuf,
+}
+
+impl fmt::Display for SyncedLocal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SyncedLocal({})", self.root.display())
+    }
+}
+
+impl SyncedLocal {
+    async fn sync(&self, location: &Path) -> object_store::Result<()> {
+        let file = self.root.join(location.as_ref());
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| object_store::Error::Generic {
+            store: "SyncedLocal",
+            source: Box::new(e),
+        })?
+        .map_err(|e| object_store::Error::Generic {
+            store: "SyncedLocal",
+            source: Box::new(e),
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectStore for SyncedLocal {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let r = self.inner.put_opts(location, payload, opts).await?;
+        self.sync(location).await?;
+        Ok(r)
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        // Not used by the tier (segments are single puts); kept unsynced rather than refused.
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await?;
+        self.sync(to).await
+    }
 }
 
 /// Retry with exponential backoff and jitter for retryable errors, until success, a permanent

@@ -136,3 +136,20 @@ fn golden_encoding() {
          16000000026b027602026801"
     );
 }
+
+#[test]
+fn validate_rejects_records_that_disagree_with_the_header() {
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(100, None, Some(b"a"), &[]);
+    b.push(200, None, Some(b"b"), &[]);
+    let good = b.build().unwrap();
+    good.validate().unwrap();
+    // Rewrite the header's max timestamp and fix up the Kafka CRC: structurally valid, but lying.
+    let mut m = BytesMut::from(good.into_bytes());
+    m[35..43].copy_from_slice(&150i64.to_be_bytes());
+    let crc = crc32c::crc32c(&m[CRC_START..]);
+    m[17..21].copy_from_slice(&crc.to_be_bytes());
+    let lying = RecordBatch::parse(m.freeze()).unwrap();
+    let err = lying.validate().unwrap_err().to_string();
+    assert!(err.contains("max timestamp"), "{err}");
+}

@@ -47,6 +47,8 @@ pub const FANOUT: usize = 256;
 /// A checkpoint is written after every this many commits.
 pub const CHECKPOINT_EVERY: u64 = 32;
 const VERSION: u32 = 1;
+/// Attempts (with backoff) to load and fence a manifest before opening fails.
+const OPEN_ATTEMPTS: u32 = 6;
 
 /// One committed cold segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -535,18 +537,20 @@ impl Manifest {
         ts: i64,
     ) -> Result<Option<SegmentEntry>> {
         let start = state.start_offset;
-        let mut list: Vec<Node> = state.nodes().cloned().collect();
-        loop {
-            let hit = list
-                .iter()
-                .find(|n| n.last_offset() >= start && n.max_timestamp() >= ts)
-                .cloned();
-            match hit {
-                None => return Ok(None),
-                Some(Node::Segment(s)) => return Ok(Some(s)),
-                Some(Node::Chunk(c)) => list = self.chunk(&c.path).await?.to_vec(),
+        // A stack with the oldest entry on top: a chunk whose summary matched but whose remaining
+        // children do not (retention cut it) is passed over, and the search goes on.
+        let mut stack: Vec<Node> = state.nodes().cloned().collect();
+        stack.reverse();
+        while let Some(n) = stack.pop() {
+            if n.last_offset() < start || n.max_timestamp() < ts {
+                continue;
+            }
+            match n {
+                Node::Segment(s) => return Ok(Some(s)),
+                Node::Chunk(c) => stack.extend(self.chunk(&c.path).await?.iter().rev().cloned()),
             }
         }
+        Ok(None)
     }
 
     /// Every committed segment at or after `start_offset`, in offset order.
@@ -572,15 +576,9 @@ impl Manifest {
     }
 }
 
+/// The error of a load shared by several callers (moka runs one load per key).
 pub(crate) fn unwrap_shared(e: Arc<Error>) -> Error {
-    Arc::try_unwrap(e).unwrap_or_else(|e| match &*e {
-        Error::ObjectStore { source } => Error::Corrupt {
-            location: "object store".into(),
-            position: 0,
-            reason: source.to_string(),
-        },
-        other => Error::invalid(other.to_string()),
-    })
+    Arc::try_unwrap(e).unwrap_or_else(Error::Shared)
 }
 
 /// The single writer of a partition's manifest, holding an epoch.
@@ -588,6 +586,8 @@ pub(crate) fn unwrap_shared(e: Arc<Error>) -> Error {
 pub struct ManifestWriter {
     manifest: Manifest,
     epoch: u64,
+    /// The manifest's epoch as loaded, before this writer fenced it.
+    prior_epoch: u64,
     state: ManifestState,
     retry: Retry,
 }
@@ -596,17 +596,23 @@ impl ManifestWriter {
     /// Loads the manifest and fences it with `epoch`. Fails with [`Error::Fenced`] when a higher
     /// epoch has committed.
     pub async fn open(manifest: Manifest, epoch: u64, retry: Retry) -> Result<Self> {
-        let state = retry.run("load manifest", || manifest.load()).await?;
+        // Opening is in a caller's path: a dead store gets a clear error after a few tries
+        // instead of an endless wait. Commits later retry without bound, in the background.
+        let mut bounded = retry.clone();
+        bounded.max_attempts = Some(OPEN_ATTEMPTS);
+        let state = bounded.run("load manifest", || manifest.load()).await?;
         let mut w = ManifestWriter {
             manifest,
             epoch,
+            prior_epoch: state.epoch,
             state,
-            retry,
+            retry: bounded,
         };
         w.check_epoch()?;
         if w.state.epoch < epoch {
             w.commit(Op::Fence).await?;
         }
+        w.retry = retry;
         Ok(w)
     }
 
@@ -618,6 +624,10 @@ impl ManifestWriter {
     }
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+    /// The epoch of the last writer before this one (0 for a new manifest).
+    pub fn prior_epoch(&self) -> u64 {
+        self.prior_epoch
     }
 
     fn check_epoch(&self) -> Result<()> {
@@ -632,28 +642,30 @@ impl ManifestWriter {
     }
 
     /// Commits `op` atomically. Transient store errors are retried with the same delta, so a
-    /// commit that landed but whose answer was lost is recognized by its commit id.
+    /// commit that landed but whose answer was lost is recognized by its commit id; a segment
+    /// already committed (by an earlier attempt under this epoch) is recognized by its offsets.
     pub async fn commit(&mut self, op: Op) -> Result<()> {
-        if let Op::Add { segments } = &op
-            && let Some(first) = segments.first()
-            && first.base_offset < self.state.next_offset
-        {
-            // Already committed (an earlier attempt landed): idempotent when it matches.
-            let have = self
-                .manifest
-                .find_offset(&self.state, first.base_offset)
-                .await?;
-            if have.as_ref().is_some_and(|h| h.path == first.path) {
-                return Ok(());
-            }
-            return Err(Error::invalid(format!(
-                "segment at {} overlaps the manifest, which ends before {}",
-                first.base_offset, self.state.next_offset
-            )));
-        }
         let commit_id = nonce();
         loop {
             self.check_epoch()?;
+            if let Op::Add { segments } = &op
+                && let Some(first) = segments.first()
+                && first.base_offset < self.state.next_offset
+            {
+                let have = self
+                    .manifest
+                    .find_offset(&self.state, first.base_offset)
+                    .await?;
+                if have.as_ref().is_some_and(|h| {
+                    h.base_offset == first.base_offset && h.last_offset == first.last_offset
+                }) {
+                    return Ok(());
+                }
+                return Err(Error::invalid(format!(
+                    "segment at {} overlaps the manifest, which ends before {}",
+                    first.base_offset, self.state.next_offset
+                )));
+            }
             let delta = Delta {
                 seq: self.state.seq + 1,
                 epoch: self.epoch,
@@ -685,24 +697,27 @@ impl ManifestWriter {
             let existing = if put {
                 None
             } else {
-                self.manifest.read_delta(delta.seq).await?
+                let m = &self.manifest;
+                self.retry
+                    .run("read delta", || m.read_delta(delta.seq))
+                    .await?
             };
             if put || existing.as_ref().is_some_and(|d| d.commit_id == commit_id) {
                 self.state = next;
                 self.maybe_checkpoint().await;
                 return Ok(());
             }
-            let mut caught_up = self.state.clone();
-            self.manifest.catch_up(&mut caught_up).await?;
-            self.state = caught_up;
-            self.check_epoch()?;
-            if existing.is_some_and(|d| d.epoch == self.epoch) {
-                return Err(Error::Fenced {
-                    partition: format!("{}/{}", self.state.topic, self.state.partition),
-                    ours: self.epoch,
-                    current: self.epoch,
-                });
-            }
+            // Another delta holds the slot: catch up, then re-check the epoch and whether our op
+            // is already in (the loop's first steps).
+            let (m, base) = (&self.manifest, &self.state);
+            self.state = self
+                .retry
+                .run("catch up manifest", || async move {
+                    let mut s = base.clone();
+                    m.catch_up(&mut s).await?;
+                    Ok(s)
+                })
+                .await?;
         }
     }
 

@@ -46,6 +46,17 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                     p.fenced_by.store(current.max(1), Ordering::Release);
                     return;
                 }
+                Err(e) if !e.is_retryable() => {
+                    // Retrying cannot change the outcome (corrupt or unconvertible data): stop
+                    // this partition's uploads loudly rather than loop; the hot copy stays.
+                    tracing::error!(topic = %p.id.topic, partition = p.id.partition,
+                        base = seg.base_offset, error = %e,
+                        "upload failed permanently; uploads of this partition stop until it is reopened");
+                    *p.upload_error.write().expect("upload error lock poisoned") =
+                        Some(e.to_string());
+                    p.cancel.cancelled().await;
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(topic = %p.id.topic, partition = p.id.partition,
                         base = seg.base_offset, error = %e, "upload failed; retrying later");
@@ -91,11 +102,15 @@ async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> R
         .run("upload segment", || {
             let (store, path, bytes) = (store.clone(), path.clone(), enc.bytes.clone());
             async move {
-                store
+                // The path carries a random nonce: finding it taken means an earlier attempt
+                // landed and only its answer was lost.
+                match store
                     .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
                     .await
-                    .map(|_| ())
-                    .map_err(Error::from)
+                {
+                    Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                    Err(e) => Err(Error::from(e)),
+                }
             }
         })
         .await?;

@@ -60,6 +60,7 @@ impl PartitionLog {
         id: PartitionId,
         cfg: Arc<TierConfig>,
         cold_next: i64,
+        cold_epoch: u64,
         global: Arc<AtomicU64>,
     ) -> Result<Self> {
         let dir = root.join(&*id.topic).join(id.partition.to_string());
@@ -90,6 +91,24 @@ impl PartitionLog {
                 });
             }
             segs.push(Arc::new(seg));
+        }
+        // A leader with a higher epoch than the one our unuploaded tail was written under has
+        // committed since: that tail may diverge from the log as others continued it. Drop it
+        // (Kafka's leader-epoch truncation); what it held was never committed.
+        let tail_epoch = segs
+            .iter()
+            .filter(|s| s.next_offset() > cold_next)
+            .map(|s| s.max_epoch())
+            .max();
+        if let Some(tail_epoch) = tail_epoch.filter(|&e| e >= 0 && (e as u64) < cold_epoch) {
+            let hot_next = segs.last().map_or(cold_next, |s| s.next_offset());
+            tracing::warn!(
+                topic = %id.topic, partition = id.partition, cold_next, hot_next, tail_epoch, cold_epoch,
+                "discarding the hot tail written under an older leader epoch; a newer leader committed since"
+            );
+            while let Some(s) = segs.pop_if(|s| s.next_offset() > cold_next) {
+                std::fs::remove_file(&s.path).map_err(|e| Error::io(&s.path, e))?;
+            }
         }
         // Reconcile with the cold tier.
         if let Some(first) = segs.first() {
@@ -130,6 +149,10 @@ impl PartitionLog {
             )?));
         }
         let next = segs.last().map_or(cold_next, |s| s.next_offset());
+        if let Some(active) = segs.last() {
+            active.sync()?;
+        }
+        sync_dir(&dir)?;
         let bytes = segs.iter().map(|s| s.size()).sum();
         global.fetch_add(bytes, Ordering::AcqRel);
         Ok(PartitionLog {
@@ -192,6 +215,7 @@ impl PartitionLog {
                 limit: self.cfg.max_batch_bytes,
             });
         }
+        batch.validate()?;
         let _w = self.writer.lock().expect("writer lock poisoned");
         if self.failed.load(Ordering::Acquire) {
             return Err(Error::io(
@@ -208,7 +232,12 @@ impl PartitionLog {
         }
         let base = self.next_offset();
         let last = base + i64::from(batch.header().last_offset_delta);
-        active.append(&batch, base, leader_epoch)?;
+        if let Err(e) = active.append(&batch, base, leader_epoch) {
+            if active.is_broken() {
+                self.failed.store(true, Ordering::Release);
+            }
+            return Err(e);
+        }
         self.bytes.fetch_add(frame, Ordering::AcqRel);
         self.global.fetch_add(frame, Ordering::AcqRel);
         self.next_offset.store(last + 1, Ordering::Release);
@@ -231,16 +260,20 @@ impl PartitionLog {
         })
     }
 
-    /// Seals `active` and starts a new segment. Caller holds the writer lock.
+    /// Starts a new segment and seals `active`. Caller holds the writer lock. The new file is
+    /// created first, so a failure leaves `active` appendable; a failed seal (fsync) fails the log.
     fn roll_locked(&self, active: &Arc<Segment>) -> Result<Arc<Segment>> {
-        active.seal()?;
-        self.durable_next
-            .store(active.next_offset(), Ordering::Release);
         let next = Arc::new(Segment::create(
             &self.dir,
             active.next_offset(),
             self.cfg.index_interval_bytes,
         )?);
+        if let Err(e) = active.seal().and_then(|()| sync_dir(&self.dir)) {
+            self.failed.store(true, Ordering::Release);
+            return Err(e);
+        }
+        self.durable_next
+            .store(active.next_offset(), Ordering::Release);
         self.segments
             .write()
             .expect("segments lock poisoned")
@@ -282,8 +315,12 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Sealed segments not yet committed to the cold manifest, oldest first.
+    /// Sealed segments not yet committed to the cold manifest, oldest first. None after a
+    /// failed fsync: what is on disk is unknown until the log is reopened and recovered.
     pub fn pending_uploads(&self) -> Vec<Arc<Segment>> {
+        if self.failed.load(Ordering::Acquire) {
+            return Vec::new();
+        }
         let up = self.uploaded_next();
         self.snapshot()
             .into_iter()
@@ -349,7 +386,7 @@ impl PartitionLog {
         let mut pos = segs[i].position_for_offset(offset);
         loop {
             let seg = &segs[i];
-            let batches = seg.read_batches(pos, max_bytes.saturating_sub(total).max(1))?;
+            let batches = seg.read_batches(pos, max_bytes.saturating_sub(total).max(1), offset)?;
             // A read may stop before the segment's end (its buffer ran out); only a read that
             // reached the end may continue into the next segment, or offsets would be skipped.
             let reached_end = batches
@@ -379,7 +416,7 @@ impl PartitionLog {
             }
             let mut pos = seg.position_for_timestamp(ts);
             loop {
-                let batches = seg.read_batches(pos, 1 << 20)?;
+                let batches = seg.read_batches(pos, 1 << 20, i64::MIN)?;
                 if batches.is_empty() {
                     break;
                 }
@@ -397,6 +434,13 @@ impl PartitionLog {
         }
         Ok(None)
     }
+}
+
+/// fsyncs a directory, so that files created, truncated or removed in it stay so.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 fn file_age(path: &Path) -> Option<Duration> {

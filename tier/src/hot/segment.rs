@@ -43,6 +43,8 @@ pub(crate) struct Scan {
     pub size: u64,
     pub next_offset: i64,
     pub max_timestamp: i64,
+    /// The highest leader epoch among the segment's batches (-1 when empty).
+    pub max_epoch: i32,
     pub index: Vec<IndexEntry>,
     /// Where the scan stopped early and why (only for a torn or corrupt tail).
     pub stopped: Option<(u64, String)>,
@@ -68,7 +70,10 @@ pub(crate) struct Segment {
     size: AtomicU64,
     next_offset: AtomicI64,
     max_timestamp: AtomicI64,
+    max_epoch: std::sync::atomic::AtomicI32,
     sealed: AtomicBool,
+    /// A failed write could not be cut back: the file's tail is unknown.
+    broken: AtomicBool,
     index: RwLock<Vec<IndexEntry>>,
     index_interval: u64,
     /// Bytes written since the last index entry (writer only).
@@ -105,6 +110,15 @@ impl Segment {
             .map_err(|e| Error::io(path, e))?;
         let scan = scan(&file, base, index_interval, is_last)?;
         if let Some((pos, reason)) = &scan.stopped {
+            if is_last && valid_frame_follows(&file, *pos).map_err(|e| Error::io(path, e))? {
+                return Err(Error::Corrupt {
+                    location: path.display().to_string(),
+                    position: *pos,
+                    reason: format!(
+                        "{reason}; a valid batch follows it, so this is damage, not a torn write"
+                    ),
+                });
+            }
             if !is_last {
                 return Err(Error::Corrupt {
                     location: path.display().to_string(),
@@ -143,7 +157,9 @@ impl Segment {
             size: AtomicU64::new(scan.size),
             next_offset: AtomicI64::new(scan.next_offset),
             max_timestamp: AtomicI64::new(scan.max_timestamp),
+            max_epoch: std::sync::atomic::AtomicI32::new(scan.max_epoch),
             sealed: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
             index: RwLock::new(scan.index),
             index_interval,
             since_index: AtomicU64::new(since),
@@ -160,11 +176,25 @@ impl Segment {
     pub fn max_timestamp(&self) -> i64 {
         self.max_timestamp.load(Ordering::Acquire)
     }
+    /// The highest leader epoch among the segment's batches (-1 when empty).
+    pub fn max_epoch(&self) -> i32 {
+        self.max_epoch.load(Ordering::Acquire)
+    }
     pub fn is_sealed(&self) -> bool {
         self.sealed.load(Ordering::Acquire)
     }
     pub fn is_empty(&self) -> bool {
         self.size() == 0
+    }
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Cuts the file back to `pos` after a failed write; marks the segment broken if it cannot.
+    fn cut_back(&self, pos: u64) {
+        if self.file.set_len(pos).is_err() {
+            self.broken.store(true, Ordering::Release);
+        }
     }
 
     /// Appends one batch at `base_offset` (which must equal `next_offset()`) with the leader
@@ -172,7 +202,12 @@ impl Segment {
     /// rest of the batch in one `writev`: the batch bytes are never copied. On a failed write the
     /// file is cut back, so no partial frame stays behind. Callers serialize appends.
     pub fn append(&self, batch: &RecordBatch, base_offset: i64, leader_epoch: i32) -> Result<()> {
-        debug_assert!(!self.is_sealed());
+        if self.is_sealed() {
+            return Err(Error::invalid(format!(
+                "segment {} is sealed",
+                self.path.display()
+            )));
+        }
         debug_assert_eq!(base_offset, self.next_offset());
         let h = batch.header();
         let bytes = batch.as_bytes();
@@ -189,15 +224,15 @@ impl Segment {
         while !slices.is_empty() {
             match (&self.file).write_vectored(slices) {
                 Ok(0) => {
-                    let _ = self.file.set_len(pos);
+                    self.cut_back(pos);
                     return Err(Error::io(&self.path, std::io::ErrorKind::WriteZero.into()));
                 }
                 Ok(n) => IoSlice::advance_slices(&mut slices, n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Cut back whatever part of the frame reached the file; if even that fails,
-                    // recovery drops the torn tail on the next open.
-                    let _ = self.file.set_len(pos);
+                    // the log stops taking appends and recovery drops the torn tail on reopen.
+                    self.cut_back(pos);
                     return Err(Error::io(&self.path, e));
                 }
             }
@@ -220,6 +255,7 @@ impl Segment {
         }
         self.max_timestamp
             .fetch_max(h.max_timestamp, Ordering::AcqRel);
+        self.max_epoch.fetch_max(leader_epoch, Ordering::AcqRel);
         self.next_offset.store(
             base_offset + i64::from(h.last_offset_delta) + 1,
             Ordering::Release,
@@ -257,7 +293,13 @@ impl Segment {
     /// Reads whole batches starting at `position`, stopping once `max_bytes` is reached (at least
     /// one batch is returned when any exists). One read and one buffer serve all the batches it
     /// covers; every frame is checked against its CRC.
-    pub fn read_batches(&self, position: u64, max_bytes: usize) -> Result<Vec<RecordBatch>> {
+    /// Batches ending at or before `from` are returned but not counted toward `max_bytes`.
+    pub fn read_batches(
+        &self,
+        position: u64,
+        max_bytes: usize,
+        from: i64,
+    ) -> Result<Vec<RecordBatch>> {
         let end = self.size();
         let mut out = Vec::new();
         if position >= end {
@@ -292,7 +334,9 @@ impl Segment {
             } else {
                 break;
             };
-            total += batch.len();
+            if batch.header().next_offset() > from {
+                total += batch.len();
+            }
             out.push(batch);
             at += len;
         }
@@ -317,7 +361,7 @@ impl Segment {
         let mut out = Vec::new();
         let mut pos = 0u64;
         while pos < end {
-            let batches = self.read_batches(pos, 16 << 20)?;
+            let batches = self.read_batches(pos, 16 << 20, i64::MIN)?;
             if batches.is_empty() {
                 break;
             }
@@ -358,6 +402,7 @@ fn empty_scan(base: i64) -> Scan {
         size: 0,
         next_offset: base,
         max_timestamp: i64::MIN,
+        max_epoch: -1,
         index: Vec::new(),
         stopped: None,
     }
@@ -386,10 +431,8 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) ->
             );
             break;
         }
-        if let Err(e) = file.read_exact_at(&mut head, pos) {
-            stop(&mut s, format!("read failed: {e}"));
-            break;
-        }
+        file.read_exact_at(&mut head, pos)
+            .map_err(|e| Error::io("<segment>", e))?;
         let flen = u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")) as u64;
         let fcrc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
         let next = pos + FRAME_HEADER as u64 + flen;
@@ -402,10 +445,8 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) ->
         }
         if verify {
             body.resize(flen as usize, 0);
-            if let Err(e) = file.read_exact_at(&mut body, pos + FRAME_HEADER as u64) {
-                stop(&mut s, format!("read failed: {e}"));
-                break;
-            }
+            file.read_exact_at(&mut body, pos + FRAME_HEADER as u64)
+                .map_err(|e| Error::io("<segment>", e))?;
             if crc32c::crc32c(&body) != fcrc {
                 stop(&mut s, "frame CRC mismatch".into());
                 break;
@@ -440,11 +481,38 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) ->
         }
         since_index += next - pos;
         s.max_timestamp = s.max_timestamp.max(h.max_timestamp);
+        s.max_epoch = s.max_epoch.max(h.partition_leader_epoch);
         s.next_offset = h.next_offset();
         pos = next;
         s.size = pos;
     }
     Ok(s)
+}
+
+/// Whether a whole, CRC-valid frame starts where the (bad) frame at `pos` claims to end. A torn
+/// write leaves nothing valid after it; damage in the middle of a file does.
+fn valid_frame_follows(file: &File, pos: u64) -> std::io::Result<bool> {
+    let len = file.metadata()?.len();
+    let mut head = [0u8; FRAME_HEADER];
+    if pos + FRAME_HEADER as u64 > len {
+        return Ok(false);
+    }
+    file.read_exact_at(&mut head, pos)?;
+    let next = pos
+        + FRAME_HEADER as u64
+        + u64::from(u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")));
+    if next + (FRAME_HEADER + HEADER_LEN) as u64 > len {
+        return Ok(false);
+    }
+    file.read_exact_at(&mut head, next)?;
+    let flen = u64::from(u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")));
+    if flen < HEADER_LEN as u64 || next + FRAME_HEADER as u64 + flen > len {
+        return Ok(false);
+    }
+    let mut body = vec![0u8; flen as usize];
+    file.read_exact_at(&mut body, next + FRAME_HEADER as u64)?;
+    let crc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+    Ok(crc32c::crc32c(&body) == crc && batch::parse_header(&body).is_ok())
 }
 
 /// Bytes of a frame for a batch of `batch_len` bytes.
