@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod error;
+pub mod server;
 
 pub use broker::{
     Acks, Broker, BrokerConfig, PartitionInfo, ProduceRecord, ProduceResult, StartAt, TopicInfo,

@@ -1,0 +1,165 @@
+//! `tierlog`: the single binary. `tierlog serve` runs a node; with no flags it is a complete
+//! single node on local disk (hot tier, object store on the file system, embedded metadata).
+
+mod settings;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ingest::server::Service;
+use ingest::{Broker, BrokerConfig};
+use settings::{Overrides, Settings};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tierlog",
+    version,
+    about = "An event log that keeps every event, on object storage, queryable"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node. With no flags: a single node on local disk under ./tierlog-data.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// A TOML settings file (see tierlog.example.toml).
+    #[arg(long, env = "TIERLOG_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the hot tier, embedded metadata and default object store live.
+    #[arg(long, env = "TIERLOG_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address, e.g. 127.0.0.1:7070 (port 0 picks a free one).
+    #[arg(long, env = "TIERLOG_LISTEN")]
+    listen: Option<String>,
+    /// Cold tier URL: file:///dir, memory:// or s3://bucket/prefix.
+    #[arg(long, env = "TIERLOG_OBJECT_STORE")]
+    object_store: Option<String>,
+    #[arg(long, env = "TIERLOG_NODE_ID")]
+    node_id: Option<u64>,
+    /// every_batch, never, or an interval in milliseconds.
+    #[arg(long, env = "TIERLOG_FSYNC")]
+    fsync: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TIERLOG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let s = Settings::load(
+        args.config.as_deref(),
+        Overrides {
+            data_dir: args.data_dir,
+            listen: args.listen,
+            object_store: args.object_store,
+            node_id: args.node_id,
+            fsync: args.fsync,
+        },
+    )?;
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("creating the data directory {}", s.data_dir.display()))?;
+    let url = s.object_store_url();
+    let (store, root) = tier::store::open_store(&url, &[]).context("opening the object store")?;
+    let tier = tier::Tier::open(s.tier_config()?, store, root)
+        .await
+        .context("opening the storage core")?;
+    let kv = meta::EmbeddedKv::open(s.data_dir.join("meta"))
+        .await
+        .context("opening the embedded metadata store")?;
+    let meta = meta::Meta::new(Arc::new(kv));
+    let listener = tokio::net::TcpListener::bind(&s.listen)
+        .await
+        .with_context(|| format!("listening on {}", s.listen))?;
+    let addr = listener.local_addr()?;
+    let broker = Broker::start(
+        tier,
+        meta,
+        BrokerConfig {
+            node_id: s.node_id,
+            advertised_addr: addr.to_string(),
+            lease_ttl: Duration::from_secs(10),
+            max_record_bytes: s.max_record_bytes,
+        },
+    )
+    .await
+    .context("starting the node")?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<proto::v1::tierlog_server::TierlogServer<Service>>()
+        .await;
+    tracing::info!(%addr, data_dir = %s.data_dir.display(), object_store = %url, "tierlog node serving");
+    // One line on stdout for scripts and tests: where the node listens.
+    println!("tierlog listening on {addr}");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(Service::new(broker.clone()).into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown_signal(),
+        )
+        .await
+        .context("serving gRPC")?;
+    tracing::info!("shutting down: sealing and uploading");
+    broker.shutdown().await.context("graceful shutdown")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the node");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,209 @@
+//! Settings of `tierlog serve`: defaults, then a TOML file, then `TIERLOG_*` environment
+//! variables, then flags; validated with messages that name the setting. `tierlog.example.toml`
+//! documents every field.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tier::{FsyncPolicy, TierConfig};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the node keeps its hot tier, embedded metadata and (by default) its object store.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub listen: String,
+    /// Cold tier: `file:///dir`, `memory://` or `s3://bucket/prefix`. Default:
+    /// `<data_dir>/objects` on the local file system.
+    pub object_store: Option<String>,
+    /// This node's id (unique in a cluster).
+    pub node_id: u64,
+    /// The largest record (key + value + headers) accepted, bytes.
+    pub max_record_bytes: usize,
+    /// `every_batch`, `never`, or a number of milliseconds (`10`): see docs/durability.md.
+    pub fsync: String,
+    /// The storage core's settings (segment size, retention, cache, ...).
+    pub tier: TierSettings,
+}
+
+/// The subset of the storage core's settings a user tunes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierSettings {
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    pub max_batch_bytes: usize,
+    pub hot_retention_bytes: u64,
+    pub hot_retention_ms: u64,
+    pub hot_budget_bytes: u64,
+    pub cache_bytes: u64,
+    pub read_ahead_row_groups: usize,
+}
+
+impl Default for TierSettings {
+    fn default() -> Self {
+        let d = TierConfig::default();
+        TierSettings {
+            segment_bytes: d.segment_bytes,
+            segment_ms: d.segment_ms,
+            max_batch_bytes: d.max_batch_bytes,
+            hot_retention_bytes: d.hot_retention_bytes,
+            hot_retention_ms: d.hot_retention_ms,
+            hot_budget_bytes: d.hot_budget_bytes,
+            cache_bytes: d.cache_bytes,
+            read_ahead_row_groups: d.read_ahead_row_groups,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("tierlog-data"),
+            listen: "127.0.0.1:7070".into(),
+            object_store: None,
+            node_id: 1,
+            max_record_bytes: 1 << 20,
+            fsync: "10".into(),
+            tier: TierSettings::default(),
+        }
+    }
+}
+
+/// Overrides from flags (already merged with the `TIERLOG_*` environment by clap).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub object_store: Option<String>,
+    pub node_id: Option<u64>,
+    pub fsync: Option<String>,
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given), then overrides.
+    pub fn load(file: Option<&Path>, o: Overrides) -> anyhow::Result<Settings> {
+        let mut s = match file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", f.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", f.display()))?
+            }
+            None => Settings::default(),
+        };
+        if let Some(v) = o.data_dir {
+            s.data_dir = v;
+        }
+        if let Some(v) = o.listen {
+            s.listen = v;
+        }
+        if let Some(v) = o.object_store {
+            s.object_store = Some(v);
+        }
+        if let Some(v) = o.node_id {
+            s.node_id = v;
+        }
+        if let Some(v) = o.fsync {
+            s.fsync = v;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn fsync_policy(&self) -> anyhow::Result<FsyncPolicy> {
+        Ok(match self.fsync.as_str() {
+            "every_batch" => FsyncPolicy::EveryBatch,
+            "never" => FsyncPolicy::Never,
+            ms => FsyncPolicy::Interval {
+                ms: ms.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "fsync must be every_batch, never or a number of milliseconds, not {ms:?}"
+                    )
+                })?,
+            },
+        })
+    }
+
+    pub fn object_store_url(&self) -> String {
+        self.object_store.clone().unwrap_or_else(|| {
+            let dir = self.data_dir.join("objects");
+            let abs = std::path::absolute(&dir).unwrap_or(dir);
+            format!("file://{}", abs.display())
+        })
+    }
+
+    pub fn tier_config(&self) -> anyhow::Result<TierConfig> {
+        let t = &self.tier;
+        Ok(TierConfig {
+            data_dir: self.data_dir.join("hot"),
+            fsync: self.fsync_policy()?,
+            segment_bytes: t.segment_bytes,
+            segment_ms: t.segment_ms,
+            max_batch_bytes: t.max_batch_bytes,
+            hot_retention_bytes: t.hot_retention_bytes,
+            hot_retention_ms: t.hot_retention_ms,
+            hot_budget_bytes: t.hot_budget_bytes,
+            cache_bytes: t.cache_bytes,
+            read_ahead_row_groups: t.read_ahead_row_groups,
+            ..TierConfig::default()
+        })
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            anyhow::bail!(
+                "listen must be an address like 127.0.0.1:7070, not {:?}",
+                self.listen
+            );
+        }
+        if self.max_record_bytes == 0 || self.max_record_bytes > self.tier.max_batch_bytes {
+            anyhow::bail!(
+                "max_record_bytes ({}) must be positive and at most tier.max_batch_bytes ({})",
+                self.max_record_bytes,
+                self.tier.max_batch_bytes
+            );
+        }
+        self.tier_config()?
+            .validate()
+            .map_err(|e| anyhow::anyhow!("tier settings: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_the_defaults_and_parses() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tierlog.example.toml"
+        ))
+        .unwrap();
+        let s: Settings = toml::from_str(&text).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.listen, Settings::default().listen);
+        assert_eq!(s.tier.segment_bytes, TierSettings::default().segment_bytes);
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        let e = toml::from_str::<Settings>("lisen = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let s = Settings {
+            listen: "nowhere".into(),
+            ..Settings::default()
+        };
+        assert!(s.validate().unwrap_err().to_string().contains("listen"));
+        let s = Settings {
+            fsync: "sometimes".into(),
+            ..Settings::default()
+        };
+        assert!(s.validate().unwrap_err().to_string().contains("fsync"));
+    }
+}

@@ -1,0 +1,378 @@
+//! The gRPC front end (`tierlog.v1.Tierlog`): a thin adapter over [`Broker`]. Every error becomes
+//! a status whose code follows gRPC conventions and whose details hold an `ErrorDetail` with the
+//! stable tierlog code; this is the only place that mapping lives.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use meta::{PartitionOffset, TopicConfig};
+use prost::Message;
+use proto::v1 as pb;
+use proto::v1::tierlog_server::Tierlog;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::broker::{Acks, Broker, ProduceRecord, StartAt, TopicInfo};
+use crate::error::{Code, Error};
+
+/// How long one wait of a following fetch lasts before it re-checks (a client that went away is
+/// noticed at the latest then).
+const FOLLOW_WAIT: Duration = Duration::from_millis(500);
+const DEFAULT_MAX_BYTES: usize = 1 << 20;
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct Service {
+    broker: Broker,
+}
+
+impl Service {
+    pub fn new(broker: Broker) -> Self {
+        Service { broker }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> pb::tierlog_server::TierlogServer<Service> {
+        pb::tierlog_server::TierlogServer::new(self).max_decoding_message_size(64 << 20)
+    }
+}
+
+/// The error detail for a broker error.
+pub fn detail(e: &Error) -> pb::ErrorDetail {
+    pb::ErrorDetail {
+        code: e.code() as i32,
+        message: e.to_string(),
+        retriable: e.is_retryable(),
+    }
+}
+
+/// Maps a broker error to a gRPC status with an `ErrorDetail` in its details.
+pub fn status(e: Error) -> Status {
+    let code = match e.code() {
+        Code::UnknownTopic | Code::UnknownPartition => tonic::Code::NotFound,
+        Code::RecordTooLarge | Code::InvalidTopicName | Code::InvalidRequest => {
+            tonic::Code::InvalidArgument
+        }
+        Code::TopicExists => tonic::Code::AlreadyExists,
+        Code::OffsetOutOfRange => tonic::Code::OutOfRange,
+        Code::Backpressure => tonic::Code::ResourceExhausted,
+        Code::NotLeader => tonic::Code::FailedPrecondition,
+        Code::CorruptData => tonic::Code::DataLoss,
+        Code::Unavailable | Code::ShuttingDown => tonic::Code::Unavailable,
+        Code::Unsupported => tonic::Code::Unimplemented,
+        Code::Internal => tonic::Code::Internal,
+    };
+    let d = detail(&e);
+    Status::with_details(code, d.message.clone(), Bytes::from(d.encode_to_vec()))
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    status(Error::InvalidRequest(msg.into()))
+}
+
+fn topic_config(c: Option<pb::TopicConfig>) -> TopicConfig {
+    let c = c.unwrap_or_default();
+    let mut t = TopicConfig::new(c.partitions.max(1));
+    t.retention_ms = c.retention_ms;
+    t.retention_bytes = c.retention_bytes;
+    t
+}
+
+fn describe(t: TopicInfo) -> pb::TopicDescription {
+    pb::TopicDescription {
+        name: t.meta.name.clone(),
+        id: t.meta.id,
+        config: Some(pb::TopicConfig {
+            partitions: t.meta.partitions(),
+            retention_ms: t.meta.config.retention_ms,
+            retention_bytes: t.meta.config.retention_bytes,
+        }),
+        partitions: t
+            .partitions
+            .into_iter()
+            .map(|p| pb::PartitionDescription {
+                partition: p.partition,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                log_start_offset: p.offsets.log_start,
+                high_watermark: p.offsets.next,
+                cold_next: p.offsets.cold_next,
+                hot_start: p.offsets.hot_start,
+                hot_bytes: p.offsets.hot_bytes,
+                cold_bytes: p.offsets.cold_bytes,
+                cold_segments: p.offsets.cold_segments,
+            })
+            .collect(),
+    }
+}
+
+fn fetched(r: tier::Record) -> pb::FetchedRecord {
+    pb::FetchedRecord {
+        offset: r.offset,
+        timestamp_ms: r.timestamp,
+        key: r.key.map(|k| k.to_vec()),
+        value: r.value.map(|v| v.to_vec()),
+        headers: r
+            .headers
+            .into_iter()
+            .map(|h| pb::Header {
+                key: h.key,
+                value: h.value.map(|v| v.to_vec()),
+            })
+            .collect(),
+    }
+}
+
+type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Tierlog for Service {
+    async fn produce(
+        &self,
+        request: Request<pb::ProduceRequest>,
+    ) -> Result<Response<pb::ProduceResponse>, Status> {
+        let req = request.into_inner();
+        let acks = match pb::Acks::try_from(req.acks) {
+            Ok(pb::Acks::None) => Acks::None,
+            Ok(pb::Acks::Leader) => Acks::Leader,
+            Ok(pb::Acks::All) => Acks::All,
+            Err(_) => return Err(invalid(format!("unknown acks value {}", req.acks))),
+        };
+        let compression = match pb::Compression::try_from(req.compression) {
+            Ok(pb::Compression::None) => tier::Compression::None,
+            Ok(pb::Compression::Zstd) => tier::Compression::Zstd,
+            Err(_) => return Err(invalid(format!("unknown compression {}", req.compression))),
+        };
+        let records = req
+            .records
+            .into_iter()
+            .map(|r| ProduceRecord {
+                key: r.key.map(Bytes::from),
+                value: r.value.map(Bytes::from),
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|h| tier::Header {
+                        key: h.key,
+                        value: h.value.map(Bytes::from),
+                    })
+                    .collect(),
+                timestamp_ms: r.timestamp_ms,
+            })
+            .collect();
+        let r = self
+            .broker
+            .produce(&req.topic, req.partition, records, acks, compression)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ProduceResponse {
+            base_offset: r.base_offset,
+            accepted: r.accepted as u32,
+            errors: r
+                .errors
+                .iter()
+                .map(|(i, e)| pb::RecordError {
+                    index: *i as u32,
+                    error: Some(detail(e)),
+                })
+                .collect(),
+        }))
+    }
+
+    type FetchStream = FetchStream;
+
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<FetchStream>, Status> {
+        let req = request.into_inner();
+        let start = match req.start {
+            Some(pb::fetch_request::Start::Offset(o)) => StartAt::Offset(o),
+            Some(pb::fetch_request::Start::TimestampMs(t)) => StartAt::Timestamp(t),
+            Some(pb::fetch_request::Start::Position(p)) => match pb::StartPosition::try_from(p) {
+                Ok(pb::StartPosition::StartLatest) => StartAt::Latest,
+                _ => StartAt::Earliest,
+            },
+            None => StartAt::Earliest,
+        };
+        let broker = self.broker.clone();
+        let mut offset = broker
+            .resolve(&req.topic, req.partition, start)
+            .await
+            .map_err(status)?;
+        let max_bytes = if req.max_bytes == 0 {
+            DEFAULT_MAX_BYTES
+        } else {
+            req.max_bytes as usize
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let wait = req.follow.then_some(FOLLOW_WAIT);
+                let r = match broker
+                    .read(&req.topic, req.partition, offset, max_bytes, wait)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                if r.records.is_empty() {
+                    if !req.follow || tx.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+                let mut records = r.records;
+                if req.max_records > 0 {
+                    records.truncate((req.max_records - sent).min(records.len() as u64) as usize);
+                }
+                offset = records.last().map_or(offset, |x| x.offset + 1);
+                sent += records.len() as u64;
+                let msg = pb::FetchResponse {
+                    records: records.into_iter().map(fetched).collect(),
+                    high_watermark: r.high_watermark,
+                    log_start_offset: r.log_start_offset,
+                    source: match r.source {
+                        tier::Source::Hot => "hot".into(),
+                        tier::Source::Cold => "cold".into(),
+                        tier::Source::None => String::new(),
+                    },
+                };
+                // A client that went away ends the stream; a read writes nothing, so nothing is
+                // left half-done.
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                if req.max_records > 0 && sent >= req.max_records {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<pb::ListOffsetsRequest>,
+    ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let offset = match req.spec {
+            Some(pb::list_offsets_request::Spec::TimestampMs(ts)) => self
+                .broker
+                .offset_for_timestamp(&req.topic, req.partition, ts)
+                .await
+                .map_err(status)?
+                .unwrap_or(-1),
+            Some(pb::list_offsets_request::Spec::Position(p)) => {
+                let at = match pb::StartPosition::try_from(p) {
+                    Ok(pb::StartPosition::StartLatest) => StartAt::Latest,
+                    _ => StartAt::Earliest,
+                };
+                self.broker
+                    .resolve(&req.topic, req.partition, at)
+                    .await
+                    .map_err(status)?
+            }
+            None => return Err(invalid("list offsets needs a position or a timestamp")),
+        };
+        Ok(Response::new(pb::ListOffsetsResponse { offset }))
+    }
+
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        let req = request.into_inner();
+        let t = self
+            .broker
+            .create_topic(&req.name, topic_config(req.config))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateTopicResponse {
+            topic: Some(describe(t)),
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        self.broker
+            .delete_topic(&request.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let names = self.broker.list_topics().await.map_err(status)?;
+        Ok(Response::new(pb::ListTopicsResponse { names }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
+        let t = self
+            .broker
+            .describe_topic(&request.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DescribeTopicResponse {
+            topic: Some(describe(t)),
+        }))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<pb::CommitOffsetsRequest>,
+    ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let offsets = req
+            .offsets
+            .into_iter()
+            .map(|o| PartitionOffset {
+                topic: o.topic,
+                partition: o.partition,
+                offset: o.offset,
+                metadata: o.metadata,
+            })
+            .collect();
+        self.broker
+            .commit_offsets(&req.group, offsets)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<pb::FetchOffsetsRequest>,
+    ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let topic = (!req.topic.is_empty()).then_some(req.topic.as_str());
+        let offsets = self
+            .broker
+            .fetch_offsets(&req.group, topic)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|o| pb::GroupOffset {
+                topic: o.topic,
+                partition: o.partition,
+                offset: o.offset,
+                metadata: o.metadata,
+            })
+            .collect();
+        Ok(Response::new(pb::FetchOffsetsResponse { offsets }))
+    }
+}

@@ -1,0 +1,384 @@
+//! The real binary, as a user runs it: `tierlog serve` in its own process on a port it picks,
+//! driven over gRPC, killed with SIGKILL and restarted.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use prost::Message;
+use proto::v1 as pb;
+use proto::v1::tierlog_client::TierlogClient;
+use tonic::transport::Channel;
+
+fn binary() -> PathBuf {
+    // tests run from <target>/<profile>/deps; the binary is <target>/<profile>/tierlog.
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("tierlog");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace first (the test command does)",
+        bin.display()
+    );
+    bin
+}
+
+struct Node {
+    child: Child,
+    addr: String,
+}
+
+impl Node {
+    fn start(data: &Path, extra: &[&str]) -> Node {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("TIERLOG_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tierlog");
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read the listen line");
+        let addr = line
+            .trim()
+            .strip_prefix("tierlog listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Node { child, addr }
+    }
+
+    async fn client(&self) -> TierlogClient<Channel> {
+        TierlogClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM")
+            .success();
+        assert!(ok);
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "graceful shutdown failed: {status}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn record(p: u32, i: u64) -> pb::Record {
+    pb::Record {
+        key: Some(format!("k{i}").into_bytes()),
+        value: Some(format!("p{p}-v{i}-{}", "x".repeat((i % 50) as usize)).into_bytes()),
+        headers: vec![],
+        timestamp_ms: 1_767_225_600_000 + i as i64,
+    }
+}
+
+async fn create(c: &mut TierlogClient<Channel>, name: &str, partitions: u32) {
+    c.create_topic(pb::CreateTopicRequest {
+        name: name.into(),
+        config: Some(pb::TopicConfig {
+            partitions,
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("create topic");
+}
+
+async fn fetch_all(
+    c: &mut TierlogClient<Channel>,
+    topic: &str,
+    p: u32,
+) -> (Vec<pb::FetchedRecord>, Vec<String>) {
+    let mut stream = c
+        .fetch(pb::FetchRequest {
+            topic: topic.into(),
+            partition: p,
+            start: Some(pb::fetch_request::Start::Position(
+                pb::StartPosition::StartEarliest as i32,
+            )),
+            ..Default::default()
+        })
+        .await
+        .expect("fetch")
+        .into_inner();
+    let mut out = Vec::new();
+    let mut sources = Vec::new();
+    while let Some(msg) = stream.message().await.expect("fetch stream") {
+        sources.push(msg.source);
+        out.extend(msg.records);
+    }
+    (out, sources)
+}
+
+fn code_of(s: &tonic::Status) -> i32 {
+    pb::ErrorDetail::decode(s.details())
+        .map(|d| d.code)
+        .unwrap_or(-1)
+}
+
+/// kill -9 mid-stream with fsync per batch: after a restart every acknowledged record is there,
+/// exactly once, at the offset it was acknowledged with, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--fsync", "every_batch"]);
+    let mut c = node.client().await;
+    create(&mut c, "orders", 3).await;
+    let mut producers = Vec::new();
+    for p in 0..3u32 {
+        let mut c = node.client().await;
+        producers.push(tokio::spawn(async move {
+            let mut acked = Vec::new(); // (base offset, first i, count)
+            let mut i = 0u64;
+            loop {
+                let records: Vec<_> = (i..i + 100).map(|j| record(p, j)).collect();
+                let req = pb::ProduceRequest {
+                    topic: "orders".into(),
+                    partition: p,
+                    records,
+                    ..Default::default()
+                };
+                match c.produce(req).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        assert_eq!(r.accepted, 100);
+                        acked.push((r.base_offset, i, 100u64));
+                        i += 100;
+                    }
+                    Err(_) => return acked,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.kill9();
+    let mut acked = Vec::new();
+    for t in producers {
+        acked.push(t.await.unwrap());
+    }
+    let node = Node::start(dir.path(), &["--fsync", "every_batch"]);
+    let mut c = node.client().await;
+    let mut total = 0;
+    for (p, acks) in acked.iter().enumerate() {
+        assert!(
+            !acks.is_empty(),
+            "partition {p} acknowledged nothing before the kill"
+        );
+        let (records, _) = fetch_all(&mut c, "orders", p as u32).await;
+        for (n, r) in records.iter().enumerate() {
+            assert_eq!(r.offset, n as i64, "offsets are dense and ordered");
+        }
+        for &(base, first, count) in acks {
+            for k in 0..count {
+                let r = records.get((base + k as i64) as usize).unwrap_or_else(|| {
+                    panic!(
+                        "acknowledged offset {} of partition {p} is missing",
+                        base + k as i64
+                    )
+                });
+                assert_eq!(
+                    r.value.as_deref(),
+                    record(p as u32, first + k).value.as_deref()
+                );
+            }
+            total += count;
+        }
+    }
+    assert!(total >= 300, "{total} records acknowledged");
+    node.stop();
+}
+
+/// A graceful stop seals and uploads; with the hot tier deleted, a restarted node replays the
+/// topic from offset 0 out of the cold tier, identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_zero_after_the_hot_tier_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client().await;
+    create(&mut c, "audit", 1).await;
+    for b in 0..20u64 {
+        let records: Vec<_> = (b * 500..(b + 1) * 500).map(|i| record(0, i)).collect();
+        c.produce(pb::ProduceRequest {
+            topic: "audit".into(),
+            records,
+            compression: pb::Compression::Zstd as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let (before, sources) = fetch_all(&mut c, "audit", 0).await;
+    assert_eq!(before.len(), 10_000);
+    assert!(sources.iter().all(|s| s == "hot"));
+    node.stop();
+    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client().await;
+    let (after, sources) = fetch_all(&mut c, "audit", 0).await;
+    assert!(sources.iter().all(|s| s == "cold"), "{sources:?}");
+    assert_eq!(after, before, "cold replay returns the same records");
+    let d = c
+        .describe_topic(pb::DescribeTopicRequest {
+            name: "audit".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p = &d.topic.unwrap().partitions[0];
+    assert_eq!(
+        (p.log_start_offset, p.cold_next, p.high_watermark),
+        (0, 10_000, 10_000)
+    );
+    node.stop();
+}
+
+/// A group's committed offsets survive restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client().await;
+    create(&mut c, "t", 2).await;
+    let offsets = vec![
+        pb::GroupOffset {
+            topic: "t".into(),
+            partition: 0,
+            offset: 42,
+            metadata: "m".into(),
+        },
+        pb::GroupOffset {
+            topic: "t".into(),
+            partition: 1,
+            offset: 7,
+            metadata: String::new(),
+        },
+    ];
+    c.commit_offsets(pb::CommitOffsetsRequest {
+        group: "billing".into(),
+        offsets: offsets.clone(),
+    })
+    .await
+    .unwrap();
+    node.kill9();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client().await;
+    let got = c
+        .fetch_offsets(pb::FetchOffsetsRequest {
+            group: "billing".into(),
+            topic: "t".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets;
+    assert_eq!(got, offsets);
+    node.stop();
+}
+
+/// Bad input gets clear errors with stable codes, and garbage on the wire does not hurt the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client().await;
+    let e = c
+        .produce(pb::ProduceRequest {
+            topic: "ghost".into(),
+            records: vec![record(0, 0)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert_eq!(code_of(&e), pb::ErrorCode::UnknownTopic as i32);
+    assert!(e.message().contains("ghost"), "{}", e.message());
+    for bad in ["", "a/b", "..", "bad name"] {
+        let e = c
+            .create_topic(pb::CreateTopicRequest {
+                name: bad.into(),
+                config: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code_of(&e),
+            pb::ErrorCode::InvalidTopicName as i32,
+            "{bad:?}"
+        );
+    }
+    create(&mut c, "t", 1).await;
+    let big = pb::Record {
+        value: Some(vec![0u8; 2 << 20]),
+        ..record(0, 1)
+    };
+    let r = c
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            records: vec![record(0, 0), big, record(0, 2)],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.accepted, r.base_offset), (2, 0));
+    assert_eq!(r.errors.len(), 1);
+    assert_eq!(r.errors[0].index, 1);
+    assert_eq!(
+        r.errors[0].error.as_ref().unwrap().code,
+        pb::ErrorCode::RecordTooLarge as i32
+    );
+    // Garbage and a truncated HTTP/2 preface on the port: the node keeps serving.
+    for junk in [
+        &b"\x00\x01garbage\xff"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"[..],
+    ] {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&node.addr).unwrap();
+        let _ = s.write_all(junk);
+    }
+    let e = c
+        .fetch(pb::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            start: Some(pb::fetch_request::Start::Offset(99)),
+            ..Default::default()
+        })
+        .await;
+    let e = match e {
+        Err(e) => e,
+        Ok(s) => s.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(code_of(&e), pb::ErrorCode::OffsetOutOfRange as i32, "{e}");
+    let topics = c
+        .list_topics(pb::ListTopicsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .names;
+    assert_eq!(topics, vec!["t".to_string()]);
+    node.stop();
+}
