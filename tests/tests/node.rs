@@ -382,3 +382,111 @@ async fn bad_input_gets_clear_errors() {
     assert_eq!(topics, vec!["t".to_string()]);
     node.stop();
 }
+
+/// The Rust client end to end: 100,000 keyed records through the batching producer (same key,
+/// same partition, dense offsets), then a group consumer that commits, stops, and a new one that
+/// resumes exactly at the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_produces_100k_and_a_group_consumer_resumes_at_its_commit() {
+    use client::{Client, Consumer, ConsumerConfig, Producer, ProducerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let c = Client::connect(&node.addr).await.unwrap();
+    c.create_topic("clicks", 4).await.unwrap();
+    let producer = Producer::new(
+        c.clone(),
+        ProducerConfig {
+            zstd: true,
+            ..ProducerConfig::default()
+        },
+    );
+    const N: u64 = 100_000;
+    let mut acks = Vec::with_capacity(N as usize);
+    for i in 0..N {
+        let key = format!("user-{}", i % 1000).into_bytes();
+        let value = format!("{i}").into_bytes();
+        acks.push((
+            i,
+            producer
+                .send("clicks", None, Some(key), Some(value), vec![])
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<(i64, u64)>> = Default::default();
+    let mut partition_of_key = std::collections::HashMap::new();
+    for (i, rx) in acks {
+        let md = rx.await.unwrap().unwrap();
+        let prev = partition_of_key.insert(i % 1000, md.partition);
+        assert!(
+            prev.is_none_or(|p| p == md.partition),
+            "a key always lands on one partition"
+        );
+        assert_eq!(
+            md.partition,
+            client::partition_for_key(format!("user-{}", i % 1000).as_bytes(), 4)
+        );
+        by_partition
+            .entry(md.partition)
+            .or_default()
+            .push((md.offset, i));
+    }
+    producer.close().await;
+    for (p, v) in &by_partition {
+        let mut offsets: Vec<i64> = v.iter().map(|x| x.0).collect();
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            (0..v.len() as i64).collect::<Vec<_>>(),
+            "partition {p} offsets are dense"
+        );
+    }
+    let cfg = ConsumerConfig {
+        group: Some("analytics".into()),
+        ..ConsumerConfig::default()
+    };
+    let mut first = Consumer::assign(c.clone(), cfg.clone(), "clicks", &[])
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 60_000 {
+        seen.extend(first.poll(Duration::from_secs(5)).await.unwrap());
+    }
+    first.commit().await.unwrap();
+    let committed = first.positions().clone();
+    drop(first);
+    let mut second = Consumer::assign(c.clone(), cfg, "clicks", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        second.positions(),
+        &committed,
+        "a restarted consumer resumes at its commit"
+    );
+    let mut rest = Vec::new();
+    loop {
+        let batch = second.poll(Duration::from_millis(300)).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        rest.extend(batch);
+    }
+    assert_eq!(
+        seen.len() + rest.len(),
+        N as usize,
+        "every record exactly once across the restart"
+    );
+    let mut values: Vec<u64> = seen
+        .iter()
+        .chain(&rest)
+        .map(|r| {
+            String::from_utf8(r.value.clone().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..N).collect::<Vec<_>>());
+    node.stop();
+}

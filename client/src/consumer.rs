@@ -1,0 +1,232 @@
+//! The consumer: owns its position per partition, polls, seeks, and commits a group's offsets
+//! (the next offset to read, as Kafka does) synchronously, asynchronously or every N ms.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proto::v1 as pb;
+use tokio::time::Instant;
+
+use crate::{Client, Result};
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// The consumer group whose committed offsets this consumer starts from and commits to.
+    pub group: Option<String>,
+    /// Commit every this often during `poll` (needs a group). `None`: commit by hand.
+    pub auto_commit: Option<Duration>,
+    /// Payload bytes per partition per poll.
+    pub max_bytes: u32,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            group: None,
+            auto_commit: None,
+            max_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Where to move a partition's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    Beginning,
+    End,
+    Offset(i64),
+    /// The first record with timestamp ≥ this (ms).
+    Timestamp(i64),
+}
+
+/// A record and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumedRecord {
+    pub partition: u32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<pb::Header>,
+}
+
+pub struct Consumer {
+    client: Client,
+    cfg: ConsumerConfig,
+    topic: String,
+    positions: BTreeMap<u32, i64>,
+    last_commit: Instant,
+}
+
+impl Consumer {
+    /// Reads `partitions` of `topic` (all of them when empty), each from the group's committed
+    /// offset when there is one, otherwise from the beginning.
+    pub async fn assign(
+        client: Client,
+        cfg: ConsumerConfig,
+        topic: &str,
+        partitions: &[u32],
+    ) -> Result<Consumer> {
+        let parts: Vec<u32> = if partitions.is_empty() {
+            let d = client.describe_topic(topic).await?;
+            d.partitions.iter().map(|p| p.partition).collect()
+        } else {
+            partitions.to_vec()
+        };
+        let mut c = Consumer {
+            client,
+            cfg,
+            topic: topic.to_string(),
+            positions: BTreeMap::new(),
+            last_commit: Instant::now(),
+        };
+        let committed: BTreeMap<u32, i64> = match &c.cfg.group {
+            Some(g) => c
+                .client
+                .fetch_offsets(g, topic)
+                .await?
+                .into_iter()
+                .map(|o| (o.partition, o.offset))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        for p in parts {
+            let pos = match committed.get(&p) {
+                Some(o) => *o,
+                None => c.resolve(p, SeekTo::Beginning).await?,
+            };
+            c.positions.insert(p, pos);
+        }
+        Ok(c)
+    }
+
+    async fn resolve(&self, partition: u32, to: SeekTo) -> Result<i64> {
+        use pb::list_offsets_request::Spec;
+        let spec = match to {
+            SeekTo::Offset(o) => return Ok(o),
+            SeekTo::Beginning => Spec::Position(pb::StartPosition::StartEarliest as i32),
+            SeekTo::End => Spec::Position(pb::StartPosition::StartLatest as i32),
+            SeekTo::Timestamp(ts) => Spec::TimestampMs(ts),
+        };
+        let r = self
+            .client
+            .rpc()
+            .list_offsets(pb::ListOffsetsRequest {
+                topic: self.topic.clone(),
+                partition,
+                spec: Some(spec),
+            })
+            .await?
+            .into_inner();
+        if r.offset < 0 {
+            // No record at or after the timestamp: the end of the log.
+            return Box::pin(self.resolve(partition, SeekTo::End)).await;
+        }
+        Ok(r.offset)
+    }
+
+    /// Moves a partition's position (all assigned partitions when `partition` is `None`).
+    pub async fn seek(&mut self, partition: Option<u32>, to: SeekTo) -> Result<()> {
+        let parts: Vec<u32> = match partition {
+            Some(p) => vec![p],
+            None => self.positions.keys().copied().collect(),
+        };
+        for p in parts {
+            let pos = self.resolve(p, to).await?;
+            self.positions.insert(p, pos);
+        }
+        Ok(())
+    }
+
+    /// The next offset this consumer reads, per partition.
+    pub fn positions(&self) -> &BTreeMap<u32, i64> {
+        &self.positions
+    }
+
+    /// Records after the current positions, waiting up to `timeout` when there are none yet.
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut out = Vec::new();
+            let parts: Vec<(u32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+            for (p, from) in parts {
+                let mut stream = self
+                    .client
+                    .rpc()
+                    .fetch(pb::FetchRequest {
+                        topic: self.topic.clone(),
+                        partition: p,
+                        start: Some(pb::fetch_request::Start::Offset(from)),
+                        max_bytes: self.cfg.max_bytes,
+                        follow: false,
+                        max_records: 0,
+                    })
+                    .await?
+                    .into_inner();
+                // One message per partition per poll: about max_bytes.
+                if let Some(msg) = stream.message().await? {
+                    for r in msg.records {
+                        self.positions.insert(p, r.offset + 1);
+                        out.push(ConsumedRecord {
+                            partition: p,
+                            offset: r.offset,
+                            timestamp_ms: r.timestamp_ms,
+                            key: r.key,
+                            value: r.value,
+                            headers: r.headers,
+                        });
+                    }
+                }
+            }
+            self.maybe_auto_commit().await?;
+            if !out.is_empty() || Instant::now() >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(Duration::from_millis(20).min(deadline - Instant::now())).await;
+        }
+    }
+
+    async fn maybe_auto_commit(&mut self) -> Result<()> {
+        if let Some(every) = self.cfg.auto_commit
+            && self.last_commit.elapsed() >= every
+        {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    fn offsets(&self) -> Vec<pb::GroupOffset> {
+        self.positions
+            .iter()
+            .map(|(p, o)| pb::GroupOffset {
+                topic: self.topic.clone(),
+                partition: *p,
+                offset: *o,
+                metadata: String::new(),
+            })
+            .collect()
+    }
+
+    /// Commits the current positions for the group and waits for the answer.
+    pub async fn commit(&mut self) -> Result<()> {
+        let Some(group) = self.cfg.group.clone() else {
+            return Ok(());
+        };
+        self.client.commit_offsets(&group, self.offsets()).await?;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Commits the current positions in the background; the handle reports the outcome.
+    pub fn commit_async(&mut self) -> tokio::task::JoinHandle<Result<()>> {
+        let (client, group, offsets) =
+            (self.client.clone(), self.cfg.group.clone(), self.offsets());
+        self.last_commit = Instant::now();
+        tokio::spawn(async move {
+            match group {
+                Some(g) => client.commit_offsets(&g, offsets).await,
+                None => Ok(()),
+            }
+        })
+    }
+}

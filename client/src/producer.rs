@@ -1,0 +1,271 @@
+//! The producer: one sender task per partition, fed through a bounded queue (back-pressure),
+//! batching by size and linger, one request in flight per partition (order), retries with
+//! exponential backoff for retriable errors.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Client, Error, ErrorCode, Header, Result, partition_for_key};
+
+/// Acknowledgement level (see the README's durability notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    None,
+    #[default]
+    Leader,
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub acks: Acks,
+    /// A batch is sent once it holds this many payload bytes...
+    pub batch_bytes: usize,
+    /// ... or once its first record has waited this long.
+    pub linger: Duration,
+    pub zstd: bool,
+    /// Attempts per batch for retriable errors, with backoff doubling from `retry_backoff`.
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    /// Records queued per partition before `send` waits (back-pressure).
+    pub queue_records: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::Leader,
+            batch_bytes: 512 << 10,
+            linger: Duration::from_millis(5),
+            zstd: false,
+            retries: 10,
+            retry_backoff: Duration::from_millis(100),
+            queue_records: 10_000,
+        }
+    }
+}
+
+/// Where a record landed (offset -1 with acks = none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub partition: u32,
+    pub offset: i64,
+}
+
+struct Pending {
+    record: pb::Record,
+    size: usize,
+    done: oneshot::Sender<Result<RecordMetadata>>,
+}
+
+/// Each partition's queue into its sender task.
+type Queues = HashMap<(String, u32), mpsc::Sender<Pending>>;
+
+/// Batches and sends records. Cheap to clone; [`Producer::close`] flushes.
+#[derive(Clone)]
+pub struct Producer {
+    client: Client,
+    cfg: Arc<ProducerConfig>,
+    queues: Arc<Mutex<Queues>>,
+    partitions: Arc<Mutex<HashMap<String, u32>>>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Producer {
+    pub fn new(client: Client, cfg: ProducerConfig) -> Producer {
+        Producer {
+            client,
+            cfg: Arc::new(cfg),
+            queues: Arc::default(),
+            partitions: Arc::default(),
+            tasks: Arc::default(),
+        }
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<u32> {
+        if let Some(n) = self.partitions.lock().expect("lock").get(topic) {
+            return Ok(*n);
+        }
+        let d = self.client.describe_topic(topic).await?;
+        let n = d.partitions.len() as u32;
+        self.partitions
+            .lock()
+            .expect("lock")
+            .insert(topic.to_string(), n);
+        Ok(n)
+    }
+
+    /// Queues a record; the returned future resolves when its batch is acknowledged. Records
+    /// with a key go to `partition_for_key`; without one, to `partition` or else round-robin by
+    /// value hash. Waits when the partition's queue is full.
+    pub async fn send(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        headers: Vec<Header>,
+    ) -> Result<oneshot::Receiver<Result<RecordMetadata>>> {
+        let n = self.partition_count(topic).await?;
+        let p = match (partition, &key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, n),
+            (None, None) => partition_for_key(value.as_deref().unwrap_or_default(), n),
+        };
+        let size = key.as_ref().map_or(0, Vec::len) + value.as_ref().map_or(0, Vec::len) + 16;
+        let (done, rx) = oneshot::channel();
+        let pending = Pending {
+            record: pb::Record {
+                key,
+                value,
+                headers,
+                timestamp_ms: 0,
+            },
+            size,
+            done,
+        };
+        let queue = self.queue(topic, p);
+        queue.send(pending).await.map_err(|_| Error::Closed)?;
+        Ok(rx)
+    }
+
+    fn queue(&self, topic: &str, p: u32) -> mpsc::Sender<Pending> {
+        let mut queues = self.queues.lock().expect("lock");
+        if let Some(q) = queues.get(&(topic.to_string(), p)) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::channel(self.cfg.queue_records);
+        let task = tokio::spawn(sender(
+            self.client.clone(),
+            self.cfg.clone(),
+            topic.to_string(),
+            p,
+            rx,
+        ));
+        self.tasks.lock().expect("lock").push(task);
+        queues.insert((topic.to_string(), p), tx.clone());
+        tx
+    }
+
+    /// Sends everything queued and waits for the answers.
+    pub async fn close(self) {
+        self.queues.lock().expect("lock").clear();
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("lock"));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn sender(
+    client: Client,
+    cfg: Arc<ProducerConfig>,
+    topic: String,
+    partition: u32,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].size;
+        let deadline = tokio::time::Instant::now() + cfg.linger;
+        while bytes < cfg.batch_bytes {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(p)) => {
+                    bytes += p.size;
+                    batch.push(p);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        send_batch(&client, &cfg, &topic, partition, batch).await;
+    }
+}
+
+async fn send_batch(
+    client: &Client,
+    cfg: &ProducerConfig,
+    topic: &str,
+    partition: u32,
+    batch: Vec<Pending>,
+) {
+    let (records, dones): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.record, p.done)).unzip();
+    let req = pb::ProduceRequest {
+        topic: topic.to_string(),
+        partition,
+        records,
+        acks: match cfg.acks {
+            Acks::None => pb::Acks::None,
+            Acks::Leader => pb::Acks::Leader,
+            Acks::All => pb::Acks::All,
+        } as i32,
+        compression: if cfg.zstd {
+            pb::Compression::Zstd
+        } else {
+            pb::Compression::None
+        } as i32,
+        producer: None,
+    };
+    let mut delay = cfg.retry_backoff;
+    let mut attempt = 0;
+    let result = loop {
+        attempt += 1;
+        match client.rpc().produce(req.clone()).await {
+            Ok(r) => break Ok(r.into_inner()),
+            Err(s) => {
+                let e = Error::from(s);
+                if e.is_retriable() && attempt < cfg.retries {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                break Err(e);
+            }
+        }
+    };
+    match result {
+        Ok(r) => {
+            let refused: HashMap<u32, pb::ErrorDetail> = r
+                .errors
+                .into_iter()
+                .filter_map(|e| e.error.map(|d| (e.index, d)))
+                .collect();
+            let mut next = r.base_offset;
+            for (i, done) in dones.into_iter().enumerate() {
+                let out = match refused.get(&(i as u32)) {
+                    Some(d) => Err(Error::Server {
+                        code: ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal),
+                        message: d.message.clone(),
+                        retriable: d.retriable,
+                    }),
+                    None => {
+                        let offset = if r.base_offset < 0 { -1 } else { next };
+                        next += 1;
+                        Ok(RecordMetadata { partition, offset })
+                    }
+                };
+                let _ = done.send(out);
+            }
+        }
+        Err(e) => {
+            let (code, message, retriable) = match &e {
+                Error::Server {
+                    code,
+                    message,
+                    retriable,
+                } => (*code, message.clone(), *retriable),
+                other => (ErrorCode::Unavailable, other.to_string(), true),
+            };
+            for done in dones {
+                let _ = done.send(Err(Error::Server {
+                    code,
+                    message: message.clone(),
+                    retriable,
+                }));
+            }
+        }
+    }
+}
