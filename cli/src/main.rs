@@ -1,6 +1,7 @@
 //! `tierlog`: the single binary. `tierlog serve` runs a node; with no flags it is a complete
 //! single node on local disk (hot tier, object store on the file system, embedded metadata).
 
+mod commands;
 mod settings;
 
 use std::path::PathBuf;
@@ -23,6 +24,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "An event log that keeps every event, on object storage, queryable"
 )]
 struct Cli {
+    /// The server to talk to (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "TIERLOG_SERVER",
+        default_value = "127.0.0.1:7070"
+    )]
+    server: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +40,77 @@ struct Cli {
 enum Command {
     /// Run a node. With no flags: a single node on local disk under ./tierlog-data.
     Serve(ServeArgs),
+    /// Create, list, describe or delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce one record per line of stdin (or --file).
+    Produce {
+        topic: String,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Split each line at the first occurrence: key before, value after.
+        #[arg(long)]
+        key_separator: Option<String>,
+        /// Send every record to this partition (default: by key, Kafka's partitioner).
+        #[arg(long)]
+        partition: Option<u32>,
+        #[arg(long, value_enum, default_value = "leader")]
+        acks: AcksArg,
+    },
+    /// Print records of a topic, one per line.
+    Consume {
+        topic: String,
+        #[arg(long)]
+        partition: Option<u32>,
+        #[arg(long)]
+        from_beginning: bool,
+        #[arg(long, conflicts_with_all = ["from_beginning", "from_time"])]
+        offset: Option<i64>,
+        /// Start at the first record at or after this time (Unix milliseconds).
+        #[arg(long, conflicts_with = "from_beginning")]
+        from_time: Option<i64>,
+        /// Read as this consumer group: start at its committed offsets, commit as you go.
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        max_messages: Option<u64>,
+        /// One JSON object per record (partition, offset, timestamp, key, value).
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many milliseconds without new records (default: wait forever).
+        #[arg(long)]
+        idle_exit_ms: Option<u64>,
+    },
+    /// A consumer group's committed offsets and lag per partition.
+    Offsets {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AcksArg {
+    None,
+    Leader,
+    All,
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,8 +155,77 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let server = cli.server;
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Topic(t) => {
+                let c = commands::connect(&server).await?;
+                match t {
+                    TopicCommand::Create { name, partitions } => {
+                        commands::topic_create(&c, &name, partitions).await
+                    }
+                    TopicCommand::List => commands::topic_list(&c).await,
+                    TopicCommand::Describe { name } => commands::topic_describe(&c, &name).await,
+                    TopicCommand::Delete { name } => commands::topic_delete(&c, &name).await,
+                }
+            }
+            Command::Produce {
+                topic,
+                file,
+                key_separator,
+                partition,
+                acks,
+            } => {
+                let c = commands::connect(&server).await?;
+                let acks = match acks {
+                    AcksArg::None => client::Acks::None,
+                    AcksArg::Leader => client::Acks::Leader,
+                    AcksArg::All => client::Acks::All,
+                };
+                commands::produce(
+                    &c,
+                    commands::ProduceArgs {
+                        topic,
+                        file,
+                        key_separator,
+                        partition,
+                        acks,
+                    },
+                )
+                .await
+            }
+            Command::Consume {
+                topic,
+                partition,
+                from_beginning,
+                offset,
+                from_time,
+                group,
+                max_messages,
+                json,
+                idle_exit_ms,
+            } => {
+                let c = commands::connect(&server).await?;
+                commands::consume(
+                    &c,
+                    commands::ConsumeArgs {
+                        topic,
+                        partition,
+                        from_beginning,
+                        offset,
+                        from_time,
+                        group,
+                        max_messages,
+                        json,
+                        idle_exit: idle_exit_ms.map(Duration::from_millis),
+                    },
+                )
+                .await
+            }
+            Command::Offsets { group, topic } => {
+                let c = commands::connect(&server).await?;
+                commands::offsets(&c, &group, topic.as_deref()).await
+            }
         }
     });
     match result {

@@ -490,3 +490,122 @@ async fn client_produces_100k_and_a_group_consumer_resumes_at_its_commit() {
     assert_eq!(values, (0..N).collect::<Vec<_>>());
     node.stop();
 }
+
+/// Runs the `tierlog` CLI against a node; returns (success, stdout, stderr).
+fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(binary())
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the cli");
+    let mut input = child.stdin.take().expect("stdin");
+    let text = stdin.unwrap_or("").to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(text.as_bytes());
+    });
+    let out = child.wait_with_output().expect("cli output");
+    writer.join().expect("stdin writer");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The CLI as a person uses it: topics, 100,000 lines produced from stdin with keys, consumed
+/// back as a group, lag reported, and errors in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_produces_consumes_and_reports_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let s = node.addr.clone();
+    let (ok, out, _) = cli(&s, &["topic", "create", "logs", "--partitions", "2"], None);
+    assert!(ok);
+    assert_eq!(out, "created topic logs with 2 partitions\n");
+    let (ok, out, _) = cli(&s, &["topic", "list"], None);
+    assert!(ok);
+    assert_eq!(out, "logs\n");
+    let input: String = (0..100_000)
+        .map(|i| format!("k{}:line {i}\n", i % 10))
+        .collect();
+    let (ok, _, err) = cli(
+        &s,
+        &["produce", "logs", "--key-separator", ":"],
+        Some(&input),
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("produced 100000 records to logs"), "{err}");
+    let (ok, out, err) = cli(
+        &s,
+        &[
+            "consume",
+            "logs",
+            "--from-beginning",
+            "--group",
+            "readers",
+            "--max-messages",
+            "100000",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let mut got: Vec<&str> = out.lines().collect();
+    let mut want: Vec<String> = (0..100_000).map(|i| format!("line {i}")).collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "every line back, keys stripped");
+    let (ok, out, _) = cli(&s, &["offsets", "--group", "readers"], None);
+    assert!(ok);
+    let lags: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().last().unwrap())
+        .collect();
+    assert_eq!(lags, vec!["0", "0"], "{out}");
+    let (ok, out, _) = cli(
+        &s,
+        &[
+            "consume",
+            "logs",
+            "--offset",
+            "5",
+            "--partition",
+            "0",
+            "--max-messages",
+            "2",
+            "--json",
+        ],
+        None,
+    );
+    assert!(ok);
+    let first = out.lines().next().unwrap();
+    assert!(
+        first.starts_with("{\"partition\":0,\"offset\":5,"),
+        "{first}"
+    );
+    let (ok, _, err) = cli(&s, &["consume", "nope", "--from-beginning"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown topic \"nope\"") && err.contains("tierlog topic list"),
+        "{err}"
+    );
+    let (ok, _, err) = cli("127.0.0.1:1", &["topic", "list"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot reach a tierlog server at 127.0.0.1:1"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &s,
+        &["consume", "logs", "--offset", "1", "--from-beginning"],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("cannot be used with"), "{err}");
+    node.stop();
+}

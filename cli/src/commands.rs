@@ -1,0 +1,332 @@
+//! The client commands of `tierlog`: topics, produce, consume, offsets. Thin over the `client`
+//! crate; errors are turned into sentences a person can act on.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use client::{
+    Acks, Client, ConsumedRecord, Consumer, ConsumerConfig, ErrorCode, Producer, ProducerConfig,
+    SeekTo,
+};
+
+/// Connects, turning "connection refused" into advice.
+pub async fn connect(server: &str) -> anyhow::Result<Client> {
+    Client::connect(server).await.map_err(|e| {
+        anyhow::anyhow!("cannot reach a tierlog server at {server} ({e}); is `tierlog serve` running? (--server / TIERLOG_SERVER)")
+    })
+}
+
+/// Rewords the errors people hit most.
+pub fn explain(e: client::Error) -> anyhow::Error {
+    match e.code() {
+        Some(ErrorCode::UnknownTopic) => anyhow::anyhow!("{e} (see `tierlog topic list`)"),
+        Some(ErrorCode::Unavailable) => anyhow::anyhow!("the server is unavailable: {e}"),
+        _ => anyhow::anyhow!("{e}"),
+    }
+}
+
+pub async fn topic_create(c: &Client, name: &str, partitions: u32) -> anyhow::Result<()> {
+    let t = c.create_topic(name, partitions).await.map_err(explain)?;
+    println!(
+        "created topic {} with {} partitions",
+        t.name,
+        t.partitions.len()
+    );
+    Ok(())
+}
+
+pub async fn topic_list(c: &Client) -> anyhow::Result<()> {
+    for name in c.list_topics().await.map_err(explain)? {
+        println!("{name}");
+    }
+    Ok(())
+}
+
+pub async fn topic_delete(c: &Client, name: &str) -> anyhow::Result<()> {
+    c.delete_topic(name).await.map_err(explain)?;
+    println!("deleted topic {name}");
+    Ok(())
+}
+
+pub async fn topic_describe(c: &Client, name: &str) -> anyhow::Result<()> {
+    let t = c.describe_topic(name).await.map_err(explain)?;
+    let cfg = t.config.unwrap_or_default();
+    println!(
+        "topic {} (id {}), {} partitions",
+        t.name,
+        t.id,
+        t.partitions.len()
+    );
+    let keep = |ms: Option<i64>, b: Option<i64>| match (ms, b) {
+        (None, None) => "forever".to_string(),
+        (ms, b) => format!(
+            "{} ms / {} bytes",
+            ms.map_or("-".into(), |v| v.to_string()),
+            b.map_or("-".into(), |v| v.to_string())
+        ),
+    };
+    println!("retention: {}", keep(cfg.retention_ms, cfg.retention_bytes));
+    println!(
+        "{:>9} {:>12} {:>12} {:>12} {:>12} {:>10} {:>14} {:>14}  leader",
+        "partition", "low", "high", "cold below", "hot from", "segments", "cold bytes", "hot bytes"
+    );
+    for p in t.partitions {
+        println!(
+            "{:>9} {:>12} {:>12} {:>12} {:>12} {:>10} {:>14} {:>14}  {} (epoch {})",
+            p.partition,
+            p.log_start_offset,
+            p.high_watermark,
+            p.cold_next,
+            p.hot_start,
+            p.cold_segments,
+            p.cold_bytes,
+            p.hot_bytes,
+            p.leader,
+            p.leader_epoch
+        );
+    }
+    Ok(())
+}
+
+fn progress(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_message(what.to_string());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} {pos} records ({per_sec}) {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar
+}
+
+pub struct ProduceArgs {
+    pub topic: String,
+    pub file: Option<std::path::PathBuf>,
+    pub key_separator: Option<String>,
+    pub partition: Option<u32>,
+    pub acks: Acks,
+}
+
+/// Produces one record per input line (stdin or a file); with a key separator, the text before
+/// its first occurrence is the key.
+pub async fn produce(c: &Client, a: ProduceArgs) -> anyhow::Result<()> {
+    c.describe_topic(&a.topic).await.map_err(explain)?;
+    let input: Box<dyn BufRead> = match &a.file {
+        Some(f) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(f).with_context(|| format!("cannot open {}", f.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let producer = Producer::new(
+        c.clone(),
+        ProducerConfig {
+            acks: a.acks,
+            ..ProducerConfig::default()
+        },
+    );
+    let bar = progress(None, "produced");
+    let mut pending = std::collections::VecDeque::new();
+    let mut sent = 0u64;
+    let mut failed = 0u64;
+    let mut first_error = None;
+    for line in input.lines() {
+        let line = line.context("reading input")?;
+        let (key, value) = match &a.key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(k.as_bytes().to_vec()), v.as_bytes().to_vec()),
+                None => (None, line.into_bytes()),
+            },
+            None => (None, line.into_bytes()),
+        };
+        let rx = producer
+            .send(&a.topic, a.partition, key, Some(value), vec![])
+            .await
+            .map_err(explain)?;
+        pending.push_back(rx);
+        sent += 1;
+        // Keep answers flowing without holding every receiver of a long input.
+        while pending.len() > 50_000 {
+            if let Some(rx) = pending.pop_front()
+                && let Err(e) = rx.await.map_err(|_| client::Error::Closed).and_then(|r| r)
+            {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+            bar.set_position(sent);
+        }
+        if sent.is_multiple_of(1000) {
+            bar.set_position(sent);
+        }
+    }
+    for rx in pending {
+        if let Err(e) = rx.await.map_err(|_| client::Error::Closed).and_then(|r| r) {
+            failed += 1;
+            first_error.get_or_insert(e);
+        }
+    }
+    producer.close().await;
+    bar.finish_and_clear();
+    if let Some(e) = first_error {
+        bail!(
+            "{failed} of {sent} records were not produced; first error: {}",
+            explain(e)
+        );
+    }
+    eprintln!("produced {sent} records to {}", a.topic);
+    Ok(())
+}
+
+pub struct ConsumeArgs {
+    pub topic: String,
+    pub partition: Option<u32>,
+    pub from_beginning: bool,
+    pub offset: Option<i64>,
+    pub from_time: Option<i64>,
+    pub group: Option<String>,
+    pub max_messages: Option<u64>,
+    pub json: bool,
+    pub idle_exit: Option<Duration>,
+}
+
+fn print_record(out: &mut impl Write, r: &ConsumedRecord, json: bool) -> std::io::Result<()> {
+    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+    if json {
+        let line = format!(
+            "{{\"partition\":{},\"offset\":{},\"timestamp\":{},\"key\":{},\"value\":{}}}",
+            r.partition,
+            r.offset,
+            r.timestamp_ms,
+            text(&r.key).map_or("null".into(), |k| json_string(&k)),
+            text(&r.value).map_or("null".into(), |v| json_string(&v)),
+        );
+        writeln!(out, "{line}")
+    } else {
+        writeln!(out, "{}", text(&r.value).unwrap_or_default())
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Prints records from the chosen position until `max_messages`, or until idle for
+/// `idle_exit`, or forever.
+pub async fn consume(c: &Client, a: ConsumeArgs) -> anyhow::Result<()> {
+    let parts: Vec<u32> = a.partition.into_iter().collect();
+    let cfg = ConsumerConfig {
+        group: a.group.clone(),
+        auto_commit: a.group.as_ref().map(|_| Duration::from_secs(1)),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::assign(c.clone(), cfg, &a.topic, &parts)
+        .await
+        .map_err(explain)?;
+    if let Some(o) = a.offset {
+        consumer
+            .seek(None, SeekTo::Offset(o))
+            .await
+            .map_err(explain)?;
+    } else if let Some(ts) = a.from_time {
+        consumer
+            .seek(None, SeekTo::Timestamp(ts))
+            .await
+            .map_err(explain)?;
+    } else if a.from_beginning {
+        consumer
+            .seek(None, SeekTo::Beginning)
+            .await
+            .map_err(explain)?;
+    } else if a.group.is_none() {
+        consumer.seek(None, SeekTo::End).await.map_err(explain)?;
+    }
+    let bar = progress(a.max_messages, "consumed");
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut n = 0u64;
+    let mut idle_since = tokio::time::Instant::now();
+    'outer: loop {
+        let records = consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .map_err(explain)?;
+        if records.is_empty() {
+            if a.idle_exit.is_some_and(|d| idle_since.elapsed() >= d) {
+                break;
+            }
+            continue;
+        }
+        idle_since = tokio::time::Instant::now();
+        for r in &records {
+            print_record(&mut out, r, a.json)?;
+            n += 1;
+            if a.max_messages.is_some_and(|m| n >= m) {
+                break 'outer;
+            }
+        }
+        bar.set_position(n);
+        out.flush()?;
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    // Commit exactly what was printed: the position after the last record shown.
+    consumer.commit().await.map_err(explain)?;
+    Ok(())
+}
+
+/// A group's committed offsets and lag per partition.
+pub async fn offsets(c: &Client, group: &str, topic: Option<&str>) -> anyhow::Result<()> {
+    let committed = c
+        .fetch_offsets(group, topic.unwrap_or(""))
+        .await
+        .map_err(explain)?;
+    if committed.is_empty() {
+        println!("group {group} has no committed offsets");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>9} {:>12} {:>12} {:>10}",
+        "topic", "partition", "committed", "high", "lag"
+    );
+    let mut highs = std::collections::HashMap::new();
+    for o in committed {
+        if !highs.contains_key(&o.topic) {
+            let d = c.describe_topic(&o.topic).await.map_err(explain)?;
+            highs.insert(o.topic.clone(), d.partitions);
+        }
+        let high = highs[&o.topic]
+            .iter()
+            .find(|p| p.partition == o.partition)
+            .map_or(0, |p| p.high_watermark);
+        println!(
+            "{:<24} {:>9} {:>12} {:>12} {:>10}",
+            o.topic,
+            o.partition,
+            o.offset,
+            high,
+            (high - o.offset).max(0)
+        );
+    }
+    Ok(())
+}
