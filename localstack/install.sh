@@ -8,35 +8,25 @@ set -euo pipefail
 CACHE="${TIERLOG_CACHE:-$HOME/.cache/tierlog}"
 mkdir -p "$CACHE"
 
-install_python() {
-    local venv="$CACHE/venv"
-    local req="pyarrow==21.0.0 duckdb==1.5.5 kafka-python==2.2.15"
+# install_venv NAME "REQUIREMENTS" PROGRAM: a venv under $CACHE/NAME holding REQUIREMENTS, rebuilt
+# only when they change; prints the path of PROGRAM inside it.
+install_venv() {
+    local venv="$CACHE/$1" req="$2" program="$3"
     local stamp="$venv/.tierlog-requirements"
-    if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$req" ]; then
-        echo "python clients already installed in $venv" >&2
-    else
-        echo "installing python clients into $venv: $req" >&2
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check $req >&2
-        echo "$req" > "$stamp"
-    fi
-    echo "$venv/bin/python"
-}
-
-install_s3() {
-    local venv="$CACHE/moto"
-    local req="moto[server]==5.1.14"
-    local stamp="$venv/.tierlog-requirements"
-    if [ -x "$venv/bin/moto_server" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$req" ]; then
-        echo "moto already installed in $venv" >&2
+    if [ -x "$venv/bin/$program" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$req" ]; then
+        echo "$1 already installed in $venv" >&2
     else
         echo "installing $req into $venv" >&2
         python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check "$req" >&2
+        # shellcheck disable=SC2086  # REQUIREMENTS is a list of pip specifiers
+        "$venv/bin/pip" install --quiet --disable-pip-version-check $req >&2
         echo "$req" > "$stamp"
     fi
-    echo "$venv/bin/moto_server"
+    echo "$venv/bin/$program"
 }
+
+install_python() { install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 kafka-python==2.2.15" python; }
+install_s3() { install_venv moto "moto[server]==5.1.14" moto_server; }
 
 case "${1:-all}" in
     python) install_python ;;

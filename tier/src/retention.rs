@@ -12,6 +12,7 @@ use crate::cold::manifest::Op;
 use crate::config::FsyncPolicy;
 use crate::engine::{Inner, Partition};
 use crate::error::Result;
+use crate::now_ms;
 
 pub(crate) fn spawn_housekeeping(inner: &Arc<Inner>) {
     if let FsyncPolicy::Interval { ms } = inner.cfg.fsync {
@@ -79,12 +80,6 @@ async fn housekeep(inner: &Arc<Inner>) {
             tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e, "cold retention failed");
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn cold_retention(p: &Arc<Partition>) -> Result<()> {

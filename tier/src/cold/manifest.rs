@@ -40,6 +40,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::now_ms;
 use crate::store::Retry;
 
 /// Entries per chunk and the most entries a level holds in a checkpoint.
@@ -316,12 +317,6 @@ fn decode<T: DeserializeOwned>(kind: &str, location: &Path, bytes: &[u8]) -> Res
 
 fn nonce() -> String {
     format!("{:016x}", fastrand::u64(..))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Object paths of one partition.
