@@ -100,8 +100,8 @@ impl Producer {
     }
 
     /// Queues a record; the returned future resolves when its batch is acknowledged. Records
-    /// with a key go to `partition_for_key`; without one, to `partition` or else round-robin by
-    /// value hash. Waits when the partition's queue is full.
+    /// go to `partition` when given, else to `partition_for_key` of the key, else of the value.
+    /// Waits when the partition's queue is full.
     pub async fn send(
         &self,
         topic: &str,

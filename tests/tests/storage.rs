@@ -63,6 +63,17 @@ async fn check_all(t: &Tier, partition: u32, from: i64, n: i64, cold_below: i64)
     assert_eq!(next, n);
 }
 
+/// Polls `cond` every 20 ms; fails with `what` if it does not hold within 10 s.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}");
+}
+
 async fn produce(t: &Tier, partition: u32, from: i64, n: i64, batch: i64) {
     let mut i = from;
     while i < from + n {
@@ -307,12 +318,10 @@ async fn cold_retention_removes_whole_segments() {
         },
     )
     .unwrap();
-    let mut waited = 0;
-    while t.offsets("events", 0).unwrap().cold_bytes > keep {
-        waited += 1;
-        assert!(waited < 500, "retention never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("retention never ran", || {
+        t.offsets("events", 0).unwrap().cold_bytes <= keep
+    })
+    .await;
     let after = t.offsets("events", 0).unwrap();
     assert!(after.log_start > 0);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -564,12 +573,10 @@ async fn time_based_retention_on_both_tiers() {
     t.open_partition("events", 0, 1).await.unwrap();
     produce(&t, 0, 0, 5000, 100).await;
     t.flush("events", 0).await.unwrap();
-    let mut waited = 0;
-    while t.offsets("events", 0).unwrap().hot_start < 5000 {
-        waited += 1;
-        assert!(waited < 500, "aged hot segments were never deleted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("aged hot segments were never deleted", || {
+        t.offsets("events", 0).unwrap().hot_start >= 5000
+    })
+    .await;
     // Keep records newer than the one at offset 2500 (event times are in the past).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -585,12 +592,10 @@ async fn time_based_retention_on_both_tiers() {
         },
     )
     .unwrap();
-    let mut waited = 0;
-    while t.offsets("events", 0).unwrap().log_start == 0 {
-        waited += 1;
-        assert!(waited < 500, "time retention never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("time retention never ran", || {
+        t.offsets("events", 0).unwrap().log_start != 0
+    })
+    .await;
     let start = t.offsets("events", 0).unwrap().log_start;
     assert!(
         start > 1000 && start <= 2500,

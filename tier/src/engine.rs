@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Record, RecordBatch};
 use crate::cold::cache::{self, ColdCache};
-use crate::cold::manifest::{Manifest, ManifestState, ManifestWriter, Op, SegmentEntry};
+use crate::cold::manifest::{Manifest, ManifestState, ManifestWriter, SegmentEntry};
 use crate::config::TierConfig;
 use crate::error::{Error, Result};
 use crate::hot::AppendResult;
@@ -466,9 +466,10 @@ impl Tier {
         let p = self.get(topic, partition)?;
         let cold = p.cold();
         let (cold_bytes, _, cold_segments) = cold.totals();
+        let hot_start = p.log.start_offset();
         Ok(PartitionOffsets {
-            log_start: log_start(&cold, p.log.start_offset()),
-            hot_start: p.log.start_offset(),
+            log_start: log_start(&cold, hot_start),
+            hot_start,
             cold_next: cold.next_offset,
             durable_next: p.log.durable_next(),
             next: p.log.next_offset(),
@@ -497,8 +498,11 @@ impl Tier {
         if let Some(p) = &p {
             p.cancel.cancel();
             let handle = p.uploader.lock().expect("uploader lock poisoned").take();
-            if let Some(h) = handle {
-                let _ = h.await;
+            if let Some(Err(e)) = match handle {
+                Some(h) => Some(h.await),
+                None => None,
+            } {
+                tracing::error!(topic, partition, error = %e, "the uploader task failed");
             }
         }
         let dir = self
@@ -633,16 +637,6 @@ impl Tier {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-    }
-
-    /// Applies an Op to a partition's manifest directly (tests and tools).
-    #[doc(hidden)]
-    pub async fn commit_manifest(&self, topic: &str, partition: u32, op: Op) -> Result<()> {
-        let p = self.get(topic, partition)?;
-        let mut w = p.writer.lock().await;
-        w.commit(op).await?;
-        p.set_cold(w.state());
-        Ok(())
     }
 }
 

@@ -30,10 +30,19 @@ fn open_at(
     cold_next: i64,
     cold_epoch: u64,
 ) -> Result<PartitionLog> {
+    open_with(dir, cfg(dir, segment_bytes), cold_next, cold_epoch)
+}
+
+fn open_with(
+    dir: &Path,
+    c: Arc<TierConfig>,
+    cold_next: i64,
+    cold_epoch: u64,
+) -> Result<PartitionLog> {
     PartitionLog::open(
         dir,
         PartitionId::new("t", 0),
-        cfg(dir, segment_bytes),
+        c,
         cold_next,
         cold_epoch,
         Arc::default(),
@@ -290,15 +299,7 @@ fn oversized_batch_is_refused() {
         max_batch_bytes: 1000,
         ..TierConfig::default()
     });
-    let log = PartitionLog::open(
-        dir.path(),
-        PartitionId::new("t", 0),
-        c,
-        0,
-        0,
-        Arc::default(),
-    )
-    .unwrap();
+    let log = open_with(dir.path(), c, 0, 0).unwrap();
     let err = log.append(batch(0, 100, 1), 1).unwrap_err();
     assert!(matches!(err, Error::TooLarge { limit: 1000, .. }), "{err}");
     assert_eq!(log.next_offset(), 0);
@@ -326,7 +327,7 @@ proptest! {
             fsync: FsyncPolicy::Never,
             ..TierConfig::default()
         });
-        let log = PartitionLog::open(dir.path(), PartitionId::new("t", 0), c, 0, 0, Arc::default()).unwrap();
+        let log = open_with(dir.path(), c, 0, 0).unwrap();
         let mut all = Vec::new();
         for n in &sizes {
             let mut b = BatchBuilder::new(Compression::None);
@@ -402,15 +403,7 @@ fn read_all_returns_a_large_segment_whole() {
         fsync: FsyncPolicy::Never,
         ..TierConfig::default()
     });
-    let log = PartitionLog::open(
-        dir.path(),
-        PartitionId::new("t", 0),
-        c,
-        0,
-        0,
-        Arc::default(),
-    )
-    .unwrap();
+    let log = open_with(dir.path(), c, 0, 0).unwrap();
     let value = vec![7u8; 100 << 10];
     for i in 0..400 {
         let mut b = BatchBuilder::new(Compression::None);
