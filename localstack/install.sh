@@ -2,6 +2,7 @@
 # Installs what tierlog's tests and local clusters need, idempotently.
 #   localstack/install.sh python   # venv with the independent clients: pyarrow, duckdb, kafka-python
 #   localstack/install.sh s3       # venv with moto's S3 server (and boto3)
+#   localstack/install.sh etcd     # Debian's etcd-server and etcd-client (etcdctl), if etcd is missing
 # Prints the installed interpreter or server path on the last line of its output.
 set -euo pipefail
 
@@ -28,9 +29,28 @@ install_venv() {
 install_python() { install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 kafka-python==2.2.15" python; }
 install_s3() { install_venv moto "moto[server]==5.1.14" moto_server; }
 
+# Debian's etcd 3.4 (what the etcd backend is tested against). apt only when `etcd` is missing;
+# sudo only when not root; the package lists are refreshed only if the first try fails.
+install_etcd() {
+    if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing etcd-server and etcd-client with apt-get" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        if ! $sudo apt-get install -y -q etcd-server etcd-client >&2; then
+            $sudo apt-get update -q >&2
+            $sudo apt-get install -y -q etcd-server etcd-client >&2
+        fi
+    else
+        echo "etcd already installed" >&2
+    fi
+    command -v etcd
+}
+
 case "${1:-all}" in
     python) install_python ;;
     s3) install_s3 ;;
-    all) install_python >/dev/null; install_s3 ;;
-    *) echo "usage: $0 [python|s3|all]" >&2; exit 2 ;;
+    etcd) install_etcd ;;
+    all) install_python >/dev/null; install_s3 >/dev/null; install_etcd ;;
+    *) echo "usage: $0 [python|s3|etcd|all]" >&2; exit 2 ;;
 esac

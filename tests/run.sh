@@ -9,9 +9,14 @@ TIERLOG_PYTHON="$(bash localstack/install.sh python | tail -n 1)"
 export TIERLOG_PYTHON
 
 S3_PORT="${TIERLOG_TEST_S3_PORT:-39000}"
+ETCD_PORT="${TIERLOG_TEST_ETCD_PORT:-23790}"
 TIERLOG_S3_ENDPOINT="$(bash localstack/s3.sh start "$S3_PORT" tierlog | tail -n 1)"
 export TIERLOG_S3_ENDPOINT
-trap 'bash localstack/s3.sh stop "$S3_PORT"' EXIT
+trap 'bash localstack/s3.sh stop "$S3_PORT"; bash localstack/etcd.sh stop "$ETCD_PORT"' EXIT
+# One etcd member; tests that kill or compact etcd run private ones (the `etcd` binary installed
+# here), and every test run keeps its keys under a namespace of its own.
+TIERLOG_ETCD_ENDPOINTS="$(bash localstack/etcd.sh start 1 "$ETCD_PORT" | tail -n 1)"
+export TIERLOG_ETCD_ENDPOINTS
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest (once)" >&2

@@ -197,7 +197,8 @@ pub struct ConsumeArgs {
 }
 
 fn print_record(out: &mut impl Write, r: &ConsumedRecord, json: bool) -> std::io::Result<()> {
-    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+    let text =
+        |b: &Option<bytes::Bytes>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
     if json {
         let line = format!(
             "{{\"partition\":{},\"offset\":{},\"timestamp\":{},\"key\":{},\"value\":{}}}",

@@ -1,6 +1,7 @@
 //! `tierlog`: the single binary. `tierlog serve` runs a node; with no flags it is a complete
 //! single node on local disk (hot tier, object store on the file system, embedded metadata).
 
+mod bench;
 mod commands;
 mod settings;
 
@@ -81,6 +82,8 @@ enum Command {
         #[arg(long)]
         idle_exit_ms: Option<u64>,
     },
+    /// Measure throughput and latency through a node, next to baselines from the same run.
+    Bench(bench::BenchArgs),
     /// A consumer group's committed offsets and lag per partition.
     Offsets {
         #[arg(long)]
@@ -222,6 +225,7 @@ fn main() -> std::process::ExitCode {
                 )
                 .await
             }
+            Command::Bench(args) => bench::run(&server, args).await,
             Command::Offsets { group, topic } => {
                 let c = commands::connect(&server).await?;
                 commands::offsets(&c, &group, topic.as_deref()).await
@@ -287,7 +291,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .add_service(Service::new(broker.clone()).into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown_signal(),
+            {
+                let broker = broker.clone();
+                async move {
+                    shutdown_signal().await;
+                    // End follow-mode fetch streams, or the server would wait for them forever.
+                    broker.drain();
+                }
+            },
         )
         .await
         .context("serving gRPC")?;

@@ -1,10 +1,19 @@
 //! The consumer: owns its position per partition, polls, seeks, and commits a group's offsets
 //! (the next offset to read, as Kafka does) synchronously, asynchronously or every N ms.
+//!
+//! Fetching runs ahead of `poll`: each assigned partition has a follow-mode fetch stream (the
+//! node pushes records as they arrive, no polling interval) feeding a bounded channel, so a
+//! consumer holds at most `prefetch_messages` responses per partition. Invariant: `poll`
+//! returns only records at the current position of their partition; responses from a stream
+//! started before a `seek` (an older generation) are dropped, and a failed stream is restarted
+//! from the position on the next `poll`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use proto::v1 as pb;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::{Client, Result};
@@ -15,8 +24,10 @@ pub struct ConsumerConfig {
     pub group: Option<String>,
     /// Commit every this often during `poll` (needs a group). `None`: commit by hand.
     pub auto_commit: Option<Duration>,
-    /// Payload bytes per partition per poll.
+    /// Payload bytes per fetch response.
     pub max_bytes: u32,
+    /// Fetch responses buffered ahead per partition.
+    pub prefetch_messages: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -25,6 +36,7 @@ impl Default for ConsumerConfig {
             group: None,
             auto_commit: None,
             max_bytes: 1 << 20,
+            prefetch_messages: 4,
         }
     }
 }
@@ -45,9 +57,17 @@ pub struct ConsumedRecord {
     pub partition: u32,
     pub offset: i64,
     pub timestamp_ms: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
     pub headers: Vec<pb::Header>,
+}
+
+/// A fetch stream's output: (partition, generation, response or error).
+type Fetched = (u32, u64, Result<pb::FetchResponse>);
+
+struct Fetcher {
+    generation: u64,
+    task: tokio::task::JoinHandle<()>,
 }
 
 pub struct Consumer {
@@ -56,6 +76,18 @@ pub struct Consumer {
     topic: String,
     positions: BTreeMap<u32, i64>,
     last_commit: Instant,
+    fetchers: BTreeMap<u32, Fetcher>,
+    generation: u64,
+    tx: mpsc::Sender<Fetched>,
+    rx: mpsc::Receiver<Fetched>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        for f in self.fetchers.values() {
+            f.task.abort();
+        }
+    }
 }
 
 impl Consumer {
@@ -73,12 +105,17 @@ impl Consumer {
         } else {
             partitions.to_vec()
         };
+        let (tx, rx) = mpsc::channel(cfg.prefetch_messages.max(1) * parts.len().max(1));
         let mut c = Consumer {
             client,
             cfg,
             topic: topic.to_string(),
             positions: BTreeMap::new(),
             last_commit: Instant::now(),
+            fetchers: BTreeMap::new(),
+            generation: 0,
+            tx,
+            rx,
         };
         let committed: BTreeMap<u32, i64> = match &c.cfg.group {
             Some(g) => c
@@ -134,8 +171,57 @@ impl Consumer {
         for p in parts {
             let pos = self.resolve(p, to).await?;
             self.positions.insert(p, pos);
+            self.stop_fetcher(p);
         }
         Ok(())
+    }
+
+    fn stop_fetcher(&mut self, partition: u32) {
+        if let Some(f) = self.fetchers.remove(&partition) {
+            f.task.abort();
+        }
+    }
+
+    /// Starts a follow stream from the position of every partition that has none.
+    fn start_fetchers(&mut self) {
+        for (&p, &from) in &self.positions {
+            if self.fetchers.contains_key(&p) {
+                continue;
+            }
+            self.generation += 1;
+            let generation = self.generation;
+            let mut rpc = self.client.rpc();
+            let tx = self.tx.clone();
+            let req = pb::FetchRequest {
+                topic: self.topic.clone(),
+                partition: p,
+                start: Some(pb::fetch_request::Start::Offset(from)),
+                max_bytes: self.cfg.max_bytes,
+                follow: true,
+                max_records: 0,
+            };
+            let task = tokio::spawn(async move {
+                let mut stream = match rpc.fetch(req).await {
+                    Ok(s) => s.into_inner(),
+                    Err(e) => {
+                        let _ = tx.send((p, generation, Err(e.into()))).await;
+                        return;
+                    }
+                };
+                loop {
+                    let out = match stream.message().await {
+                        Ok(Some(m)) => Ok(m),
+                        Ok(None) => return,
+                        Err(e) => Err(e.into()),
+                    };
+                    let failed = out.is_err();
+                    if tx.send((p, generation, out)).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            self.fetchers.insert(p, Fetcher { generation, task });
+        }
     }
 
     /// The next offset this consumer reads, per partition.
@@ -144,46 +230,61 @@ impl Consumer {
     }
 
     /// Records after the current positions, waiting up to `timeout` when there are none yet.
+    /// Returns what has arrived (from one or more partitions) as soon as anything has.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
         let deadline = Instant::now() + timeout;
-        loop {
-            let mut out = Vec::new();
-            let parts: Vec<(u32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
-            for (p, from) in parts {
-                let mut stream = self
-                    .client
-                    .rpc()
-                    .fetch(pb::FetchRequest {
-                        topic: self.topic.clone(),
-                        partition: p,
-                        start: Some(pb::fetch_request::Start::Offset(from)),
-                        max_bytes: self.cfg.max_bytes,
-                        follow: false,
-                        max_records: 0,
-                    })
-                    .await?
-                    .into_inner();
-                // One message per partition per poll: about max_bytes.
-                if let Some(msg) = stream.message().await? {
-                    for r in msg.records {
-                        self.positions.insert(p, r.offset + 1);
-                        out.push(ConsumedRecord {
-                            partition: p,
-                            offset: r.offset,
-                            timestamp_ms: r.timestamp_ms,
-                            key: r.key,
-                            value: r.value,
-                            headers: r.headers,
-                        });
-                    }
+        self.start_fetchers();
+        let mut out = Vec::new();
+        // At most one channel's worth of responses per poll, so a poll returns.
+        let mut budget = self.rx.max_capacity();
+        while budget > 0 {
+            budget -= 1;
+            let next = if out.is_empty() {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
                 }
+            } else {
+                match self.rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break,
+                }
+            };
+            let Some((p, generation, msg)) = next else {
+                break;
+            };
+            if self.fetchers.get(&p).map(|f| f.generation) != Some(generation) {
+                continue; // from before a seek
             }
-            self.maybe_auto_commit().await?;
-            if !out.is_empty() || Instant::now() >= deadline {
-                return Ok(out);
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    // Restarted from the position on the next poll.
+                    self.stop_fetcher(p);
+                    if out.is_empty() {
+                        return Err(e);
+                    }
+                    break;
+                }
+            };
+            let pos = self.positions.get(&p).copied().unwrap_or(0);
+            for r in msg.records {
+                if r.offset < pos {
+                    continue;
+                }
+                self.positions.insert(p, r.offset + 1);
+                out.push(ConsumedRecord {
+                    partition: p,
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp_ms,
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers,
+                });
             }
-            tokio::time::sleep(Duration::from_millis(20).min(deadline - Instant::now())).await;
         }
+        self.maybe_auto_commit().await?;
+        Ok(out)
     }
 
     async fn maybe_auto_commit(&mut self) -> Result<()> {

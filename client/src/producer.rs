@@ -1,11 +1,17 @@
 //! The producer: one sender task per partition, fed through a bounded queue (back-pressure),
 //! batching by size and linger, one request in flight per partition (order), retries with
 //! exponential backoff for retriable errors.
+//!
+//! Each batch is encoded here as a Kafka v2 record batch (CRC-32C, optionally zstd) and sent as
+//! one `record_batch`: the node checks it and stores it as sent, so the bytes on disk are the
+//! bytes the producer checksummed. Records carry the producer's clock (Kafka's CreateTime).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use proto::batch::{BatchBuilder, Compression};
 use proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
@@ -57,7 +63,10 @@ pub struct RecordMetadata {
 }
 
 struct Pending {
-    record: pb::Record,
+    timestamp_ms: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+    headers: Vec<proto::batch::Header>,
     size: usize,
     done: oneshot::Sender<Result<RecordMetadata>>,
 }
@@ -119,12 +128,16 @@ impl Producer {
         let size = key.as_ref().map_or(0, Vec::len) + value.as_ref().map_or(0, Vec::len) + 16;
         let (done, rx) = oneshot::channel();
         let pending = Pending {
-            record: pb::Record {
-                key,
-                value,
-                headers,
-                timestamp_ms: 0,
-            },
+            timestamp_ms: now_ms(),
+            key: key.map(Bytes::from),
+            value: value.map(Bytes::from),
+            headers: headers
+                .into_iter()
+                .map(|h| proto::batch::Header {
+                    key: h.key,
+                    value: h.value,
+                })
+                .collect(),
             size,
             done,
         };
@@ -192,22 +205,46 @@ async fn send_batch(
     partition: u32,
     batch: Vec<Pending>,
 ) {
-    let (records, dones): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.record, p.done)).unzip();
+    let mut builder = BatchBuilder::new(if cfg.zstd {
+        Compression::Zstd
+    } else {
+        Compression::None
+    });
+    let mut dones = Vec::with_capacity(batch.len());
+    for p in batch {
+        builder.push(
+            p.timestamp_ms,
+            p.key.as_deref(),
+            p.value.as_deref(),
+            &p.headers,
+        );
+        dones.push(p.done);
+    }
+    let record_batch = match builder.build() {
+        Ok(b) => b.into_bytes(),
+        Err(e) => {
+            for done in dones {
+                let _ = done.send(Err(Error::Server {
+                    code: ErrorCode::InvalidRequest,
+                    message: format!("cannot encode the batch: {e}"),
+                    retriable: false,
+                }));
+            }
+            return;
+        }
+    };
     let req = pb::ProduceRequest {
         topic: topic.to_string(),
         partition,
-        records,
+        records: Vec::new(),
         acks: match cfg.acks {
             Acks::None => pb::Acks::None,
             Acks::Leader => pb::Acks::Leader,
             Acks::All => pb::Acks::All,
         } as i32,
-        compression: if cfg.zstd {
-            pb::Compression::Zstd
-        } else {
-            pb::Compression::None
-        } as i32,
+        compression: pb::Compression::None as i32,
         producer: None,
+        record_batch,
     };
     let mut delay = cfg.retry_backoff;
     let mut attempt = 0;
@@ -268,4 +305,10 @@ async fn send_batch(
             }
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meta::{LeaseId, Meta, NodeId, PartitionOffset, TopicConfig, TopicMeta};
-use tier::{BatchBuilder, Compression, Header, PartitionOffsets, ReadResult, Tier};
+use tier::{BatchBuilder, Compression, Header, PartitionOffsets, ReadResult, RecordBatch, Tier};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -113,6 +113,9 @@ struct Inner {
     epochs: RwLock<HashMap<(String, u32), u64>>,
     arrivals: Mutex<HashMap<(String, u32), Arc<Notify>>>,
     cancel: CancellationToken,
+    /// Cancelled when the node starts draining: waiting reads end, so open fetch streams close
+    /// and the server's graceful shutdown can finish.
+    draining: CancellationToken,
 }
 
 /// The ingest core. Cheap to clone.
@@ -149,6 +152,7 @@ impl Broker {
                 epochs: RwLock::default(),
                 arrivals: Mutex::default(),
                 cancel: CancellationToken::new(),
+                draining: CancellationToken::new(),
             }),
         };
         broker.spawn_keep_alive();
@@ -335,12 +339,7 @@ impl Broker {
         let mut errors = Vec::new();
         let mut b = BatchBuilder::new(compression);
         for (index, r) in records.iter().enumerate() {
-            let size = r.key.as_ref().map_or(0, Bytes::len)
-                + r.value.as_ref().map_or(0, Bytes::len)
-                + r.headers
-                    .iter()
-                    .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
-                    .sum::<usize>();
+            let size = record_size(r.key.as_ref(), r.value.as_ref(), &r.headers);
             if size > limit {
                 errors.push((index, Error::RecordTooLarge { index, size, limit }));
                 continue;
@@ -361,9 +360,85 @@ impl Broker {
             });
         }
         let batch = b.build()?;
+        self.append(topic, &storage, partition, batch, acks, accepted, errors)
+            .await
+    }
+
+    /// Appends a record batch the producer built (Kafka v2, base offset 0). Every record is
+    /// checked; the batch is stored as sent unless records over the size limit must be refused,
+    /// in which case the others are re-batched (timestamps and producer fields kept) and appended.
+    pub async fn produce_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        bytes: Bytes,
+        acks: Acks,
+    ) -> Result<ProduceResult> {
+        let (_, storage) = self.partition(topic, partition).await?;
+        let batch = RecordBatch::parse(bytes)
+            .map_err(|e| Error::InvalidRequest(format!("record batch: {e}")))?;
+        let records = batch
+            .records()
+            .map_err(|e| Error::InvalidRequest(format!("record batch: {e}")))?;
+        let limit = self.inner.cfg.max_record_bytes;
+        let mut errors = Vec::new();
+        for (index, r) in records.iter().enumerate() {
+            let size = record_size(r.key.as_ref(), r.value.as_ref(), &r.headers);
+            if size > limit {
+                errors.push((index, Error::RecordTooLarge { index, size, limit }));
+            }
+        }
+        let (batch, accepted) = if errors.is_empty() {
+            (batch, records.len())
+        } else {
+            let h = batch.header();
+            let mut b = BatchBuilder::new(
+                batch
+                    .header()
+                    .compression()
+                    .map_err(|e| Error::InvalidRequest(format!("record batch: {e}")))?,
+            )
+            .producer(h.producer, h.is_transactional());
+            let refused: Vec<usize> = errors.iter().map(|(i, _)| *i).collect();
+            for (i, r) in records.iter().enumerate() {
+                if !refused.contains(&i) {
+                    b.push(
+                        r.timestamp,
+                        r.key.as_deref(),
+                        r.value.as_deref(),
+                        &r.headers,
+                    );
+                }
+            }
+            let accepted = b.len();
+            if accepted == 0 {
+                return Ok(ProduceResult {
+                    base_offset: -1,
+                    accepted,
+                    errors,
+                });
+            }
+            (b.build()?, accepted)
+        };
+        self.append(topic, &storage, partition, batch, acks, accepted, errors)
+            .await
+    }
+
+    /// Appends a checked batch and waits as `acks` asks.
+    #[allow(clippy::too_many_arguments)]
+    async fn append(
+        &self,
+        topic: &str,
+        storage: &str,
+        partition: u32,
+        batch: RecordBatch,
+        acks: Acks,
+        accepted: usize,
+        errors: Vec<(usize, Error)>,
+    ) -> Result<ProduceResult> {
         let append = {
             let this = self.clone();
-            let (topic, storage) = (topic.to_string(), storage.clone());
+            let (topic, storage) = (topic.to_string(), storage.to_string());
             async move {
                 let r = this.inner.tier.append(&storage, partition, batch).await?;
                 this.arrivals(&topic, partition).notify_waiters();
@@ -384,7 +459,7 @@ impl Broker {
         }
         let r = append.await?;
         if acks == Acks::All {
-            self.inner.tier.flush(&storage, partition).await?;
+            self.inner.tier.flush(storage, partition).await?;
         }
         Ok(ProduceResult {
             base_offset: r.base_offset,
@@ -455,9 +530,16 @@ impl Broker {
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.inner.cancel.cancelled() => return Ok(r),
+                _ = self.inner.cancel.cancelled() => return Err(Error::ShuttingDown),
+                _ = self.inner.draining.cancelled() => return Err(Error::ShuttingDown),
             }
         }
+    }
+
+    /// Starts draining: reads waiting for new records end with [`Error::ShuttingDown`], so
+    /// follow-mode fetch streams close. Call before stopping the server, then [`Broker::shutdown`].
+    pub fn drain(&self) {
+        self.inner.draining.cancel();
     }
 
     pub async fn commit_offsets(&self, group: &str, offsets: Vec<PartitionOffset>) -> Result<()> {
@@ -487,6 +569,7 @@ impl Broker {
     /// Graceful shutdown: seals and uploads every partition, resigns leaderships, revokes the
     /// lease.
     pub async fn shutdown(&self) -> Result<()> {
+        self.inner.draining.cancel();
         self.inner.cancel.cancel();
         let closed = self.inner.tier.close(true).await;
         let epochs: Vec<_> = self
@@ -511,3 +594,13 @@ impl Broker {
 
 #[cfg(test)]
 mod tests;
+
+/// The bytes of a record that count against the size limit: key, value and headers.
+fn record_size(key: Option<&Bytes>, value: Option<&Bytes>, headers: &[Header]) -> usize {
+    key.map_or(0, Bytes::len)
+        + value.map_or(0, Bytes::len)
+        + headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
+            .sum::<usize>()
+}

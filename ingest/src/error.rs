@@ -40,10 +40,19 @@ pub enum Error {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The node is draining for shutdown; clients retry (on another node, or after a restart).
+    #[error("the node is shutting down")]
+    ShuttingDown,
     #[error(transparent)]
     Storage(#[from] tier::Error),
     #[error(transparent)]
     Meta(#[from] meta::Error),
+}
+
+impl From<tier::batch::Error> for Error {
+    fn from(e: tier::batch::Error) -> Self {
+        Error::Storage(e.into())
+    }
 }
 
 impl Error {
@@ -54,6 +63,7 @@ impl Error {
             Error::UnknownPartition { .. } => Code::UnknownPartition,
             Error::RecordTooLarge { .. } => Code::RecordTooLarge,
             Error::InvalidRequest(_) => Code::InvalidRequest,
+            Error::ShuttingDown => Code::ShuttingDown,
             Error::Storage(e) => match e {
                 tier::Error::Invalid(_) => Code::InvalidRequest,
                 tier::Error::Unsupported(_) => Code::Unsupported,

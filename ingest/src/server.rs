@@ -112,14 +112,14 @@ fn fetched(r: tier::Record) -> pb::FetchedRecord {
     pb::FetchedRecord {
         offset: r.offset,
         timestamp_ms: r.timestamp,
-        key: r.key.map(|k| k.to_vec()),
-        value: r.value.map(|v| v.to_vec()),
+        key: r.key,
+        value: r.value,
         headers: r
             .headers
             .into_iter()
             .map(|h| pb::Header {
                 key: h.key,
-                value: h.value.map(|v| v.to_vec()),
+                value: h.value,
             })
             .collect(),
     }
@@ -145,18 +145,31 @@ impl Tierlog for Service {
             Ok(pb::Compression::Zstd) => tier::Compression::Zstd,
             Err(_) => return Err(invalid(format!("unknown compression {}", req.compression))),
         };
+        if !req.record_batch.is_empty() {
+            if !req.records.is_empty() {
+                return Err(invalid(
+                    "a produce request carries records or a record batch, not both",
+                ));
+            }
+            let r = self
+                .broker
+                .produce_batch(&req.topic, req.partition, req.record_batch, acks)
+                .await
+                .map_err(status)?;
+            return Ok(Response::new(produce_response(&r)));
+        }
         let records = req
             .records
             .into_iter()
             .map(|r| ProduceRecord {
-                key: r.key.map(Bytes::from),
-                value: r.value.map(Bytes::from),
+                key: r.key,
+                value: r.value,
                 headers: r
                     .headers
                     .into_iter()
                     .map(|h| tier::Header {
                         key: h.key,
-                        value: h.value.map(Bytes::from),
+                        value: h.value,
                     })
                     .collect(),
                 timestamp_ms: r.timestamp_ms,
@@ -167,18 +180,7 @@ impl Tierlog for Service {
             .produce(&req.topic, req.partition, records, acks, compression)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::ProduceResponse {
-            base_offset: r.base_offset,
-            accepted: r.accepted as u32,
-            errors: r
-                .errors
-                .iter()
-                .map(|(i, e)| pb::RecordError {
-                    index: *i as u32,
-                    error: Some(detail(e)),
-                })
-                .collect(),
-        }))
+        Ok(Response::new(produce_response(&r)))
     }
 
     type FetchStream = FetchStream;
@@ -374,5 +376,20 @@ impl Tierlog for Service {
             })
             .collect();
         Ok(Response::new(pb::FetchOffsetsResponse { offsets }))
+    }
+}
+
+fn produce_response(r: &crate::ProduceResult) -> pb::ProduceResponse {
+    pb::ProduceResponse {
+        base_offset: r.base_offset,
+        accepted: r.accepted as u32,
+        errors: r
+            .errors
+            .iter()
+            .map(|(i, e)| pb::RecordError {
+                index: *i as u32,
+                error: Some(detail(e)),
+            })
+            .collect(),
     }
 }

@@ -285,7 +285,10 @@ fn join_error(e: tokio::task::JoinError) -> Error {
     if e.is_panic() {
         std::panic::resume_unwind(e.into_panic());
     }
-    Error::Unavailable { source: e.into() }
+    Error::Unavailable {
+        backend: "embedded store".into(),
+        source: e.into(),
+    }
 }
 
 fn is_read_only(txn: &Txn) -> bool {

@@ -17,9 +17,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The backend could not be reached or refused service for now (etcd down, no quorum).
-    #[error("metadata store unavailable")]
+    /// The backend could not be reached or refused service for now (etcd down, no quorum,
+    /// overloaded, a watch cut off). `backend` names it, e.g. `etcd at http://10.0.0.1:2379`.
+    #[error("metadata store unavailable ({backend})")]
     Unavailable {
+        backend: String,
         #[source]
         source: BoxError,
     },
@@ -77,6 +79,15 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The backend refused the request for a reason retrying won't fix (permission denied, an
+    /// unsupported API, an internal error of the backend): it needs an operator.
+    #[error("metadata store failed ({backend})")]
+    Backend {
+        backend: String,
+        #[source]
+        source: BoxError,
+    },
+
     /// The embedded store's local database failed.
     #[error("local metadata storage failed")]
     Storage {
@@ -118,7 +129,7 @@ impl Error {
             | Error::Compacted { .. } => ErrorClass::Caller,
             Error::LeaderExists { .. } | Error::Fenced { .. } => ErrorClass::Fenced,
             Error::Corrupt { .. } => ErrorClass::Corruption,
-            Error::Storage { .. } | Error::Closed => ErrorClass::Fatal,
+            Error::Backend { .. } | Error::Storage { .. } | Error::Closed => ErrorClass::Fatal,
         }
     }
 
@@ -157,9 +168,11 @@ mod tests {
     #[test]
     fn classification() {
         let unavailable = Error::Unavailable {
+            backend: "etcd at http://127.0.0.1:1".into(),
             source: "connection refused".into(),
         };
         assert!(unavailable.is_retryable());
+        assert!(unavailable.to_string().contains("http://127.0.0.1:1"));
         assert!(Error::Timeout { operation: "put" }.is_retryable());
         assert_eq!(Error::invalid("x").class(), ErrorClass::Caller);
         assert!(
@@ -175,5 +188,10 @@ mod tests {
         assert_eq!(corrupt.class(), ErrorClass::Corruption);
         assert!(std::error::Error::source(&corrupt).is_some());
         assert_eq!(Error::Closed.class(), ErrorClass::Fatal);
+        let denied = Error::Backend {
+            backend: "etcd at http://127.0.0.1:1".into(),
+            source: "permission denied".into(),
+        };
+        assert_eq!(denied.class(), ErrorClass::Fatal);
     }
 }

@@ -7,7 +7,9 @@
 //!   prefix watches with replay). See [`kv`] for the exact rules.
 //! - [`EmbeddedKv`]: the single-node backend (`tierlog serve`'s default), in memory with every
 //!   write committed to a local redb file first; [`EmbeddedKv::memory`] is the same without the
-//!   disk, for tests. An etcd backend implements the same trait.
+//!   disk, for tests.
+//! - [`EtcdKv`]: the same trait on an etcd v3 cluster, namespaced under a key prefix so that
+//!   several clusters (or test runs) can share one etcd. See [`etcd`] for the mapping.
 //! - [`Meta`]: the typed layer over any `Arc<dyn KvBackend>`: topics, id counters, partition
 //!   leadership with fencing epochs, the node registry, committed consumer offsets.
 //! - `conformance` (feature `conformance`): the checks every backend must pass.
@@ -45,12 +47,13 @@
 //! One enum, [`Error`], classified once by [`Error::class`]: retryable (`Unavailable`,
 //! `Timeout`, `Contention`), the caller's (`InvalidArgument`, `TopicNotFound`, `TopicExists`,
 //! `LeaseNotFound`, `Compacted`), fenced (`Fenced`, `LeaderExists`), corruption (`Corrupt`),
-//! fatal (`Storage`, `Closed`).
+//! fatal (`Backend`, `Storage`, `Closed`).
 
 pub mod clock;
 pub mod domain;
 pub mod embedded;
 pub mod error;
+pub mod etcd;
 pub mod kv;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -64,6 +67,7 @@ pub use domain::{
 };
 pub use embedded::{EmbeddedKv, EmbeddedOptions};
 pub use error::{Error, ErrorClass, Result};
+pub use etcd::{EtcdKv, EtcdOptions};
 pub use kv::{
     Compare, CompareOp, CompareTarget, DeleteResponse, EventKind, KeyValue, KvBackend, LeaseId,
     RangeResponse, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent, WatchStream,

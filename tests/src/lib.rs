@@ -124,6 +124,47 @@ pub fn s3_options() -> Option<Vec<(String, String)>> {
     ])
 }
 
+/// The etcd cluster to test against (`TIERLOG_ETCD_ENDPOINTS`, comma-separated client URLs,
+/// started by `localstack/etcd.sh`). Required in CI; skipped with a reason elsewhere.
+pub fn etcd_endpoints() -> Option<Vec<String>> {
+    match std::env::var("TIERLOG_ETCD_ENDPOINTS") {
+        Ok(e) if !e.trim().is_empty() => Some(
+            e.split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(String::from)
+                .collect(),
+        ),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("TIERLOG_ETCD_ENDPOINTS is not set: the test command starts etcd (see README)")
+        }
+        _ => {
+            eprintln!("skipping: TIERLOG_ETCD_ENDPOINTS is not set (run the README test command)");
+            None
+        }
+    }
+}
+
+/// The `etcd` server binary for tests that run a private etcd (`localstack/etcd.sh install`
+/// installs it). Required in CI; skipped with a reason elsewhere.
+pub fn etcd_binary() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("etcd"))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("no `etcd` on PATH: the test command installs it (see README)")
+        }
+        None => {
+            eprintln!("skipping: no `etcd` on PATH (bash localstack/etcd.sh install)");
+            None
+        }
+    }
+}
+
 /// A prefix no other test run uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()

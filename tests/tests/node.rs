@@ -89,8 +89,12 @@ impl Drop for Node {
 
 fn record(p: u32, i: u64) -> pb::Record {
     pb::Record {
-        key: Some(format!("k{i}").into_bytes()),
-        value: Some(format!("p{p}-v{i}-{}", "x".repeat((i % 50) as usize)).into_bytes()),
+        key: Some(format!("k{i}").into_bytes().into()),
+        value: Some(
+            format!("p{p}-v{i}-{}", "x".repeat((i % 50) as usize))
+                .into_bytes()
+                .into(),
+        ),
         headers: vec![],
         timestamp_ms: 1_767_225_600_000 + i as i64,
     }
@@ -332,7 +336,7 @@ async fn bad_input_gets_clear_errors() {
     }
     create(&mut c, "t", 1).await;
     let big = pb::Record {
-        value: Some(vec![0u8; 2 << 20]),
+        value: Some(vec![0u8; 2 << 20].into()),
         ..record(0, 1)
     };
     let r = c
@@ -351,6 +355,50 @@ async fn bad_input_gets_clear_errors() {
         r.errors[0].error.as_ref().unwrap().code,
         pb::ErrorCode::RecordTooLarge as i32
     );
+    // The same through a producer-built record batch: the oversized record is refused on its
+    // own, the others are stored with their own timestamps; a damaged batch is refused whole.
+    let mut b = proto::batch::BatchBuilder::new(proto::batch::Compression::Zstd);
+    b.push(1_000, None, Some(b"first"), &[]);
+    b.push(1_001, None, Some(&vec![7u8; 2 << 20][..]), &[]);
+    b.push(1_002, Some(b"k"), Some(b"third"), &[]);
+    let batch = b.build().unwrap().into_bytes();
+    let r = c
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            record_batch: batch.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.accepted, r.base_offset), (2, 2));
+    assert_eq!(r.errors.len(), 1);
+    assert_eq!(r.errors[0].index, 1);
+    assert_eq!(
+        r.errors[0].error.as_ref().unwrap().code,
+        pb::ErrorCode::RecordTooLarge as i32
+    );
+    let mut damaged = batch.to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x40;
+    let e = c
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            record_batch: damaged.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), pb::ErrorCode::InvalidRequest as i32, "{e}");
+    assert!(e.message().contains("CRC"), "{}", e.message());
+    let (got, _) = fetch_all(&mut c, "t", 0).await;
+    let values: Vec<(i64, i64, Vec<u8>)> = got
+        .iter()
+        .map(|r| (r.offset, r.timestamp_ms, r.value.clone().unwrap().to_vec()))
+        .collect();
+    assert_eq!(values.len(), 4, "{values:?}");
+    assert_eq!(&values[2], &(2, 1_000, b"first".to_vec()));
+    assert_eq!(&values[3], &(3, 1_002, b"third".to_vec()));
     // Garbage and a truncated HTTP/2 preface on the port: the node keeps serving.
     for junk in [
         &b"\x00\x01garbage\xff"[..],
@@ -471,6 +519,8 @@ async fn client_produces_100k_and_a_group_consumer_resumes_at_its_commit() {
         }
         rest.extend(batch);
     }
+    // `second` keeps its follow-mode fetch streams open through `node.stop()` below: graceful
+    // shutdown must end them rather than wait for them.
     assert_eq!(
         seen.len() + rest.len(),
         N as usize,
@@ -480,7 +530,7 @@ async fn client_produces_100k_and_a_group_consumer_resumes_at_its_commit() {
         .iter()
         .chain(&rest)
         .map(|r| {
-            String::from_utf8(r.value.clone().unwrap())
+            String::from_utf8(r.value.clone().unwrap().to_vec())
                 .unwrap()
                 .parse()
                 .unwrap()

@@ -1,5 +1,8 @@
 //! The storage core end to end: real files, a real object store on the file system, and an
-//! independent Parquet reader.
+//! independent Parquet reader; and the metadata store on a real etcd (`meta_etcd`).
+
+#[path = "storage/meta_etcd.rs"]
+mod meta_etcd;
 
 use std::path::Path as FsPath;
 use std::sync::Arc;

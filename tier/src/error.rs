@@ -86,6 +86,15 @@ pub enum Error {
     Closed,
 }
 
+impl From<proto::batch::Error> for Error {
+    fn from(e: proto::batch::Error) -> Self {
+        match e {
+            proto::batch::Error::Invalid(m) => Error::Invalid(m),
+            proto::batch::Error::Unsupported(m) => Error::Unsupported(m),
+        }
+    }
+}
+
 impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())

@@ -19,7 +19,8 @@
 //!
 //! Errors: [`Error`], classified by [`Error::is_retryable`] and [`Error::is_corruption`].
 
-pub mod batch;
+/// The record batch codec lives in `proto` (producers build batches too); re-exported here.
+pub use proto::batch;
 pub mod cold;
 pub mod config;
 mod engine;

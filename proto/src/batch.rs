@@ -29,7 +29,24 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::{Error, Result};
+/// Why a batch was refused. `tier` and the front ends map these onto their own errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The bytes are not a valid v2 batch (bad CRC, bad structure, bad deltas).
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// A feature the format allows but this build does not implement.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Size of the fixed v2 batch header, up to and including the record count.
 pub const HEADER_LEN: usize = 61;

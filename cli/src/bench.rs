@@ -1,0 +1,765 @@
+//! `tierlog bench produce|consume`: throughput and latency through a real node, printed next to
+//! baselines measured in the same run (raw disk, loopback TCP, the storage core on its own).
+//!
+//! By default the bench starts a fresh node (this same binary, `tierlog serve`) on a temporary
+//! data directory, so it can also report the node's resident memory; `--external` measures the
+//! node at `--server` instead. Latencies are taken per record with an HDR histogram:
+//! produce→ack from `send` to the acknowledgement, produce→consume from `send` to the moment a
+//! follow-mode fetch stream delivers the record (the send time travels in the record's value).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use client::{Acks, Client, Producer, ProducerConfig};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use proto::v1 as pb;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchKind {
+    /// Produce at full speed, then at half that rate; acks and end-to-end latency.
+    Produce,
+    /// Replay a topic from offset 0, from the hot tier and then from the cold tier alone.
+    Consume,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    pub kind: BenchKind,
+    /// Measure the node at --server rather than starting a fresh local one.
+    #[arg(long)]
+    pub external: bool,
+    /// Records in the full-speed phase (and in the replayed topic).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Value bytes per record (JSON-like text; keys add ~12 bytes).
+    #[arg(long, default_value_t = 1024)]
+    pub record_bytes: usize,
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+    #[arg(long, value_enum, default_value = "leader")]
+    pub acks: crate::AcksArg,
+    /// fsync policy of the started node and of the disk baseline: every_batch, never or ms.
+    #[arg(long, default_value = "10")]
+    pub fsync: String,
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    #[arg(long, default_value_t = 512 << 10)]
+    pub batch_bytes: usize,
+    /// Length of the half-load phase.
+    #[arg(long, default_value_t = 10)]
+    pub half_load_secs: u64,
+    /// Where the started node and the disk baseline write (default: the system temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// A node started for the bench; killed when dropped.
+struct Node {
+    child: tokio::process::Child,
+    addr: String,
+    pid: u32,
+}
+
+impl Node {
+    async fn start(dir: &Path, fsync: &str) -> anyhow::Result<Node> {
+        let exe = std::env::current_exe().context("locating the tierlog binary")?;
+        let log = std::fs::File::create(dir.join("node.log"))?;
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--fsync",
+                fsync,
+                "--data-dir",
+            ])
+            .arg(dir.join("data"))
+            .env("TIERLOG_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting `tierlog serve`")?;
+        let pid = child.id().context("node pid")?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(a) = line.strip_prefix("tierlog listening on ") {
+                    return Ok(a.to_string());
+                }
+            }
+            bail!("the node exited; see {}", dir.join("node.log").display())
+        })
+        .await
+        .context("the node did not start within 60 s")??;
+        Ok(Node { child, addr, pid })
+    }
+
+    /// Peak and current resident memory (MiB) from /proc.
+    fn memory(&self) -> Option<(f64, f64)> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let field = |name: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .map(|kb| kb / 1024.0)
+        };
+        Some((field("VmHWM:")?, field("VmRSS:")?))
+    }
+
+    /// Graceful stop (SIGTERM: seal, upload, flush), waiting for the exit.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("could not signal the node");
+        }
+        let exit = tokio::time::timeout(Duration::from_secs(300), self.child.wait())
+            .await
+            .context("the node did not stop within 300 s")??;
+        if !exit.success() {
+            bail!("the node exited with {exit}");
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("tierlog-bench-")
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a bench directory in {}", base.display()))?;
+    println!(
+        "tierlog bench {:?}: {} records of {} B, {} partitions, acks={:?}, fsync={}, linger={} ms, dir={}",
+        args.kind,
+        args.records,
+        args.record_bytes,
+        args.partitions,
+        args.acks,
+        args.fsync,
+        args.linger_ms,
+        dir.path().display()
+    );
+    match args.kind {
+        BenchKind::Produce => produce(server, &args, dir.path()).await,
+        BenchKind::Consume => consume(server, &args, dir.path()).await,
+    }
+}
+
+fn row(what: &str, value: String, note: &str) {
+    println!("  {what:<44} {value:>22}  {note}");
+}
+
+fn mbs(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+fn lat(h: &Histogram<u64>) -> String {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "p50 {:.2} / p99 {:.2} / p999 {:.2} ms",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999)
+    )
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs to 10 min, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A value of `len` bytes: 8 bytes of send time (ns since `epoch`), then JSON-like text.
+fn value(i: u64, len: usize, sent_ns: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len.max(8));
+    v.extend_from_slice(&sent_ns.to_le_bytes());
+    let body = format!(
+        r#"{{"seq":{i},"user":"user-{}","kind":"click","page":"/products/{}","pad":""#,
+        i % 10_007,
+        i % 97
+    );
+    v.extend_from_slice(body.as_bytes());
+    while v.len() + 2 < len {
+        v.push(b'a' + (v.len() % 26) as u8);
+    }
+    v.extend_from_slice(b"\"}");
+    v.truncate(len.max(8));
+    v
+}
+
+async fn setup(
+    server: &str,
+    args: &BenchArgs,
+    dir: &Path,
+) -> anyhow::Result<(Option<Node>, Client, String)> {
+    let node = if args.external {
+        None
+    } else {
+        Some(Node::start(dir, &args.fsync).await?)
+    };
+    let addr = node.as_ref().map_or(server.to_string(), |n| n.addr.clone());
+    let client = crate::commands::connect(&addr).await?;
+    let topic = format!("bench-{}", std::process::id());
+    client
+        .create_topic(&topic, args.partitions)
+        .await
+        .map_err(crate::commands::explain)?;
+    Ok((node, client, topic))
+}
+
+fn producer_config(args: &BenchArgs) -> ProducerConfig {
+    ProducerConfig {
+        acks: match args.acks {
+            crate::AcksArg::None => Acks::None,
+            crate::AcksArg::Leader => Acks::Leader,
+            crate::AcksArg::All => Acks::All,
+        },
+        batch_bytes: args.batch_bytes,
+        linger: Duration::from_millis(args.linger_ms),
+        ..Default::default()
+    }
+}
+
+struct Phase {
+    records: u64,
+    bytes: u64,
+    elapsed: Duration,
+    acks: Histogram<u64>,
+}
+
+/// Sends `records` records (at `rate` records/s, or as fast as the node takes them when `None`)
+/// round-robin over the partitions with keys, and measures send→ack per record.
+async fn produce_phase(
+    producer: &Producer,
+    topic: &str,
+    args: &BenchArgs,
+    records: u64,
+    rate: Option<f64>,
+    epoch: Instant,
+) -> anyhow::Result<Phase> {
+    let (tx, mut rx) = mpsc::channel::<(Instant, tokio::sync::oneshot::Receiver<_>)>(65_536);
+    let collector = tokio::spawn(async move {
+        let mut h = histogram();
+        let mut pending = FuturesUnordered::new();
+        let mut first_error = None;
+        let mut open = true;
+        loop {
+            tokio::select! {
+                next = rx.recv(), if open => match next {
+                    Some((sent, done)) => pending.push(async move {
+                        let r: Result<Result<client::RecordMetadata, client::Error>, _> = done.await;
+                        (sent.elapsed(), r)
+                    }),
+                    None => open = false,
+                },
+                Some((took, r)) = pending.next(), if !pending.is_empty() => {
+                    match r {
+                        Ok(Ok(_)) => { let _ = h.record(took.as_micros().max(1) as u64); }
+                        Ok(Err(e)) => { first_error.get_or_insert(e.to_string()); }
+                        Err(_) => { first_error.get_or_insert("the producer dropped a record".into()); }
+                    }
+                }
+                else => break,
+            }
+        }
+        (h, first_error)
+    });
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    for i in 0..records {
+        if let Some(rate) = rate {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let sent = Instant::now();
+        let v = value(i, args.record_bytes, (sent - epoch).as_nanos() as u64);
+        let key = format!("user-{}", i % 10_007).into_bytes();
+        bytes += (v.len() + key.len()) as u64;
+        let p = (i % u64::from(args.partitions)) as u32;
+        let done = producer
+            .send(topic, Some(p), Some(key), Some(v), Vec::new())
+            .await
+            .map_err(crate::commands::explain)?;
+        if tx.send((sent, done)).await.is_err() {
+            bail!("the latency collector stopped");
+        }
+    }
+    drop(tx);
+    let (acks, err) = collector.await?;
+    let elapsed = start.elapsed();
+    if let Some(e) = err {
+        bail!("a record was not acknowledged: {e}");
+    }
+    Ok(Phase {
+        records,
+        bytes,
+        elapsed,
+        acks,
+    })
+}
+
+/// Follows every partition from `from[p]` until `until` records arrived; per-record latency
+/// from the send time carried in the value.
+async fn follow(
+    client: &Client,
+    topic: &str,
+    from: Vec<i64>,
+    until: u64,
+    epoch: Instant,
+) -> anyhow::Result<Histogram<u64>> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u64>>(1024);
+    let mut tasks = Vec::new();
+    for (p, start) in from.into_iter().enumerate() {
+        let mut rpc = client.rpc();
+        let (topic, tx) = (topic.to_string(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stream = rpc
+                .fetch(pb::FetchRequest {
+                    topic,
+                    partition: p as u32,
+                    start: Some(pb::fetch_request::Start::Offset(start)),
+                    max_bytes: 1 << 20,
+                    follow: true,
+                    max_records: 0,
+                })
+                .await?
+                .into_inner();
+            while let Some(msg) = stream.message().await? {
+                let now = (Instant::now() - epoch).as_nanos() as u64;
+                let lat: Vec<u64> = msg
+                    .records
+                    .iter()
+                    .filter_map(|r| r.value.as_deref()?.get(..8))
+                    .map(|b| {
+                        let sent = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+                        now.saturating_sub(sent) / 1000
+                    })
+                    .collect();
+                if tx.send(lat).await.is_err() {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    drop(tx);
+    let mut h = histogram();
+    let mut seen = 0u64;
+    while seen < until {
+        match rx.recv().await {
+            Some(lat) => {
+                seen += lat.len() as u64;
+                for l in lat {
+                    let _ = h.record(l.max(1));
+                }
+            }
+            None => break,
+        }
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    if seen < until {
+        bail!("the consumer saw {seen} of {until} records");
+    }
+    Ok(h)
+}
+
+async fn end_offsets(client: &Client, topic: &str) -> anyhow::Result<Vec<i64>> {
+    let d = client
+        .describe_topic(topic)
+        .await
+        .map_err(crate::commands::explain)?;
+    let mut parts = d.partitions;
+    parts.sort_by_key(|p| p.partition);
+    Ok(parts.iter().map(|p| p.high_watermark).collect())
+}
+
+async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let epoch = Instant::now();
+    println!("baselines (same run):");
+    let disk_bytes = (args.records * args.record_bytes as u64).min(1 << 30);
+    let disk = disk_write(dir, disk_bytes, &args.fsync).await?;
+    row(
+        "raw disk write, same fsync policy",
+        format!("{:.0} MB/s", mbs(disk_bytes, disk)),
+        "256 KiB writes",
+    );
+    let core = core_append(dir, args).await?;
+    row(
+        "storage core append (no network)",
+        format!("{:.0} MB/s", core),
+        "the same records, batched as the producer does",
+    );
+    let (lo_mbs, lo_rtt) = loopback(disk_bytes).await?;
+    row(
+        "loopback TCP",
+        format!("{lo_mbs:.0} MB/s"),
+        &format!("64 B round trip {}", lat(&lo_rtt)),
+    );
+
+    let (node, client, topic) = setup(server, args, dir).await?;
+    let producer = Producer::new(client.clone(), producer_config(args));
+    println!("through the node:");
+    let peak = produce_phase(&producer, &topic, args, args.records, None, epoch).await?;
+    let peak_rps = peak.records as f64 / peak.elapsed.as_secs_f64();
+    row(
+        "produce, full speed",
+        format!("{:.0} MB/s", mbs(peak.bytes, peak.elapsed)),
+        &format!(
+            "{:.0} records/s; {:.0}% of the storage core",
+            peak_rps,
+            100.0 * mbs(peak.bytes, peak.elapsed) / core
+        ),
+    );
+    row("  send→ack at full speed", lat(&peak.acks), "");
+
+    let rate = peak_rps / 2.0;
+    let n = (rate * args.half_load_secs as f64) as u64;
+    let from = end_offsets(&client, &topic).await?;
+    let consumer = {
+        let (client, topic) = (client.clone(), topic.clone());
+        tokio::spawn(async move { follow(&client, &topic, from, n, epoch).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let half = produce_phase(&producer, &topic, args, n, Some(rate), epoch).await?;
+    let e2e = consumer.await??;
+    row(
+        "produce at half of full speed",
+        format!("{:.0} MB/s", mbs(half.bytes, half.elapsed)),
+        &format!(
+            "{:.0} records/s",
+            half.records as f64 / half.elapsed.as_secs_f64()
+        ),
+    );
+    row(
+        "  send→ack",
+        lat(&half.acks),
+        "target: p99 < 10 ms (acks=leader)",
+    );
+    row("  send→consumed (follow fetch)", lat(&e2e), "");
+    producer.close().await;
+    if let Some(node) = node {
+        if let Some((peak_mib, now_mib)) = node.memory() {
+            row(
+                "node resident memory, peak / now",
+                format!("{peak_mib:.0} / {now_mib:.0} MiB"),
+                "bound: cache (512 MiB default) + 256 MiB",
+            );
+        }
+        node.stop().await?;
+    }
+    Ok(())
+}
+
+async fn consume(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let epoch = Instant::now();
+    let (node, client, topic) = setup(server, args, dir).await?;
+    let producer = Producer::new(client.clone(), producer_config(args));
+    let loaded = produce_phase(&producer, &topic, args, args.records, None, epoch).await?;
+    producer.close().await;
+    println!(
+        "loaded {} records ({:.0} MB) in {:.1} s",
+        loaded.records,
+        loaded.bytes as f64 / 1e6,
+        loaded.elapsed.as_secs_f64()
+    );
+    println!("baselines (same run):");
+    let (lo_mbs, _) = loopback(loaded.bytes.min(1 << 30)).await?;
+    row("loopback TCP", format!("{lo_mbs:.0} MB/s"), "");
+    if node.is_some() {
+        let (b, d) = read_tree(&dir.join("data").join("hot"))?;
+        row(
+            "plain read of the hot segment files",
+            format!("{:.0} MB/s", mbs(b, d)),
+            "page cache warm",
+        );
+    }
+    println!("through the node:");
+    let (n, b, d) = replay(&client, &topic, args.partitions).await?;
+    row(
+        "replay from offset 0, hot tier",
+        format!("{:.0} MB/s", mbs(b, d)),
+        &format!("{:.0} records/s", n as f64 / d.as_secs_f64()),
+    );
+    if let Some(node) = node {
+        if let Some((peak_mib, _)) = node.memory() {
+            row(
+                "node resident memory, peak",
+                format!("{peak_mib:.0} MiB"),
+                "",
+            );
+        }
+        // Seal and upload everything, drop the hot tier, and replay from the cold tier alone.
+        node.stop().await?;
+        std::fs::remove_dir_all(dir.join("data").join("hot"))?;
+        let node = Node::start(dir, &args.fsync).await?;
+        let client = crate::commands::connect(&node.addr).await?;
+        let (b0, d0) = read_tree(&dir.join("data").join("cold"))?;
+        row(
+            "plain read of the cold Parquet files",
+            format!("{:.0} MB/s", mbs(b0, d0)),
+            &format!("{:.0} MB on disk", b0 as f64 / 1e6),
+        );
+        let (n, b, d) = replay(&client, &topic, args.partitions).await?;
+        row(
+            "replay from offset 0, cold tier only",
+            format!("{:.0} MB/s", mbs(b, d)),
+            &format!("{:.0} records/s", n as f64 / d.as_secs_f64()),
+        );
+        if let Some((peak_mib, _)) = node.memory() {
+            row(
+                "node resident memory, peak (cold replay)",
+                format!("{peak_mib:.0} MiB"),
+                "bound: cache (512 MiB default) + 256 MiB",
+            );
+        }
+        node.stop().await?;
+    }
+    Ok(())
+}
+
+/// Reads every partition from offset 0 to its end, all partitions at once.
+async fn replay(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<(u64, u64, Duration)> {
+    let ends = end_offsets(client, topic).await?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..partitions {
+        let mut rpc = client.rpc();
+        let (topic, end) = (topic.to_string(), ends[p as usize]);
+        tasks.push(tokio::spawn(async move {
+            let (mut n, mut bytes) = (0u64, 0u64);
+            let mut stream = rpc
+                .fetch(pb::FetchRequest {
+                    topic,
+                    partition: p,
+                    start: Some(pb::fetch_request::Start::Offset(0)),
+                    max_bytes: 1 << 20,
+                    follow: false,
+                    max_records: end as u64,
+                })
+                .await?
+                .into_inner();
+            while let Some(msg) = stream.message().await? {
+                for r in &msg.records {
+                    if r.offset != n as i64 {
+                        bail!("partition {p}: offset {} where {n} was due", r.offset);
+                    }
+                    n += 1;
+                    bytes += (r.key.as_ref().map_or(0, |k| k.len())
+                        + r.value.as_ref().map_or(0, |v| v.len()))
+                        as u64;
+                }
+            }
+            if n as i64 != end {
+                bail!("partition {p}: replayed {n} of {end} records");
+            }
+            anyhow::Ok((n, bytes))
+        }));
+    }
+    let (mut n, mut bytes) = (0, 0);
+    for t in tasks {
+        let (a, b) = t.await??;
+        n += a;
+        bytes += b;
+    }
+    Ok((n, bytes, start.elapsed()))
+}
+
+/// Writes `bytes` to a file in 256 KiB writes, syncing as the node's fsync policy would.
+async fn disk_write(dir: &Path, bytes: u64, fsync: &str) -> anyhow::Result<Duration> {
+    let path = dir.join("raw-disk-baseline");
+    let fsync = fsync.to_string();
+    let took = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&path)?;
+        let buf = vec![7u8; 256 << 10];
+        let interval = fsync.parse::<u64>().ok().map(Duration::from_millis);
+        let start = Instant::now();
+        let mut last_sync = start;
+        let mut written = 0u64;
+        while written < bytes {
+            f.write_all(&buf)?;
+            written += buf.len() as u64;
+            match (fsync.as_str(), interval) {
+                ("every_batch", _) => f.sync_data()?,
+                (_, Some(i)) if last_sync.elapsed() >= i => {
+                    f.sync_data()?;
+                    last_sync = Instant::now();
+                }
+                _ => {}
+            }
+        }
+        if fsync != "never" {
+            f.sync_data()?;
+        }
+        let took = start.elapsed();
+        drop(f);
+        std::fs::remove_file(&path)?;
+        Ok(took)
+    })
+    .await??;
+    Ok(took)
+}
+
+/// The storage core's own append speed on the same records: a `Tier` in-process, one appender
+/// per partition, batches of `batch_bytes`. Returns MB/s of key+value bytes.
+async fn core_append(dir: &Path, args: &BenchArgs) -> anyhow::Result<f64> {
+    let hot = dir.join("core-baseline");
+    let fsync = match args.fsync.as_str() {
+        "every_batch" => tier::FsyncPolicy::EveryBatch,
+        "never" => tier::FsyncPolicy::Never,
+        ms => tier::FsyncPolicy::Interval {
+            ms: ms
+                .parse()
+                .context("--fsync: every_batch, never or milliseconds")?,
+        },
+    };
+    let cfg = tier::TierConfig {
+        data_dir: hot.join("hot"),
+        fsync,
+        ..Default::default()
+    };
+    let (store, root) = tier::store::open_store("memory://", &[])?;
+    let t = Arc::new(tier::Tier::open(cfg, store, root).await?);
+    let per_partition = (args.records / u64::from(args.partitions)).min(250_000);
+    let mut batches = Vec::new();
+    let mut payload = 0u64;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for p in 0..args.partitions {
+        t.open_partition("core", p, 1).await?;
+        let mut list = Vec::new();
+        let mut bb = tier::BatchBuilder::new(tier::Compression::None);
+        for i in 0..per_partition {
+            let v = value(i, args.record_bytes, 0);
+            let k = format!("user-{}", i % 10_007).into_bytes();
+            payload += (v.len() + k.len()) as u64;
+            bb.push(now_ms, Some(&k[..]), Some(&v[..]), &[]);
+            if bb.estimated_size() >= args.batch_bytes {
+                list.push(
+                    std::mem::replace(&mut bb, tier::BatchBuilder::new(tier::Compression::None))
+                        .build()?,
+                );
+            }
+        }
+        if !bb.is_empty() {
+            list.push(bb.build()?);
+        }
+        batches.push(list);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (p, list) in batches.into_iter().enumerate() {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in list {
+                t.append("core", p as u32, b).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    t.sync_all().await?;
+    let took = start.elapsed();
+    t.abort().await;
+    let _ = std::fs::remove_dir_all(&hot);
+    Ok(mbs(payload, took))
+}
+
+/// Loopback TCP: one-way throughput for `bytes`, and 64-byte round trips.
+async fn loopback(bytes: u64) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let sink = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        let mut buf = vec![0u8; 256 << 10];
+        let mut got = 0u64;
+        while got < bytes {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        s.write_all(b"k").await?;
+        // Then echo 64-byte pings until the peer closes.
+        let mut ping = [0u8; 64];
+        while s.read_exact(&mut ping).await.is_ok() {
+            s.write_all(&ping).await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    c.set_nodelay(true)?;
+    let buf = vec![1u8; 256 << 10];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        c.write_all(&buf).await?;
+        sent += buf.len() as u64;
+    }
+    let mut ok = [0u8; 1];
+    c.read_exact(&mut ok).await?;
+    let took = start.elapsed();
+    let mut h = histogram();
+    let mut ping = [3u8; 64];
+    for _ in 0..10_000 {
+        let t = Instant::now();
+        c.write_all(&ping).await?;
+        c.read_exact(&mut ping).await?;
+        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+    }
+    drop(c);
+    sink.await??;
+    Ok((mbs(sent, took), h))
+}
+
+/// Reads every file under `dir` once; bytes and time.
+fn read_tree(dir: &Path) -> anyhow::Result<(u64, Duration)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        use std::io::Read;
+        let mut f = std::fs::File::open(f)?;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+        }
+    }
+    Ok((bytes, start.elapsed()))
+}
