@@ -289,17 +289,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(Service::new(broker.clone()).into_server())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            {
-                let broker = broker.clone();
-                async move {
-                    shutdown_signal().await;
-                    // End follow-mode fetch streams, or the server would wait for them forever.
-                    broker.drain();
-                }
-            },
-        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), {
+            let broker = broker.clone();
+            async move {
+                shutdown_signal().await;
+                // End follow-mode fetch streams, or the server would wait for them forever.
+                broker.drain();
+            }
+        })
         .await
         .context("serving gRPC")?;
     tracing::info!("shutting down: sealing and uploading");
