@@ -178,9 +178,12 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// A value of `len` bytes: 8 bytes of send time (ns since `epoch`), then JSON-like text.
+/// A value of `len` bytes: 8 bytes of send time (ns since the bench's epoch), then JSON-like
+/// text padded to length from a fixed alphabet.
 fn value(i: u64, len: usize, sent_ns: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len.max(8));
+    const PAD: &[u8; 64] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
+    let len = len.max(8);
+    let mut v = Vec::with_capacity(len);
     v.extend_from_slice(&sent_ns.to_le_bytes());
     let body = format!(
         r#"{{"seq":{i},"user":"user-{}","kind":"click","page":"/products/{}","pad":""#,
@@ -189,10 +192,11 @@ fn value(i: u64, len: usize, sent_ns: u64) -> Vec<u8> {
     );
     v.extend_from_slice(body.as_bytes());
     while v.len() + 2 < len {
-        v.push(b'a' + (v.len() % 26) as u8);
+        let n = (len - 2 - v.len()).min(PAD.len());
+        v.extend_from_slice(&PAD[..n]);
     }
     v.extend_from_slice(b"\"}");
-    v.truncate(len.max(8));
+    v.truncate(len);
     v
 }
 
@@ -687,6 +691,8 @@ async fn core_append(dir: &Path, args: &BenchArgs) -> anyhow::Result<f64> {
 
 /// Loopback TCP: one-way throughput for `bytes`, and 64-byte round trips.
 async fn loopback(bytes: u64) -> anyhow::Result<(f64, Histogram<u64>)> {
+    const CHUNK: u64 = 256 << 10;
+    let bytes = bytes.div_ceil(CHUNK) * CHUNK;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let sink = tokio::spawn(async move {
@@ -710,7 +716,7 @@ async fn loopback(bytes: u64) -> anyhow::Result<(f64, Histogram<u64>)> {
     });
     let mut c = tokio::net::TcpStream::connect(addr).await?;
     c.set_nodelay(true)?;
-    let buf = vec![1u8; 256 << 10];
+    let buf = vec![1u8; CHUNK as usize];
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < bytes {

@@ -286,7 +286,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %s.data_dir.display(), object_store = %url, "tierlog node serving");
     // One line on stdout for scripts and tests: where the node listens.
     println!("tierlog listening on {addr}");
-    tonic::transport::Server::builder()
+    ingest::server::transport()
         .add_service(health_service)
         .add_service(Service::new(broker.clone()).into_server())
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), {

@@ -39,6 +39,8 @@ pub struct TierSettings {
     pub hot_budget_bytes: u64,
     pub cache_bytes: u64,
     pub read_ahead_row_groups: usize,
+    /// Segment → Parquet conversions at once (0 = half the cores, at least one).
+    pub encode_concurrency: usize,
 }
 
 impl Default for TierSettings {
@@ -53,6 +55,7 @@ impl Default for TierSettings {
             hot_budget_bytes: d.hot_budget_bytes,
             cache_bytes: d.cache_bytes,
             read_ahead_row_groups: d.read_ahead_row_groups,
+            encode_concurrency: 0,
         }
     }
 }
@@ -147,6 +150,10 @@ impl Settings {
             hot_budget_bytes: t.hot_budget_bytes,
             cache_bytes: t.cache_bytes,
             read_ahead_row_groups: t.read_ahead_row_groups,
+            encode_concurrency: match t.encode_concurrency {
+                0 => TierConfig::default().encode_concurrency,
+                n => n,
+            },
             ..TierConfig::default()
         })
     }

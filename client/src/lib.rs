@@ -131,13 +131,21 @@ impl Client {
         } else {
             format!("http://{addr}")
         };
-        let rpc = TierlogClient::connect(url.clone())
+        let connect_error = |source| Error::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        // Flow-control windows sized for record batches (the 64 KiB defaults would cap fetch
+        // throughput at one window per round trip), as the node sets them for produce.
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .map_err(connect_error)?
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20)
+            .tcp_nodelay(true)
+            .connect()
             .await
-            .map_err(|source| Error::Connect {
-                addr: addr.to_string(),
-                source,
-            })?
-            .max_decoding_message_size(64 << 20);
+            .map_err(connect_error)?;
+        let rpc = TierlogClient::new(channel).max_decoding_message_size(64 << 20);
         Ok(Client { rpc })
     }
 

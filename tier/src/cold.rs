@@ -2,6 +2,7 @@
 //! cache, and the upload pipeline.
 
 pub(crate) mod cache;
+pub(crate) mod encoder;
 pub mod manifest;
 pub mod parquet;
 pub(crate) mod upload;

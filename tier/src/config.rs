@@ -58,6 +58,10 @@ pub struct TierConfig {
     /// First delay between upload retries; doubles up to `upload_retry_max_ms`.
     pub upload_retry_initial_ms: u64,
     pub upload_retry_max_ms: u64,
+    /// Segment → Parquet conversions running at once, over all partitions, on threads of the
+    /// lowest CPU priority. Conversion is CPU-bound (zstd); the default is half the cores (at
+    /// least one).
+    pub encode_concurrency: usize,
     /// How often background work (age-based sealing, retention, interval fsync checks) runs.
     pub housekeeping_ms: u64,
 }
@@ -81,6 +85,9 @@ impl Default for TierConfig {
             upload_retry_initial_ms: 100,
             upload_retry_max_ms: 10_000,
             housekeeping_ms: 1000,
+            encode_concurrency: std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1),
         }
     }
 }
@@ -126,6 +133,9 @@ impl TierConfig {
             || self.upload_retry_max_ms < self.upload_retry_initial_ms
         {
             return bad("upload retry delays must be positive and max ≥ initial".into());
+        }
+        if self.encode_concurrency == 0 {
+            return bad("encode_concurrency must be at least 1".into());
         }
         if self.housekeeping_ms == 0 || self.segment_ms == 0 {
             return bad("housekeeping_ms and segment_ms must be positive".into());

@@ -127,6 +127,8 @@ pub(crate) struct Inner {
     pub hot_bytes: Arc<AtomicU64>,
     pub cancel: CancellationToken,
     pub tasks: tokio_util::task::TaskTracker,
+    /// Low-priority threads for segment → Parquet conversion (`encode_concurrency` of them).
+    pub encoders: crate::cold::encoder::Encoders,
 }
 
 impl Inner {
@@ -169,6 +171,7 @@ impl Tier {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
         let cache = ColdCache::new(store.clone(), cfg.cache_bytes);
+        let encoders = crate::cold::encoder::Encoders::start(cfg.encode_concurrency);
         let inner = Arc::new(Inner {
             cfg: Arc::new(cfg),
             store,
@@ -178,6 +181,7 @@ impl Tier {
             hot_bytes: Arc::default(),
             cancel: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
+            encoders,
         });
         retention::spawn_housekeeping(&inner);
         Ok(Tier { inner })

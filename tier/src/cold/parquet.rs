@@ -221,19 +221,33 @@ fn writer_properties(
     Ok(b.build())
 }
 
-/// Encodes the batches of one sealed segment as a Parquet file.
+/// What a sealed segment holds, known before its batches are read.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentShape {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// Bytes of batches (sizes the row groups).
+    pub raw_bytes: u64,
+}
+
+/// Encodes the batches of one sealed segment as a Parquet file. The batches arrive in chunks
+/// (`chunks`), so memory is bounded by a chunk and a row group, not the segment; they must hold
+/// exactly the offsets `shape.base_offset..=shape.last_offset`, densely.
 pub fn encode_segment(
     id: &PartitionId,
-    batches: &[RecordBatch],
+    shape: SegmentShape,
+    chunks: impl IntoIterator<Item = Result<Vec<RecordBatch>>>,
     row_group_bytes: usize,
     zstd_level: i32,
 ) -> Result<Encoded> {
-    let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+    let SegmentShape {
+        base_offset,
+        last_offset,
+        raw_bytes,
+    } = shape;
+    if last_offset < base_offset {
         return Err(Error::invalid("cannot encode an empty segment"));
-    };
-    let base_offset = first.header().base_offset;
-    let last_offset = last.header().last_offset();
-    let raw_bytes: u64 = batches.iter().map(|b| b.len() as u64).sum();
+    }
     let records = (last_offset - base_offset + 1) as u64;
     let avg = (raw_bytes / records.max(1)).max(1) as usize;
     let rows_per_group = (row_group_bytes / avg).clamp(1024, 1 << 20);
@@ -250,24 +264,32 @@ pub fn encode_segment(
     let mut scratch = Vec::new();
     let mut expect = base_offset;
     let partition = id.partition as i32;
-    for b in batches {
-        scratch.clear();
-        b.decode_into(&mut scratch)?;
-        for r in &scratch {
-            if r.offset != expect {
-                return Err(Error::invalid(format!(
-                    "segment offsets not dense: found {} where {expect} was expected",
-                    r.offset
-                )));
-            }
-            expect += 1;
-            min_ts = min_ts.min(r.timestamp);
-            max_ts = max_ts.max(r.timestamp);
-            cols.push(partition, r, b.header());
-            if cols.rows == rows_per_group {
-                w.write(&cols.finish()?).map_err(pq("write"))?;
+    for chunk in chunks {
+        for b in &chunk? {
+            scratch.clear();
+            b.decode_into(&mut scratch)?;
+            for r in &scratch {
+                if r.offset != expect {
+                    return Err(Error::invalid(format!(
+                        "segment offsets not dense: found {} where {expect} was expected",
+                        r.offset
+                    )));
+                }
+                expect += 1;
+                min_ts = min_ts.min(r.timestamp);
+                max_ts = max_ts.max(r.timestamp);
+                cols.push(partition, r, b.header());
+                if cols.rows == rows_per_group {
+                    w.write(&cols.finish()?).map_err(pq("write"))?;
+                }
             }
         }
+    }
+    if expect != last_offset + 1 {
+        return Err(Error::invalid(format!(
+            "segment ends at offset {} but should end at {last_offset}",
+            expect - 1
+        )));
     }
     if cols.rows > 0 {
         w.write(&cols.finish()?).map_err(pq("write"))?;

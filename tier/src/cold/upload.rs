@@ -13,7 +13,7 @@ use std::time::Duration;
 use object_store::{PutMode, PutPayload};
 
 use crate::cold::manifest::{Op, SegmentEntry};
-use crate::cold::parquet::encode_segment;
+use crate::cold::parquet::{SegmentShape, encode_segment};
 use crate::engine::{Inner, Partition};
 use crate::error::{Error, Result};
 use crate::hot::segment::Segment;
@@ -73,26 +73,33 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
 
 async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> Result<()> {
     let (seg2, id, cfg) = (seg.clone(), p.id.clone(), inner.cfg.clone());
-    let enc = tokio::task::spawn_blocking(move || {
-        let batches = seg2.read_all()?;
-        let enc = encode_segment(&id, &batches, cfg.row_group_bytes, cfg.zstd_level)?;
-        if enc.base_offset != seg2.base_offset || enc.last_offset + 1 != seg2.next_offset() {
-            return Err(Error::Corrupt {
+    // On the encoder threads: few at once, at low priority (see `cold::encoder`).
+    let job = inner.encoders.run(move || {
+        let shape = SegmentShape {
+            base_offset: seg2.base_offset,
+            last_offset: seg2.next_offset() - 1,
+            raw_bytes: seg2.size(),
+        };
+        encode_segment(
+            &id,
+            shape,
+            seg2.chunks(cfg.row_group_bytes),
+            cfg.row_group_bytes,
+            cfg.zstd_level,
+        )
+        .map_err(|e| match e {
+            Error::Invalid(reason) => Error::Corrupt {
                 location: seg2.path.display().to_string(),
                 position: 0,
-                reason: format!(
-                    "read offsets [{}, {}] of a segment holding [{}, {})",
-                    enc.base_offset,
-                    enc.last_offset,
-                    seg2.base_offset,
-                    seg2.next_offset()
-                ),
-            });
-        }
-        Ok(enc)
-    })
-    .await
-    .map_err(|e| Error::invalid(format!("encoding task failed: {e}")))??;
+                reason,
+            },
+            other => other,
+        })
+    });
+    let enc = tokio::select! {
+        _ = p.cancel.cancelled() => return Err(Error::Closed),
+        enc = job => enc?,
+    };
     let rel = p.manifest.paths.new_segment(enc.base_offset, p.epoch);
     let path = p.manifest.paths.object(&rel);
     let store = inner.store.clone();

@@ -355,20 +355,41 @@ impl Segment {
         RecordBatch::parse(body).map_err(|e| corrupt(e.to_string()))
     }
 
-    /// Reads every batch of the segment, to its end (for upload).
+    /// Reads every batch of the segment, to its end.
+    #[cfg(test)]
     pub fn read_all(&self) -> Result<Vec<RecordBatch>> {
-        let end = self.size();
         let mut out = Vec::new();
-        let mut pos = 0u64;
-        while pos < end {
-            let batches = self.read_batches(pos, 16 << 20, i64::MIN)?;
-            if batches.is_empty() {
-                break;
-            }
-            pos += batches.iter().map(|b| frame_len(b.len())).sum::<u64>();
-            out.extend(batches);
+        for chunk in self.chunks(16 << 20) {
+            out.extend(chunk?);
         }
         Ok(out)
+    }
+
+    /// The segment's batches front to back, about `chunk_bytes` at a time (for upload: memory
+    /// stays bounded by one chunk, not the segment). Stops after the first error.
+    pub fn chunks(
+        &self,
+        chunk_bytes: usize,
+    ) -> impl Iterator<Item = Result<Vec<RecordBatch>>> + '_ {
+        let end = self.size();
+        let mut pos = 0u64;
+        let mut failed = false;
+        std::iter::from_fn(move || {
+            if failed || pos >= end {
+                return None;
+            }
+            match self.read_batches(pos, chunk_bytes, i64::MIN) {
+                Ok(b) if b.is_empty() => None,
+                Ok(b) => {
+                    pos += b.iter().map(|b| frame_len(b.len())).sum::<u64>();
+                    Some(Ok(b))
+                }
+                Err(e) => {
+                    failed = true;
+                    Some(Err(e))
+                }
+            }
+        })
     }
 
     fn read_frame(&self, position: u64, end: u64) -> Result<(RecordBatch, u64)> {
