@@ -178,23 +178,43 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// A value of `len` bytes: 8 bytes of send time (ns since the bench's epoch), then JSON-like
-/// text padded to length from a fixed alphabet.
+/// Text that compresses about as event payloads do: words drawn at random from a vocabulary,
+/// 16 MiB of it so that values cut from it rarely repeat within a compression window.
+fn corpus() -> &'static [u8] {
+    static CORPUS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let words: Vec<String> = (0..4096)
+            .map(|_| {
+                let n = rng.usize(3..10);
+                (0..n).map(|_| rng.alphanumeric()).collect()
+            })
+            .collect();
+        let mut out = Vec::with_capacity(16 << 20);
+        while out.len() < 16 << 20 {
+            out.extend_from_slice(words[rng.usize(..words.len())].as_bytes());
+            out.push(b' ');
+        }
+        out
+    })
+}
+
+/// A value of `len` bytes: 8 bytes of send time (ns since the bench's epoch), then a JSON-like
+/// event whose text is cut from [`corpus`].
 fn value(i: u64, len: usize, sent_ns: u64) -> Vec<u8> {
-    const PAD: &[u8; 64] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
     let len = len.max(8);
     let mut v = Vec::with_capacity(len);
     v.extend_from_slice(&sent_ns.to_le_bytes());
     let body = format!(
-        r#"{{"seq":{i},"user":"user-{}","kind":"click","page":"/products/{}","pad":""#,
+        r#"{{"seq":{i},"user":"user-{}","kind":"click","page":"/products/{}","text":""#,
         i % 10_007,
         i % 97
     );
     v.extend_from_slice(body.as_bytes());
-    while v.len() + 2 < len {
-        let n = (len - 2 - v.len()).min(PAD.len());
-        v.extend_from_slice(&PAD[..n]);
-    }
+    let c = corpus();
+    let need = len.saturating_sub(v.len() + 2);
+    let start = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % (c.len() - need.min(c.len())) as u64) as usize;
+    v.extend_from_slice(&c[start..start + need.min(c.len())]);
     v.extend_from_slice(b"\"}");
     v.truncate(len);
     v
@@ -510,7 +530,7 @@ async fn consume(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         std::fs::remove_dir_all(dir.join("data").join("hot"))?;
         let node = Node::start(dir, &args.fsync).await?;
         let client = crate::commands::connect(&node.addr).await?;
-        let (b0, d0) = read_tree(&dir.join("data").join("cold"))?;
+        let (b0, d0) = read_tree(&dir.join("data").join("objects"))?;
         row(
             "plain read of the cold Parquet files",
             format!("{:.0} MB/s", mbs(b0, d0)),

@@ -94,6 +94,9 @@ pub(crate) struct ColdCache {
     store: Arc<dyn ObjectStore>,
     rows: moka::future::Cache<(Path, usize), Arc<RowGroup>>,
     meta: moka::future::Cache<Path, ArrowReaderMetadata>,
+    /// Row-group loads running at once (one per core): decoding is CPU-bound, so more would
+    /// only add transient buffers (compressed chunks, decompressed pages) to resident memory.
+    loads: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for ColdCache {
@@ -117,13 +120,17 @@ impl ColdCache {
         let rows = moka::future::Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|_k: &(Path, usize), v: &Arc<RowGroup>| {
-                u32::try_from(v.bytes + 64 * v.records.len()).unwrap_or(u32::MAX)
+                // Payload plus each decoded record's own struct (offsets, `Bytes` handles, headers).
+                let per_record = std::mem::size_of::<Record>() + 16;
+                u32::try_from(v.bytes + per_record * v.records.len()).unwrap_or(u32::MAX)
             })
             .build();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         ColdCache {
             store,
             rows,
             meta: moka::future::Cache::builder().max_capacity(4096).build(),
+            loads: Arc::new(tokio::sync::Semaphore::new(cores)),
         }
     }
 
@@ -152,8 +159,10 @@ impl ColdCache {
         let meta = self.metadata(path, size).await?;
         let store = self.store.clone();
         let p = path.clone();
+        let loads = self.loads.clone();
         self.rows
             .try_get_with((path.clone(), rg), async move {
+                let _load = loads.acquire_owned().await.map_err(|_| Error::Closed)?;
                 let reader = StoreReader {
                     store,
                     path: p,
