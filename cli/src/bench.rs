@@ -213,7 +213,8 @@ fn value(i: u64, len: usize, sent_ns: u64) -> Vec<u8> {
     v.extend_from_slice(body.as_bytes());
     let c = corpus();
     let need = len.saturating_sub(v.len() + 2);
-    let start = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % (c.len() - need.min(c.len())) as u64) as usize;
+    let start =
+        (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % (c.len() - need.min(c.len())) as u64) as usize;
     v.extend_from_slice(&c[start..start + need.min(c.len())]);
     v.extend_from_slice(b"\"}");
     v.truncate(len);

@@ -130,6 +130,9 @@ struct ServeArgs {
     /// Cold tier URL: file:///dir, memory:// or s3://bucket/prefix.
     #[arg(long, env = "TIERLOG_OBJECT_STORE")]
     object_store: Option<String>,
+    /// Metadata: `embedded` or etcd://host:port[,host:port...][/namespace].
+    #[arg(long, env = "TIERLOG_META")]
+    meta: Option<String>,
     #[arg(long, env = "TIERLOG_NODE_ID")]
     node_id: Option<u64>,
     /// every_batch, never, or an interval in milliseconds.
@@ -248,6 +251,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir,
             listen: args.listen,
             object_store: args.object_store,
+            meta: args.meta,
             node_id: args.node_id,
             fsync: args.fsync,
         },
@@ -255,14 +259,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("creating the data directory {}", s.data_dir.display()))?;
     let url = s.object_store_url();
-    let (store, root) = tier::store::open_store(&url, &[]).context("opening the object store")?;
+    let options: Vec<(String, String)> = s
+        .object_store_options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let (store, root) =
+        tier::store::open_store(&url, &options).context("opening the object store")?;
     let tier = tier::Tier::open(s.tier_config()?, store, root)
         .await
         .context("opening the storage core")?;
-    let kv = meta::EmbeddedKv::open(s.data_dir.join("meta"))
-        .await
-        .context("opening the embedded metadata store")?;
-    let meta = meta::Meta::new(Arc::new(kv));
+    let kv: Arc<dyn meta::KvBackend> = match s.meta_backend()? {
+        settings::MetaBackend::Embedded => Arc::new(
+            meta::EmbeddedKv::open(s.data_dir.join("meta"))
+                .await
+                .context("opening the embedded metadata store")?,
+        ),
+        settings::MetaBackend::Etcd {
+            endpoints,
+            namespace,
+        } => Arc::new(
+            meta::EtcdKv::connect(
+                meta::EtcdOptions::new(endpoints.clone()).with_namespace(namespace.into_bytes()),
+            )
+            .await
+            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?,
+        ),
+    };
+    let meta = meta::Meta::new(kv);
     let listener = tokio::net::TcpListener::bind(&s.listen)
         .await
         .with_context(|| format!("listening on {}", s.listen))?;

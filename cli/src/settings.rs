@@ -17,6 +17,12 @@ pub struct Settings {
     /// Cold tier: `file:///dir`, `memory://` or `s3://bucket/prefix`. Default:
     /// `<data_dir>/objects` on the local file system.
     pub object_store: Option<String>,
+    /// Options of the object store, e.g. `aws_endpoint`, `aws_region`, `aws_allow_http`,
+    /// `aws_access_key_id`; the standard `AWS_*` environment variables apply as well.
+    pub object_store_options: std::collections::BTreeMap<String, String>,
+    /// Metadata store: `embedded` (under `<data_dir>/meta`) or
+    /// `etcd://host:port[,host:port...][/namespace]`.
+    pub meta: String,
     /// This node's id (unique in a cluster).
     pub node_id: u64,
     /// The largest record (key + value + headers) accepted, bytes.
@@ -66,6 +72,8 @@ impl Default for Settings {
             data_dir: PathBuf::from("tierlog-data"),
             listen: "127.0.0.1:7070".into(),
             object_store: None,
+            object_store_options: Default::default(),
+            meta: "embedded".into(),
             node_id: 1,
             max_record_bytes: 1 << 20,
             fsync: "10".into(),
@@ -80,8 +88,19 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub object_store: Option<String>,
+    pub meta: Option<String>,
     pub node_id: Option<u64>,
     pub fsync: Option<String>,
+}
+
+/// Where the node keeps its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaBackend {
+    Embedded,
+    Etcd {
+        endpoints: Vec<String>,
+        namespace: String,
+    },
 }
 
 impl Settings {
@@ -104,6 +123,9 @@ impl Settings {
         }
         if let Some(v) = o.object_store {
             s.object_store = Some(v);
+        }
+        if let Some(v) = o.meta {
+            s.meta = v;
         }
         if let Some(v) = o.node_id {
             s.node_id = v;
@@ -158,7 +180,39 @@ impl Settings {
         })
     }
 
+    /// The parsed `meta` setting.
+    pub fn meta_backend(&self) -> anyhow::Result<MetaBackend> {
+        if self.meta == "embedded" {
+            return Ok(MetaBackend::Embedded);
+        }
+        let Some(rest) = self.meta.strip_prefix("etcd://") else {
+            anyhow::bail!(
+                "meta must be \"embedded\" or etcd://host:port[,host:port...][/namespace], not {:?}",
+                self.meta
+            );
+        };
+        let (hosts, namespace) = rest.split_once('/').unwrap_or((rest, ""));
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("http://{h}"))
+            .collect();
+        if endpoints.is_empty() {
+            anyhow::bail!("meta {:?} names no etcd endpoint", self.meta);
+        }
+        let namespace = namespace.trim_matches('/');
+        Ok(MetaBackend::Etcd {
+            endpoints,
+            namespace: if namespace.is_empty() {
+                String::new()
+            } else {
+                format!("{namespace}/")
+            },
+        })
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.meta_backend()?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             anyhow::bail!(
                 "listen must be an address like 127.0.0.1:7070, not {:?}",
@@ -182,6 +236,38 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meta_is_embedded_or_a_list_of_etcd_endpoints() {
+        let with = |m: &str| Settings {
+            meta: m.into(),
+            ..Settings::default()
+        };
+        assert_eq!(
+            with("embedded").meta_backend().unwrap(),
+            MetaBackend::Embedded
+        );
+        assert_eq!(
+            with("etcd://10.0.0.1:2379,10.0.0.2:2379/prod")
+                .meta_backend()
+                .unwrap(),
+            MetaBackend::Etcd {
+                endpoints: vec!["http://10.0.0.1:2379".into(), "http://10.0.0.2:2379".into()],
+                namespace: "prod/".into(),
+            }
+        );
+        assert_eq!(
+            with("etcd://127.0.0.1:2379").meta_backend().unwrap(),
+            MetaBackend::Etcd {
+                endpoints: vec!["http://127.0.0.1:2379".into()],
+                namespace: String::new(),
+            }
+        );
+        for bad in ["zookeeper://x", "etcd://", "etcd:///ns", ""] {
+            let e = with(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("meta"), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn the_example_config_is_the_defaults_and_parses() {

@@ -139,6 +139,8 @@ impl Broker {
     /// Registers the node under a new lease, keeps the lease alive, and takes leadership of
     /// every partition of every topic (single node: all of them).
     pub async fn start(tier: Tier, meta: Meta, cfg: BrokerConfig) -> Result<Broker> {
+        // A crash leaves this node's previous lease (and its leaderships) alive for a TTL.
+        meta.reclaim_node(cfg.node_id).await?;
         let lease = meta.kv().grant_lease(cfg.lease_ttl).await?;
         meta.register_node(cfg.node_id, &cfg.advertised_addr, lease)
             .await?;

@@ -659,3 +659,140 @@ async fn the_cli_creates_produces_consumes_and_reports_lag() {
     assert!(err.contains("cannot be used with"), "{err}");
     node.stop();
 }
+
+/// A node on the distributed engines: metadata in a real etcd, the cold tier in a real S3
+/// server. Records acknowledged at `acks=all` and `acks=leader`, and a group's commit, survive
+/// kill -9 (the restarted node reclaims its own leaderships without waiting out the old lease)
+/// and, after a graceful stop, the loss of the whole local disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_etcd_and_s3_survives_kill_9_and_losing_its_disk() {
+    use client::{Acks, Client, Producer, ProducerConfig};
+    let (Some(s3), Some(etcd)) = (tierlog_tests::s3_options(), tierlog_tests::etcd_endpoints())
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ns = tierlog_tests::unique("node");
+    let hosts: Vec<&str> = etcd
+        .iter()
+        .map(|e| e.trim_start_matches("http://"))
+        .collect();
+    let meta = format!("etcd://{}/{ns}", hosts.join(","));
+    let store = format!("s3://tierlog/{ns}");
+    let mut cfg = String::from("[object_store_options]\n");
+    for (k, v) in &s3 {
+        cfg += &format!("{k} = {v:?}\n");
+    }
+    let cfg_path = dir.path().join("node.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let cfg_path = cfg_path.to_str().unwrap().to_string();
+    let args = [
+        "--config",
+        &cfg_path,
+        "--meta",
+        &meta,
+        "--object-store",
+        &store,
+        "--fsync",
+        "every_batch",
+    ];
+    let data = dir.path().join("data");
+    let node = Node::start(&data, &args);
+    let c = Client::connect(&node.addr).await.unwrap();
+    c.create_topic("audit", 3).await.unwrap();
+    let mut acked = Vec::new();
+    for (acks, range) in [(Acks::All, 0..1_500u64), (Acks::Leader, 1_500..3_000)] {
+        let producer = Producer::new(
+            c.clone(),
+            ProducerConfig {
+                acks,
+                ..ProducerConfig::default()
+            },
+        );
+        let mut pending = Vec::new();
+        for i in range {
+            let key = format!("account-{}", i % 97).into_bytes();
+            let rx = producer
+                .send(
+                    "audit",
+                    None,
+                    Some(key),
+                    Some(i.to_string().into_bytes()),
+                    vec![],
+                )
+                .await
+                .unwrap();
+            pending.push((i, rx));
+        }
+        for (i, rx) in pending {
+            let md = rx.await.unwrap().unwrap();
+            acked.push((md.partition, md.offset, i));
+        }
+        producer.close().await;
+    }
+    c.commit_offsets(
+        "auditors",
+        vec![pb::GroupOffset {
+            topic: "audit".into(),
+            partition: 1,
+            offset: 42,
+            metadata: "checkpoint".into(),
+        }],
+    )
+    .await
+    .unwrap();
+    drop(c);
+    node.kill9();
+
+    // Restart at once: the node ends its own earlier lease rather than waiting for its TTL.
+    let node = Node::start(&data, &args);
+    let check = |node: &Node| {
+        let addr = node.addr.clone();
+        let acked = acked.clone();
+        async move {
+            let mut c = TierlogClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            for p in 0..3u32 {
+                let (got, _) = fetch_all(&mut c, "audit", p).await;
+                let mut want: Vec<(i64, String)> = acked
+                    .iter()
+                    .filter(|(q, _, _)| *q == p)
+                    .map(|(_, o, i)| (*o, i.to_string()))
+                    .collect();
+                want.sort();
+                let got: Vec<(i64, String)> = got
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.offset,
+                            String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    got, want,
+                    "partition {p}: every acknowledged record, once, in order"
+                );
+            }
+            let offsets = c
+                .fetch_offsets(pb::FetchOffsetsRequest {
+                    group: "auditors".into(),
+                    topic: "audit".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .offsets;
+            assert_eq!(offsets.len(), 1);
+            assert_eq!((offsets[0].partition, offsets[0].offset), (1, 42));
+        }
+    };
+    check(&node).await;
+    // A graceful stop uploads everything; then the local disk is lost entirely.
+    node.stop();
+    std::fs::remove_dir_all(&data).unwrap();
+    let node = Node::start(&data, &args);
+    check(&node).await;
+    node.stop();
+}

@@ -436,6 +436,19 @@ pub async fn node_registry(kv: Backend, _opts: SuiteOptions) {
     assert!(matches!(res, Err(Error::InvalidArgument(_))), "{res:?}");
     let res = meta.register_node(3, "x:1", a).await;
     assert!(matches!(res, Err(Error::LeaseNotFound { .. })), "{res:?}");
+
+    // A restarted node ends its earlier incarnation: registration and leaderships go at once.
+    let old = kv.grant_lease(LONG_TTL).await.expect("grant");
+    meta.register_node(4, "10.0.0.4:9092", old)
+        .await
+        .expect("register");
+    assert!(meta.reclaim_node(4).await.expect("reclaim"));
+    assert!(meta.list_nodes().await.expect("list").is_empty());
+    assert!(matches!(
+        kv.keep_alive(old).await,
+        Err(Error::LeaseNotFound { .. })
+    ));
+    assert!(!meta.reclaim_node(4).await.expect("reclaim"));
 }
 
 fn offset(topic: &str, partition: u32, offset: i64, metadata: &str) -> PartitionOffset {

@@ -36,6 +36,28 @@ impl Meta {
         Ok(())
     }
 
+    /// Ends a previous incarnation of `node_id` (a process that died without revoking its
+    /// lease): revokes the lease its registration is attached to, which drops that
+    /// registration and every leadership held under it, so a restarted node need not wait out
+    /// the old lease's TTL. Returns whether there was one. Node ids must be unique: a second
+    /// live process with the same id would lose its lease here.
+    pub async fn reclaim_node(&self, node_id: NodeId) -> Result<bool> {
+        let Some(kv) = self.kv.get(self.keys.node(node_id).as_bytes()).await? else {
+            return Ok(false);
+        };
+        let Some(lease) = kv.lease else {
+            return Ok(false);
+        };
+        match self.kv.revoke_lease(lease).await {
+            Ok(()) => {
+                tracing::info!(node_id, lease = %lease, "reclaimed the lease of an earlier run of this node");
+                Ok(true)
+            }
+            Err(Error::LeaseNotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes a node's registration; `false` if it was not registered.
     pub async fn deregister_node(&self, node_id: NodeId) -> Result<bool> {
         let resp = self.kv.delete(self.keys.node(node_id).as_bytes()).await?;
