@@ -259,6 +259,10 @@ impl Broker {
     }
 
     pub async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        meta::validate_topic_name(name).map_err(|e| match e {
+            meta::Error::InvalidArgument(m) => Error::InvalidTopicName(m),
+            other => Error::Meta(other),
+        })?;
         let t = self.inner.meta.create_topic(name, config).await?;
         self.open_topic(&t).await?;
         self.describe_topic(name).await

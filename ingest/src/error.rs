@@ -40,6 +40,8 @@ pub enum Error {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("{0}")]
+    InvalidTopicName(String),
     /// The node is draining for shutdown; clients retry (on another node, or after a restart).
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -63,6 +65,7 @@ impl Error {
             Error::UnknownPartition { .. } => Code::UnknownPartition,
             Error::RecordTooLarge { .. } => Code::RecordTooLarge,
             Error::InvalidRequest(_) => Code::InvalidRequest,
+            Error::InvalidTopicName(_) => Code::InvalidTopicName,
             Error::ShuttingDown => Code::ShuttingDown,
             Error::Storage(e) => match e {
                 tier::Error::Invalid(_) => Code::InvalidRequest,
@@ -92,7 +95,7 @@ impl Error {
                 }
             },
             Error::Meta(e) => match e {
-                meta::Error::InvalidArgument(_) => Code::InvalidTopicName,
+                meta::Error::InvalidArgument(_) => Code::InvalidRequest,
                 meta::Error::TopicNotFound { .. } => Code::UnknownTopic,
                 meta::Error::TopicExists { .. } => Code::TopicExists,
                 meta::Error::Fenced { .. } | meta::Error::LeaderExists { .. } => Code::NotLeader,
