@@ -465,7 +465,10 @@ impl Broker {
         }
         let r = append.await?;
         if acks == Acks::All {
-            self.inner.tier.flush(storage, partition).await?;
+            self.inner
+                .tier
+                .wait_committed(storage, partition, r.last_offset + 1)
+                .await?;
         }
         Ok(ProduceResult {
             base_offset: r.base_offset,

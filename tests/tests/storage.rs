@@ -623,3 +623,73 @@ async fn a_dead_store_at_open_is_a_clear_error() {
     t.open_partition("events", 0, 1).await.unwrap();
     t.close(false).await.unwrap();
 }
+
+/// Parquet objects under `dir`, recursively.
+fn parquet_files(dir: &FsPath) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "parquet") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// acks=all is group-committed: a waiter on a quiet partition gets its own small segment at
+/// once, and the waiters that arrive while an upload is in flight share the next one, so
+/// objects grow with the upload rate, not the request rate. Nobody is released before the cold
+/// tier holds their records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_waiters_share_cold_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let (inner, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let dec = Arc::new(Decorated::new(inner));
+    let hot = dir.path().join("hot");
+    let t = open(config(&hot, 64 << 20), dec.clone()).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    produce(&t, 0, 0, 100, 100).await;
+    t.wait_committed("events", 0, 100).await.unwrap();
+    assert_eq!(t.offsets("events", 0).unwrap().cold_next, 100);
+    assert_eq!(parquet_files(&bucket), 1);
+
+    dec.faults.fail_puts.store(true, Ordering::SeqCst);
+    let mut waiters = Vec::new();
+    for k in 0..50 {
+        let from = 100 + k * 10;
+        produce(&t, 0, from, 10, 10).await;
+        let t = t.clone();
+        waiters.push(tokio::spawn(async move {
+            t.wait_committed("events", 0, from + 10).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "no waiter is released before its records are in the cold tier"
+    );
+    assert_eq!(t.offsets("events", 0).unwrap().cold_next, 100);
+    dec.faults.fail_puts.store(false, Ordering::SeqCst);
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(t.offsets("events", 0).unwrap().cold_next, 600);
+    let objects = parquet_files(&bucket);
+    assert!(
+        (2..=3).contains(&objects),
+        "50 waiting requests went up in {} objects",
+        objects - 1
+    );
+    t.close(false).await.unwrap();
+    std::fs::remove_dir_all(&hot).unwrap();
+    let t = open(config(&hot, 64 << 20), dec.clone()).await;
+    t.open_partition("events", 0, 2).await.unwrap();
+    check_all(&t, 0, 0, 600, 600).await;
+    t.close(false).await.unwrap();
+}

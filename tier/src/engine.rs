@@ -87,6 +87,11 @@ pub(crate) struct Partition {
     pub manifest: Manifest,
     pub cold: RwLock<Arc<ManifestState>>,
     pub notify: Notify,
+    /// Offsets below this are awaited by `wait_committed` callers (acks=all): the uploader seals
+    /// the active segment when the cold tier does not yet cover them.
+    pub commit_wanted: std::sync::atomic::AtomicI64,
+    /// Notified (all waiters) after every cold commit.
+    pub committed: Notify,
     /// The epoch that fenced this partition's writer (0 while it leads).
     pub fenced_by: AtomicU64,
     pub retention: RwLock<ColdRetention>,
@@ -226,6 +231,8 @@ impl Tier {
             manifest,
             cold: RwLock::new(Arc::new(state)),
             notify: Notify::new(),
+            commit_wanted: std::sync::atomic::AtomicI64::new(0),
+            committed: Notify::new(),
             fenced_by: AtomicU64::new(0),
             retention: RwLock::default(),
             cancel: inner.cancel.child_token(),
@@ -548,6 +555,43 @@ impl Tier {
 
     /// Seals the active segment of a partition and waits until everything appended before this
     /// call is committed to the cold tier.
+    /// Waits until every offset below `end` is committed to the cold tier (acks=all).
+    ///
+    /// Group commit: requests do not seal a segment each. The uploader seals the active segment
+    /// as soon as it is idle and someone waits; while an upload is in flight, later records
+    /// accumulate and go up together in the next segment. So latency is about one upload when
+    /// the partition is quiet, and the number of objects stays bounded by the upload rate, not
+    /// the request rate.
+    pub async fn wait_committed(&self, topic: &str, partition: u32, end: i64) -> Result<()> {
+        let p = self.get(topic, partition)?;
+        p.commit_wanted.fetch_max(end, Ordering::AcqRel);
+        p.notify.notify_one();
+        loop {
+            let committed = p.committed.notified();
+            if p.log.uploaded_next() >= end {
+                return Ok(());
+            }
+            p.check_fenced()?;
+            if let Some(e) = p
+                .upload_error
+                .read()
+                .expect("upload error lock poisoned")
+                .clone()
+            {
+                return Err(Error::Corrupt {
+                    location: p.id.to_string(),
+                    position: p.log.uploaded_next() as u64,
+                    reason: format!("uploads stopped: {e}"),
+                });
+            }
+            if self.inner.cancel.is_cancelled() {
+                return Err(Error::Closed);
+            }
+            // The notification covers commits; the timeout covers fencing and stopped uploads.
+            let _ = tokio::time::timeout(Duration::from_millis(100), committed).await;
+        }
+    }
+
     pub async fn flush(&self, topic: &str, partition: u32) -> Result<()> {
         let p = self.get(topic, partition)?;
         let target = p.log.next_offset();

@@ -29,6 +29,21 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     loop {
         let pending = p.log.pending_uploads();
         if pending.is_empty() {
+            // acks=all waiters need offsets that are still in the active segment: seal it now
+            // (they have waited through any upload in flight; see `Tier::wait_committed`).
+            let wanted = p.commit_wanted.load(Ordering::Acquire);
+            if wanted > p.log.uploaded_next() && p.log.next_offset() >= wanted {
+                let log = p.log.clone();
+                match tokio::task::spawn_blocking(move || log.seal_active(true)).await {
+                    Ok(Ok(true)) => continue,
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
+                            "cannot seal the active segment for acks=all waiters");
+                    }
+                    Err(e) => tracing::error!(error = %e, "seal task failed"),
+                }
+            }
             tokio::select! {
                 _ = p.cancel.cancelled() => return,
                 _ = p.notify.notified() => {}
@@ -141,6 +156,7 @@ async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> R
     p.set_cold(w.state());
     drop(w);
     p.log.mark_uploaded(enc.last_offset + 1);
+    p.committed.notify_waiters();
     tracing::debug!(topic = %p.id.topic, partition = p.id.partition, base = enc.base_offset,
         last = enc.last_offset, bytes = size, raw = enc.raw_bytes, "segment committed to the cold tier");
     Ok(())
