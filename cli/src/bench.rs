@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use client::{Acks, Client, Producer, ProducerConfig};
+use client::{Client, Producer, ProducerConfig};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
@@ -243,11 +243,7 @@ async fn setup(
 
 fn producer_config(args: &BenchArgs) -> ProducerConfig {
     ProducerConfig {
-        acks: match args.acks {
-            crate::AcksArg::None => Acks::None,
-            crate::AcksArg::Leader => Acks::Leader,
-            crate::AcksArg::All => Acks::All,
-        },
+        acks: args.acks.into(),
         batch_bytes: args.batch_bytes,
         linger: Duration::from_millis(args.linger_ms),
         ..Default::default()
@@ -288,7 +284,7 @@ async fn produce_phase(
                 },
                 Some((took, r)) = pending.next(), if !pending.is_empty() => {
                     match r {
-                        Ok(Ok(_)) => { let _ = h.record(took.as_micros().max(1) as u64); }
+                        Ok(Ok(_)) => { h.saturating_record(took.as_micros().max(1) as u64); }
                         Ok(Err(e)) => { first_error.get_or_insert(e.to_string()); }
                         Err(_) => { first_error.get_or_insert("the producer dropped a record".into()); }
                     }
@@ -386,7 +382,7 @@ async fn follow(
             Some(lat) => {
                 seen += lat.len() as u64;
                 for l in lat {
-                    let _ = h.record(l.max(1));
+                    h.saturating_record(l.max(1));
                 }
             }
             None => break,
@@ -415,7 +411,7 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
     let epoch = Instant::now();
     println!("baselines (same run):");
     let disk_bytes = (args.records * args.record_bytes as u64).min(1 << 30);
-    let disk = disk_write(dir, disk_bytes, &args.fsync).await?;
+    let disk = disk_write(dir, disk_bytes, crate::settings::parse_fsync(&args.fsync)?).await?;
     row(
         "raw disk write, same fsync policy",
         format!("{:.0} MB/s", mbs(disk_bytes, disk)),
@@ -607,30 +603,30 @@ async fn replay(
 }
 
 /// Writes `bytes` to a file in 256 KiB writes, syncing as the node's fsync policy would.
-async fn disk_write(dir: &Path, bytes: u64, fsync: &str) -> anyhow::Result<Duration> {
+async fn disk_write(dir: &Path, bytes: u64, fsync: tier::FsyncPolicy) -> anyhow::Result<Duration> {
     let path = dir.join("raw-disk-baseline");
-    let fsync = fsync.to_string();
     let took = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
         use std::io::Write;
         let mut f = std::fs::File::create(&path)?;
         let buf = vec![7u8; 256 << 10];
-        let interval = fsync.parse::<u64>().ok().map(Duration::from_millis);
         let start = Instant::now();
         let mut last_sync = start;
         let mut written = 0u64;
         while written < bytes {
             f.write_all(&buf)?;
             written += buf.len() as u64;
-            match (fsync.as_str(), interval) {
-                ("every_batch", _) => f.sync_data()?,
-                (_, Some(i)) if last_sync.elapsed() >= i => {
+            match fsync {
+                tier::FsyncPolicy::EveryBatch => f.sync_data()?,
+                tier::FsyncPolicy::Interval { ms }
+                    if last_sync.elapsed() >= Duration::from_millis(ms) =>
+                {
                     f.sync_data()?;
                     last_sync = Instant::now();
                 }
                 _ => {}
             }
         }
-        if fsync != "never" {
+        if fsync != tier::FsyncPolicy::Never {
             f.sync_data()?;
         }
         let took = start.elapsed();
@@ -753,7 +749,7 @@ async fn loopback(bytes: u64) -> anyhow::Result<(f64, Histogram<u64>)> {
         let t = Instant::now();
         c.write_all(&ping).await?;
         c.read_exact(&mut ping).await?;
-        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+        h.saturating_record(t.elapsed().as_micros().max(1) as u64);
     }
     drop(c);
     sink.await??;

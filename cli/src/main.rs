@@ -116,6 +116,16 @@ enum AcksArg {
     All,
 }
 
+impl From<AcksArg> for client::Acks {
+    fn from(a: AcksArg) -> Self {
+        match a {
+            AcksArg::None => client::Acks::None,
+            AcksArg::Leader => client::Acks::Leader,
+            AcksArg::All => client::Acks::All,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// A TOML settings file (see tierlog.example.toml).
@@ -183,11 +193,7 @@ fn main() -> std::process::ExitCode {
                 acks,
             } => {
                 let c = commands::connect(&server).await?;
-                let acks = match acks {
-                    AcksArg::None => client::Acks::None,
-                    AcksArg::Leader => client::Acks::Leader,
-                    AcksArg::All => client::Acks::All,
-                };
+                let acks = acks.into();
                 commands::produce(
                     &c,
                     commands::ProduceArgs {

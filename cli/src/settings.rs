@@ -138,17 +138,7 @@ impl Settings {
     }
 
     pub fn fsync_policy(&self) -> anyhow::Result<FsyncPolicy> {
-        Ok(match self.fsync.as_str() {
-            "every_batch" => FsyncPolicy::EveryBatch,
-            "never" => FsyncPolicy::Never,
-            ms => FsyncPolicy::Interval {
-                ms: ms.parse().map_err(|_| {
-                    anyhow::anyhow!(
-                        "fsync must be every_batch, never or a number of milliseconds, not {ms:?}"
-                    )
-                })?,
-            },
-        })
+        parse_fsync(&self.fsync)
     }
 
     pub fn object_store_url(&self) -> String {
@@ -231,6 +221,21 @@ impl Settings {
             .map_err(|e| anyhow::anyhow!("tier settings: {e}"))?;
         Ok(())
     }
+}
+
+/// `every_batch`, `never`, or a number of milliseconds.
+pub fn parse_fsync(fsync: &str) -> anyhow::Result<FsyncPolicy> {
+    Ok(match fsync {
+        "every_batch" => FsyncPolicy::EveryBatch,
+        "never" => FsyncPolicy::Never,
+        ms => FsyncPolicy::Interval {
+            ms: ms.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "fsync must be every_batch, never or a number of milliseconds, not {ms:?}"
+                )
+            })?,
+        },
+    })
 }
 
 #[cfg(test)]

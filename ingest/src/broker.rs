@@ -383,10 +383,27 @@ impl Broker {
         let (_, storage) = self.partition(topic, partition).await?;
         let batch = RecordBatch::parse(bytes)
             .map_err(|e| Error::InvalidRequest(format!("record batch: {e}")))?;
+        // An uncompressed batch no larger than the limit cannot hold an oversized record: skip
+        // decoding it here (the tier still checks every record on append).
+        let limit = self.inner.cfg.max_record_bytes;
+        let compressed = batch.header().compression()? != Compression::None;
+        if !compressed && batch.len() <= limit {
+            let accepted = batch.header().record_count.max(0) as usize;
+            return self
+                .append(
+                    topic,
+                    &storage,
+                    partition,
+                    batch,
+                    acks,
+                    accepted,
+                    Vec::new(),
+                )
+                .await;
+        }
         let records = batch
             .records()
             .map_err(|e| Error::InvalidRequest(format!("record batch: {e}")))?;
-        let limit = self.inner.cfg.max_record_bytes;
         let mut errors = Vec::new();
         for (index, r) in records.iter().enumerate() {
             let size = record_size(r.key.as_ref(), r.value.as_ref(), &r.headers);
@@ -398,13 +415,8 @@ impl Broker {
             (batch, records.len())
         } else {
             let h = batch.header();
-            let mut b = BatchBuilder::new(
-                batch
-                    .header()
-                    .compression()
-                    .map_err(|e| Error::InvalidRequest(format!("record batch: {e}")))?,
-            )
-            .producer(h.producer, h.is_transactional());
+            let mut b = BatchBuilder::new(batch.header().compression()?)
+                .producer(h.producer, h.is_transactional());
             let refused: Vec<usize> = errors.iter().map(|(i, _)| *i).collect();
             for (i, r) in records.iter().enumerate() {
                 if !refused.contains(&i) {

@@ -566,6 +566,21 @@ impl Tier {
         let p = self.get(topic, partition)?;
         p.commit_wanted.fetch_max(end, Ordering::AcqRel);
         p.notify.notify_one();
+        self.until_committed(&p, end).await
+    }
+
+    pub async fn flush(&self, topic: &str, partition: u32) -> Result<()> {
+        let p = self.get(topic, partition)?;
+        let target = p.log.next_offset();
+        let log = p.log.clone();
+        blocking(move || log.seal_active(true).map(|_| ())).await?;
+        p.notify.notify_one();
+        self.until_committed(&p, target).await
+    }
+
+    /// Waits for the cold tier to reach `end`, or for the reason it never will (fenced, uploads
+    /// stopped, shutting down).
+    async fn until_committed(&self, p: &Partition, end: i64) -> Result<()> {
         loop {
             let committed = p.committed.notified();
             if p.log.uploaded_next() >= end {
@@ -589,36 +604,6 @@ impl Tier {
             }
             // The notification covers commits; the timeout covers fencing and stopped uploads.
             let _ = tokio::time::timeout(Duration::from_millis(100), committed).await;
-        }
-    }
-
-    pub async fn flush(&self, topic: &str, partition: u32) -> Result<()> {
-        let p = self.get(topic, partition)?;
-        let target = p.log.next_offset();
-        let log = p.log.clone();
-        blocking(move || log.seal_active(true).map(|_| ())).await?;
-        p.notify.notify_one();
-        loop {
-            if p.log.uploaded_next() >= target {
-                return Ok(());
-            }
-            p.check_fenced()?;
-            if let Some(e) = p
-                .upload_error
-                .read()
-                .expect("upload error lock poisoned")
-                .clone()
-            {
-                return Err(Error::Corrupt {
-                    location: p.id.to_string(),
-                    position: p.log.uploaded_next() as u64,
-                    reason: format!("uploads stopped: {e}"),
-                });
-            }
-            if self.inner.cancel.is_cancelled() {
-                return Err(Error::Closed);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

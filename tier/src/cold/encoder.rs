@@ -17,7 +17,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// A fixed pool of low-priority threads. The threads exit when the pool is dropped.
 #[derive(Debug)]
 pub(crate) struct Encoders {
-    tx: Mutex<mpsc::Sender<Job>>,
+    tx: mpsc::Sender<Job>,
 }
 
 impl Encoders {
@@ -49,7 +49,7 @@ impl Encoders {
                 tracing::error!(error = %e, "cannot start an encoder thread");
             }
         }
-        Encoders { tx: Mutex::new(tx) }
+        Encoders { tx }
     }
 
     /// Runs `f` on an encoder thread and waits for its result.
@@ -61,11 +61,7 @@ impl Encoders {
         let job: Job = Box::new(move || {
             let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
         });
-        self.tx
-            .lock()
-            .map_err(|_| Error::Closed)?
-            .send(job)
-            .map_err(|_| Error::Closed)?;
+        self.tx.send(job).map_err(|_| Error::Closed)?;
         match result.await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(Error::invalid("a segment conversion panicked")),
