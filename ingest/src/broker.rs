@@ -2,23 +2,34 @@
 //!
 //! It owns the node's leadership of partitions (through `meta`, under the node's lease) and the
 //! storage core (`tier`). Topic metadata lives in `meta`; a topic's data is stored under the name
-//! `<topic>.<topic id>`, so a topic deleted and created again never sees the old data.
+//! `<topic>.<topic id>`, so a topic deleted and created again never sees the old data. Which
+//! node leads which partition is decided in [`cluster`].
 //!
 //! Invariants:
 //! - a partition is open in the tier only while this node holds its leadership, with the epoch
 //!   `meta` granted; that epoch fences the partition's cold-tier commits;
+//! - appends happen only under a partition's open gate and while the node's lease is valid by
+//!   its own clock; hand-off and step-down close the gate first, which waits out appends in
+//!   flight, so nothing is appended after a partition's final upload;
 //! - a produce request is appended as one batch: its accepted records get consecutive offsets;
-//! - records over `max_record_bytes` are refused one by one; the rest of the request proceeds.
+//! - records over `max_record_bytes` are refused one by one; the rest of the request proceeds;
+//! - a node that does not lead a partition answers produce with NOT_LEADER (naming the leader
+//!   when it knows it) and serves reads of the committed (cold) part only.
+
+mod cluster;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use meta::{LeaseId, Meta, NodeId, PartitionOffset, TopicConfig, TopicMeta};
+use proto::v1 as pb;
+use proto::v1::tierlog_client::TierlogClient;
 use tier::{BatchBuilder, Compression, Header, PartitionOffsets, ReadResult, RecordBatch, Tier};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 
@@ -103,15 +114,41 @@ pub struct TopicInfo {
     pub partitions: Vec<PartitionInfo>,
 }
 
+type PartitionKey = (String, u32);
+
+/// A partition this node leads.
+#[derive(Debug)]
+struct Led {
+    epoch: u64,
+    /// The name its data is stored under.
+    storage: String,
+    /// `true` while appends are accepted. Appends hold the read side; hand-off and step-down
+    /// take the write side (waiting out appends in flight) and set it to `false`.
+    open: Arc<tokio::sync::RwLock<bool>>,
+}
+
 #[derive(Debug)]
 struct Inner {
     tier: Tier,
     meta: Meta,
     cfg: BrokerConfig,
-    lease: LeaseId,
+    /// The lease the node's registration and leaderships hang on (replaced after it is lost).
+    lease: Mutex<LeaseId>,
+    /// By the node's own clock, the lease is valid until then: appends stop after it even when
+    /// the metadata store cannot be asked (a paused or partitioned node stops acknowledging).
+    lease_valid_until: Mutex<Instant>,
     topics: RwLock<HashMap<String, TopicMeta>>,
-    epochs: RwLock<HashMap<(String, u32), u64>>,
-    arrivals: Mutex<HashMap<(String, u32), Arc<Notify>>>,
+    led: RwLock<HashMap<PartitionKey, Arc<Led>>>,
+    /// Leaders and node addresses as last read from `meta`, for NOT_LEADER hints.
+    leaders: RwLock<HashMap<PartitionKey, NodeId>>,
+    nodes: RwLock<HashMap<NodeId, String>>,
+    /// Connections to other nodes (for their partitions' offsets), by address.
+    peers: Mutex<HashMap<String, TierlogClient<Channel>>>,
+    arrivals: Mutex<HashMap<PartitionKey, Arc<Notify>>>,
+    /// One reconciliation at a time.
+    reconciling: tokio::sync::Mutex<()>,
+    /// Wakes the controller (lease lost, topic created here).
+    wake: Notify,
     cancel: CancellationToken,
     /// Cancelled when the node starts draining: waiting reads end, so open fetch streams close
     /// and the server's graceful shutdown can finish.
@@ -136,31 +173,39 @@ fn storage_name(t: &TopicMeta) -> String {
 }
 
 impl Broker {
-    /// Registers the node under a new lease, keeps the lease alive, and takes leadership of
-    /// every partition of every topic (single node: all of them).
+    /// Registers the node under a new lease, keeps the lease alive, takes the partitions the
+    /// cluster assigns it (a single node: all of them) and keeps following the cluster.
     pub async fn start(tier: Tier, meta: Meta, cfg: BrokerConfig) -> Result<Broker> {
         // A crash leaves this node's previous lease (and its leaderships) alive for a TTL.
         meta.reclaim_node(cfg.node_id).await?;
+        let granted_at = Instant::now();
         let lease = meta.kv().grant_lease(cfg.lease_ttl).await?;
         meta.register_node(cfg.node_id, &cfg.advertised_addr, lease)
             .await?;
         let broker = Broker {
             inner: Arc::new(Inner {
+                lease_valid_until: Mutex::new(granted_at + cfg.lease_ttl),
                 tier,
                 meta,
                 cfg,
-                lease,
+                lease: Mutex::new(lease),
                 topics: RwLock::default(),
-                epochs: RwLock::default(),
+                led: RwLock::default(),
+                leaders: RwLock::default(),
+                nodes: RwLock::default(),
+                peers: Mutex::default(),
                 arrivals: Mutex::default(),
+                reconciling: tokio::sync::Mutex::default(),
+                wake: Notify::new(),
                 cancel: CancellationToken::new(),
                 draining: CancellationToken::new(),
             }),
         };
         broker.spawn_keep_alive();
-        for t in broker.inner.meta.list_topics().await? {
-            broker.open_topic(&t).await?;
+        if let Err(e) = broker.reconcile().await {
+            tracing::warn!(error = %e, "first reconciliation failed; retrying in the background");
         }
+        broker.spawn_controller();
         Ok(broker)
     }
 
@@ -173,46 +218,148 @@ impl Broker {
                     _ = inner.cancel.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                if let Err(e) = inner.meta.kv().keep_alive(inner.lease).await {
-                    tracing::error!(error = %e, "lease keep-alive failed");
+                let lease = *inner.lease.lock().expect("lease lock poisoned");
+                let sent = Instant::now();
+                match inner.meta.kv().keep_alive(lease).await {
+                    Ok(_) => {
+                        let mut until =
+                            inner.lease_valid_until.lock().expect("lease lock poisoned");
+                        *until = (*until).max(sent + inner.cfg.lease_ttl);
+                    }
+                    Err(meta::Error::LeaseNotFound { .. }) => {
+                        tracing::warn!(lease = %lease, "the node's lease is gone; stepping down");
+                        inner.wake.notify_one();
+                    }
+                    Err(e) => tracing::error!(error = %e, "lease keep-alive failed"),
                 }
             }
         });
     }
 
-    pub fn tier(&self) -> &Tier {
-        &self.inner.tier
+    /// `true` once the lease may have expired by the node's own clock.
+    fn lease_lapsed(&self) -> bool {
+        Instant::now()
+            >= *self
+                .inner
+                .lease_valid_until
+                .lock()
+                .expect("lease lock poisoned")
     }
 
-    async fn open_topic(&self, t: &TopicMeta) -> Result<()> {
-        let inner = &self.inner;
-        let name = storage_name(t);
-        for p in 0..t.partitions() {
-            let epoch = inner
-                .meta
-                .acquire_leadership(&t.name, p, inner.cfg.node_id, inner.lease)
-                .await?;
-            inner.tier.open_partition(&name, p, epoch).await?;
-            inner.tier.set_cold_retention(
-                &name,
-                p,
-                tier::ColdRetention {
-                    ms: t.config.retention_ms,
-                    bytes: t.config.retention_bytes.map(|b| b.max(0) as u64),
-                },
-            )?;
-            inner
-                .epochs
-                .write()
-                .expect("epochs lock poisoned")
-                .insert((t.name.clone(), p), epoch);
+    fn led(&self, topic: &str, partition: u32) -> Option<Arc<Led>> {
+        self.inner
+            .led
+            .read()
+            .expect("led lock poisoned")
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    /// NOT_LEADER for a partition, naming the leader's address when it is known.
+    fn not_leader(&self, topic: &str, partition: u32, why: &str) -> Error {
+        let leader = self
+            .inner
+            .leaders
+            .read()
+            .expect("leaders lock poisoned")
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .filter(|&n| n != self.inner.cfg.node_id)
+            .and_then(|n| {
+                self.inner
+                    .nodes
+                    .read()
+                    .expect("nodes lock poisoned")
+                    .get(&n)
+                    .cloned()
+            });
+        Error::NotLeader {
+            topic: topic.to_string(),
+            partition,
+            leader,
+            why: why.to_string(),
         }
-        inner
-            .topics
-            .write()
-            .expect("topics lock poisoned")
-            .insert(t.name.clone(), t.clone());
-        Ok(())
+    }
+
+    /// A tier error about a partition that was closed under us (hand-off) becomes NOT_LEADER.
+    fn tier_error(&self, topic: &str, partition: u32, e: tier::Error) -> Error {
+        match e {
+            tier::Error::UnknownPartition { .. } => {
+                self.not_leader(topic, partition, "it was handed to another node")
+            }
+            tier::Error::Fenced { .. } => {
+                self.not_leader(topic, partition, "a newer leader took over")
+            }
+            e => Error::Storage(e),
+        }
+    }
+
+    /// Fills in the leader of a NOT_LEADER error that does not name one, from `meta` (the
+    /// cached view may predate the latest election).
+    async fn hinted<T>(&self, r: Result<T>) -> Result<T> {
+        let Err(Error::NotLeader {
+            topic,
+            partition,
+            leader: None,
+            why,
+        }) = r
+        else {
+            return r;
+        };
+        let leader = match self.inner.meta.current_leader(&topic, partition).await {
+            Ok(Some(l)) if l.node_id != self.inner.cfg.node_id => {
+                self.inner
+                    .leaders
+                    .write()
+                    .expect("leaders lock poisoned")
+                    .insert((topic.clone(), partition), l.node_id);
+                let known = self
+                    .inner
+                    .nodes
+                    .read()
+                    .expect("nodes lock poisoned")
+                    .get(&l.node_id)
+                    .cloned();
+                match known {
+                    Some(a) => Some(a),
+                    None => self
+                        .inner
+                        .meta
+                        .list_nodes()
+                        .await
+                        .ok()
+                        .and_then(|ns| ns.into_iter().find(|n| n.node_id == l.node_id))
+                        .map(|n| n.addr),
+                }
+            }
+            _ => None,
+        };
+        Err(Error::NotLeader {
+            topic,
+            partition,
+            leader,
+            why,
+        })
+    }
+
+    /// A client for the node at `addr` (connected lazily, kept).
+    fn peer(&self, addr: &str) -> Result<TierlogClient<Channel>> {
+        let mut peers = self.inner.peers.lock().expect("peers lock poisoned");
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::InvalidRequest(format!("node address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let c = TierlogClient::new(channel);
+        peers.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    pub fn tier(&self) -> &Tier {
+        &self.inner.tier
     }
 
     /// The topic's metadata (cached; `meta` is the source of truth).
@@ -228,7 +375,11 @@ impl Broker {
         }
         match self.inner.meta.get_topic(name).await? {
             Some(t) => {
-                self.open_topic(&t).await?;
+                self.inner
+                    .topics
+                    .write()
+                    .expect("topics lock poisoned")
+                    .insert(t.name.clone(), t.clone());
                 Ok(t)
             }
             None => Err(Error::UnknownTopic(name.to_string())),
@@ -258,17 +409,29 @@ impl Broker {
             .clone()
     }
 
+    /// Creates a topic and waits (up to the lease TTL) until every partition has a leader.
     pub async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
         meta::validate_topic_name(name).map_err(|e| match e {
             meta::Error::InvalidArgument(m) => Error::InvalidTopicName(m),
             other => Error::Meta(other),
         })?;
         let t = self.inner.meta.create_topic(name, config).await?;
-        self.open_topic(&t).await?;
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(topic = name, error = %e, "reconciliation after create failed");
+        }
+        let deadline = Instant::now() + self.inner.cfg.lease_ttl;
+        for p in 0..t.partitions() {
+            while self.inner.meta.current_leader(name, p).await?.is_none()
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         self.describe_topic(name).await
     }
 
-    /// Deletes a topic: metadata first (so nobody produces to it), then every byte of its data.
+    /// Deletes a topic: metadata first (so nobody produces to it), then every byte of the
+    /// partitions this node leads; the other leaders delete theirs when they see it gone.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let t = self.inner.meta.delete_topic(name).await?;
         self.inner
@@ -278,12 +441,9 @@ impl Broker {
             .remove(name);
         let storage = storage_name(&t);
         for p in 0..t.partitions() {
-            self.inner.tier.remove_partition(&storage, p).await?;
-            self.inner
-                .epochs
-                .write()
-                .expect("epochs lock poisoned")
-                .remove(&(name.to_string(), p));
+            if let Some(led) = self.led(name, p).filter(|l| l.storage == storage) {
+                self.retire(name, p, &led, cluster::Retire::Delete).await?;
+            }
         }
         Ok(())
     }
@@ -302,27 +462,77 @@ impl Broker {
     pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
         let t = self.topic(name).await?;
         let storage = storage_name(&t);
+        let nodes: HashMap<NodeId, String> = self
+            .inner
+            .meta
+            .list_nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.node_id, n.addr))
+            .collect();
         let mut partitions = Vec::new();
         for p in 0..t.partitions() {
             let leader = self.inner.meta.current_leader(name, p).await?;
-            let addr = match &leader {
-                Some(l) if l.node_id == self.inner.cfg.node_id => {
-                    self.inner.cfg.advertised_addr.clone()
-                }
-                Some(l) => format!("node {}", l.node_id),
-                None => String::new(),
+            let addr = leader
+                .and_then(|l| nodes.get(&l.node_id).cloned())
+                .unwrap_or_default();
+            let offsets = match self.led(name, p) {
+                Some(_) => self.inner.tier.offsets(&storage, p)?,
+                None => self.remote_offsets(name, &storage, p, &addr).await?,
             };
             partitions.push(PartitionInfo {
                 partition: p,
                 leader: addr,
                 leader_epoch: leader.map_or(0, |l| l.epoch),
-                offsets: self.inner.tier.offsets(&storage, p)?,
+                offsets,
             });
         }
         Ok(TopicInfo {
             meta: t,
             partitions,
         })
+    }
+
+    /// A partition led elsewhere: what its manifest says, with the log end asked of its leader
+    /// (when that answers).
+    async fn remote_offsets(
+        &self,
+        topic: &str,
+        storage: &str,
+        partition: u32,
+        leader: &str,
+    ) -> Result<PartitionOffsets> {
+        let mut o = self
+            .inner
+            .tier
+            .committed_offsets(storage, partition)
+            .await?;
+        if leader.is_empty() || leader == self.inner.cfg.advertised_addr {
+            return Ok(o);
+        }
+        let asked = self
+            .peer(leader)?
+            .list_offsets(pb::ListOffsetsRequest {
+                topic: topic.to_string(),
+                partition,
+                spec: Some(pb::list_offsets_request::Spec::Position(
+                    pb::StartPosition::StartLatest as i32,
+                )),
+            })
+            .await;
+        match asked {
+            Ok(r) => {
+                let next = r.into_inner().offset;
+                if next >= o.cold_next {
+                    o.next = next;
+                    o.durable_next = next;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(topic, partition, leader, error = %e, "leader did not say its log end")
+            }
+        }
+        Ok(o)
     }
 
     /// Appends records to one partition as one batch. Oversized records are refused one by one.
@@ -454,11 +664,50 @@ impl Broker {
         accepted: usize,
         errors: Vec<(usize, Error)>,
     ) -> Result<ProduceResult> {
+        self.hinted(
+            self.append_inner(topic, storage, partition, batch, acks, accepted, errors)
+                .await,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn append_inner(
+        &self,
+        topic: &str,
+        storage: &str,
+        partition: u32,
+        batch: RecordBatch,
+        acks: Acks,
+        accepted: usize,
+        errors: Vec<(usize, Error)>,
+    ) -> Result<ProduceResult> {
+        let led = self
+            .led(topic, partition)
+            .ok_or_else(|| self.not_leader(topic, partition, "this node does not lead it"))?;
+        if self.lease_lapsed() {
+            return Err(self.not_leader(
+                topic,
+                partition,
+                "this node's lease with the metadata store lapsed",
+            ));
+        }
+        let gate = led.open.clone().read_owned().await;
+        if !*gate {
+            return Err(self.not_leader(topic, partition, "it is being handed over"));
+        }
         let append = {
             let this = self.clone();
             let (topic, storage) = (topic.to_string(), storage.to_string());
             async move {
-                let r = this.inner.tier.append(&storage, partition, batch).await?;
+                let r = this
+                    .inner
+                    .tier
+                    .append(&storage, partition, batch)
+                    .await
+                    .map_err(|e| this.tier_error(&topic, partition, e));
+                drop(gate);
+                let r = r?;
                 this.arrivals(&topic, partition).notify_waiters();
                 Ok::<_, Error>(r)
             }
@@ -480,7 +729,8 @@ impl Broker {
             self.inner
                 .tier
                 .wait_committed(storage, partition, r.last_offset + 1)
-                .await?;
+                .await
+                .map_err(|e| self.tier_error(topic, partition, e))?;
         }
         Ok(ProduceResult {
             base_offset: r.base_offset,
@@ -489,10 +739,34 @@ impl Broker {
         })
     }
 
-    /// Resolves a start position to an offset.
+    /// Resolves a start position to an offset. A node that does not lead the partition
+    /// resolves only what the committed log answers (earliest, an explicit offset).
     pub async fn resolve(&self, topic: &str, partition: u32, at: StartAt) -> Result<i64> {
+        self.hinted(self.resolve_inner(topic, partition, at).await)
+            .await
+    }
+
+    async fn resolve_inner(&self, topic: &str, partition: u32, at: StartAt) -> Result<i64> {
         let (_, storage) = self.partition(topic, partition).await?;
-        let o = self.inner.tier.offsets(&storage, partition)?;
+        if self.led(topic, partition).is_none() {
+            return match at {
+                StartAt::Offset(off) => Ok(off),
+                StartAt::Earliest => Ok(self
+                    .inner
+                    .tier
+                    .committed_offsets(&storage, partition)
+                    .await?
+                    .log_start),
+                StartAt::Latest | StartAt::Timestamp(_) => {
+                    Err(self.not_leader(topic, partition, "this node does not lead it"))
+                }
+            };
+        }
+        let o = self
+            .inner
+            .tier
+            .offsets(&storage, partition)
+            .map_err(|e| self.tier_error(topic, partition, e))?;
         Ok(match at {
             StartAt::Earliest => o.log_start,
             StartAt::Latest => o.next,
@@ -501,7 +775,8 @@ impl Broker {
                 .inner
                 .tier
                 .offset_for_timestamp(&storage, partition, ts)
-                .await?
+                .await
+                .map_err(|e| self.tier_error(topic, partition, e))?
                 .unwrap_or(o.next),
         })
     }
@@ -513,12 +788,25 @@ impl Broker {
         partition: u32,
         ts: i64,
     ) -> Result<Option<i64>> {
+        self.hinted(self.offset_for_timestamp_inner(topic, partition, ts).await)
+            .await
+    }
+
+    async fn offset_for_timestamp_inner(
+        &self,
+        topic: &str,
+        partition: u32,
+        ts: i64,
+    ) -> Result<Option<i64>> {
         let (_, storage) = self.partition(topic, partition).await?;
-        Ok(self
-            .inner
+        if self.led(topic, partition).is_none() {
+            return Err(self.not_leader(topic, partition, "this node does not lead it"));
+        }
+        self.inner
             .tier
             .offset_for_timestamp(&storage, partition, ts)
-            .await?)
+            .await
+            .map_err(|e| self.tier_error(topic, partition, e))
     }
 
     /// Reads from `offset`; with `wait`, waits up to that long for records when caught up.
@@ -530,7 +818,38 @@ impl Broker {
         max_bytes: usize,
         wait: Option<Duration>,
     ) -> Result<ReadResult> {
+        self.hinted(
+            self.read_inner(topic, partition, offset, max_bytes, wait)
+                .await,
+        )
+        .await
+    }
+
+    async fn read_inner(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+        wait: Option<Duration>,
+    ) -> Result<ReadResult> {
         let (_, storage) = self.partition(topic, partition).await?;
+        if self.led(topic, partition).is_none() {
+            // Another node leads: serve what is committed; the rest is the leader's to serve.
+            let r = self
+                .inner
+                .tier
+                .read_committed(&storage, partition, offset, max_bytes)
+                .await?;
+            if r.records.is_empty() {
+                return Err(self.not_leader(
+                    topic,
+                    partition,
+                    "this node serves only its committed records; newer ones are at the leader",
+                ));
+            }
+            return Ok(r);
+        }
         let arrivals = self.arrivals(topic, partition);
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         loop {
@@ -541,7 +860,8 @@ impl Broker {
                 .inner
                 .tier
                 .read(&storage, partition, offset, max_bytes)
-                .await?;
+                .await
+                .map_err(|e| self.tier_error(topic, partition, e))?;
             let Some(deadline) = deadline else {
                 return Ok(r);
             };
@@ -587,26 +907,33 @@ impl Broker {
         Ok(self.inner.meta.fetch_offsets(group, topic).await?)
     }
 
-    /// Graceful shutdown: seals and uploads every partition, resigns leaderships, revokes the
-    /// lease.
+    /// Graceful shutdown: stops following the cluster, seals and uploads every partition,
+    /// resigns leaderships, revokes the lease (so other nodes take over at once).
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.draining.cancel();
         self.inner.cancel.cancel();
+        // Wait out a reconciliation in flight, and keep others from starting.
+        let _one = self.inner.reconciling.lock().await;
         let closed = self.inner.tier.close(true).await;
-        let epochs: Vec<_> = self
+        let led: Vec<_> = self
             .inner
-            .epochs
-            .read()
-            .expect("epochs lock poisoned")
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .led
+            .write()
+            .expect("led lock poisoned")
+            .drain()
             .collect();
-        for ((topic, p), epoch) in epochs {
-            if let Err(e) = self.inner.meta.resign_leadership(&topic, p, epoch).await {
+        for ((topic, p), led) in led {
+            if let Err(e) = self
+                .inner
+                .meta
+                .resign_leadership(&topic, p, led.epoch)
+                .await
+            {
                 tracing::warn!(topic, partition = p, error = %e, "could not resign leadership");
             }
         }
-        if let Err(e) = self.inner.meta.kv().revoke_lease(self.inner.lease).await {
+        let lease = *self.inner.lease.lock().expect("lease lock poisoned");
+        if let Err(e) = self.inner.meta.kv().revoke_lease(lease).await {
             tracing::warn!(error = %e, "could not revoke the node's lease");
         }
         closed.map_err(Error::from)

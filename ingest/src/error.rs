@@ -45,6 +45,18 @@ pub enum Error {
     /// The node is draining for shutdown; clients retry (on another node, or after a restart).
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node does not lead the partition (now). `leader` is the leader's address when
+    /// known; clients send the request there, or refresh their metadata and retry.
+    #[error("this node cannot serve {topic}/{partition} now: {why}{}", match leader {
+        Some(l) => format!("; its leader is at {l}"),
+        None => "; no leader is known yet, retry shortly".to_string(),
+    })]
+    NotLeader {
+        topic: String,
+        partition: u32,
+        leader: Option<String>,
+        why: String,
+    },
     #[error(transparent)]
     Storage(#[from] tier::Error),
     #[error(transparent)]
@@ -67,6 +79,7 @@ impl Error {
             Error::InvalidRequest(_) => Code::InvalidRequest,
             Error::InvalidTopicName(_) => Code::InvalidTopicName,
             Error::ShuttingDown => Code::ShuttingDown,
+            Error::NotLeader { .. } => Code::NotLeader,
             Error::Storage(e) => match e {
                 tier::Error::Invalid(_) => Code::InvalidRequest,
                 tier::Error::Unsupported(_) => Code::Unsupported,
@@ -104,6 +117,14 @@ impl Error {
                 other if other.is_retryable() => Code::Unavailable,
                 _ => Code::Internal,
             },
+        }
+    }
+
+    /// The leader's address, for NOT_LEADER errors that know it.
+    pub fn leader(&self) -> Option<&str> {
+        match self {
+            Error::NotLeader { leader, .. } => leader.as_deref(),
+            _ => None,
         }
     }
 

@@ -45,6 +45,7 @@ pub fn detail(e: &Error) -> pb::ErrorDetail {
         code: e.code() as i32,
         message: e.to_string(),
         retriable: e.is_retryable(),
+        leader: e.leader().unwrap_or_default().to_string(),
     }
 }
 

@@ -134,7 +134,20 @@ pub(crate) struct Inner {
     pub tasks: tokio_util::task::TaskTracker,
     /// Low-priority threads for segment → Parquet conversion (`encode_concurrency` of them).
     pub encoders: crate::cold::encoder::Encoders,
+    /// Read-only views of partitions this node does not lead, for committed (cold) reads.
+    pub readers: std::sync::Mutex<HashMap<PartitionId, Arc<ReaderView>>>,
 }
+
+/// A partition another node leads, as far as its manifest goes: committed reads only.
+#[derive(Debug)]
+pub(crate) struct ReaderView {
+    pub manifest: Manifest,
+    /// The loaded state and when it was last refreshed from the store.
+    pub state: tokio::sync::Mutex<Option<(Arc<ManifestState>, std::time::Instant)>>,
+}
+
+/// How stale a reader view may be before a read at its end re-reads the manifest.
+const READER_REFRESH: Duration = Duration::from_millis(200);
 
 impl Inner {
     pub fn retry(&self) -> Retry {
@@ -187,6 +200,7 @@ impl Tier {
             cancel: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
             encoders,
+            readers: std::sync::Mutex::default(),
         });
         retention::spawn_housekeeping(&inner);
         Ok(Tier { inner })
@@ -206,8 +220,15 @@ impl Tier {
     /// [`Error::Fenced`] if a higher epoch committed), recovers the hot tier, and starts uploads.
     pub async fn open_partition(&self, topic: &str, partition: u32, epoch: u64) -> Result<()> {
         let id = PartitionId::new(topic, partition);
-        if self.partition(&id).is_ok() {
-            return Ok(());
+        if let Ok(open) = self.partition(&id) {
+            return if open.epoch == epoch {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "{id} is already open at epoch {}; close it before opening it at {epoch}",
+                    open.epoch
+                )))
+            };
         }
         let inner = &self.inner;
         let manifest = Manifest::new(inner.store.clone(), &inner.root, topic, partition);
@@ -343,13 +364,121 @@ impl Tier {
             records.retain(|r| r.offset >= offset && r.offset < next);
             return Ok(result(records, Source::Hot));
         }
-        let records = self.read_cold(&p, &cold, offset, max_bytes).await?;
+        let records = self
+            .read_cold(&p.manifest, &p.id, &cold, offset, max_bytes)
+            .await?;
         Ok(result(records, Source::Cold))
+    }
+
+    /// Committed records of a partition this tier does not lead (another node does), read from
+    /// the object store through the cache. The view of the manifest is refreshed when a read
+    /// reaches its end and it is older than a moment. An empty result at `high_watermark` means
+    /// the rest, if any, is still in the leader's hot tier.
+    pub async fn read_committed(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
+        let id = PartitionId::new(topic, partition);
+        let (view, cold) = self.reader(&id, Some(offset)).await?;
+        if offset < cold.start_offset || offset > cold.next_offset {
+            return Err(Error::OffsetOutOfRange {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                start: cold.start_offset,
+                end: cold.next_offset,
+            });
+        }
+        let records = self
+            .read_cold(&view.manifest, &id, &cold, offset, max_bytes)
+            .await?;
+        Ok(ReadResult {
+            high_watermark: cold.next_offset,
+            log_start_offset: cold.start_offset,
+            source: if records.is_empty() {
+                Source::None
+            } else {
+                Source::Cold
+            },
+            records,
+        })
+    }
+
+    /// What the manifest of a partition this tier does not lead says (hot fields equal the
+    /// committed end: the leader's hot tier is not visible from here).
+    pub async fn committed_offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets> {
+        let (_, cold) = self
+            .reader(&PartitionId::new(topic, partition), None)
+            .await?;
+        let (cold_bytes, _, cold_segments) = cold.totals();
+        Ok(PartitionOffsets {
+            log_start: cold.start_offset,
+            hot_start: cold.next_offset,
+            cold_next: cold.next_offset,
+            durable_next: cold.next_offset,
+            next: cold.next_offset,
+            hot_bytes: 0,
+            cold_bytes,
+            cold_segments,
+            upload_error: None,
+        })
+    }
+
+    /// The reader view of `id` and its state, refreshed when older than [`READER_REFRESH`] and
+    /// `at` (if given) is at or past its end.
+    async fn reader(
+        &self,
+        id: &PartitionId,
+        at: Option<i64>,
+    ) -> Result<(Arc<ReaderView>, Arc<ManifestState>)> {
+        let view = self
+            .inner
+            .readers
+            .lock()
+            .expect("readers lock poisoned")
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(ReaderView {
+                    manifest: Manifest::new(
+                        self.inner.store.clone(),
+                        &self.inner.root,
+                        &id.topic,
+                        id.partition,
+                    ),
+                    state: tokio::sync::Mutex::new(None),
+                })
+            })
+            .clone();
+        let mut guard = view.state.lock().await;
+        let state = match guard.as_ref() {
+            None => {
+                let s = Arc::new(view.manifest.load().await?);
+                *guard = Some((s.clone(), std::time::Instant::now()));
+                s
+            }
+            Some((s, at_time))
+                if at.is_some_and(|o| o >= s.next_offset)
+                    && at_time.elapsed() >= READER_REFRESH =>
+            {
+                let mut fresh = (**s).clone();
+                view.manifest.catch_up(&mut fresh).await?;
+                let fresh = Arc::new(fresh);
+                *guard = Some((fresh.clone(), std::time::Instant::now()));
+                fresh
+            }
+            Some((s, _)) => s.clone(),
+        };
+        drop(guard);
+        Ok((view, state))
     }
 
     async fn read_cold(
         &self,
-        p: &Partition,
+        manifest: &Manifest,
+        id: &PartitionId,
         cold: &ManifestState,
         offset: i64,
         max_bytes: usize,
@@ -359,16 +488,18 @@ impl Tier {
         let mut bytes = 0usize;
         let mut cur = offset;
         while cur < cold.next_offset && (out.is_empty() || bytes < max_bytes) {
-            let seg = p.manifest.find_offset(cold, cur).await?.ok_or_else(|| {
-                Error::OffsetOutOfRange {
-                    topic: p.id.topic.to_string(),
-                    partition: p.id.partition,
-                    offset: cur,
-                    start: cold.start_offset,
-                    end: cold.next_offset,
-                }
-            })?;
-            let path = p.manifest.paths.object(&seg.path);
+            let seg =
+                manifest
+                    .find_offset(cold, cur)
+                    .await?
+                    .ok_or_else(|| Error::OffsetOutOfRange {
+                        topic: id.topic.to_string(),
+                        partition: id.partition,
+                        offset: cur,
+                        start: cold.start_offset,
+                        end: cold.next_offset,
+                    })?;
+            let path = manifest.paths.object(&seg.path);
             let meta = cache.metadata(&path, seg.size).await?;
             let (rg, first) =
                 cache::locate(&meta, seg.base_offset, cur).ok_or_else(|| Error::Corrupt {
@@ -403,8 +534,15 @@ impl Tier {
                     break;
                 }
             }
-            self.read_ahead(p, cold, &seg, &path, meta.metadata().num_row_groups(), rg)
-                .await?;
+            self.read_ahead(
+                manifest,
+                cold,
+                &seg,
+                &path,
+                meta.metadata().num_row_groups(),
+                rg,
+            )
+            .await?;
         }
         Ok(out)
     }
@@ -413,7 +551,7 @@ impl Tier {
     /// into following segments.
     async fn read_ahead(
         &self,
-        p: &Partition,
+        manifest: &Manifest,
         cold: &ManifestState,
         seg: &SegmentEntry,
         path: &Path,
@@ -431,10 +569,10 @@ impl Tier {
                 left -= 1;
                 continue;
             }
-            let Some(following) = p.manifest.find_offset(cold, seg.last_offset + 1).await? else {
+            let Some(following) = manifest.find_offset(cold, seg.last_offset + 1).await? else {
                 break;
             };
-            path = p.manifest.paths.object(&following.path);
+            path = manifest.paths.object(&following.path);
             row_groups = cache
                 .metadata(&path, following.size)
                 .await?
@@ -493,6 +631,44 @@ impl Tier {
                 .expect("upload error lock poisoned")
                 .clone(),
         })
+    }
+
+    /// Closes a partition without deleting anything: stops its uploads (what is not committed
+    /// stays on local disk, to be reconciled when it is opened again), fsyncs it, and forgets
+    /// it. For handing leadership to another node, or after losing it. Appends racing with this
+    /// may land on disk but are not uploaded: callers stop appends first.
+    pub async fn close_partition(&self, topic: &str, partition: u32) -> Result<()> {
+        let id = PartitionId::new(topic, partition);
+        let Some(p) = self
+            .inner
+            .partitions
+            .write()
+            .expect("partitions lock poisoned")
+            .remove(&id)
+        else {
+            return Ok(());
+        };
+        p.cancel.cancel();
+        let handle = p.uploader.lock().expect("uploader lock poisoned").take();
+        if let Some(Err(e)) = match handle {
+            Some(h) => Some(h.await),
+            None => None,
+        } {
+            tracing::error!(topic, partition, error = %e, "the uploader task failed");
+        }
+        // Readers of other nodes' partitions must not see a view older than what we committed.
+        self.inner
+            .readers
+            .lock()
+            .expect("readers lock poisoned")
+            .remove(&id);
+        let log = p.log.clone();
+        let synced = blocking(move || log.flush()).await;
+        self.inner
+            .hot_bytes
+            .fetch_sub(p.log.bytes(), Ordering::AcqRel);
+        tracing::info!(topic, partition, epoch = p.epoch, "partition closed");
+        synced
     }
 
     /// Closes a partition and deletes all of its data: the hot segments and, after its uploads

@@ -201,3 +201,120 @@ async fn a_deleted_topic_created_again_starts_empty() {
     assert_eq!(got.records.len(), 1);
     assert_eq!(got.records[0].value.as_deref(), Some(&b"new"[..]));
 }
+
+async fn node(
+    dir: &std::path::Path,
+    store: StdArc<dyn object_store::ObjectStore>,
+    kv: StdArc<EmbeddedKv>,
+    node_id: u64,
+) -> Broker {
+    let cfg = tier::TierConfig {
+        data_dir: dir.join(format!("node-{node_id}")),
+        segment_bytes: 64 << 10,
+        max_batch_bytes: 32 << 10,
+        housekeeping_ms: 50,
+        ..tier::TierConfig::default()
+    };
+    let tier = Tier::open(cfg, store, Path::from("c")).await.unwrap();
+    let cfg = BrokerConfig {
+        node_id,
+        advertised_addr: format!("node-{node_id}.invalid:7070"),
+        ..BrokerConfig::default()
+    };
+    Broker::start(tier, Meta::new(kv), cfg).await.unwrap()
+}
+
+/// Partitions each node leads, polled until `want` holds (or 10 s pass).
+async fn wait_for_split(nodes: &[&Broker], want: &[usize]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Vec<usize> = nodes.iter().map(|b| b.tier().partitions().len()).collect();
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partitions per node: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two nodes over one metadata store and one object store: the second node's arrival moves half
+/// the partitions to it through a hand-off that uploads first, so nothing acknowledged on the
+/// first node is missing on the second; a node asked for a partition it does not lead names the
+/// leader; when the second node stops, the first takes everything back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_move_between_nodes_without_losing_acknowledged_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = tier::store::open_store("memory://", &[]).unwrap();
+    let kv = StdArc::new(EmbeddedKv::memory());
+    let one = node(dir.path(), store.clone(), kv.clone(), 1).await;
+    one.create_topic("moves", TopicConfig::new(4))
+        .await
+        .unwrap();
+    for p in 0..4 {
+        let records = (0..10).map(|i| rec(&format!("p{p}-{i}"))).collect();
+        let r = one
+            .produce("moves", p, records, Acks::Leader, Compression::None)
+            .await
+            .unwrap();
+        assert_eq!(r.base_offset, 0);
+    }
+    let two = node(dir.path(), store.clone(), kv.clone(), 2).await;
+    wait_for_split(&[&one, &two], &[2, 2]).await;
+    for p in 0..4u32 {
+        let (leader, other) = if one.led("moves", p).is_some() {
+            (&one, &two)
+        } else {
+            (&two, &one)
+        };
+        let got = leader.read("moves", p, 0, 1 << 20, None).await.unwrap();
+        let values: Vec<String> = got
+            .records
+            .iter()
+            .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+            .collect();
+        let want: Vec<String> = (0..10).map(|i| format!("p{p}-{i}")).collect();
+        assert_eq!(values, want, "partition {p} on its new leader");
+        let next = leader
+            .produce(
+                "moves",
+                p,
+                vec![rec("after")],
+                Acks::Leader,
+                Compression::None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(next.base_offset, 10, "partition {p} continues densely");
+        let refused = other
+            .produce("moves", p, vec![rec("x")], Acks::Leader, Compression::None)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), crate::Code::NotLeader);
+        let leader_id = if std::ptr::eq(leader, &one) { 1 } else { 2 };
+        assert_eq!(
+            refused.leader(),
+            Some(format!("node-{leader_id}.invalid:7070").as_str()),
+            "{refused}"
+        );
+        // The other node serves what is committed, and sends the reader on at the end.
+        let cold = other.read("moves", p, 0, 1 << 20, None).await;
+        if let Ok(r) = &cold {
+            assert_eq!(r.records[0].offset, 0);
+        }
+    }
+    two.shutdown().await.unwrap();
+    wait_for_split(&[&one], &[4]).await;
+    for p in 0..4u32 {
+        let got = one.read("moves", p, 0, 1 << 20, None).await.unwrap();
+        assert_eq!(
+            got.records.len(),
+            11,
+            "partition {p} after the second node left"
+        );
+        assert_eq!(got.records[10].value.as_deref(), Some(&b"after"[..]));
+    }
+    one.shutdown().await.unwrap();
+}

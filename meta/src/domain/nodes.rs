@@ -72,3 +72,40 @@ impl Meta {
         Ok(nodes)
     }
 }
+
+impl Meta {
+    /// Follows what moves partition leadership: nodes joining or leaving, topics created or
+    /// deleted, leaders elected or lost. An item only says that something changed (re-read the
+    /// state to see what); the stream ends or fails when one of its watches does, and then the
+    /// caller re-creates it and re-reads.
+    pub async fn watch_cluster(&self) -> Result<futures::stream::BoxStream<'static, Result<()>>> {
+        use futures::StreamExt;
+        let nodes = self
+            .kv
+            .watch_prefix(self.keys.nodes().as_bytes(), None)
+            .await?
+            .map(|e| e.map(|_| ()));
+        let topics = self
+            .kv
+            .watch_prefix(self.keys.topics().as_bytes(), None)
+            .await?
+            .map(|e| e.map(|_| ()));
+        let keys = self.keys.clone();
+        let leaders = self
+            .kv
+            .watch_prefix(self.keys.partitions().as_bytes(), None)
+            .await?
+            .filter_map(move |e| {
+                let keep = match e {
+                    Ok(e) => matches!(
+                        keys.parse_partition_key(&e.kv.key),
+                        Some((_, _, super::keys::PartitionKey::Leader))
+                    )
+                    .then_some(Ok(())),
+                    Err(e) => Some(Err(e)),
+                };
+                futures::future::ready(keep)
+            });
+        Ok(futures::stream::select_all([nodes.boxed(), topics.boxed(), leaders.boxed()]).boxed())
+    }
+}
