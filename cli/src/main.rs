@@ -145,6 +145,12 @@ struct ServeArgs {
     meta: Option<String>,
     #[arg(long, env = "TIERLOG_NODE_ID")]
     node_id: Option<u64>,
+    /// host:port other nodes and clients reach this node at (default: the listen address).
+    #[arg(long, env = "TIERLOG_ADVERTISE")]
+    advertise: Option<String>,
+    /// Lease TTL in ms: how soon a dead node's partitions move to others.
+    #[arg(long, env = "TIERLOG_LEASE_TTL_MS")]
+    lease_ttl_ms: Option<u64>,
     /// every_batch, never, or an interval in milliseconds.
     #[arg(long, env = "TIERLOG_FSYNC")]
     fsync: Option<String>,
@@ -259,6 +265,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             object_store: args.object_store,
             meta: args.meta,
             node_id: args.node_id,
+            advertise: args.advertise,
+            lease_ttl_ms: args.lease_ttl_ms,
             fsync: args.fsync,
         },
     )?;
@@ -297,13 +305,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", s.listen))?;
     let addr = listener.local_addr()?;
+    let advertised = match &s.advertise {
+        Some(a) => a.clone(),
+        None if addr.ip().is_unspecified()
+            && s.meta_backend()? != settings::MetaBackend::Embedded =>
+        {
+            anyhow::bail!(
+                "listening on {addr} (all interfaces): set advertise to the host:port other nodes and clients reach this node at"
+            )
+        }
+        None => addr.to_string(),
+    };
     let broker = Broker::start(
         tier,
         meta,
         BrokerConfig {
             node_id: s.node_id,
-            advertised_addr: addr.to_string(),
-            lease_ttl: Duration::from_secs(10),
+            advertised_addr: advertised,
+            lease_ttl: Duration::from_millis(s.lease_ttl_ms),
             max_record_bytes: s.max_record_bytes,
         },
     )

@@ -25,6 +25,12 @@ pub struct Settings {
     pub meta: String,
     /// This node's id (unique in a cluster).
     pub node_id: u64,
+    /// The address other nodes and clients reach this node at (`host:port`). Default: the
+    /// address it listens on.
+    pub advertise: Option<String>,
+    /// Lease of the node's registration and partition leaderships, ms: a node that dies is
+    /// replaced after about this long.
+    pub lease_ttl_ms: u64,
     /// The largest record (key + value + headers) accepted, bytes.
     pub max_record_bytes: usize,
     /// `every_batch`, `never`, or a number of milliseconds (`10`): see docs/durability.md.
@@ -75,6 +81,8 @@ impl Default for Settings {
             object_store_options: Default::default(),
             meta: "embedded".into(),
             node_id: 1,
+            advertise: None,
+            lease_ttl_ms: 10_000,
             max_record_bytes: 1 << 20,
             fsync: "10".into(),
             tier: TierSettings::default(),
@@ -90,6 +98,8 @@ pub struct Overrides {
     pub object_store: Option<String>,
     pub meta: Option<String>,
     pub node_id: Option<u64>,
+    pub advertise: Option<String>,
+    pub lease_ttl_ms: Option<u64>,
     pub fsync: Option<String>,
 }
 
@@ -132,6 +142,12 @@ impl Settings {
         }
         if let Some(v) = o.fsync {
             s.fsync = v;
+        }
+        if let Some(v) = o.advertise {
+            s.advertise = Some(v);
+        }
+        if let Some(v) = o.lease_ttl_ms {
+            s.lease_ttl_ms = v;
         }
         s.validate()?;
         Ok(s)
@@ -208,6 +224,17 @@ impl Settings {
                 "listen must be an address like 127.0.0.1:7070, not {:?}",
                 self.listen
             );
+        }
+        if !(1_000..=300_000).contains(&self.lease_ttl_ms) {
+            anyhow::bail!(
+                "lease_ttl_ms must be between 1000 and 300000, not {}",
+                self.lease_ttl_ms
+            );
+        }
+        if let Some(a) = &self.advertise
+            && (a.is_empty() || !a.contains(':') || a.contains("://"))
+        {
+            anyhow::bail!("advertise must be host:port, not {a:?}");
         }
         if self.max_record_bytes == 0 || self.max_record_bytes > self.tier.max_batch_bytes {
             anyhow::bail!(

@@ -147,19 +147,13 @@ impl Consumer {
         };
         let r = self
             .client
-            .rpc()
-            .list_offsets(pb::ListOffsetsRequest {
-                topic: self.topic.clone(),
-                partition,
-                spec: Some(spec),
-            })
-            .await?
-            .into_inner();
-        if r.offset < 0 {
+            .list_offsets(&self.topic, partition, spec)
+            .await?;
+        if r < 0 {
             // No record at or after the timestamp: the end of the log.
             return Box::pin(self.resolve(partition, SeekTo::End)).await;
         }
-        Ok(r.offset)
+        Ok(r)
     }
 
     /// Moves a partition's position (all assigned partitions when `partition` is `None`).
@@ -190,36 +184,15 @@ impl Consumer {
             }
             self.generation += 1;
             let generation = self.generation;
-            let mut rpc = self.client.rpc();
-            let tx = self.tx.clone();
-            let req = pb::FetchRequest {
-                topic: self.topic.clone(),
-                partition: p,
-                start: Some(pb::fetch_request::Start::Offset(from)),
-                max_bytes: self.cfg.max_bytes,
-                follow: true,
-                max_records: 0,
-            };
-            let task = tokio::spawn(async move {
-                let mut stream = match rpc.fetch(req).await {
-                    Ok(s) => s.into_inner(),
-                    Err(e) => {
-                        let _ = tx.send((p, generation, Err(e.into()))).await;
-                        return;
-                    }
-                };
-                loop {
-                    let out = match stream.message().await {
-                        Ok(Some(m)) => Ok(m),
-                        Ok(None) => return,
-                        Err(e) => Err(e.into()),
-                    };
-                    let failed = out.is_err();
-                    if tx.send((p, generation, out)).await.is_err() || failed {
-                        return;
-                    }
-                }
-            });
+            let task = tokio::spawn(fetch_loop(
+                self.client.clone(),
+                self.topic.clone(),
+                p,
+                from,
+                self.cfg.max_bytes,
+                generation,
+                self.tx.clone(),
+            ));
             self.fetchers.insert(p, Fetcher { generation, task });
         }
     }
@@ -329,5 +302,68 @@ impl Consumer {
                 None => Ok(()),
             }
         })
+    }
+}
+
+/// Follows one partition from `from`, at its leader: a retriable failure (leader moved or died,
+/// node shutting down) re-routes and resumes after the last record passed on, with backoff; only
+/// other errors reach `poll`.
+async fn fetch_loop(
+    client: Client,
+    topic: String,
+    partition: u32,
+    mut from: i64,
+    max_bytes: u32,
+    generation: u64,
+    tx: tokio::sync::mpsc::Sender<Fetched>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let req = pb::FetchRequest {
+            topic: topic.clone(),
+            partition,
+            start: Some(pb::fetch_request::Start::Offset(from)),
+            max_bytes,
+            follow: true,
+            max_records: 0,
+        };
+        let failed: tonic::Status = match client.leader_rpc(&topic, partition).await {
+            Err(e) if e.is_retriable() => tonic::Status::unavailable(e.to_string()),
+            Err(e) => {
+                let _ = tx.send((partition, generation, Err(e))).await;
+                return;
+            }
+            Ok(mut rpc) => match rpc.fetch(req).await {
+                Err(s) => s,
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(m)) => {
+                                if let Some(last) = m.records.last() {
+                                    from = last.offset + 1;
+                                    backoff = Duration::from_millis(50);
+                                }
+                                if tx.send((partition, generation, Ok(m))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break tonic::Status::unavailable("the fetch stream ended"),
+                            Err(s) => break s,
+                        }
+                    }
+                }
+            },
+        };
+        let moved = client.reroute(&topic, partition, &failed);
+        let e = crate::Error::from(failed);
+        if !e.is_retriable() {
+            let _ = tx.send((partition, generation, Err(e))).await;
+            return;
+        }
+        if !moved {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
     }
 }

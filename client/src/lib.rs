@@ -117,41 +117,156 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
     ((murmur2(key) & 0x7fff_ffff) as u32) % partitions.max(1)
 }
 
-/// A connection to a tierlog node. Cheap to clone.
+/// A connection to a tierlog cluster. Cheap to clone.
+///
+/// Requests about one partition (produce, fetch, offsets) go to the partition's leader: the
+/// client learns leaders from `DescribeTopic`, follows the leader a NOT_LEADER error names, and
+/// forgets a leader that cannot be reached, so the next attempt asks again. Other requests go to
+/// the node it connected to.
 #[derive(Debug, Clone)]
 pub struct Client {
     rpc: TierlogClient<Channel>,
+    routes: std::sync::Arc<Routes>,
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    /// Connections by node address (`host:port`).
+    nodes: std::sync::Mutex<std::collections::HashMap<String, TierlogClient<Channel>>>,
+    /// The leader's address per (topic, partition), as last learned.
+    leaders: std::sync::Mutex<std::collections::HashMap<(String, u32), String>>,
+}
+
+fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    // Flow-control windows sized for record batches (the 64 KiB defaults would cap fetch
+    // throughput at one window per round trip), as the node sets them for produce.
+    Ok(tonic::transport::Endpoint::from_shared(url)?
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20)
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .tcp_nodelay(true))
+}
+
+fn rpc_over(channel: Channel) -> TierlogClient<Channel> {
+    TierlogClient::new(channel).max_decoding_message_size(64 << 20)
+}
+
+/// The leader address a NOT_LEADER status names, if any.
+pub fn leader_hint(s: &tonic::Status) -> Option<String> {
+    use prost::Message;
+    pb::ErrorDetail::decode(s.details())
+        .ok()
+        .filter(|d| d.code == ErrorCode::NotLeader as i32 && !d.leader.is_empty())
+        .map(|d| d.leader)
 }
 
 impl Client {
-    /// Connects to `addr` (`host:port` or `http://host:port`).
-    pub async fn connect(addr: &str) -> Result<Client> {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let connect_error = |source| Error::Connect {
-            addr: addr.to_string(),
-            source,
-        };
-        // Flow-control windows sized for record batches (the 64 KiB defaults would cap fetch
-        // throughput at one window per round trip), as the node sets them for produce.
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .map_err(connect_error)?
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(32 << 20)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(connect_error)?;
-        let rpc = TierlogClient::new(channel).max_decoding_message_size(64 << 20);
-        Ok(Client { rpc })
+    /// Connects to the first reachable of `addrs`: one or more comma-separated `host:port` (or
+    /// `http://host:port`) of nodes of the cluster.
+    pub async fn connect(addrs: &str) -> Result<Client> {
+        let mut last = None;
+        for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let connect_error = |source| Error::Connect {
+                addr: addr.to_string(),
+                source,
+            };
+            let channel = match endpoint(addr).map_err(connect_error) {
+                Ok(e) => e.connect().await.map_err(connect_error),
+                Err(e) => Err(e),
+            };
+            match channel {
+                Ok(channel) => {
+                    let rpc = rpc_over(channel);
+                    let routes = Routes::default();
+                    let key = addr.trim_start_matches("http://").to_string();
+                    routes
+                        .nodes
+                        .lock()
+                        .expect("routes lock")
+                        .insert(key, rpc.clone());
+                    return Ok(Client {
+                        rpc,
+                        routes: std::sync::Arc::new(routes),
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Server {
+            code: ErrorCode::InvalidRequest,
+            message: "no server address given".into(),
+            retriable: false,
+        }))
     }
 
-    /// The generated gRPC client, for calls this wrapper does not cover.
+    /// The generated gRPC client of the node this client connected to, for calls this wrapper
+    /// does not cover.
     pub fn rpc(&self) -> TierlogClient<Channel> {
         self.rpc.clone()
+    }
+
+    /// The gRPC client of `topic`/`partition`'s leader (as far as this client knows; it asks
+    /// the cluster when it does not know).
+    pub async fn leader_rpc(&self, topic: &str, partition: u32) -> Result<TierlogClient<Channel>> {
+        let key = (topic.to_string(), partition);
+        let known = self
+            .routes
+            .leaders
+            .lock()
+            .expect("routes lock")
+            .get(&key)
+            .cloned();
+        let addr = match known {
+            Some(a) => a,
+            None => {
+                let d = self.describe_topic(topic).await?;
+                let mut leaders = self.routes.leaders.lock().expect("routes lock");
+                for p in &d.partitions {
+                    if !p.leader.is_empty() {
+                        leaders.insert((topic.to_string(), p.partition), p.leader.clone());
+                    }
+                }
+                match leaders.get(&key) {
+                    Some(a) => a.clone(),
+                    None => return Ok(self.rpc()),
+                }
+            }
+        };
+        self.node_rpc(&addr)
+    }
+
+    fn node_rpc(&self, addr: &str) -> Result<TierlogClient<Channel>> {
+        let mut nodes = self.routes.nodes.lock().expect("routes lock");
+        if let Some(c) = nodes.get(addr) {
+            return Ok(c.clone());
+        }
+        let e = endpoint(addr).map_err(|source| Error::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+        let c = rpc_over(e.connect_lazy());
+        nodes.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Learns from a failed partition request: a NOT_LEADER that names the leader moves the
+    /// route there; any other retriable failure forgets the route, so the next attempt asks the
+    /// cluster again. Returns whether the error named a new leader (retry at once).
+    pub fn reroute(&self, topic: &str, partition: u32, status: &tonic::Status) -> bool {
+        let key = (topic.to_string(), partition);
+        let mut leaders = self.routes.leaders.lock().expect("routes lock");
+        match leader_hint(status) {
+            Some(addr) => leaders.insert(key, addr.clone()).as_deref() != Some(addr.as_str()),
+            None => {
+                leaders.remove(&key);
+                false
+            }
+        }
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicDescription> {
@@ -190,6 +305,43 @@ impl Client {
             .describe_topic(pb::DescribeTopicRequest { name: name.into() })
             .await?;
         Ok(r.into_inner().topic.unwrap_or_default())
+    }
+
+    /// An offset of `topic`/`partition` (earliest, latest, or the first at a timestamp; -1 when
+    /// no record is that new), asked of its leader, following leader changes for a few attempts.
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: pb::list_offsets_request::Spec,
+    ) -> Result<i64> {
+        let mut delay = std::time::Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut rpc = self.leader_rpc(topic, partition).await?;
+            let asked = rpc
+                .list_offsets(pb::ListOffsetsRequest {
+                    topic: topic.to_string(),
+                    partition,
+                    spec: Some(spec),
+                })
+                .await;
+            match asked {
+                Ok(r) => return Ok(r.into_inner().offset),
+                Err(s) => {
+                    let moved = self.reroute(topic, partition, &s);
+                    let e = Error::from(s);
+                    if !e.is_retriable() || attempt >= 8 {
+                        return Err(e);
+                    }
+                    if !moved {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                    }
+                }
+            }
+        }
     }
 
     /// A group's committed offsets (the next offset to read) for `topic` (all topics if empty).

@@ -39,6 +39,8 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Records queued per partition before `send` waits (back-pressure).
     pub queue_records: usize,
+    /// A request without an answer by then counts as a retriable failure (a leader that hangs).
+    pub request_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -51,6 +53,7 @@ impl Default for ProducerConfig {
             retries: 10,
             retry_backoff: Duration::from_millis(100),
             queue_records: 10_000,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -250,13 +253,29 @@ async fn send_batch(
     let mut attempt = 0;
     let result = loop {
         attempt += 1;
-        match client.rpc().produce(req.clone()).await {
+        // Partition requests go to its leader; errors teach the client where that is now.
+        let sent = match client.leader_rpc(topic, partition).await {
+            Ok(mut rpc) => {
+                match tokio::time::timeout(cfg.request_timeout, rpc.produce(req.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => Err(tonic::Status::unavailable(format!(
+                        "no answer from the leader of {topic}/{partition} within {:?}",
+                        cfg.request_timeout
+                    ))),
+                }
+            }
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        match sent {
             Ok(r) => break Ok(r.into_inner()),
             Err(s) => {
+                let moved = client.reroute(topic, partition, &s);
                 let e = Error::from(s);
                 if e.is_retriable() && attempt < cfg.retries {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    if !moved {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
                     continue;
                 }
                 break Err(e);
