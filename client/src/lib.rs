@@ -344,6 +344,16 @@ impl Client {
         }
     }
 
+    /// A new idempotent-producer identity: (producer id, epoch).
+    pub async fn init_producer(&self) -> Result<(i64, i16)> {
+        let r = self
+            .rpc()
+            .init_producer(pb::InitProducerRequest {})
+            .await?
+            .into_inner();
+        Ok((r.producer_id, r.producer_epoch as i16))
+    }
+
     /// A group's committed offsets (the next offset to read) for `topic` (all topics if empty).
     pub async fn fetch_offsets(&self, group: &str, topic: &str) -> Result<Vec<pb::GroupOffset>> {
         let r = self

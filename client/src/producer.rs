@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::batch::{BatchBuilder, Compression};
+use proto::batch::{BatchBuilder, Compression, ProducerInfo};
 use proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,6 +41,10 @@ pub struct ProducerConfig {
     pub queue_records: usize,
     /// A request without an answer by then counts as a retriable failure (a leader that hangs).
     pub request_timeout: Duration,
+    /// Idempotence: the producer takes an id from the cluster and numbers its records per
+    /// partition, so the leader drops a retried batch it already has (also after a failover)
+    /// instead of appending it twice. Ignored with `acks = None` (no answers to retry on).
+    pub idempotent: bool,
 }
 
 impl Default for ProducerConfig {
@@ -54,6 +58,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             queue_records: 10_000,
             request_timeout: Duration::from_secs(30),
+            idempotent: true,
         }
     }
 }
@@ -177,6 +182,14 @@ impl Producer {
     }
 }
 
+/// An idempotent producer's identity and next sequence number on one partition.
+#[derive(Debug, Default)]
+struct Sequence {
+    /// (producer id, epoch), once obtained.
+    id: Option<(i64, i16)>,
+    next: i32,
+}
+
 async fn sender(
     client: Client,
     cfg: Arc<ProducerConfig>,
@@ -184,6 +197,7 @@ async fn sender(
     partition: u32,
     mut rx: mpsc::Receiver<Pending>,
 ) {
+    let mut seq = Sequence::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let mut bytes = batch[0].size;
@@ -197,8 +211,41 @@ async fn sender(
                 Ok(None) | Err(_) => break,
             }
         }
-        send_batch(&client, &cfg, &topic, partition, batch).await;
+        send_batch(&client, &cfg, &topic, partition, batch, &mut seq).await;
     }
+}
+
+/// Encodes `batch` as one record batch, under `producer` when given.
+fn encode(
+    cfg: &ProducerConfig,
+    batch: &[Pending],
+    producer: Option<ProducerInfo>,
+) -> std::result::Result<Bytes, String> {
+    let mut builder = BatchBuilder::new(if cfg.zstd {
+        Compression::Zstd
+    } else {
+        Compression::None
+    });
+    if let Some(p) = producer {
+        builder = builder.producer(p, false);
+    }
+    for p in batch {
+        builder.push(
+            p.timestamp_ms,
+            p.key.as_deref(),
+            p.value.as_deref(),
+            &p.headers,
+        );
+    }
+    builder
+        .build()
+        .map(|b| b.into_bytes())
+        .map_err(|e| format!("cannot encode the batch: {e}"))
+}
+
+/// `seq + n` with Kafka's wrap-around from `i32::MAX` to 0.
+fn seq_add(seq: i32, n: usize) -> i32 {
+    ((i64::from(seq) + n as i64) % (i64::from(i32::MAX) + 1)) as i32
 }
 
 async fn send_batch(
@@ -207,56 +254,96 @@ async fn send_batch(
     topic: &str,
     partition: u32,
     batch: Vec<Pending>,
+    seq: &mut Sequence,
 ) {
-    let mut builder = BatchBuilder::new(if cfg.zstd {
-        Compression::Zstd
-    } else {
-        Compression::None
-    });
-    let mut dones = Vec::with_capacity(batch.len());
-    for p in batch {
-        builder.push(
-            p.timestamp_ms,
-            p.key.as_deref(),
-            p.value.as_deref(),
-            &p.headers,
-        );
-        dones.push(p.done);
-    }
-    let record_batch = match builder.build() {
-        Ok(b) => b.into_bytes(),
-        Err(e) => {
-            for done in dones {
-                let _ = done.send(Err(Error::Server {
-                    code: ErrorCode::InvalidRequest,
-                    message: format!("cannot encode the batch: {e}"),
-                    retriable: false,
-                }));
-            }
-            return;
+    let idempotent = cfg.idempotent && cfg.acks != Acks::None;
+    let records = batch.len();
+    let (batch, dones): (Vec<Pending>, Vec<_>) = {
+        let mut dones = Vec::with_capacity(batch.len());
+        let mut kept = Vec::with_capacity(batch.len());
+        for mut p in batch {
+            let (tx, _) = oneshot::channel();
+            dones.push(std::mem::replace(&mut p.done, tx));
+            kept.push(p);
         }
+        (kept, dones)
     };
-    let req = pb::ProduceRequest {
-        topic: topic.to_string(),
-        partition,
-        records: Vec::new(),
-        acks: match cfg.acks {
-            Acks::None => pb::Acks::None,
-            Acks::Leader => pb::Acks::Leader,
-            Acks::All => pb::Acks::All,
-        } as i32,
-        compression: pb::Compression::None as i32,
-        producer: None,
-        record_batch,
+    let fail_all = |dones: Vec<oneshot::Sender<Result<RecordMetadata>>>, e: Error| {
+        let (code, message, retriable) = match &e {
+            Error::Server {
+                code,
+                message,
+                retriable,
+            } => (*code, message.clone(), *retriable),
+            other => (ErrorCode::Unavailable, other.to_string(), true),
+        };
+        for done in dones {
+            let _ = done.send(Err(Error::Server {
+                code,
+                message: message.clone(),
+                retriable,
+            }));
+        }
     };
     let mut delay = cfg.retry_backoff;
     let mut attempt = 0;
+    // (producer identity, encoded batch) of the current attempt; re-encoded only when the
+    // identity changes, so retries send the same bytes and the same sequence numbers.
+    let mut encoded: Option<(Option<ProducerInfo>, Bytes)> = None;
     let result = loop {
         attempt += 1;
+        if idempotent && seq.id.is_none() {
+            match client.init_producer().await {
+                Ok(id) => {
+                    seq.id = Some(id);
+                    seq.next = 0;
+                }
+                Err(e) if e.is_retriable() && attempt < cfg.retries => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(e) => break Err(e),
+            }
+        }
+        let producer = seq
+            .id
+            .filter(|_| idempotent)
+            .map(|(id, epoch)| ProducerInfo {
+                producer_id: id,
+                producer_epoch: epoch,
+                base_sequence: seq.next,
+            });
+        if encoded.as_ref().is_none_or(|(p, _)| *p != producer) {
+            match encode(cfg, &batch, producer) {
+                Ok(b) => encoded = Some((producer, b)),
+                Err(message) => {
+                    break Err(Error::Server {
+                        code: ErrorCode::InvalidRequest,
+                        message,
+                        retriable: false,
+                    });
+                }
+            }
+        }
+        let record_batch = encoded.as_ref().map(|(_, b)| b.clone()).unwrap_or_default();
+        let req = pb::ProduceRequest {
+            topic: topic.to_string(),
+            partition,
+            records: Vec::new(),
+            acks: match cfg.acks {
+                Acks::None => pb::Acks::None,
+                Acks::Leader => pb::Acks::Leader,
+                Acks::All => pb::Acks::All,
+            } as i32,
+            compression: pb::Compression::None as i32,
+            producer: None,
+            record_batch,
+        };
         // Partition requests go to its leader; errors teach the client where that is now.
         let sent = match client.leader_rpc(topic, partition).await {
             Ok(mut rpc) => {
-                match tokio::time::timeout(cfg.request_timeout, rpc.produce(req.clone())).await {
+                match tokio::time::timeout(cfg.request_timeout, rpc.produce(req)).await {
                     Ok(r) => r,
                     Err(_) => Err(tonic::Status::unavailable(format!(
                         "no answer from the leader of {topic}/{partition} within {:?}",
@@ -271,6 +358,13 @@ async fn send_batch(
             Err(s) => {
                 let moved = client.reroute(topic, partition, &s);
                 let e = Error::from(s);
+                if e.code() == Some(ErrorCode::OutOfOrderSequence) && attempt < cfg.retries {
+                    // The leader does not know what this producer sent before (records lost
+                    // with a failed leader's disk, or forgotten): start over under a new id.
+                    // Nothing of this batch was appended, so sending it again is safe.
+                    seq.id = None;
+                    continue;
+                }
                 if e.is_retriable() && attempt < cfg.retries {
                     if !moved {
                         tokio::time::sleep(delay).await;
@@ -282,6 +376,11 @@ async fn send_batch(
             }
         }
     };
+    if let Ok(r) = &result
+        && r.accepted as usize == records
+    {
+        seq.next = seq_add(seq.next, records);
+    }
     match result {
         Ok(r) => {
             let refused: HashMap<u32, pb::ErrorDetail> = r
@@ -306,23 +405,7 @@ async fn send_batch(
                 let _ = done.send(out);
             }
         }
-        Err(e) => {
-            let (code, message, retriable) = match &e {
-                Error::Server {
-                    code,
-                    message,
-                    retriable,
-                } => (*code, message.clone(), *retriable),
-                other => (ErrorCode::Unavailable, other.to_string(), true),
-            };
-            for done in dones {
-                let _ = done.send(Err(Error::Server {
-                    code,
-                    message: message.clone(),
-                    retriable,
-                }));
-            }
-        }
+        Err(e) => fail_all(dones, e),
     }
 }
 

@@ -86,6 +86,9 @@ pub struct ProduceResult {
     pub accepted: usize,
     /// Refused records by index in the request.
     pub errors: Vec<(usize, Error)>,
+    /// The batch repeated one its idempotent producer had appended: `base_offset` is the
+    /// original's and nothing was written.
+    pub duplicate: bool,
 }
 
 /// Where to start reading.
@@ -147,6 +150,9 @@ struct Inner {
     arrivals: Mutex<HashMap<PartitionKey, Arc<Notify>>>,
     /// One reconciliation at a time.
     reconciling: tokio::sync::Mutex<()>,
+    /// Partitions that failed to open here: not tried again before the instant, and the delay
+    /// after the next failure.
+    take_backoff: Mutex<HashMap<PartitionKey, (Instant, Duration)>>,
     /// Wakes the controller (lease lost, topic created here).
     wake: Notify,
     cancel: CancellationToken,
@@ -196,6 +202,7 @@ impl Broker {
                 peers: Mutex::default(),
                 arrivals: Mutex::default(),
                 reconciling: tokio::sync::Mutex::default(),
+                take_backoff: Mutex::default(),
                 wake: Notify::new(),
                 cancel: CancellationToken::new(),
                 draining: CancellationToken::new(),
@@ -543,6 +550,7 @@ impl Broker {
         records: Vec<ProduceRecord>,
         acks: Acks,
         compression: Compression,
+        producer: Option<tier::ProducerInfo>,
     ) -> Result<ProduceResult> {
         let (_, storage) = self.partition(topic, partition).await?;
         if records.is_empty() {
@@ -554,6 +562,9 @@ impl Broker {
         let now = now_ms();
         let mut errors = Vec::new();
         let mut b = BatchBuilder::new(compression);
+        if let Some(p) = producer {
+            b = b.producer(p, false);
+        }
         for (index, r) in records.iter().enumerate() {
             let size = record_size(r.key.as_ref(), r.value.as_ref(), &r.headers);
             if size > limit {
@@ -567,12 +578,16 @@ impl Broker {
             };
             b.push(ts, r.key.as_deref(), r.value.as_deref(), &r.headers);
         }
+        if producer.is_some_and(|p| p.producer_id >= 0) && !errors.is_empty() {
+            return Ok(refuse_idempotent(records.len(), errors));
+        }
         let accepted = b.len();
         if accepted == 0 {
             return Ok(ProduceResult {
                 base_offset: -1,
                 accepted,
                 errors,
+                duplicate: false,
             });
         }
         let batch = b.build()?;
@@ -623,6 +638,8 @@ impl Broker {
         }
         let (batch, accepted) = if errors.is_empty() {
             (batch, records.len())
+        } else if batch.header().producer.producer_id >= 0 {
+            return Ok(refuse_idempotent(records.len(), errors));
         } else {
             let h = batch.header();
             let mut b = BatchBuilder::new(batch.header().compression()?)
@@ -644,6 +661,7 @@ impl Broker {
                     base_offset: -1,
                     accepted,
                     errors,
+                    duplicate: false,
                 });
             }
             (b.build()?, accepted)
@@ -722,6 +740,7 @@ impl Broker {
                 base_offset: -1,
                 accepted,
                 errors,
+                duplicate: false,
             });
         }
         let r = append.await?;
@@ -736,6 +755,7 @@ impl Broker {
             base_offset: r.base_offset,
             accepted,
             errors,
+            duplicate: r.duplicate,
         })
     }
 
@@ -883,6 +903,14 @@ impl Broker {
         self.inner.draining.cancel();
     }
 
+    /// A new idempotent-producer identity: an id unique in the cluster, epoch 0.
+    pub async fn init_producer(&self) -> Result<(i64, i16)> {
+        let id = self.inner.meta.next_id("producer").await?;
+        let id = i64::try_from(id)
+            .map_err(|_| Error::InvalidRequest("producer ids are exhausted".into()))?;
+        Ok((id, 0))
+    }
+
     pub async fn commit_offsets(&self, group: &str, offsets: Vec<PartitionOffset>) -> Result<()> {
         if group.is_empty() {
             return Err(Error::InvalidRequest("the group id is empty".into()));
@@ -942,6 +970,29 @@ impl Broker {
 
 #[cfg(test)]
 mod tests;
+
+/// An idempotent producer's batch is appended whole or not at all (its sequence numbers cover
+/// every record): when some records are too large, the others are refused too, naming why.
+fn refuse_idempotent(records: usize, mut errors: Vec<(usize, Error)>) -> ProduceResult {
+    let too_large: Vec<usize> = errors.iter().map(|(i, _)| *i).collect();
+    for index in 0..records {
+        if !too_large.contains(&index) {
+            errors.push((
+                index,
+                Error::InvalidRequest(format!(
+                    "not appended: the idempotent batch also holds records over the size limit ({too_large:?})"
+                )),
+            ));
+        }
+    }
+    errors.sort_by_key(|(i, _)| *i);
+    ProduceResult {
+        base_offset: -1,
+        accepted: 0,
+        errors,
+        duplicate: false,
+    }
+}
 
 /// The bytes of a record that count against the size limit: key, value and headers.
 fn record_size(key: Option<&Bytes>, value: Option<&Bytes>, headers: &[Header]) -> usize {

@@ -20,6 +20,8 @@ pub enum Code {
     Internal = 12,
     Unsupported = 13,
     ShuttingDown = 14,
+    OutOfOrderSequence = 15,
+    ProducerFenced = 16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,8 @@ impl Error {
                 tier::Error::Backpressure { .. } => Code::Backpressure,
                 tier::Error::Corrupt { .. } => Code::CorruptData,
                 tier::Error::Fenced { .. } => Code::NotLeader,
+                tier::Error::OutOfOrderSequence { .. } => Code::OutOfOrderSequence,
+                tier::Error::ProducerFenced { .. } => Code::ProducerFenced,
                 tier::Error::Closed => Code::ShuttingDown,
                 tier::Error::Io { .. } | tier::Error::ObjectStore { .. } => {
                     if e.is_retryable() {

@@ -59,7 +59,9 @@ pub fn status(e: Error) -> Status {
         Code::TopicExists => tonic::Code::AlreadyExists,
         Code::OffsetOutOfRange => tonic::Code::OutOfRange,
         Code::Backpressure => tonic::Code::ResourceExhausted,
-        Code::NotLeader => tonic::Code::FailedPrecondition,
+        Code::NotLeader | Code::OutOfOrderSequence | Code::ProducerFenced => {
+            tonic::Code::FailedPrecondition
+        }
         Code::CorruptData => tonic::Code::DataLoss,
         Code::Unavailable | Code::ShuttingDown => tonic::Code::Unavailable,
         Code::Unsupported => tonic::Code::Unimplemented,
@@ -176,12 +178,35 @@ impl Tierlog for Service {
                 timestamp_ms: r.timestamp_ms,
             })
             .collect();
+        let producer = req.producer.map(|p| tier::ProducerInfo {
+            producer_id: p.producer_id,
+            producer_epoch: p.producer_epoch as i16,
+            base_sequence: p.base_sequence,
+        });
         let r = self
             .broker
-            .produce(&req.topic, req.partition, records, acks, compression)
+            .produce(
+                &req.topic,
+                req.partition,
+                records,
+                acks,
+                compression,
+                producer,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(produce_response(&r)))
+    }
+
+    async fn init_producer(
+        &self,
+        _request: Request<pb::InitProducerRequest>,
+    ) -> Result<Response<pb::InitProducerResponse>, Status> {
+        let (producer_id, producer_epoch) = self.broker.init_producer().await.map_err(status)?;
+        Ok(Response::new(pb::InitProducerResponse {
+            producer_id,
+            producer_epoch: i32::from(producer_epoch),
+        }))
     }
 
     type FetchStream = FetchStream;
@@ -406,5 +431,6 @@ fn produce_response(r: &crate::ProduceResult) -> pb::ProduceResponse {
                 error: Some(detail(e)),
             })
             .collect(),
+        duplicate: r.duplicate,
     }
 }

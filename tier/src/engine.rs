@@ -242,8 +242,11 @@ impl Tier {
         let id2 = id.clone();
         let cold_next = state.next_offset;
         let cold_epoch = writer.prior_epoch();
-        let log = blocking(move || PartitionLog::open(&root, id2, cfg, cold_next, cold_epoch, hot))
-            .await?;
+        let cold_producers = state.producers.clone();
+        let log = blocking(move || {
+            PartitionLog::open(&root, id2, cfg, cold_next, cold_epoch, cold_producers, hot)
+        })
+        .await?;
         let p = Arc::new(Partition {
             id: id.clone(),
             log: Arc::new(log),

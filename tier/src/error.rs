@@ -62,6 +62,24 @@ pub enum Error {
         current: u64,
     },
 
+    /// An idempotent producer's batch does not follow its previous one (a gap, or a producer
+    /// this partition does not know starting past 0). Not retryable as is: the producer starts
+    /// over under a new id.
+    #[error("producer {producer_id}: sequence {got} is out of order; {expected} was expected")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+
+    /// An idempotent producer's epoch is older than one this partition has seen.
+    #[error("producer {producer_id}: epoch {epoch} is fenced by epoch {current}")]
+    ProducerFenced {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+
     /// The object store failed.
     #[error("object store: {source}")]
     ObjectStore {

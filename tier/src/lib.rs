@@ -26,6 +26,7 @@ pub mod config;
 mod engine;
 pub mod error;
 mod hot;
+pub mod producers;
 mod retention;
 pub mod store;
 

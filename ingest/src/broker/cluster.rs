@@ -34,6 +34,11 @@ const HANDOFF_UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Partitions opened at once when taking over many.
 const TAKE_CONCURRENCY: usize = 8;
 
+/// After a partition fails to open here, the first wait before trying again; it doubles up to
+/// [`TAKE_BACKOFF_MAX`].
+const TAKE_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const TAKE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// Why a partition leaves this node without a hand-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Retire {
@@ -211,6 +216,14 @@ impl Broker {
             .iter()
             .filter(|k| owners.get(*k) == Some(&me) && !leaders.contains_key(*k))
             .filter(|k| self.led(&k.0, k.1).is_none())
+            .filter(|k| {
+                self.inner
+                    .take_backoff
+                    .lock()
+                    .expect("backoff lock poisoned")
+                    .get(*k)
+                    .is_none_or(|(not_before, _)| Instant::now() >= *not_before)
+            })
             .map(|(topic, p)| self.take(&by_name[topic], *p))
             .collect();
         let taken = futures::stream::iter(takes)
@@ -247,13 +260,27 @@ impl Broker {
             )
         }
         .await;
+        let key = (t.name.clone(), p);
         if let Err(e) = opened {
-            tracing::warn!(topic = t.name, partition = p, epoch, error = %e,
+            let delay = {
+                let mut backoff = inner.take_backoff.lock().expect("backoff lock poisoned");
+                let delay = backoff
+                    .get(&key)
+                    .map_or(TAKE_BACKOFF_MIN, |(_, d)| (*d * 2).min(TAKE_BACKOFF_MAX));
+                backoff.insert(key, (Instant::now() + delay, delay));
+                delay
+            };
+            tracing::warn!(topic = t.name, partition = p, epoch, error = %e, retry_in = ?delay,
                 "cannot open the partition; resigning so it can be retried");
             let _ = inner.tier.close_partition(&storage, p).await;
             let _ = inner.meta.resign_leadership(&t.name, p, epoch).await;
             return Err(e.into());
         }
+        inner
+            .take_backoff
+            .lock()
+            .expect("backoff lock poisoned")
+            .remove(&key);
         inner.led.write().expect("led lock poisoned").insert(
             (t.name.clone(), p),
             Arc::new(Led {

@@ -42,6 +42,7 @@ async fn an_oversized_record_gets_its_own_error_and_the_rest_is_appended() {
             vec![rec("a"), rec(&big), rec("c")],
             Acks::Leader,
             Compression::None,
+            None,
         )
         .await
         .unwrap();
@@ -63,14 +64,28 @@ async fn unknown_topics_and_partitions_and_bad_names_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path()).await;
     let e = b
-        .produce("nope", 0, vec![rec("a")], Acks::Leader, Compression::None)
+        .produce(
+            "nope",
+            0,
+            vec![rec("a")],
+            Acks::Leader,
+            Compression::None,
+            None,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), crate::Code::UnknownTopic);
     assert!(e.to_string().contains("nope"), "{e}");
     b.create_topic("t", TopicConfig::new(1)).await.unwrap();
     let e = b
-        .produce("t", 3, vec![rec("a")], Acks::Leader, Compression::None)
+        .produce(
+            "t",
+            3,
+            vec![rec("a")],
+            Acks::Leader,
+            Compression::None,
+            None,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), crate::Code::UnknownPartition);
@@ -95,9 +110,16 @@ async fn a_waiting_read_wakes_up_when_records_arrive() {
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    b.produce("t", 0, vec![rec("hello")], Acks::Leader, Compression::None)
-        .await
-        .unwrap();
+    b.produce(
+        "t",
+        0,
+        vec![rec("hello")],
+        Acks::Leader,
+        Compression::None,
+        None,
+    )
+    .await
+    .unwrap();
     let r = tokio::time::timeout(Duration::from_secs(10), reader)
         .await
         .unwrap()
@@ -124,6 +146,7 @@ async fn acks_all_returns_once_committed_to_the_object_store() {
             vec![rec("a"), rec("b")],
             Acks::All,
             Compression::Zstd,
+            None,
         )
         .await
         .unwrap();
@@ -142,7 +165,7 @@ async fn timestamps_resolve_to_offsets() {
             ..rec("v")
         })
         .collect();
-    b.produce("t", 0, recs, Acks::Leader, Compression::None)
+    b.produce("t", 0, recs, Acks::Leader, Compression::None, None)
         .await
         .unwrap();
     assert_eq!(
@@ -185,15 +208,29 @@ async fn a_deleted_topic_created_again_starts_empty() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path()).await;
     b.create_topic("t", TopicConfig::new(1)).await.unwrap();
-    b.produce("t", 0, vec![rec("old"); 5], Acks::All, Compression::None)
-        .await
-        .unwrap();
+    b.produce(
+        "t",
+        0,
+        vec![rec("old"); 5],
+        Acks::All,
+        Compression::None,
+        None,
+    )
+    .await
+    .unwrap();
     b.delete_topic("t").await.unwrap();
     let e = b.describe_topic("t").await.unwrap_err();
     assert_eq!(e.code(), crate::Code::UnknownTopic);
     b.create_topic("t", TopicConfig::new(1)).await.unwrap();
     let r = b
-        .produce("t", 0, vec![rec("new")], Acks::Leader, Compression::None)
+        .produce(
+            "t",
+            0,
+            vec![rec("new")],
+            Acks::Leader,
+            Compression::None,
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(r.base_offset, 0);
@@ -208,6 +245,10 @@ async fn node(
     kv: StdArc<EmbeddedKv>,
     node_id: u64,
 ) -> Broker {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .try_init();
     let cfg = tier::TierConfig {
         data_dir: dir.join(format!("node-{node_id}")),
         segment_bytes: 64 << 10,
@@ -256,7 +297,7 @@ async fn partitions_move_between_nodes_without_losing_acknowledged_records() {
     for p in 0..4 {
         let records = (0..10).map(|i| rec(&format!("p{p}-{i}"))).collect();
         let r = one
-            .produce("moves", p, records, Acks::Leader, Compression::None)
+            .produce("moves", p, records, Acks::Leader, Compression::None, None)
             .await
             .unwrap();
         assert_eq!(r.base_offset, 0);
@@ -284,12 +325,20 @@ async fn partitions_move_between_nodes_without_losing_acknowledged_records() {
                 vec![rec("after")],
                 Acks::Leader,
                 Compression::None,
+                None,
             )
             .await
             .unwrap();
         assert_eq!(next.base_offset, 10, "partition {p} continues densely");
         let refused = other
-            .produce("moves", p, vec![rec("x")], Acks::Leader, Compression::None)
+            .produce(
+                "moves",
+                p,
+                vec![rec("x")],
+                Acks::Leader,
+                Compression::None,
+                None,
+            )
             .await
             .unwrap_err();
         assert_eq!(refused.code(), crate::Code::NotLeader);
@@ -316,5 +365,143 @@ async fn partitions_move_between_nodes_without_losing_acknowledged_records() {
         );
         assert_eq!(got.records[10].value.as_deref(), Some(&b"after"[..]));
     }
+    one.shutdown().await.unwrap();
+}
+
+fn pid(id: i64, seq: i32) -> Option<tier::ProducerInfo> {
+    Some(tier::ProducerInfo {
+        producer_id: id,
+        producer_epoch: 0,
+        base_sequence: seq,
+    })
+}
+
+/// An idempotent producer's retry is answered with the first attempt's offsets, on the same
+/// leader and on the next one after a hand-off (the state comes from the committed manifest);
+/// a gap in its sequence is refused; a batch with an oversized record is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_are_not_appended_twice_even_after_leadership_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = tier::store::open_store("memory://", &[]).unwrap();
+    let kv = StdArc::new(EmbeddedKv::memory());
+    let one = node(dir.path(), store.clone(), kv.clone(), 1).await;
+    one.create_topic("once", TopicConfig::new(2)).await.unwrap();
+    let (id, epoch) = one.init_producer().await.unwrap();
+    assert_eq!(epoch, 0);
+    assert_ne!(one.init_producer().await.unwrap().0, id, "ids are unique");
+    let batch = |from: i32, n: i32| {
+        (from..from + n)
+            .map(|i| rec(&format!("r{i}")))
+            .collect::<Vec<_>>()
+    };
+    for p in 0..2 {
+        let first = one
+            .produce(
+                "once",
+                p,
+                batch(0, 3),
+                Acks::All,
+                Compression::None,
+                pid(id, 0),
+            )
+            .await
+            .unwrap();
+        assert_eq!((first.base_offset, first.duplicate), (0, false));
+        let retry = one
+            .produce(
+                "once",
+                p,
+                batch(0, 3),
+                Acks::All,
+                Compression::None,
+                pid(id, 0),
+            )
+            .await
+            .unwrap();
+        assert_eq!((retry.base_offset, retry.duplicate), (0, true));
+        let next = one
+            .produce(
+                "once",
+                p,
+                batch(3, 2),
+                Acks::All,
+                Compression::None,
+                pid(id, 3),
+            )
+            .await
+            .unwrap();
+        assert_eq!((next.base_offset, next.duplicate), (3, false));
+        let gap = one
+            .produce(
+                "once",
+                p,
+                batch(9, 1),
+                Acks::All,
+                Compression::None,
+                pid(id, 9),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(gap.code(), crate::Code::OutOfOrderSequence, "{gap}");
+    }
+    let mut oversized = batch(5, 1);
+    oversized.push(rec(&"x".repeat(2 << 20)));
+    let refused = one
+        .produce(
+            "once",
+            0,
+            oversized,
+            Acks::All,
+            Compression::None,
+            pid(id, 5),
+        )
+        .await
+        .unwrap();
+    assert_eq!((refused.accepted, refused.errors.len()), (0, 2));
+
+    let two = node(dir.path(), store.clone(), kv.clone(), 2).await;
+    wait_for_split(&[&one, &two], &[1, 1]).await;
+    for p in 0..2u32 {
+        let leader = if one.led("once", p).is_some() {
+            &one
+        } else {
+            &two
+        };
+        let retry = leader
+            .produce(
+                "once",
+                p,
+                batch(3, 2),
+                Acks::All,
+                Compression::None,
+                pid(id, 3),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (retry.base_offset, retry.duplicate),
+            (3, true),
+            "partition {p}"
+        );
+        let next = leader
+            .produce(
+                "once",
+                p,
+                batch(5, 1),
+                Acks::All,
+                Compression::None,
+                pid(id, 5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (next.base_offset, next.duplicate),
+            (5, false),
+            "partition {p}"
+        );
+        let all = leader.read("once", p, 0, 1 << 20, None).await.unwrap();
+        assert_eq!(all.records.len(), 6, "partition {p}: each record once");
+    }
+    two.shutdown().await.unwrap();
     one.shutdown().await.unwrap();
 }

@@ -30,6 +30,7 @@
 //! **Lookups** by offset or timestamp walk levels oldest-first using each entry's offset range and
 //! max timestamp, loading (cached) chunks on the way: O(FANOUT × levels) comparisons.
 
+use crate::producers::ProducerStates;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -68,6 +69,9 @@ pub struct SegmentEntry {
     pub row_groups: u32,
     /// Epoch of the writer that committed it.
     pub epoch: u64,
+    /// The idempotent producers' last batches in this segment (see `crate::producers`).
+    #[serde(default, skip_serializing_if = "ProducerStates::is_empty")]
+    pub producers: ProducerStates,
 }
 
 /// A reference to an immutable chunk holding up to `FANOUT` entries of the level below.
@@ -152,6 +156,9 @@ pub struct ManifestState {
     /// `levels[0]` holds the newest entries; higher levels hold chunk references to older ones.
     /// Each level is in offset order and every entry of level k+1 precedes every entry of level k.
     pub levels: Vec<Vec<Node>>,
+    /// Idempotent producers as of `next_offset`: every added segment's producers folded in.
+    #[serde(default, skip_serializing_if = "ProducerStates::is_empty")]
+    pub producers: ProducerStates,
 }
 
 impl ManifestState {
@@ -164,6 +171,7 @@ impl ManifestState {
             start_offset: 0,
             next_offset: 0,
             levels: vec![Vec::new()],
+            producers: ProducerStates::default(),
         }
     }
 
@@ -200,6 +208,8 @@ impl ManifestState {
                         )));
                     }
                     self.next_offset = s.last_offset + 1;
+                    self.producers.merge(&s.producers);
+                    self.producers.expire(s.max_timestamp);
                     self.levels[0].push(Node::Segment(s.clone()));
                 }
             }

@@ -147,6 +147,7 @@ async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> R
         raw_bytes: enc.raw_bytes,
         row_groups: enc.row_groups,
         epoch: p.epoch,
+        producers: seg.producers(),
     };
     let mut w = p.writer.lock().await;
     w.commit(Op::Add {

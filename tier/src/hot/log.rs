@@ -8,6 +8,7 @@
 //! - appends are serialized by the writer lock; readers take a snapshot of the segment list and
 //!   read only whole frames.
 
+use crate::producers::{ProducerBatch, ProducerStates};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,6 +27,9 @@ pub struct AppendResult {
     pub last_offset: i64,
     /// True when the batch sealed the active segment (a new one was started after it).
     pub rolled: bool,
+    /// True when the batch was a retry of one an idempotent producer already appended: nothing
+    /// was written and the offsets are the original ones.
+    pub duplicate: bool,
 }
 
 /// Serializes appends, seals and rolls.
@@ -50,6 +54,8 @@ pub(crate) struct PartitionLog {
     bytes: AtomicU64,
     /// Bytes on disk over all partitions of the tier (shared).
     global: Arc<AtomicU64>,
+    /// Idempotent producers as of `next_offset` (changed under the writer lock).
+    producers: Mutex<ProducerStates>,
 }
 
 impl PartitionLog {
@@ -61,6 +67,7 @@ impl PartitionLog {
         cfg: Arc<TierConfig>,
         cold_next: i64,
         cold_epoch: u64,
+        cold_producers: ProducerStates,
         global: Arc<AtomicU64>,
     ) -> Result<Self> {
         let dir = root.join(&*id.topic).join(id.partition.to_string());
@@ -153,6 +160,31 @@ impl PartitionLog {
             active.sync()?;
         }
         sync_dir(&dir)?;
+        // Idempotent producers: the committed state, then what the unuploaded tail adds.
+        let mut producers = cold_producers;
+        for s in segs.iter().filter(|s| s.next_offset() > cold_next) {
+            for chunk in s.chunks(4 << 20) {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Reads and the upload of this segment report the damage loudly; the
+                        // producers' state just ends where the readable part does.
+                        tracing::warn!(segment = %s.path.display(), error = %e,
+                            "cannot read idempotent-producer batches past this point");
+                        break;
+                    }
+                };
+                for b in chunk {
+                    let h = b.header();
+                    s.note_producer(h, h.base_offset);
+                    if h.base_offset >= cold_next
+                        && let Some((id, pb)) = ProducerBatch::of(h, h.base_offset)
+                    {
+                        producers.record(id, pb);
+                    }
+                }
+            }
+        }
         let bytes = segs.iter().map(|s| s.size()).sum();
         global.fetch_add(bytes, Ordering::AcqRel);
         Ok(PartitionLog {
@@ -168,6 +200,7 @@ impl PartitionLog {
             failed: AtomicBool::new(false),
             bytes: AtomicU64::new(bytes),
             global,
+            producers: Mutex::new(producers),
         })
     }
 
@@ -223,6 +256,15 @@ impl PartitionLog {
                 std::io::Error::other("an earlier fsync failed; the partition must be reopened"),
             ));
         }
+        let mut producers = self.producers.lock().expect("producers lock poisoned");
+        if let Some((base_offset, last_offset)) = producers.check(batch.header())? {
+            return Ok(AppendResult {
+                base_offset,
+                last_offset,
+                rolled: false,
+                duplicate: true,
+            });
+        }
         let mut active = self.active();
         let frame = segment::frame_len(batch.len());
         let mut rolled = false;
@@ -241,6 +283,10 @@ impl PartitionLog {
         self.bytes.fetch_add(frame, Ordering::AcqRel);
         self.global.fetch_add(frame, Ordering::AcqRel);
         self.next_offset.store(last + 1, Ordering::Release);
+        if let Some((id, b)) = ProducerBatch::of(batch.header(), base) {
+            producers.record(id, b);
+        }
+        drop(producers);
         match self.cfg.fsync {
             FsyncPolicy::EveryBatch => {
                 if let Err(e) = active.sync() {
@@ -257,6 +303,7 @@ impl PartitionLog {
             base_offset: base,
             last_offset: last,
             rolled,
+            duplicate: false,
         })
     }
 

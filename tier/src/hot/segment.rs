@@ -13,6 +13,7 @@
 //! The sparse index (batch base offset, file position, running max timestamp before the batch) is
 //! kept in memory and rebuilt on open by walking frame headers; it is never persisted.
 
+use crate::producers::{ProducerBatch, ProducerStates};
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
@@ -79,6 +80,8 @@ pub(crate) struct Segment {
     /// Bytes written since the last index entry (writer only).
     since_index: AtomicU64,
     pub opened_at: Instant,
+    /// The idempotent producers' last batches in this segment (for its manifest entry).
+    producers: std::sync::Mutex<ProducerStates>,
 }
 
 impl Segment {
@@ -164,6 +167,7 @@ impl Segment {
             index_interval,
             since_index: AtomicU64::new(since),
             opened_at: Instant::now(),
+            producers: std::sync::Mutex::default(),
         }
     }
 
@@ -256,12 +260,31 @@ impl Segment {
         self.max_timestamp
             .fetch_max(h.max_timestamp, Ordering::AcqRel);
         self.max_epoch.fetch_max(leader_epoch, Ordering::AcqRel);
+        self.note_producer(h, base_offset);
         self.next_offset.store(
             base_offset + i64::from(h.last_offset_delta) + 1,
             Ordering::Release,
         );
         self.size.store(pos + frame_len, Ordering::Release);
         Ok(())
+    }
+
+    /// Remembers the batch at `base` if an idempotent producer wrote it.
+    pub fn note_producer(&self, h: &crate::batch::BatchHeader, base: i64) {
+        if let Some((id, b)) = ProducerBatch::of(h, base) {
+            self.producers
+                .lock()
+                .expect("producers lock poisoned")
+                .record(id, b);
+        }
+    }
+
+    /// The idempotent producers' last batches in this segment.
+    pub fn producers(&self) -> ProducerStates {
+        self.producers
+            .lock()
+            .expect("producers lock poisoned")
+            .clone()
     }
 
     /// Makes everything written so far durable.

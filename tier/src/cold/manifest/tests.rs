@@ -19,6 +19,7 @@ fn manifest(store: Arc<dyn ObjectStore>) -> Manifest {
 
 fn seg(base: i64, n: i64, epoch: u64) -> SegmentEntry {
     SegmentEntry {
+        producers: Default::default(),
         path: format!("segments/{base:020}.parquet"),
         base_offset: base,
         last_offset: base + n - 1,

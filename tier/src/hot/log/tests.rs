@@ -45,6 +45,7 @@ fn open_with(
         c,
         cold_next,
         cold_epoch,
+        Default::default(),
         Arc::default(),
     )
 }
