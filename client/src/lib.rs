@@ -64,14 +64,27 @@ impl From<tonic::Status> for Error {
                 message: d.message,
                 retriable: d.retriable,
             },
-            _ => Error::Server {
-                code: match s.code() {
-                    tonic::Code::Unavailable => ErrorCode::Unavailable,
-                    _ => ErrorCode::Internal,
-                },
-                message: s.message().to_string(),
-                retriable: matches!(s.code(), tonic::Code::Unavailable),
-            },
+            // No detail: the node did not answer this itself. A broken or refused connection
+            // (a node died or restarts) is worth retrying, elsewhere if need be.
+            _ => {
+                let transport = matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Aborted
+                );
+                Error::Server {
+                    code: if transport {
+                        ErrorCode::Unavailable
+                    } else {
+                        ErrorCode::Internal
+                    },
+                    message: s.message().to_string(),
+                    retriable: transport,
+                }
+            }
         }
     }
 }

@@ -172,3 +172,96 @@ pub fn unique(prefix: &str) -> String {
         .map_or(0, |d| d.as_nanos());
     format!("{prefix}-{nanos}-{}", std::process::id())
 }
+
+/// A port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("reserve a port")
+        .port()
+}
+
+/// An etcd cluster of this test's own (members on 127.0.0.1, on ports and data directories of
+/// their own), so that killing members or compacting disturbs no other test.
+pub struct PrivateEtcd {
+    binary: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    /// (client port, peer port) of each member.
+    ports: Vec<(u16, u16)>,
+    children: Vec<Option<std::process::Child>>,
+}
+
+impl PrivateEtcd {
+    pub fn start(binary: std::path::PathBuf, members: usize) -> Self {
+        let mut etcd = PrivateEtcd {
+            binary,
+            dir: tempfile::tempdir().expect("tempdir"),
+            ports: (0..members).map(|_| (free_port(), free_port())).collect(),
+            children: (0..members).map(|_| None).collect(),
+        };
+        for member in 0..members {
+            etcd.spawn(member);
+        }
+        etcd
+    }
+
+    pub fn endpoint(&self, member: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[member].0)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.ports.len()).map(|m| self.endpoint(m)).collect()
+    }
+
+    /// Starts `member` on its data directory (a restart when that already holds data: etcd
+    /// then ignores the `--initial-*` flags).
+    pub fn spawn(&mut self, member: usize) {
+        let client = self.endpoint(member);
+        let peer = |m: usize| format!("http://127.0.0.1:{}", self.ports[m].1);
+        let cluster: Vec<String> = (0..self.ports.len())
+            .map(|m| format!("n{m}={}", peer(m)))
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("n{member}.log")))
+            .expect("etcd log");
+        let child = std::process::Command::new(&self.binary)
+            .arg("--name")
+            .arg(format!("n{member}"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("n{member}")))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer(member)])
+            .args(["--initial-advertise-peer-urls", &peer(member)])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.children[member] = Some(child);
+    }
+
+    pub fn kill9(&mut self, member: usize) {
+        if let Some(mut child) = self.children[member].take() {
+            child.kill().expect("kill -9 etcd");
+            child.wait().expect("reap etcd");
+        }
+    }
+
+    /// Where the members' logs are.
+    pub fn logs(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for PrivateEtcd {
+    fn drop(&mut self) {
+        for member in 0..self.children.len() {
+            self.kill9(member);
+        }
+    }
+}

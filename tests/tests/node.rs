@@ -1,6 +1,9 @@
 //! The real binary, as a user runs it: `tierlog serve` in its own process on a port it picks,
 //! driven over gRPC, killed with SIGKILL and restarted.
 
+#[path = "node/cluster.rs"]
+mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -3,8 +3,6 @@
 //! when etcd is unreachable, compacts its history, or dies and comes back (on a private etcd,
 //! so nothing cluster-wide disturbs the shared one).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use meta::conformance::{self, Backend, Check, SuiteOptions};
 use meta::{Error, EtcdKv, EtcdOptions, EventKind, KvBackend};
-use tierlog_tests::{etcd_binary, etcd_endpoints, unique};
+use tierlog_tests::{PrivateEtcd, etcd_binary, etcd_endpoints, free_port, unique};
 
 /// Upper bound for anything a test waits for; only a bound, never a timing assertion.
 const BOUND: Duration = Duration::from_secs(60);
@@ -70,14 +68,6 @@ async fn etcd_conformance_domain() {
     conformance_on_etcd("domain", conformance::domain_checks()).await;
 }
 
-/// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("reserve a port")
-        .port()
-}
-
 /// Connecting to a closed port fails soon with a retryable error that names the endpoint,
 /// instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,102 +88,22 @@ async fn etcd_unreachable_is_a_clear_error() {
     );
 }
 
-/// An etcd cluster of this test's own (members on 127.0.0.1, on ports and data directories of
-/// their own), so that killing members or compacting disturbs no other test.
-struct PrivateEtcd {
-    binary: PathBuf,
-    dir: tempfile::TempDir,
-    /// (client port, peer port) of each member.
-    ports: Vec<(u16, u16)>,
-    children: Vec<Option<Child>>,
-}
-
-impl PrivateEtcd {
-    fn start(binary: PathBuf, members: usize) -> Self {
-        let mut etcd = PrivateEtcd {
-            binary,
-            dir: tempfile::tempdir().expect("tempdir"),
-            ports: (0..members).map(|_| (free_port(), free_port())).collect(),
-            children: (0..members).map(|_| None).collect(),
-        };
-        for member in 0..members {
-            etcd.spawn(member);
-        }
-        etcd
-    }
-
-    fn endpoint(&self, member: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[member].0)
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        (0..self.ports.len()).map(|m| self.endpoint(m)).collect()
-    }
-
-    /// Starts `member` on its data directory (a restart when that already holds data: etcd
-    /// then ignores the `--initial-*` flags).
-    fn spawn(&mut self, member: usize) {
-        let client = self.endpoint(member);
-        let peer = |m: usize| format!("http://127.0.0.1:{}", self.ports[m].1);
-        let cluster: Vec<String> = (0..self.ports.len())
-            .map(|m| format!("n{m}={}", peer(m)))
-            .collect();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("n{member}.log")))
-            .expect("etcd log");
-        let child = Command::new(&self.binary)
-            .arg("--name")
-            .arg(format!("n{member}"))
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("n{member}")))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer(member)])
-            .args(["--initial-advertise-peer-urls", &peer(member)])
-            .args(["--initial-cluster", &cluster.join(",")])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
-        self.children[member] = Some(child);
-    }
-
-    fn kill9(&mut self, member: usize) {
-        if let Some(mut child) = self.children[member].take() {
-            child.kill().expect("kill -9 etcd");
-            child.wait().expect("reap etcd");
-        }
-    }
-
-    /// Connects to all members once the cluster answers.
-    async fn connect(&self) -> EtcdKv {
-        let mut options = EtcdOptions::new(self.endpoints());
-        options.connect_timeout = Duration::from_secs(1);
-        options.request_timeout = Duration::from_secs(2);
-        let deadline = tokio::time::Instant::now() + BOUND;
-        loop {
-            match EtcdKv::connect(options.clone()).await {
-                Ok(kv) => return kv,
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!(
-                    "etcd did not come up: {e:?}; logs in {}",
-                    self.dir.path().display()
-                ),
+/// Connects to all members of a private etcd once the cluster answers.
+async fn connect(etcd: &PrivateEtcd) -> EtcdKv {
+    let mut options = EtcdOptions::new(etcd.endpoints());
+    options.connect_timeout = Duration::from_secs(1);
+    options.request_timeout = Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        match EtcdKv::connect(options.clone()).await {
+            Ok(kv) => return kv,
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        }
-    }
-}
-
-impl Drop for PrivateEtcd {
-    fn drop(&mut self) {
-        for member in 0..self.children.len() {
-            self.kill9(member);
+            Err(e) => panic!(
+                "etcd did not come up: {e:?}; logs in {}",
+                etcd.logs().display()
+            ),
         }
     }
 }
@@ -207,7 +117,7 @@ async fn etcd_compaction_and_restart() {
         return;
     };
     let mut etcd = PrivateEtcd::start(binary, 1);
-    let kv = etcd.connect().await;
+    let kv = connect(&etcd).await;
     let v = |s: &'static str| Bytes::from_static(s.as_bytes());
 
     let r1 = kv.put(b"c/1", v("a"), None).await.expect("put");
@@ -301,10 +211,10 @@ async fn etcd_member_down_is_transparent() {
         return;
     };
     let mut etcd = PrivateEtcd::start(binary, 3);
-    etcd.connect().await;
+    connect(&etcd).await;
     etcd.kill9(0);
 
-    let kv = etcd.connect().await;
+    let kv = connect(&etcd).await;
     // If the dead member led, the others elect a new leader first (writes fail meanwhile).
     let deadline = tokio::time::Instant::now() + BOUND;
     while let Err(e) = kv.put(b"settled", Bytes::new(), None).await {
