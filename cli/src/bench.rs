@@ -57,6 +57,20 @@ pub struct BenchArgs {
     /// Where the started node and the disk baseline write (default: the system temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// The started node's cold tier (default: the file system under --dir), e.g.
+    /// s3://bucket/prefix; the bench then also measures the store's own PUT latency.
+    #[arg(long)]
+    pub object_store: Option<String>,
+    /// Options of that store, `key=value` (e.g. aws_endpoint=http://127.0.0.1:39000); the
+    /// standard AWS_* variables apply as well.
+    #[arg(long = "object-store-option", value_parser = parse_option)]
+    pub object_store_options: Vec<(String, String)>,
+}
+
+fn parse_option(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, not {s:?}"))
 }
 
 /// A node started for the bench; killed when dropped.
@@ -67,9 +81,25 @@ struct Node {
 }
 
 impl Node {
-    async fn start(dir: &Path, fsync: &str) -> anyhow::Result<Node> {
+    async fn start(dir: &Path, args: &BenchArgs) -> anyhow::Result<Node> {
+        let fsync = args.fsync.as_str();
         let exe = std::env::current_exe().context("locating the tierlog binary")?;
         let log = std::fs::File::create(dir.join("node.log"))?;
+        let mut store_args: Vec<String> = Vec::new();
+        if let Some(url) = &args.object_store {
+            let mut cfg = String::from("[object_store_options]\n");
+            for (k, v) in &args.object_store_options {
+                cfg += &format!("{k} = {v:?}\n");
+            }
+            let cfg_path = dir.join("node.toml");
+            std::fs::write(&cfg_path, cfg)?;
+            store_args.extend([
+                "--object-store".to_string(),
+                url.clone(),
+                "--config".to_string(),
+                cfg_path.display().to_string(),
+            ]);
+        }
         let mut child = tokio::process::Command::new(exe)
             .args([
                 "serve",
@@ -80,6 +110,7 @@ impl Node {
                 "--data-dir",
             ])
             .arg(dir.join("data"))
+            .args(&store_args)
             .env("TIERLOG_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(log)
@@ -229,7 +260,7 @@ async fn setup(
     let node = if args.external {
         None
     } else {
-        Some(Node::start(dir, &args.fsync).await?)
+        Some(Node::start(dir, args).await?)
     };
     let addr = node.as_ref().map_or(server.to_string(), |n| n.addr.clone());
     let client = crate::commands::connect(&addr).await?;
@@ -429,6 +460,16 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         format!("{lo_mbs:.0} MB/s"),
         &format!("64 B round trip {}", lat(&lo_rtt)),
     );
+    if let Some(url) = &args.object_store {
+        for size in [64 << 10, 1 << 20] {
+            let puts = store_puts(url, &args.object_store_options, size, 50).await?;
+            row(
+                &format!("object store PUT, {} KiB", size >> 10),
+                lat(&puts),
+                "50 sequential PUTs to the same store",
+            );
+        }
+    }
 
     let (node, client, topic) = setup(server, args, dir).await?;
     let producer = Producer::new(client.clone(), producer_config(args));
@@ -525,7 +566,7 @@ async fn consume(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         // Seal and upload everything, drop the hot tier, and replay from the cold tier alone.
         node.stop().await?;
         std::fs::remove_dir_all(dir.join("data").join("hot"))?;
-        let node = Node::start(dir, &args.fsync).await?;
+        let node = Node::start(dir, args).await?;
         let client = crate::commands::connect(&node.addr).await?;
         let (b0, d0) = read_tree(&dir.join("data").join("objects"))?;
         row(
@@ -785,4 +826,29 @@ fn read_tree(dir: &Path) -> anyhow::Result<(u64, Duration)> {
         }
     }
     Ok((bytes, start.elapsed()))
+}
+
+/// Latency of `n` sequential PUTs of `size` bytes to the store at `url` (deleted afterwards).
+async fn store_puts(
+    url: &str,
+    options: &[(String, String)],
+    size: usize,
+    n: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    use object_store::ObjectStoreExt;
+    let (store, root) = tier::store::open_store(url, options).context("opening the object store")?;
+    let payload = bytes::Bytes::from(vec![7u8; size]);
+    let mut h = histogram();
+    let prefix = format!("bench-put-{}", std::process::id());
+    for i in 0..n {
+        let path = root.clone().join(prefix.as_str()).join(i.to_string().as_str());
+        let t = Instant::now();
+        store
+            .put(&path, payload.clone().into())
+            .await
+            .with_context(|| format!("PUT {path}"))?;
+        h.saturating_record(t.elapsed().as_micros() as u64);
+        store.delete(&path).await.ok();
+    }
+    Ok(h)
 }
