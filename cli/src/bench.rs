@@ -836,12 +836,16 @@ async fn store_puts(
     n: usize,
 ) -> anyhow::Result<Histogram<u64>> {
     use object_store::ObjectStoreExt;
-    let (store, root) = tier::store::open_store(url, options).context("opening the object store")?;
+    let (store, root) =
+        tier::store::open_store(url, options).context("opening the object store")?;
     let payload = bytes::Bytes::from(vec![7u8; size]);
     let mut h = histogram();
     let prefix = format!("bench-put-{}", std::process::id());
     for i in 0..n {
-        let path = root.clone().join(prefix.as_str()).join(i.to_string().as_str());
+        let path = root
+            .clone()
+            .join(prefix.as_str())
+            .join(i.to_string().as_str());
         let t = Instant::now();
         store
             .put(&path, payload.clone().into())
