@@ -26,9 +26,12 @@ pub enum BenchKind {
     Produce,
     /// Replay a topic from offset 0, from the hot tier and then from the cold tier alone.
     Consume,
+    /// Several nodes on --meta etcd://…: produce throughput with 1 node and with --nodes, then
+    /// kill -9 a partition's leader and time until it is served again.
+    Failover,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     pub kind: BenchKind,
     /// Measure the node at --server rather than starting a fresh local one.
@@ -61,6 +64,18 @@ pub struct BenchArgs {
     /// s3://bucket/prefix; the bench then also measures the store's own PUT latency.
     #[arg(long)]
     pub object_store: Option<String>,
+    /// Metadata store of the started nodes (`failover` needs etcd://host:port/namespace).
+    #[arg(long)]
+    pub meta: Option<String>,
+    /// Nodes started by `failover`.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Lease TTL of the started nodes, ms (`failover`).
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+    /// Kills timed by `failover`.
+    #[arg(long, default_value_t = 3)]
+    pub kills: u32,
     /// Options of that store, `key=value` (e.g. aws_endpoint=http://127.0.0.1:39000); the
     /// standard AWS_* variables apply as well.
     #[arg(long = "object-store-option", value_parser = parse_option)]
@@ -82,6 +97,11 @@ struct Node {
 
 impl Node {
     async fn start(dir: &Path, args: &BenchArgs) -> anyhow::Result<Node> {
+        Node::start_with(dir, args, &[]).await
+    }
+
+    /// A node with extra `serve` flags, its data under `dir/data`.
+    async fn start_with(dir: &Path, args: &BenchArgs, extra: &[String]) -> anyhow::Result<Node> {
         let fsync = args.fsync.as_str();
         let exe = std::env::current_exe().context("locating the tierlog binary")?;
         let log = std::fs::File::create(dir.join("node.log"))?;
@@ -111,6 +131,7 @@ impl Node {
             ])
             .arg(dir.join("data"))
             .args(&store_args)
+            .args(extra)
             .env("TIERLOG_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(log)
@@ -183,6 +204,7 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
     match args.kind {
         BenchKind::Produce => produce(server, &args, dir.path()).await,
         BenchKind::Consume => consume(server, &args, dir.path()).await,
+        BenchKind::Failover => failover(&args, dir.path()).await,
     }
 }
 
@@ -855,4 +877,169 @@ async fn store_puts(
         store.delete(&path).await.ok();
     }
     Ok(h)
+}
+
+/// Starts node `id` of a cluster under `dir/node-<id>` on the shared metadata and object store.
+async fn cluster_node(dir: &Path, args: &BenchArgs, meta: &str, id: u64) -> anyhow::Result<Node> {
+    let d = dir.join(format!("node-{id}"));
+    std::fs::create_dir_all(&d)?;
+    let extra = [
+        "--meta".to_string(),
+        meta.to_string(),
+        "--node-id".to_string(),
+        id.to_string(),
+        "--lease-ttl-ms".to_string(),
+        args.lease_ttl_ms.to_string(),
+    ];
+    Node::start_with(&d, args, &extra).await
+}
+
+/// Full-speed produce through a cluster of `n` fresh nodes (own namespace); returns MB/s.
+async fn cluster_throughput(
+    args: &BenchArgs,
+    dir: &Path,
+    meta: &str,
+    n: u64,
+    epoch: Instant,
+) -> anyhow::Result<(f64, f64)> {
+    let ns = format!("{meta}-{n}nodes-{}", std::process::id());
+    let mut nodes = Vec::new();
+    for id in 1..=n {
+        nodes.push(cluster_node(&dir.join(format!("tp{n}")), args, &ns, id).await?);
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let client = crate::commands::connect(&addrs.join(",")).await?;
+    let topic = "throughput";
+    client
+        .create_topic(topic, args.partitions)
+        .await
+        .map_err(crate::commands::explain)?;
+    let producer = Producer::new(client.clone(), producer_config(args));
+    let phase = produce_phase(&producer, topic, args, args.records, None, epoch).await?;
+    producer.close().await;
+    for node in nodes {
+        node.stop().await?;
+    }
+    Ok((
+        mbs(phase.bytes, phase.elapsed),
+        phase.records as f64 / phase.elapsed.as_secs_f64(),
+    ))
+}
+
+async fn failover(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let meta = args
+        .meta
+        .clone()
+        .context("failover needs --meta etcd://host:port/namespace (bash localstack/etcd.sh start)")?;
+    if !meta.starts_with("etcd://") {
+        bail!("failover needs etcd metadata (--meta etcd://host:port/namespace), not {meta:?}");
+    }
+    let meta = if meta["etcd://".len()..].contains('/') {
+        meta
+    } else {
+        format!("{meta}/bench")
+    };
+    // The nodes must share one object store: a file store under the bench directory unless
+    // --object-store names another.
+    let mut args = args.clone();
+    if args.object_store.is_none() {
+        let shared = dir.join("objects");
+        std::fs::create_dir_all(&shared)?;
+        args.object_store = Some(format!("file://{}", shared.display()));
+    }
+    let args = &args;
+    let epoch = Instant::now();
+    println!("throughput (full speed, {} records):", args.records);
+    let (one, one_rps) = cluster_throughput(args, dir, &meta, 1, epoch).await?;
+    row("1 node", format!("{one:.0} MB/s"), &format!("{one_rps:.0} records/s"));
+    let (many, many_rps) = cluster_throughput(args, dir, &meta, args.nodes, epoch).await?;
+    row(
+        &format!("{} nodes", args.nodes),
+        format!("{many:.0} MB/s"),
+        &format!("{many_rps:.0} records/s; all nodes and the client share this machine"),
+    );
+
+    println!("failover (lease TTL {} ms):", args.lease_ttl_ms);
+    let ns = format!("{meta}-failover-{}", std::process::id());
+    let fdir = dir.join("failover");
+    let mut nodes = std::collections::BTreeMap::new();
+    for id in 1..=args.nodes {
+        nodes.insert(id, cluster_node(&fdir, args, &ns, id).await?);
+    }
+    let addrs: Vec<String> = nodes.values().map(|n| n.addr.clone()).collect();
+    let client = crate::commands::connect(&addrs.join(",")).await?;
+    let topic = "failover";
+    client
+        .create_topic(topic, args.partitions)
+        .await
+        .map_err(crate::commands::explain)?;
+    let mut served_again = Vec::new();
+    for kill in 0..args.kills {
+        // Let the cluster settle (a restarted node takes its share back).
+        tokio::time::sleep(Duration::from_millis(args.lease_ttl_ms.min(5_000))).await;
+        let d = client.describe_topic(topic).await.map_err(crate::commands::explain)?;
+        let leader = d.partitions[0].leader.clone();
+        let (&victim, _) = nodes
+            .iter()
+            .find(|(_, n)| n.addr == leader)
+            .context("the leader of partition 0 is not one of the started nodes")?;
+        let mut node = nodes.remove(&victim).context("victim")?;
+        let killed = Instant::now();
+        node.child.start_kill()?;
+        node.child.wait().await?;
+        // Every 20 ms, one record to partition 0 at whoever the client thinks leads it (the
+        // client's own retry backoff would blur the figure).
+        let req = proto::v1::ProduceRequest {
+            topic: topic.to_string(),
+            partition: 0,
+            records: vec![proto::v1::Record {
+                value: Some(b"after the kill".to_vec().into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        loop {
+            if killed.elapsed() > Duration::from_secs(120) {
+                bail!("partition 0 was not served again within 120 s");
+            }
+            if let Ok(mut rpc) = client.leader_rpc(topic, 0).await {
+                match tokio::time::timeout(Duration::from_secs(1), rpc.produce(req.clone())).await
+                {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(s)) => {
+                        client.reroute(topic, 0, &s);
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = killed.elapsed();
+        served_again.push(took);
+        row(
+            &format!("kill {}: node {victim}, leader of partition 0", kill + 1),
+            format!("{:.2} s", took.as_secs_f64()),
+            "kill -9 → first record acknowledged on partition 0 again",
+        );
+        nodes.insert(victim, cluster_node(&fdir, args, &ns, victim).await?);
+    }
+    served_again.sort();
+    if let (Some(best), Some(worst)) = (served_again.first(), served_again.last()) {
+        row(
+            "partition served again after a kill",
+            format!(
+                "{:.2}–{:.2} s",
+                best.as_secs_f64(),
+                worst.as_secs_f64()
+            ),
+            &format!(
+                "target: within the lease TTL + 2 s = {:.1} s",
+                args.lease_ttl_ms as f64 / 1000.0 + 2.0
+            ),
+        );
+    }
+    for (_, node) in nodes {
+        node.stop().await?;
+    }
+    Ok(())
 }

@@ -272,6 +272,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?;
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("creating the data directory {}", s.data_dir.display()))?;
+    if s.object_store.is_none() && s.meta_backend()? != settings::MetaBackend::Embedded {
+        tracing::warn!(
+            "metadata is shared (etcd) but the object store is this node's own directory: other nodes cannot read what it commits; set object_store to a store all nodes share"
+        );
+    }
     let url = s.object_store_url();
     let options: Vec<(String, String)> = s
         .object_store_options

@@ -195,17 +195,22 @@ impl Client {
             match channel {
                 Ok(channel) => {
                     let rpc = rpc_over(channel);
-                    let routes = Routes::default();
+                    let client = Client {
+                        rpc: rpc.clone(),
+                        routes: std::sync::Arc::default(),
+                    };
                     let key = addr.trim_start_matches("http://").to_string();
-                    routes
+                    client
+                        .routes
                         .nodes
                         .lock()
                         .expect("routes lock")
-                        .insert(key, rpc.clone());
-                    return Ok(Client {
-                        rpc,
-                        routes: std::sync::Arc::new(routes),
-                    });
+                        .insert(key, rpc);
+                    // The other addresses given: fallbacks for metadata (connected lazily).
+                    for other in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                        let _ = client.node_rpc(other.trim_start_matches("http://"));
+                    }
+                    return Ok(client);
                 }
                 Err(e) => last = Some(e),
             }
@@ -312,10 +317,44 @@ impl Client {
             .names)
     }
 
+    /// Runs a request that any node can answer: on the node this client connected to, and
+    /// when that one cannot be reached (it may have died), on the other nodes it knows.
+    async fn any_node<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(TierlogClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let err = match call(self.rpc()).await {
+            Ok(r) => return Ok(r),
+            Err(s) => Error::from(s),
+        };
+        if !err.is_retriable() {
+            return Err(err);
+        }
+        let others: Vec<TierlogClient<Channel>> = self
+            .routes
+            .nodes
+            .lock()
+            .expect("routes lock")
+            .values()
+            .cloned()
+            .collect();
+        for other in others {
+            if let Ok(r) = call(other).await {
+                return Ok(r);
+            }
+        }
+        Err(err)
+    }
+
+    /// A topic's partitions, leaders and offsets.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let req = pb::DescribeTopicRequest { name: name.into() };
         let r = self
-            .rpc()
-            .describe_topic(pb::DescribeTopicRequest { name: name.into() })
+            .any_node(|mut c| {
+                let req = req.clone();
+                async move { c.describe_topic(req).await }
+            })
             .await?;
         Ok(r.into_inner().topic.unwrap_or_default())
     }
@@ -360,8 +399,7 @@ impl Client {
     /// A new idempotent-producer identity: (producer id, epoch).
     pub async fn init_producer(&self) -> Result<(i64, i16)> {
         let r = self
-            .rpc()
-            .init_producer(pb::InitProducerRequest {})
+            .any_node(|mut c| async move { c.init_producer(pb::InitProducerRequest {}).await })
             .await?
             .into_inner();
         Ok((r.producer_id, r.producer_epoch as i16))
