@@ -927,10 +927,9 @@ async fn cluster_throughput(
 }
 
 async fn failover(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
-    let meta = args
-        .meta
-        .clone()
-        .context("failover needs --meta etcd://host:port/namespace (bash localstack/etcd.sh start)")?;
+    let meta = args.meta.clone().context(
+        "failover needs --meta etcd://host:port/namespace (bash localstack/etcd.sh start)",
+    )?;
     if !meta.starts_with("etcd://") {
         bail!("failover needs etcd metadata (--meta etcd://host:port/namespace), not {meta:?}");
     }
@@ -951,7 +950,11 @@ async fn failover(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     let epoch = Instant::now();
     println!("throughput (full speed, {} records):", args.records);
     let (one, one_rps) = cluster_throughput(args, dir, &meta, 1, epoch).await?;
-    row("1 node", format!("{one:.0} MB/s"), &format!("{one_rps:.0} records/s"));
+    row(
+        "1 node",
+        format!("{one:.0} MB/s"),
+        &format!("{one_rps:.0} records/s"),
+    );
     let (many, many_rps) = cluster_throughput(args, dir, &meta, args.nodes, epoch).await?;
     row(
         &format!("{} nodes", args.nodes),
@@ -977,7 +980,10 @@ async fn failover(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     for kill in 0..args.kills {
         // Let the cluster settle (a restarted node takes its share back).
         tokio::time::sleep(Duration::from_millis(args.lease_ttl_ms.min(5_000))).await;
-        let d = client.describe_topic(topic).await.map_err(crate::commands::explain)?;
+        let d = client
+            .describe_topic(topic)
+            .await
+            .map_err(crate::commands::explain)?;
         let leader = d.partitions[0].leader.clone();
         let (&victim, _) = nodes
             .iter()
@@ -1003,8 +1009,7 @@ async fn failover(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
                 bail!("partition 0 was not served again within 120 s");
             }
             if let Ok(mut rpc) = client.leader_rpc(topic, 0).await {
-                match tokio::time::timeout(Duration::from_secs(1), rpc.produce(req.clone())).await
-                {
+                match tokio::time::timeout(Duration::from_secs(1), rpc.produce(req.clone())).await {
                     Ok(Ok(_)) => break,
                     Ok(Err(s)) => {
                         client.reroute(topic, 0, &s);
@@ -1027,11 +1032,7 @@ async fn failover(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     if let (Some(best), Some(worst)) = (served_again.first(), served_again.last()) {
         row(
             "partition served again after a kill",
-            format!(
-                "{:.2}–{:.2} s",
-                best.as_secs_f64(),
-                worst.as_secs_f64()
-            ),
+            format!("{:.2}–{:.2} s", best.as_secs_f64(), worst.as_secs_f64()),
             &format!(
                 "target: within the lease TTL + 2 s = {:.1} s",
                 args.lease_ttl_ms as f64 / 1000.0 + 2.0
