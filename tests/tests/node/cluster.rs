@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use client::{Acks, Client, Producer, ProducerConfig};
+use prost::Message;
 use proto::v1 as pb;
 use tierlog_tests::PrivateEtcd;
 
@@ -638,4 +639,91 @@ async fn an_object_store_outage_stalls_acks_all_only_and_loses_nothing() {
             );
         }
     }
+}
+
+/// etcd down: requests that need it fail with a clear, retriable error naming it; a leader stops
+/// acknowledging once its lease lapsed by its own clock; when etcd is back the node rejoins and
+/// serves again, with everything acknowledged before still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_unavailable_gives_clear_errors_and_the_node_recovers() {
+    let (Some(s3), Some(binary)) = (tierlog_tests::s3_options(), tierlog_tests::etcd_binary())
+    else {
+        return;
+    };
+    let mut etcd = PrivateEtcd::start(binary, 1);
+    let ns = tierlog_tests::unique("etcd-down");
+    let mut cluster = Cluster::new(&etcd, &s3, &ns);
+    cluster.start(1);
+    let addr = cluster.nodes[&1].addr.clone();
+    let mut rpc = pb::tierlog_client::TierlogClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let c = Client::connect(&addr).await.unwrap();
+    c.create_topic("ledger", 1).await.unwrap();
+    let produce = |v: &str| pb::ProduceRequest {
+        topic: "ledger".into(),
+        partition: 0,
+        records: vec![pb::Record {
+            value: Some(v.as_bytes().to_vec().into()),
+            ..Default::default()
+        }],
+        acks: pb::Acks::All as i32,
+        ..Default::default()
+    };
+    rpc.produce(produce("before")).await.unwrap();
+
+    etcd.kill9(0);
+    // Past the lease TTL (2 s): the node no longer acknowledges, and says why.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = rpc.produce(produce("during")).await.unwrap_err();
+    let detail = pb::ErrorDetail::decode(refused.details()).unwrap();
+    assert_eq!(detail.code, pb::ErrorCode::NotLeader as i32, "{detail:?}");
+    assert!(detail.retriable);
+    let create = rpc
+        .create_topic(pb::CreateTopicRequest {
+            name: "other".into(),
+            config: Some(pb::TopicConfig {
+                partitions: 1,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    let detail = pb::ErrorDetail::decode(create.details()).unwrap();
+    assert_eq!(detail.code, pb::ErrorCode::Unavailable as i32, "{detail:?}");
+    assert!(detail.retriable);
+    assert!(
+        detail.message.contains("etcd"),
+        "the error names the metadata store: {}",
+        detail.message
+    );
+
+    etcd.spawn(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rpc.produce(produce("after")).await {
+            Ok(r) => {
+                assert_eq!(
+                    r.into_inner().base_offset,
+                    1,
+                    "continues after what was committed"
+                );
+                break;
+            }
+            Err(s) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no recovery after etcd returned: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let (records, _) = fetch_all(&mut rpc, "ledger", 0).await;
+    let values: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+        .collect();
+    assert_eq!(values, ["before", "after"]);
+    cluster.nodes.remove(&1).unwrap().stop();
 }
