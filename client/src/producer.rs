@@ -76,11 +76,13 @@ struct Pending {
     value: Option<Bytes>,
     headers: Vec<proto::batch::Header>,
     size: usize,
-    done: oneshot::Sender<Result<RecordMetadata>>,
 }
 
+/// Where a record's outcome goes.
+type Done = oneshot::Sender<Result<RecordMetadata>>;
+
 /// Each partition's queue into its sender task.
-type Queues = HashMap<(String, u32), mpsc::Sender<Pending>>;
+type Queues = HashMap<(String, u32), mpsc::Sender<(Pending, Done)>>;
 
 /// Batches and sends records. Cheap to clone; [`Producer::close`] flushes.
 #[derive(Clone)]
@@ -147,14 +149,16 @@ impl Producer {
                 })
                 .collect(),
             size,
-            done,
         };
         let queue = self.queue(topic, p);
-        queue.send(pending).await.map_err(|_| Error::Closed)?;
+        queue
+            .send((pending, done))
+            .await
+            .map_err(|_| Error::Closed)?;
         Ok(rx)
     }
 
-    fn queue(&self, topic: &str, p: u32) -> mpsc::Sender<Pending> {
+    fn queue(&self, topic: &str, p: u32) -> mpsc::Sender<(Pending, Done)> {
         let mut queues = self.queues.lock().expect("lock");
         if let Some(q) = queues.get(&(topic.to_string(), p)) {
             return q.clone();
@@ -195,17 +199,17 @@ async fn sender(
     cfg: Arc<ProducerConfig>,
     topic: String,
     partition: u32,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<(Pending, Done)>,
 ) {
     let mut seq = Sequence::default();
     while let Some(first) = rx.recv().await {
+        let mut bytes = first.0.size;
         let mut batch = vec![first];
-        let mut bytes = batch[0].size;
         let deadline = tokio::time::Instant::now() + cfg.linger;
         while bytes < cfg.batch_bytes {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(p)) => {
-                    bytes += p.size;
+                    bytes += p.0.size;
                     batch.push(p);
                 }
                 Ok(None) | Err(_) => break,
@@ -253,22 +257,13 @@ async fn send_batch(
     cfg: &ProducerConfig,
     topic: &str,
     partition: u32,
-    batch: Vec<Pending>,
+    batch: Vec<(Pending, Done)>,
     seq: &mut Sequence,
 ) {
     let idempotent = cfg.idempotent && cfg.acks != Acks::None;
     let records = batch.len();
-    let (batch, dones): (Vec<Pending>, Vec<_>) = {
-        let mut dones = Vec::with_capacity(batch.len());
-        let mut kept = Vec::with_capacity(batch.len());
-        for mut p in batch {
-            let (tx, _) = oneshot::channel();
-            dones.push(std::mem::replace(&mut p.done, tx));
-            kept.push(p);
-        }
-        (kept, dones)
-    };
-    let fail_all = |dones: Vec<oneshot::Sender<Result<RecordMetadata>>>, e: Error| {
+    let (batch, dones): (Vec<Pending>, Vec<Done>) = batch.into_iter().unzip();
+    let fail_all = |dones: Vec<Done>, e: Error| {
         let (code, message, retriable) = match &e {
             Error::Server {
                 code,

@@ -262,70 +262,42 @@ impl Broker {
             .cloned()
     }
 
-    /// NOT_LEADER for a partition, naming the leader's address when it is known.
-    fn not_leader(&self, topic: &str, partition: u32, why: &str) -> Error {
-        let leader = self
+    /// NOT_LEADER for a partition, naming the leader's address when it is known: from the
+    /// cached view, else from `meta` (the cache may predate the latest election).
+    async fn not_leader(&self, topic: &str, partition: u32, why: &str) -> Error {
+        let me = self.inner.cfg.node_id;
+        let key = (topic.to_string(), partition);
+        let cached = self
             .inner
             .leaders
             .read()
             .expect("leaders lock poisoned")
-            .get(&(topic.to_string(), partition))
+            .get(&key)
             .copied()
-            .filter(|&n| n != self.inner.cfg.node_id)
-            .and_then(|n| {
-                self.inner
-                    .nodes
-                    .read()
-                    .expect("nodes lock poisoned")
-                    .get(&n)
-                    .cloned()
-            });
-        Error::NotLeader {
-            topic: topic.to_string(),
-            partition,
-            leader,
-            why: why.to_string(),
-        }
-    }
-
-    /// A tier error about a partition that was closed under us (hand-off) becomes NOT_LEADER.
-    fn tier_error(&self, topic: &str, partition: u32, e: tier::Error) -> Error {
-        match e {
-            tier::Error::UnknownPartition { .. } => {
-                self.not_leader(topic, partition, "it was handed to another node")
-            }
-            tier::Error::Fenced { .. } => {
-                self.not_leader(topic, partition, "a newer leader took over")
-            }
-            e => Error::Storage(e),
-        }
-    }
-
-    /// Fills in the leader of a NOT_LEADER error that does not name one, from `meta` (the
-    /// cached view may predate the latest election).
-    async fn hinted<T>(&self, r: Result<T>) -> Result<T> {
-        let Err(Error::NotLeader {
-            topic,
-            partition,
-            leader: None,
-            why,
-        }) = r
-        else {
-            return r;
+            .filter(|&n| n != me);
+        let leader = match cached {
+            Some(n) => Some(n),
+            None => match self.inner.meta.current_leader(topic, partition).await {
+                Ok(Some(l)) if l.node_id != me => {
+                    self.inner
+                        .leaders
+                        .write()
+                        .expect("leaders lock poisoned")
+                        .insert(key, l.node_id);
+                    Some(l.node_id)
+                }
+                _ => None,
+            },
         };
-        let leader = match self.inner.meta.current_leader(&topic, partition).await {
-            Ok(Some(l)) if l.node_id != self.inner.cfg.node_id => {
-                self.inner
-                    .leaders
-                    .write()
-                    .expect("leaders lock poisoned")
-                    .insert((topic.clone(), partition), l.node_id);
+        let addr = match leader {
+            None => None,
+            Some(n) => {
                 let known = self
                     .inner
                     .nodes
                     .read()
                     .expect("nodes lock poisoned")
-                    .get(&l.node_id)
+                    .get(&n)
                     .cloned();
                 match known {
                     Some(a) => Some(a),
@@ -335,18 +307,33 @@ impl Broker {
                         .list_nodes()
                         .await
                         .ok()
-                        .and_then(|ns| ns.into_iter().find(|n| n.node_id == l.node_id))
-                        .map(|n| n.addr),
+                        .and_then(|ns| ns.into_iter().find(|x| x.node_id == n))
+                        .map(|x| x.addr),
                 }
             }
-            _ => None,
         };
-        Err(Error::NotLeader {
-            topic,
+        Error::NotLeader {
+            topic: topic.to_string(),
             partition,
-            leader,
-            why,
-        })
+            leader: addr,
+            why: why.to_string(),
+        }
+    }
+
+    /// A tier error about a partition that was closed under us (hand-off) or taken over
+    /// becomes NOT_LEADER.
+    async fn tier_error(&self, topic: &str, partition: u32, e: tier::Error) -> Error {
+        match e {
+            tier::Error::UnknownPartition { .. } => {
+                self.not_leader(topic, partition, "it was handed to another node")
+                    .await
+            }
+            tier::Error::Fenced { .. } => {
+                self.not_leader(topic, partition, "a newer leader took over")
+                    .await
+            }
+            e => Error::Storage(e),
+        }
     }
 
     /// A client for the node at `addr` (connected lazily, kept).
@@ -477,23 +464,27 @@ impl Broker {
             .into_iter()
             .map(|n| (n.node_id, n.addr))
             .collect();
-        let mut partitions = Vec::new();
-        for p in 0..t.partitions() {
-            let leader = self.inner.meta.current_leader(name, p).await?;
-            let addr = leader
-                .and_then(|l| nodes.get(&l.node_id).cloned())
-                .unwrap_or_default();
-            let offsets = match self.led(name, p) {
-                Some(_) => self.inner.tier.offsets(&storage, p)?,
-                None => self.remote_offsets(name, &storage, p, &addr).await?,
-            };
-            partitions.push(PartitionInfo {
-                partition: p,
-                leader: addr,
-                leader_epoch: leader.map_or(0, |l| l.epoch),
-                offsets,
-            });
-        }
+        // Partitions at once: asking a slow leader for its log end must not add up.
+        let describe = |p: u32| {
+            let (nodes, storage) = (&nodes, &storage);
+            async move {
+                let leader = self.inner.meta.current_leader(name, p).await?;
+                let addr = leader
+                    .and_then(|l| nodes.get(&l.node_id).cloned())
+                    .unwrap_or_default();
+                let offsets = match self.led(name, p) {
+                    Some(_) => self.inner.tier.offsets(storage, p)?,
+                    None => self.remote_offsets(name, storage, p, &addr).await?,
+                };
+                Ok::<_, Error>(PartitionInfo {
+                    partition: p,
+                    leader: addr,
+                    leader_epoch: leader.map_or(0, |l| l.epoch),
+                    offsets,
+                })
+            }
+        };
+        let partitions = futures::future::try_join_all((0..t.partitions()).map(describe)).await?;
         Ok(TopicInfo {
             meta: t,
             partitions,
@@ -682,50 +673,36 @@ impl Broker {
         accepted: usize,
         errors: Vec<(usize, Error)>,
     ) -> Result<ProduceResult> {
-        self.hinted(
-            self.append_inner(topic, storage, partition, batch, acks, accepted, errors)
-                .await,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn append_inner(
-        &self,
-        topic: &str,
-        storage: &str,
-        partition: u32,
-        batch: RecordBatch,
-        acks: Acks,
-        accepted: usize,
-        errors: Vec<(usize, Error)>,
-    ) -> Result<ProduceResult> {
-        let led = self
-            .led(topic, partition)
-            .ok_or_else(|| self.not_leader(topic, partition, "this node does not lead it"))?;
+        let Some(led) = self.led(topic, partition) else {
+            return Err(self
+                .not_leader(topic, partition, "this node does not lead it")
+                .await);
+        };
         if self.lease_lapsed() {
-            return Err(self.not_leader(
-                topic,
-                partition,
-                "this node's lease with the metadata store lapsed",
-            ));
+            return Err(self
+                .not_leader(
+                    topic,
+                    partition,
+                    "this node's lease with the metadata store lapsed",
+                )
+                .await);
         }
         let gate = led.open.clone().read_owned().await;
         if !*gate {
-            return Err(self.not_leader(topic, partition, "it is being handed over"));
+            return Err(self
+                .not_leader(topic, partition, "it is being handed over")
+                .await);
         }
         let append = {
             let this = self.clone();
             let (topic, storage) = (topic.to_string(), storage.to_string());
             async move {
-                let r = this
-                    .inner
-                    .tier
-                    .append(&storage, partition, batch)
-                    .await
-                    .map_err(|e| this.tier_error(&topic, partition, e));
+                let r = this.inner.tier.append(&storage, partition, batch).await;
                 drop(gate);
-                let r = r?;
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => return Err(this.tier_error(&topic, partition, e).await),
+                };
                 this.arrivals(&topic, partition).notify_waiters();
                 Ok::<_, Error>(r)
             }
@@ -744,12 +721,14 @@ impl Broker {
             });
         }
         let r = append.await?;
-        if acks == Acks::All {
-            self.inner
+        if acks == Acks::All
+            && let Err(e) = self
+                .inner
                 .tier
                 .wait_committed(storage, partition, r.last_offset + 1)
                 .await
-                .map_err(|e| self.tier_error(topic, partition, e))?;
+        {
+            return Err(self.tier_error(topic, partition, e).await);
         }
         Ok(ProduceResult {
             base_offset: r.base_offset,
@@ -762,11 +741,6 @@ impl Broker {
     /// Resolves a start position to an offset. A node that does not lead the partition
     /// resolves only what the committed log answers (earliest, an explicit offset).
     pub async fn resolve(&self, topic: &str, partition: u32, at: StartAt) -> Result<i64> {
-        self.hinted(self.resolve_inner(topic, partition, at).await)
-            .await
-    }
-
-    async fn resolve_inner(&self, topic: &str, partition: u32, at: StartAt) -> Result<i64> {
         let (_, storage) = self.partition(topic, partition).await?;
         if self.led(topic, partition).is_none() {
             return match at {
@@ -777,28 +751,29 @@ impl Broker {
                     .committed_offsets(&storage, partition)
                     .await?
                     .log_start),
-                StartAt::Latest | StartAt::Timestamp(_) => {
-                    Err(self.not_leader(topic, partition, "this node does not lead it"))
-                }
+                StartAt::Latest | StartAt::Timestamp(_) => Err(self
+                    .not_leader(topic, partition, "this node does not lead it")
+                    .await),
             };
         }
-        let o = self
-            .inner
-            .tier
-            .offsets(&storage, partition)
-            .map_err(|e| self.tier_error(topic, partition, e))?;
-        Ok(match at {
-            StartAt::Earliest => o.log_start,
-            StartAt::Latest => o.next,
-            StartAt::Offset(off) => off,
-            StartAt::Timestamp(ts) => self
-                .inner
-                .tier
-                .offset_for_timestamp(&storage, partition, ts)
-                .await
-                .map_err(|e| self.tier_error(topic, partition, e))?
-                .unwrap_or(o.next),
-        })
+        let resolved = async {
+            let o = self.inner.tier.offsets(&storage, partition)?;
+            Ok(match at {
+                StartAt::Earliest => o.log_start,
+                StartAt::Latest => o.next,
+                StartAt::Offset(off) => off,
+                StartAt::Timestamp(ts) => self
+                    .inner
+                    .tier
+                    .offset_for_timestamp(&storage, partition, ts)
+                    .await?
+                    .unwrap_or(o.next),
+            })
+        };
+        match resolved.await {
+            Ok(o) => Ok(o),
+            Err(e) => Err(self.tier_error(topic, partition, e).await),
+        }
     }
 
     /// The first offset with timestamp ≥ `ts`, or `None`.
@@ -808,44 +783,25 @@ impl Broker {
         partition: u32,
         ts: i64,
     ) -> Result<Option<i64>> {
-        self.hinted(self.offset_for_timestamp_inner(topic, partition, ts).await)
-            .await
-    }
-
-    async fn offset_for_timestamp_inner(
-        &self,
-        topic: &str,
-        partition: u32,
-        ts: i64,
-    ) -> Result<Option<i64>> {
         let (_, storage) = self.partition(topic, partition).await?;
         if self.led(topic, partition).is_none() {
-            return Err(self.not_leader(topic, partition, "this node does not lead it"));
+            return Err(self
+                .not_leader(topic, partition, "this node does not lead it")
+                .await);
         }
-        self.inner
+        match self
+            .inner
             .tier
             .offset_for_timestamp(&storage, partition, ts)
             .await
-            .map_err(|e| self.tier_error(topic, partition, e))
+        {
+            Ok(o) => Ok(o),
+            Err(e) => Err(self.tier_error(topic, partition, e).await),
+        }
     }
 
     /// Reads from `offset`; with `wait`, waits up to that long for records when caught up.
     pub async fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: i64,
-        max_bytes: usize,
-        wait: Option<Duration>,
-    ) -> Result<ReadResult> {
-        self.hinted(
-            self.read_inner(topic, partition, offset, max_bytes, wait)
-                .await,
-        )
-        .await
-    }
-
-    async fn read_inner(
         &self,
         topic: &str,
         partition: u32,
@@ -862,11 +818,13 @@ impl Broker {
                 .read_committed(&storage, partition, offset, max_bytes)
                 .await?;
             if r.records.is_empty() {
-                return Err(self.not_leader(
-                    topic,
-                    partition,
-                    "this node serves only its committed records; newer ones are at the leader",
-                ));
+                return Err(self
+                    .not_leader(
+                        topic,
+                        partition,
+                        "this node serves only its committed records; newer ones are at the leader",
+                    )
+                    .await);
             }
             return Ok(r);
         }
@@ -876,12 +834,15 @@ impl Broker {
             // Register interest before reading, so an append between the read and the wait
             // still wakes us.
             let notified = arrivals.notified();
-            let r = self
+            let r = match self
                 .inner
                 .tier
                 .read(&storage, partition, offset, max_bytes)
                 .await
-                .map_err(|e| self.tier_error(topic, partition, e))?;
+            {
+                Ok(r) => r,
+                Err(e) => return Err(self.tier_error(topic, partition, e).await),
+            };
             let Some(deadline) = deadline else {
                 return Ok(r);
             };

@@ -121,39 +121,33 @@ impl ProducerStates {
             expected,
             got: first,
         };
-        let Some(newest) = self.producers.get(&p.producer_id).and_then(|b| b.last()) else {
-            return if first == 0 {
-                Ok(None)
-            } else {
-                Err(out_of_order(0))
-            };
-        };
-        if p.producer_epoch < newest.epoch {
-            return Err(Error::ProducerFenced {
+        let recent = self
+            .producers
+            .get(&p.producer_id)
+            .map_or(&[][..], Vec::as_slice);
+        match recent.last() {
+            Some(newest) if p.producer_epoch < newest.epoch => Err(Error::ProducerFenced {
                 producer_id: p.producer_id,
                 epoch: p.producer_epoch,
                 current: newest.epoch,
-            });
-        }
-        if p.producer_epoch > newest.epoch {
-            return if first == 0 {
-                Ok(None)
-            } else {
-                Err(out_of_order(0))
-            };
-        }
-        let last = seq_add(first, h.last_offset_delta);
-        if let Some(b) = self.producers[&p.producer_id]
-            .iter()
-            .find(|b| b.epoch == p.producer_epoch && b.first_seq == first && b.last_seq == last)
-        {
-            return Ok(Some((b.base_offset, b.last_offset)));
-        }
-        let expected = seq_add(newest.last_seq, 1);
-        if first == expected {
-            Ok(None)
-        } else {
-            Err(out_of_order(expected))
+            }),
+            Some(newest) if p.producer_epoch == newest.epoch => {
+                let last = seq_add(first, h.last_offset_delta);
+                if let Some(b) = recent.iter().find(|b| {
+                    b.epoch == p.producer_epoch && b.first_seq == first && b.last_seq == last
+                }) {
+                    return Ok(Some((b.base_offset, b.last_offset)));
+                }
+                let expected = seq_add(newest.last_seq, 1);
+                if first == expected {
+                    Ok(None)
+                } else {
+                    Err(out_of_order(expected))
+                }
+            }
+            // A producer (or an epoch of it) this partition does not know starts at 0.
+            _ if first == 0 => Ok(None),
+            _ => Err(out_of_order(0)),
         }
     }
 

@@ -185,14 +185,7 @@ impl Broker {
         let live: Vec<NodeId> = nodes.iter().map(|n| n.node_id).collect();
         let owners = assign(&parts, &live);
 
-        let held: Vec<(PartitionKey, Arc<Led>)> = self
-            .inner
-            .led
-            .read()
-            .expect("led lock poisoned")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let held = self.held();
         let mut hand_offs = Vec::new();
         for ((topic, p), led) in held {
             let current = by_name.get(&topic).map(storage_name);
@@ -272,8 +265,13 @@ impl Broker {
             };
             tracing::warn!(topic = t.name, partition = p, epoch, error = %e, retry_in = ?delay,
                 "cannot open the partition; resigning so it can be retried");
-            let _ = inner.tier.close_partition(&storage, p).await;
-            let _ = inner.meta.resign_leadership(&t.name, p, epoch).await;
+            if let Err(c) = inner.tier.close_partition(&storage, p).await {
+                tracing::warn!(topic = t.name, partition = p, error = %c, "closing after a failed open");
+            }
+            if let Err(r) = inner.meta.resign_leadership(&t.name, p, epoch).await {
+                // The lease takes the leader key along when it ends.
+                tracing::warn!(topic = t.name, partition = p, error = %r, "resigning after a failed open");
+            }
             return Err(e.into());
         }
         inner
@@ -366,15 +364,19 @@ impl Broker {
         Ok(())
     }
 
-    async fn step_down_all(&self, why: &str) {
-        let held: Vec<(PartitionKey, Arc<Led>)> = self
-            .inner
+    /// The partitions this node leads now.
+    fn held(&self) -> Vec<(PartitionKey, Arc<Led>)> {
+        self.inner
             .led
             .read()
             .expect("led lock poisoned")
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+            .collect()
+    }
+
+    async fn step_down_all(&self, why: &str) {
+        let held = self.held();
         if held.is_empty() {
             return;
         }

@@ -348,10 +348,18 @@ async fn partitions_move_between_nodes_without_losing_acknowledged_records() {
             Some(format!("node-{leader_id}.invalid:7070").as_str()),
             "{refused}"
         );
-        // The other node serves what is committed, and sends the reader on at the end.
-        let cold = other.read("moves", p, 0, 1 << 20, None).await;
-        if let Ok(r) = &cold {
-            assert_eq!(r.records[0].offset, 0);
+        // The other node serves what is committed and sends the reader on at the end. A moved
+        // partition was uploaded by its hand-off; one that stayed has only hot records.
+        let moved = leader_id == 2;
+        match other.read("moves", p, 0, 1 << 20, None).await {
+            Ok(r) => {
+                assert!(moved, "partition {p} stayed: nothing of it is committed");
+                assert_eq!(r.records.first().map(|r| r.offset), Some(0));
+            }
+            Err(e) => {
+                assert!(!moved, "partition {p} was handed off: {e}");
+                assert_eq!(e.code(), crate::Code::NotLeader, "{e}");
+            }
         }
     }
     two.shutdown().await.unwrap();
@@ -389,62 +397,35 @@ async fn idempotent_retries_are_not_appended_twice_even_after_leadership_moves()
     let (id, epoch) = one.init_producer().await.unwrap();
     assert_eq!(epoch, 0);
     assert_ne!(one.init_producer().await.unwrap().0, id, "ids are unique");
-    let batch = |from: i32, n: i32| {
-        (from..from + n)
-            .map(|i| rec(&format!("r{i}")))
-            .collect::<Vec<_>>()
+    // Records `from..from + n` of producer `id` as one batch at sequence `from`.
+    let send = |b: Broker, p: u32, from: i32, n: i32| async move {
+        let records = (from..from + n).map(|i| rec(&format!("r{i}"))).collect();
+        b.produce(
+            "once",
+            p,
+            records,
+            Acks::All,
+            Compression::None,
+            pid(id, from),
+        )
+        .await
+    };
+    let landed = |r: Result<ProduceResult>| {
+        let r = r.unwrap();
+        (r.base_offset, r.duplicate)
     };
     for p in 0..2 {
-        let first = one
-            .produce(
-                "once",
-                p,
-                batch(0, 3),
-                Acks::All,
-                Compression::None,
-                pid(id, 0),
-            )
-            .await
-            .unwrap();
-        assert_eq!((first.base_offset, first.duplicate), (0, false));
-        let retry = one
-            .produce(
-                "once",
-                p,
-                batch(0, 3),
-                Acks::All,
-                Compression::None,
-                pid(id, 0),
-            )
-            .await
-            .unwrap();
-        assert_eq!((retry.base_offset, retry.duplicate), (0, true));
-        let next = one
-            .produce(
-                "once",
-                p,
-                batch(3, 2),
-                Acks::All,
-                Compression::None,
-                pid(id, 3),
-            )
-            .await
-            .unwrap();
-        assert_eq!((next.base_offset, next.duplicate), (3, false));
-        let gap = one
-            .produce(
-                "once",
-                p,
-                batch(9, 1),
-                Acks::All,
-                Compression::None,
-                pid(id, 9),
-            )
-            .await
-            .unwrap_err();
+        assert_eq!(landed(send(one.clone(), p, 0, 3).await), (0, false));
+        assert_eq!(
+            landed(send(one.clone(), p, 0, 3).await),
+            (0, true),
+            "a retry"
+        );
+        assert_eq!(landed(send(one.clone(), p, 3, 2).await), (3, false));
+        let gap = send(one.clone(), p, 9, 1).await.unwrap_err();
         assert_eq!(gap.code(), crate::Code::OutOfOrderSequence, "{gap}");
     }
-    let mut oversized = batch(5, 1);
+    let mut oversized: Vec<_> = (5..6).map(|i| rec(&format!("r{i}"))).collect();
     oversized.push(rec(&"x".repeat(2 << 20)));
     let refused = one
         .produce(
@@ -463,42 +444,14 @@ async fn idempotent_retries_are_not_appended_twice_even_after_leadership_moves()
     wait_for_split(&[&one, &two], &[1, 1]).await;
     for p in 0..2u32 {
         let leader = if one.led("once", p).is_some() {
-            &one
+            one.clone()
         } else {
-            &two
+            two.clone()
         };
-        let retry = leader
-            .produce(
-                "once",
-                p,
-                batch(3, 2),
-                Acks::All,
-                Compression::None,
-                pid(id, 3),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            (retry.base_offset, retry.duplicate),
-            (3, true),
-            "partition {p}"
-        );
-        let next = leader
-            .produce(
-                "once",
-                p,
-                batch(5, 1),
-                Acks::All,
-                Compression::None,
-                pid(id, 5),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            (next.base_offset, next.duplicate),
-            (5, false),
-            "partition {p}"
-        );
+        let retry = landed(send(leader.clone(), p, 3, 2).await);
+        assert_eq!(retry, (3, true), "partition {p}: a retry after the move");
+        let next = landed(send(leader.clone(), p, 5, 1).await);
+        assert_eq!(next, (5, false), "partition {p}");
         let all = leader.read("once", p, 0, 1 << 20, None).await.unwrap();
         assert_eq!(all.records.len(), 6, "partition {p}: each record once");
     }

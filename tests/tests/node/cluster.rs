@@ -87,12 +87,12 @@ impl Cluster {
     }
 }
 
-/// Polls until every partition of `topic` has a leader, and returns the leaders' addresses.
-async fn wait_for_leaders(c: &Client, topic: &str, within: Duration) -> Vec<String> {
+/// Polls until all `n` partitions of `topic` have a leader, and returns the leaders' addresses.
+async fn wait_for_leaders(c: &Client, topic: &str, n: u32, within: Duration) -> Vec<String> {
     let deadline = Instant::now() + within;
     loop {
         if let Ok(d) = c.describe_topic(topic).await
-            && d.partitions.len() == PARTITIONS as usize
+            && d.partitions.len() == n as usize
             && d.partitions.iter().all(|p| !p.leader.is_empty())
         {
             return d.partitions.into_iter().map(|p| p.leader).collect();
@@ -177,12 +177,12 @@ async fn produce(
 
 /// Reads every partition through `addr` and checks the log's shape: offsets dense from the
 /// start, no value twice. Returns value → (partition, offset).
-async fn read_back(addr: &str) -> HashMap<String, (u32, i64)> {
+async fn read_back(addr: &str, partitions: u32) -> HashMap<String, (u32, i64)> {
     let mut c = pb::tierlog_client::TierlogClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
     let mut seen = HashMap::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions {
         let (records, _) = fetch_all(&mut c, "ledger", p).await;
         for (i, r) in records.iter().enumerate() {
             assert_eq!(r.offset, i as i64, "partition {p}: offsets dense from 0");
@@ -214,7 +214,7 @@ async fn chaos(acks: Acks) -> Option<(Outcome, HashMap<String, (u32, i64)>)> {
     }
     let c = Client::connect(&cluster.addrs()).await.unwrap();
     c.create_topic("ledger", PARTITIONS).await.unwrap();
-    let leaders = wait_for_leaders(&c, "ledger", Duration::from_secs(30)).await;
+    let leaders = wait_for_leaders(&c, "ledger", PARTITIONS, Duration::from_secs(30)).await;
     let distinct: std::collections::BTreeSet<_> = leaders.iter().collect();
     assert_eq!(
         distinct.len(),
@@ -277,8 +277,8 @@ async fn chaos(acks: Acks) -> Option<(Outcome, HashMap<String, (u32, i64)>)> {
     }
     cluster.start(9);
     let fresh = Client::connect(&cluster.nodes[&9].addr).await.unwrap();
-    wait_for_leaders(&fresh, "ledger", Duration::from_secs(30)).await;
-    let in_log = read_back(&cluster.nodes[&9].addr).await;
+    wait_for_leaders(&fresh, "ledger", PARTITIONS, Duration::from_secs(30)).await;
+    let in_log = read_back(&cluster.nodes[&9].addr, PARTITIONS).await;
     for (v, at) in &tail.acked {
         assert_eq!(
             in_log.get(v),
@@ -454,7 +454,7 @@ async fn a_leader_paused_past_its_lease_cannot_commit_or_acknowledge() {
     }
     cluster.start(9);
     let fresh = Client::connect(&cluster.nodes[&9].addr).await.unwrap();
-    wait_for_leaders_of(&fresh, "ledger", 2, Duration::from_secs(30)).await;
+    wait_for_leaders(&fresh, "ledger", 2, Duration::from_secs(30)).await;
     let mut rpc =
         pb::tierlog_client::TierlogClient::connect(format!("http://{}", cluster.nodes[&9].addr))
             .await
@@ -472,21 +472,6 @@ async fn a_leader_paused_past_its_lease_cannot_commit_or_acknowledge() {
         got, want,
         "exactly what was committed before and acknowledged after"
     );
-}
-
-/// Like [`wait_for_leaders`] for a topic with `n` partitions.
-async fn wait_for_leaders_of(c: &Client, topic: &str, n: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(d) = c.describe_topic(topic).await
-            && d.partitions.len() == n
-            && d.partitions.iter().all(|p| !p.leader.is_empty())
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "partitions without a leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The object store frozen (SIGSTOP) for 10 s under load: `acks=leader` producers go on,
@@ -613,23 +598,8 @@ async fn an_object_store_outage_stalls_acks_all_only_and_loses_nothing() {
     cluster.nodes.remove(&1).unwrap().stop();
     cluster.start(9);
     let fresh = Client::connect(&cluster.nodes[&9].addr).await.unwrap();
-    wait_for_leaders_of(&fresh, "ledger", 2, Duration::from_secs(30)).await;
-    let mut rpc =
-        pb::tierlog_client::TierlogClient::connect(format!("http://{}", cluster.nodes[&9].addr))
-            .await
-            .unwrap();
-    let mut in_log = HashMap::new();
-    for p in 0..2u32 {
-        let (records, _) = fetch_all(&mut rpc, "ledger", p).await;
-        for (i, r) in records.iter().enumerate() {
-            assert_eq!(r.offset, i as i64, "partition {p}: dense");
-            let v = String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap();
-            assert!(
-                in_log.insert(v.clone(), (p, r.offset)).is_none(),
-                "{v} twice"
-            );
-        }
-    }
+    wait_for_leaders(&fresh, "ledger", 2, Duration::from_secs(30)).await;
+    let in_log = read_back(&cluster.nodes[&9].addr, 2).await;
     for o in [&all, &leader] {
         for (v, at) in &o.lock().unwrap().acked {
             assert_eq!(
