@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what tierlog's tests and local clusters need, idempotently.
-#   localstack/install.sh python   # venv with the independent clients: pyarrow, duckdb, kafka-python
+#   localstack/install.sh python   # venv with the independent clients: pyarrow, duckdb, kafka-python, ADBC Flight SQL
 #   localstack/install.sh s3       # venv with moto's S3 server (and boto3)
 #   localstack/install.sh etcd     # Debian's etcd-server and etcd-client (etcdctl), if etcd is missing
 # Prints the installed interpreter or server path on the last line of its output.
@@ -26,7 +26,9 @@ install_venv() {
     echo "$venv/bin/$program"
 }
 
-install_python() { install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 kafka-python==2.2.15" python; }
+install_python() {
+    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 kafka-python==2.2.15 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0" python
+}
 install_s3() { install_venv moto "moto[server]==5.1.14" moto_server; }
 
 # Debian's etcd 3.4 (what the etcd backend is tested against). apt only when `etcd` is missing;

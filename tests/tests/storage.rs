@@ -3,6 +3,8 @@
 
 #[path = "storage/meta_etcd.rs"]
 mod meta_etcd;
+#[path = "storage/sql.rs"]
+mod sql;
 
 use std::path::Path as FsPath;
 use std::sync::Arc;

@@ -373,6 +373,63 @@ impl Tier {
         Ok(result(records, Source::Cold))
     }
 
+    /// A partition's committed cold segments (full object paths) and the manifest state they
+    /// come from: the leader's own state when this tier leads the partition, otherwise the
+    /// shared reader view, re-read when it is older than a moment. For scans by the SQL engine.
+    pub async fn cold_segments(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(Arc<ManifestState>, Vec<(Path, SegmentEntry)>)> {
+        let id = PartitionId::new(topic, partition);
+        let (manifest, state) = match self.partition(&id) {
+            Ok(p) => (p.manifest.clone(), p.cold()),
+            Err(_) => {
+                let (view, state) = self.reader(&id, Some(i64::MAX)).await?;
+                (view.manifest.clone(), state)
+            }
+        };
+        let segments = manifest.segment_paths(&state).await?;
+        Ok((state, segments))
+    }
+
+    /// The records `[from, to)` of a partition this tier leads, from local disk, as Arrow batches
+    /// in the cold schema (the hot tail of a SQL scan). `to` is clamped to the log end. `None`
+    /// when `from` is no longer on local disk (retention removed it after upload): the caller's
+    /// view of the cold tier is out of date.
+    pub async fn read_hot_arrow(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<Vec<arrow_array::RecordBatch>>> {
+        const CHUNK_BYTES: usize = 8 << 20;
+        let p = self.get(topic, partition)?;
+        let to = to.min(p.log.next_offset());
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < to {
+            let log = p.log.clone();
+            let Some(batches) = blocking(move || log.read(at, CHUNK_BYTES)).await? else {
+                return Ok(None);
+            };
+            let Some(last) = batches.last() else { break };
+            let end = last.header().next_offset();
+            out.extend(crate::cold::parquet::batches_to_arrow(
+                partition,
+                &batches,
+                at..to,
+                8192,
+            )?);
+            if end <= at {
+                break;
+            }
+            at = end;
+        }
+        Ok(Some(out))
+    }
+
     /// Committed records of a partition this tier does not lead (another node does), read from
     /// the object store through the cache. The view of the manifest is refreshed when a read
     /// reaches its end and it is older than a moment. An empty result at `high_watermark` means

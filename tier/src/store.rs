@@ -235,9 +235,37 @@ pub struct StoreStats {
     pub put_bytes: AtomicU64,
     pub lists: AtomicU64,
     pub deletes: AtomicU64,
+    /// Every distinct object read (for checking what a scan touched).
+    pub read_paths: std::sync::Mutex<std::collections::BTreeSet<Path>>,
 }
 
 impl StoreStats {
+    fn read(&self, location: &Path, bytes: u64) {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.get_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let mut paths = self.read_paths.lock().unwrap_or_else(|e| e.into_inner());
+        if !paths.contains(location) {
+            paths.insert(location.clone());
+        }
+    }
+    /// The distinct objects read so far under `prefix`.
+    pub fn objects_read(&self, prefix: &str) -> Vec<Path> {
+        let paths = self.read_paths.lock().unwrap_or_else(|e| e.into_inner());
+        paths
+            .iter()
+            .filter(|p| p.as_ref().starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+    /// Forgets the requests and objects counted so far.
+    pub fn reset_reads(&self) {
+        self.gets.store(0, Ordering::Relaxed);
+        self.get_bytes.store(0, Ordering::Relaxed);
+        self.read_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
     pub fn gets(&self) -> u64 {
         self.gets.load(Ordering::Relaxed)
     }
@@ -340,11 +368,8 @@ impl ObjectStore for Decorated {
         if self.faults.fail_gets.load(Ordering::SeqCst) {
             return Err(injected("get"));
         }
-        self.stats.gets.fetch_add(1, Ordering::Relaxed);
         let r = self.inner.get_opts(location, options).await?;
-        self.stats
-            .get_bytes
-            .fetch_add(r.range.end - r.range.start, Ordering::Relaxed);
+        self.stats.read(location, r.range.end - r.range.start);
         Ok(r)
     }
 
@@ -357,9 +382,8 @@ impl ObjectStore for Decorated {
             return Err(injected("get"));
         }
         let r = self.inner.get_ranges(location, ranges).await?;
-        self.stats.gets.fetch_add(1, Ordering::Relaxed);
         let n: usize = r.iter().map(Bytes::len).sum();
-        self.stats.get_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.read(location, n as u64);
         Ok(r)
     }
 

@@ -581,6 +581,18 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// [`Manifest::segments`] with each segment's full object path.
+    pub async fn segment_paths(&self, state: &ManifestState) -> Result<Vec<(Path, SegmentEntry)>> {
+        Ok(self
+            .segments(state)
+            .await?
+            .into_iter()
+            .map(|s| (self.paths.object(&s.path), s))
+            .collect())
+    }
+}
+
 /// The error of a load shared by several callers (moka runs one load per key).
 pub(crate) fn unwrap_shared(e: Arc<Error>) -> Error {
     Arc::try_unwrap(e).unwrap_or_else(Error::Shared)

@@ -307,6 +307,33 @@ pub fn encode_segment(
     })
 }
 
+/// Records of `batches` with offsets in `range`, as Arrow batches in [`schema`] of at most
+/// `rows_per_batch` rows: how the hot tail joins the cold segments in a query.
+pub fn batches_to_arrow(
+    partition: u32,
+    batches: &[RecordBatch],
+    range: std::ops::Range<i64>,
+    rows_per_batch: usize,
+) -> Result<Vec<ArrowBatch>> {
+    let mut cols = Columns::new();
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+    for b in batches {
+        scratch.clear();
+        b.decode_into(&mut scratch)?;
+        for r in scratch.iter().filter(|r| range.contains(&r.offset)) {
+            cols.push(partition as i32, r, b.header());
+            if cols.rows >= rows_per_batch.max(1) {
+                out.push(cols.finish()?);
+            }
+        }
+    }
+    if cols.rows > 0 {
+        out.push(cols.finish()?);
+    }
+    Ok(out)
+}
+
 fn column<'a, T: 'static>(b: &'a ArrowBatch, name: &str) -> Result<&'a T> {
     b.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())

@@ -1,0 +1,370 @@
+//! A topic as a table: its committed cold segments (Parquet, read by DataFusion's Parquet scan)
+//! plus, when asked, the hot tail after them.
+//!
+//! Pruning happens twice before any Parquet byte is read: the query's filters are evaluated
+//! against each partition (`partition = 3` skips every other manifest), then against each
+//! segment's manifest entry (partition, offset range, timestamp range). The Parquet scan then
+//! prunes row groups and pages with the files' own statistics on `offset` and `timestamp`.
+//!
+//! Invariant: filters are reported as inexact, so DataFusion always re-applies them: pruning may
+//! only ever skip data that cannot match, never decide a row's fate.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow_array::{
+    ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, TimestampMillisecondArray,
+    UInt64Array,
+};
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::catalog::TableProvider;
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::stats::Precision;
+use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use futures::{StreamExt, TryStreamExt};
+use tier::cold::manifest::SegmentEntry;
+
+use crate::catalog::{Catalog, ColdView};
+
+/// Footer bytes fetched with the first read of a segment (our footers are a few KiB).
+const METADATA_SIZE_HINT: usize = 64 << 10;
+/// Partitions whose manifests are loaded at once.
+const MANIFEST_CONCURRENCY: usize = 16;
+
+/// What the scans of one query touched (segments are objects in the bucket).
+#[derive(Debug, Default)]
+pub struct ScanCounters {
+    pub partitions_total: AtomicU64,
+    pub partitions_scanned: AtomicU64,
+    pub segments_total: AtomicU64,
+    pub segments_scanned: AtomicU64,
+    pub segment_bytes_total: AtomicU64,
+    pub segment_bytes_scanned: AtomicU64,
+    pub hot_rows: AtomicU64,
+}
+
+/// A snapshot of [`ScanCounters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanSummary {
+    pub partitions_total: u64,
+    pub partitions_scanned: u64,
+    pub segments_total: u64,
+    pub segments_scanned: u64,
+    pub segment_bytes_total: u64,
+    pub segment_bytes_scanned: u64,
+    pub hot_rows: u64,
+}
+
+impl ScanCounters {
+    pub fn summary(&self) -> ScanSummary {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ScanSummary {
+            partitions_total: g(&self.partitions_total),
+            partitions_scanned: g(&self.partitions_scanned),
+            segments_total: g(&self.segments_total),
+            segments_scanned: g(&self.segments_scanned),
+            segment_bytes_total: g(&self.segment_bytes_total),
+            segment_bytes_scanned: g(&self.segment_bytes_scanned),
+            hot_rows: g(&self.hot_rows),
+        }
+    }
+}
+
+/// One topic as a table.
+pub struct TopicTable {
+    pub(crate) topic: String,
+    pub(crate) partitions: Vec<u32>,
+    pub(crate) catalog: Arc<dyn Catalog>,
+    /// Include records not yet committed to the cold tier.
+    pub(crate) hot: bool,
+    pub(crate) store_url: ObjectStoreUrl,
+    pub(crate) counters: Arc<ScanCounters>,
+}
+
+impl fmt::Debug for TopicTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TopicTable")
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions.len())
+            .field("hot", &self.hot)
+            .finish()
+    }
+}
+
+/// Per-container statistics for the pruning predicate: a container is a partition (only the
+/// partition number is known) or a segment (partition, offset and timestamp ranges, row count).
+struct Containers<'a> {
+    partitions: Vec<i32>,
+    segments: Option<&'a [(u32, &'a SegmentEntry)]>,
+}
+
+impl Containers<'_> {
+    fn bound(&self, column: &Column, max: bool) -> Option<ArrayRef> {
+        match (column.name(), self.segments) {
+            ("partition", _) => Some(Arc::new(Int32Array::from(self.partitions.clone()))),
+            ("offset", Some(s)) => Some(Arc::new(Int64Array::from_iter_values(
+                s.iter()
+                    .map(|(_, e)| if max { e.last_offset } else { e.base_offset }),
+            ))),
+            ("timestamp", Some(s)) => Some(Arc::new(
+                TimestampMillisecondArray::from_iter_values(s.iter().map(|(_, e)| {
+                    if max {
+                        e.max_timestamp
+                    } else {
+                        e.min_timestamp
+                    }
+                }))
+                .with_timezone("UTC"),
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl PruningStatistics for Containers<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bound(column, false)
+    }
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bound(column, true)
+    }
+    fn num_containers(&self) -> usize {
+        self.partitions.len()
+    }
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        match (column.name(), self.segments) {
+            ("partition", _) | ("offset", Some(_)) | ("timestamp", Some(_)) => {
+                Some(Arc::new(UInt64Array::from(vec![
+                    0u64;
+                    self.partitions.len()
+                ])))
+            }
+            _ => None,
+        }
+    }
+    fn row_counts(&self) -> Option<ArrayRef> {
+        self.segments.map(|s| {
+            Arc::new(UInt64Array::from_iter_values(
+                s.iter().map(|(_, e)| e.records),
+            )) as ArrayRef
+        })
+    }
+    fn contained(&self, _: &Column, _: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        None
+    }
+}
+
+/// Keeps the containers the predicate cannot rule out (all of them without a predicate, or when
+/// it cannot be evaluated on statistics).
+fn keep(predicate: Option<&PruningPredicate>, stats: &Containers<'_>) -> Vec<bool> {
+    predicate
+        .and_then(|p| p.prune(stats).ok())
+        .unwrap_or_else(|| vec![true; stats.num_containers()])
+}
+
+fn file_statistics(schema: &SchemaRef, partition: u32, e: &SegmentEntry) -> Statistics {
+    let mut s = Statistics::new_unknown(schema);
+    s.num_rows = Precision::Exact(e.records as usize);
+    s.total_byte_size = Precision::Inexact(e.raw_bytes as usize);
+    let mut set = |name: &str, min: ScalarValue, max: ScalarValue| {
+        if let Ok(i) = schema.index_of(name) {
+            let c = &mut s.column_statistics[i];
+            c.min_value = Precision::Exact(min);
+            c.max_value = Precision::Exact(max);
+            c.null_count = Precision::Exact(0);
+        }
+    };
+    let p = ScalarValue::Int32(Some(partition as i32));
+    set("partition", p.clone(), p);
+    set(
+        "offset",
+        ScalarValue::Int64(Some(e.base_offset)),
+        ScalarValue::Int64(Some(e.last_offset)),
+    );
+    let ts = |v| ScalarValue::TimestampMillisecond(Some(v), Some("UTC".into()));
+    set("timestamp", ts(e.min_timestamp), ts(e.max_timestamp));
+    s
+}
+
+/// Spreads files over `n` groups, biggest first into the lightest group.
+fn balance(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
+    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> =
+        (0..n.max(1)).map(|_| (0, Vec::new())).collect();
+    for f in files {
+        let g = groups
+            .iter_mut()
+            .min_by_key(|(bytes, _)| *bytes)
+            .expect("at least one group");
+        g.0 += f.object_meta.size;
+        g.1.push(f);
+    }
+    groups
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(_, v)| FileGroup::new(v))
+        .collect()
+}
+
+#[async_trait]
+impl TableProvider for TopicTable {
+    fn schema(&self) -> SchemaRef {
+        tier::cold::parquet::schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = self.schema();
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let physical = conjunction(filters.to_vec())
+            .map(|e| state.create_physical_expr(e, &df_schema))
+            .transpose()?;
+        let pruning = physical.as_ref().and_then(|p| {
+            PruningPredicateBuilder::new()
+                .with_file_schema(schema.clone())
+                .build(p.clone())
+        });
+
+        // Partitions the filters leave, then their manifests (and hot tails).
+        let partitions: Vec<u32> = {
+            let stats = Containers {
+                partitions: self.partitions.iter().map(|&p| p as i32).collect(),
+                segments: None,
+            };
+            let kept = keep(pruning.as_deref(), &stats);
+            self.partitions
+                .iter()
+                .zip(kept)
+                .filter_map(|(&p, k)| k.then_some(p))
+                .collect()
+        };
+        let c = &self.counters;
+        c.partitions_total
+            .fetch_add(self.partitions.len() as u64, Ordering::Relaxed);
+        c.partitions_scanned
+            .fetch_add(partitions.len() as u64, Ordering::Relaxed);
+        let views: Vec<(u32, ColdView, Vec<RecordBatch>)> = futures::stream::iter(partitions)
+            .map(|p| {
+                let catalog = self.catalog.clone();
+                let topic = self.topic.clone();
+                let hot = self.hot;
+                async move {
+                    let view = catalog.cold(&topic, p).await?;
+                    let tail = if hot {
+                        catalog.hot_tail(&topic, p, view.next_offset).await?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok::<_, crate::Error>((p, view, tail))
+                }
+            })
+            .buffered(MANIFEST_CONCURRENCY)
+            .try_collect()
+            .await?;
+
+        // Segments the filters leave.
+        let segments: Vec<(u32, &SegmentEntry)> = views
+            .iter()
+            .flat_map(|(p, v, _)| v.segments.iter().map(move |(_, e)| (*p, e)))
+            .collect();
+        let paths: Vec<&object_store::path::Path> = views
+            .iter()
+            .flat_map(|(_, v, _)| v.segments.iter().map(|(path, _)| path))
+            .collect();
+        let kept = keep(
+            pruning.as_deref(),
+            &Containers {
+                partitions: segments.iter().map(|(p, _)| *p as i32).collect(),
+                segments: Some(&segments),
+            },
+        );
+        let mut files = Vec::new();
+        let mut file_stats: Vec<Statistics> = Vec::new();
+        for (((p, e), path), k) in segments.iter().zip(&paths).zip(kept) {
+            c.segments_total.fetch_add(1, Ordering::Relaxed);
+            c.segment_bytes_total.fetch_add(e.size, Ordering::Relaxed);
+            if !k {
+                continue;
+            }
+            c.segments_scanned.fetch_add(1, Ordering::Relaxed);
+            c.segment_bytes_scanned.fetch_add(e.size, Ordering::Relaxed);
+            let stats = file_statistics(&schema, *p, e);
+            file_stats.push(stats.clone());
+            files.push(
+                PartitionedFile::new(path.to_string(), e.size).with_statistics(Arc::new(stats)),
+            );
+        }
+
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !files.is_empty() {
+            let mut source = ParquetSource::new(schema.clone())
+                .with_enable_page_index(true)
+                .with_pushdown_filters(true)
+                .with_reorder_filters(true)
+                .with_metadata_size_hint(METADATA_SIZE_HINT);
+            if let Some(p) = &physical {
+                source = source.with_predicate(p.clone());
+            }
+            let mut builder = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+                .with_file_groups(balance(files, state.config().target_partitions()))
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit);
+            if !file_stats.is_empty() {
+                builder =
+                    builder.with_statistics(Statistics::try_merge_iter(&file_stats, &schema)?);
+            }
+            inputs.push(DataSourceExec::from_data_source(builder.build()));
+        }
+        let hot: Vec<RecordBatch> = views.into_iter().flat_map(|(_, _, t)| t).collect();
+        if !hot.is_empty() {
+            let rows: usize = hot.iter().map(RecordBatch::num_rows).sum();
+            c.hot_rows.fetch_add(rows as u64, Ordering::Relaxed);
+            inputs.push(MemorySourceConfig::try_new_exec(
+                &[hot],
+                schema.clone(),
+                projection.cloned(),
+            )?);
+        }
+        if inputs.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(schema.project(p)?),
+                None => schema,
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}

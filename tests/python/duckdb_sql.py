@@ -1,0 +1,41 @@
+"""Runs SQL with DuckDB over a topic's committed segments, found through the manifests alone.
+
+usage: duckdb_sql.py TOPIC_DIR QUERIES_JSON
+TOPIC_DIR holds one directory per partition. QUERIES_JSON is a list of SQL strings over a view
+named `events`. Prints one JSON document: a list, per query, of its rows (lists of values).
+This is the recipe docs/sql.md gives for reading a bucket with DuckDB.
+"""
+import json
+import os
+import sys
+
+import duckdb
+
+from manifest import committed_segments
+
+topic_dir, queries_path = sys.argv[1], sys.argv[2]
+files = []
+for part in sorted(os.listdir(topic_dir), key=int):
+    pdir = os.path.join(topic_dir, part)
+    files += [os.path.join(pdir, s["path"]) for s in committed_segments(pdir)]
+assert files, f"no committed segments under {topic_dir}"
+
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet([{listed}])")
+
+
+def plain(v):
+    if isinstance(v, (bytes, bytearray)):
+        return v.decode()
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return v
+
+
+out = []
+for sql in json.load(open(queries_path)):
+    rows = con.execute(sql).fetchall()
+    out.append([[plain(v) for v in row] for row in rows])
+print(json.dumps({"files": len(files), "results": out}))
