@@ -4,6 +4,7 @@
 mod bench;
 mod commands;
 mod settings;
+mod sql;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -84,6 +85,16 @@ enum Command {
     },
     /// Measure throughput and latency through a node, next to baselines from the same run.
     Bench(bench::BenchArgs),
+    /// Run SQL over topics (every topic is a table; see docs/sql.md).
+    Sql {
+        /// The query, e.g. "SELECT partition, COUNT(*) FROM events GROUP BY 1".
+        sql: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: sql::Format,
+        /// Write the rows to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// A consumer group's committed offsets and lag per partition.
     Offsets {
         #[arg(long)]
@@ -190,6 +201,21 @@ fn main() -> std::process::ExitCode {
                     TopicCommand::Describe { name } => commands::topic_describe(&c, &name).await,
                     TopicCommand::Delete { name } => commands::topic_delete(&c, &name).await,
                 }
+            }
+            Command::Sql {
+                sql,
+                format,
+                output,
+            } => {
+                sql::run(
+                    &server,
+                    sql::SqlArgs {
+                        sql,
+                        format,
+                        output,
+                    },
+                )
+                .await
             }
             Command::Produce {
                 topic,
@@ -333,6 +359,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the node")?;
+    let sql_cfg = s.query_config();
+    if let Some(dir) = &sql_cfg.spill_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the spill directory {}", dir.display()))?;
+    }
+    let engine = broker
+        .query_engine(sql_cfg)
+        .context("starting the SQL engine")?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<proto::v1::tierlog_server::TierlogServer<Service>>()
@@ -343,6 +377,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ingest::server::transport()
         .add_service(health_service)
         .add_service(Service::new(broker.clone()).into_server())
+        .add_service(ingest::flight::FlightSql::new(engine).into_server())
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), {
             let broker = broker.clone();
             async move {

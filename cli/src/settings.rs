@@ -37,6 +37,35 @@ pub struct Settings {
     pub fsync: String,
     /// The storage core's settings (segment size, retention, cache, ...).
     pub tier: TierSettings,
+    /// The SQL engine's settings (Arrow Flight SQL on the node's port).
+    pub sql: SqlSettings,
+}
+
+/// Guard rails of SQL queries on a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlSettings {
+    /// Threads that run queries, at the lowest CPU priority (0 = one per core).
+    pub threads: usize,
+    /// Memory one query may use; beyond it, sorts and aggregations spill to disk, and a query
+    /// that cannot spill fails.
+    pub memory_limit_bytes: usize,
+    /// Longest a query may run, ms.
+    pub timeout_ms: u64,
+    /// Where queries spill (default `<data_dir>/spill`).
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for SqlSettings {
+    fn default() -> Self {
+        let d = query::QueryConfig::default();
+        SqlSettings {
+            threads: 0,
+            memory_limit_bytes: d.memory_limit,
+            timeout_ms: d.timeout.as_millis() as u64,
+            spill_dir: None,
+        }
+    }
 }
 
 /// The subset of the storage core's settings a user tunes.
@@ -86,6 +115,7 @@ impl Default for Settings {
             max_record_bytes: 1 << 20,
             fsync: "10".into(),
             tier: TierSettings::default(),
+            sql: SqlSettings::default(),
         }
     }
 }
@@ -186,6 +216,25 @@ impl Settings {
         })
     }
 
+    pub fn query_config(&self) -> query::QueryConfig {
+        let q = &self.sql;
+        let d = query::QueryConfig::default();
+        query::QueryConfig {
+            threads: match q.threads {
+                0 => d.threads,
+                n => n,
+            },
+            memory_limit: q.memory_limit_bytes,
+            timeout: std::time::Duration::from_millis(q.timeout_ms),
+            spill_dir: Some(
+                q.spill_dir
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("spill")),
+            ),
+            ..d
+        }
+    }
+
     /// The parsed `meta` setting.
     pub fn meta_backend(&self) -> anyhow::Result<MetaBackend> {
         if self.meta == "embedded" {
@@ -242,6 +291,15 @@ impl Settings {
                 self.max_record_bytes,
                 self.tier.max_batch_bytes
             );
+        }
+        if self.sql.memory_limit_bytes < (16 << 20) {
+            anyhow::bail!(
+                "sql.memory_limit_bytes must be at least 16 MiB, not {}",
+                self.sql.memory_limit_bytes
+            );
+        }
+        if self.sql.timeout_ms == 0 {
+            anyhow::bail!("sql.timeout_ms must be positive");
         }
         self.tier_config()?
             .validate()
@@ -312,6 +370,11 @@ mod tests {
         s.validate().unwrap();
         assert_eq!(s.listen, Settings::default().listen);
         assert_eq!(s.tier.segment_bytes, TierSettings::default().segment_bytes);
+        assert_eq!(
+            s.sql.memory_limit_bytes,
+            SqlSettings::default().memory_limit_bytes
+        );
+        assert_eq!(s.sql.timeout_ms, SqlSettings::default().timeout_ms);
     }
 
     #[test]

@@ -150,7 +150,8 @@ struct Routes {
     leaders: std::sync::Mutex<std::collections::HashMap<(String, u32), String>>,
 }
 
-fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+/// The transport endpoint of a node address (`host:port` or a URL), tuned as the client uses it.
+pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {

@@ -17,6 +17,7 @@
 //!   when it knows it) and serves reads of the committed (cold) part only.
 
 mod cluster;
+mod sql;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,9 +1,11 @@
 //! `ingest`: the tierlog ingest node. [`Broker`] is the one core; [`server`] is the gRPC front
 //! end, a thin adapter that maps `tierlog.v1` messages to broker calls and errors to statuses
-//! with stable codes ([`Code`]).
+//! with stable codes ([`Code`]); [`flight`] is the Arrow Flight SQL front end over the node's
+//! SQL engine.
 
 pub mod broker;
 pub mod error;
+pub mod flight;
 pub mod server;
 
 pub use broker::{

@@ -5,9 +5,9 @@
 //! sees an orphaned upload; the hot tail starts exactly at the view's `next_offset`, so a record
 //! is read from one tier or the other, never both and never neither.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
 use async_trait::async_trait;
@@ -36,35 +36,59 @@ pub struct ColdView {
     pub segments: Vec<(Path, SegmentEntry)>,
 }
 
+/// A consistent read of one partition: its committed segments and the records after them.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionSnapshot {
+    pub cold: ColdView,
+    /// Records from `cold.next_offset` on that are not committed yet (empty unless asked for
+    /// and the catalog can see the partition's hot tier).
+    pub hot: Vec<RecordBatch>,
+}
+
 /// The source of topic tables.
 #[async_trait]
 pub trait Catalog: Send + Sync + fmt::Debug + 'static {
     /// Every topic, with its partitions.
     async fn topics(&self) -> Result<Vec<TopicInfo>>;
 
-    /// The committed segments of one partition, as of now.
-    async fn cold(&self, topic: &str, partition: u32) -> Result<ColdView>;
-
-    /// Records at and after `from` that are not yet committed to the cold tier, as Arrow batches
-    /// in the cold schema. A catalog without access to hot tiers returns nothing.
-    async fn hot_tail(&self, topic: &str, partition: u32, from: i64) -> Result<Vec<RecordBatch>> {
-        let _ = (topic, partition, from);
-        Ok(Vec::new())
-    }
+    /// The committed segments of one partition and, with `hot`, the records after them, as
+    /// Arrow batches in the cold schema. A catalog without access to hot tiers returns the
+    /// committed part only.
+    async fn snapshot(&self, topic: &str, partition: u32, hot: bool) -> Result<PartitionSnapshot>;
 }
 
 /// A catalog read from the bucket alone (no node, no metadata service): topics and partitions
 /// are the prefixes under `<root>/topics/`, segments come from each partition's manifest. Sees
 /// committed data only. Used by benchmarks, tests and by tools pointed at a bucket.
+///
+/// A node stores topic `t` under `t.<id>` (the id changes when a topic is deleted and created
+/// again); the table is named `t` and reads the highest id present.
 #[derive(Debug)]
 pub struct BucketCatalog {
     store: Arc<dyn ObjectStore>,
     root: Path,
+    /// Table name → the directory its data is stored under (filled by `topics`).
+    dirs: Mutex<HashMap<String, String>>,
+}
+
+/// `events.7` → (`events`, 7); a name without a numeric suffix has id 0.
+fn split_storage_name(dir: &str) -> (&str, u64) {
+    match dir.rsplit_once('.') {
+        Some((name, id)) if !name.is_empty() => match id.parse() {
+            Ok(id) => (name, id),
+            Err(_) => (dir, 0),
+        },
+        _ => (dir, 0),
+    }
 }
 
 impl BucketCatalog {
     pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> Self {
-        BucketCatalog { store, root }
+        BucketCatalog {
+            store,
+            root,
+            dirs: Mutex::default(),
+        }
     }
 
     async fn children(&self, prefix: &Path) -> Result<Vec<String>> {
@@ -85,31 +109,49 @@ impl BucketCatalog {
 impl Catalog for BucketCatalog {
     async fn topics(&self) -> Result<Vec<TopicInfo>> {
         let topics_prefix = self.root.clone().join("topics");
-        let mut out = BTreeMap::new();
-        for name in self.children(&topics_prefix).await? {
+        let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
+        for dir in self.children(&topics_prefix).await? {
+            let (name, id) = split_storage_name(&dir);
+            if newest.get(name).is_none_or(|(seen, _)| id > *seen) {
+                newest.insert(name.to_string(), (id, dir.clone()));
+            }
+        }
+        let mut out = Vec::new();
+        for (name, (_, dir)) in newest {
             let mut partitions: Vec<u32> = self
-                .children(&topics_prefix.clone().join(name.as_str()))
+                .children(&topics_prefix.clone().join(dir.as_str()))
                 .await?
                 .iter()
                 .filter_map(|p| p.parse().ok())
                 .collect();
             partitions.sort_unstable();
-            out.insert(name, partitions);
+            self.dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone(), dir);
+            out.push(TopicInfo { name, partitions });
         }
-        Ok(out
-            .into_iter()
-            .map(|(name, partitions)| TopicInfo { name, partitions })
-            .collect())
+        Ok(out)
     }
 
-    async fn cold(&self, topic: &str, partition: u32) -> Result<ColdView> {
-        let manifest = Manifest::new(self.store.clone(), &self.root, topic, partition);
+    async fn snapshot(&self, topic: &str, partition: u32, _hot: bool) -> Result<PartitionSnapshot> {
+        let dir = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .cloned()
+            .unwrap_or_else(|| topic.to_string());
+        let manifest = Manifest::new(self.store.clone(), &self.root, &dir, partition);
         let state = manifest.load().await?;
         let segments = manifest.segment_paths(&state).await?;
-        Ok(ColdView {
-            start_offset: state.start_offset,
-            next_offset: state.next_offset,
-            segments,
+        Ok(PartitionSnapshot {
+            cold: ColdView {
+                start_offset: state.start_offset,
+                next_offset: state.next_offset,
+                segments,
+            },
+            hot: Vec::new(),
         })
     }
 }
@@ -122,4 +164,18 @@ pub async fn list_objects(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<
         .try_collect()
         .await
         .map_err(tier::Error::from)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_storage_name;
+
+    #[test]
+    fn storage_names_split_at_a_numeric_suffix() {
+        assert_eq!(split_storage_name("events.7"), ("events", 7));
+        assert_eq!(split_storage_name("a.b.12"), ("a.b", 12));
+        assert_eq!(split_storage_name("events"), ("events", 0));
+        assert_eq!(split_storage_name("v.x"), ("v.x", 0));
+        assert_eq!(split_storage_name(".5"), (".5", 0));
+    }
 }

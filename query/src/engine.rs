@@ -206,6 +206,20 @@ impl QueryEngine {
         &self.inner.cfg
     }
 
+    /// The tables a query can name, as (schema, table): every topic, live and committed.
+    pub async fn tables(&self) -> Result<Vec<(&'static str, String)>> {
+        let topics = self.inner.catalog.topics().await?;
+        Ok([LIVE_SCHEMA, COMMITTED_SCHEMA]
+            .into_iter()
+            .flat_map(|s| topics.iter().map(move |t| (s, t.name.clone())))
+            .collect())
+    }
+
+    /// The columns of every topic table.
+    pub fn topic_schema() -> SchemaRef {
+        tier::cold::parquet::schema()
+    }
+
     /// The schema of a query's result, without running it.
     pub async fn schema(&self, sql: &str) -> Result<SchemaRef> {
         let inner = self.inner.clone();

@@ -27,6 +27,9 @@ pub enum Error {
     /// Reading the log failed (object store, manifest, hot tier).
     #[error(transparent)]
     Storage(#[from] tier::Error),
+    /// The catalog (the node's metadata) could not answer.
+    #[error("{message}")]
+    Catalog { message: String, retryable: bool },
     /// Anything else the engine reported while running the query.
     #[error("query failed: {0}")]
     Execution(#[source] DataFusionError),
@@ -38,6 +41,7 @@ impl Error {
         match self {
             Error::Storage(e) => e.is_retryable(),
             Error::Timeout(_) => true,
+            Error::Catalog { retryable, .. } => *retryable,
             _ => false,
         }
     }

@@ -282,13 +282,8 @@ impl TableProvider for TopicTable {
                 let topic = self.topic.clone();
                 let hot = self.hot;
                 async move {
-                    let view = catalog.cold(&topic, p).await?;
-                    let tail = if hot {
-                        catalog.hot_tail(&topic, p, view.next_offset).await?
-                    } else {
-                        Vec::new()
-                    };
-                    Ok::<_, crate::Error>((p, view, tail))
+                    let s = catalog.snapshot(&topic, p, hot).await?;
+                    Ok::<_, crate::Error>((p, s.cold, s.hot))
                 }
             })
             .buffered(MANIFEST_CONCURRENCY)

@@ -3,6 +3,8 @@
 
 #[path = "node/cluster.rs"]
 mod cluster;
+#[path = "node/sql.rs"]
+mod sql;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
