@@ -1,11 +1,14 @@
-//! `tierlog bench produce|consume`: throughput and latency through a real node, printed next to
-//! baselines measured in the same run (raw disk, loopback TCP, the storage core on its own).
+//! `tierlog bench produce|consume|failover`: throughput and latency through a real node, printed
+//! next to baselines measured in the same run (raw disk, loopback TCP, the storage core on its
+//! own). `tierlog bench sql` lives in [`sql`].
 //!
 //! By default the bench starts a fresh node (this same binary, `tierlog serve`) on a temporary
 //! data directory, so it can also report the node's resident memory; `--external` measures the
 //! node at `--server` instead. Latencies are taken per record with an HDR histogram:
 //! produce→ack from `send` to the acknowledgement, produce→consume from `send` to the moment a
 //! follow-mode fetch stream delivers the record (the send time travels in the record's value).
+
+mod sql;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +32,9 @@ pub enum BenchKind {
     /// Several nodes on --meta etcd://…: produce throughput with 1 node and with --nodes, then
     /// kill -9 a partition's leader and time until it is served again.
     Failover,
+    /// SQL over the committed history (full scan, time range, JSON group-by) next to DuckDB
+    /// reading the same Parquet files.
+    Sql,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -73,6 +79,15 @@ pub struct BenchArgs {
     /// Lease TTL of the started nodes, ms (`failover`).
     #[arg(long, default_value_t = 10_000)]
     pub lease_ttl_ms: u64,
+    /// Segment size of the history `sql` writes (smaller segments prune finer).
+    #[arg(long, default_value_t = 16 << 20)]
+    pub segment_bytes: u64,
+    /// Timed runs of each `sql` query (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// The Python with `duckdb` that `sql` runs the DuckDB baseline with.
+    #[arg(long, env = "TIERLOG_PYTHON", default_value = "python3")]
+    pub python: String,
     /// Kills timed by `failover`.
     #[arg(long, default_value_t = 3)]
     pub kills: u32,
@@ -205,6 +220,7 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Produce => produce(server, &args, dir.path()).await,
         BenchKind::Consume => consume(server, &args, dir.path()).await,
         BenchKind::Failover => failover(&args, dir.path()).await,
+        BenchKind::Sql => sql::run(&args, dir.path()).await,
     }
 }
 
