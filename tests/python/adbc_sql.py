@@ -9,6 +9,8 @@ import sys
 
 import adbc_driver_flightsql.dbapi as flight_sql
 
+from plain import plain
+
 addr, queries_path = sys.argv[1], sys.argv[2]
 out = {"results": []}
 with flight_sql.connect(f"grpc://{addr}") as conn:
@@ -29,14 +31,6 @@ with flight_sql.connect(f"grpc://{addr}") as conn:
         for t in (s["db_schema_tables"] or [])
     )
     out["schema"] = conn.adbc_get_table_schema("events", db_schema_filter="public").names
-
-
-def plain(v):
-    if isinstance(v, (bytes, bytearray)):
-        return v.decode()
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return v
 
 
 for r in out["results"]:

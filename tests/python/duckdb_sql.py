@@ -11,6 +11,8 @@ import sys
 
 import duckdb
 
+from plain import plain
+
 from manifest import committed_segments
 
 topic_dir, queries_path = sys.argv[1], sys.argv[2]
@@ -24,14 +26,6 @@ con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
 listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
 con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet([{listed}])")
-
-
-def plain(v):
-    if isinstance(v, (bytes, bytearray)):
-        return v.decode()
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return v
 
 
 out = []
