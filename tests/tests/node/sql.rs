@@ -241,5 +241,48 @@ async fn sql_over_flight_from_adbc_and_the_cli() {
         err.contains("unknown topic `nope` (SHOW TABLES lists the topics)"),
         "{err}"
     );
+
+    // A heavy query (a 30,000 × 30,000 comparison join) does not stop ingest: produce keeps
+    // being acknowledged while it runs; the client then goes away mid-query.
+    let mut heavy = std::process::Command::new(super::binary())
+        .args(["--server", &s, "sql"])
+        .arg("SELECT COUNT(*) FROM events a, events b WHERE a.value < b.value")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for b in 10..20 {
+        let records = (b * 1000..(b + 1) * 1000).map(|i| event(0, i)).collect();
+        let r = c
+            .produce(pb::ProduceRequest {
+                topic: "events".into(),
+                partition: 0,
+                records,
+                ..Default::default()
+            })
+            .await
+            .expect("produce during a heavy query")
+            .into_inner();
+        assert_eq!(r.base_offset, b as i64 * 1000);
+    }
+    assert!(
+        heavy.try_wait().unwrap().is_none(),
+        "the heavy query was still running while produce was acknowledged"
+    );
+    heavy.kill().unwrap();
+    heavy.wait().unwrap();
+    let (ok, out, err) = cli(
+        &s,
+        &[
+            "sql",
+            "SELECT COUNT(*) AS n FROM events WHERE partition = 0",
+            "--format",
+            "csv",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "n\n20000\n");
     node.stop();
 }
