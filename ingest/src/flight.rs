@@ -88,6 +88,16 @@ fn info(
     Ok(Response::new(info))
 }
 
+/// A `FlightInfo` whose ticket is the command itself (the metadata listings and prepared
+/// statements: `DoGet` receives it back and answers it).
+fn command_info(
+    schema: &Schema,
+    cmd: &impl ProstMessageExt,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    info(schema, cmd.as_any().encode_to_vec(), request.into_inner())
+}
+
 /// One batch as a Flight data stream.
 fn one_batch(
     schema: std::sync::Arc<Schema>,
@@ -187,7 +197,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let sql = sql_text(&cmd.prepared_statement_handle)?;
         let schema = self.engine.schema(&sql).await.map_err(status)?;
-        info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
+        command_info(&schema, &cmd, request)
     }
 
     async fn do_get_prepared_statement(
@@ -204,11 +214,10 @@ impl FlightSqlService for FlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&self.info).schema();
-        info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
+        command_info(
+            &query.clone().into_builder(&self.info).schema(),
+            &query,
+            request,
         )
     }
 
@@ -226,12 +235,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query.into_builder().schema(), &query, request)
     }
 
     async fn do_get_catalogs(
@@ -249,12 +253,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query.clone().into_builder().schema(), &query, request)
     }
 
     async fn do_get_schemas(
@@ -274,12 +273,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query.clone().into_builder().schema(), &query, request)
     }
 
     async fn do_get_tables(
@@ -302,12 +296,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        command_info(&query.into_builder().schema(), &query, request)
     }
 
     async fn do_get_table_types(

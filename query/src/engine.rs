@@ -225,13 +225,19 @@ impl QueryEngine {
         let inner = self.inner.clone();
         let sql = sql.to_string();
         let timeout = inner.cfg.timeout;
-        let task = self.inner.pool.handle().spawn(async move {
+        let mut task = self.inner.pool.handle().spawn(async move {
             let (ctx, _) = inner.session().await?;
             let df = inner.plan(&ctx, &sql).await?;
             Ok(Arc::new(df.schema().as_arrow().clone()))
         });
-        match tokio::time::timeout(timeout, task).await {
-            Err(_) => Err(Error::Timeout(timeout)),
+        match tokio::time::timeout(timeout, &mut task).await {
+            Err(_) => {
+                task.abort();
+                Err(Error::Timeout(timeout))
+            }
+            Ok(Err(e)) if e.is_panic() => Err(Error::Execution(
+                datafusion::error::DataFusionError::Internal(format!("planning panicked: {e}")),
+            )),
             Ok(Err(_)) => Err(Error::Cancelled),
             Ok(Ok(r)) => r,
         }
@@ -258,7 +264,7 @@ impl QueryEngine {
                     .map_err(|e| Error::from_datafusion(e, limit))?;
                 Ok::<_, Error>((schema, counters, stream))
             };
-            let (counters, mut stream) = match tokio::time::timeout_at(deadline, started).await {
+            let mut stream = match tokio::time::timeout_at(deadline, started).await {
                 Err(_) => {
                     let _ = ready_tx.send(Err(Error::Timeout(timeout)));
                     return;
@@ -268,13 +274,12 @@ impl QueryEngine {
                     return;
                 }
                 Ok(Ok((schema, counters, stream))) => {
-                    if ready_tx.send(Ok((schema, counters.clone()))).is_err() {
+                    if ready_tx.send(Ok((schema, counters))).is_err() {
                         return;
                     }
-                    (counters, stream)
+                    stream
                 }
             };
-            let _keep = counters;
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
@@ -375,19 +380,20 @@ impl Inner {
         }
         let counters = Arc::new(ScanCounters::default());
         let catalog = Arc::new(MemoryCatalogProvider::new());
+        let topics = self.catalog.topics().await?;
         for (schema_name, hot) in [(LIVE_SCHEMA, true), (COMMITTED_SCHEMA, false)] {
             let schema = Arc::new(MemorySchemaProvider::new());
-            for t in self.catalog.topics().await? {
+            for t in &topics {
                 let table = TopicTable {
                     topic: t.name.clone(),
-                    partitions: t.partitions,
+                    partitions: t.partitions.clone(),
                     catalog: self.catalog.clone(),
                     hot,
                     store_url: url.clone(),
                     counters: counters.clone(),
                 };
                 schema
-                    .register_table(t.name, Arc::new(table))
+                    .register_table(t.name.clone(), Arc::new(table))
                     .map_err(Error::Execution)?;
             }
             catalog

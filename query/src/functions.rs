@@ -16,9 +16,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
 use arrow_schema::DataType;
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
@@ -209,6 +208,20 @@ impl JsonGet {
     }
 }
 
+/// A scalar result for a scalar input, else the array.
+fn shaped_as_input(scalar: bool, out: ArrayRef) -> Result<ColumnarValue> {
+    Ok(if scalar {
+        ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+    } else {
+        ColumnarValue::Array(out)
+    })
+}
+
+/// A JSON value as `T`; `None` when it is of another type.
+fn typed<T: serde::de::DeserializeOwned>(v: &RawValue) -> Option<T> {
+    serde_json::from_str(v.get()).ok()
+}
+
 /// The values of a binary or text column as bytes.
 /// The bytes of row `i` (`None` when null).
 type BytesAt<'a> = Box<dyn Fn(usize) -> Option<&'a [u8]> + 'a>;
@@ -299,56 +312,17 @@ impl ScalarUDFImpl for JsonGet {
         let get = bytes_at(&input)?;
         let n = input.len();
         let found = |i| get(i).and_then(|d| lookup(d, &path));
+        let rows = || (0..n).map(found);
         let out: ArrayRef = match self.kind {
-            Kind::Str => {
-                let mut b = StringBuilder::with_capacity(n, n * 8);
-                for i in 0..n {
-                    b.append_option(
-                        found(i).and_then(|v| serde_json::from_str::<String>(v.get()).ok()),
-                    );
-                }
-                Arc::new(b.finish())
-            }
-            Kind::Json => {
-                let mut b = StringBuilder::with_capacity(n, n * 8);
-                for i in 0..n {
-                    b.append_option(found(i).map(RawValue::get));
-                }
-                Arc::new(b.finish())
-            }
-            Kind::Int => {
-                let mut b = Int64Builder::with_capacity(n);
-                for i in 0..n {
-                    b.append_option(
-                        found(i).and_then(|v| serde_json::from_str::<i64>(v.get()).ok()),
-                    );
-                }
-                Arc::new(b.finish())
-            }
-            Kind::Float => {
-                let mut b = Float64Builder::with_capacity(n);
-                for i in 0..n {
-                    b.append_option(
-                        found(i).and_then(|v| serde_json::from_str::<f64>(v.get()).ok()),
-                    );
-                }
-                Arc::new(b.finish())
-            }
-            Kind::Bool => {
-                let mut b = BooleanBuilder::with_capacity(n);
-                for i in 0..n {
-                    b.append_option(
-                        found(i).and_then(|v| serde_json::from_str::<bool>(v.get()).ok()),
-                    );
-                }
-                Arc::new(b.finish())
-            }
+            Kind::Str => Arc::new(StringArray::from_iter(
+                rows().map(|v| v.and_then(typed::<String>)),
+            )),
+            Kind::Json => Arc::new(StringArray::from_iter(rows().map(|v| v.map(RawValue::get)))),
+            Kind::Int => Arc::new(Int64Array::from_iter(rows().map(|v| v.and_then(typed)))),
+            Kind::Float => Arc::new(Float64Array::from_iter(rows().map(|v| v.and_then(typed)))),
+            Kind::Bool => Arc::new(BooleanArray::from_iter(rows().map(|v| v.and_then(typed)))),
         };
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
-        })
+        shaped_as_input(scalar, out)
     }
 }
 
@@ -385,16 +359,9 @@ impl ScalarUDFImpl for AsText {
         let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
         let input = args.args[0].clone().into_array(args.number_rows)?;
         let get = bytes_at(&input)?;
-        let mut b = StringBuilder::with_capacity(input.len(), 0);
-        for i in 0..input.len() {
-            b.append_option(get(i).map(String::from_utf8_lossy));
-        }
-        let out: ArrayRef = Arc::new(b.finish());
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
-        })
+        let out =
+            StringArray::from_iter((0..input.len()).map(|i| get(i).map(String::from_utf8_lossy)));
+        shaped_as_input(scalar, Arc::new(out))
     }
 }
 

@@ -333,14 +333,12 @@ impl TableProvider for TopicTable {
             if let Some(p) = &physical {
                 source = source.with_predicate(p.clone());
             }
-            let mut builder = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+            let builder = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
                 .with_file_groups(balance(files, state.config().target_partitions()))
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit);
-            if !file_stats.is_empty() {
-                builder =
-                    builder.with_statistics(Statistics::try_merge_iter(&file_stats, &schema)?);
-            }
+            let builder =
+                builder.with_statistics(Statistics::try_merge_iter(&file_stats, &schema)?);
             inputs.push(DataSourceExec::from_data_source(builder.build()));
         }
         let hot: Vec<RecordBatch> = views.into_iter().flat_map(|(_, _, t)| t).collect();

@@ -405,6 +405,7 @@ impl Tier {
         to: i64,
     ) -> Result<Option<Vec<arrow_array::RecordBatch>>> {
         const CHUNK_BYTES: usize = 8 << 20;
+        const ROWS_PER_BATCH: usize = 8192;
         let p = self.get(topic, partition)?;
         let to = to.min(p.log.next_offset());
         let mut out = Vec::new();
@@ -420,7 +421,7 @@ impl Tier {
                 partition,
                 &batches,
                 at..to,
-                8192,
+                ROWS_PER_BATCH,
             )?);
             if end <= at {
                 break;

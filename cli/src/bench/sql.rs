@@ -138,6 +138,9 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     if args.records < u64::from(args.partitions) {
         bail!("--records must be at least --partitions");
     }
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
     let bucket = dir.join("bucket");
     std::fs::create_dir_all(&bucket)?;
     let (store, _) = tier::store::open_store(&format!("file://{}", bucket.display()), &[])?;
