@@ -263,9 +263,19 @@ impl Broker {
             .cloned()
     }
 
-    /// NOT_LEADER for a partition, naming the leader's address when it is known: from the
-    /// cached view, else from `meta` (the cache may predate the latest election).
+    /// NOT_LEADER for a partition, naming the leader's address when it is known.
     async fn not_leader(&self, topic: &str, partition: u32, why: &str) -> Error {
+        Error::NotLeader {
+            topic: topic.to_string(),
+            partition,
+            leader: self.leader_addr(topic, partition).await,
+            why: why.to_string(),
+        }
+    }
+
+    /// The address of another node leading the partition, when it is known: from the cached
+    /// view, else from `meta` (the cache may predate the latest election).
+    async fn leader_addr(&self, topic: &str, partition: u32) -> Option<String> {
         let me = self.inner.cfg.node_id;
         let key = (topic.to_string(), partition);
         let cached = self
@@ -277,7 +287,7 @@ impl Broker {
             .copied()
             .filter(|&n| n != me);
         let leader = match cached {
-            Some(n) => Some(n),
+            Some(n) => n,
             None => match self.inner.meta.current_leader(topic, partition).await {
                 Ok(Some(l)) if l.node_id != me => {
                     self.inner
@@ -285,39 +295,28 @@ impl Broker {
                         .write()
                         .expect("leaders lock poisoned")
                         .insert(key, l.node_id);
-                    Some(l.node_id)
+                    l.node_id
                 }
-                _ => None,
+                _ => return None,
             },
         };
-        let addr = match leader {
-            None => None,
-            Some(n) => {
-                let known = self
-                    .inner
-                    .nodes
-                    .read()
-                    .expect("nodes lock poisoned")
-                    .get(&n)
-                    .cloned();
-                match known {
-                    Some(a) => Some(a),
-                    None => self
-                        .inner
-                        .meta
-                        .list_nodes()
-                        .await
-                        .ok()
-                        .and_then(|ns| ns.into_iter().find(|x| x.node_id == n))
-                        .map(|x| x.addr),
-                }
-            }
-        };
-        Error::NotLeader {
-            topic: topic.to_string(),
-            partition,
-            leader: addr,
-            why: why.to_string(),
+        let known = self
+            .inner
+            .nodes
+            .read()
+            .expect("nodes lock poisoned")
+            .get(&leader)
+            .cloned();
+        match known {
+            Some(a) => Some(a),
+            None => self
+                .inner
+                .meta
+                .list_nodes()
+                .await
+                .ok()
+                .and_then(|ns| ns.into_iter().find(|x| x.node_id == leader))
+                .map(|x| x.addr),
         }
     }
 
@@ -348,7 +347,7 @@ impl Broker {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
             .connect_lazy();
-        let c = TierlogClient::new(channel);
+        let c = TierlogClient::new(channel).max_decoding_message_size(64 << 20);
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -797,6 +796,33 @@ impl Broker {
             .await
         {
             Ok(o) => Ok(o),
+            Err(e) => Err(self.tier_error(topic, partition, e).await),
+        }
+    }
+
+    /// Stored batches of a partition this node leads, from the one holding `offset` (about
+    /// `max_bytes`), with the log end as it was before the read; `None` when `offset` was
+    /// uploaded and is no longer on local disk (read it from the object store).
+    pub async fn read_batches(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Option<(Vec<RecordBatch>, i64)>> {
+        let (_, storage) = self.partition(topic, partition).await?;
+        if self.led(topic, partition).is_none() {
+            return Err(self
+                .not_leader(topic, partition, "this node does not lead it")
+                .await);
+        }
+        match self
+            .inner
+            .tier
+            .read_hot_batches(&storage, partition, offset, max_bytes)
+            .await
+        {
+            Ok(r) => Ok(r),
             Err(e) => Err(self.tier_error(topic, partition, e).await),
         }
     }

@@ -21,6 +21,8 @@ use crate::error::{Code, Error};
 /// noticed at the latest then).
 const FOLLOW_WAIT: Duration = Duration::from_millis(500);
 const DEFAULT_MAX_BYTES: usize = 1 << 20;
+/// The most a FetchBatches response carries (plus one batch; peers decode up to 64 MiB).
+pub const MAX_FETCH_BATCHES_BYTES: usize = 16 << 20;
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -206,6 +208,33 @@ impl Tierlog for Service {
         Ok(Response::new(pb::InitProducerResponse {
             producer_id,
             producer_epoch: i32::from(producer_epoch),
+        }))
+    }
+
+    async fn fetch_batches(
+        &self,
+        request: Request<pb::FetchBatchesRequest>,
+    ) -> Result<Response<pb::FetchBatchesResponse>, Status> {
+        let req = request.into_inner();
+        let max_bytes = match req.max_bytes {
+            0 => DEFAULT_MAX_BYTES,
+            n => (n as usize).min(MAX_FETCH_BATCHES_BYTES),
+        };
+        let read = self
+            .broker
+            .read_batches(&req.topic, req.partition, req.offset, max_bytes)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match read {
+            Some((batches, log_end_offset)) => pb::FetchBatchesResponse {
+                batches: batches.into_iter().map(|b| b.into_bytes()).collect(),
+                log_end_offset,
+                committed: false,
+            },
+            None => pb::FetchBatchesResponse {
+                committed: true,
+                ..Default::default()
+            },
         }))
     }
 

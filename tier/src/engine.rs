@@ -375,17 +375,24 @@ impl Tier {
 
     /// A partition's committed cold segments (full object paths) and the manifest state they
     /// come from: the leader's own state when this tier leads the partition, otherwise the
-    /// shared reader view, re-read when it is older than a moment. For scans by the SQL engine.
+    /// shared reader view, re-read when it is older than a moment (or at once with `refresh`).
+    /// For scans by the SQL engine.
     pub async fn cold_segments(
         &self,
         topic: &str,
         partition: u32,
+        refresh: bool,
     ) -> Result<(Arc<ManifestState>, Vec<(Path, SegmentEntry)>)> {
         let id = PartitionId::new(topic, partition);
         let (manifest, state) = match self.partition(&id) {
             Ok(p) => (p.manifest.clone(), p.cold()),
             Err(_) => {
-                let (view, state) = self.reader(&id, Some(i64::MAX)).await?;
+                let max_age = if refresh {
+                    Duration::ZERO
+                } else {
+                    READER_REFRESH
+                };
+                let (view, state) = self.reader(&id, Some(i64::MAX), max_age).await?;
                 (view.manifest.clone(), state)
             }
         };
@@ -393,42 +400,26 @@ impl Tier {
         Ok((state, segments))
     }
 
-    /// The records `[from, to)` of a partition this tier leads, from local disk, as Arrow batches
-    /// in the cold schema (the hot tail of a SQL scan). `to` is clamped to the log end. `None`
-    /// when `from` is no longer on local disk (retention removed it after upload): the caller's
-    /// view of the cold tier is out of date.
-    pub async fn read_hot_arrow(
+    /// Stored batches of a partition this tier leads, from the one holding `from`, about
+    /// `max_bytes` of them (at least one when there is one), with the log end as it was before
+    /// the read. `None` when `from` is no longer on local disk (it was uploaded and removed):
+    /// the caller's view of the cold tier is out of date.
+    pub async fn read_hot_batches(
         &self,
         topic: &str,
         partition: u32,
         from: i64,
-        to: i64,
-    ) -> Result<Option<Vec<arrow_array::RecordBatch>>> {
-        const CHUNK_BYTES: usize = 8 << 20;
-        const ROWS_PER_BATCH: usize = 8192;
+        max_bytes: usize,
+    ) -> Result<Option<(Vec<RecordBatch>, i64)>> {
         let p = self.get(topic, partition)?;
-        let to = to.min(p.log.next_offset());
-        let mut out = Vec::new();
-        let mut at = from;
-        while at < to {
-            let log = p.log.clone();
-            let Some(batches) = blocking(move || log.read(at, CHUNK_BYTES)).await? else {
-                return Ok(None);
-            };
-            let Some(last) = batches.last() else { break };
-            let end = last.header().next_offset();
-            out.extend(crate::cold::parquet::batches_to_arrow(
-                partition,
-                &batches,
-                at..to,
-                ROWS_PER_BATCH,
-            )?);
-            if end <= at {
-                break;
-            }
-            at = end;
+        let end = p.log.next_offset();
+        if from >= end {
+            return Ok(Some((Vec::new(), end)));
         }
-        Ok(Some(out))
+        let log = p.log.clone();
+        Ok(blocking(move || log.read(from, max_bytes))
+            .await?
+            .map(|batches| (batches, end)))
     }
 
     /// Committed records of a partition this tier does not lead (another node does), read from
@@ -443,7 +434,7 @@ impl Tier {
         max_bytes: usize,
     ) -> Result<ReadResult> {
         let id = PartitionId::new(topic, partition);
-        let (view, cold) = self.reader(&id, Some(offset)).await?;
+        let (view, cold) = self.reader(&id, Some(offset), READER_REFRESH).await?;
         if offset < cold.start_offset || offset > cold.next_offset {
             return Err(Error::OffsetOutOfRange {
                 topic: topic.to_string(),
@@ -472,7 +463,7 @@ impl Tier {
     /// committed end: the leader's hot tier is not visible from here).
     pub async fn committed_offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets> {
         let (_, cold) = self
-            .reader(&PartitionId::new(topic, partition), None)
+            .reader(&PartitionId::new(topic, partition), None, READER_REFRESH)
             .await?;
         let (cold_bytes, _, cold_segments) = cold.totals();
         Ok(PartitionOffsets {
@@ -488,12 +479,13 @@ impl Tier {
         })
     }
 
-    /// The reader view of `id` and its state, refreshed when older than [`READER_REFRESH`] and
+    /// The reader view of `id` and its state, refreshed when older than `max_age` and
     /// `at` (if given) is at or past its end.
     async fn reader(
         &self,
         id: &PartitionId,
         at: Option<i64>,
+        max_age: Duration,
     ) -> Result<(Arc<ReaderView>, Arc<ManifestState>)> {
         let view = self
             .inner
@@ -521,8 +513,7 @@ impl Tier {
                 s
             }
             Some((s, at_time))
-                if at.is_some_and(|o| o >= s.next_offset)
-                    && at_time.elapsed() >= READER_REFRESH =>
+                if at.is_some_and(|o| o >= s.next_offset) && at_time.elapsed() >= max_age =>
             {
                 let mut fresh = (**s).clone();
                 view.manifest.catch_up(&mut fresh).await?;

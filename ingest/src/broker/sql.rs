@@ -2,20 +2,29 @@
 //!
 //! Topics and their partitions come from `meta`; committed segments from the partition's
 //! manifest (the leader's own state, or a fresh read of the manifest elsewhere). The hot tail
-//! is included for the partitions this node leads; on a cluster, a partition led by another
-//! node contributes its committed records only (its newest records are at most one flush
-//! interval behind).
+//! comes from local disk for partitions this node leads and from the leader (`FetchBatches`,
+//! the stored batches as they are) for the others; a partition without a live leader
+//! contributes its committed records.
 //!
-//! Invariant: a snapshot's hot tail starts exactly at its cold view's `next_offset`.
+//! Invariant: a snapshot's hot tail starts exactly at its cold view's `next_offset` and ends at
+//! the leader's log end as it was at the tail's first read. When the tail's start is no longer
+//! hot (uploaded meanwhile) or the leadership moved, the cold view is read again.
 
 use async_trait::async_trait;
+use prost::Message;
+use proto::v1 as pb;
 use query::{Catalog, ColdView, PartitionSnapshot, QueryConfig, QueryEngine, TopicInfo};
+use tier::RecordBatch;
 
 use super::Broker;
 use crate::error::{Error, Result};
 
 /// Attempts at a consistent snapshot when retention removes the hot records being read.
 const SNAPSHOT_ATTEMPTS: usize = 3;
+/// Bytes of stored batches per read of a hot tail.
+const HOT_CHUNK_BYTES: usize = 8 << 20;
+/// Rows per Arrow batch of a hot tail.
+const ROWS_PER_BATCH: usize = 8192;
 
 /// The broker as a query catalog.
 #[derive(Debug)]
@@ -65,42 +74,171 @@ impl Catalog for NodeCatalog {
             .await
             .map_err(to_query)?;
         let tier = &self.broker.inner.tier;
-        for _ in 0..SNAPSHOT_ATTEMPTS {
-            let (state, segments) = tier.cold_segments(&storage, partition).await?;
+        for attempt in 0..SNAPSHOT_ATTEMPTS {
+            let (state, segments) = tier.cold_segments(&storage, partition, attempt > 0).await?;
             let cold = ColdView {
                 start_offset: state.start_offset,
                 next_offset: state.next_offset,
                 segments,
             };
-            if !hot || self.broker.led(topic, partition).is_none() {
+            let source = if !hot {
+                None
+            } else if self.broker.led(topic, partition).is_some() {
+                Some(Source::Local)
+            } else {
+                // No leader now: nothing newer than what is committed can be reached.
+                self.broker
+                    .leader_addr(topic, partition)
+                    .await
+                    .map(Source::Leader)
+            };
+            let Some(source) = source else {
                 return Ok(PartitionSnapshot {
                     cold,
                     hot: Vec::new(),
                 });
-            }
-            match tier
-                .read_hot_arrow(&storage, partition, cold.next_offset, i64::MAX)
-                .await
+            };
+            match self
+                .hot_tail(&source, topic, &storage, partition, cold.next_offset)
+                .await?
             {
-                Ok(Some(hot)) => return Ok(PartitionSnapshot { cold, hot }),
-                // Uploaded and removed from local disk since: the cold view is newer now.
-                Ok(None) => continue,
-                // Handed to another node meanwhile: what is committed is what there is here.
-                Err(tier::Error::UnknownPartition { .. }) => {
-                    return Ok(PartitionSnapshot {
-                        cold,
-                        hot: Vec::new(),
-                    });
-                }
-                Err(e) => return Err(e.into()),
+                Some(hot) => return Ok(PartitionSnapshot { cold, hot }),
+                // Uploaded (or handed over) since the cold view was read: read both again.
+                None => continue,
             }
         }
         Err(query::Error::Catalog {
             message: format!(
-                "{topic}/{partition} kept moving to the object store while it was read; retry"
+                "{topic}/{partition} kept moving to the object store or to another node while it \
+                 was read; retry"
             ),
             retryable: true,
         })
+    }
+}
+
+/// Where a partition's hot tail is read from.
+enum Source {
+    /// This node leads the partition.
+    Local,
+    /// The leader at this address does.
+    Leader(String),
+}
+
+impl NodeCatalog {
+    /// The records of a partition from `from` (its cold view's end) to the log end as it was
+    /// at the first read, as Arrow batches. `None` when `from` is no longer hot there or the
+    /// leadership moved: the caller reads the cold view again.
+    async fn hot_tail(
+        &self,
+        source: &Source,
+        topic: &str,
+        storage: &str,
+        partition: u32,
+        from: i64,
+    ) -> query::Result<Option<Vec<arrow_array::RecordBatch>>> {
+        let mut out = Vec::new();
+        let mut end = None;
+        let mut at = from;
+        loop {
+            let Some((batches, log_end)) = self
+                .hot_chunk(source, topic, storage, partition, at)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let end = *end.get_or_insert(log_end);
+            let Some(last) = batches.last() else { break };
+            let next = last.header().next_offset();
+            out.extend(tier::cold::parquet::batches_to_arrow(
+                partition,
+                &batches,
+                at..end,
+                ROWS_PER_BATCH,
+            )?);
+            if next <= at || next >= end {
+                break;
+            }
+            at = next;
+        }
+        Ok(Some(out))
+    }
+
+    /// One read of stored batches from `at`; `None` when `at` is no longer hot at the source or
+    /// the source no longer leads the partition.
+    async fn hot_chunk(
+        &self,
+        source: &Source,
+        topic: &str,
+        storage: &str,
+        partition: u32,
+        at: i64,
+    ) -> query::Result<Option<(Vec<RecordBatch>, i64)>> {
+        match source {
+            Source::Local => {
+                match self
+                    .broker
+                    .inner
+                    .tier
+                    .read_hot_batches(storage, partition, at, HOT_CHUNK_BYTES)
+                    .await
+                {
+                    Ok(r) => Ok(r),
+                    Err(tier::Error::UnknownPartition { .. }) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Source::Leader(addr) => {
+                let asked = self
+                    .broker
+                    .peer(addr)
+                    .map_err(to_query)?
+                    .fetch_batches(pb::FetchBatchesRequest {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: at,
+                        max_bytes: HOT_CHUNK_BYTES as u32,
+                    })
+                    .await;
+                let r = match asked {
+                    Ok(r) => r.into_inner(),
+                    // Leadership moved since the address was looked up.
+                    Err(s)
+                        if pb::ErrorDetail::decode(s.details())
+                            .is_ok_and(|d| d.code == pb::ErrorCode::NotLeader as i32) =>
+                    {
+                        return Ok(None);
+                    }
+                    Err(s) => {
+                        return Err(query::Error::Catalog {
+                            message: format!(
+                                "reading the newest records of {topic}/{partition} from its \
+                                 leader at {addr}: {} (the table committed.{topic} needs only \
+                                 the object store)",
+                                s.message()
+                            ),
+                            retryable: true,
+                        });
+                    }
+                };
+                if r.committed {
+                    return Ok(None);
+                }
+                let batches = r
+                    .batches
+                    .into_iter()
+                    .map(RecordBatch::parse)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        query::Error::Storage(tier::Error::Corrupt {
+                            location: format!("a batch of {topic}/{partition} from {addr}"),
+                            position: at as u64,
+                            reason: e.to_string(),
+                        })
+                    })?;
+                Ok(Some((batches, r.log_end_offset)))
+            }
+        }
     }
 }
 

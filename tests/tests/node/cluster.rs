@@ -697,3 +697,167 @@ async fn etcd_unavailable_gives_clear_errors_and_the_node_recovers() {
     assert_eq!(values, ["before", "after"]);
     cluster.nodes.remove(&1).unwrap().stop();
 }
+
+/// SQL on any node of a cluster covers every partition: committed segments from the object
+/// store plus the newest records from each partition's leader. A leader that cannot be reached
+/// fails the live table with an error that names it, while `committed.<topic>` still answers;
+/// after the failover the partition answers again from what was committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_on_any_node_covers_the_hot_tails_of_every_leader() {
+    let (Some(s3), Some(binary)) = (tierlog_tests::s3_options(), tierlog_tests::etcd_binary())
+    else {
+        return;
+    };
+    let etcd = PrivateEtcd::start(binary, 1);
+    let ns = tierlog_tests::unique("sql-cluster");
+    let mut cluster = Cluster::new(&etcd, &s3, &ns);
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    let c = Client::connect(&cluster.addrs()).await.unwrap();
+    c.create_topic("live", PARTITIONS).await.unwrap();
+    // Wait for the even spread (two partitions per node), so no hand-off uploads hot records
+    // while the test runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leaders = loop {
+        let leaders = wait_for_leaders(&c, "live", PARTITIONS, Duration::from_secs(30)).await;
+        let distinct: std::collections::HashSet<&String> = leaders.iter().collect();
+        if distinct.len() == 3 {
+            break leaders;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaders never spread: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Per partition: 50 records at acks=all (committed), then 100 at acks=leader (hot).
+    const COLD: i64 = 50;
+    const HOT: i64 = 100;
+    for (acks, range) in [(Acks::All, 0..COLD), (Acks::Leader, COLD..COLD + HOT)] {
+        let producer = Producer::new(
+            c.clone(),
+            ProducerConfig {
+                acks,
+                ..ProducerConfig::default()
+            },
+        );
+        let mut pending = Vec::new();
+        for p in 0..PARTITIONS {
+            for i in range.clone() {
+                let v = format!("{{\"p\":{p},\"i\":{i}}}");
+                let rx = producer
+                    .send("live", Some(p), None, Some(v.into_bytes()), vec![])
+                    .await
+                    .unwrap();
+                pending.push(rx);
+            }
+        }
+        for rx in pending {
+            rx.await.unwrap().unwrap();
+        }
+        producer.close().await;
+    }
+
+    let per_partition = "SELECT partition, COUNT(*) AS n, MIN(\"offset\") AS lo, \
+                         MAX(\"offset\") AS hi FROM live GROUP BY partition ORDER BY partition";
+    let expected: String = std::iter::once("partition,n,lo,hi\n".to_string())
+        .chain((0..PARTITIONS).map(|p| format!("{p},{},0,{}\n", COLD + HOT, COLD + HOT - 1)))
+        .collect();
+    for addr in cluster.nodes.values().map(|n| n.addr.clone()) {
+        let (ok, out, err) = super::cli(&addr, &["sql", per_partition, "--format", "csv"], None);
+        assert!(ok, "{addr}: {err}");
+        assert_eq!(out, expected, "every partition's records, asked at {addr}");
+        // A hot record of a partition led elsewhere, exactly.
+        let (ok, out, err) = super::cli(
+            &addr,
+            &[
+                "sql",
+                "SELECT partition, \"offset\", as_text(value) AS v FROM live \
+                 WHERE \"offset\" = 120 ORDER BY partition",
+                "--format",
+                "csv",
+            ],
+            None,
+        );
+        assert!(ok, "{addr}: {err}");
+        let rows: String = std::iter::once("partition,offset,v\n".to_string())
+            .chain(
+                (0..PARTITIONS).map(|p| format!("{p},120,\"{{\"\"p\"\":{p},\"\"i\"\":120}}\"\n")),
+            )
+            .collect();
+        assert_eq!(out, rows, "asked at {addr}");
+        let (ok, out, err) = super::cli(
+            &addr,
+            &[
+                "sql",
+                "SELECT COUNT(*) AS n FROM committed.live",
+                "--format",
+                "csv",
+            ],
+            None,
+        );
+        assert!(ok, "{addr}: {err}");
+        let committed: i64 = out.trim().strip_prefix("n\n").unwrap().parse().unwrap();
+        assert!(
+            (COLD * PARTITIONS as i64..(COLD + HOT) * PARTITIONS as i64).contains(&committed),
+            "committed {committed}: the acks=leader records are still hot"
+        );
+    }
+
+    // Kill -9 the leader of partition 0 and ask another node: the live table cannot be
+    // complete and says why; the committed table answers.
+    let victim_addr = leaders[0].clone();
+    let victim = *cluster
+        .nodes
+        .iter()
+        .find(|(_, n)| n.addr == victim_addr)
+        .unwrap()
+        .0;
+    let lost: Vec<u32> = (0..PARTITIONS)
+        .filter(|&p| leaders[p as usize] == victim_addr)
+        .collect();
+    cluster.kill9(victim);
+    let asker = cluster.nodes.values().next().unwrap().addr.clone();
+    let (ok, _, err) = super::cli(&asker, &["sql", "SELECT COUNT(*) FROM live"], None);
+    assert!(!ok, "a dead leader's hot tail cannot be read");
+    assert!(
+        err.contains("from its leader at") && err.contains(&victim_addr),
+        "{err}"
+    );
+    let (ok, _, err) = super::cli(
+        &asker,
+        &["sql", "SELECT COUNT(*) FROM committed.live"],
+        None,
+    );
+    assert!(ok, "{err}");
+
+    // After the failover (lease TTL 2 s), the dead leader's partitions hold what it had
+    // committed: its acks=leader records were on its disk only.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let (ok, out, err) = super::cli(&asker, &["sql", per_partition, "--format", "csv"], None);
+        if ok {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer after the failover: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let expected: String = std::iter::once("partition,n,lo,hi\n".to_string())
+        .chain((0..PARTITIONS).map(|p| {
+            if lost.contains(&p) {
+                format!("{p},{COLD},0,{}\n", COLD - 1)
+            } else {
+                format!("{p},{},0,{}\n", COLD + HOT, COLD + HOT - 1)
+            }
+        }))
+        .collect();
+    assert_eq!(out, expected);
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.nodes.remove(&id).unwrap().stop();
+    }
+}
