@@ -12,6 +12,7 @@ mod sql;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -63,6 +64,10 @@ pub struct BenchArgs {
     /// Length of the half-load phase.
     #[arg(long, default_value_t = 10)]
     pub half_load_secs: u64,
+    /// `produce`: repeat the half-load phase while heavy SQL (a full scan and group-by over the
+    /// topic, again and again) runs on the node, and compare the latencies.
+    #[arg(long)]
+    pub sql_load: bool,
     /// Where the started node and the disk baseline write (default: the system temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -399,6 +404,29 @@ async fn produce_phase(
     })
 }
 
+/// Runs `sql` on the node again and again until `stop`; returns the queries finished and the
+/// rows they scanned (the topic's size at each start).
+async fn sql_loop(addr: String, sql: String, stop: Arc<AtomicBool>) -> anyhow::Result<(u64, u64)> {
+    let (mut queries, mut scanned) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let mut rows = crate::sql::query(&addr, &sql).await?;
+        let mut n = 0i64;
+        while let Some(b) = rows.next().await? {
+            let counts = b
+                .column_by_name("n")
+                .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>())
+                .context("the group-by answered without its counts")?;
+            n += counts.iter().flatten().sum::<i64>();
+        }
+        if n == 0 {
+            bail!("the group-by over the topic found no records");
+        }
+        queries += 1;
+        scanned += n as u64;
+    }
+    Ok((queries, scanned))
+}
+
 /// Follows every partition from `from[p]` until `until` records arrived; per-record latency
 /// from the send time carried in the value.
 async fn follow(
@@ -549,6 +577,36 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         "target: p99 < 10 ms (acks=leader)",
     );
     row("  send→consumed (follow fetch)", lat(&e2e), "");
+    if args.sql_load {
+        let addr = node
+            .as_ref()
+            .map_or(server, |n| n.addr.as_str())
+            .to_string();
+        let sql = format!(
+            "SELECT key, COUNT(*) AS n, SUM(length(value)) AS bytes, MAX(timestamp) AS last \
+             FROM \"{topic}\" GROUP BY key"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = tokio::spawn(sql_loop(addr, sql, stop.clone()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let with = produce_phase(&producer, &topic, args, n, Some(rate), epoch).await;
+        stop.store(true, Ordering::Relaxed);
+        let (queries, scanned) = load.await??;
+        let with = with?;
+        row(
+            "produce at half speed, heavy SQL running",
+            format!("{:.0} MB/s", mbs(with.bytes, with.elapsed)),
+            &format!(
+                "{queries} group-bys over the whole topic finished meanwhile ({:.0} M rows scanned)",
+                scanned as f64 / 1e6
+            ),
+        );
+        row(
+            "  send→ack",
+            lat(&with.acks),
+            "next to the phase above without SQL",
+        );
+    }
     producer.close().await;
     if let Some(node) = node {
         if let Some((peak_mib, now_mib)) = node.memory() {

@@ -171,10 +171,42 @@ impl Sink {
 }
 
 /// Runs `a.sql` on the node at `server`.
-pub async fn run(server: &str, a: SqlArgs) -> anyhow::Result<()> {
-    if a.format == Format::Parquet && a.output.is_none() {
-        bail!("--format parquet writes a file: add --output FILE");
+/// The rows of a query running on a node, batch by batch.
+pub struct Rows {
+    pub schema: SchemaRef,
+    server: String,
+    flight: FlightServiceClient<tonic::transport::Channel>,
+    tickets: std::collections::VecDeque<arrow_flight::Ticket>,
+    current: Option<FlightRecordBatchStream>,
+}
+
+impl Rows {
+    /// The next batch; `None` at the end.
+    pub async fn next(&mut self) -> anyhow::Result<Option<RecordBatch>> {
+        loop {
+            if let Some(batches) = &mut self.current {
+                match batches.next().await {
+                    Some(b) => return b.map(Some).map_err(|e| explain(&self.server, e)),
+                    None => self.current = None,
+                }
+            }
+            let Some(ticket) = self.tickets.pop_front() else {
+                return Ok(None);
+            };
+            let data = self
+                .flight
+                .do_get(ticket)
+                .await
+                .map_err(|s| status(&self.server, s))?
+                .into_inner()
+                .map_err(|s| FlightError::Tonic(Box::new(s)));
+            self.current = Some(FlightRecordBatchStream::new_from_flight_data(data));
+        }
     }
+}
+
+/// Starts `sql` on the node at `server` over Flight SQL.
+pub async fn query(server: &str, sql: &str) -> anyhow::Result<Rows> {
     let channel = client::endpoint(server)
         .map_err(|e| anyhow::anyhow!("bad server address {server}: {e}"))?
         .connect()
@@ -188,7 +220,7 @@ pub async fn run(server: &str, a: SqlArgs) -> anyhow::Result<()> {
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let cmd = CommandStatementQuery {
-        query: a.sql.clone(),
+        query: sql.to_string(),
         transaction_id: None,
     };
     let info = flight
@@ -201,7 +233,21 @@ pub async fn run(server: &str, a: SqlArgs) -> anyhow::Result<()> {
             .try_decode_schema()
             .context("the server sent a schema that does not decode")?,
     );
-    let mut sink = Sink::open(a.format, a.output.as_ref(), &schema)?;
+    Ok(Rows {
+        schema,
+        server: server.to_string(),
+        flight,
+        tickets: info.endpoint.into_iter().filter_map(|e| e.ticket).collect(),
+        current: None,
+    })
+}
+
+pub async fn run(server: &str, a: SqlArgs) -> anyhow::Result<()> {
+    if a.format == Format::Parquet && a.output.is_none() {
+        bail!("--format parquet writes a file: add --output FILE");
+    }
+    let mut rows = query(server, &a.sql).await?;
+    let mut sink = Sink::open(a.format, a.output.as_ref(), &rows.schema)?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -212,22 +258,9 @@ pub async fn run(server: &str, a: SqlArgs) -> anyhow::Result<()> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    for endpoint in info.endpoint {
-        let Some(ticket) = endpoint.ticket else {
-            continue;
-        };
-        let data = flight
-            .do_get(ticket)
-            .await
-            .map_err(|s| status(server, s))?
-            .into_inner()
-            .map_err(|s| FlightError::Tonic(Box::new(s)));
-        let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
-        while let Some(b) = batches.next().await {
-            let b = b.map_err(|e| explain(server, e))?;
-            bar.inc(b.num_rows() as u64);
-            sink.write(&b)?;
-        }
+    while let Some(b) = rows.next().await? {
+        bar.inc(b.num_rows() as u64);
+        sink.write(&b)?;
     }
     bar.finish_and_clear();
     sink.finish()

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use datafusion::execution::cache::cache_manager::{
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as Ast;
@@ -40,6 +42,7 @@ use futures::{Stream, StreamExt};
 use object_store::ObjectStore;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cancel::{CancelPoints, Stop};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::functions;
@@ -122,6 +125,25 @@ struct Inner {
     cfg: QueryConfig,
     pool: Pool,
     metadata_cache: Arc<FileMetadataCache>,
+    /// Queries whose execution task is alive (planning, running, or waiting for the reader).
+    running: AtomicUsize,
+}
+
+/// Counts a query in [`Inner::running`] for as long as its execution task holds it: the task
+/// drops it last, after its DataFusion stream (whose drop aborts the operators' tasks).
+struct Running(Arc<Inner>);
+
+impl Running {
+    fn enter(inner: &Arc<Inner>) -> Running {
+        inner.running.fetch_add(1, Ordering::Relaxed);
+        Running(inner.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Plans and runs SQL over topics.
@@ -142,6 +164,8 @@ impl std::fmt::Debug for QueryEngine {
 pub struct QueryStream {
     pub schema: SchemaRef,
     rx: mpsc::Receiver<Result<RecordBatch>>,
+    /// Set when the stream is dropped: stops the query's joins between batches too.
+    stop: Arc<Stop>,
     counters: Arc<ScanCounters>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
@@ -152,6 +176,12 @@ impl QueryStream {
     /// What the scans touched (complete once the stream has ended).
     pub fn scan_summary(&self) -> ScanSummary {
         self.counters.summary()
+    }
+}
+
+impl Drop for QueryStream {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -198,12 +228,19 @@ impl QueryEngine {
                 store,
                 cfg,
                 metadata_cache,
+                running: AtomicUsize::new(0),
             }),
         })
     }
 
     pub fn config(&self) -> &QueryConfig {
         &self.inner.cfg
+    }
+
+    /// Queries executing now. A query stops counting when its work has ended: finished,
+    /// failed, timed out, or cancelled because its stream was dropped.
+    pub fn running_queries(&self) -> usize {
+        self.inner.running.load(Ordering::Relaxed)
     }
 
     /// The tables a query can name, as (schema, table): every topic, live and committed.
@@ -225,8 +262,9 @@ impl QueryEngine {
         let inner = self.inner.clone();
         let sql = sql.to_string();
         let timeout = inner.cfg.timeout;
+        let stop = Stop::new(std::time::Instant::now() + timeout);
         let mut task = self.inner.pool.handle().spawn(async move {
-            let (ctx, _) = inner.session().await?;
+            let (ctx, _) = inner.session(stop).await?;
             let df = inner.plan(&ctx, &sql).await?;
             Ok(Arc::new(df.schema().as_arrow().clone()))
         });
@@ -250,12 +288,16 @@ impl QueryEngine {
         let sql = sql.to_string();
         let timeout = inner.cfg.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
+        let stop = Stop::new(deadline.into_std());
         let (tx, rx) = mpsc::channel(2);
         let (ready_tx, ready_rx) = oneshot::channel();
+        let running = Running::enter(&self.inner);
+        let task_stop = stop.clone();
         self.inner.pool.handle().spawn(async move {
+            let _running = running;
             let limit = inner.cfg.memory_limit;
             let started = async {
-                let (ctx, counters) = inner.session().await?;
+                let (ctx, counters) = inner.session(task_stop.clone()).await?;
                 let df = inner.plan(&ctx, &sql).await?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
                 let stream = df
@@ -288,7 +330,12 @@ impl QueryEngine {
                 let item = match next {
                     Err(_) => Some(Err(Error::Timeout(timeout))),
                     Ok(None) => None,
-                    Ok(Some(r)) => Some(r.map_err(|e| Error::from_datafusion(e, limit))),
+                    // A cancellation point stopped the query: say why in our words.
+                    Ok(Some(r)) => Some(r.map_err(|e| {
+                        task_stop
+                            .error(timeout)
+                            .unwrap_or_else(|| Error::from_datafusion(e, limit))
+                    })),
                 };
                 let Some(item) = item else { return };
                 let stop = item.is_err();
@@ -306,6 +353,7 @@ impl QueryEngine {
         Ok(QueryStream {
             schema,
             rx,
+            stop,
             counters,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             timeout,
@@ -345,7 +393,7 @@ fn is_read(statement: &DfStatement) -> bool {
 impl Inner {
     /// A session for one query: its own memory pool and spill space, the shared footer cache,
     /// and every topic registered twice (live and committed).
-    async fn session(&self) -> Result<(SessionContext, Arc<ScanCounters>)> {
+    async fn session(&self, stop: Arc<Stop>) -> Result<(SessionContext, Arc<ScanCounters>)> {
         let cfg = &self.cfg;
         let disk = match &cfg.spill_dir {
             Some(d) => DiskManagerBuilder::default()
@@ -374,7 +422,13 @@ impl Inner {
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG, LIVE_SCHEMA);
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(CancelPoints(stop)))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         for f in functions::all() {
             ctx.register_udf(f);
         }

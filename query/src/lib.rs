@@ -11,6 +11,7 @@
 //! Invariant: a query reads a consistent prefix of each partition: the segments of one manifest
 //! state, then exactly the records after it.
 
+mod cancel;
 pub mod catalog;
 mod engine;
 pub mod error;

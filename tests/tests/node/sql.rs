@@ -1,6 +1,8 @@
 //! SQL on a running node: Arrow Flight SQL from Python's ADBC driver and `tierlog sql`, over a
 //! topic whose history is partly committed to the object store and partly still hot.
 
+use std::time::Duration;
+
 use proto::v1 as pb;
 use tierlog_tests::{python, tests_dir};
 
@@ -9,6 +11,21 @@ use super::{Node, cli, create};
 const PARTS: u32 = 3;
 const PER_PART: u64 = 10_000;
 const BASE_TS: i64 = 1_767_225_600_000;
+
+/// The CPU a process uses over `over`, in cores (from /proc, in clock ticks of 1/100 s).
+async fn cpu_cores(pid: u32, over: Duration) -> f64 {
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = ticks();
+    tokio::time::sleep(over).await;
+    (ticks() - before) as f64 / 100.0 / over.as_secs_f64()
+}
 
 fn event(p: u32, i: u64) -> pb::Record {
     pb::Record {
@@ -242,11 +259,15 @@ async fn sql_over_flight_from_adbc_and_the_cli() {
         "{err}"
     );
 
-    // A heavy query (a 30,000 × 30,000 comparison join) does not stop ingest: produce keeps
-    // being acknowledged while it runs; the client then goes away mid-query.
+    // A heavy query (a 30,000 × 30,000 join on a costly condition no pair meets: minutes of
+    // work, nothing to show until the end) does not stop ingest: produce keeps being
+    // acknowledged while it runs; the client then goes away mid-query.
     let mut heavy = std::process::Command::new(super::binary())
         .args(["--server", &s, "sql"])
-        .arg("SELECT COUNT(*) FROM events a, events b WHERE a.value < b.value")
+        .arg(
+            "SELECT COUNT(*) FROM events a, events b \
+             WHERE json_get_int(as_text(a.value) || as_text(b.value), 'n') = -1",
+        )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -270,8 +291,23 @@ async fn sql_over_flight_from_adbc_and_the_cli() {
         heavy.try_wait().unwrap().is_none(),
         "the heavy query was still running while produce was acknowledged"
     );
+    let pid = node.child.id();
+    let busy = cpu_cores(pid, Duration::from_secs(1)).await;
+    assert!(busy > 0.5, "the node computes the query: {busy:.2} cores");
     heavy.kill().unwrap();
     heavy.wait().unwrap();
+    // The node stops computing once the client is gone (the join alone would run for minutes).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let used = cpu_cores(pid, Duration::from_secs(1)).await;
+        if used < 0.2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node kept computing after the client went away: {used:.2} cores"
+        );
+    }
     let (ok, out, err) = cli(
         &s,
         &[

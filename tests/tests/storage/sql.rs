@@ -256,6 +256,18 @@ fn cell_text(batches: &[RecordBatch]) -> String {
         .join("\n")
 }
 
+/// Waits until no query runs on `engine` (panics after 30 s: a query that did not stop).
+async fn wait_until_idle(engine: &QueryEngine) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while engine.running_queries() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a cancelled query kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[track_caller]
 fn err<T>(r: query::Result<T>) -> QueryError {
     match r {
@@ -365,6 +377,19 @@ async fn sql_errors_are_clear() {
         .await);
     assert!(matches!(e, QueryError::Timeout(_)), "{e:?}");
     assert!(e.is_retryable());
+    // ... and its work ends: the query stops counting as running.
+    wait_until_idle(&engine2).await;
+
+    // A consumer that goes away cancels the query: it counts as running while its stream is
+    // held, and stops once the stream is dropped (the 300,000² comparison would take minutes).
+    let heavy = engine
+        .execute("SELECT COUNT(*) FROM events a, events b WHERE a.value < b.value")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(engine.running_queries(), 1, "the query is running");
+    drop(heavy);
+    wait_until_idle(&engine).await;
 
     // The engine still answers after all of that.
     let (_, b) = engine
