@@ -1,5 +1,5 @@
 //! Where the tables come from: which topics exist, what each partition has committed to the
-//! cold tier, and (on the node that leads a partition) its hot tail.
+//! cold tier, and its hot tail (the records after that, read while the query runs).
 //!
 //! Invariant: a [`ColdView`] lists only segments a committed manifest delta names, so a scan never
 //! sees an orphaned upload; the hot tail starts exactly at the view's `next_offset`, so a record
@@ -40,9 +40,22 @@ pub struct ColdView {
 #[derive(Debug, Clone, Default)]
 pub struct PartitionSnapshot {
     pub cold: ColdView,
-    /// Records from `cold.next_offset` on that are not committed yet (empty unless asked for
-    /// and the catalog can see the partition's hot tier).
-    pub hot: Vec<RecordBatch>,
+    /// Records from `cold.next_offset` on that are not committed yet (none unless asked for
+    /// and the catalog can reach the partition's hot tier).
+    pub hot: Option<Arc<dyn HotTail>>,
+}
+
+/// The not yet committed records of a partition as of a snapshot, read a chunk at a time while
+/// the query runs (a hot tail can be gigabytes: it is never held in memory whole).
+#[async_trait]
+pub trait HotTail: Send + Sync + fmt::Debug {
+    /// The offsets it holds: from the cold view's `next_offset` to the log end at the snapshot.
+    fn offsets(&self) -> std::ops::Range<i64>;
+
+    /// The records from `at` on (about one chunk), as Arrow batches in the topic schema, and the
+    /// offset after them; `at` itself once the end is reached. Fails (retryably) when the
+    /// records left the hot tier meanwhile.
+    async fn read(&self, at: i64) -> Result<(Vec<RecordBatch>, i64)>;
 }
 
 /// The source of topic tables.
@@ -151,7 +164,7 @@ impl Catalog for BucketCatalog {
                 next_offset: state.next_offset,
                 segments,
             },
-            hot: Vec::new(),
+            hot: None,
         })
     }
 }

@@ -95,13 +95,7 @@ impl Pool {
             .worker_threads(threads.max(1))
             .thread_name("tierlog-sql")
             .enable_all()
-            .on_thread_start(|| {
-                if let Err(e) = thread_priority::set_current_thread_priority(
-                    thread_priority::ThreadPriority::Min,
-                ) {
-                    tracing::debug!(error = ?e, "cannot lower the priority of a query thread");
-                }
-            })
+            .on_thread_start(|| tier::background_priority("a query thread"))
             .build()
             .map_err(|e| Error::Execution(datafusion::error::DataFusionError::IoError(e)))?;
         Ok(Pool(Some(rt)))

@@ -19,7 +19,7 @@ pub mod functions;
 mod memory;
 pub mod table;
 
-pub use catalog::{BucketCatalog, Catalog, ColdView, PartitionSnapshot, TopicInfo};
+pub use catalog::{BucketCatalog, Catalog, ColdView, HotTail, PartitionSnapshot, TopicInfo};
 pub use engine::{CATALOG, COMMITTED_SCHEMA, LIVE_SCHEMA, QueryConfig, QueryEngine, QueryStream};
 pub use error::{Error, Result};
 pub use table::ScanSummary;

@@ -27,21 +27,23 @@ use datafusion::common::stats::Precision;
 use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
 use futures::{StreamExt, TryStreamExt};
 use tier::cold::manifest::SegmentEntry;
 
-use crate::catalog::{Catalog, ColdView};
+use crate::catalog::{Catalog, ColdView, HotTail};
 
 /// Footer bytes fetched with the first read of a segment (our footers are a few KiB).
 const METADATA_SIZE_HINT: usize = 64 << 10;
@@ -276,19 +278,20 @@ impl TableProvider for TopicTable {
             .fetch_add(self.partitions.len() as u64, Ordering::Relaxed);
         c.partitions_scanned
             .fetch_add(partitions.len() as u64, Ordering::Relaxed);
-        let views: Vec<(u32, ColdView, Vec<RecordBatch>)> = futures::stream::iter(partitions)
-            .map(|p| {
-                let catalog = self.catalog.clone();
-                let topic = self.topic.clone();
-                let hot = self.hot;
-                async move {
-                    let s = catalog.snapshot(&topic, p, hot).await?;
-                    Ok::<_, crate::Error>((p, s.cold, s.hot))
-                }
-            })
-            .buffered(MANIFEST_CONCURRENCY)
-            .try_collect()
-            .await?;
+        let views: Vec<(u32, ColdView, Option<Arc<dyn HotTail>>)> =
+            futures::stream::iter(partitions)
+                .map(|p| {
+                    let catalog = self.catalog.clone();
+                    let topic = self.topic.clone();
+                    let hot = self.hot;
+                    async move {
+                        let s = catalog.snapshot(&topic, p, hot).await?;
+                        Ok::<_, crate::Error>((p, s.cold, s.hot))
+                    }
+                })
+                .buffered(MANIFEST_CONCURRENCY)
+                .try_collect()
+                .await?;
 
         // Segments the filters leave.
         let segments: Vec<(u32, &SegmentEntry)> = views
@@ -341,15 +344,27 @@ impl TableProvider for TopicTable {
                 builder.with_statistics(Statistics::try_merge_iter(&file_stats, &schema)?);
             inputs.push(DataSourceExec::from_data_source(builder.build()));
         }
-        let hot: Vec<RecordBatch> = views.into_iter().flat_map(|(_, _, t)| t).collect();
+        let hot: Vec<Arc<dyn PartitionStream>> = views
+            .into_iter()
+            .filter_map(|(_, _, t)| t)
+            .filter(|t| !t.offsets().is_empty())
+            .map(|tail| {
+                Arc::new(HotStream {
+                    schema: schema.clone(),
+                    tail,
+                    counters: self.counters.clone(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
         if !hot.is_empty() {
-            let rows: usize = hot.iter().map(RecordBatch::num_rows).sum();
-            c.hot_rows.fetch_add(rows as u64, Ordering::Relaxed);
-            inputs.push(MemorySourceConfig::try_new_exec(
-                &[hot],
+            inputs.push(Arc::new(StreamingTableExec::try_new(
                 schema.clone(),
-                projection.cloned(),
-            )?);
+                hot,
+                projection,
+                [],
+                false,
+                limit,
+            )?));
         }
         if inputs.is_empty() {
             let projected = match projection {
@@ -359,5 +374,46 @@ impl TableProvider for TopicTable {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
         UnionExec::try_new(inputs)
+    }
+}
+
+/// One partition's hot tail as a stream of the scan: read a chunk at a time while the query
+/// runs, never whole.
+#[derive(Debug)]
+struct HotStream {
+    schema: SchemaRef,
+    tail: Arc<dyn HotTail>,
+    counters: Arc<ScanCounters>,
+}
+
+impl PartitionStream for HotStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let tail = self.tail.clone();
+        let counters = self.counters.clone();
+        let chunks = futures::stream::try_unfold(Some(tail.offsets().start), move |at| {
+            let (tail, counters) = (tail.clone(), counters.clone());
+            async move {
+                let Some(at) = at else {
+                    return Ok::<_, DataFusionError>(None);
+                };
+                let (batches, next) = tail
+                    .read(at)
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                counters.hot_rows.fetch_add(rows as u64, Ordering::Relaxed);
+                let more = (next > at && next < tail.offsets().end).then_some(next);
+                Ok(Some((
+                    futures::stream::iter(batches.into_iter().map(Ok::<_, DataFusionError>)),
+                    more,
+                )))
+            }
+        })
+        .try_flatten();
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), chunks))
     }
 }

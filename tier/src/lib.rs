@@ -67,3 +67,26 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// Moves the calling thread to background priority: on Linux the idle scheduling class (it runs
+/// only when no normal thread wants the CPU), elsewhere the lowest priority. For work that must
+/// never delay ingest: segment conversion and SQL queries. `what` names the thread in the log
+/// when the OS refuses.
+pub fn background_priority(what: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+            set_thread_priority_and_policy, thread_native_id,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle).is_ok() {
+            return;
+        }
+    }
+    if let Err(e) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::warn!(error = ?e, "cannot lower the priority of {what}");
+    }
+}

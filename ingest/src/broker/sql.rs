@@ -7,13 +7,18 @@
 //! contributes its committed records.
 //!
 //! Invariant: a snapshot's hot tail starts exactly at its cold view's `next_offset` and ends at
-//! the leader's log end as it was at the tail's first read. When the tail's start is no longer
-//! hot (uploaded meanwhile) or the leadership moved, the cold view is read again.
+//! the leader's log end as it was when the snapshot was taken. When the tail's start is no
+//! longer hot (uploaded meanwhile) or the leadership moved, the cold view is read again; the
+//! tail is read a chunk at a time while the query runs, and fails the query (retryably) if its
+//! records leave the hot tier before they are read.
+
+use std::ops::Range;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use prost::Message;
 use proto::v1 as pb;
-use query::{Catalog, ColdView, PartitionSnapshot, QueryConfig, QueryEngine, TopicInfo};
+use query::{Catalog, ColdView, HotTail, PartitionSnapshot, QueryConfig, QueryEngine, TopicInfo};
 use tier::RecordBatch;
 
 use super::Broker;
@@ -93,16 +98,29 @@ impl Catalog for NodeCatalog {
                     .map(Source::Leader)
             };
             let Some(source) = source else {
-                return Ok(PartitionSnapshot {
-                    cold,
-                    hot: Vec::new(),
-                });
+                return Ok(PartitionSnapshot { cold, hot: None });
             };
-            match self
-                .hot_tail(&source, topic, &storage, partition, cold.next_offset)
-                .await?
-            {
-                Some(hot) => return Ok(PartitionSnapshot { cold, hot }),
+            // One batch from the tail's start: it is still hot there, and where the log ends.
+            let from = cold.next_offset;
+            let probe = self
+                .broker
+                .hot_chunk(&source, topic, &storage, partition, from, 1)
+                .await?;
+            match probe {
+                Some((_, end)) => {
+                    let tail = NodeHotTail {
+                        broker: self.broker.clone(),
+                        source,
+                        topic: topic.to_string(),
+                        storage,
+                        partition,
+                        offsets: from..end.max(from),
+                    };
+                    return Ok(PartitionSnapshot {
+                        cold,
+                        hot: Some(Arc::new(tail)),
+                    });
+                }
                 // Uploaded (or handed over) since the cold view was read: read both again.
                 None => continue,
             }
@@ -118,6 +136,7 @@ impl Catalog for NodeCatalog {
 }
 
 /// Where a partition's hot tail is read from.
+#[derive(Debug, Clone)]
 enum Source {
     /// This node leads the partition.
     Local,
@@ -125,47 +144,66 @@ enum Source {
     Leader(String),
 }
 
-impl NodeCatalog {
-    /// The records of a partition from `from` (its cold view's end) to the log end as it was
-    /// at the first read, as Arrow batches. `None` when `from` is no longer hot there or the
-    /// leadership moved: the caller reads the cold view again.
-    async fn hot_tail(
-        &self,
-        source: &Source,
-        topic: &str,
-        storage: &str,
-        partition: u32,
-        from: i64,
-    ) -> query::Result<Option<Vec<arrow_array::RecordBatch>>> {
-        let mut out = Vec::new();
-        let mut end = None;
-        let mut at = from;
-        loop {
-            let Some((batches, log_end)) = self
-                .hot_chunk(source, topic, storage, partition, at)
-                .await?
-            else {
-                return Ok(None);
-            };
-            let end = *end.get_or_insert(log_end);
-            let Some(last) = batches.last() else { break };
-            let next = last.header().next_offset();
-            out.extend(tier::cold::parquet::batches_to_arrow(
-                partition,
-                &batches,
-                at..end,
-                ROWS_PER_BATCH,
-            )?);
-            if next <= at || next >= end {
-                break;
-            }
-            at = next;
-        }
-        Ok(Some(out))
+/// A partition's hot tail as of a snapshot, read from its source a chunk at a time.
+#[derive(Debug)]
+struct NodeHotTail {
+    broker: Broker,
+    source: Source,
+    topic: String,
+    storage: String,
+    partition: u32,
+    offsets: Range<i64>,
+}
+
+#[async_trait]
+impl HotTail for NodeHotTail {
+    fn offsets(&self) -> Range<i64> {
+        self.offsets.clone()
     }
 
-    /// One read of stored batches from `at`; `None` when `at` is no longer hot at the source or
-    /// the source no longer leads the partition.
+    async fn read(&self, at: i64) -> query::Result<(Vec<arrow_array::RecordBatch>, i64)> {
+        let (topic, partition) = (&self.topic, self.partition);
+        if at >= self.offsets.end {
+            return Ok((Vec::new(), at));
+        }
+        let chunk = self
+            .broker
+            .hot_chunk(
+                &self.source,
+                topic,
+                &self.storage,
+                partition,
+                at,
+                HOT_CHUNK_BYTES,
+            )
+            .await?;
+        let Some((batches, _)) = chunk else {
+            return Err(query::Error::Catalog {
+                message: format!(
+                    "the newest records of {topic}/{partition} moved to the object store or to \
+                     another node while the query ran; run it again"
+                ),
+                retryable: true,
+            });
+        };
+        let Some(last) = batches.last() else {
+            return Ok((Vec::new(), at));
+        };
+        let next = last.header().next_offset().max(at);
+        let rows = tier::cold::parquet::batches_to_arrow(
+            partition,
+            &batches,
+            at..self.offsets.end,
+            ROWS_PER_BATCH,
+        )?;
+        Ok((rows, next))
+    }
+}
+
+impl Broker {
+    /// One read of stored batches of a partition from `at` (about `max_bytes`), with the log end
+    /// as it was before the read; `None` when `at` is no longer hot at the source or the source
+    /// no longer leads the partition.
     async fn hot_chunk(
         &self,
         source: &Source,
@@ -173,14 +211,14 @@ impl NodeCatalog {
         storage: &str,
         partition: u32,
         at: i64,
+        max_bytes: usize,
     ) -> query::Result<Option<(Vec<RecordBatch>, i64)>> {
         match source {
             Source::Local => {
                 match self
-                    .broker
                     .inner
                     .tier
-                    .read_hot_batches(storage, partition, at, HOT_CHUNK_BYTES)
+                    .read_hot_batches(storage, partition, at, max_bytes)
                     .await
                 {
                     Ok(r) => Ok(r),
@@ -190,14 +228,13 @@ impl NodeCatalog {
             }
             Source::Leader(addr) => {
                 let asked = self
-                    .broker
                     .peer(addr)
                     .map_err(to_query)?
                     .fetch_batches(pb::FetchBatchesRequest {
                         topic: topic.to_string(),
                         partition,
                         offset: at,
-                        max_bytes: HOT_CHUNK_BYTES as u32,
+                        max_bytes: max_bytes as u32,
                     })
                     .await;
                 let r = match asked {
@@ -249,7 +286,7 @@ impl Broker {
             broker: self.clone(),
         };
         let store = self.inner.tier.store().clone();
-        QueryEngine::new(std::sync::Arc::new(catalog), store, cfg)
+        QueryEngine::new(Arc::new(catalog), store, cfg)
             .map_err(|e| Error::InvalidRequest(format!("cannot start the SQL engine: {e}")))
     }
 }

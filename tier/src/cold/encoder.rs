@@ -29,11 +29,7 @@ impl Encoders {
             let spawned = std::thread::Builder::new()
                 .name(format!("tierlog-encode-{i}"))
                 .spawn(move || {
-                    if let Err(e) = thread_priority::set_current_thread_priority(
-                        thread_priority::ThreadPriority::Min,
-                    ) {
-                        tracing::warn!(error = ?e, "cannot lower the priority of an encoder thread");
-                    }
+                    crate::background_priority("an encoder thread");
                     loop {
                         let job = match rx.lock() {
                             Ok(rx) => rx.recv(),
