@@ -320,6 +320,17 @@ impl Broker {
         }
     }
 
+    /// The storage name of a partition this node leads; NOT_LEADER otherwise.
+    async fn led_storage(&self, topic: &str, partition: u32) -> Result<String> {
+        let (_, storage) = self.partition(topic, partition).await?;
+        if self.led(topic, partition).is_none() {
+            return Err(self
+                .not_leader(topic, partition, "this node does not lead it")
+                .await);
+        }
+        Ok(storage)
+    }
+
     /// A tier error about a partition that was closed under us (hand-off) or taken over
     /// becomes NOT_LEADER.
     async fn tier_error(&self, topic: &str, partition: u32, e: tier::Error) -> Error {
@@ -783,12 +794,7 @@ impl Broker {
         partition: u32,
         ts: i64,
     ) -> Result<Option<i64>> {
-        let (_, storage) = self.partition(topic, partition).await?;
-        if self.led(topic, partition).is_none() {
-            return Err(self
-                .not_leader(topic, partition, "this node does not lead it")
-                .await);
-        }
+        let storage = self.led_storage(topic, partition).await?;
         match self
             .inner
             .tier
@@ -810,12 +816,7 @@ impl Broker {
         offset: i64,
         max_bytes: usize,
     ) -> Result<Option<(Vec<RecordBatch>, i64)>> {
-        let (_, storage) = self.partition(topic, partition).await?;
-        if self.led(topic, partition).is_none() {
-            return Err(self
-                .not_leader(topic, partition, "this node does not lead it")
-                .await);
-        }
+        let storage = self.led_storage(topic, partition).await?;
         match self
             .inner
             .tier
