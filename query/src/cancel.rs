@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -37,13 +37,16 @@ use futures::{Stream, StreamExt};
 pub(crate) struct Stop {
     cancelled: AtomicBool,
     deadline: Instant,
+    /// The timeout the deadline came from (for the error).
+    timeout: Duration,
 }
 
 impl Stop {
-    pub(crate) fn new(deadline: Instant) -> Arc<Stop> {
+    pub(crate) fn new(deadline: Instant, timeout: Duration) -> Arc<Stop> {
         Arc::new(Stop {
             cancelled: AtomicBool::new(false),
             deadline,
+            timeout,
         })
     }
 
@@ -51,22 +54,12 @@ impl Stop {
         self.cancelled.store(true, Ordering::Relaxed);
     }
 
-    /// The query's error when it had to stop.
-    pub(crate) fn error(&self, timeout: std::time::Duration) -> Option<crate::Error> {
+    /// The query's error once it has to stop.
+    fn error(&self) -> Option<crate::Error> {
         if self.cancelled.load(Ordering::Relaxed) {
             Some(crate::Error::Cancelled)
         } else if Instant::now() >= self.deadline {
-            Some(crate::Error::Timeout(timeout))
-        } else {
-            None
-        }
-    }
-
-    fn reason(&self) -> Option<&'static str> {
-        if self.cancelled.load(Ordering::Relaxed) {
-            Some("the query was cancelled")
-        } else if Instant::now() >= self.deadline {
-            Some("the query ran past its timeout")
+            Some(crate::Error::Timeout(self.timeout))
         } else {
             None
         }
@@ -225,8 +218,9 @@ impl Stream for CancelPointStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(why) = self.stop.reason() {
-            return Poll::Ready(Some(Err(DataFusionError::Execution(why.to_string()))));
+        // Our error travels through DataFusion as is: the engine reports it unchanged.
+        if let Some(e) = self.stop.error() {
+            return Poll::Ready(Some(Err(DataFusionError::External(Box::new(e)))));
         }
         let (batch, at) = match self.pending.take() {
             Some(p) => p,

@@ -256,7 +256,7 @@ impl QueryEngine {
         let inner = self.inner.clone();
         let sql = sql.to_string();
         let timeout = inner.cfg.timeout;
-        let stop = Stop::new(std::time::Instant::now() + timeout);
+        let stop = Stop::new(std::time::Instant::now() + timeout, timeout);
         let mut task = self.inner.pool.handle().spawn(async move {
             let (ctx, _) = inner.session(stop).await?;
             let df = inner.plan(&ctx, &sql).await?;
@@ -282,7 +282,7 @@ impl QueryEngine {
         let sql = sql.to_string();
         let timeout = inner.cfg.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let stop = Stop::new(deadline.into_std());
+        let stop = Stop::new(deadline.into_std(), timeout);
         let (tx, rx) = mpsc::channel(2);
         let (ready_tx, ready_rx) = oneshot::channel();
         let running = Running::enter(&self.inner);
@@ -291,7 +291,7 @@ impl QueryEngine {
             let _running = running;
             let limit = inner.cfg.memory_limit;
             let started = async {
-                let (ctx, counters) = inner.session(task_stop.clone()).await?;
+                let (ctx, counters) = inner.session(task_stop).await?;
                 let df = inner.plan(&ctx, &sql).await?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
                 let stream = df
@@ -324,12 +324,7 @@ impl QueryEngine {
                 let item = match next {
                     Err(_) => Some(Err(Error::Timeout(timeout))),
                     Ok(None) => None,
-                    // A cancellation point stopped the query: say why in our words.
-                    Ok(Some(r)) => Some(r.map_err(|e| {
-                        task_stop
-                            .error(timeout)
-                            .unwrap_or_else(|| Error::from_datafusion(e, limit))
-                    })),
+                    Ok(Some(r)) => Some(r.map_err(|e| Error::from_datafusion(e, limit))),
                 };
                 let Some(item) = item else { return };
                 let stop = item.is_err();

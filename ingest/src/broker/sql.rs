@@ -104,7 +104,7 @@ impl Catalog for NodeCatalog {
             let from = cold.next_offset;
             let probe = self
                 .broker
-                .hot_chunk(&source, topic, &storage, partition, from, 1)
+                .hot_chunk(&source, topic, partition, from, 1)
                 .await?;
             match probe {
                 Some((_, end)) => {
@@ -112,7 +112,6 @@ impl Catalog for NodeCatalog {
                         broker: self.broker.clone(),
                         source,
                         topic: topic.to_string(),
-                        storage,
                         partition,
                         offsets: from..end.max(from),
                     };
@@ -150,7 +149,6 @@ struct NodeHotTail {
     broker: Broker,
     source: Source,
     topic: String,
-    storage: String,
     partition: u32,
     offsets: Range<i64>,
 }
@@ -168,14 +166,7 @@ impl HotTail for NodeHotTail {
         }
         let chunk = self
             .broker
-            .hot_chunk(
-                &self.source,
-                topic,
-                &self.storage,
-                partition,
-                at,
-                HOT_CHUNK_BYTES,
-            )
+            .hot_chunk(&self.source, topic, partition, at, HOT_CHUNK_BYTES)
             .await?;
         let Some((batches, _)) = chunk else {
             return Err(query::Error::Catalog {
@@ -208,24 +199,16 @@ impl Broker {
         &self,
         source: &Source,
         topic: &str,
-        storage: &str,
         partition: u32,
         at: i64,
         max_bytes: usize,
     ) -> query::Result<Option<(Vec<RecordBatch>, i64)>> {
         match source {
-            Source::Local => {
-                match self
-                    .inner
-                    .tier
-                    .read_hot_batches(storage, partition, at, max_bytes)
-                    .await
-                {
-                    Ok(r) => Ok(r),
-                    Err(tier::Error::UnknownPartition { .. }) => Ok(None),
-                    Err(e) => Err(e.into()),
-                }
-            }
+            // Handed to another node meanwhile: NOT_LEADER, like the remote case.
+            Source::Local => match self.read_batches(topic, partition, at, max_bytes).await {
+                Err(Error::NotLeader { .. }) => Ok(None),
+                r => r.map_err(to_query),
+            },
             Source::Leader(addr) => {
                 let asked = self
                     .peer(addr)
