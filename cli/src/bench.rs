@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// topic, again and again) runs on the node, and compare the latencies.
     #[arg(long)]
     pub sql_load: bool,
+    /// Log level of started nodes; their log then goes to this program's stderr (default: warn,
+    /// into a file that goes away with the bench directory).
+    #[arg(long)]
+    pub node_log: Option<String>,
     /// Where the started node and the disk baseline write (default: the system temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -152,9 +156,12 @@ impl Node {
             .arg(dir.join("data"))
             .args(&store_args)
             .args(extra)
-            .env("TIERLOG_LOG", "warn")
+            .env("TIERLOG_LOG", args.node_log.as_deref().unwrap_or("warn"))
             .stdout(std::process::Stdio::piped())
-            .stderr(log)
+            .stderr(match args.node_log {
+                Some(_) => std::process::Stdio::inherit(),
+                None => log.into(),
+            })
             .kill_on_drop(true)
             .spawn()
             .context("starting `tierlog serve`")?;

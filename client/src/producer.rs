@@ -1,12 +1,13 @@
 //! The producer: one sender task per partition, fed through a bounded queue (back-pressure),
-//! batching by size and linger, one request in flight per partition (order), retries with
-//! exponential backoff for retriable errors.
+//! batching by size and linger, up to [`MAX_IN_FLIGHT`] requests in flight per partition when
+//! idempotent (one otherwise), retries with exponential backoff for retriable errors. Records
+//! of a partition are appended in the order they were sent, also across retries.
 //!
 //! Each batch is encoded here as a Kafka v2 record batch (CRC-32C, optionally zstd) and sent as
 //! one `record_batch`: the node checks it and stores it as sent, so the bytes on disk are the
 //! bytes the producer checksummed. Records carry the producer's clock (Kafka's CreateTime).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,10 @@ pub struct ProducerConfig {
     pub queue_records: usize,
     /// A request without an answer by then counts as a retriable failure (a leader that hangs).
     pub request_timeout: Duration,
+    /// Requests kept in flight per partition, at most [`MAX_IN_FLIGHT`]; only idempotent
+    /// producers pipeline (order under retries rests on sequence numbers), others send one at a
+    /// time.
+    pub max_in_flight: usize,
     /// Idempotence: the producer takes an id from the cluster and numbers its records per
     /// partition, so the leader drops a retried batch it already has (also after a failover)
     /// instead of appending it twice. Ignored with `acks = None` (no answers to retry on).
@@ -58,6 +63,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             queue_records: 10_000,
             request_timeout: Duration::from_secs(30),
+            max_in_flight: MAX_IN_FLIGHT,
             idempotent: true,
         }
     }
@@ -191,9 +197,34 @@ impl Producer {
 struct Sequence {
     /// (producer id, epoch), once obtained.
     id: Option<(i64, i16)>,
+    /// The first sequence of the next batch.
     next: i32,
 }
 
+/// The most requests a producer keeps in flight per partition: what a leader remembers of a
+/// producer to answer retries (Kafka's limit with idempotence).
+pub const MAX_IN_FLIGHT: usize = 5;
+
+/// A batch on its way: its records, who waits for them, and the bytes of its current attempt.
+struct Flight {
+    records: Vec<Pending>,
+    dones: Vec<Done>,
+    /// The identity and first sequence `bytes` carry (`None`: not idempotent).
+    producer: Option<ProducerInfo>,
+    /// Empty until encoded.
+    bytes: Bytes,
+}
+
+/// A leader's answer to one produce request.
+type Answer = std::result::Result<pb::ProduceResponse, tonic::Status>;
+
+/// Sends one partition's records: batches by size and linger, keeps up to `max_in_flight`
+/// requests on the wire when idempotent (one otherwise), and answers every record in order.
+///
+/// Order: an idempotent leader refuses a batch whose sequence does not follow the last one it
+/// appended, so a pipelined batch can never overtake an earlier one that failed. When any
+/// answer is not a plain success the sender stops sending, collects every outstanding answer
+/// and settles the batches one at a time, oldest first ([`recover`]).
 async fn sender(
     client: Client,
     cfg: Arc<ProducerConfig>,
@@ -201,21 +232,367 @@ async fn sender(
     partition: u32,
     mut rx: mpsc::Receiver<(Pending, Done)>,
 ) {
+    let idempotent = cfg.idempotent && cfg.acks != Acks::None;
+    let window = if idempotent {
+        cfg.max_in_flight.clamp(1, MAX_IN_FLIGHT)
+    } else {
+        1
+    };
     let mut seq = Sequence::default();
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.0.size;
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + cfg.linger;
-        while bytes < cfg.batch_bytes {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(p)) => {
-                    bytes += p.0.size;
-                    batch.push(p);
+    let mut flights: VecDeque<(Flight, tokio::task::JoinHandle<Answer>)> = VecDeque::new();
+    let mut forming: Vec<(Pending, Done)> = Vec::new();
+    let mut forming_bytes = 0;
+    let mut deadline = tokio::time::Instant::now();
+    let mut open = true;
+    loop {
+        if !open && forming.is_empty() && flights.is_empty() {
+            return;
+        }
+        let full = forming_bytes >= cfg.batch_bytes;
+        let room = flights.len() < window;
+        if room && !forming.is_empty() && (full || !open || tokio::time::Instant::now() >= deadline)
+        {
+            forming_bytes = 0;
+            let (records, dones) = std::mem::take(&mut forming).into_iter().unzip();
+            let mut f = Flight {
+                records,
+                dones,
+                producer: None,
+                bytes: Bytes::new(),
+            };
+            match prepare(&client, &cfg, &mut seq, idempotent, &mut f).await {
+                Ok(()) => {
+                    if let Some(p) = f.producer {
+                        seq.next = seq_add(p.base_sequence, f.records.len());
+                    }
+                    let call = tokio::spawn(call(
+                        client.clone(),
+                        cfg.clone(),
+                        topic.clone(),
+                        partition,
+                        f.bytes.clone(),
+                    ));
+                    flights.push_back((f, call));
                 }
-                Ok(None) | Err(_) => break,
+                Err(_) => {
+                    // No identity yet (or no encoding): settle everything in order.
+                    let queue = drain(&mut flights, (f, None)).await;
+                    recover(
+                        &client, &cfg, &topic, partition, &mut seq, idempotent, queue,
+                    )
+                    .await;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            biased;
+            answer = async { (&mut flights.front_mut().expect("checked").1).await },
+                if !flights.is_empty() =>
+            {
+                let (f, _) = flights.pop_front().expect("checked");
+                let answer = answer.unwrap_or_else(|e| {
+                    Err(tonic::Status::internal(format!("the request task failed: {e}")))
+                });
+                match answer {
+                    Ok(r) if !refused_whole(&r, idempotent) => deliver(partition, f, r),
+                    answer => {
+                        let queue = drain(&mut flights, (f, Some(answer))).await;
+                        recover(&client, &cfg, &topic, partition, &mut seq, idempotent, queue)
+                            .await;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if room && !forming.is_empty() => {}
+            next = rx.recv(), if open && !full => match next {
+                Some(p) => {
+                    if forming.is_empty() {
+                        deadline = tokio::time::Instant::now() + cfg.linger;
+                    }
+                    forming_bytes += p.0.size;
+                    forming.push(p);
+                }
+                None => open = false,
+            },
+        }
+    }
+}
+
+/// `first`, then every flight still outstanding with its answer, oldest first.
+async fn drain(
+    flights: &mut VecDeque<(Flight, tokio::task::JoinHandle<Answer>)>,
+    first: (Flight, Option<Answer>),
+) -> Vec<(Flight, Option<Answer>)> {
+    let mut queue = vec![first];
+    while let Some((f, call)) = flights.pop_front() {
+        let answer = call.await.unwrap_or_else(|e| {
+            Err(tonic::Status::internal(format!(
+                "the request task failed: {e}"
+            )))
+        });
+        queue.push((f, Some(answer)));
+    }
+    queue
+}
+
+/// An idempotent batch the leader refused whole because some of its records are over the size
+/// limit (nothing of it was appended).
+fn refused_whole(r: &pb::ProduceResponse, idempotent: bool) -> bool {
+    idempotent && r.accepted == 0 && !r.errors.is_empty()
+}
+
+/// Gets the producer an identity when it needs one, and encodes `f` for the next sequence
+/// unless its bytes already carry exactly that.
+async fn prepare(
+    client: &Client,
+    cfg: &ProducerConfig,
+    seq: &mut Sequence,
+    idempotent: bool,
+    f: &mut Flight,
+) -> Result<()> {
+    if idempotent && seq.id.is_none() {
+        seq.id = Some(client.init_producer().await?);
+        seq.next = 0;
+    }
+    let want = seq
+        .id
+        .filter(|_| idempotent)
+        .map(|(id, epoch)| ProducerInfo {
+            producer_id: id,
+            producer_epoch: epoch,
+            base_sequence: seq.next,
+        });
+    if f.bytes.is_empty() || f.producer != want {
+        f.bytes = encode(cfg, &f.records, want).map_err(|message| Error::Server {
+            code: ErrorCode::InvalidRequest,
+            message,
+            retriable: false,
+        })?;
+        f.producer = want;
+    }
+    Ok(())
+}
+
+/// One produce request to the partition's leader.
+async fn call(
+    client: Client,
+    cfg: Arc<ProducerConfig>,
+    topic: String,
+    partition: u32,
+    record_batch: Bytes,
+) -> Answer {
+    let req = pb::ProduceRequest {
+        topic: topic.clone(),
+        partition,
+        records: Vec::new(),
+        acks: match cfg.acks {
+            Acks::None => pb::Acks::None,
+            Acks::Leader => pb::Acks::Leader,
+            Acks::All => pb::Acks::All,
+        } as i32,
+        compression: pb::Compression::None as i32,
+        producer: None,
+        record_batch,
+    };
+    // Partition requests go to its leader; errors teach the client where that is now.
+    let mut rpc = client
+        .leader_rpc(&topic, partition)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    match tokio::time::timeout(cfg.request_timeout, rpc.produce(req)).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::unavailable(format!(
+            "no answer from the leader of {topic}/{partition} within {:?}",
+            cfg.request_timeout
+        ))),
+    }
+}
+
+/// Settles `queue` one batch at a time, oldest first, retrying with backoff. Nothing before
+/// the first of them is unanswered, so sequences continue from its own.
+///
+/// An answer from the pipelined attempt is kept only when it is an append (a fact); a failure
+/// may just mean an earlier batch failed, so that batch is sent again. A batch that ends in an
+/// error gives the producer a new identity if its outcome is unknown, so a later batch can
+/// never be taken for a retry of it.
+async fn recover(
+    client: &Client,
+    cfg: &Arc<ProducerConfig>,
+    topic: &str,
+    partition: u32,
+    seq: &mut Sequence,
+    idempotent: bool,
+    queue: Vec<(Flight, Option<Answer>)>,
+) {
+    if let Some(p) = queue.first().and_then(|(f, _)| f.producer) {
+        seq.next = p.base_sequence;
+    }
+    for (mut f, first) in queue {
+        let mut answer = match first {
+            Some(Ok(r)) => Some(Ok(r)),
+            Some(Err(s)) => {
+                client.reroute(topic, partition, &s);
+                None
+            }
+            None => None,
+        };
+        let mut attempt = 1;
+        let mut delay = cfg.retry_backoff;
+        loop {
+            let a = match answer.take() {
+                Some(a) => a,
+                None => {
+                    attempt += 1;
+                    match prepare(client, cfg, seq, idempotent, &mut f).await {
+                        Ok(()) => {
+                            call(
+                                client.clone(),
+                                cfg.clone(),
+                                topic.to_string(),
+                                partition,
+                                f.bytes.clone(),
+                            )
+                            .await
+                        }
+                        Err(e) if e.is_retriable() && attempt < cfg.retries => {
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                        Err(e) => {
+                            fail_all(f.dones, e);
+                            break;
+                        }
+                    }
+                }
+            };
+            match a {
+                Ok(r) if refused_whole(&r, idempotent) => {
+                    // Records over the size limit get their own errors; the others go again
+                    // on their own (nothing was appended, so under the same sequence).
+                    let Some(rest) = split_too_large(partition, f, &r) else {
+                        break;
+                    };
+                    f = rest;
+                }
+                Ok(r) => {
+                    if let (Some(p), Some((id, epoch))) = (f.producer, seq.id)
+                        && (p.producer_id, p.producer_epoch) == (id, epoch)
+                        && r.accepted as usize == f.records.len()
+                    {
+                        seq.next = seq_add(p.base_sequence, f.records.len());
+                    }
+                    deliver(partition, f, r);
+                    break;
+                }
+                Err(s) => {
+                    let moved = client.reroute(topic, partition, &s);
+                    let e = Error::from(s);
+                    if e.code() == Some(ErrorCode::OutOfOrderSequence) && attempt < cfg.retries {
+                        // The leader does not know what this producer sent before (records lost
+                        // with a failed leader's disk, or forgotten): start over under a new id.
+                        // Nothing of this batch was appended, so sending it again is safe.
+                        seq.id = None;
+                        continue;
+                    }
+                    if e.is_retriable() && attempt < cfg.retries {
+                        if !moved {
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                        continue;
+                    }
+                    if e.is_retriable() {
+                        // It may have been appended after all: never reuse its sequences.
+                        seq.id = None;
+                    }
+                    fail_all(f.dones, e);
+                    break;
+                }
             }
         }
-        send_batch(&client, &cfg, &topic, partition, batch, &mut seq).await;
+    }
+}
+
+/// Answers the records of a batch refused for its oversized records with their errors, and
+/// returns the rest (to be encoded again), if any.
+fn split_too_large(partition: u32, f: Flight, r: &pb::ProduceResponse) -> Option<Flight> {
+    let too_large: HashMap<u32, &pb::ErrorDetail> = r
+        .errors
+        .iter()
+        .filter_map(|e| e.error.as_ref().map(|d| (e.index, d)))
+        .filter(|(_, d)| d.code == ErrorCode::RecordTooLarge as i32)
+        .collect();
+    if too_large.is_empty() {
+        // Refused for some other reason: every record has its error.
+        deliver(partition, f, r.clone());
+        return None;
+    }
+    let mut rest = Flight {
+        records: Vec::new(),
+        dones: Vec::new(),
+        producer: None,
+        bytes: Bytes::new(),
+    };
+    for (i, (p, done)) in f.records.into_iter().zip(f.dones).enumerate() {
+        match too_large.get(&(i as u32)) {
+            Some(d) => {
+                let _ = done.send(Err(Error::Server {
+                    code: ErrorCode::RecordTooLarge,
+                    message: d.message.clone(),
+                    retriable: d.retriable,
+                }));
+            }
+            None => {
+                rest.records.push(p);
+                rest.dones.push(done);
+            }
+        }
+    }
+    (!rest.records.is_empty()).then_some(rest)
+}
+
+/// Answers every record of a batch with `e`.
+fn fail_all(dones: Vec<Done>, e: Error) {
+    let (code, message, retriable) = match &e {
+        Error::Server {
+            code,
+            message,
+            retriable,
+        } => (*code, message.clone(), *retriable),
+        other => (ErrorCode::Unavailable, other.to_string(), true),
+    };
+    for done in dones {
+        let _ = done.send(Err(Error::Server {
+            code,
+            message: message.clone(),
+            retriable,
+        }));
+    }
+}
+
+/// Answers each record of an appended batch: its offset, or its own error.
+fn deliver(partition: u32, f: Flight, r: pb::ProduceResponse) {
+    let refused: HashMap<u32, pb::ErrorDetail> = r
+        .errors
+        .into_iter()
+        .filter_map(|e| e.error.map(|d| (e.index, d)))
+        .collect();
+    let mut next = r.base_offset;
+    for (i, done) in f.dones.into_iter().enumerate() {
+        let out = match refused.get(&(i as u32)) {
+            Some(d) => Err(Error::Server {
+                code: ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal),
+                message: d.message.clone(),
+                retriable: d.retriable,
+            }),
+            None => {
+                let offset = if r.base_offset < 0 { -1 } else { next };
+                next += 1;
+                Ok(RecordMetadata { partition, offset })
+            }
+        };
+        let _ = done.send(out);
     }
 }
 
@@ -250,158 +627,6 @@ fn encode(
 /// `seq + n` with Kafka's wrap-around from `i32::MAX` to 0.
 fn seq_add(seq: i32, n: usize) -> i32 {
     ((i64::from(seq) + n as i64) % (i64::from(i32::MAX) + 1)) as i32
-}
-
-async fn send_batch(
-    client: &Client,
-    cfg: &ProducerConfig,
-    topic: &str,
-    partition: u32,
-    batch: Vec<(Pending, Done)>,
-    seq: &mut Sequence,
-) {
-    let idempotent = cfg.idempotent && cfg.acks != Acks::None;
-    let records = batch.len();
-    let (batch, dones): (Vec<Pending>, Vec<Done>) = batch.into_iter().unzip();
-    let fail_all = |dones: Vec<Done>, e: Error| {
-        let (code, message, retriable) = match &e {
-            Error::Server {
-                code,
-                message,
-                retriable,
-            } => (*code, message.clone(), *retriable),
-            other => (ErrorCode::Unavailable, other.to_string(), true),
-        };
-        for done in dones {
-            let _ = done.send(Err(Error::Server {
-                code,
-                message: message.clone(),
-                retriable,
-            }));
-        }
-    };
-    let mut delay = cfg.retry_backoff;
-    let mut attempt = 0;
-    // (producer identity, encoded batch) of the current attempt; re-encoded only when the
-    // identity changes, so retries send the same bytes and the same sequence numbers.
-    let mut encoded: Option<(Option<ProducerInfo>, Bytes)> = None;
-    let result = loop {
-        attempt += 1;
-        if idempotent && seq.id.is_none() {
-            match client.init_producer().await {
-                Ok(id) => {
-                    seq.id = Some(id);
-                    seq.next = 0;
-                }
-                Err(e) if e.is_retriable() && attempt < cfg.retries => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-                Err(e) => break Err(e),
-            }
-        }
-        let producer = seq
-            .id
-            .filter(|_| idempotent)
-            .map(|(id, epoch)| ProducerInfo {
-                producer_id: id,
-                producer_epoch: epoch,
-                base_sequence: seq.next,
-            });
-        if encoded.as_ref().is_none_or(|(p, _)| *p != producer) {
-            match encode(cfg, &batch, producer) {
-                Ok(b) => encoded = Some((producer, b)),
-                Err(message) => {
-                    break Err(Error::Server {
-                        code: ErrorCode::InvalidRequest,
-                        message,
-                        retriable: false,
-                    });
-                }
-            }
-        }
-        let record_batch = encoded.as_ref().map(|(_, b)| b.clone()).unwrap_or_default();
-        let req = pb::ProduceRequest {
-            topic: topic.to_string(),
-            partition,
-            records: Vec::new(),
-            acks: match cfg.acks {
-                Acks::None => pb::Acks::None,
-                Acks::Leader => pb::Acks::Leader,
-                Acks::All => pb::Acks::All,
-            } as i32,
-            compression: pb::Compression::None as i32,
-            producer: None,
-            record_batch,
-        };
-        // Partition requests go to its leader; errors teach the client where that is now.
-        let sent = match client.leader_rpc(topic, partition).await {
-            Ok(mut rpc) => {
-                match tokio::time::timeout(cfg.request_timeout, rpc.produce(req)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(tonic::Status::unavailable(format!(
-                        "no answer from the leader of {topic}/{partition} within {:?}",
-                        cfg.request_timeout
-                    ))),
-                }
-            }
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-        };
-        match sent {
-            Ok(r) => break Ok(r.into_inner()),
-            Err(s) => {
-                let moved = client.reroute(topic, partition, &s);
-                let e = Error::from(s);
-                if e.code() == Some(ErrorCode::OutOfOrderSequence) && attempt < cfg.retries {
-                    // The leader does not know what this producer sent before (records lost
-                    // with a failed leader's disk, or forgotten): start over under a new id.
-                    // Nothing of this batch was appended, so sending it again is safe.
-                    seq.id = None;
-                    continue;
-                }
-                if e.is_retriable() && attempt < cfg.retries {
-                    if !moved {
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                    continue;
-                }
-                break Err(e);
-            }
-        }
-    };
-    if let Ok(r) = &result
-        && r.accepted as usize == records
-    {
-        seq.next = seq_add(seq.next, records);
-    }
-    match result {
-        Ok(r) => {
-            let refused: HashMap<u32, pb::ErrorDetail> = r
-                .errors
-                .into_iter()
-                .filter_map(|e| e.error.map(|d| (e.index, d)))
-                .collect();
-            let mut next = r.base_offset;
-            for (i, done) in dones.into_iter().enumerate() {
-                let out = match refused.get(&(i as u32)) {
-                    Some(d) => Err(Error::Server {
-                        code: ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal),
-                        message: d.message.clone(),
-                        retriable: d.retriable,
-                    }),
-                    None => {
-                        let offset = if r.base_offset < 0 { -1 } else { next };
-                        next += 1;
-                        Ok(RecordMetadata { partition, offset })
-                    }
-                };
-                let _ = done.send(out);
-            }
-        }
-        Err(e) => fail_all(dones, e),
-    }
 }
 
 fn now_ms() -> i64 {

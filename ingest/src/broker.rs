@@ -708,7 +708,9 @@ impl Broker {
             let this = self.clone();
             let (topic, storage) = (topic.to_string(), storage.to_string());
             async move {
-                let r = this.inner.tier.append(&storage, partition, batch).await;
+                let r = this
+                    .append_in_order(&topic, &storage, partition, batch)
+                    .await;
                 drop(gate);
                 let r = match r {
                     Ok(r) => r,
@@ -747,6 +749,39 @@ impl Broker {
             errors,
             duplicate: r.duplicate,
         })
+    }
+
+    /// Appends `batch`; a batch of an idempotent producer that arrived ahead of its
+    /// predecessor (pipelined requests may be handled out of order) waits for it, for at most
+    /// [`OVERTAKE_WAIT`], and is then refused as out of order (the producer sends it again).
+    async fn append_in_order(
+        &self,
+        topic: &str,
+        storage: &str,
+        partition: u32,
+        batch: RecordBatch,
+    ) -> tier::Result<tier::AppendResult> {
+        let arrivals = self.arrivals(topic, partition);
+        let deadline = tokio::time::Instant::now() + OVERTAKE_WAIT;
+        loop {
+            // Registered before the attempt, so an append in between is not missed.
+            let appended = arrivals.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            match self
+                .inner
+                .tier
+                .append(storage, partition, batch.clone())
+                .await
+            {
+                Err(tier::Error::OutOfOrderSequence { expected, got, .. })
+                    if overtakes(expected, got) && tokio::time::Instant::now() < deadline =>
+                {
+                    let _ = tokio::time::timeout_at(deadline, appended).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Resolves a start position to an offset. A node that does not lead the partition
@@ -959,6 +994,15 @@ impl Broker {
 
 #[cfg(test)]
 mod tests;
+
+/// How long a pipelined batch that got ahead of its predecessor waits for it.
+const OVERTAKE_WAIT: Duration = Duration::from_millis(500);
+
+/// Whether sequence `got` is ahead of `expected` (a later batch), with Kafka's wrap-around.
+fn overtakes(expected: i32, got: i32) -> bool {
+    let ahead = (i64::from(got) - i64::from(expected)).rem_euclid(i64::from(i32::MAX) + 1);
+    ahead > 0 && ahead < 1 << 30
+}
 
 /// An idempotent producer's batch is appended whole or not at all (its sequence numbers cover
 /// every record): when some records are too large, the others are refused too, naming why.

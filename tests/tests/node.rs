@@ -546,6 +546,64 @@ async fn client_produces_100k_and_a_group_consumer_resumes_at_its_commit() {
     node.stop();
 }
 
+/// A producer batch holding one record over the size limit: that record gets its own error,
+/// its batch-mates are stored once, in order (an idempotent leader refuses such a batch whole;
+/// the producer sends the rest again on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_record_fails_alone_and_its_batch_mates_are_stored_once() {
+    use client::{Client, Producer, ProducerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let c = Client::connect(&node.addr).await.unwrap();
+    c.create_topic("sizes", 1).await.unwrap();
+    for idempotent in [true, false] {
+        let producer = Producer::new(
+            c.clone(),
+            ProducerConfig {
+                idempotent,
+                batch_bytes: 8 << 20,
+                linger: Duration::from_millis(300),
+                ..ProducerConfig::default()
+            },
+        );
+        let mut answers = Vec::new();
+        for v in [b"a".to_vec(), vec![7u8; 2 << 20], b"b".to_vec()] {
+            answers.push(
+                producer
+                    .send("sizes", Some(0), None, Some(v), vec![])
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut got = Vec::new();
+        for a in answers {
+            got.push(a.await.unwrap().map(|m| m.offset).map_err(|e| e.code()));
+        }
+        producer.close().await;
+        let base = if idempotent { 0 } else { 2 };
+        assert_eq!(
+            got,
+            [
+                Ok(base),
+                Err(Some(client::ErrorCode::RecordTooLarge)),
+                Ok(base + 1)
+            ],
+            "idempotent: {idempotent}"
+        );
+    }
+    let mut rpc = c.rpc();
+    let (records, _) = fetch_all(&mut rpc, "sizes", 0).await;
+    let values: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| r.value.clone().unwrap().to_vec())
+        .collect();
+    assert_eq!(
+        values,
+        [b"a".to_vec(), b"b".to_vec(), b"a".to_vec(), b"b".to_vec()]
+    );
+    node.stop();
+}
+
 /// Runs the `tierlog` CLI against a node; returns (success, stdout, stderr).
 fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;

@@ -458,3 +458,40 @@ async fn idempotent_retries_are_not_appended_twice_even_after_leadership_moves()
     two.shutdown().await.unwrap();
     one.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_pipelined_batch_that_arrives_first_waits_for_its_predecessor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = tier::store::open_store("memory://", &[]).unwrap();
+    let kv = StdArc::new(EmbeddedKv::memory());
+    let b = node(dir.path(), store, kv, 1).await;
+    b.create_topic("pipe", TopicConfig::new(1)).await.unwrap();
+    let (id, _) = b.init_producer().await.unwrap();
+    let send = |b: Broker, from: i32, n: i32| async move {
+        let records = (from..from + n).map(|i| rec(&format!("r{i}"))).collect();
+        b.produce(
+            "pipe",
+            0,
+            records,
+            Acks::Leader,
+            Compression::None,
+            pid(id, from),
+        )
+        .await
+    };
+    // The second request is handled first: it waits for the first instead of being refused.
+    let second = tokio::spawn(send(b.clone(), 3, 2));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!second.is_finished(), "it waits for its predecessor");
+    let first = send(b.clone(), 0, 3).await.unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!((first.base_offset, second.base_offset), (0, 3));
+    let all = b.read("pipe", 0, 0, 1 << 20, None).await.unwrap();
+    let values: Vec<_> = all
+        .records
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+        .collect();
+    assert_eq!(values, ["r0", "r1", "r2", "r3", "r4"]);
+    b.shutdown().await.unwrap();
+}

@@ -87,6 +87,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
 }
 
 async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> Result<()> {
+    let started = std::time::Instant::now();
     let (seg2, id, cfg) = (seg.clone(), p.id.clone(), inner.cfg.clone());
     // On the encoder threads: few at once, at low priority (see `cold::encoder`).
     let job = inner.encoders.run(move || {
@@ -115,6 +116,7 @@ async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> R
         _ = p.cancel.cancelled() => return Err(Error::Closed),
         enc = job => enc?,
     };
+    let encoded = started.elapsed();
     let rel = p.manifest.paths.new_segment(enc.base_offset, p.epoch);
     let path = p.manifest.paths.object(&rel);
     let store = inner.store.clone();
@@ -136,6 +138,7 @@ async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> R
             }
         })
         .await?;
+    let put = started.elapsed();
     let entry = SegmentEntry {
         path: rel,
         base_offset: enc.base_offset,
@@ -159,6 +162,10 @@ async fn upload(inner: &Arc<Inner>, p: &Arc<Partition>, seg: &Arc<Segment>) -> R
     p.log.mark_uploaded(enc.last_offset + 1);
     p.committed.notify_waiters();
     tracing::debug!(topic = %p.id.topic, partition = p.id.partition, base = enc.base_offset,
-        last = enc.last_offset, bytes = size, raw = enc.raw_bytes, "segment committed to the cold tier");
+        last = enc.last_offset, bytes = size, raw = enc.raw_bytes,
+        encode_ms = encoded.as_secs_f64() * 1e3,
+        put_ms = (put - encoded).as_secs_f64() * 1e3,
+        commit_ms = (started.elapsed() - put).as_secs_f64() * 1e3,
+        "segment committed to the cold tier");
     Ok(())
 }
