@@ -59,6 +59,9 @@ pub struct BenchArgs {
     pub fsync: String,
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// Produce requests in flight per partition (the producer's `max_in_flight`).
+    #[arg(long, default_value_t = client::MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
     #[arg(long, default_value_t = 512 << 10)]
     pub batch_bytes: usize,
     /// Length of the half-load phase.
@@ -218,7 +221,7 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         .tempdir_in(&base)
         .with_context(|| format!("creating a bench directory in {}", base.display()))?;
     println!(
-        "tierlog bench {:?}: {} records of {} B, {} partitions, acks={:?}, fsync={}, linger={} ms, dir={}",
+        "tierlog bench {:?}: {} records of {} B, {} partitions, acks={:?}, fsync={}, linger={} ms, in flight={}, dir={}",
         args.kind,
         args.records,
         args.record_bytes,
@@ -226,6 +229,7 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         args.acks,
         args.fsync,
         args.linger_ms,
+        args.max_in_flight,
         dir.path().display()
     );
     match args.kind {
@@ -327,6 +331,7 @@ fn producer_config(args: &BenchArgs) -> ProducerConfig {
         acks: args.acks.into(),
         batch_bytes: args.batch_bytes,
         linger: Duration::from_millis(args.linger_ms),
+        max_in_flight: args.max_in_flight,
         ..Default::default()
     }
 }

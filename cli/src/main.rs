@@ -16,9 +16,6 @@ use ingest::server::Service;
 use ingest::{Broker, BrokerConfig};
 use settings::{Overrides, Settings};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "tierlog",

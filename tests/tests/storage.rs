@@ -395,6 +395,59 @@ async fn concurrent_cold_reads_share_fetches() {
     );
 }
 
+/// A replay of more cold data than the cache holds, in small reads (many per row group): each
+/// row group is fetched from the store once, as with a cache that holds everything, and the
+/// cache stays within its budget. (A cache that turned new row groups away in favour of ones
+/// read often would load each again for every read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_larger_than_the_cache_loads_each_row_group_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
+    let dec = Arc::new(Decorated::new(inner));
+    {
+        let mut cfg = config(&dir.path().join("hot"), 1 << 20);
+        cfg.row_group_bytes = 64 << 10;
+        let t = open(cfg, dec.clone()).await;
+        t.open_partition("events", 0, 1).await.unwrap();
+        produce(&t, 0, 0, 60_000, 500).await;
+        t.close(true).await.unwrap();
+    }
+    // Replays in 4 KiB reads through a fresh node; returns (GETs, bytes cached at the end).
+    let replay = |cache_bytes: u64, name: &'static str| {
+        let dec = dec.clone();
+        let hot = dir.path().join(name);
+        async move {
+            let mut cfg = config(&hot, 1 << 20);
+            cfg.read_ahead_row_groups = 0;
+            cfg.cache_bytes = cache_bytes;
+            let t = open(cfg, dec.clone()).await;
+            t.open_partition("events", 0, 2).await.unwrap();
+            let before = dec.stats.gets();
+            let mut next = 0;
+            while next < 60_000 {
+                let r = t.read("events", 0, next, 4 << 10).await.unwrap();
+                assert_eq!(r.records[0].offset, next);
+                next = r.records.last().unwrap().offset + 1;
+            }
+            let gets = dec.stats.gets() - before;
+            let cached = t.cache_bytes().await;
+            t.close(false).await.unwrap();
+            (gets, cached)
+        }
+    };
+    let (all_gets, all_bytes) = replay(1 << 30, "hot-big").await;
+    let budget = all_bytes / 4;
+    let (gets, cached) = replay(budget, "hot-small").await;
+    assert!(
+        cached <= budget,
+        "cache {cached} B over its budget {budget} B"
+    );
+    assert_eq!(
+        gets, all_gets,
+        "a cache of a quarter of the data fetches each row group once, like one that holds all"
+    );
+}
+
 /// The Parquet files are readable by independent engines (pyarrow and DuckDB) with the expected
 /// rows, columns and values, using only the bucket (manifest + files).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

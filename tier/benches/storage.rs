@@ -19,9 +19,6 @@ use object_store::path::Path;
 use tier::store::open_store;
 use tier::{BatchBuilder, Compression, FsyncPolicy, RecordBatch, Tier, TierConfig};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const RECORD: usize = 1024;
 const BATCH_RECORDS: usize = 64;
 const PARTITIONS: u32 = 4;

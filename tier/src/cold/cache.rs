@@ -119,6 +119,10 @@ impl ColdCache {
     pub fn new(store: Arc<dyn ObjectStore>, capacity_bytes: u64) -> Self {
         let rows = moka::future::Cache::builder()
             .max_capacity(capacity_bytes)
+            // Plain LRU: readers replay row groups in order, each read several times in a row
+            // (one fetch per chunk). Frequency-based admission would turn away each new row
+            // group in favour of ones already read through, and load it again on every fetch.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_k: &(Path, usize), v: &Arc<RowGroup>| {
                 // Payload plus each decoded record's own struct (offsets, `Bytes` handles, headers).
                 let per_record = std::mem::size_of::<Record>() + 16;
@@ -160,7 +164,10 @@ impl ColdCache {
         let store = self.store.clone();
         let p = path.clone();
         let loads = self.loads.clone();
-        self.rows
+        let loaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mark = loaded.clone();
+        let rows = self
+            .rows
             .try_get_with((path.clone(), rg), async move {
                 let _load = loads.acquire_owned().await.map_err(|_| Error::Closed)?;
                 let reader = StoreReader {
@@ -178,10 +185,17 @@ impl ColdCache {
                     to_records(&b, &mut records)?;
                 }
                 let bytes = records.iter().map(Record::payload_len).sum();
+                mark.store(true, std::sync::atomic::Ordering::Release);
                 Ok::<_, Error>(Arc::new(RowGroup { records, bytes }))
             })
             .await
-            .map_err(unwrap_shared)
+            .map_err(unwrap_shared)?;
+        // Evict now rather than on the cache's own schedule: entries are megabytes each, and a
+        // replay inserts them back to back, so lazy eviction would overshoot the budget.
+        if loaded.load(std::sync::atomic::Ordering::Acquire) {
+            self.rows.run_pending_tasks().await;
+        }
+        Ok(rows)
     }
 
     /// Starts loading a row group in the background if it is not cached.
