@@ -275,8 +275,10 @@ async fn sender(
                     flights.push_back((f, call));
                 }
                 Err(_) => {
-                    // No identity yet (or no encoding): settle everything in order.
-                    let queue = drain(&mut flights, (f, None)).await;
+                    // No identity yet (or no encoding): settle everything in order, this
+                    // batch after the ones already sent.
+                    let mut queue = drain(&mut flights, None).await;
+                    queue.push((f, None));
                     recover(
                         &client, &cfg, &topic, partition, &mut seq, idempotent, queue,
                     )
@@ -297,7 +299,7 @@ async fn sender(
                 match answer {
                     Ok(r) if !refused_whole(&r, idempotent) => deliver(partition, f, r),
                     answer => {
-                        let queue = drain(&mut flights, (f, Some(answer))).await;
+                        let queue = drain(&mut flights, Some((f, Some(answer)))).await;
                         recover(&client, &cfg, &topic, partition, &mut seq, idempotent, queue)
                             .await;
                     }
@@ -318,12 +320,12 @@ async fn sender(
     }
 }
 
-/// `first`, then every flight still outstanding with its answer, oldest first.
+/// `first` (when given), then every flight still outstanding with its answer, oldest first.
 async fn drain(
     flights: &mut VecDeque<(Flight, tokio::task::JoinHandle<Answer>)>,
-    first: (Flight, Option<Answer>),
+    first: Option<(Flight, Option<Answer>)>,
 ) -> Vec<(Flight, Option<Answer>)> {
-    let mut queue = vec![first];
+    let mut queue: Vec<_> = first.into_iter().collect();
     while let Some((f, call)) = flights.pop_front() {
         let answer = call.await.unwrap_or_else(|e| {
             Err(tonic::Status::internal(format!(
