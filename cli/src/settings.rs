@@ -82,6 +82,8 @@ pub struct TierSettings {
     pub read_ahead_row_groups: usize,
     /// Segment → Parquet conversions at once (0 = half the cores, at least one).
     pub encode_concurrency: usize,
+    /// Age after which segment objects no commit references are deleted.
+    pub orphan_grace_ms: u64,
 }
 
 impl Default for TierSettings {
@@ -97,6 +99,7 @@ impl Default for TierSettings {
             cache_bytes: d.cache_bytes,
             read_ahead_row_groups: d.read_ahead_row_groups,
             encode_concurrency: 0,
+            orphan_grace_ms: d.orphan_grace_ms,
         }
     }
 }
@@ -212,6 +215,7 @@ impl Settings {
                 0 => TierConfig::default().encode_concurrency,
                 n => n,
             },
+            orphan_grace_ms: t.orphan_grace_ms,
             ..TierConfig::default()
         })
     }

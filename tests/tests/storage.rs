@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
 use tier::store::{Decorated, open_store};
 use tier::{ColdRetention, Compression, Error, FsyncPolicy, Source, Tier, TierConfig};
@@ -338,6 +338,69 @@ async fn cold_retention_removes_whole_segments() {
     let err = t.read("events", 0, 0, 1000).await.unwrap_err();
     assert!(matches!(err, Error::OffsetOutOfRange { .. }), "{err}");
     check_all(&t, 0, after.log_start, 5000, 5000).await;
+    t.close(false).await.unwrap();
+}
+
+/// Segment objects no commit references — an upload whose commit never landed, a retired
+/// segment whose delete failed — are swept once older than the grace period; committed
+/// segments, uploads that may still commit (at or past the committed end), objects of a newer
+/// epoch and names that do not parse are never touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_segment_objects_are_swept_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let t = open(config(&dir.path().join("hot"), 64 << 10), store.clone()).await;
+    t.open_partition("events", 0, 3).await.unwrap();
+    produce(&t, 0, 0, 3000, 100).await;
+    t.flush("events", 0).await.unwrap();
+    let committed = t.offsets("events", 0).unwrap();
+    assert!(committed.cold_segments >= 2);
+    let seg_dir = bucket.join("cluster/topics/events/0/segments");
+    let names = || {
+        let mut v: Vec<String> = std::fs::read_dir(&seg_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = names();
+    let put = |name: String| {
+        let store = store.clone();
+        async move {
+            let path = Path::from(format!("cluster/topics/events/0/segments/{name}"));
+            store.put(&path, b"orphan".to_vec().into()).await.unwrap();
+        }
+    };
+    let orphan = format!("{:020}-{:010}-lost.parquet", 100, 2);
+    let in_flight = format!("{:020}-{:010}-next.parquet", committed.cold_next, 3);
+    let newer = format!("{:020}-{:010}-newer.parquet", 100, 9);
+    for name in [
+        orphan.clone(),
+        in_flight.clone(),
+        newer.clone(),
+        "notes.txt".into(),
+    ] {
+        put(name).await;
+    }
+    let swept = t
+        .sweep_orphans("events", 0, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(swept, 0, "nothing is older than an hour");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let swept = t.sweep_orphans("events", 0, Duration::ZERO).await.unwrap();
+    assert_eq!(swept, 1);
+    let mut expected = before.clone();
+    expected.extend([in_flight, newer, "notes.txt".to_string()]);
+    expected.sort();
+    assert_eq!(names(), expected, "only {orphan} went");
+    t.close(false).await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
+    let t = open(config(&dir.path().join("hot"), 64 << 10), store).await;
+    t.open_partition("events", 0, 4).await.unwrap();
+    check_all(&t, 0, 0, 3000, 3000).await;
     t.close(false).await.unwrap();
 }
 

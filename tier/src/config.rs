@@ -64,6 +64,10 @@ pub struct TierConfig {
     pub encode_concurrency: usize,
     /// How often background work (age-based sealing, retention, interval fsync checks) runs.
     pub housekeeping_ms: u64,
+    /// Segment objects no commit references (an upload whose commit never landed, a retired
+    /// segment whose delete failed) are deleted once they are this old; each led partition is
+    /// swept this often.
+    pub orphan_grace_ms: u64,
 }
 
 impl Default for TierConfig {
@@ -85,6 +89,7 @@ impl Default for TierConfig {
             upload_retry_initial_ms: 100,
             upload_retry_max_ms: 10_000,
             housekeeping_ms: 1000,
+            orphan_grace_ms: 3_600_000,
             encode_concurrency: std::thread::available_parallelism()
                 .map_or(1, |n| n.get() / 2)
                 .max(1),
@@ -136,6 +141,12 @@ impl TierConfig {
         }
         if self.encode_concurrency == 0 {
             return bad("encode_concurrency must be at least 1".into());
+        }
+        if self.orphan_grace_ms < 60_000 {
+            return bad(format!(
+                "orphan_grace_ms must be at least 60000 (uploads in flight must never look orphaned), got {}",
+                self.orphan_grace_ms
+            ));
         }
         if self.housekeeping_ms == 0 || self.segment_ms == 0 {
             return bad("housekeeping_ms and segment_ms must be positive".into());

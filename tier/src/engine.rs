@@ -97,6 +97,8 @@ pub(crate) struct Partition {
     pub retention: RwLock<ColdRetention>,
     /// Stops this partition's background work (child of the tier's token).
     pub cancel: CancellationToken,
+    /// When housekeeping last swept this partition's orphaned objects.
+    pub swept_at: std::sync::Mutex<std::time::Instant>,
     pub uploader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Why uploads stopped for good, if they did.
     pub upload_error: RwLock<Option<String>>,
@@ -262,6 +264,7 @@ impl Tier {
             cancel: inner.cancel.child_token(),
             uploader: std::sync::Mutex::new(None),
             upload_error: RwLock::default(),
+            swept_at: std::sync::Mutex::new(std::time::Instant::now()),
         });
         {
             let mut map = inner.partitions.write().expect("partitions lock poisoned");
@@ -865,6 +868,14 @@ impl Tier {
     ) -> Result<u64> {
         let p = self.get(topic, partition)?;
         retention::truncate_cold(&p, start_offset).await
+    }
+
+    /// Deletes the partition's orphaned segment objects older than `grace` now (normally done
+    /// by housekeeping every `orphan_grace_ms`; see `retention::sweep_orphans`). Returns how
+    /// many were deleted.
+    pub async fn sweep_orphans(&self, topic: &str, partition: u32, grace: Duration) -> Result<u64> {
+        let p = self.get(topic, partition)?;
+        retention::sweep_orphans(&p, grace).await
     }
 
     /// Bytes of decoded cold data held by the read cache.

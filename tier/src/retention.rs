@@ -79,6 +79,18 @@ async fn housekeep(inner: &Arc<Inner>) {
         if let Err(e) = cold_retention(&p).await {
             tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e, "cold retention failed");
         }
+        let grace = Duration::from_millis(inner.cfg.orphan_grace_ms);
+        let due = {
+            let mut at = p.swept_at.lock().expect("sweep lock poisoned");
+            let due = at.elapsed() >= grace;
+            if due {
+                *at = std::time::Instant::now();
+            }
+            due
+        };
+        if due && let Err(e) = sweep_orphans(&p, grace).await {
+            tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e, "orphan sweep failed");
+        }
     }
 }
 
@@ -152,4 +164,91 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
     }
     tracing::info!(topic = %p.id.topic, partition = p.id.partition, start_offset = cut, deleted, "cold retention applied");
     Ok(deleted)
+}
+
+/// Deletes segment objects of `p` that no commit references and none ever will, once they are
+/// older than `grace`. They are left by uploads whose commit never landed (a deposed leader's,
+/// an attempt whose answer was lost) and by retired segments whose delete failed.
+///
+/// Safety: only this partition's leader sweeps, and only objects that are
+/// - not in the committed manifest (from the state read before listing);
+/// - named for a base offset below its committed end: the uploader commits in offset order, so
+///   an upload still on its way starts at or past that end;
+/// - written under an epoch no newer than this leader's (a newer one means it is deposed);
+/// - older than `grace` (a reader holding an older view of the manifest may still read one).
+///
+/// Objects whose names do not parse are never touched. Returns how many were deleted.
+pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result<u64> {
+    p.check_fenced()?;
+    let state = p.cold();
+    let referenced: std::collections::HashSet<String> = p
+        .manifest
+        .segments(&state)
+        .await?
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    let store = p.manifest.store().clone();
+    let dir = p.manifest.paths.object("segments");
+    let cutoff = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    let listed: Vec<_> = store.list(Some(&dir)).collect().await;
+    let mut orphans = Vec::new();
+    for meta in listed {
+        let meta = meta?;
+        let Some(name) = meta.location.filename() else {
+            continue;
+        };
+        let Some((base, epoch)) = segment_name(name) else {
+            continue;
+        };
+        let rel = format!("segments/{name}");
+        if !referenced.contains(&rel)
+            && base < state.next_offset
+            && epoch <= p.epoch
+            && meta.last_modified.timestamp_millis() < cutoff
+        {
+            orphans.push(meta.location);
+        }
+    }
+    let mut deleted = 0;
+    for path in orphans {
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => {
+                tracing::warn!(path = %path, error = %e, "could not delete an orphaned segment object")
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(topic = %p.id.topic, partition = p.id.partition, deleted, "orphaned segment objects deleted");
+    }
+    Ok(deleted)
+}
+
+/// `(base offset, epoch)` from a segment object name `<base:020>-<epoch:010>-<nonce>.parquet`.
+fn segment_name(name: &str) -> Option<(i64, u64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let mut parts = stem.splitn(3, '-');
+    let base = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some((base, epoch))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn segment_names_parse_or_are_left_alone() {
+        use super::segment_name;
+        assert_eq!(
+            segment_name("00000000000000001234-0000000007-ab12.parquet"),
+            Some((1234, 7))
+        );
+        assert_eq!(
+            segment_name("00000000000000001234-0000000007.parquet"),
+            None
+        );
+        assert_eq!(segment_name("notes.txt"), None);
+        assert_eq!(segment_name("x-1-n.parquet"), None);
+    }
 }
