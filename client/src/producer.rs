@@ -293,10 +293,7 @@ async fn sender(
                 if !flights.is_empty() =>
             {
                 let (f, _) = flights.pop_front().expect("checked");
-                let answer = answer.unwrap_or_else(|e| {
-                    Err(tonic::Status::internal(format!("the request task failed: {e}")))
-                });
-                match answer {
+                match joined(answer) {
                     Ok(r) if !refused_whole(&r, idempotent) => deliver(partition, f, r),
                     answer => {
                         let queue = drain(&mut flights, Some((f, Some(answer)))).await;
@@ -327,14 +324,27 @@ async fn drain(
 ) -> Vec<(Flight, Option<Answer>)> {
     let mut queue: Vec<_> = first.into_iter().collect();
     while let Some((f, call)) = flights.pop_front() {
-        let answer = call.await.unwrap_or_else(|e| {
-            Err(tonic::Status::internal(format!(
-                "the request task failed: {e}"
-            )))
-        });
-        queue.push((f, Some(answer)));
+        queue.push((f, Some(joined(call.await))));
     }
     queue
+}
+
+/// The answer of a finished request task.
+fn joined(r: std::result::Result<Answer, tokio::task::JoinError>) -> Answer {
+    r.unwrap_or_else(|e| {
+        Err(tonic::Status::internal(format!(
+            "the request task failed: {e}"
+        )))
+    })
+}
+
+/// A record's own error as the leader reported it.
+fn refusal(d: &pb::ErrorDetail) -> Error {
+    Error::Server {
+        code: ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal),
+        message: d.message.clone(),
+        retriable: d.retriable,
+    }
 }
 
 /// An idempotent batch the leader refused whole because some of its records are over the size
@@ -472,7 +482,7 @@ async fn recover(
                 Ok(r) if refused_whole(&r, idempotent) => {
                     // Records over the size limit get their own errors; the others go again
                     // on their own (nothing was appended, so under the same sequence).
-                    let Some(rest) = split_too_large(partition, f, &r) else {
+                    let Some(rest) = split_too_large(partition, f, r) else {
                         break;
                     };
                     f = rest;
@@ -518,16 +528,17 @@ async fn recover(
 
 /// Answers the records of a batch refused for its oversized records with their errors, and
 /// returns the rest (to be encoded again), if any.
-fn split_too_large(partition: u32, f: Flight, r: &pb::ProduceResponse) -> Option<Flight> {
-    let too_large: HashMap<u32, &pb::ErrorDetail> = r
+fn split_too_large(partition: u32, f: Flight, r: pb::ProduceResponse) -> Option<Flight> {
+    let mut too_large: HashMap<u32, Error> = r
         .errors
         .iter()
         .filter_map(|e| e.error.as_ref().map(|d| (e.index, d)))
         .filter(|(_, d)| d.code == ErrorCode::RecordTooLarge as i32)
+        .map(|(i, d)| (i, refusal(d)))
         .collect();
     if too_large.is_empty() {
         // Refused for some other reason: every record has its error.
-        deliver(partition, f, r.clone());
+        deliver(partition, f, r);
         return None;
     }
     let mut rest = Flight {
@@ -537,13 +548,9 @@ fn split_too_large(partition: u32, f: Flight, r: &pb::ProduceResponse) -> Option
         bytes: Bytes::new(),
     };
     for (i, (p, done)) in f.records.into_iter().zip(f.dones).enumerate() {
-        match too_large.get(&(i as u32)) {
-            Some(d) => {
-                let _ = done.send(Err(Error::Server {
-                    code: ErrorCode::RecordTooLarge,
-                    message: d.message.clone(),
-                    retriable: d.retriable,
-                }));
+        match too_large.remove(&(i as u32)) {
+            Some(e) => {
+                let _ = done.send(Err(e));
             }
             None => {
                 rest.records.push(p);
@@ -583,11 +590,7 @@ fn deliver(partition: u32, f: Flight, r: pb::ProduceResponse) {
     let mut next = r.base_offset;
     for (i, done) in f.dones.into_iter().enumerate() {
         let out = match refused.get(&(i as u32)) {
-            Some(d) => Err(Error::Server {
-                code: ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal),
-                message: d.message.clone(),
-                retriable: d.retriable,
-            }),
+            Some(d) => Err(refusal(d)),
             None => {
                 let offset = if r.base_offset < 0 { -1 } else { next };
                 next += 1;

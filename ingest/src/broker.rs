@@ -708,15 +708,16 @@ impl Broker {
             let this = self.clone();
             let (topic, storage) = (topic.to_string(), storage.to_string());
             async move {
+                let arrivals = this.arrivals(&topic, partition);
                 let r = this
-                    .append_in_order(&topic, &storage, partition, batch)
+                    .append_in_order(&arrivals, &storage, partition, batch)
                     .await;
                 drop(gate);
                 let r = match r {
                     Ok(r) => r,
                     Err(e) => return Err(this.tier_error(&topic, partition, e).await),
                 };
-                this.arrivals(&topic, partition).notify_waiters();
+                arrivals.notify_waiters();
                 Ok::<_, Error>(r)
             }
         };
@@ -756,12 +757,11 @@ impl Broker {
     /// [`OVERTAKE_WAIT`], and is then refused as out of order (the producer sends it again).
     async fn append_in_order(
         &self,
-        topic: &str,
+        arrivals: &Notify,
         storage: &str,
         partition: u32,
         batch: RecordBatch,
     ) -> tier::Result<tier::AppendResult> {
-        let arrivals = self.arrivals(topic, partition);
         let deadline = tokio::time::Instant::now() + OVERTAKE_WAIT;
         loop {
             // Registered before the attempt, so an append in between is not missed.

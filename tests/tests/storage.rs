@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use tier::store::{Decorated, open_store};
 use tier::{ColdRetention, Compression, Error, FsyncPolicy, Source, Tier, TierConfig};
 use tierlog_tests::{

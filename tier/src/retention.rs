@@ -142,26 +142,11 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
         w.commit(Op::Truncate { start_offset: cut }).await?;
         p.set_cold(w.state());
     }
-    let store = p.manifest.store().clone();
-    let mut deleted = 0;
-    let paths: Vec<_> = victims
+    let paths = victims
         .iter()
         .map(|s| p.manifest.paths.object(&s.path))
         .collect();
-    let mut results = futures::stream::iter(paths)
-        .map(|path| {
-            let store = store.clone();
-            async move { (store.delete(&path).await, path) }
-        })
-        .buffer_unordered(8);
-    while let Some((r, path)) = results.next().await {
-        match r {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-            Err(e) => {
-                tracing::warn!(path = %path, error = %e, "could not delete a retired cold segment; it is unreferenced")
-            }
-        }
-    }
+    let deleted = delete_objects(p, paths, "a retired cold segment").await;
     tracing::info!(topic = %p.id.topic, partition = p.id.partition, start_offset = cut, deleted, "cold retention applied");
     Ok(deleted)
 }
@@ -210,19 +195,33 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
             orphans.push(meta.location);
         }
     }
-    let mut deleted = 0;
-    for path in orphans {
-        match store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-            Err(e) => {
-                tracing::warn!(path = %path, error = %e, "could not delete an orphaned segment object")
-            }
-        }
-    }
+    let deleted = delete_objects(p, orphans, "an orphaned segment object").await;
     if deleted > 0 {
         tracing::info!(topic = %p.id.topic, partition = p.id.partition, deleted, "orphaned segment objects deleted");
     }
     Ok(deleted)
+}
+
+/// Deletes unreferenced objects of `p`, a few at once; a failure is logged and leaves the
+/// object to the next orphan sweep. Returns how many are gone.
+async fn delete_objects(p: &Partition, paths: Vec<object_store::path::Path>, what: &str) -> u64 {
+    let store = p.manifest.store().clone();
+    let mut results = futures::stream::iter(paths)
+        .map(|path| {
+            let store = store.clone();
+            async move { (store.delete(&path).await, path) }
+        })
+        .buffer_unordered(8);
+    let mut deleted = 0;
+    while let Some((r, path)) = results.next().await {
+        match r {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => {
+                tracing::warn!(path = %path, error = %e, "could not delete {what}; it is unreferenced")
+            }
+        }
+    }
+    deleted
 }
 
 /// `(base offset, epoch)` from a segment object name `<base:020>-<epoch:010>-<nonce>.parquet`.

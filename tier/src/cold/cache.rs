@@ -164,11 +164,10 @@ impl ColdCache {
         let store = self.store.clone();
         let p = path.clone();
         let loads = self.loads.clone();
-        let loaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mark = loaded.clone();
-        let rows = self
+        let entry = self
             .rows
-            .try_get_with((path.clone(), rg), async move {
+            .entry((path.clone(), rg))
+            .or_try_insert_with(async move {
                 let _load = loads.acquire_owned().await.map_err(|_| Error::Closed)?;
                 let reader = StoreReader {
                     store,
@@ -185,17 +184,16 @@ impl ColdCache {
                     to_records(&b, &mut records)?;
                 }
                 let bytes = records.iter().map(Record::payload_len).sum();
-                mark.store(true, std::sync::atomic::Ordering::Release);
                 Ok::<_, Error>(Arc::new(RowGroup { records, bytes }))
             })
             .await
             .map_err(unwrap_shared)?;
         // Evict now rather than on the cache's own schedule: entries are megabytes each, and a
         // replay inserts them back to back, so lazy eviction would overshoot the budget.
-        if loaded.load(std::sync::atomic::Ordering::Acquire) {
+        if entry.is_fresh() {
             self.rows.run_pending_tasks().await;
         }
-        Ok(rows)
+        Ok(entry.into_value())
     }
 
     /// Starts loading a row group in the background if it is not cached.
