@@ -17,7 +17,7 @@ use proto::v1::tierlog_client::TierlogClient;
 use tonic::transport::Channel;
 
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, SeekTo};
-pub use producer::{Acks, MAX_IN_FLIGHT, Producer, ProducerConfig, RecordMetadata};
+pub use producer::{Acks, DEFAULT_LINGER, MAX_IN_FLIGHT, Producer, ProducerConfig, RecordMetadata};
 pub use proto::v1::{ErrorCode, Header, TopicDescription};
 
 /// A client error: the server's stable code when it sent one.

@@ -242,14 +242,55 @@ impl PartitionLog {
     /// Appends a validated batch, assigning its offsets. Returns once the batch is written and,
     /// under [`FsyncPolicy::EveryBatch`], synced.
     pub fn append(&self, batch: RecordBatch, leader_epoch: i32) -> Result<AppendResult> {
-        if batch.len() > self.cfg.max_batch_bytes {
+        Self::check(&batch, &self.cfg)?;
+        let w = self.writer.lock().expect("writer lock poisoned");
+        self.append_locked(&w, batch, leader_epoch)
+    }
+
+    /// Appends like [`PartitionLog::append`] when that cannot block on more than a write to the
+    /// page cache: the writer lock is free, the batch fits in the active segment (no seal, which
+    /// fsyncs) and the policy does not fsync every batch. Otherwise hands the batch back for
+    /// [`PartitionLog::append`] on a thread that may block.
+    pub fn try_append(
+        &self,
+        batch: RecordBatch,
+        leader_epoch: i32,
+    ) -> std::result::Result<Result<AppendResult>, RecordBatch> {
+        if self.cfg.fsync == FsyncPolicy::EveryBatch {
+            return Err(batch);
+        }
+        let Ok(w) = self.writer.try_lock() else {
+            return Err(batch);
+        };
+        let active = self.active();
+        if !active.is_empty()
+            && batch.len() <= self.cfg.max_batch_bytes
+            && active.size() + segment::frame_len(batch.len()) > self.cfg.segment_bytes
+        {
+            return Err(batch);
+        }
+        Ok(Self::check(&batch, &self.cfg)
+            .and_then(|()| self.append_locked(&w, batch, leader_epoch)))
+    }
+
+    fn check(batch: &RecordBatch, cfg: &TierConfig) -> Result<()> {
+        if batch.len() > cfg.max_batch_bytes {
             return Err(Error::TooLarge {
                 size: batch.len(),
-                limit: self.cfg.max_batch_bytes,
+                limit: cfg.max_batch_bytes,
             });
         }
         batch.validate()?;
-        let _w = self.writer.lock().expect("writer lock poisoned");
+        Ok(())
+    }
+
+    /// The append itself; `_writer` proves the caller holds the writer lock.
+    fn append_locked(
+        &self,
+        _writer: &std::sync::MutexGuard<'_, Writer>,
+        batch: RecordBatch,
+        leader_epoch: i32,
+    ) -> Result<AppendResult> {
         if self.failed.load(Ordering::Acquire) {
             return Err(Error::io(
                 &self.dir,

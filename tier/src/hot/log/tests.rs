@@ -420,3 +420,62 @@ fn read_all_returns_a_large_segment_whole() {
         seg.next_offset()
     );
 }
+
+/// `try_append` appends on the caller's thread only when nothing can block but a page-cache
+/// write; a batch that needs a seal, a held writer lock or a per-batch fsync comes back
+/// unappended, and an oversized batch gets its error at once.
+#[test]
+fn try_append_hands_back_what_could_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 4096, 0).unwrap();
+    let r = log
+        .try_append(batch(0, 3, 1), 1)
+        .expect("appended inline")
+        .unwrap();
+    assert_eq!((r.base_offset, r.last_offset, r.rolled), (0, 2, false));
+
+    // The writer lock is held (a seal in progress): handed back, nothing appended.
+    {
+        let _w = log.writer.lock().unwrap();
+        assert!(log.try_append(batch(0, 3, 1), 1).is_err());
+    }
+    assert_eq!(log.next_offset(), 3);
+
+    // Fill the active segment until the next batch needs a seal: handed back, then appended
+    // (with the seal) by `append`.
+    let segments = log.snapshot().len();
+    let back = loop {
+        match log.try_append(batch(0, 3, 1), 1) {
+            Ok(r) => assert!(!r.unwrap().rolled),
+            Err(b) => break b,
+        }
+    };
+    assert_eq!(log.snapshot().len(), segments);
+    let before = log.next_offset();
+    let r = log.append(back, 1).unwrap();
+    assert!(r.rolled);
+    assert_eq!(r.base_offset, before);
+    assert_eq!(log.snapshot().len(), segments + 1);
+
+    // A batch over the limit is refused, not handed back.
+    let big = {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(0, None, Some(&vec![0u8; log.cfg.max_batch_bytes + 1]), &[]);
+        b.build().unwrap()
+    };
+    assert!(matches!(
+        log.try_append(big, 1),
+        Ok(Err(Error::TooLarge { .. }))
+    ));
+
+    // Under fsync-every-batch every append goes to a thread that may block.
+    let dir2 = tempfile::tempdir().unwrap();
+    let c = Arc::new(TierConfig {
+        fsync: FsyncPolicy::EveryBatch,
+        ..(*cfg(dir2.path(), 4096)).clone()
+    });
+    let log = open_with(dir2.path(), c, 0, 0).unwrap();
+    let back = log.try_append(batch(0, 3, 1), 1).expect_err("handed back");
+    assert_eq!(log.append(back, 1).unwrap().base_offset, 0);
+    assert_eq!(log.durable_next(), 3);
+}
