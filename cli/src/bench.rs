@@ -604,14 +604,15 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
     // phase is acknowledged on every partition (uploads go in offset order).
     let drain = Instant::now();
     committed_marker(&client, &topic, args.partitions).await?;
-    let sustained = peak.elapsed + drain.elapsed();
+    let drain = drain.elapsed();
+    let sustained = peak.elapsed + drain;
     let sustained_rps = peak.records as f64 / sustained.as_secs_f64();
     row(
         "produce, sustained (until committed)",
         format!("{:.0} MB/s", mbs(peak.bytes, sustained)),
         &format!(
             "{sustained_rps:.0} records/s; the last {:.1} s converted and uploaded the backlog",
-            drain.elapsed().as_secs_f64()
+            drain.as_secs_f64()
         ),
     );
 

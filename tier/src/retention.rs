@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 
-use crate::cold::manifest::Op;
+use crate::cold::manifest::{Op, PartitionPaths};
 use crate::config::FsyncPolicy;
 use crate::engine::{Inner, Partition};
 use crate::error::Result;
@@ -174,7 +174,7 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
         .map(|s| s.path)
         .collect();
     let store = p.manifest.store().clone();
-    let dir = p.manifest.paths.object("segments");
+    let dir = p.manifest.paths.segments_dir();
     let cutoff = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
     let listed: Vec<_> = store.list(Some(&dir)).collect().await;
     let mut orphans = Vec::new();
@@ -183,10 +183,10 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
         let Some(name) = meta.location.filename() else {
             continue;
         };
-        let Some((base, epoch)) = segment_name(name) else {
+        let Some((base, epoch)) = PartitionPaths::parse_segment(name) else {
             continue;
         };
-        let rel = format!("segments/{name}");
+        let rel = PartitionPaths::segment_rel(name);
         if !referenced.contains(&rel)
             && base < state.next_offset
             && epoch <= p.epoch
@@ -222,32 +222,4 @@ async fn delete_objects(p: &Partition, paths: Vec<object_store::path::Path>, wha
         }
     }
     deleted
-}
-
-/// `(base offset, epoch)` from a segment object name `<base:020>-<epoch:010>-<nonce>.parquet`.
-fn segment_name(name: &str) -> Option<(i64, u64)> {
-    let stem = name.strip_suffix(".parquet")?;
-    let mut parts = stem.splitn(3, '-');
-    let base = parts.next()?.parse().ok()?;
-    let epoch = parts.next()?.parse().ok()?;
-    parts.next()?;
-    Some((base, epoch))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn segment_names_parse_or_are_left_alone() {
-        use super::segment_name;
-        assert_eq!(
-            segment_name("00000000000000001234-0000000007-ab12.parquet"),
-            Some((1234, 7))
-        );
-        assert_eq!(
-            segment_name("00000000000000001234-0000000007.parquet"),
-            None
-        );
-        assert_eq!(segment_name("notes.txt"), None);
-        assert_eq!(segment_name("x-1-n.parquet"), None);
-    }
 }

@@ -329,6 +329,9 @@ fn nonce() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
+/// The folder of segment objects under a partition's prefix.
+const SEGMENTS: &str = "segments";
+
 /// Object paths of one partition.
 #[derive(Debug, Clone)]
 pub struct PartitionPaths {
@@ -355,7 +358,25 @@ impl PartitionPaths {
         self.join(rel)
     }
     pub fn new_segment(&self, base: i64, epoch: u64) -> String {
-        format!("segments/{base:020}-{epoch:010}-{}.parquet", nonce())
+        format!("{SEGMENTS}/{base:020}-{epoch:010}-{}.parquet", nonce())
+    }
+    /// Where segment objects live.
+    pub fn segments_dir(&self) -> Path {
+        self.join(SEGMENTS)
+    }
+    /// A segment object's path relative to the prefix, from its file name.
+    pub fn segment_rel(name: &str) -> String {
+        format!("{SEGMENTS}/{name}")
+    }
+    /// `(base offset, epoch)` from a segment object's file name as [`Self::new_segment`] makes
+    /// it; `None` for any other name.
+    pub fn parse_segment(name: &str) -> Option<(i64, u64)> {
+        let stem = name.strip_suffix(".parquet")?;
+        let mut parts = stem.splitn(3, '-');
+        let base = parts.next()?.parse().ok()?;
+        let epoch = parts.next()?.parse().ok()?;
+        parts.next()?;
+        Some((base, epoch))
     }
     fn deltas(&self) -> Path {
         self.join("manifest/deltas")

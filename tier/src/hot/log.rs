@@ -256,6 +256,9 @@ impl PartitionLog {
         batch: RecordBatch,
         leader_epoch: i32,
     ) -> std::result::Result<Result<AppendResult>, RecordBatch> {
+        if let Err(e) = Self::check_size(&batch, &self.cfg) {
+            return Ok(Err(e));
+        }
         if self.cfg.fsync == FsyncPolicy::EveryBatch {
             return Err(batch);
         }
@@ -264,23 +267,29 @@ impl PartitionLog {
         };
         let active = self.active();
         if !active.is_empty()
-            && batch.len() <= self.cfg.max_batch_bytes
             && active.size() + segment::frame_len(batch.len()) > self.cfg.segment_bytes
         {
             return Err(batch);
         }
-        Ok(Self::check(&batch, &self.cfg)
+        Ok(batch
+            .validate()
+            .map_err(Error::from)
             .and_then(|()| self.append_locked(&w, batch, leader_epoch)))
     }
 
     fn check(batch: &RecordBatch, cfg: &TierConfig) -> Result<()> {
+        Self::check_size(batch, cfg)?;
+        batch.validate()?;
+        Ok(())
+    }
+
+    fn check_size(batch: &RecordBatch, cfg: &TierConfig) -> Result<()> {
         if batch.len() > cfg.max_batch_bytes {
             return Err(Error::TooLarge {
                 size: batch.len(),
                 limit: cfg.max_batch_bytes,
             });
         }
-        batch.validate()?;
         Ok(())
     }
 

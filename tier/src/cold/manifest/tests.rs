@@ -237,3 +237,23 @@ fn envelope_is_self_describing_json() {
     assert_eq!(back.seq, 5);
     assert!(decode::<Hint>("checkpoint", &Path::from("x"), &b).is_err());
 }
+
+/// Segment object names round-trip; any other name is left alone by those who parse them.
+#[test]
+fn segment_names_parse_or_are_left_alone() {
+    let made =
+        PartitionPaths::new(&object_store::path::Path::from("r"), "t", 0).new_segment(1234, 7);
+    let name = made.rsplit('/').next().unwrap();
+    assert_eq!(PartitionPaths::parse_segment(name), Some((1234, 7)));
+    assert_eq!(PartitionPaths::segment_rel(name), made);
+    assert_eq!(
+        PartitionPaths::parse_segment("00000000000000001234-0000000007-ab12.parquet"),
+        Some((1234, 7))
+    );
+    assert_eq!(
+        PartitionPaths::parse_segment("00000000000000001234-0000000007.parquet"),
+        None
+    );
+    assert_eq!(PartitionPaths::parse_segment("notes.txt"), None);
+    assert_eq!(PartitionPaths::parse_segment("x-1-n.parquet"), None);
+}
