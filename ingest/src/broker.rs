@@ -154,6 +154,9 @@ struct Inner {
     /// Partitions that failed to open here: not tried again before the instant, and the delay
     /// after the next failure.
     take_backoff: Mutex<HashMap<PartitionKey, (Instant, Duration)>>,
+    /// After rejoining under a new lease: until when, and which partitions this node led when
+    /// the old lease was lost. See [`cluster`]'s module docs.
+    rejoined: Mutex<Option<(Instant, std::collections::HashSet<PartitionKey>)>>,
     /// Wakes the controller (lease lost, topic created here).
     wake: Notify,
     cancel: CancellationToken,
@@ -177,6 +180,23 @@ fn now_ms() -> i64 {
 /// The name a topic's data is stored under.
 fn storage_name(t: &TopicMeta) -> String {
     format!("{}.{}", t.name, t.id)
+}
+
+/// Renews the node's lease once. `Ok(false)`: the lease no longer exists in the store (it
+/// expired or was revoked), so neither do the leaderships attached to it.
+async fn renew_lease(inner: &Inner) -> Result<bool> {
+    let lease = *inner.lease.lock().expect("lease lock poisoned");
+    let sent = Instant::now();
+    match inner.meta.kv().keep_alive(lease).await {
+        Ok(_) => {
+            let mut until = inner.lease_valid_until.lock().expect("lease lock poisoned");
+            // The store counts the TTL from when it received the renewal, which is after `sent`.
+            *until = (*until).max(sent + inner.cfg.lease_ttl);
+            Ok(true)
+        }
+        Err(meta::Error::LeaseNotFound { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Broker {
@@ -204,6 +224,7 @@ impl Broker {
                 arrivals: Mutex::default(),
                 reconciling: tokio::sync::Mutex::default(),
                 take_backoff: Mutex::default(),
+                rejoined: Mutex::default(),
                 wake: Notify::new(),
                 cancel: CancellationToken::new(),
                 draining: CancellationToken::new(),
@@ -226,16 +247,10 @@ impl Broker {
                     _ = inner.cancel.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                let lease = *inner.lease.lock().expect("lease lock poisoned");
-                let sent = Instant::now();
-                match inner.meta.kv().keep_alive(lease).await {
-                    Ok(_) => {
-                        let mut until =
-                            inner.lease_valid_until.lock().expect("lease lock poisoned");
-                        *until = (*until).max(sent + inner.cfg.lease_ttl);
-                    }
-                    Err(meta::Error::LeaseNotFound { .. }) => {
-                        tracing::warn!(lease = %lease, "the node's lease is gone; stepping down");
+                match renew_lease(&inner).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("the node's lease is gone; stepping down");
                         inner.wake.notify_one();
                     }
                     Err(e) => tracing::error!(error = %e, "lease keep-alive failed"),

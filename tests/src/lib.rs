@@ -252,6 +252,18 @@ impl PrivateEtcd {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`) to a member's process: a stopped etcd answers nothing,
+    /// and when it continues it expires the leases whose TTL ran out meanwhile.
+    pub fn signal(&self, member: usize, sig: &str) {
+        let child = self.children[member].as_ref().expect("running member");
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{sig}"), child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} etcd member {member}");
+    }
+
     /// Where the members' logs are.
     pub fn logs(&self) -> &std::path::Path {
         self.dir.path()

@@ -15,8 +15,14 @@
 //! a leader and take them: failover within the lease TTL plus one reconciliation.
 //!
 //! A node whose lease lapses by its own clock (metadata store unreachable, process paused) stops
-//! appending before the lease can have expired in the store, steps down from everything, and
-//! rejoins under a new lease once the store answers.
+//! appending before the lease can have expired in the store. Once the store answers again:
+//! - the lease still exists (an etcd restart keeps leases and restarts their TTLs): it renews
+//!   it and goes on leading everything it led, hot tails included;
+//! - the lease is gone: it steps down from everything (hot tails stay on disk) and rejoins under
+//!   a new lease. For a grace period (a TTL, at least 5 s) it then takes only leaderless partitions it led
+//!   before, whether assigned to it or not, and hands nothing off: when every node lost its
+//!   lease at once (etcd unreachable for longer than a TTL), each retakes its own partitions
+//!   with the hot tails it holds instead of one node taking over from what was uploaded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -145,19 +151,20 @@ impl Broker {
             return Ok(());
         }
         let me = self.inner.cfg.node_id;
-        if self.lease_lapsed() {
-            self.step_down_all("the node's lease lapsed by its own clock")
-                .await;
-            self.rejoin().await?;
+        // Lapsed by our own clock (appends have stopped): the store may still hold the lease.
+        // An etcd restart keeps leases and restarts their TTLs, so renewing it then keeps every
+        // leadership and its hot tail; only a lease the store let go means stepping down.
+        if self.lease_lapsed() && !super::renew_lease(&self.inner).await? {
+            self.lost_lease("the node's lease expired in the metadata store")
+                .await?;
         }
         let mut nodes = self.inner.meta.list_nodes().await?;
         if !nodes
             .iter()
             .any(|n| n.node_id == me && n.addr == self.inner.cfg.advertised_addr)
         {
-            self.step_down_all("the node's registration is gone (its lease expired)")
-                .await;
-            self.rejoin().await?;
+            self.lost_lease("the node's registration is gone (its lease expired)")
+                .await?;
             nodes = self.inner.meta.list_nodes().await?;
         }
         let topics = self.inner.meta.list_topics().await?;
@@ -185,6 +192,18 @@ impl Broker {
         let live: Vec<NodeId> = nodes.iter().map(|n| n.node_id).collect();
         let owners = assign(&parts, &live);
 
+        // Just back from a lost lease: at first, retake only what we led before (its hot tail is
+        // here), assigned to us or not, and leave the rest to the nodes that led it, which are
+        // likely rejoining too. Hand-offs wait until then as well.
+        let rejoined = {
+            let mut r = self.inner.rejoined.lock().expect("rejoined lock poisoned");
+            if r.as_ref()
+                .is_some_and(|(until, _)| Instant::now() >= *until)
+            {
+                *r = None;
+            }
+            r.clone()
+        };
         let held = self.held();
         let mut hand_offs = Vec::new();
         for ((topic, p), led) in held {
@@ -201,22 +220,17 @@ impl Broker {
                 self.retire(&key.0, p, &led, Retire::Lost).await?;
                 continue;
             }
-            if owners.get(&key) != Some(&me) {
+            if owners.get(&key) != Some(&me) && rejoined.is_none() {
                 hand_offs.push(self.hand_off(key, led));
             }
         }
         let takes: Vec<_> = parts
             .iter()
-            .filter(|k| owners.get(*k) == Some(&me) && !leaders.contains_key(*k))
-            .filter(|k| self.led(&k.0, k.1).is_none())
-            .filter(|k| {
-                self.inner
-                    .take_backoff
-                    .lock()
-                    .expect("backoff lock poisoned")
-                    .get(*k)
-                    .is_none_or(|(not_before, _)| Instant::now() >= *not_before)
+            .filter(|k| match &rejoined {
+                Some((_, before)) => before.contains(*k),
+                None => owners.get(*k) == Some(&me),
             })
+            .filter(|k| !leaders.contains_key(*k))
             .map(|(topic, p)| self.take(&by_name[topic], *p))
             .collect();
         let taken = futures::stream::iter(takes)
@@ -375,21 +389,52 @@ impl Broker {
             .collect()
     }
 
-    async fn step_down_all(&self, why: &str) {
+    /// The lease is gone, and with it every leadership: step down from all of them (keeping
+    /// their hot tails on disk) and rejoin under a new lease. For a grace period the node
+    /// retakes only what it led (see [`Broker::reconcile`]).
+    async fn lost_lease(&self, why: &str) -> Result<()> {
         let held = self.held();
-        if held.is_empty() {
-            return;
+        if !held.is_empty() {
+            tracing::warn!(
+                partitions = held.len(),
+                why,
+                "stepping down from every partition"
+            );
         }
-        tracing::warn!(
-            partitions = held.len(),
-            why,
-            "stepping down from every partition"
-        );
+        let mut before = std::collections::HashSet::new();
         for ((topic, p), led) in held {
             if let Err(e) = self.retire(&topic, p, &led, Retire::Lost).await {
                 tracing::warn!(topic, partition = p, error = %e, "closing while stepping down");
             }
+            before.insert((topic, p));
         }
+        {
+            // Partitions from an earlier loss not retaken yet stay ours to retake.
+            let mut r = self.inner.rejoined.lock().expect("rejoined lock poisoned");
+            if let Some((_, earlier)) = r.take() {
+                before.extend(earlier);
+            }
+            *r = Some((Instant::now() + self.rejoin_grace(), before));
+        }
+        self.rejoin().await?;
+        // The grace period starts once the node is back.
+        if let Some((until, _)) = self
+            .inner
+            .rejoined
+            .lock()
+            .expect("rejoined lock poisoned")
+            .as_mut()
+        {
+            *until = Instant::now() + self.rejoin_grace();
+        }
+        Ok(())
+    }
+
+    /// How long a node back from a lost lease leaves other nodes' partitions alone: long
+    /// enough for them to notice the loss by their own clocks and rejoin too. It delays taking
+    /// over from nodes that died meanwhile by as much.
+    fn rejoin_grace(&self) -> Duration {
+        self.inner.cfg.lease_ttl.max(Duration::from_secs(5))
     }
 
     /// Registers again under a new lease (the old one is revoked first, in case it is still
