@@ -206,8 +206,11 @@ struct Sequence {
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(2);
 
 /// The most requests a producer keeps in flight per partition: what a leader remembers of a
-/// producer to answer retries (Kafka's limit with idempotence).
-pub const MAX_IN_FLIGHT: usize = 5;
+/// producer to answer retries (the tier's `RECENT_BATCHES`). Kafka's clients stop at 5; an
+/// `acks=all` request here waits for an object store upload and commit (tens of ms), and with
+/// only 5 on the wire the records behind them queue in the producer for a whole upload cycle
+/// (measured: 16 in flight gave 15-30% more acks=all throughput and a lower p99).
+pub const MAX_IN_FLIGHT: usize = 16;
 
 /// A batch on its way: its records, who waits for them, and the bytes of its current attempt.
 struct Flight {

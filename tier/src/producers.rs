@@ -24,8 +24,10 @@ use serde::{Deserialize, Serialize};
 use crate::batch::BatchHeader;
 use crate::error::{Error, Result};
 
-/// Batches remembered per producer: Kafka's limit of in-flight requests per connection.
-pub const RECENT_BATCHES: usize = 5;
+/// Batches remembered per producer: the most requests a producer may have in flight per
+/// partition and still have a retry recognised. Kafka's clients keep at most 5; tierlog's own
+/// keeps up to this many (acks=all requests wait for an upload cycle).
+pub const RECENT_BATCHES: usize = 16;
 
 /// A producer with no batch in this long (by record timestamps) is forgotten: 7 days.
 pub const PRODUCER_EXPIRY_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -245,10 +247,23 @@ mod tests {
     #[test]
     fn only_the_recent_batches_are_kept_and_folding_twice_changes_nothing() {
         let mut s = ProducerStates::default();
-        for i in 0..8 {
+        let n = RECENT_BATCHES as i32 + 3;
+        for i in 0..n {
             append(&mut s, &header(1, 0, i, 1), i64::from(i));
         }
         assert_eq!(s.producers[&1].len(), RECENT_BATCHES);
+        assert_eq!(s.producers[&1][0].first_seq, n - RECENT_BATCHES as i32);
+        // A retry of the oldest batch a full window of requests ago is still recognised; one
+        // older is not.
+        let oldest = n - RECENT_BATCHES as i32;
+        assert_eq!(
+            s.check(&header(1, 0, oldest, 1)).unwrap(),
+            Some((i64::from(oldest), i64::from(oldest)))
+        );
+        assert!(matches!(
+            s.check(&header(1, 0, oldest - 1, 1)),
+            Err(Error::OutOfOrderSequence { .. })
+        ));
         let copy = s.clone();
         s.merge(&copy);
         assert_eq!(s, copy);
