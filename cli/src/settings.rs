@@ -80,7 +80,7 @@ pub struct TierSettings {
     pub hot_budget_bytes: u64,
     pub cache_bytes: u64,
     pub read_ahead_row_groups: usize,
-    /// Segment → Parquet conversions at once (0 = half the cores, at least one).
+    /// Segment → Parquet conversions at once (0 = half the cores, at least 4).
     pub encode_concurrency: usize,
     /// Age after which segment objects no commit references are deleted.
     pub orphan_grace_ms: u64,

@@ -34,8 +34,14 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
             let wanted = p.commit_wanted.load(Ordering::Acquire);
             if wanted > p.log.uploaded_next() && p.log.next_offset() >= wanted {
                 let log = p.log.clone();
+                let started = std::time::Instant::now();
                 match tokio::task::spawn_blocking(move || log.seal_active(true)).await {
-                    Ok(Ok(true)) => continue,
+                    Ok(Ok(true)) => {
+                        tracing::debug!(topic = %p.id.topic, partition = p.id.partition,
+                            seal_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "sealed for acks=all waiters");
+                        continue;
+                    }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => {
                         tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
