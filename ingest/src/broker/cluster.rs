@@ -19,10 +19,11 @@
 //! - the lease still exists (an etcd restart keeps leases and restarts their TTLs): it renews
 //!   it and goes on leading everything it led, hot tails included;
 //! - the lease is gone: it steps down from everything (hot tails stay on disk) and rejoins under
-//!   a new lease. For a grace period (a TTL, at least 5 s) it then takes only leaderless partitions it led
-//!   before, whether assigned to it or not, and hands nothing off: when every node lost its
-//!   lease at once (etcd unreachable for longer than a TTL), each retakes its own partitions
-//!   with the hot tails it holds instead of one node taking over from what was uploaded.
+//!   a new lease. For a grace period (a TTL, at least 5 s) it then takes only leaderless
+//!   partitions it led before, whether assigned to it or not, and hands nothing off: when every
+//!   node lost its lease at once (etcd unreachable for longer than a TTL), each retakes its own
+//!   partitions with the hot tails it holds instead of one node taking over from what was
+//!   uploaded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -231,6 +232,15 @@ impl Broker {
                 None => owners.get(*k) == Some(&me),
             })
             .filter(|k| !leaders.contains_key(*k))
+            .filter(|k| self.led(&k.0, k.1).is_none())
+            .filter(|k| {
+                self.inner
+                    .take_backoff
+                    .lock()
+                    .expect("backoff lock poisoned")
+                    .get(*k)
+                    .is_none_or(|(not_before, _)| Instant::now() >= *not_before)
+            })
             .map(|(topic, p)| self.take(&by_name[topic], *p))
             .collect();
         let taken = futures::stream::iter(takes)
