@@ -275,5 +275,17 @@ impl Drop for PrivateEtcd {
         for member in 0..self.children.len() {
             self.kill9(member);
         }
+        // The data directory goes with this value: a failing test shows the members' logs.
+        if std::thread::panicking() {
+            for member in 0..self.children.len() {
+                let log = self.dir.path().join(format!("n{member}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- etcd member {member}, last lines of its log ---");
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! Prefix watches on etcd: one etcd watch, on its own gRPC stream, per [`WatchStream`].
 //!
 //! `watch_prefix` returns only once etcd confirmed the watch (its `created` answer), so every
-//! write that completes after it returns is seen. The stream then yields etcd's events as they
+//! write that completes after it returns is seen. A creation left unanswered for a third of
+//! the request timeout is abandoned and made again on a new stream: creating a watch changes
+//! nothing, and one stuck stream must not cost the whole timeout. The stream then yields etcd's events as they
 //! come (etcd sends them in revision order, and in op order within a revision). It ends after
 //! its first error: a compaction ([`Error::Compacted`], with the revision the watch needed
 //! next), a cancellation by etcd, the server closing the stream, or a transport failure
@@ -11,6 +13,7 @@
 //! Dropping the stream drops the gRPC stream, which cancels the watch on the server.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use futures::StreamExt;
 
@@ -35,17 +38,31 @@ pub(super) async fn watch_prefix(
     if let Some(rev) = start_revision {
         options = options.with_start_revision(rev);
     }
-    let (stream, created) = kv
-        .call("watch", None, || {
-            let mut client = kv.client.watch_client();
-            let (start, options) = (start.clone(), options.clone());
-            async move {
-                let mut stream = client.watch(start, Some(options)).await?;
-                let created = stream.message().await?;
-                Ok((stream, created))
+    // Creating a watch changes nothing in etcd, so an attempt that got no answer is dropped
+    // (which cancels it) and made again on a fresh stream, until the request timeout.
+    let deadline = tokio::time::Instant::now() + kv.options.request_timeout;
+    let attempt_bound = (kv.options.request_timeout / 3).max(Duration::from_millis(200));
+    let (stream, created) = loop {
+        let now = tokio::time::Instant::now();
+        let bound = attempt_bound.min(deadline.saturating_duration_since(now));
+        let attempt = kv
+            .call_within(bound, "watch", None, || {
+                let mut client = kv.client.watch_client();
+                let (start, options) = (start.clone(), options.clone());
+                async move {
+                    let mut stream = client.watch(start, Some(options)).await?;
+                    let created = stream.message().await?;
+                    Ok((stream, created))
+                }
+            })
+            .await;
+        match attempt {
+            Err(Error::Timeout { .. }) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(backend = %kv.backend, after = ?bound, "watch creation unanswered, retrying on a new stream");
             }
-        })
-        .await?;
+            attempt => break attempt?,
+        }
+    };
     let created = match created {
         Some(created) => created,
         None => return Err(kv.unavailable("etcd closed the watch stream at creation".into())),
