@@ -82,6 +82,8 @@ pub struct TierSettings {
     pub read_ahead_row_groups: usize,
     /// Segment → Parquet conversions at once (0 = half the cores, at least 4).
     pub encode_concurrency: usize,
+    /// Segments of one partition converted and written at once (commits stay in order).
+    pub uploads_in_flight: usize,
     /// Age after which segment objects no commit references are deleted.
     pub orphan_grace_ms: u64,
 }
@@ -99,6 +101,7 @@ impl Default for TierSettings {
             cache_bytes: d.cache_bytes,
             read_ahead_row_groups: d.read_ahead_row_groups,
             encode_concurrency: 0,
+            uploads_in_flight: d.uploads_in_flight,
             orphan_grace_ms: d.orphan_grace_ms,
         }
     }
@@ -215,6 +218,7 @@ impl Settings {
                 0 => TierConfig::default().encode_concurrency,
                 n => n,
             },
+            uploads_in_flight: t.uploads_in_flight,
             orphan_grace_ms: t.orphan_grace_ms,
             ..TierConfig::default()
         })

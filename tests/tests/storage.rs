@@ -759,9 +759,75 @@ fn parquet_files(dir: &FsPath) -> usize {
     n
 }
 
+/// Two segments are converted and written at once, and committed in offset order: while the
+/// first one's write is slow, acks=all waiters get the next segment sealed and written, but
+/// nothing is committed (nor anyone answered) past the first until it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_overlap_but_commit_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let (inner, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let dec = Arc::new(Decorated::new(inner));
+    let hot = dir.path().join("hot");
+    let cfg = TierConfig {
+        uploads_in_flight: 2,
+        ..config(&hot, 64 << 20)
+    };
+    let t = open(cfg, dec.clone()).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    // The first segment's object (base offset 0) is written slowly.
+    let first = format!("{:020}-", 0);
+    dec.faults.hold_puts.lock().unwrap().push(first.clone());
+    produce(&t, 0, 0, 100, 100).await;
+    let waiter = |end: i64| {
+        let t = t.clone();
+        tokio::spawn(async move { t.wait_committed("events", 0, end).await })
+    };
+    let w1 = waiter(100);
+    wait_until("the first segment is sealed and being written", || {
+        dec.faults.held_puts.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    produce(&t, 0, 100, 50, 50).await;
+    let w2 = waiter(150);
+    wait_until(
+        "the second segment is written while the first is held",
+        || parquet_files(&bucket) == 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        t.offsets("events", 0).unwrap().cold_next,
+        0,
+        "no commit past a gap"
+    );
+    assert!(
+        !w1.is_finished() && !w2.is_finished(),
+        "nobody answered early"
+    );
+    // A third request waits: both upload slots are taken.
+    produce(&t, 0, 150, 10, 10).await;
+    let w3 = waiter(160);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(parquet_files(&bucket), 1, "at most two segments in flight");
+
+    dec.faults.hold_puts.lock().unwrap().clear();
+    for w in [w1, w2, w3] {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(t.offsets("events", 0).unwrap().cold_next, 160);
+    assert_eq!(parquet_files(&bucket), 3, "one object per sealed segment");
+    t.close(false).await.unwrap();
+    std::fs::remove_dir_all(&hot).unwrap();
+    let t = open(config(&hot, 64 << 20), dec.clone()).await;
+    t.open_partition("events", 0, 2).await.unwrap();
+    check_all(&t, 0, 0, 160, 160).await;
+    t.close(false).await.unwrap();
+}
+
 /// acks=all is group-committed: a waiter on a quiet partition gets its own small segment at
-/// once, and the waiters that arrive while an upload is in flight share the next one, so
-/// objects grow with the upload rate, not the request rate. Nobody is released before the cold
+/// once, and the waiters that arrive while `uploads_in_flight` uploads are in flight share the
+/// next one, so objects grow with the upload rate, not the request rate. Nobody is released before the cold
 /// tier holds their records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_waiters_share_cold_commits() {
@@ -798,11 +864,14 @@ async fn acks_all_waiters_share_cold_commits() {
         w.await.unwrap().unwrap();
     }
     assert_eq!(t.offsets("events", 0).unwrap().cold_next, 600);
-    let objects = parquet_files(&bucket);
+    // The first waiters get up to `uploads_in_flight` segments sealed while the store fails;
+    // everyone after them shares one more.
+    let depth = config(&hot, 64 << 20).uploads_in_flight;
+    assert_eq!(depth, 1, "the default");
+    let objects = parquet_files(&bucket) - 1;
     assert!(
-        (2..=3).contains(&objects),
-        "50 waiting requests went up in {} objects",
-        objects - 1
+        (1..=depth + 1).contains(&objects),
+        "50 waiting requests went up in {objects} objects ({depth} uploads in flight)"
     );
     t.close(false).await.unwrap();
     std::fs::remove_dir_all(&hot).unwrap();

@@ -286,12 +286,21 @@ pub struct Faults {
     pub fail_gets: AtomicBool,
     /// Let puts land but report a transient error (the answer is "lost").
     pub lose_put_answers: AtomicBool,
+    /// Puts whose path contains one of these strings wait until it is removed (a slow write).
+    pub hold_puts: std::sync::Mutex<Vec<String>>,
+    /// How many puts were held by `hold_puts`.
+    pub held_puts: AtomicU64,
 }
 
 impl Faults {
     pub fn set_all(&self, on: bool) {
         self.fail_puts.store(on, Ordering::SeqCst);
         self.fail_gets.store(on, Ordering::SeqCst);
+    }
+
+    fn holds(&self, location: &Path) -> bool {
+        let held = self.hold_puts.lock().expect("hold_puts lock poisoned");
+        held.iter().any(|h| location.as_ref().contains(h.as_str()))
     }
 }
 
@@ -336,6 +345,12 @@ impl ObjectStore for Decorated {
     ) -> object_store::Result<PutResult> {
         if self.faults.fail_puts.load(Ordering::SeqCst) {
             return Err(injected("put"));
+        }
+        if self.faults.holds(location) {
+            self.faults.held_puts.fetch_add(1, Ordering::SeqCst);
+        }
+        while self.faults.holds(location) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         self.stats
