@@ -19,7 +19,6 @@ use std::time::Duration;
 use object_store::{PutMode, PutPayload};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::cold::encoder::Urgency;
 use crate::cold::manifest::{Op, SegmentEntry};
 use crate::cold::parquet::{SegmentShape, encode_segment};
 use crate::engine::{Inner, Partition};
@@ -174,17 +173,8 @@ struct Prepared {
 async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Result<Prepared> {
     let started = std::time::Instant::now();
     let (seg2, id, cfg) = (seg.clone(), p.id.clone(), inner.cfg.clone());
-    // On the encoder threads: few at once, at low priority (see `cold::encoder`), except a
-    // small segment acks=all requests wait for: its conversion is their latency, so it runs at
-    // normal priority. Anything bigger (a backlog) stays in the background.
-    let urgency = if p.commit_wanted.load(Ordering::Acquire) > seg.base_offset
-        && seg.size() <= inner.cfg.row_group_bytes as u64
-    {
-        Urgency::Waited
-    } else {
-        Urgency::Background
-    };
-    let job = inner.encoders.run(urgency, move || {
+    // On the encoder threads: few at once, at low priority (see `cold::encoder`).
+    let job = inner.encoders.run(move || {
         let shape = SegmentShape {
             base_offset: seg2.base_offset,
             last_offset: seg2.next_offset() - 1,
