@@ -348,9 +348,9 @@ impl ObjectStore for Decorated {
         }
         if self.faults.holds(location) {
             self.faults.held_puts.fetch_add(1, Ordering::SeqCst);
-        }
-        while self.faults.holds(location) {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            while self.faults.holds(location) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
         }
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         self.stats

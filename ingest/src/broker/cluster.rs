@@ -418,26 +418,15 @@ impl Broker {
             }
             before.insert((topic, p));
         }
-        {
-            // Partitions from an earlier loss not retaken yet stay ours to retake.
-            let mut r = self.inner.rejoined.lock().expect("rejoined lock poisoned");
-            if let Some((_, earlier)) = r.take() {
-                before.extend(earlier);
-            }
-            *r = Some((Instant::now() + self.rejoin_grace(), before));
+        let rejoined = self.rejoin().await;
+        // The grace period starts once the node is back (or failed to be: the set is kept for
+        // the next attempt). Partitions from an earlier loss not retaken yet stay ours to retake.
+        let mut r = self.inner.rejoined.lock().expect("rejoined lock poisoned");
+        if let Some((_, earlier)) = r.take() {
+            before.extend(earlier);
         }
-        self.rejoin().await?;
-        // The grace period starts once the node is back.
-        if let Some((until, _)) = self
-            .inner
-            .rejoined
-            .lock()
-            .expect("rejoined lock poisoned")
-            .as_mut()
-        {
-            *until = Instant::now() + self.rejoin_grace();
-        }
-        Ok(())
+        *r = Some((Instant::now() + self.rejoin_grace(), before));
+        rejoined
     }
 
     /// How long a node back from a lost lease leaves other nodes' partitions alone: long

@@ -3,8 +3,9 @@
 //! `watch_prefix` returns only once etcd confirmed the watch (its `created` answer), so every
 //! write that completes after it returns is seen. A creation left unanswered for a third of
 //! the request timeout is abandoned and made again on a new stream: creating a watch changes
-//! nothing, and one stuck stream must not cost the whole timeout. The stream then yields etcd's events as they
-//! come (etcd sends them in revision order, and in op order within a revision). It ends after
+//! nothing, and one stuck stream must not cost the whole timeout. The stream then yields
+//! etcd's events as they come (etcd sends them in revision order, and in op order within a
+//! revision). It ends after
 //! its first error: a compaction ([`Error::Compacted`], with the revision the watch needed
 //! next), a cancellation by etcd, the server closing the stream, or a transport failure
 //! ([`Error::Unavailable`]). It never resubscribes by itself, so no gap can go unnoticed: the

@@ -379,7 +379,8 @@ async fn a_cluster_at_acks_leader_loses_only_what_a_deposed_leader_had_not_uploa
     };
     let lost = report("leader", &outcome, &in_log);
     // A lost record's partition must have lost its leader to a kill -9 after the record was
-    // acknowledged: its hot tail was not uploaded yet. The answer reaches the test a moment after the ack.
+    // acknowledged: its hot tail was not uploaded yet. The answer reaches the test a moment
+    // after the ack.
     let slack = Duration::from_secs(2);
     let unexplained: Vec<_> = outcome
         .acked

@@ -106,7 +106,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
 /// acks=all waiters need offsets that are still in the active segment: seals it now, with
 /// everything appended so far, when the waiters want more than `sealed` (what is sealed or
 /// committed already). True if it sealed.
-async fn seal_for_waiters(p: &Arc<Partition>, sealed: i64) -> bool {
+async fn seal_for_waiters(p: &Partition, sealed: i64) -> bool {
     let wanted = p.commit_wanted.load(Ordering::Acquire);
     if wanted <= sealed || p.log.next_offset() < wanted {
         return false;
