@@ -26,7 +26,8 @@ use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchKind {
-    /// Produce at full speed, then at half that rate; acks and end-to-end latency.
+    /// Produce at full speed, then at fractions of the sustained rate (--load); acks and
+    /// end-to-end latency.
     Produce,
     /// Replay a topic from offset 0, from the hot tier and then from the cold tier alone.
     Consume,
@@ -65,10 +66,14 @@ pub struct BenchArgs {
     pub max_in_flight: usize,
     #[arg(long, default_value_t = 512 << 10)]
     pub batch_bytes: usize,
-    /// Length of the half-load phase.
+    /// `produce`: the paced phases after the full-speed one, as fractions of the sustained
+    /// rate (e.g. 0.1,0.25,0.5): latency against load.
+    #[arg(long, value_delimiter = ',', default_value = "0.5")]
+    pub load: Vec<f64>,
+    /// Length of each paced phase.
     #[arg(long, default_value_t = 10)]
-    pub half_load_secs: u64,
-    /// `produce`: repeat the half-load phase while heavy SQL (a full scan and group-by over the
+    pub load_secs: u64,
+    /// `produce`: repeat the first paced phase while heavy SQL (a full scan and group-by over the
     /// topic, again and again) runs on the node, and compare the latencies.
     #[arg(long)]
     pub sql_load: bool,
@@ -572,14 +577,20 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         format!("{lo_mbs:.0} MB/s"),
         &format!("64 B round trip {}", lat(&lo_rtt)),
     );
+    // The S3 server's own PUT latency at the sizes of the objects the node writes; 256 KiB is
+    // about what one upload cycle of a partition carries at half load.
+    let mut put_p99_ms = None;
     if let Some(url) = &args.object_store {
-        for size in [64 << 10, 1 << 20] {
-            let puts = store_puts(url, &args.object_store_options, size, 50).await?;
+        for size in [64 << 10, 256 << 10, 1 << 20] {
+            let puts = store_puts(url, &args.object_store_options, size, 100).await?;
             row(
                 &format!("object store PUT, {} KiB", size >> 10),
                 lat(&puts),
-                "50 sequential PUTs to the same store",
+                "100 sequential PUTs to the same store",
             );
+            if size == 256 << 10 {
+                put_p99_ms = Some(puts.value_at_quantile(0.99) as f64 / 1000.0);
+            }
         }
     }
 
@@ -616,47 +627,60 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         ),
     );
 
-    // Half of peak load: half of what the node sustains (the burst rate above is not a rate
-    // it can keep up). Starts with the conversion backlog gone.
-    let rate = sustained_rps / 2.0;
-    let n = (rate * args.half_load_secs as f64) as u64;
-    let from = end_offsets(&client, &topic).await?;
-    let consumer = {
-        // A consumer of its own, on its own connection, as a separate application would be.
-        let addr = node.as_ref().map_or(server, |n| n.addr.as_str());
-        let client = crate::commands::connect(addr).await?;
-        let topic = topic.clone();
-        tokio::spawn(async move { follow(&client, &topic, from, n, epoch).await })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let half = produce_phase(&producer, &topic, args, n, Some(rate), epoch).await?;
-    let e2e = consumer.await??;
-    row(
-        "produce at half of sustained speed",
-        format!("{:.0} MB/s", mbs(half.bytes, half.elapsed)),
-        &format!(
-            "{:.0} records/s",
-            half.records as f64 / half.elapsed.as_secs_f64()
+    // Paced phases at fractions of what the node sustains (the burst rate above is not a rate
+    // it can keep up), each with a consumer following along. They start with the conversion
+    // backlog gone.
+    let target = match (args.acks, put_p99_ms) {
+        (crate::AcksArg::Leader, _) => "target: p99 < 10 ms".to_string(),
+        (crate::AcksArg::All, Some(put)) => format!(
+            "bound for a 100 ms interval: 100 + 2 × PUT p99 (256 KiB) = {:.1} ms",
+            100.0 + 2.0 * put
         ),
-    );
-    row(
-        "  send→ack",
-        lat(&half.acks),
-        "target: p99 < 10 ms (acks=leader)",
-    );
-    row("  send→consumed (follow fetch)", lat(&e2e), "");
+        _ => String::new(),
+    };
+    let addr = node
+        .as_ref()
+        .map_or(server, |n| n.addr.as_str())
+        .to_string();
+    let mut first_rate = None;
+    for &fraction in &args.load {
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            bail!("--load takes fractions of the sustained rate in (0, 1], got {fraction}");
+        }
+        let rate = sustained_rps * fraction;
+        first_rate.get_or_insert((fraction, rate));
+        let n = ((rate * args.load_secs as f64) as u64).max(1);
+        let from = end_offsets(&client, &topic).await?;
+        let consumer = {
+            // A consumer of its own, on its own connection, as a separate application would be.
+            let client = crate::commands::connect(&addr).await?;
+            let topic = topic.clone();
+            tokio::spawn(async move { follow(&client, &topic, from, n, epoch).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let phase = produce_phase(&producer, &topic, args, n, Some(rate), epoch).await?;
+        let e2e = consumer.await??;
+        row(
+            &format!("produce at {:.0}% of sustained speed", fraction * 100.0),
+            format!("{:.0} MB/s", mbs(phase.bytes, phase.elapsed)),
+            &format!(
+                "{:.0} records/s",
+                phase.records as f64 / phase.elapsed.as_secs_f64()
+            ),
+        );
+        row("  send→ack", lat(&phase.acks), &target);
+        row("  send→consumed (follow fetch)", lat(&e2e), "");
+    }
     if args.sql_load {
-        let addr = node
-            .as_ref()
-            .map_or(server, |n| n.addr.as_str())
-            .to_string();
+        let (fraction, rate) = first_rate.expect("at least one --load");
+        let n = (rate * args.load_secs as f64) as u64;
         let sql = format!(
             "SELECT key, COUNT(*) AS n, SUM(CAST(value > key AS BIGINT)) AS above, \
              MAX(timestamp) AS last FROM \"{topic}\" GROUP BY key"
         );
         let stop = Arc::new(AtomicBool::new(false));
         // Every query must count at least what was acknowledged before this phase.
-        let before = peak.records + n;
+        let before = end_offsets(&client, &topic).await?.iter().sum::<i64>() as u64;
         let load = tokio::spawn(sql_loop(addr, sql, before, stop.clone()));
         tokio::time::sleep(Duration::from_millis(500)).await;
         let with = produce_phase(&producer, &topic, args, n, Some(rate), epoch).await;
@@ -664,7 +688,10 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         let (queries, scanned) = load.await??;
         let with = with?;
         row(
-            "produce at half speed, heavy SQL running",
+            &format!(
+                "produce at {:.0}% of sustained, heavy SQL running",
+                fraction * 100.0
+            ),
             format!("{:.0} MB/s", mbs(with.bytes, with.elapsed)),
             &format!(
                 "{queries} group-bys over the whole topic finished meanwhile ({:.0} M rows scanned)",
@@ -674,7 +701,7 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         row(
             "  send→ack",
             lat(&with.acks),
-            "next to the phase above without SQL",
+            "next to the same phase without SQL",
         );
     }
     producer.close().await;

@@ -6,6 +6,8 @@ engines find the committed segments of a partition.
 import json
 import os
 
+import pyarrow.parquet as pq
+
 
 def _crc32c_table():
     table = []
@@ -27,8 +29,9 @@ def crc32c(data: bytes) -> int:
     return c ^ 0xFFFFFFFF
 
 
-def read_envelope(path, kind):
-    raw = open(path, "rb").read()
+def read_envelope(path, kind, raw=None):
+    if raw is None:
+        raw = open(path, "rb").read()
     doc = json.loads(raw)
     assert doc["format"] == "tierlog." + kind, (path, doc["format"])
     # The checksum covers the exact bytes of "body" as stored.
@@ -47,16 +50,22 @@ def committed_segments(partition_dir):
         seq = read_envelope(hint, "hint")["seq"]
         state = read_envelope(os.path.join(mdir, "checkpoints", f"{seq:020}.json"), "checkpoint")
         levels, start = state["levels"], state["start_offset"]
-    deltas = sorted(os.listdir(os.path.join(mdir, "deltas")))
-    for name in deltas:
+    # Every commit is a Parquet file in log/ whose footer holds the delta; one that adds a
+    # segment is that segment, so its path and size are the file's own.
+    ldir = os.path.join(partition_dir, "log")
+    for name in sorted(os.listdir(ldir)):
         n = int(name.split(".")[0])
         if n <= seq:
             continue
-        assert n == seq + 1, f"gap in deltas before {name}"
-        d = read_envelope(os.path.join(mdir, "deltas", name), "delta")
+        assert n == seq + 1, f"gap in the log before {name}"
+        path = os.path.join(ldir, name)
+        footer = pq.read_metadata(path).metadata[b"tierlog.delta"]
+        d = read_envelope(path, "delta", footer)
         seq = n
         if d["op"] == "add":
-            levels[0].extend(dict(s, type="segment") for s in d["segments"])
+            for s in d["segments"]:
+                s.update(type="segment", path=f"log/{name}", size=os.path.getsize(path))
+                levels[0].append(s)
         elif d["op"] == "truncate":
             start = max(start, d["start_offset"])
         elif d["op"] == "init":

@@ -310,9 +310,10 @@ async fn cold_retention_removes_whole_segments() {
     t.flush("events", 0).await.unwrap();
     let before = t.offsets("events", 0).unwrap();
     assert!(before.cold_segments >= 4);
-    let seg_dir = bucket.join("cluster/topics/events/0/segments");
-    let count = || std::fs::read_dir(&seg_dir).unwrap().count() as u64;
-    assert_eq!(count(), before.cold_segments);
+    // Every commit is a log object: the segments and the opening fence.
+    let log_dir = bucket.join("cluster/topics/events/0/log");
+    let count = || std::fs::read_dir(&log_dir).unwrap().count() as u64;
+    assert_eq!(count(), before.cold_segments + 1);
     let keep = before.cold_bytes / 2;
     t.set_cold_retention(
         "events",
@@ -330,7 +331,11 @@ async fn cold_retention_removes_whole_segments() {
     let after = t.offsets("events", 0).unwrap();
     assert!(after.log_start > 0);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(count(), after.cold_segments, "retired objects are deleted");
+    assert_eq!(
+        count(),
+        after.cold_segments + 2,
+        "retired segments are deleted (the fence and the truncation stay)"
+    );
     t.close(false).await.unwrap();
     std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
     let t = open(config(&dir.path().join("hot"), 64 << 10), store).await;
@@ -341,24 +346,29 @@ async fn cold_retention_removes_whole_segments() {
     t.close(false).await.unwrap();
 }
 
-/// Segment objects no commit references — an upload whose commit never landed, a retired
-/// segment whose delete failed — are swept once older than the grace period; committed
-/// segments, uploads that may still commit (at or past the committed end), objects of a newer
-/// epoch and names that do not parse are never touched.
+/// Log objects a checkpoint covers and no live segment is (here the opening fence; in general
+/// also retired segments whose delete failed) are swept once older than the grace period;
+/// segments, commits after the newest checkpoint and names that do not parse are never touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orphaned_segment_objects_are_swept_and_nothing_else() {
+async fn unneeded_log_objects_are_swept_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let bucket = dir.path().join("bucket");
     let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
     let t = open(config(&dir.path().join("hot"), 64 << 10), store.clone()).await;
     t.open_partition("events", 0, 3).await.unwrap();
-    produce(&t, 0, 0, 3000, 100).await;
+    // More than CHECKPOINT_EVERY (32) commits, so a checkpoint covers the fence.
+    let n = 60_000;
+    produce(&t, 0, 0, n, 100).await;
     t.flush("events", 0).await.unwrap();
     let committed = t.offsets("events", 0).unwrap();
-    assert!(committed.cold_segments >= 2);
-    let seg_dir = bucket.join("cluster/topics/events/0/segments");
+    assert!(
+        committed.cold_segments >= 33,
+        "{} segments",
+        committed.cold_segments
+    );
+    let log_dir = bucket.join("cluster/topics/events/0/log");
     let names = || {
-        let mut v: Vec<String> = std::fs::read_dir(&seg_dir)
+        let mut v: Vec<String> = std::fs::read_dir(&log_dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -366,23 +376,13 @@ async fn orphaned_segment_objects_are_swept_and_nothing_else() {
         v
     };
     let before = names();
-    let put = |name: String| {
-        let store = store.clone();
-        async move {
-            let path = Path::from(format!("cluster/topics/events/0/segments/{name}"));
-            store.put(&path, b"orphan".to_vec().into()).await.unwrap();
-        }
-    };
-    let orphan = format!("{:020}-{:010}-lost.parquet", 100, 2);
-    let in_flight = format!("{:020}-{:010}-next.parquet", committed.cold_next, 3);
-    let newer = format!("{:020}-{:010}-newer.parquet", 100, 9);
-    for name in [
-        orphan.clone(),
-        in_flight.clone(),
-        newer.clone(),
-        "notes.txt".into(),
-    ] {
-        put(name).await;
+    let fence = format!("{:020}.parquet", 1);
+    assert_eq!(before[0], fence);
+    // Names past the committed log (a commit on its way) and names that do not parse.
+    let ahead = format!("{:020}.parquet", committed.cold_segments + 5);
+    for name in [ahead.clone(), "notes.txt".to_string()] {
+        let path = Path::from(format!("cluster/topics/events/0/log/{name}"));
+        store.put(&path, b"not ours".to_vec().into()).await.unwrap();
     }
     let swept = t
         .sweep_orphans("events", 0, Duration::from_secs(3600))
@@ -392,15 +392,18 @@ async fn orphaned_segment_objects_are_swept_and_nothing_else() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let swept = t.sweep_orphans("events", 0, Duration::ZERO).await.unwrap();
     assert_eq!(swept, 1);
-    let mut expected = before.clone();
-    expected.extend([in_flight, newer, "notes.txt".to_string()]);
+    let mut expected: Vec<String> = before[1..].to_vec();
+    expected.extend([ahead.clone(), "notes.txt".to_string()]);
     expected.sort();
-    assert_eq!(names(), expected, "only {orphan} went");
+    assert_eq!(names(), expected, "only {fence} went");
     t.close(false).await.unwrap();
+    // The planted object past the log would read as a gap-free continuation: remove it before a
+    // new leader loads.
+    std::fs::remove_file(log_dir.join(&ahead)).unwrap();
     std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
     let t = open(config(&dir.path().join("hot"), 64 << 10), store).await;
     t.open_partition("events", 0, 4).await.unwrap();
-    check_all(&t, 0, 0, 3000, 3000).await;
+    check_all(&t, 0, 0, n, n).await;
     t.close(false).await.unwrap();
 }
 
@@ -743,7 +746,8 @@ async fn a_dead_store_at_open_is_a_clear_error() {
 }
 
 /// Parquet objects under `dir`, recursively.
-fn parquet_files(dir: &FsPath) -> usize {
+/// Files under `dir` (recursively) for which `keep` holds.
+fn files_where(dir: &FsPath, keep: impl Fn(&FsPath) -> bool) -> usize {
     let mut n = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -751,7 +755,7 @@ fn parquet_files(dir: &FsPath) -> usize {
             let e = e.unwrap();
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
-            } else if e.path().extension().is_some_and(|x| x == "parquet") {
+            } else if keep(&e.path()) {
                 n += 1;
             }
         }
@@ -759,9 +763,29 @@ fn parquet_files(dir: &FsPath) -> usize {
     n
 }
 
-/// Two segments are converted and written at once, and committed in offset order: while the
-/// first one's write is slow, acks=all waiters get the next segment sealed and written, but
-/// nothing is committed (nor anyone answered) past the first until it lands.
+/// Segment objects under `dir`: log objects with rows (the other commits have none).
+fn parquet_files(dir: &FsPath) -> usize {
+    files_where(dir, |p| {
+        use parquet::file::reader::FileReader;
+        p.extension().is_some_and(|x| x == "parquet")
+            && parquet::file::reader::SerializedFileReader::new(std::fs::File::open(p).unwrap())
+                .unwrap()
+                .metadata()
+                .file_metadata()
+                .num_rows()
+                > 0
+    })
+}
+
+/// Whether the hot tier under `dir` has a segment file starting at `base`.
+fn hot_segment_at(dir: &FsPath, base: i64) -> bool {
+    let name = format!("{base:020}.log");
+    files_where(dir, |p| p.file_name().is_some_and(|n| *n == *name)) > 0
+}
+
+/// With two uploads in flight, the next segment is sealed and converted while the first one's
+/// write is slow, and written right after it: nothing is committed (nor anyone answered) past the
+/// first until it lands, and a third request waits for a free slot before its segment is sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_overlap_but_commit_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -775,9 +799,12 @@ async fn uploads_overlap_but_commit_in_order() {
     };
     let t = open(cfg, dec.clone()).await;
     t.open_partition("events", 0, 1).await.unwrap();
-    // The first segment's object (base offset 0) is written slowly.
-    let first = format!("{:020}-", 0);
-    dec.faults.hold_puts.lock().unwrap().push(first.clone());
+    // The first segment's commit (log seq 2, after the opening fence) is written slowly.
+    dec.faults
+        .hold_puts
+        .lock()
+        .unwrap()
+        .push(format!("log/{:020}.parquet", 2));
     produce(&t, 0, 0, 100, 100).await;
     let waiter = |end: i64| {
         let t = t.clone();
@@ -791,11 +818,12 @@ async fn uploads_overlap_but_commit_in_order() {
     produce(&t, 0, 100, 50, 50).await;
     let w2 = waiter(150);
     wait_until(
-        "the second segment is written while the first is held",
-        || parquet_files(&bucket) == 1,
+        "the second segment is sealed while the first is held",
+        || hot_segment_at(&hot, 150),
     )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(parquet_files(&bucket), 0, "nothing written past the first");
     assert_eq!(
         t.offsets("events", 0).unwrap().cold_next,
         0,
@@ -805,11 +833,12 @@ async fn uploads_overlap_but_commit_in_order() {
         !w1.is_finished() && !w2.is_finished(),
         "nobody answered early"
     );
-    // A third request waits: both upload slots are taken.
+    // A third request waits: both upload slots are taken, so its records stay in the active
+    // segment.
     produce(&t, 0, 150, 10, 10).await;
     let w3 = waiter(160);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(parquet_files(&bucket), 1, "at most two segments in flight");
+    assert!(!hot_segment_at(&hot, 160), "at most two segments in flight");
 
     dec.faults.hold_puts.lock().unwrap().clear();
     for w in [w1, w2, w3] {

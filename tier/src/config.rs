@@ -64,18 +64,17 @@ pub struct TierConfig {
     /// small segments acks=all requests wait for queue behind other partitions' conversions
     /// (measured on 2 cores, 4 partitions: acks=all p50 61-64 ms with 4, 79-90 ms with 1).
     pub encode_concurrency: usize,
-    /// Segments of one partition being converted and written at once. Commits stay one at a
-    /// time, in offset order; with more than 1, acks=all waiters that arrive during an upload
-    /// get the next segment sealed and written at once instead of after the whole cycle: for
-    /// stores whose PUT takes far longer than a conversion. 1 (the default) uploads one
-    /// segment after the other and makes the fewest objects; against the local S3 server on
-    /// 2 cores, 2 measured the same (docs/BENCHMARKS.md).
+    /// Segments of one partition in upload at once. Each is written (which commits it) only
+    /// after the one before it; with more than 1, acks=all waiters that arrive during an upload
+    /// get the next segment sealed and converted meanwhile and written right after, instead of
+    /// sealed after the whole cycle: for stores whose PUT takes far longer than a conversion. 1
+    /// (the default) uploads one segment after the other and makes the fewest objects.
     pub uploads_in_flight: usize,
     /// How often background work (age-based sealing, retention, interval fsync checks) runs.
     pub housekeeping_ms: u64,
-    /// Segment objects no commit references (an upload whose commit never landed, a retired
-    /// segment whose delete failed) are deleted once they are this old; each led partition is
-    /// swept this often.
+    /// Commit-log objects a checkpoint covers and no live segment is (a retired segment whose
+    /// delete failed, an old fence or truncation) are deleted once they are this old; each led
+    /// partition is swept this often.
     pub orphan_grace_ms: u64,
 }
 
@@ -157,7 +156,7 @@ impl TierConfig {
         }
         if self.orphan_grace_ms < 60_000 {
             return bad(format!(
-                "orphan_grace_ms must be at least 60000 (uploads in flight must never look orphaned), got {}",
+                "orphan_grace_ms must be at least 60000 (readers of an older manifest view must find what it names), got {}",
                 self.orphan_grace_ms
             ));
         }

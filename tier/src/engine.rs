@@ -97,7 +97,7 @@ pub(crate) struct Partition {
     pub retention: RwLock<ColdRetention>,
     /// Stops this partition's background work (child of the tier's token).
     pub cancel: CancellationToken,
-    /// When housekeeping last swept this partition's orphaned objects.
+    /// When housekeeping last swept this partition's unneeded log objects.
     pub swept_at: std::sync::Mutex<std::time::Instant>,
     pub uploader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Why uploads stopped for good, if they did.
@@ -791,8 +791,6 @@ impl Tier {
         Ok(())
     }
 
-    /// Seals the active segment of a partition and waits until everything appended before this
-    /// call is committed to the cold tier.
     /// Waits until every offset below `end` is committed to the cold tier (acks=all).
     ///
     /// Group commit: requests do not seal a segment each. The uploader seals the active segment
@@ -807,6 +805,8 @@ impl Tier {
         self.until_committed(&p, end).await
     }
 
+    /// Seals the active segment of a partition and waits until everything appended before this
+    /// call is committed to the cold tier.
     pub async fn flush(&self, topic: &str, partition: u32) -> Result<()> {
         let p = self.get(topic, partition)?;
         let target = p.log.next_offset();
@@ -877,7 +877,7 @@ impl Tier {
         retention::truncate_cold(&p, start_offset).await
     }
 
-    /// Deletes the partition's orphaned segment objects older than `grace` now (normally done
+    /// Deletes the partition's unneeded commit-log objects older than `grace` now (normally done
     /// by housekeeping every `orphan_grace_ms`; see `retention::sweep_orphans`). Returns how
     /// many were deleted.
     pub async fn sweep_orphans(&self, topic: &str, partition: u32, grace: Duration) -> Result<u64> {

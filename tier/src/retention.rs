@@ -141,6 +141,14 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
         let mut w = p.writer.lock().await;
         w.commit(Op::Truncate { start_offset: cut }).await?;
         p.set_cold(w.state());
+        // The victims are log objects: a checkpoint must cover them before they go, as loading
+        // starts from the newest checkpoint. Without one they stay for the orphan sweep.
+        if let Err(e) = w.checkpoint().await {
+            tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e,
+                "checkpoint before deleting retired segments failed; the orphan sweep deletes them later");
+            return Ok(0);
+        }
+        p.set_cold(w.state());
     }
     let paths = victims
         .iter()
@@ -151,15 +159,14 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
     Ok(deleted)
 }
 
-/// Deletes segment objects of `p` that no commit references and none ever will, once they are
-/// older than `grace`. They are left by uploads whose commit never landed (a deposed leader's,
-/// an attempt whose answer was lost) and by retired segments whose delete failed.
+/// Deletes log objects of `p` that the newest checkpoint covers and no live segment is, once
+/// they are older than `grace`: retired segments whose delete failed, and commits that added no
+/// segment (fences, truncations). Loading starts from the newest checkpoint, and a reader whose
+/// state is older than the gap this leaves reloads from it.
 ///
 /// Safety: only this partition's leader sweeps, and only objects that are
-/// - not in the committed manifest (from the state read before listing);
-/// - named for a base offset below its committed end: the uploader commits in offset order, so
-///   an upload still on its way starts at or past that end;
-/// - written under an epoch no newer than this leader's (a newer one means it is deposed);
+/// - at or below the seq of the checkpoint the hint names (read after the state and the list);
+/// - not a segment of the committed manifest (from the state read before listing);
 /// - older than `grace` (a reader holding an older view of the manifest may still read one).
 ///
 /// Objects whose names do not parse are never touched. Returns how many were deleted.
@@ -174,30 +181,28 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
         .map(|s| s.path)
         .collect();
     let store = p.manifest.store().clone();
-    let dir = p.manifest.paths.segments_dir();
+    let dir = p.manifest.paths.log_dir();
     let cutoff = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
     let listed: Vec<_> = store.list(Some(&dir)).collect().await;
+    let Some(covered) = p.manifest.checkpointed().await? else {
+        return Ok(0);
+    };
     let mut orphans = Vec::new();
     for meta in listed {
         let meta = meta?;
-        let Some(name) = meta.location.filename() else {
+        let Some(seq) = meta.location.filename().and_then(PartitionPaths::parse_log) else {
             continue;
         };
-        let Some((base, epoch)) = PartitionPaths::parse_segment(name) else {
-            continue;
-        };
-        let rel = PartitionPaths::segment_rel(name);
-        if !referenced.contains(&rel)
-            && base < state.next_offset
-            && epoch <= p.epoch
+        if seq <= covered.min(state.seq)
+            && !referenced.contains(&PartitionPaths::log_rel(seq))
             && meta.last_modified.timestamp_millis() < cutoff
         {
             orphans.push(meta.location);
         }
     }
-    let deleted = delete_objects(p, orphans, "an orphaned segment object").await;
+    let deleted = delete_objects(p, orphans, "a log object no segment needs").await;
     if deleted > 0 {
-        tracing::info!(topic = %p.id.topic, partition = p.id.partition, deleted, "orphaned segment objects deleted");
+        tracing::info!(topic = %p.id.topic, partition = p.id.partition, deleted, "unneeded log objects deleted");
     }
     Ok(deleted)
 }

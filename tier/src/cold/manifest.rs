@@ -3,29 +3,37 @@
 //! Layout under the partition prefix `P = <root>/topics/<topic>/<partition>`:
 //!
 //! ```text
-//! P/segments/<base:020>-<epoch:010>-<nonce>.parquet   cold segments (immutable)
-//! P/manifest/deltas/<seq:020>.json                    one object per commit (immutable)
-//! P/manifest/checkpoints/<seq:020>.json               the state after delta <seq> (derived)
+//! P/log/<seq:020>.parquet                             one object per commit (immutable)
+//! P/manifest/checkpoints/<seq:020>.json               the state after commit <seq> (derived)
 //! P/manifest/chunks/L<level>-<base:020>-<nonce>.json  FANOUT older entries of one level (immutable)
 //! P/manifest/_last_checkpoint                         hint: the newest checkpoint's seq
 //! ```
 //!
-//! Every manifest object is JSON: `{"format":…,"version":1,"crc32c":N,"body":{…}}` where `crc32c` is
-//! CRC-32C of the exact bytes of `body`.
+//! **Commits are log objects.** Commit `seq` is the Parquet file `P/log/<seq>.parquet` whose
+//! footer key-value metadata `tierlog.delta` holds the delta (what the commit does). A commit that
+//! adds a segment *is* that segment: its rows are the segment's records, so adding a segment costs
+//! one PUT. Other commits (fence, truncate, init) are files with no rows. In the footer, the
+//! delta's `seq` is 0 and an added segment's `path` and `size` are empty: they are the object's
+//! own name and size, filled in when the delta is read.
 //!
-//! **Commits** write delta `seq = last + 1` with create-if-absent, so the delta log is a single
-//! linear history: two writers can never both commit the same `seq`. **Fencing**: every delta
-//! carries its writer's epoch; a new leader first commits a `fence` delta with its (higher) epoch.
-//! A deposed writer's next create fails (the slot is taken); it re-reads, finds the higher epoch
-//! and stops with [`Error::Fenced`]. Epochs along the log never decrease (checked on load).
+//! Every JSON manifest object (and the footer delta) is an envelope
+//! `{"format":…,"version":2,"crc32c":N,"body":{…}}` where `crc32c` is CRC-32C of the exact bytes of
+//! `body`.
 //!
-//! **Cost**: a commit writes one small delta. Every `CHECKPOINT_EVERY` commits the writer writes a
+//! **Commits** create object `seq = last + 1` with create-if-absent, so the log is a single linear
+//! history: two writers can never both commit the same `seq`. **Fencing**: every delta carries its
+//! writer's epoch; a new leader first commits a `fence` with its (higher) epoch. A deposed
+//! writer's next create fails (the slot is taken); it re-reads, finds the higher epoch and stops
+//! with [`Error::Fenced`]. Epochs along the log never decrease (checked on load).
+//!
+//! **Cost**: a commit writes one object. Every `CHECKPOINT_EVERY` commits the writer writes a
 //! checkpoint; before that, any level holding `FANOUT` entries has its oldest `FANOUT` entries moved
 //! into an immutable chunk object referenced from the level above. A checkpoint therefore holds at
 //! most `FANOUT` entries per level and `log_FANOUT(segments)` levels: its size grows with the
-//! logarithm of history, and chunks, deltas and segments are never rewritten. Checkpoints and
-//! chunks are derived from the immutable deltas, so any writer (even a deposed one) writes a
-//! correct one.
+//! logarithm of history, and chunks, log objects and segments are never rewritten. Checkpoints and
+//! chunks are derived from the immutable log, so any writer (even a deposed one) writes a correct
+//! one. Log objects a checkpoint covers may be deleted (retired segments, old fences): loading
+//! starts from the newest checkpoint, and a reader whose state is older than a gap reloads from it.
 //!
 //! **Lookups** by offset or timestamp walk levels oldest-first using each entry's offset range and
 //! max timestamp, loading (cached) chunks on the way: O(FANOUT × levels) comparisons.
@@ -48,14 +56,14 @@ use crate::store::Retry;
 pub const FANOUT: usize = 256;
 /// A checkpoint is written after every this many commits.
 pub const CHECKPOINT_EVERY: u64 = 32;
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Attempts (with backoff) to load and fence a manifest before opening fails.
 const OPEN_ATTEMPTS: u32 = 6;
 
 /// One committed cold segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentEntry {
-    /// Object path relative to the partition prefix, e.g. `segments/…parquet`.
+    /// Object path relative to the partition prefix: `log/<seq>.parquet`.
     pub path: String,
     pub base_offset: i64,
     pub last_offset: i64,
@@ -329,8 +337,8 @@ fn nonce() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
-/// The folder of segment objects under a partition's prefix.
-const SEGMENTS: &str = "segments";
+/// The folder of log objects (commits) under a partition's prefix.
+const LOG: &str = "log";
 
 /// Object paths of one partition.
 #[derive(Debug, Clone)]
@@ -357,32 +365,27 @@ impl PartitionPaths {
     pub fn object(&self, rel: &str) -> Path {
         self.join(rel)
     }
-    pub fn new_segment(&self, base: i64, epoch: u64) -> String {
-        format!("{SEGMENTS}/{base:020}-{epoch:010}-{}.parquet", nonce())
+    /// Where log objects live.
+    pub fn log_dir(&self) -> Path {
+        self.join(LOG)
     }
-    /// Where segment objects live.
-    pub fn segments_dir(&self) -> Path {
-        self.join(SEGMENTS)
+    /// Commit `seq`'s object path relative to the prefix.
+    pub fn log_rel(seq: u64) -> String {
+        format!("{LOG}/{seq:020}.parquet")
     }
-    /// A segment object's path relative to the prefix, from its file name.
-    pub fn segment_rel(name: &str) -> String {
-        format!("{SEGMENTS}/{name}")
+    pub fn log(&self, seq: u64) -> Path {
+        self.join(&Self::log_rel(seq))
     }
-    /// `(base offset, epoch)` from a segment object's file name as [`Self::new_segment`] makes
-    /// it; `None` for any other name.
-    pub fn parse_segment(name: &str) -> Option<(i64, u64)> {
+    /// The seq of a log object from its file name as [`Self::log_rel`] makes it; `None` for any
+    /// other name.
+    pub fn parse_log(name: &str) -> Option<u64> {
         let stem = name.strip_suffix(".parquet")?;
-        let mut parts = stem.splitn(3, '-');
-        let base = parts.next()?.parse().ok()?;
-        let epoch = parts.next()?.parse().ok()?;
-        parts.next()?;
-        Some((base, epoch))
+        (stem.len() == 20).then_some(())?;
+        stem.parse().ok()
     }
-    fn deltas(&self) -> Path {
+    /// Where format-1 manifests kept their deltas (refused on load).
+    fn legacy_deltas(&self) -> Path {
         self.join("manifest/deltas")
-    }
-    fn delta(&self, seq: u64) -> Path {
-        self.join(&format!("manifest/deltas/{seq:020}.json"))
     }
     fn checkpoints(&self) -> Path {
         self.join("manifest/checkpoints")
@@ -398,6 +401,10 @@ impl PartitionPaths {
 fn seq_of(p: &Path) -> Option<u64> {
     p.filename()?.strip_suffix(".json")?.parse().ok()
 }
+
+/// Bytes read from the end of a log object to find its footer: enough for any footer tierlog
+/// writes, so reading a delta is one ranged GET (a second one if not).
+const FOOTER_READ: u64 = 64 << 10;
 
 async fn get_opt(store: &dyn ObjectStore, p: &Path) -> Result<Option<Bytes>> {
     match store.get(p).await {
@@ -432,85 +439,208 @@ impl Manifest {
         &self.store
     }
 
-    /// Loads the current state: the newest checkpoint, then every delta after it.
-    pub async fn load(&self) -> Result<ManifestState> {
-        let hinted = match get_opt(&*self.store, &self.paths.hint()).await? {
+    /// The seq of the newest checkpoint, as the hint names it (`None`: no checkpoint yet).
+    pub async fn checkpointed(&self) -> Result<Option<u64>> {
+        Ok(match get_opt(&*self.store, &self.paths.hint()).await? {
             Some(b) => Some(decode::<Hint>("hint", &self.paths.hint(), &b)?.seq),
             None => None,
-        };
-        let seq = match hinted {
-            Some(s) => Some(s),
-            None => {
-                let metas: Vec<_> = self
-                    .store
-                    .list(Some(&self.paths.checkpoints()))
-                    .try_collect()
-                    .await?;
-                metas.iter().filter_map(|m| seq_of(&m.location)).max()
-            }
-        };
-        let mut state = match seq {
-            Some(seq) => {
-                let p = self.paths.checkpoint(seq);
-                let b = get_opt(&*self.store, &p)
-                    .await?
-                    .ok_or_else(|| Error::Corrupt {
-                        location: p.to_string(),
-                        position: 0,
-                        reason: "the checkpoint named by _last_checkpoint is missing".into(),
-                    })?;
-                decode::<ManifestState>("checkpoint", &p, &b)?
-            }
-            None => ManifestState::new(&self.topic, self.partition),
-        };
-        self.catch_up(&mut state).await?;
-        Ok(state)
+        })
     }
 
-    /// Applies every delta after `state.seq`. Returns how many were applied.
-    pub async fn catch_up(&self, state: &mut ManifestState) -> Result<usize> {
-        let after = self.paths.delta(state.seq);
-        let mut metas: Vec<_> = self
+    /// Loads the current state: the newest checkpoint, then every commit after it.
+    pub async fn load(&self) -> Result<ManifestState> {
+        let mut hinted = self.checkpointed().await?;
+        let mut listed = false;
+        loop {
+            let seq = match hinted {
+                Some(s) => Some(s),
+                None => {
+                    listed = true;
+                    self.newest_checkpoint().await?
+                }
+            };
+            let mut state = match seq {
+                Some(seq) => self.read_checkpoint(seq).await?,
+                None => ManifestState::new(&self.topic, self.partition),
+            };
+            match self.apply_log(&mut state).await? {
+                Ok(_) => {}
+                // The hint can lag (a slow writer put an older one last) behind a checkpoint
+                // that covers deleted log objects: look for the newest checkpoint itself.
+                Err(_) if !listed => {
+                    hinted = None;
+                    continue;
+                }
+                Err(first) => {
+                    return Err(state.corrupt(format!(
+                        "the log after the newest checkpoint starts at {first}"
+                    )));
+                }
+            }
+            if state.seq == 0 {
+                self.refuse_legacy().await?;
+            }
+            return Ok(state);
+        }
+    }
+
+    async fn newest_checkpoint(&self) -> Result<Option<u64>> {
+        let metas: Vec<_> = self
             .store
-            .list_with_offset(Some(&self.paths.deltas()), &after)
+            .list(Some(&self.paths.checkpoints()))
             .try_collect()
             .await?;
-        metas.sort_by(|a, b| a.location.cmp(&b.location));
-        let mut n = 0;
-        for m in metas {
-            let Some(seq) = seq_of(&m.location) else {
-                continue;
-            };
-            if seq <= state.seq {
-                continue;
-            }
-            let d = self.read_delta(seq).await?.ok_or_else(|| Error::Corrupt {
+        Ok(metas.iter().filter_map(|m| seq_of(&m.location)).max())
+    }
+
+    async fn read_checkpoint(&self, seq: u64) -> Result<ManifestState> {
+        let p = self.paths.checkpoint(seq);
+        let b = get_opt(&*self.store, &p)
+            .await?
+            .ok_or_else(|| Error::Corrupt {
+                location: p.to_string(),
+                position: 0,
+                reason: "the checkpoint named by _last_checkpoint is missing".into(),
+            })?;
+        decode::<ManifestState>("checkpoint", &p, &b)
+    }
+
+    /// A partition written by a tierlog whose manifest kept JSON deltas (format 1) reads as empty
+    /// under this layout: say so instead of starting it over.
+    async fn refuse_legacy(&self) -> Result<()> {
+        let dir = self.paths.legacy_deltas();
+        if let Some(m) = self.store.list(Some(&dir)).try_next().await? {
+            return Err(Error::Corrupt {
                 location: m.location.to_string(),
                 position: 0,
-                reason: "listed delta vanished".into(),
-            })?;
+                reason: "manifest format 1 (JSON deltas), written by an older tierlog; this \
+                         version reads format 2 only"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies every commit after `state.seq`. Returns how many were applied. When the log has
+    /// a gap after `state.seq` (log objects a newer checkpoint covers were deleted), the state is
+    /// reloaded from the newest checkpoint first.
+    pub async fn catch_up(&self, state: &mut ManifestState) -> Result<usize> {
+        match self.apply_log(state).await? {
+            Ok(n) => Ok(n),
+            Err(first) => {
+                let loaded = self.load().await?;
+                if loaded.seq < state.seq {
+                    return Err(state.corrupt(format!(
+                        "the log continues at {first} and the newest checkpoint is at {}",
+                        loaded.seq
+                    )));
+                }
+                let n = (loaded.seq - state.seq) as usize;
+                *state = loaded;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Applies the commits after `state.seq`: how many, or `Err(seq)` when the log continues
+    /// at `seq` past a gap.
+    async fn apply_log(
+        &self,
+        state: &mut ManifestState,
+    ) -> Result<std::result::Result<usize, u64>> {
+        let after = self.paths.log(state.seq);
+        let mut seqs: Vec<u64> = self
+            .store
+            .list_with_offset(Some(&self.paths.log_dir()), &after)
+            .try_collect::<Vec<_>>()
+            .await?
+            .iter()
+            .filter_map(|m| PartitionPaths::parse_log(m.location.filename()?))
+            .filter(|&seq| seq > state.seq)
+            .collect();
+        seqs.sort_unstable();
+        if let Some(&first) = seqs.first()
+            && first != state.seq + 1
+        {
+            return Ok(Err(first));
+        }
+        let mut n = 0;
+        for seq in seqs {
+            // Deleted since the listing: a checkpoint covers it.
+            let Some(d) = self.read_delta(seq).await? else {
+                return Ok(Err(seq));
+            };
             state.apply(&d)?;
             n += 1;
         }
-        Ok(n)
+        Ok(Ok(n))
     }
 
+    /// Commit `seq`'s delta, from its log object's footer (`None`: no such commit).
     async fn read_delta(&self, seq: u64) -> Result<Option<Delta>> {
-        let p = self.paths.delta(seq);
-        match get_opt(&*self.store, &p).await? {
-            Some(b) => {
-                let d: Delta = decode("delta", &p, &b)?;
-                if d.seq != seq {
-                    return Err(Error::Corrupt {
-                        location: p.to_string(),
-                        position: 0,
-                        reason: format!("delta object names seq {}", d.seq),
-                    });
+        use object_store::{GetOptions, GetRange};
+        let p = self.paths.log(seq);
+        let get = |range: GetRange| {
+            let (store, p) = (self.store.clone(), p.clone());
+            async move {
+                let opts = GetOptions {
+                    range: Some(range),
+                    ..Default::default()
+                };
+                match store.get_opts(&p, opts).await {
+                    Ok(r) => {
+                        let size = r.meta.size;
+                        Ok(Some((r.bytes().await?, size)))
+                    }
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(Error::from(e)),
                 }
-                Ok(Some(d))
             }
-            None => Ok(None),
+        };
+        let Some((mut tail, size)) = get(GetRange::Suffix(FOOTER_READ)).await? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            location: p.to_string(),
+            position: 0,
+            reason,
+        };
+        let kv = loop {
+            match crate::cold::parquet::footer_metadata(&tail)
+                .map_err(|e| corrupt(e.to_string()))?
+            {
+                Ok(kv) => break kv,
+                Err(need) if (need as u64) <= size && need > tail.len() => {
+                    tail = get(GetRange::Suffix(need as u64))
+                        .await?
+                        .ok_or_else(|| corrupt("log object vanished while read".into()))?
+                        .0;
+                }
+                Err(need) => {
+                    return Err(corrupt(format!(
+                        "footer of {need} bytes in an object of {size}"
+                    )));
+                }
+            }
+        };
+        let raw = kv
+            .iter()
+            .find(|kv| kv.key == crate::cold::parquet::DELTA_KEY)
+            .and_then(|kv| kv.value.as_deref())
+            .ok_or_else(|| corrupt("no tierlog.delta in the footer".into()))?;
+        let mut d: Delta = decode("delta", &p, raw.as_bytes())?;
+        if d.seq != 0 {
+            return Err(corrupt(format!("footer delta names seq {}", d.seq)));
         }
+        d.seq = seq;
+        if let Op::Add { segments } = &mut d.op {
+            let [s] = segments.as_mut_slice() else {
+                return Err(corrupt(format!("adds {} segments, not 1", segments.len())));
+            };
+            s.path = PartitionPaths::log_rel(seq);
+            s.size = size;
+        }
+        Ok(Some(d))
     }
 
     async fn chunk(&self, path: &str) -> Result<Arc<Vec<Node>>> {
@@ -619,6 +749,45 @@ pub(crate) fn unwrap_shared(e: Arc<Error>) -> Error {
     Arc::try_unwrap(e).unwrap_or_else(Error::Shared)
 }
 
+/// A segment encoded as the log object that commits it.
+#[derive(Debug, Clone)]
+pub struct SegmentCommit {
+    /// The Parquet file, its footer holding `delta`.
+    pub bytes: Bytes,
+    /// As written in the footer (seq 0, the entry's path and size empty).
+    pub delta: Delta,
+}
+
+/// The commit that adds `entry` (its `path` and `size` are ignored), for writer `epoch`: the
+/// delta and the footer metadata that carries it. Encode the segment with this in its footer.
+pub fn segment_footer(
+    epoch: u64,
+    mut entry: SegmentEntry,
+) -> Result<(Delta, parquet::file::metadata::KeyValue)> {
+    entry.path = String::new();
+    entry.size = 0;
+    let delta = Delta {
+        seq: 0,
+        epoch,
+        commit_id: nonce(),
+        time_ms: now_ms(),
+        op: Op::Add {
+            segments: vec![entry],
+        },
+    };
+    let kv = footer_delta(&delta)?;
+    Ok((delta, kv))
+}
+
+fn footer_delta(delta: &Delta) -> Result<parquet::file::metadata::KeyValue> {
+    let body = encode("delta", delta)?;
+    let text = String::from_utf8(body.to_vec()).expect("JSON is UTF-8");
+    Ok(parquet::file::metadata::KeyValue::new(
+        crate::cold::parquet::DELTA_KEY.to_string(),
+        text,
+    ))
+}
+
 /// The single writer of a partition's manifest, holding an epoch.
 #[derive(Debug)]
 pub struct ManifestWriter {
@@ -679,14 +848,40 @@ impl ManifestWriter {
         Ok(())
     }
 
-    /// Commits `op` atomically. Transient store errors are retried with the same delta, so a
-    /// commit that landed but whose answer was lost is recognized by its commit id; a segment
-    /// already committed (by an earlier attempt under this epoch) is recognized by its offsets.
+    /// Commits `op` (anything but adding a segment, which [`Self::commit_segment`] does) as a
+    /// log object with no rows.
     pub async fn commit(&mut self, op: Op) -> Result<()> {
-        let commit_id = nonce();
+        if matches!(op, Op::Add { .. }) {
+            return Err(Error::invalid(
+                "a segment is committed by writing it (commit_segment)",
+            ));
+        }
+        let delta = Delta {
+            seq: 0,
+            epoch: self.epoch,
+            commit_id: nonce(),
+            time_ms: now_ms(),
+            op,
+        };
+        let id = crate::PartitionId::new(&self.state.topic, self.state.partition);
+        let bytes = crate::cold::parquet::encode_empty(&id, vec![footer_delta(&delta)?])?;
+        self.commit_object(delta, bytes).await
+    }
+
+    /// Commits a segment encoded with [`segment_footer`]: writing it is the commit.
+    pub async fn commit_segment(&mut self, segment: SegmentCommit) -> Result<()> {
+        self.commit_object(segment.delta, segment.bytes).await
+    }
+
+    /// Creates the next log object with `bytes` (a Parquet file whose footer holds `delta`).
+    /// Transient store errors are retried with the same bytes, so a commit that landed but whose
+    /// answer was lost is recognized by its commit id; a segment already committed (by an
+    /// earlier attempt under this epoch) is recognized by its offsets.
+    async fn commit_object(&mut self, footer: Delta, bytes: Bytes) -> Result<()> {
+        let size = bytes.len() as u64;
         loop {
             self.check_epoch()?;
-            if let Op::Add { segments } = &op
+            if let Op::Add { segments } = &footer.op
                 && let Some(first) = segments.first()
                 && first.base_offset < self.state.next_offset
             {
@@ -704,22 +899,24 @@ impl ManifestWriter {
                     first.base_offset, self.state.next_offset
                 )));
             }
-            let delta = Delta {
-                seq: self.state.seq + 1,
-                epoch: self.epoch,
-                commit_id: commit_id.clone(),
-                time_ms: now_ms(),
-                op: op.clone(),
-            };
+            // The delta as it will read back from the store.
+            let seq = self.state.seq + 1;
+            let mut delta = footer.clone();
+            delta.seq = seq;
+            if let Op::Add { segments } = &mut delta.op {
+                for s in segments.iter_mut() {
+                    s.path = PartitionPaths::log_rel(seq);
+                    s.size = size;
+                }
+            }
             // Validate before writing: a delta that does not apply must never reach the store.
             let mut next = self.state.clone();
             next.apply(&delta)?;
-            let bytes = encode("delta", &delta)?;
-            let path = self.manifest.paths.delta(delta.seq);
+            let path = self.manifest.paths.log(seq);
             let store = self.manifest.store.clone();
             let put = self
                 .retry
-                .run("commit delta", || {
+                .run("commit", || {
                     let (store, path, bytes) = (store.clone(), path.clone(), bytes.clone());
                     async move {
                         let opts = PutOptions::from(PutMode::Create);
@@ -736,17 +933,19 @@ impl ManifestWriter {
                 None
             } else {
                 let m = &self.manifest;
-                self.retry
-                    .run("read delta", || m.read_delta(delta.seq))
-                    .await?
+                self.retry.run("read commit", || m.read_delta(seq)).await?
             };
-            if put || existing.as_ref().is_some_and(|d| d.commit_id == commit_id) {
+            if put
+                || existing
+                    .as_ref()
+                    .is_some_and(|d| d.commit_id == delta.commit_id)
+            {
                 self.state = next;
                 self.maybe_checkpoint().await;
                 return Ok(());
             }
-            // Another delta holds the slot: catch up, then re-check the epoch and whether our op
-            // is already in (the loop's first steps).
+            // Another commit holds the slot: catch up, then re-check the epoch and whether our
+            // op is already in (the loop's first steps).
             let (m, base) = (&self.manifest, &self.state);
             self.state = self
                 .retry

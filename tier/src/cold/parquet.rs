@@ -73,10 +73,20 @@ pub fn schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
-/// Summary of an encoded segment.
+/// Footer key-value metadata key holding the manifest delta a log object commits (see
+/// `cold::manifest`).
+pub const DELTA_KEY: &str = "tierlog.delta";
+
+/// An encoded segment: the Parquet bytes and what they hold.
 #[derive(Debug, Clone)]
 pub struct Encoded {
     pub bytes: Bytes,
+    pub summary: Summary,
+}
+
+/// What an encoded segment holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
     pub base_offset: i64,
     pub last_offset: i64,
     pub min_timestamp: i64,
@@ -178,6 +188,15 @@ impl Columns {
     }
 }
 
+/// File metadata every tierlog Parquet file carries: the format and the partition.
+fn identity(id: &PartitionId) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("tierlog.format".into(), FORMAT_VERSION.to_string()),
+        KeyValue::new("tierlog.topic".into(), id.topic.to_string()),
+        KeyValue::new("tierlog.partition".into(), id.partition.to_string()),
+    ]
+}
+
 fn writer_properties(
     id: &PartitionId,
     first: i64,
@@ -189,13 +208,11 @@ fn writer_properties(
         context: "zstd level".into(),
         source: e,
     })?;
-    let meta = vec![
-        KeyValue::new("tierlog.format".into(), FORMAT_VERSION.to_string()),
-        KeyValue::new("tierlog.topic".into(), id.topic.to_string()),
-        KeyValue::new("tierlog.partition".into(), id.partition.to_string()),
+    let mut meta = identity(id);
+    meta.extend([
         KeyValue::new("tierlog.base_offset".into(), first.to_string()),
         KeyValue::new("tierlog.last_offset".into(), last.to_string()),
-    ];
+    ]);
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(rows_per_group))
@@ -232,13 +249,15 @@ pub struct SegmentShape {
 
 /// Encodes the batches of one sealed segment as a Parquet file. The batches arrive in chunks
 /// (`chunks`), so memory is bounded by a chunk and a row group, not the segment; they must hold
-/// exactly the offsets `shape.base_offset..=shape.last_offset`, densely.
+/// exactly the offsets `shape.base_offset..=shape.last_offset`, densely. `footer` gives extra
+/// file metadata from what the file holds (written last, in the footer).
 pub fn encode_segment(
     id: &PartitionId,
     shape: SegmentShape,
     chunks: impl IntoIterator<Item = Result<Vec<RecordBatch>>>,
     row_group_bytes: usize,
     zstd_level: i32,
+    footer: impl FnOnce(&Summary) -> Result<Vec<KeyValue>>,
 ) -> Result<Encoded> {
     let SegmentShape {
         base_offset,
@@ -294,17 +313,71 @@ pub fn encode_segment(
     if cols.rows > 0 {
         w.write(&cols.finish()?).map_err(pq("write"))?;
     }
-    let meta = w.close().map_err(pq("close"))?;
-    Ok(Encoded {
-        bytes: Bytes::from(out),
+    w.flush().map_err(pq("flush"))?;
+    let summary = Summary {
         base_offset,
         last_offset,
         min_timestamp: min_ts,
         max_timestamp: max_ts,
         records,
-        row_groups: meta.num_row_groups() as u32,
+        row_groups: w.flushed_row_groups().len() as u32,
         raw_bytes,
+    };
+    for kv in footer(&summary)? {
+        w.append_key_value_metadata(kv);
+    }
+    w.close().map_err(pq("close"))?;
+    Ok(Encoded {
+        bytes: Bytes::from(out),
+        summary,
     })
+}
+
+/// A Parquet file of the segment schema with no rows, carrying `meta` (and the partition) in
+/// its footer: the log objects of commits that add no segment.
+pub fn encode_empty(id: &PartitionId, meta: Vec<KeyValue>) -> Result<Bytes> {
+    let mut kv = identity(id);
+    kv.extend(meta);
+    let props = WriterProperties::builder()
+        .set_key_value_metadata(Some(kv))
+        .build();
+    let mut out = Vec::new();
+    let pq = |context: &'static str| {
+        move |source| Error::Parquet {
+            context: context.into(),
+            source,
+        }
+    };
+    let w = ArrowWriter::try_new(&mut out, schema(), Some(props)).map_err(pq("open writer"))?;
+    w.close().map_err(pq("close"))?;
+    Ok(Bytes::from(out))
+}
+
+/// Parquet's trailer: footer length (4 bytes) and magic (4 bytes).
+pub const TRAILER: usize = 8;
+
+/// Reads the file key-value metadata from the last bytes of a Parquet file (`tail`). `Ok(Err(n))`:
+/// the footer needs the last `n` bytes, more than `tail` holds.
+pub fn footer_metadata(tail: &[u8]) -> Result<std::result::Result<Vec<KeyValue>, usize>> {
+    let corrupt = |reason: String| Error::invalid(format!("not a Parquet file: {reason}"));
+    let Some(trailer) = tail.len().checked_sub(TRAILER).map(|at| &tail[at..]) else {
+        return Err(corrupt(format!("{} bytes", tail.len())));
+    };
+    let trailer: &[u8; TRAILER] = trailer.try_into().expect("8 bytes");
+    let ft = parquet::file::metadata::FooterTail::try_new(trailer)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let need = ft.metadata_length() + TRAILER;
+    if need > tail.len() {
+        return Ok(Err(need));
+    }
+    let footer = &tail[tail.len() - need..tail.len() - TRAILER];
+    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(footer)
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok(Ok(meta
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default()))
 }
 
 /// Records of `batches` with offsets in `range`, as Arrow batches in [`schema`] of at most

@@ -1,11 +1,12 @@
-//! Upload: sealed hot segments become Parquet objects committed to the manifest, oldest first.
+//! Upload: sealed hot segments become Parquet objects that commit themselves to the manifest
+//! (the object is the next entry of the partition's commit log), oldest first.
 //!
-//! Up to `uploads_in_flight` segments of a partition are converted and written at once, each
-//! on a task of its own; one loop commits them one at a time as the oldest finishes. After a
-//! failure, the objects of the segments behind it are dropped (the orphan sweep deletes them)
-//! and uploads start again from the oldest uncommitted segment.
+//! Up to `uploads_in_flight` segments of a partition are in upload at once, each on a task of
+//! its own: converted side by side, written one at a time, each once the one before it is
+//! committed. After a failure, the uploads behind it (which wrote nothing) are dropped and
+//! uploads start again from the oldest uncommitted segment.
 //!
-//! Invariants: a segment is committed only after its object is fully written; segments are
+//! Invariants: a segment is committed by one atomic create of its complete object; segments are
 //! committed in offset order with no gaps; a failing store is retried with backoff forever (the
 //! hot copy stays until the commit lands); a fenced commit stops uploads for the partition; a
 //! corrupt sealed segment stops uploads for the partition with an error naming the file, never
@@ -16,10 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use object_store::{PutMode, PutPayload};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::cold::manifest::{Op, SegmentEntry};
+use crate::cold::manifest::{Op, SegmentCommit, SegmentEntry, segment_footer};
 use crate::cold::parquet::{SegmentShape, encode_segment};
 use crate::engine::{Inner, Partition};
 use crate::error::{Error, Result};
@@ -31,10 +31,10 @@ pub(crate) fn spawn(inner: Arc<Inner>, p: Arc<Partition>) {
     *p.uploader.lock().expect("uploader lock poisoned") = Some(handle);
 }
 
-/// A sealed segment whose object is being converted and written, on a task of its own.
+/// A sealed segment being converted and committed, on a task of its own.
 struct InFlight {
     seg: Arc<Segment>,
-    task: AbortOnDropHandle<Result<Prepared>>,
+    task: AbortOnDropHandle<Result<()>>,
 }
 
 /// What to do after an upload step failed.
@@ -47,8 +47,8 @@ enum Next {
 async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     let idle = inner.cfg.housekeeping();
     let depth = inner.cfg.uploads_in_flight;
-    // Oldest first. Dropping an entry aborts its task (its object, if written, is an orphan
-    // the sweep removes).
+    // Oldest first. Dropping an entry aborts its task; a task commits only after the one before
+    // it, so the aborted ones behind a failure have written nothing.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     loop {
         // Offsets below this are committed or on their way.
@@ -61,7 +61,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
             }
             if seg.base_offset >= started {
                 started = seg.next_offset();
-                let task = tokio::spawn(prepare(inner.clone(), p.clone(), seg.clone()));
+                let task = tokio::spawn(upload(inner.clone(), p.clone(), seg.clone()));
                 in_flight.push_back(InFlight {
                     seg,
                     task: AbortOnDropHandle::new(task),
@@ -73,18 +73,12 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
         }
         let next = tokio::select! {
             _ = p.cancel.cancelled() => return,
-            prepared = async { (&mut in_flight.front_mut().expect("checked").task).await },
+            done = async { (&mut in_flight.front_mut().expect("checked").task).await },
                 if !in_flight.is_empty() =>
             {
                 let seg = in_flight.pop_front().expect("checked").seg;
-                let prepared = prepared.unwrap_or_else(|e| {
-                    Err(Error::invalid(format!("upload task failed: {e}")))
-                });
-                match prepared {
-                    Ok(prepared) => match commit(&p, prepared).await {
-                        Ok(()) => continue,
-                        Err(e) => failed(&inner, &p, &seg, e).await,
-                    },
+                match done.unwrap_or_else(|e| Err(Error::invalid(format!("upload task failed: {e}")))) {
+                    Ok(()) => continue,
                     Err(e) => failed(&inner, &p, &seg, e).await,
                 }
             }
@@ -160,19 +154,33 @@ async fn failed(inner: &Inner, p: &Partition, seg: &Segment, e: Error) -> Next {
     }
 }
 
-/// A segment's object, written and ready to be committed.
-struct Prepared {
-    entry: SegmentEntry,
-    started: std::time::Instant,
-    encoded: Duration,
-    put: Duration,
+/// Converts `seg` and, once every segment before it is committed, commits it.
+async fn upload(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Result<()> {
+    let prepared = prepare(inner, p.clone(), seg.clone()).await?;
+    loop {
+        let turn = p.committed.notified();
+        if p.log.uploaded_next() >= seg.base_offset {
+            break;
+        }
+        tokio::select! {
+            _ = p.cancel.cancelled() => return Err(Error::Closed),
+            _ = turn => {}
+        }
+    }
+    commit(&p, prepared).await
 }
 
-/// Converts `seg` and writes its object (retrying the write until it lands or the partition
-/// closes).
+/// A segment converted into the log object that commits it.
+struct Prepared {
+    segment: SegmentCommit,
+    started: std::time::Instant,
+    encoded: Duration,
+}
+
+/// Converts `seg` into the log object that commits it (on the encoder threads).
 async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Result<Prepared> {
     let started = std::time::Instant::now();
-    let (seg2, id, cfg) = (seg.clone(), p.id.clone(), inner.cfg.clone());
+    let (seg2, id, cfg, epoch) = (seg.clone(), p.id.clone(), inner.cfg.clone(), p.epoch);
     // On the encoder threads: few at once, at low priority (see `cold::encoder`).
     let job = inner.encoders.run(move || {
         let shape = SegmentShape {
@@ -180,12 +188,31 @@ async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Res
             last_offset: seg2.next_offset() - 1,
             raw_bytes: seg2.size(),
         };
-        encode_segment(
+        let mut delta = None;
+        let enc = encode_segment(
             &id,
             shape,
             seg2.chunks(cfg.row_group_bytes),
             cfg.row_group_bytes,
             cfg.zstd_level,
+            |sum| {
+                let entry = SegmentEntry {
+                    path: String::new(),
+                    base_offset: sum.base_offset,
+                    last_offset: sum.last_offset,
+                    min_timestamp: sum.min_timestamp,
+                    max_timestamp: sum.max_timestamp,
+                    records: sum.records,
+                    size: 0,
+                    raw_bytes: sum.raw_bytes,
+                    row_groups: sum.row_groups,
+                    epoch,
+                    producers: seg2.producers(),
+                };
+                let (d, kv) = segment_footer(epoch, entry)?;
+                delta = Some(d);
+                Ok(vec![kv])
+            },
         )
         .map_err(|e| match e {
             Error::Invalid(reason) => Error::Corrupt {
@@ -194,53 +221,20 @@ async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Res
                 reason,
             },
             other => other,
+        })?;
+        Ok(SegmentCommit {
+            bytes: enc.bytes,
+            delta: delta.expect("the footer was written"),
         })
     });
-    let enc = tokio::select! {
+    let segment = tokio::select! {
         _ = p.cancel.cancelled() => return Err(Error::Closed),
         enc = job => enc?,
     };
-    let encoded = started.elapsed();
-    let rel = p.manifest.paths.new_segment(enc.base_offset, p.epoch);
-    let path = p.manifest.paths.object(&rel);
-    let store = inner.store.clone();
-    let size = enc.bytes.len() as u64;
-    inner
-        .retry_until(p.cancel.clone())
-        .run("upload segment", || {
-            let (store, path, bytes) = (store.clone(), path.clone(), enc.bytes.clone());
-            async move {
-                // The path carries a random nonce: finding it taken means an earlier attempt
-                // landed and only its answer was lost.
-                match store
-                    .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
-                    .await
-                {
-                    Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-                    Err(e) => Err(Error::from(e)),
-                }
-            }
-        })
-        .await?;
-    let put = started.elapsed();
-    let entry = SegmentEntry {
-        path: rel,
-        base_offset: enc.base_offset,
-        last_offset: enc.last_offset,
-        min_timestamp: enc.min_timestamp,
-        max_timestamp: enc.max_timestamp,
-        records: enc.records,
-        size,
-        raw_bytes: enc.raw_bytes,
-        row_groups: enc.row_groups,
-        epoch: p.epoch,
-        producers: seg.producers(),
-    };
     Ok(Prepared {
-        entry,
+        segment,
         started,
-        encoded,
-        put,
+        encoded: started.elapsed(),
     })
 }
 
@@ -248,30 +242,28 @@ async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Res
 /// waiters up to its end are answered.
 async fn commit(p: &Partition, prepared: Prepared) -> Result<()> {
     let Prepared {
-        entry,
+        segment,
         started,
         encoded,
-        put,
     } = prepared;
-    let (base, last, size, raw) = (
-        entry.base_offset,
-        entry.last_offset,
-        entry.size,
-        entry.raw_bytes,
+    let Op::Add { segments } = &segment.delta.op else {
+        unreachable!("prepare makes segment commits");
+    };
+    let (base, last, raw) = (
+        segments[0].base_offset,
+        segments[0].last_offset,
+        segments[0].raw_bytes,
     );
+    let size = segment.bytes.len();
     let mut w = p.writer.lock().await;
-    w.commit(Op::Add {
-        segments: vec![entry],
-    })
-    .await?;
+    w.commit_segment(segment).await?;
     p.set_cold(w.state());
     drop(w);
     p.log.mark_uploaded(last + 1);
     p.committed.notify_waiters();
     tracing::debug!(topic = %p.id.topic, partition = p.id.partition, base, last, bytes = size,
         raw, encode_ms = encoded.as_secs_f64() * 1e3,
-        put_ms = (put - encoded).as_secs_f64() * 1e3,
-        commit_ms = (started.elapsed() - put).as_secs_f64() * 1e3,
+        commit_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
         "segment committed to the cold tier");
     Ok(())
 }
