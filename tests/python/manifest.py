@@ -44,11 +44,14 @@ def read_envelope(path, kind, raw=None):
 def committed_segments(partition_dir):
     """The committed segment entries of a partition, in offset order."""
     mdir = os.path.join(partition_dir, "manifest")
-    hint = os.path.join(mdir, "_last_checkpoint")
     levels, start, seq = [[]], 0, 0
-    if os.path.exists(hint):
-        seq = read_envelope(hint, "hint")["seq"]
-        state = read_envelope(os.path.join(mdir, "checkpoints", f"{seq:020}.json"), "checkpoint")
+    # The newest checkpoint (the _last_checkpoint hint names it too, but a slow writer can leave
+    # an older one there); retired segments below it may be gone from log/.
+    cdir = os.path.join(mdir, "checkpoints")
+    names = os.listdir(cdir) if os.path.isdir(cdir) else []
+    if names:
+        seq = max(int(n.split(".")[0]) for n in names)
+        state = read_envelope(os.path.join(cdir, f"{seq:020}.json"), "checkpoint")
         levels, start = state["levels"], state["start_offset"]
     # Every commit is a Parquet file in log/ whose footer holds the delta; one that adds a
     # segment is that segment, so its path and size are the file's own.

@@ -346,26 +346,20 @@ async fn cold_retention_removes_whole_segments() {
     t.close(false).await.unwrap();
 }
 
-/// Log objects a checkpoint covers and no live segment is (here the opening fence; in general
-/// also retired segments whose delete failed) are swept once older than the grace period;
-/// segments, commits after the newest checkpoint and names that do not parse are never touched.
+/// A retired segment whose delete failed is swept once older than the grace period; live
+/// segments, the fence (a deposed writer may still try to create its slot) and the truncation,
+/// commits past the newest checkpoint and names that do not parse are never touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unneeded_log_objects_are_swept_and_nothing_else() {
+async fn retired_segments_left_behind_are_swept_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let bucket = dir.path().join("bucket");
     let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
     let t = open(config(&dir.path().join("hot"), 64 << 10), store.clone()).await;
     t.open_partition("events", 0, 3).await.unwrap();
-    // More than CHECKPOINT_EVERY (32) commits, so a checkpoint covers the fence.
-    let n = 60_000;
-    produce(&t, 0, 0, n, 100).await;
+    produce(&t, 0, 0, 5000, 100).await;
     t.flush("events", 0).await.unwrap();
-    let committed = t.offsets("events", 0).unwrap();
-    assert!(
-        committed.cold_segments >= 33,
-        "{} segments",
-        committed.cold_segments
-    );
+    let before = t.offsets("events", 0).unwrap();
+    assert!(before.cold_segments >= 4);
     let log_dir = bucket.join("cluster/topics/events/0/log");
     let names = || {
         let mut v: Vec<String> = std::fs::read_dir(&log_dir)
@@ -375,11 +369,37 @@ async fn unneeded_log_objects_are_swept_and_nothing_else() {
         v.sort();
         v
     };
-    let before = names();
-    let fence = format!("{:020}.parquet", 1);
-    assert_eq!(before[0], fence);
-    // Names past the committed log (a commit on its way) and names that do not parse.
-    let ahead = format!("{:020}.parquet", committed.cold_segments + 5);
+    // Seq 1 is the fence, seq 2 the first segment.
+    let first = format!("{:020}.parquet", 2);
+    let first_bytes = std::fs::read(log_dir.join(&first)).unwrap();
+    let keep = before.cold_bytes / 2;
+    t.set_cold_retention(
+        "events",
+        0,
+        ColdRetention {
+            ms: None,
+            bytes: Some(keep),
+        },
+    )
+    .unwrap();
+    wait_until("retention never ran", || {
+        t.offsets("events", 0).unwrap().cold_bytes <= keep
+    })
+    .await;
+    let after = t.offsets("events", 0).unwrap();
+    let kept = names();
+    assert!(
+        !kept.contains(&first),
+        "retention deleted the first segment"
+    );
+    assert!(
+        kept.contains(&format!("{:020}.parquet", 1)),
+        "the fence stays"
+    );
+    // As if that delete had failed; plus a name past the committed log and one that does not
+    // parse.
+    std::fs::write(log_dir.join(&first), &first_bytes).unwrap();
+    let ahead = format!("{:020}.parquet", before.cold_segments + 10);
     for name in [ahead.clone(), "notes.txt".to_string()] {
         let path = Path::from(format!("cluster/topics/events/0/log/{name}"));
         store.put(&path, b"not ours".to_vec().into()).await.unwrap();
@@ -392,18 +412,17 @@ async fn unneeded_log_objects_are_swept_and_nothing_else() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let swept = t.sweep_orphans("events", 0, Duration::ZERO).await.unwrap();
     assert_eq!(swept, 1);
-    let mut expected: Vec<String> = before[1..].to_vec();
+    let mut expected = kept.clone();
     expected.extend([ahead.clone(), "notes.txt".to_string()]);
     expected.sort();
-    assert_eq!(names(), expected, "only {fence} went");
+    assert_eq!(names(), expected, "only {first} went");
     t.close(false).await.unwrap();
-    // The planted object past the log would read as a gap-free continuation: remove it before a
-    // new leader loads.
+    // The planted object past the log is not a commit: remove it before a new leader loads.
     std::fs::remove_file(log_dir.join(&ahead)).unwrap();
     std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
     let t = open(config(&dir.path().join("hot"), 64 << 10), store).await;
     t.open_partition("events", 0, 4).await.unwrap();
-    check_all(&t, 0, 0, n, n).await;
+    check_all(&t, 0, after.log_start, 5000, 5000).await;
     t.close(false).await.unwrap();
 }
 

@@ -72,8 +72,7 @@ pub struct TierConfig {
     pub uploads_in_flight: usize,
     /// How often background work (age-based sealing, retention, interval fsync checks) runs.
     pub housekeeping_ms: u64,
-    /// Commit-log objects a checkpoint covers and no live segment is (a retired segment whose
-    /// delete failed, an old fence or truncation) are deleted once they are this old; each led
+    /// Retired segments whose delete failed are deleted once they are this old; each led
     /// partition is swept this often.
     pub orphan_grace_ms: u64,
 }
@@ -156,7 +155,7 @@ impl TierConfig {
         }
         if self.orphan_grace_ms < 60_000 {
             return bad(format!(
-                "orphan_grace_ms must be at least 60000 (readers of an older manifest view must find what it names), got {}",
+                "orphan_grace_ms must be at least 60000, got {}",
                 self.orphan_grace_ms
             ));
         }

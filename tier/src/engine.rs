@@ -97,7 +97,7 @@ pub(crate) struct Partition {
     pub retention: RwLock<ColdRetention>,
     /// Stops this partition's background work (child of the tier's token).
     pub cancel: CancellationToken,
-    /// When housekeeping last swept this partition's unneeded log objects.
+    /// When housekeeping last swept this partition's retired segments left behind.
     pub swept_at: std::sync::Mutex<std::time::Instant>,
     pub uploader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Why uploads stopped for good, if they did.
@@ -877,7 +877,7 @@ impl Tier {
         retention::truncate_cold(&p, start_offset).await
     }
 
-    /// Deletes the partition's unneeded commit-log objects older than `grace` now (normally done
+    /// Deletes the partition's retired segments left behind, older than `grace`, now (normally done
     /// by housekeeping every `orphan_grace_ms`; see `retention::sweep_orphans`). Returns how
     /// many were deleted.
     pub async fn sweep_orphans(&self, topic: &str, partition: u32, grace: Duration) -> Result<u64> {

@@ -159,15 +159,17 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
     Ok(deleted)
 }
 
-/// Deletes log objects of `p` that the newest checkpoint covers and no live segment is, once
-/// they are older than `grace`: retired segments whose delete failed, and commits that added no
-/// segment (fences, truncations). Loading starts from the newest checkpoint, and a reader whose
-/// state is older than the gap this leaves reloads from it.
+/// Deletes retired segments of `p` whose delete failed (retention deletes them right after its
+/// checkpoint), once older than `grace`.
 ///
-/// Safety: only this partition's leader sweeps, and only objects that are
-/// - at or below the seq of the checkpoint the hint names (read after the state and the list);
+/// Safety: only this partition's leader sweeps, and only log objects that are
+/// - at or below the seq of the checkpoint the hint names (read after the state and the list),
+///   and of the leader's own state;
 /// - not a segment of the committed manifest (from the state read before listing);
-/// - older than `grace` (a reader holding an older view of the manifest may still read one).
+/// - commits adding a segment that ends below the committed start offset (read from the
+///   footer): never a fence, whose slot a deposed writer may still try to create (deleting it
+///   would let that create succeed), nor a truncation;
+/// - older than `grace`.
 ///
 /// Objects whose names do not parse are never touched. Returns how many were deleted.
 pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result<u64> {
@@ -193,16 +195,26 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
         let Some(seq) = meta.location.filename().and_then(PartitionPaths::parse_log) else {
             continue;
         };
-        if seq <= covered.min(state.seq)
-            && !referenced.contains(&PartitionPaths::log_rel(seq))
-            && meta.last_modified.timestamp_millis() < cutoff
+        if seq > covered.min(state.seq)
+            || referenced.contains(&PartitionPaths::log_rel(seq))
+            || meta.last_modified.timestamp_millis() >= cutoff
         {
+            continue;
+        }
+        let retired = match p.manifest.read_delta(seq).await? {
+            Some(d) => match d.op {
+                Op::Add { segments } => segments.iter().all(|s| s.last_offset < state.start_offset),
+                _ => false,
+            },
+            None => false,
+        };
+        if retired {
             orphans.push(meta.location);
         }
     }
-    let deleted = delete_objects(p, orphans, "a log object no segment needs").await;
+    let deleted = delete_objects(p, orphans, "a retired segment").await;
     if deleted > 0 {
-        tracing::info!(topic = %p.id.topic, partition = p.id.partition, deleted, "unneeded log objects deleted");
+        tracing::info!(topic = %p.id.topic, partition = p.id.partition, deleted, "retired segments deleted");
     }
     Ok(deleted)
 }

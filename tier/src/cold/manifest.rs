@@ -543,7 +543,7 @@ impl Manifest {
     }
 
     /// Applies the commits after `state.seq`: how many, or `Err(seq)` when the log continues
-    /// at `seq` past a gap.
+    /// at `seq` past a gap (anywhere: retired segments leave holes between the commits kept).
     async fn apply_log(
         &self,
         state: &mut ManifestState,
@@ -559,13 +559,11 @@ impl Manifest {
             .filter(|&seq| seq > state.seq)
             .collect();
         seqs.sort_unstable();
-        if let Some(&first) = seqs.first()
-            && first != state.seq + 1
-        {
-            return Ok(Err(first));
-        }
         let mut n = 0;
         for seq in seqs {
+            if seq != state.seq + 1 {
+                return Ok(Err(seq));
+            }
             // Deleted since the listing: a checkpoint covers it.
             let Some(d) = self.read_delta(seq).await? else {
                 return Ok(Err(seq));
@@ -577,7 +575,7 @@ impl Manifest {
     }
 
     /// Commit `seq`'s delta, from its log object's footer (`None`: no such commit).
-    async fn read_delta(&self, seq: u64) -> Result<Option<Delta>> {
+    pub(crate) async fn read_delta(&self, seq: u64) -> Result<Option<Delta>> {
         use object_store::{GetOptions, GetRange};
         let p = self.paths.log(seq);
         let get = |range: GetRange| {
@@ -611,10 +609,11 @@ impl Manifest {
             {
                 Ok(kv) => break kv,
                 Err(need) if (need as u64) <= size && need > tail.len() => {
-                    tail = get(GetRange::Suffix(need as u64))
-                        .await?
-                        .ok_or_else(|| corrupt("log object vanished while read".into()))?
-                        .0;
+                    match get(GetRange::Suffix(need as u64)).await? {
+                        Some((t, _)) => tail = t,
+                        // Deleted meanwhile (a checkpoint covers it): as if never listed.
+                        None => return Ok(None),
+                    }
                 }
                 Err(need) => {
                     return Err(corrupt(format!(
