@@ -175,10 +175,18 @@ pub fn unique(prefix: &str) -> String {
 
 /// A port nothing listens on (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("reserve a port")
-        .port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct ports nothing listens on: all are held until every one is picked, so the kernel
+/// cannot hand out the same port twice (released one at a time, it can).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound address").port())
+        .collect()
 }
 
 /// An etcd cluster of this test's own (members on 127.0.0.1, on ports and data directories of
@@ -193,10 +201,11 @@ pub struct PrivateEtcd {
 
 impl PrivateEtcd {
     pub fn start(binary: std::path::PathBuf, members: usize) -> Self {
+        let ports = free_ports(2 * members);
         let mut etcd = PrivateEtcd {
             binary,
             dir: tempfile::tempdir().expect("tempdir"),
-            ports: (0..members).map(|_| (free_port(), free_port())).collect(),
+            ports: ports.chunks(2).map(|p| (p[0], p[1])).collect(),
             children: (0..members).map(|_| None).collect(),
         };
         for member in 0..members {
