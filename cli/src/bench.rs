@@ -556,6 +556,12 @@ async fn end_offsets(client: &Client, topic: &str) -> anyhow::Result<Vec<i64>> {
 }
 
 async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
+    if args.load.is_empty() || args.load.iter().any(|&f| !(f > 0.0 && f <= 1.0)) {
+        bail!(
+            "--load takes fractions of the sustained rate in (0, 1], got {:?}",
+            args.load
+        );
+    }
     let epoch = Instant::now();
     println!("baselines (same run):");
     let disk_bytes = (args.records * args.record_bytes as u64).min(1 << 30);
@@ -642,13 +648,8 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         .as_ref()
         .map_or(server, |n| n.addr.as_str())
         .to_string();
-    let mut first_rate = None;
     for &fraction in &args.load {
-        if !(fraction > 0.0 && fraction <= 1.0) {
-            bail!("--load takes fractions of the sustained rate in (0, 1], got {fraction}");
-        }
         let rate = sustained_rps * fraction;
-        first_rate.get_or_insert((fraction, rate));
         let n = ((rate * args.load_secs as f64) as u64).max(1);
         let from = end_offsets(&client, &topic).await?;
         let consumer = {
@@ -672,7 +673,8 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         row("  send→consumed (follow fetch)", lat(&e2e), "");
     }
     if args.sql_load {
-        let (fraction, rate) = first_rate.expect("at least one --load");
+        let fraction = args.load[0];
+        let rate = sustained_rps * fraction;
         let n = (rate * args.load_secs as f64) as u64;
         let sql = format!(
             "SELECT key, COUNT(*) AS n, SUM(CAST(value > key AS BIGINT)) AS above, \

@@ -14,7 +14,9 @@ use std::time::Duration;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tier::store::{Decorated, open_store};
-use tier::{ColdRetention, Compression, Error, FsyncPolicy, Source, Tier, TierConfig};
+use tier::{
+    ColdRetention, Compression, Error, FsyncPolicy, PartitionOffsets, Source, Tier, TierConfig,
+};
 use tierlog_tests::{
     BASE_TS, event, events_batch, first_at_or_after, python, s3_options, tests_dir, unique,
 };
@@ -298,6 +300,25 @@ async fn a_deposed_leader_cannot_commit() {
     }
 }
 
+/// Sets partition 0's cold retention to half of `cold_bytes` and waits until it applied.
+async fn retain_half(t: &Tier, cold_bytes: u64) -> PartitionOffsets {
+    let keep = cold_bytes / 2;
+    t.set_cold_retention(
+        "events",
+        0,
+        ColdRetention {
+            ms: None,
+            bytes: Some(keep),
+        },
+    )
+    .unwrap();
+    wait_until("retention never ran", || {
+        t.offsets("events", 0).unwrap().cold_bytes <= keep
+    })
+    .await;
+    t.offsets("events", 0).unwrap()
+}
+
 /// Cold retention removes whole segments: manifest first, then the objects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_retention_removes_whole_segments() {
@@ -314,21 +335,7 @@ async fn cold_retention_removes_whole_segments() {
     let log_dir = bucket.join("cluster/topics/events/0/log");
     let count = || std::fs::read_dir(&log_dir).unwrap().count() as u64;
     assert_eq!(count(), before.cold_segments + 1);
-    let keep = before.cold_bytes / 2;
-    t.set_cold_retention(
-        "events",
-        0,
-        ColdRetention {
-            ms: None,
-            bytes: Some(keep),
-        },
-    )
-    .unwrap();
-    wait_until("retention never ran", || {
-        t.offsets("events", 0).unwrap().cold_bytes <= keep
-    })
-    .await;
-    let after = t.offsets("events", 0).unwrap();
+    let after = retain_half(&t, before.cold_bytes).await;
     assert!(after.log_start > 0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
@@ -372,21 +379,7 @@ async fn retired_segments_left_behind_are_swept_and_nothing_else() {
     // Seq 1 is the fence, seq 2 the first segment.
     let first = format!("{:020}.parquet", 2);
     let first_bytes = std::fs::read(log_dir.join(&first)).unwrap();
-    let keep = before.cold_bytes / 2;
-    t.set_cold_retention(
-        "events",
-        0,
-        ColdRetention {
-            ms: None,
-            bytes: Some(keep),
-        },
-    )
-    .unwrap();
-    wait_until("retention never ran", || {
-        t.offsets("events", 0).unwrap().cold_bytes <= keep
-    })
-    .await;
-    let after = t.offsets("events", 0).unwrap();
+    let after = retain_half(&t, before.cold_bytes).await;
     let kept = names();
     assert!(
         !kept.contains(&first),

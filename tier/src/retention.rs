@@ -11,7 +11,7 @@ use object_store::ObjectStoreExt;
 use crate::cold::manifest::{Op, PartitionPaths};
 use crate::config::FsyncPolicy;
 use crate::engine::{Inner, Partition};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::now_ms;
 
 pub(crate) fn spawn_housekeeping(inner: &Arc<Inner>) {
@@ -140,15 +140,15 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
     {
         let mut w = p.writer.lock().await;
         w.commit(Op::Truncate { start_offset: cut }).await?;
-        p.set_cold(w.state());
         // The victims are log objects: a checkpoint must cover them before they go, as loading
         // starts from the newest checkpoint. Without one they stay for the orphan sweep.
-        if let Err(e) = w.checkpoint().await {
+        let checkpointed = w.checkpoint().await;
+        p.set_cold(w.state());
+        if let Err(e) = checkpointed {
             tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e,
                 "checkpoint before deleting retired segments failed; the orphan sweep deletes them later");
             return Ok(0);
         }
-        p.set_cold(w.state());
     }
     let paths = victims
         .iter()
@@ -165,7 +165,8 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
 /// Safety: only this partition's leader sweeps, and only log objects that are
 /// - at or below the seq of the checkpoint the hint names (read after the state and the list),
 ///   and of the leader's own state;
-/// - not a segment of the committed manifest (from the state read before listing);
+/// - below the seq of the first live segment (from the state read before listing: segments
+///   are committed in offset order, so every segment before it is retired);
 /// - commits adding a segment that ends below the committed start offset (read from the
 ///   footer): never a fence, whose slot a deposed writer may still try to create (deleting it
 ///   would let that create succeed), nor a truncation;
@@ -175,13 +176,13 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
 pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result<u64> {
     p.check_fenced()?;
     let state = p.cold();
-    let referenced: std::collections::HashSet<String> = p
-        .manifest
-        .segments(&state)
-        .await?
-        .into_iter()
-        .map(|s| s.path)
-        .collect();
+    let first_live = match p.manifest.find_offset(&state, state.start_offset).await? {
+        Some(s) => PartitionPaths::parse_log(s.path.rsplit('/').next().unwrap_or_default())
+            .ok_or_else(|| {
+                Error::invalid(format!("segment path {} is not a log object", s.path))
+            })?,
+        None => state.seq + 1,
+    };
     let store = p.manifest.store().clone();
     let dir = p.manifest.paths.log_dir();
     let cutoff = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
@@ -196,7 +197,7 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
             continue;
         };
         if seq > covered.min(state.seq)
-            || referenced.contains(&PartitionPaths::log_rel(seq))
+            || seq >= first_live
             || meta.last_modified.timestamp_millis() >= cutoff
         {
             continue;

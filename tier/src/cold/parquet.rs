@@ -77,13 +77,6 @@ pub fn schema() -> SchemaRef {
 /// `cold::manifest`).
 pub const DELTA_KEY: &str = "tierlog.delta";
 
-/// An encoded segment: the Parquet bytes and what they hold.
-#[derive(Debug, Clone)]
-pub struct Encoded {
-    pub bytes: Bytes,
-    pub summary: Summary,
-}
-
 /// What an encoded segment holds.
 #[derive(Debug, Clone, Copy)]
 pub struct Summary {
@@ -250,15 +243,16 @@ pub struct SegmentShape {
 /// Encodes the batches of one sealed segment as a Parquet file. The batches arrive in chunks
 /// (`chunks`), so memory is bounded by a chunk and a row group, not the segment; they must hold
 /// exactly the offsets `shape.base_offset..=shape.last_offset`, densely. `footer` gives extra
-/// file metadata from what the file holds (written last, in the footer).
-pub fn encode_segment(
+/// file metadata from what the file holds (written last, in the footer), and a value returned
+/// with the bytes.
+pub fn encode_segment<T>(
     id: &PartitionId,
     shape: SegmentShape,
     chunks: impl IntoIterator<Item = Result<Vec<RecordBatch>>>,
     row_group_bytes: usize,
     zstd_level: i32,
-    footer: impl FnOnce(&Summary) -> Result<Vec<KeyValue>>,
-) -> Result<Encoded> {
+    footer: impl FnOnce(&Summary) -> Result<(Vec<KeyValue>, T)>,
+) -> Result<(Bytes, T)> {
     let SegmentShape {
         base_offset,
         last_offset,
@@ -323,14 +317,12 @@ pub fn encode_segment(
         row_groups: w.flushed_row_groups().len() as u32,
         raw_bytes,
     };
-    for kv in footer(&summary)? {
+    let (meta, value) = footer(&summary)?;
+    for kv in meta {
         w.append_key_value_metadata(kv);
     }
     w.close().map_err(pq("close"))?;
-    Ok(Encoded {
-        bytes: Bytes::from(out),
-        summary,
-    })
+    Ok((Bytes::from(out), value))
 }
 
 /// A Parquet file of the segment schema with no rows, carrying `meta` (and the partition) in
@@ -354,16 +346,15 @@ pub fn encode_empty(id: &PartitionId, meta: Vec<KeyValue>) -> Result<Bytes> {
 }
 
 /// Parquet's trailer: footer length (4 bytes) and magic (4 bytes).
-pub const TRAILER: usize = 8;
+const TRAILER: usize = 8;
 
 /// Reads the file key-value metadata from the last bytes of a Parquet file (`tail`). `Ok(Err(n))`:
 /// the footer needs the last `n` bytes, more than `tail` holds.
 pub fn footer_metadata(tail: &[u8]) -> Result<std::result::Result<Vec<KeyValue>, usize>> {
     let corrupt = |reason: String| Error::invalid(format!("not a Parquet file: {reason}"));
-    let Some(trailer) = tail.len().checked_sub(TRAILER).map(|at| &tail[at..]) else {
+    let Some(trailer) = tail.last_chunk::<TRAILER>() else {
         return Err(corrupt(format!("{} bytes", tail.len())));
     };
-    let trailer: &[u8; TRAILER] = trailer.try_into().expect("8 bytes");
     let ft = parquet::file::metadata::FooterTail::try_new(trailer)
         .map_err(|e| corrupt(e.to_string()))?;
     let need = ft.metadata_length() + TRAILER;

@@ -188,8 +188,7 @@ async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Res
             last_offset: seg2.next_offset() - 1,
             raw_bytes: seg2.size(),
         };
-        let mut delta = None;
-        let enc = encode_segment(
+        let (bytes, delta) = encode_segment(
             &id,
             shape,
             seg2.chunks(cfg.row_group_bytes),
@@ -209,9 +208,8 @@ async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Res
                     epoch,
                     producers: seg2.producers(),
                 };
-                let (d, kv) = segment_footer(epoch, entry)?;
-                delta = Some(d);
-                Ok(vec![kv])
+                let (delta, kv) = segment_footer(epoch, entry)?;
+                Ok((vec![kv], delta))
             },
         )
         .map_err(|e| match e {
@@ -222,10 +220,7 @@ async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Res
             },
             other => other,
         })?;
-        Ok(SegmentCommit {
-            bytes: enc.bytes,
-            delta: delta.expect("the footer was written"),
-        })
+        Ok(SegmentCommit { bytes, delta })
     });
     let segment = tokio::select! {
         _ = p.cancel.cancelled() => return Err(Error::Closed),
