@@ -109,6 +109,14 @@ pub struct BenchArgs {
     /// Kills timed by `failover`.
     #[arg(long, default_value_t = 3)]
     pub kills: u32,
+    /// A settings file (as `tierlog serve --config` takes) for the started nodes; the bench's
+    /// own flags (object store, fsync, flush interval) take precedence over it.
+    #[arg(long, env = "TIERLOG_CONFIG")]
+    pub node_config: Option<PathBuf>,
+    /// `[tier] flush_interval_ms` of the started nodes: the least time between two segments a
+    /// partition seals for acks=all requests.
+    #[arg(long, default_value_t = tier::TierConfig::default().flush_interval_ms)]
+    pub flush_interval_ms: u64,
     /// Options of that store, `key=value` (e.g. aws_endpoint=http://127.0.0.1:39000); the
     /// standard AWS_* variables apply as well.
     #[arg(long = "object-store-option", value_parser = parse_option)]
@@ -119,6 +127,59 @@ fn parse_option(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected key=value, not {s:?}"))
+}
+
+/// CPU time from /proc (Linux; `None` elsewhere): the whole machine's busy and total ticks, and
+/// one process's. A phase's figures are read next to how busy the machine was meanwhile: on a
+/// machine shared with the S3 server and the load generator, latency follows CPU saturation.
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    busy: u64,
+    total: u64,
+    process: Option<u64>,
+}
+
+impl CpuTicks {
+    fn now(pid: Option<u32>) -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let total: u64 = f.iter().take(8).sum();
+        let idle = f.get(3)? + f.get(4).unwrap_or(&0);
+        let process = pid.and_then(|pid| {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may hold spaces): utime and stime are the
+            // 12th and 13th.
+            let rest = &s[s.rfind(')')? + 2..];
+            let v: Vec<&str> = rest.split_whitespace().collect();
+            Some(v.get(11)?.parse::<u64>().ok()? + v.get(12)?.parse::<u64>().ok()?)
+        });
+        Some(CpuTicks {
+            busy: total - idle,
+            total,
+            process,
+        })
+    }
+
+    /// How busy the machine was since `self`, and the node's share: (value, note) of a row.
+    fn since(&self, pid: Option<u32>) -> Option<(String, String)> {
+        let now = CpuTicks::now(pid)?;
+        let total = now.total.checked_sub(self.total).filter(|&t| t > 0)? as f64;
+        let busy = 100.0 * (now.busy - self.busy) as f64 / total;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let node = match (self.process, now.process) {
+            (Some(a), Some(b)) => {
+                format!("the node {:.0}% of it, ", 100.0 * (b - a) as f64 / total)
+            }
+            _ => String::new(),
+        };
+        Some((format!("{busy:.0}% busy"), format!("{node}{cores} cores")))
+    }
 }
 
 /// A node started for the bench; killed when dropped.
@@ -138,21 +199,39 @@ impl Node {
         let fsync = args.fsync.as_str();
         let exe = std::env::current_exe().context("locating the tierlog binary")?;
         let log = std::fs::File::create(dir.join("node.log"))?;
+        // One settings file: --node-config, then what the bench sets itself.
+        let mut cfg = match &args.node_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
         let mut store_args: Vec<String> = Vec::new();
         if let Some(url) = &args.object_store {
-            let mut cfg = String::from("[object_store_options]\n");
+            let opts = cfg
+                .entry("object_store_options")
+                .or_insert_with(|| toml::Table::new().into())
+                .as_table_mut()
+                .context("object_store_options must be a table")?;
             for (k, v) in &args.object_store_options {
-                cfg += &format!("{k} = {v:?}\n");
+                opts.insert(k.clone(), v.clone().into());
             }
-            let cfg_path = dir.join("node.toml");
-            std::fs::write(&cfg_path, cfg)?;
-            store_args.extend([
-                "--object-store".to_string(),
-                url.clone(),
-                "--config".to_string(),
-                cfg_path.display().to_string(),
-            ]);
+            store_args.extend(["--object-store".to_string(), url.clone()]);
         }
+        cfg.entry("tier")
+            .or_insert_with(|| toml::Table::new().into())
+            .as_table_mut()
+            .context("[tier] must be a table")?
+            .insert(
+                "flush_interval_ms".into(),
+                (args.flush_interval_ms as i64).into(),
+            );
+        let cfg_path = dir.join("node.toml");
+        std::fs::write(&cfg_path, toml::to_string(&cfg)?)?;
+        store_args.extend(["--config".to_string(), cfg_path.display().to_string()]);
         let mut child = tokio::process::Command::new(exe)
             .args([
                 "serve",
@@ -227,7 +306,7 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         .tempdir_in(&base)
         .with_context(|| format!("creating a bench directory in {}", base.display()))?;
     println!(
-        "tierlog bench {:?}: {} records of {} B, {} partitions, acks={:?}, fsync={}, linger={} ms, in flight={}, dir={}",
+        "tierlog bench {:?}: {} records of {} B, {} partitions, acks={:?}, fsync={}, linger={} ms, in flight={}, flush interval={} ms{}, dir={}",
         args.kind,
         args.records,
         args.record_bytes,
@@ -236,6 +315,11 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         args.fsync,
         args.linger_ms,
         args.max_in_flight,
+        args.flush_interval_ms,
+        args.node_config.as_ref().map_or(String::new(), |p| format!(
+            ", node settings {}",
+            p.display()
+        )),
         dir.path().display()
     );
     match args.kind {
@@ -603,7 +687,10 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
     let (node, client, topic) = setup(server, args, dir).await?;
     let producer = Producer::new(client.clone(), producer_config(args));
     println!("through the node:");
+    let pid = node.as_ref().map(|n| n.pid);
+    let cpu = CpuTicks::now(pid);
     let peak = produce_phase(&producer, &topic, args, args.records, None, epoch).await?;
+    let peak_cpu = cpu.and_then(|c| c.since(pid));
     let peak_rps = peak.records as f64 / peak.elapsed.as_secs_f64();
     row(
         "produce, full speed",
@@ -615,6 +702,9 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         ),
     );
     row("  send→ack at full speed", lat(&peak.acks), "");
+    if let Some((busy, note)) = peak_cpu {
+        row("  machine CPU meanwhile", busy, &note);
+    }
     // The full-speed phase outruns Parquet conversion (it runs at idle priority), so the node
     // is still converting and uploading when it ends. What it can sustain is the rate at which
     // records become committed in the object store: until an acks=all record sent after the
@@ -639,8 +729,10 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
     let target = match (args.acks, put_p99_ms) {
         (crate::AcksArg::Leader, _) => "target: p99 < 10 ms".to_string(),
         (crate::AcksArg::All, Some(put)) => format!(
-            "bound for a 100 ms interval: 100 + 2 × PUT p99 (256 KiB) = {:.1} ms",
-            100.0 + 2.0 * put
+            "bound: flush interval + 2 × PUT p99 (256 KiB) = {} + {:.1} = {:.1} ms",
+            args.flush_interval_ms,
+            2.0 * put,
+            args.flush_interval_ms as f64 + 2.0 * put
         ),
         _ => String::new(),
     };
@@ -659,7 +751,9 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
             tokio::spawn(async move { follow(&client, &topic, from, n, epoch).await })
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let cpu = CpuTicks::now(pid);
         let phase = produce_phase(&producer, &topic, args, n, Some(rate), epoch).await?;
+        let phase_cpu = cpu.and_then(|c| c.since(pid));
         let e2e = consumer.await??;
         row(
             &format!("produce at {:.0}% of sustained speed", fraction * 100.0),
@@ -671,6 +765,9 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         );
         row("  send→ack", lat(&phase.acks), &target);
         row("  send→consumed (follow fetch)", lat(&e2e), "");
+        if let Some((busy, note)) = phase_cpu {
+            row("  machine CPU meanwhile", busy, &note);
+        }
     }
     if args.sql_load {
         let fraction = args.load[0];

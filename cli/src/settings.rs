@@ -86,6 +86,11 @@ pub struct TierSettings {
     pub uploads_in_flight: usize,
     /// Age after which segment objects no commit references are deleted.
     pub orphan_grace_ms: u64,
+    /// Least time between two segments a partition seals for acks=all requests, ms (0: as soon
+    /// as the uploader is free).
+    pub flush_interval_ms: u64,
+    /// zstd level of cold segments (1 fastest, 22 smallest).
+    pub zstd_level: i32,
 }
 
 impl Default for TierSettings {
@@ -103,6 +108,8 @@ impl Default for TierSettings {
             encode_concurrency: 0,
             uploads_in_flight: d.uploads_in_flight,
             orphan_grace_ms: d.orphan_grace_ms,
+            flush_interval_ms: d.flush_interval_ms,
+            zstd_level: d.zstd_level,
         }
     }
 }
@@ -220,6 +227,8 @@ impl Settings {
             },
             uploads_in_flight: t.uploads_in_flight,
             orphan_grace_ms: t.orphan_grace_ms,
+            flush_interval_ms: t.flush_interval_ms,
+            zstd_level: t.zstd_level,
             ..TierConfig::default()
         })
     }

@@ -1,7 +1,9 @@
 //! The producer: one sender task per partition, fed through a bounded queue (back-pressure),
 //! batching by size and linger, up to [`MAX_IN_FLIGHT`] requests in flight per partition when
 //! idempotent (one otherwise), retries with exponential backoff for retriable errors. Records
-//! of a partition are appended in the order they were sent, also across retries.
+//! of a partition are appended in the order they were sent, also across retries. When answers
+//! are slow (acks=all), batches are paced to one per answer time / window, so the window never
+//! fills and records keep reaching the leader in time for its next group commit.
 //!
 //! Each batch is encoded here as a Kafka v2 record batch (CRC-32C, optionally zstd) and sent as
 //! one `record_batch`: the node checks it and stores it as sent, so the bytes on disk are the
@@ -251,14 +253,21 @@ async fn sender(
     let mut forming_bytes = 0;
     let mut deadline = tokio::time::Instant::now();
     let mut open = true;
+    // Pacing: when answers are slow (acks=all waits for an upload), batches go out no faster
+    // than one per (slowest recent answer / half the window), so the window does not fill.
+    // A full window lets records pile up in the producer and reach the leader just after the
+    // group commit that answered the window, a whole commit interval late.
+    let mut answer_time = Duration::ZERO;
+    let mut sent_at: VecDeque<tokio::time::Instant> = VecDeque::new();
+    let mut last_send = tokio::time::Instant::now();
     loop {
         if !open && forming.is_empty() && flights.is_empty() {
             return;
         }
         let full = forming_bytes >= cfg.batch_bytes;
         let room = flights.len() < window;
-        if room && !forming.is_empty() && (full || !open || tokio::time::Instant::now() >= deadline)
-        {
+        let due = deadline.max(last_send + answer_time * 2 / window as u32);
+        if room && !forming.is_empty() && (full || !open || tokio::time::Instant::now() >= due) {
             forming_bytes = 0;
             let (records, dones) = std::mem::take(&mut forming).into_iter().unzip();
             let mut f = Flight {
@@ -280,11 +289,14 @@ async fn sender(
                         f.bytes.clone(),
                     ));
                     flights.push_back((f, call));
+                    last_send = tokio::time::Instant::now();
+                    sent_at.push_back(last_send);
                 }
                 Err(_) => {
                     // No identity yet (or no encoding): settle everything in order, this
                     // batch after the ones already sent.
                     let mut queue = drain(&mut flights, None).await;
+                    sent_at.clear();
                     queue.push((f, None));
                     recover(
                         &client, &cfg, &topic, partition, &mut seq, idempotent, queue,
@@ -300,16 +312,22 @@ async fn sender(
                 if !flights.is_empty() =>
             {
                 let (f, _) = flights.pop_front().expect("checked");
+                if let Some(t) = sent_at.pop_front() {
+                    // Follows a slower answer at once, a faster one gradually.
+                    let took = t.elapsed();
+                    answer_time = took.max((answer_time * 7 + took) / 8);
+                }
                 match joined(answer) {
                     Ok(r) if !refused_whole(&r, idempotent) => deliver(partition, f, r),
                     answer => {
                         let queue = drain(&mut flights, Some((f, Some(answer)))).await;
+                        sent_at.clear();
                         recover(&client, &cfg, &topic, partition, &mut seq, idempotent, queue)
                             .await;
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if room && !forming.is_empty() => {}
+            _ = tokio::time::sleep_until(due), if room && !forming.is_empty() => {}
             next = rx.recv(), if open && !full => match next {
                 Some(p) => {
                     if forming.is_empty() {

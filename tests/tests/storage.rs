@@ -866,6 +866,80 @@ async fn uploads_overlap_but_commit_in_order() {
     t.close(false).await.unwrap();
 }
 
+/// Under steady acks=all load a partition seals for waiters at most once per
+/// `flush_interval_ms`, so its object count (the store's request bill) is bounded by the
+/// interval, not the request rate; every waiter is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_commits_at_most_once_per_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let hot = dir.path().join("hot");
+    let interval = 300;
+    let cfg = TierConfig {
+        flush_interval_ms: interval,
+        ..config(&hot, 64 << 20)
+    };
+    let t = open(cfg, store).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut waiters = tokio::task::JoinSet::new();
+    let mut next = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        produce(&t, 0, next, 10, 10).await;
+        next += 10;
+        let (t, end) = (t.clone(), next);
+        waiters.spawn(async move { t.wait_committed("events", 0, end).await });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let requests = waiters.len();
+    while let Some(w) = waiters.join_next().await {
+        w.unwrap().unwrap();
+    }
+    // Seals start at least `interval` apart, the first at once: k seals need (k-1) intervals.
+    let most = started.elapsed().as_millis() as usize / interval as usize + 1;
+    let objects = parquet_files(&bucket);
+    assert!(
+        (1..=most).contains(&objects),
+        "{requests} acks=all requests over {:?} went up in {objects} objects; at most {most} \
+         with a {interval} ms interval",
+        started.elapsed()
+    );
+    assert_eq!(t.offsets("events", 0).unwrap().cold_next, next);
+    t.close(false).await.unwrap();
+}
+
+/// The flush interval holds back a waiter only when the partition sealed for waiters recently:
+/// the first is served at once, the next waits for the interval (or an explicit flush).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partition_is_not_held_by_the_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let hot = dir.path().join("hot");
+    let cfg = TierConfig {
+        flush_interval_ms: 60_000,
+        ..config(&hot, 64 << 20)
+    };
+    let t = open(cfg, store).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    produce(&t, 0, 0, 10, 10).await;
+    // Not held for the minute: nothing was sealed for waiters before.
+    t.wait_committed("events", 0, 10).await.unwrap();
+    produce(&t, 0, 10, 10, 10).await;
+    let second = {
+        let t = t.clone();
+        tokio::spawn(async move { t.wait_committed("events", 0, 20).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "held until the interval has passed");
+    assert_eq!(t.offsets("events", 0).unwrap().cold_next, 10);
+    t.flush("events", 0).await.unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(parquet_files(&bucket), 2);
+    t.close(false).await.unwrap();
+}
+
 /// acks=all is group-committed: a waiter on a quiet partition gets its own small segment at
 /// once, and the waiters that arrive while `uploads_in_flight` uploads are in flight share the
 /// next one, so objects grow with the upload rate, not the request rate. Nobody is released before the cold

@@ -70,6 +70,13 @@ pub struct TierConfig {
     /// sealed after the whole cycle: for stores whose PUT takes far longer than a conversion. 1
     /// (the default) uploads one segment after the other and makes the fewest objects.
     pub uploads_in_flight: usize,
+    /// The least time between two segments a partition seals for acks=all waiters, ms. A
+    /// waiter on a partition that sealed longer ago than this is served at once (one
+    /// conversion, one PUT); under steady acks=all load a partition commits about once per
+    /// interval. So a partition makes at most `1000 / flush_interval_ms` PUTs a second (the
+    /// store's request bill), and acks=all latency stays within about the interval plus one
+    /// upload. 0 seals whenever the uploader is free: lowest latency, most objects.
+    pub flush_interval_ms: u64,
     /// How often background work (age-based sealing, retention, interval fsync checks) runs.
     pub housekeeping_ms: u64,
     /// Retired segments whose delete failed are deleted once they are this old; each led
@@ -101,6 +108,7 @@ impl Default for TierConfig {
                 .map_or(1, |n| n.get() / 2)
                 .max(4),
             uploads_in_flight: 1,
+            flush_interval_ms: 100,
         }
     }
 }
@@ -153,6 +161,12 @@ impl TierConfig {
         if self.uploads_in_flight == 0 {
             return bad("uploads_in_flight must be at least 1".into());
         }
+        if self.flush_interval_ms > 60_000 {
+            return bad(format!(
+                "flush_interval_ms is at most 60000 (acks=all requests wait up to this long), got {}",
+                self.flush_interval_ms
+            ));
+        }
         if self.orphan_grace_ms < 60_000 {
             return bad(format!(
                 "orphan_grace_ms must be at least 60000, got {}",
@@ -163,6 +177,10 @@ impl TierConfig {
             return bad("housekeeping_ms and segment_ms must be positive".into());
         }
         Ok(())
+    }
+
+    pub(crate) fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
     }
 
     pub(crate) fn housekeeping(&self) -> Duration {

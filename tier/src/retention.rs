@@ -202,7 +202,7 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
         {
             continue;
         }
-        let retired = match p.manifest.read_delta(seq).await? {
+        let retired = match p.manifest.read_delta(seq, Some(meta.size)).await? {
             Some(d) => match d.op {
                 Op::Add { segments } => segments.iter().all(|s| s.last_offset < state.start_offset),
                 _ => false,

@@ -30,7 +30,8 @@
 //! checkpoint; before that, any level holding `FANOUT` entries has its oldest `FANOUT` entries moved
 //! into an immutable chunk object referenced from the level above. A checkpoint therefore holds at
 //! most `FANOUT` entries per level and `log_FANOUT(segments)` levels: its size grows with the
-//! logarithm of history, and chunks, log objects and segments are never rewritten. Checkpoints and
+//! logarithm of history, and chunks, log objects and segments are never rewritten. After each
+//! checkpoint, all but the newest `CHECKPOINTS_KEPT` checkpoints are deleted. Checkpoints and
 //! chunks are derived from the immutable log, so any writer (even a deposed one) writes a correct
 //! one. Log objects a checkpoint covers may be deleted (retired segments, old fences): loading
 //! starts from the newest checkpoint, and a reader whose state is older than a gap reloads from it.
@@ -57,6 +58,13 @@ pub const FANOUT: usize = 256;
 /// A checkpoint is written after every this many commits.
 pub const CHECKPOINT_EVERY: u64 = 32;
 const VERSION: u32 = 2;
+/// Checkpoints kept after each new one: the newest few. Older ones only name states whose log
+/// may have holes (deleted retired segments); a reader that was sent to one that went lists the
+/// checkpoints again.
+pub const CHECKPOINTS_KEPT: usize = 4;
+/// Listings of the checkpoints one `load` makes before it gives up on finding a checkpoint that
+/// the log continues from.
+const LOAD_LISTINGS: u32 = 3;
 /// Attempts (with backoff) to load and fence a manifest before opening fails.
 const OPEN_ATTEMPTS: u32 = 6;
 
@@ -450,27 +458,38 @@ impl Manifest {
     /// Loads the current state: the newest checkpoint, then every commit after it.
     pub async fn load(&self) -> Result<ManifestState> {
         let mut hinted = self.checkpointed().await?;
-        let mut listed = false;
+        let mut listings = 0;
         loop {
-            let seq = match hinted {
+            let seq = match hinted.take() {
                 Some(s) => Some(s),
                 None => {
-                    listed = true;
+                    listings += 1;
                     self.newest_checkpoint().await?
                 }
             };
             let mut state = match seq {
-                Some(seq) => self.read_checkpoint(seq).await?,
                 None => ManifestState::new(&self.topic, self.partition),
+                Some(seq) => match self.read_checkpoint(seq).await? {
+                    Some(state) => state,
+                    // Pruned since it was named: newer ones exist.
+                    None if listings < LOAD_LISTINGS => continue,
+                    None => {
+                        return Err(Error::Corrupt {
+                            location: self.paths.checkpoint(seq).to_string(),
+                            position: 0,
+                            reason: format!(
+                                "the newest checkpoint went missing {listings} times in a row"
+                            ),
+                        });
+                    }
+                },
             };
             match self.apply_log(&mut state).await? {
                 Ok(_) => {}
                 // The hint can lag (a slow writer put an older one last) behind a checkpoint
-                // that covers deleted log objects: look for the newest checkpoint itself.
-                Err(_) if !listed => {
-                    hinted = None;
-                    continue;
-                }
+                // that covers deleted log objects, or newer checkpoints and deletions landed
+                // since the listing: look for the newest checkpoint itself.
+                Err(_) if listings < LOAD_LISTINGS => continue,
                 Err(first) => {
                     return Err(state.corrupt(format!(
                         "the log after the newest checkpoint starts at {first}"
@@ -484,25 +503,44 @@ impl Manifest {
         }
     }
 
-    async fn newest_checkpoint(&self) -> Result<Option<u64>> {
+    /// The seqs of the checkpoints there are, oldest first.
+    async fn checkpoint_seqs(&self) -> Result<Vec<u64>> {
         let metas: Vec<_> = self
             .store
             .list(Some(&self.paths.checkpoints()))
             .try_collect()
             .await?;
-        Ok(metas.iter().filter_map(|m| seq_of(&m.location)).max())
+        let mut seqs: Vec<u64> = metas.iter().filter_map(|m| seq_of(&m.location)).collect();
+        seqs.sort_unstable();
+        Ok(seqs)
     }
 
-    async fn read_checkpoint(&self, seq: u64) -> Result<ManifestState> {
+    async fn newest_checkpoint(&self) -> Result<Option<u64>> {
+        Ok(self.checkpoint_seqs().await?.last().copied())
+    }
+
+    /// Checkpoint `seq` (`None`: there is none).
+    async fn read_checkpoint(&self, seq: u64) -> Result<Option<ManifestState>> {
         let p = self.paths.checkpoint(seq);
-        let b = get_opt(&*self.store, &p)
-            .await?
-            .ok_or_else(|| Error::Corrupt {
-                location: p.to_string(),
-                position: 0,
-                reason: "the checkpoint named by _last_checkpoint is missing".into(),
-            })?;
-        decode::<ManifestState>("checkpoint", &p, &b)
+        match get_opt(&*self.store, &p).await? {
+            Some(b) => decode::<ManifestState>("checkpoint", &p, &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes all checkpoints but the newest [`CHECKPOINTS_KEPT`]: how many went. A checkpoint
+    /// is deleted only when that many newer ones exist, so however writers interleave, the
+    /// newest are never deleted.
+    pub(crate) async fn prune_checkpoints(&self) -> Result<usize> {
+        let seqs = self.checkpoint_seqs().await?;
+        let doomed = &seqs[..seqs.len().saturating_sub(CHECKPOINTS_KEPT)];
+        for &seq in doomed {
+            match self.store.delete(&self.paths.checkpoint(seq)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(doomed.len())
     }
 
     /// A partition written by a tierlog whose manifest kept JSON deltas (format 1) reads as empty
@@ -549,23 +587,23 @@ impl Manifest {
         state: &mut ManifestState,
     ) -> Result<std::result::Result<usize, u64>> {
         let after = self.paths.log(state.seq);
-        let mut seqs: Vec<u64> = self
+        let mut seqs: Vec<(u64, u64)> = self
             .store
             .list_with_offset(Some(&self.paths.log_dir()), &after)
             .try_collect::<Vec<_>>()
             .await?
             .iter()
-            .filter_map(|m| PartitionPaths::parse_log(m.location.filename()?))
-            .filter(|&seq| seq > state.seq)
+            .filter_map(|m| Some((PartitionPaths::parse_log(m.location.filename()?)?, m.size)))
+            .filter(|&(seq, _)| seq > state.seq)
             .collect();
         seqs.sort_unstable();
         let mut n = 0;
-        for seq in seqs {
+        for (seq, size) in seqs {
             if seq != state.seq + 1 {
                 return Ok(Err(seq));
             }
             // Deleted since the listing: a checkpoint covers it.
-            let Some(d) = self.read_delta(seq).await? else {
+            let Some(d) = self.read_delta(seq, Some(size)).await? else {
                 return Ok(Err(seq));
             };
             state.apply(&d)?;
@@ -574,28 +612,37 @@ impl Manifest {
         Ok(Ok(n))
     }
 
-    /// Commit `seq`'s delta, from its log object's footer (`None`: no such commit).
-    pub(crate) async fn read_delta(&self, seq: u64) -> Result<Option<Delta>> {
+    /// Commit `seq`'s delta, from its log object's footer (`None`: no such commit). `size` is
+    /// the object's size when a listing gave it (objects are immutable); otherwise a HEAD asks.
+    /// Reads are ranges inside the object (or the whole of a small one), never suffix ranges,
+    /// which some S3-compatible servers answer with the whole object and a 200.
+    pub(crate) async fn read_delta(&self, seq: u64, size: Option<u64>) -> Result<Option<Delta>> {
         use object_store::{GetOptions, GetRange};
         let p = self.paths.log(seq);
-        let get = |range: GetRange| {
+        let size = match size {
+            Some(size) => size,
+            None => match self.store.head(&p).await {
+                Ok(meta) => meta.size,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        // The last `n` bytes.
+        let get = |n: u64| {
             let (store, p) = (self.store.clone(), p.clone());
             async move {
                 let opts = GetOptions {
-                    range: Some(range),
+                    range: (n < size).then(|| GetRange::Bounded(size - n..size)),
                     ..Default::default()
                 };
                 match store.get_opts(&p, opts).await {
-                    Ok(r) => {
-                        let size = r.meta.size;
-                        Ok(Some((r.bytes().await?, size)))
-                    }
+                    Ok(r) => Ok(Some(r.bytes().await?)),
                     Err(object_store::Error::NotFound { .. }) => Ok(None),
                     Err(e) => Err(Error::from(e)),
                 }
             }
         };
-        let Some((mut tail, size)) = get(GetRange::Suffix(FOOTER_READ)).await? else {
+        let Some(mut tail) = get(FOOTER_READ).await? else {
             return Ok(None);
         };
         let corrupt = |reason: String| Error::Corrupt {
@@ -609,8 +656,8 @@ impl Manifest {
             {
                 Ok(kv) => break kv,
                 Err(need) if (need as u64) <= size && need > tail.len() => {
-                    match get(GetRange::Suffix(need as u64)).await? {
-                        Some((t, _)) => tail = t,
+                    match get(need as u64).await? {
+                        Some(t) => tail = t,
                         // Deleted meanwhile (a checkpoint covers it): as if never listed.
                         None => return Ok(None),
                     }
@@ -932,7 +979,9 @@ impl ManifestWriter {
                 None
             } else {
                 let m = &self.manifest;
-                self.retry.run("read commit", || m.read_delta(seq)).await?
+                self.retry
+                    .run("read commit", || m.read_delta(seq, None))
+                    .await?
             };
             if put
                 || existing
@@ -1037,6 +1086,10 @@ impl ManifestWriter {
             )
             .await?;
         self.state = state;
+        if let Err(e) = self.manifest.prune_checkpoints().await {
+            tracing::warn!(topic = %self.state.topic, partition = self.state.partition,
+                error = %e, "deleting old checkpoints failed; will retry at the next checkpoint");
+        }
         Ok(())
     }
 }

@@ -1,6 +1,10 @@
 //! Upload: sealed hot segments become Parquet objects that commit themselves to the manifest
 //! (the object is the next entry of the partition's commit log), oldest first.
 //!
+//! acks=all waiters get the active segment sealed when a slot is free and `flush_interval_ms`
+//! has passed since the partition's last seal for waiters: at once on a quiet partition, about
+//! once per interval under steady load, which bounds the partition's PUT rate.
+//!
 //! Up to `uploads_in_flight` segments of a partition are in upload at once, each on a task of
 //! its own: converted side by side, written one at a time, each once the one before it is
 //! committed. After a failure, the uploads behind it (which wrote nothing) are dropped and
@@ -17,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::cold::manifest::{Op, SegmentCommit, SegmentEntry, segment_footer};
@@ -47,6 +52,9 @@ enum Next {
 async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     let idle = inner.cfg.housekeeping();
     let depth = inner.cfg.uploads_in_flight;
+    let interval = inner.cfg.flush_interval();
+    // When the last seal for acks=all waiters started: the next one waits for the interval.
+    let mut last_seal: Option<Instant> = None;
     // Oldest first. Dropping an entry aborts its task; a task commits only after the one before
     // it, so the aborted ones behind a failure have written nothing.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -68,8 +76,21 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                 });
             }
         }
-        if in_flight.len() < depth && seal_for_waiters(&p, started).await {
-            continue;
+        // Waiters for the active segment are served by a seal once a slot is free and the
+        // interval since the last seal has passed; until then they accumulate.
+        let due = last_seal.map(|t| t + interval);
+        let mut wake = Instant::now() + idle;
+        if in_flight.len() < depth && waiters_need_seal(&p, started) {
+            match due {
+                Some(due) if due > Instant::now() => wake = due,
+                _ => {
+                    let at = Instant::now();
+                    if seal_for_waiters(&p).await {
+                        last_seal = Some(at);
+                        continue;
+                    }
+                }
+            }
         }
         let next = tokio::select! {
             _ = p.cancel.cancelled() => return,
@@ -84,7 +105,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
             }
             // A waiter can only be served by a seal, for which a slot must be free.
             _ = p.notify.notified(), if in_flight.len() < depth => continue,
-            _ = tokio::time::sleep(idle) => continue,
+            _ = tokio::time::sleep_until(wake) => continue,
         };
         in_flight.clear();
         match next {
@@ -97,16 +118,18 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     }
 }
 
-/// acks=all waiters need offsets that are still in the active segment: seals it now, with
-/// everything appended so far, when the waiters want more than `sealed` (what is sealed or
-/// committed already). True if it sealed.
-async fn seal_for_waiters(p: &Partition, sealed: i64) -> bool {
+/// acks=all waiters need offsets that are still in the active segment: they want more than
+/// `sealed` (what is sealed or committed already), and it has been appended.
+fn waiters_need_seal(p: &Partition, sealed: i64) -> bool {
     let wanted = p.commit_wanted.load(Ordering::Acquire);
-    if wanted <= sealed || p.log.next_offset() < wanted {
-        return false;
-    }
+    wanted > sealed && p.log.next_offset() >= wanted
+}
+
+/// Seals the active segment for acks=all waiters, with everything appended so far. True if it
+/// sealed.
+async fn seal_for_waiters(p: &Partition) -> bool {
     let log = p.log.clone();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     match tokio::task::spawn_blocking(move || log.seal_active(true)).await {
         Ok(Ok(sealed)) => {
             tracing::debug!(topic = %p.id.topic, partition = p.id.partition,

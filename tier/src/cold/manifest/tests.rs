@@ -356,3 +356,40 @@ async fn a_format_1_manifest_is_refused() {
     let err = ManifestWriter::open(m, 1, retry()).await.unwrap_err();
     assert!(err.to_string().contains("format 1"), "{err}");
 }
+
+/// Checkpoints do not pile up: after each, only the newest few stay, and a reader sent to one
+/// that was deleted (by a hint that lags) finds the newest by listing.
+#[tokio::test]
+async fn old_checkpoints_are_pruned() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let m = manifest(store.clone());
+    let mut w = ManifestWriter::open(m.clone(), 1, retry()).await.unwrap();
+    let n = 10 * CHECKPOINT_EVERY as i64;
+    for i in 0..n {
+        add(&mut w, i * 10, 10).await.unwrap();
+    }
+    let seqs = m.checkpoint_seqs().await.unwrap();
+    let newest = m.checkpointed().await.unwrap().unwrap();
+    assert_eq!(newest, 10 * CHECKPOINT_EVERY);
+    let kept: Vec<u64> = (0..CHECKPOINTS_KEPT as u64)
+        .rev()
+        .map(|k| newest - k * CHECKPOINT_EVERY)
+        .collect();
+    assert_eq!(seqs, kept, "only the newest {CHECKPOINTS_KEPT} stay");
+    // A hint naming a deleted checkpoint, as a slow writer could leave it.
+    let stale = encode(
+        "hint",
+        &Hint {
+            seq: CHECKPOINT_EVERY,
+        },
+    )
+    .unwrap();
+    store
+        .put(&m.paths.hint(), PutPayload::from(stale))
+        .await
+        .unwrap();
+    assert_eq!(m.load().await.unwrap(), *w.state());
+    // Pruning again deletes nothing: it never goes below the newest few.
+    assert_eq!(m.prune_checkpoints().await.unwrap(), 0);
+    assert_eq!(m.checkpoint_seqs().await.unwrap(), kept);
+}
