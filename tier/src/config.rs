@@ -62,7 +62,7 @@ pub struct TierConfig {
     /// lowest CPU priority. Conversion is CPU-bound (zstd); the default is half the cores, at
     /// least 4: at the lowest priority extra threads only take idle CPU, and with fewer the
     /// small segments acks=all requests wait for queue behind other partitions' conversions
-    /// (measured on 2 cores, 4 partitions: acks=all p50 61-64 ms with 4, 79-90 ms with 1).
+    /// (seen in the per-segment upload log with one thread on 2 cores).
     pub encode_concurrency: usize,
     /// Segments of one partition in upload at once. Each is written (which commits it) only
     /// after the one before it; with more than 1, acks=all waiters that arrive during an upload
