@@ -266,7 +266,12 @@ async fn sender(
         }
         let full = forming_bytes >= cfg.batch_bytes;
         let room = flights.len() < window;
-        let due = deadline.max(last_send + answer_time * 2 / window as u32);
+        // With a window of one the answer itself paces the sender.
+        let pace = match window {
+            1 => Duration::ZERO,
+            w => answer_time * 2 / w as u32,
+        };
+        let due = deadline.max(last_send + pace);
         if room && !forming.is_empty() && (full || !open || tokio::time::Instant::now() >= due) {
             forming_bytes = 0;
             let (records, dones) = std::mem::take(&mut forming).into_iter().unzip();

@@ -866,22 +866,28 @@ async fn uploads_overlap_but_commit_in_order() {
     t.close(false).await.unwrap();
 }
 
+/// A tier with `flush_interval_ms` over a file store in `dir/bucket`, partition 0 of `events`
+/// open; and the bucket's directory.
+async fn tier_with_interval(dir: &FsPath, interval: u64) -> (Tier, std::path::PathBuf) {
+    let bucket = dir.join("bucket");
+    let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let cfg = TierConfig {
+        flush_interval_ms: interval,
+        ..config(&dir.join("hot"), 64 << 20)
+    };
+    let t = open(cfg, store).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    (t, bucket)
+}
+
 /// Under steady acks=all load a partition seals for waiters at most once per
 /// `flush_interval_ms`, so its object count (the store's request bill) is bounded by the
 /// interval, not the request rate; every waiter is still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_commits_at_most_once_per_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let bucket = dir.path().join("bucket");
-    let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
-    let hot = dir.path().join("hot");
     let interval = 300;
-    let cfg = TierConfig {
-        flush_interval_ms: interval,
-        ..config(&hot, 64 << 20)
-    };
-    let t = open(cfg, store).await;
-    t.open_partition("events", 0, 1).await.unwrap();
+    let (t, bucket) = tier_with_interval(dir.path(), interval).await;
     let started = std::time::Instant::now();
     let mut waiters = tokio::task::JoinSet::new();
     let mut next = 0;
@@ -914,15 +920,7 @@ async fn acks_all_commits_at_most_once_per_flush_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_partition_is_not_held_by_the_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let bucket = dir.path().join("bucket");
-    let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
-    let hot = dir.path().join("hot");
-    let cfg = TierConfig {
-        flush_interval_ms: 60_000,
-        ..config(&hot, 64 << 20)
-    };
-    let t = open(cfg, store).await;
-    t.open_partition("events", 0, 1).await.unwrap();
+    let (t, bucket) = tier_with_interval(dir.path(), 60_000).await;
     produce(&t, 0, 0, 10, 10).await;
     // Not held for the minute: nothing was sealed for waiters before.
     t.wait_committed("events", 0, 10).await.unwrap();
