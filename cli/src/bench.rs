@@ -114,9 +114,9 @@ pub struct BenchArgs {
     #[arg(long, env = "TIERLOG_CONFIG")]
     pub node_config: Option<PathBuf>,
     /// `[tier] flush_interval_ms` of the started nodes: the least time between two segments a
-    /// partition seals for acks=all requests.
-    #[arg(long, default_value_t = tier::TierConfig::default().flush_interval_ms)]
-    pub flush_interval_ms: u64,
+    /// partition seals for acks=all requests (default: --node-config's, else the node's).
+    #[arg(long)]
+    pub flush_interval_ms: Option<u64>,
     /// Options of that store, `key=value` (e.g. aws_endpoint=http://127.0.0.1:39000); the
     /// standard AWS_* variables apply as well.
     #[arg(long = "object-store-option", value_parser = parse_option)]
@@ -182,6 +182,30 @@ impl CpuTicks {
     }
 }
 
+/// The settings file given for started nodes (`--node-config`), or none.
+fn node_settings(args: &BenchArgs) -> anyhow::Result<toml::Table> {
+    let Some(path) = &args.node_config else {
+        return Ok(toml::Table::new());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The flush interval started nodes run with: the flag, else the settings file's, else the
+/// default.
+fn flush_interval_ms(args: &BenchArgs) -> anyhow::Result<u64> {
+    let from_file = node_settings(args)?
+        .get("tier")
+        .and_then(|t| t.get("flush_interval_ms"))
+        .and_then(toml::Value::as_integer)
+        .map(|v| v as u64);
+    Ok(args
+        .flush_interval_ms
+        .or(from_file)
+        .unwrap_or(tier::TierConfig::default().flush_interval_ms))
+}
+
 /// A node started for the bench; killed when dropped.
 struct Node {
     child: tokio::process::Child,
@@ -200,15 +224,7 @@ impl Node {
         let exe = std::env::current_exe().context("locating the tierlog binary")?;
         let log = std::fs::File::create(dir.join("node.log"))?;
         // One settings file: --node-config, then what the bench sets itself.
-        let mut cfg = match &args.node_config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str::<toml::Table>(&text)
-                    .with_context(|| format!("parsing {}", path.display()))?
-            }
-            None => toml::Table::new(),
-        };
+        let mut cfg = node_settings(args)?;
         let mut store_args: Vec<String> = Vec::new();
         if let Some(url) = &args.object_store {
             let opts = cfg
@@ -221,14 +237,13 @@ impl Node {
             }
             store_args.extend(["--object-store".to_string(), url.clone()]);
         }
-        cfg.entry("tier")
-            .or_insert_with(|| toml::Table::new().into())
-            .as_table_mut()
-            .context("[tier] must be a table")?
-            .insert(
-                "flush_interval_ms".into(),
-                (args.flush_interval_ms as i64).into(),
-            );
+        if let Some(ms) = args.flush_interval_ms {
+            cfg.entry("tier")
+                .or_insert_with(|| toml::Table::new().into())
+                .as_table_mut()
+                .context("[tier] must be a table")?
+                .insert("flush_interval_ms".into(), (ms as i64).into());
+        }
         let cfg_path = dir.join("node.toml");
         std::fs::write(&cfg_path, toml::to_string(&cfg)?)?;
         store_args.extend(["--config".to_string(), cfg_path.display().to_string()]);
@@ -315,7 +330,7 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         args.fsync,
         args.linger_ms,
         args.max_in_flight,
-        args.flush_interval_ms,
+        flush_interval_ms(&args)?,
         args.node_config.as_ref().map_or(String::new(), |p| format!(
             ", node settings {}",
             p.display()
@@ -726,13 +741,14 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
     // Paced phases at fractions of what the node sustains (the burst rate above is not a rate
     // it can keep up), each with a consumer following along. They start with the conversion
     // backlog gone.
+    let interval = flush_interval_ms(args)?;
     let target = match (args.acks, put_p99_ms) {
         (crate::AcksArg::Leader, _) => "target: p99 < 10 ms".to_string(),
         (crate::AcksArg::All, Some(put)) => format!(
             "bound: flush interval + 2 × PUT p99 (256 KiB) = {} + {:.1} = {:.1} ms",
-            args.flush_interval_ms,
+            interval,
             2.0 * put,
-            args.flush_interval_ms as f64 + 2.0 * put
+            interval as f64 + 2.0 * put
         ),
         _ => String::new(),
     };

@@ -923,7 +923,10 @@ async fn a_quiet_partition_is_not_held_by_the_flush_interval() {
     let (t, bucket) = tier_with_interval(dir.path(), 60_000).await;
     produce(&t, 0, 0, 10, 10).await;
     // Not held for the minute: nothing was sealed for waiters before.
-    t.wait_committed("events", 0, 10).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), t.wait_committed("events", 0, 10))
+        .await
+        .expect("a quiet partition is served without waiting for the interval")
+        .unwrap();
     produce(&t, 0, 10, 10, 10).await;
     let second = {
         let t = t.clone();

@@ -797,8 +797,9 @@ impl Tier {
     /// when someone waits, fewer than `uploads_in_flight` uploads are in flight, and
     /// `flush_interval_ms` has passed since its last such seal; otherwise later records
     /// accumulate and go up together in the next segment. So latency is about one upload when
-    /// the partition is quiet and at most about the interval plus one upload under load, and
-    /// the number of objects is bounded by the interval, not the request rate.
+    /// the partition is quiet and typically up to the interval plus one upload under load, and
+    /// the number of segments sealed for waiters is bounded by the interval, not the request
+    /// rate.
     pub async fn wait_committed(&self, topic: &str, partition: u32, end: i64) -> Result<()> {
         let p = self.get(topic, partition)?;
         p.commit_wanted.fetch_max(end, Ordering::AcqRel);

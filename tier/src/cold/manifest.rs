@@ -62,6 +62,8 @@ const VERSION: u32 = 2;
 /// may have holes (deleted retired segments); a reader that was sent to one that went lists the
 /// checkpoints again.
 pub const CHECKPOINTS_KEPT: usize = 4;
+/// Checkpoints one pruning deletes at most (a backlog goes over several checkpoints).
+const PRUNE_AT_ONCE: usize = 100;
 /// Listings of the checkpoints one `load` makes before it gives up on finding a checkpoint that
 /// the log continues from.
 const LOAD_LISTINGS: u32 = 3;
@@ -528,12 +530,13 @@ impl Manifest {
         }
     }
 
-    /// Deletes all checkpoints but the newest [`CHECKPOINTS_KEPT`]: how many went. A checkpoint
-    /// is deleted only when that many newer ones exist, so however writers interleave, the
-    /// newest are never deleted.
+    /// Deletes checkpoints but the newest [`CHECKPOINTS_KEPT`], the oldest
+    /// [`PRUNE_AT_ONCE`] at most: how many went. A checkpoint is deleted only when that many
+    /// newer ones exist, so however writers interleave, the newest are never deleted.
     pub(crate) async fn prune_checkpoints(&self) -> Result<usize> {
         let seqs = self.checkpoint_seqs().await?;
-        let doomed = &seqs[..seqs.len().saturating_sub(CHECKPOINTS_KEPT)];
+        let old = seqs.len().saturating_sub(CHECKPOINTS_KEPT);
+        let doomed = &seqs[..old.min(PRUNE_AT_ONCE)];
         for &seq in doomed {
             match self.store.delete(&self.paths.checkpoint(seq)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -1086,10 +1089,14 @@ impl ManifestWriter {
             )
             .await?;
         self.state = state;
-        if let Err(e) = self.manifest.prune_checkpoints().await {
-            tracing::warn!(topic = %self.state.topic, partition = self.state.partition,
-                error = %e, "deleting old checkpoints failed; will retry at the next checkpoint");
-        }
+        // Off the commit path: commits (and their acks=all waiters) do not wait for it.
+        let m = self.manifest.clone();
+        tokio::spawn(async move {
+            if let Err(e) = m.prune_checkpoints().await {
+                tracing::warn!(topic = %m.topic, partition = m.partition, error = %e,
+                    "deleting old checkpoints failed; will retry at the next checkpoint");
+            }
+        });
         Ok(())
     }
 }
