@@ -319,20 +319,33 @@ async fn retain_half(t: &Tier, cold_bytes: u64) -> PartitionOffsets {
     t.offsets("events", 0).unwrap()
 }
 
-/// Cold retention removes whole segments: manifest first, then the objects.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cold_retention_removes_whole_segments() {
-    let dir = tempfile::tempdir().unwrap();
-    let bucket = dir.path().join("bucket");
+/// Partition 0's log objects under a test directory (the bucket is `dir/bucket`).
+const LOG_DIR: &str = "bucket/cluster/topics/events/0/log";
+
+/// A tier over a file store in `dir/bucket` with small segments, partition 0 opened at `epoch`
+/// and 5000 records committed to the cold tier in at least four segments; its offsets then.
+async fn five_thousand_in_cold(
+    dir: &FsPath,
+    epoch: u64,
+) -> (Tier, Arc<dyn ObjectStore>, PartitionOffsets) {
+    let bucket = dir.join("bucket");
     let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
-    let t = open(config(&dir.path().join("hot"), 64 << 10), store.clone()).await;
-    t.open_partition("events", 0, 1).await.unwrap();
+    let t = open(config(&dir.join("hot"), 64 << 10), store.clone()).await;
+    t.open_partition("events", 0, epoch).await.unwrap();
     produce(&t, 0, 0, 5000, 100).await;
     t.flush("events", 0).await.unwrap();
     let before = t.offsets("events", 0).unwrap();
     assert!(before.cold_segments >= 4);
+    (t, store, before)
+}
+
+/// Cold retention removes whole segments: manifest first, then the objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_retention_removes_whole_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, store, before) = five_thousand_in_cold(dir.path(), 1).await;
     // Every commit is a log object: the segments and the opening fence.
-    let log_dir = bucket.join("cluster/topics/events/0/log");
+    let log_dir = dir.path().join(LOG_DIR);
     let count = || std::fs::read_dir(&log_dir).unwrap().count() as u64;
     assert_eq!(count(), before.cold_segments + 1);
     let after = retain_half(&t, before.cold_bytes).await;
@@ -359,15 +372,8 @@ async fn cold_retention_removes_whole_segments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retired_segments_left_behind_are_swept_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let bucket = dir.path().join("bucket");
-    let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
-    let t = open(config(&dir.path().join("hot"), 64 << 10), store.clone()).await;
-    t.open_partition("events", 0, 3).await.unwrap();
-    produce(&t, 0, 0, 5000, 100).await;
-    t.flush("events", 0).await.unwrap();
-    let before = t.offsets("events", 0).unwrap();
-    assert!(before.cold_segments >= 4);
-    let log_dir = bucket.join("cluster/topics/events/0/log");
+    let (t, store, before) = five_thousand_in_cold(dir.path(), 3).await;
+    let log_dir = dir.path().join(LOG_DIR);
     let names = || {
         let mut v: Vec<String> = std::fs::read_dir(&log_dir)
             .unwrap()
@@ -943,8 +949,8 @@ async fn a_quiet_partition_is_not_held_by_the_flush_interval() {
 
 /// acks=all is group-committed: a waiter on a quiet partition gets its own small segment at
 /// once, and the waiters that arrive while `uploads_in_flight` uploads are in flight share the
-/// next one, so objects grow with the upload rate, not the request rate. Nobody is released before the cold
-/// tier holds their records.
+/// next one, so objects grow with the upload rate, not the request rate. Nobody is released
+/// before the cold tier holds their records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_waiters_share_cold_commits() {
     let dir = tempfile::tempdir().unwrap();

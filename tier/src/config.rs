@@ -66,9 +66,10 @@ pub struct TierConfig {
     pub encode_concurrency: usize,
     /// Segments of one partition in upload at once. Each is written (which commits it) only
     /// after the one before it; with more than 1, acks=all waiters that arrive during an upload
-    /// get the next segment sealed (once the flush interval allows) and converted meanwhile and written right after, instead of
-    /// sealed after the whole cycle: for stores whose PUT takes far longer than a conversion. 1
-    /// (the default) uploads one segment after the other and makes the fewest objects.
+    /// get the next segment sealed (once the flush interval allows) and converted meanwhile,
+    /// and written right after, instead of sealed after the whole cycle: for stores whose PUT
+    /// takes far longer than a conversion. 1 (the default) uploads one segment after the other
+    /// and makes the fewest objects.
     pub uploads_in_flight: usize,
     /// The least time between two segments a partition seals for acks=all waiters, ms. A
     /// waiter on a partition that sealed longer ago than this is served at once (one

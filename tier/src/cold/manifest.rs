@@ -286,6 +286,38 @@ pub struct Delta {
     pub op: Op,
 }
 
+impl Delta {
+    /// A commit of `op` by writer `epoch` as its log object's footer holds it: seq 0, and an
+    /// added segment's path and size empty (see [`Delta::place`]).
+    fn unplaced(epoch: u64, mut op: Op) -> Delta {
+        if let Op::Add { segments } = &mut op {
+            for s in segments.iter_mut() {
+                s.path = String::new();
+                s.size = 0;
+            }
+        }
+        Delta {
+            seq: 0,
+            epoch,
+            commit_id: nonce(),
+            time_ms: now_ms(),
+            op,
+        }
+    }
+
+    /// The delta as commit `seq`, whose log object is `size` bytes: what the footer leaves
+    /// empty filled in.
+    fn place(&mut self, seq: u64, size: u64) {
+        self.seq = seq;
+        if let Op::Add { segments } = &mut self.op {
+            for s in segments.iter_mut() {
+                s.path = PartitionPaths::log_rel(seq);
+                s.size = size;
+            }
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Chunk {
     level: u32,
@@ -681,14 +713,12 @@ impl Manifest {
         if d.seq != 0 {
             return Err(corrupt(format!("footer delta names seq {}", d.seq)));
         }
-        d.seq = seq;
-        if let Op::Add { segments } = &mut d.op {
-            let [s] = segments.as_mut_slice() else {
-                return Err(corrupt(format!("adds {} segments, not 1", segments.len())));
-            };
-            s.path = PartitionPaths::log_rel(seq);
-            s.size = size;
+        if let Op::Add { segments } = &d.op
+            && segments.len() != 1
+        {
+            return Err(corrupt(format!("adds {} segments, not 1", segments.len())));
         }
+        d.place(seq, size);
         Ok(Some(d))
     }
 
@@ -811,26 +841,22 @@ pub struct SegmentCommit {
 /// delta and the footer metadata that carries it. Encode the segment with this in its footer.
 pub fn segment_footer(
     epoch: u64,
-    mut entry: SegmentEntry,
+    entry: SegmentEntry,
 ) -> Result<(Delta, parquet::file::metadata::KeyValue)> {
-    entry.path = String::new();
-    entry.size = 0;
-    let delta = Delta {
-        seq: 0,
+    let delta = Delta::unplaced(
         epoch,
-        commit_id: nonce(),
-        time_ms: now_ms(),
-        op: Op::Add {
+        Op::Add {
             segments: vec![entry],
         },
-    };
+    );
     let kv = footer_delta(&delta)?;
     Ok((delta, kv))
 }
 
 fn footer_delta(delta: &Delta) -> Result<parquet::file::metadata::KeyValue> {
     let body = encode("delta", delta)?;
-    let text = String::from_utf8(body.to_vec()).expect("JSON is UTF-8");
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|e| Error::invalid(format!("encoding a delta: {e}")))?;
     Ok(parquet::file::metadata::KeyValue::new(
         crate::cold::parquet::DELTA_KEY.to_string(),
         text,
@@ -905,13 +931,7 @@ impl ManifestWriter {
                 "a segment is committed by writing it (commit_segment)",
             ));
         }
-        let delta = Delta {
-            seq: 0,
-            epoch: self.epoch,
-            commit_id: nonce(),
-            time_ms: now_ms(),
-            op,
-        };
+        let delta = Delta::unplaced(self.epoch, op);
         let id = crate::PartitionId::new(&self.state.topic, self.state.partition);
         let bytes = crate::cold::parquet::encode_empty(&id, vec![footer_delta(&delta)?])?;
         self.commit_object(delta, bytes).await
@@ -951,13 +971,7 @@ impl ManifestWriter {
             // The delta as it will read back from the store.
             let seq = self.state.seq + 1;
             let mut delta = footer.clone();
-            delta.seq = seq;
-            if let Op::Add { segments } = &mut delta.op {
-                for s in segments.iter_mut() {
-                    s.path = PartitionPaths::log_rel(seq);
-                    s.size = size;
-                }
-            }
+            delta.place(seq, size);
             // Validate before writing: a delta that does not apply must never reach the store.
             let mut next = self.state.clone();
             next.apply(&delta)?;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::cold::manifest::{Op, SegmentCommit, SegmentEntry, segment_footer};
+use crate::cold::manifest::{SegmentCommit, SegmentEntry, segment_footer};
 use crate::cold::parquet::{SegmentShape, encode_segment};
 use crate::engine::{Inner, Partition};
 use crate::error::{Error, Result};
@@ -190,7 +190,7 @@ async fn upload(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Resu
             _ = turn => {}
         }
     }
-    commit(&p, prepared).await
+    commit(&p, &seg, prepared).await
 }
 
 /// A segment converted into the log object that commits it.
@@ -258,20 +258,13 @@ async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Res
 
 /// Commits a written segment to the manifest: the cold tier now serves it, and acks=all
 /// waiters up to its end are answered.
-async fn commit(p: &Partition, prepared: Prepared) -> Result<()> {
+async fn commit(p: &Partition, seg: &Segment, prepared: Prepared) -> Result<()> {
     let Prepared {
         segment,
         started,
         encoded,
     } = prepared;
-    let Op::Add { segments } = &segment.delta.op else {
-        unreachable!("prepare makes segment commits");
-    };
-    let (base, last, raw) = (
-        segments[0].base_offset,
-        segments[0].last_offset,
-        segments[0].raw_bytes,
-    );
+    let (base, last, raw) = (seg.base_offset, seg.next_offset() - 1, seg.size());
     let size = segment.bytes.len();
     let mut w = p.writer.lock().await;
     w.commit_segment(segment).await?;

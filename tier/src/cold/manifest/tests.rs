@@ -42,6 +42,15 @@ async fn add(w: &mut ManifestWriter, base: i64, n: i64) -> Result<()> {
     w.commit_segment(SegmentCommit { bytes, delta }).await
 }
 
+/// Points the hint at checkpoint `seq`, as a slow writer could leave it.
+async fn put_hint(m: &Manifest, seq: u64) {
+    let hint = encode("hint", &Hint { seq }).unwrap();
+    m.store
+        .put(&m.paths.hint(), PutPayload::from(hint))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn commits_round_trip_through_load() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
@@ -317,22 +326,12 @@ async fn covered_log_objects_can_go() {
     }
     let covered = m.checkpointed().await.unwrap().unwrap();
     assert_eq!(covered, 2 * CHECKPOINT_EVERY);
-    // An older hint, as a slow writer could leave it.
-    let stale_hint = encode(
-        "hint",
-        &Hint {
-            seq: CHECKPOINT_EVERY,
-        },
-    )
-    .unwrap();
     // The fence (seq 1) stays, as the sweep keeps fences: the hole is inside the log.
     for seq in 2..=covered {
         store.delete(&m.paths.log(seq)).await.unwrap();
     }
-    store
-        .put(&m.paths.hint(), PutPayload::from(stale_hint))
-        .await
-        .unwrap();
+    // An older hint, as a slow writer could leave it.
+    put_hint(&m, CHECKPOINT_EVERY).await;
     let state = m.load().await.unwrap();
     assert_eq!(state, *w.state());
     let mut view = old_view;
@@ -385,17 +384,7 @@ async fn old_checkpoints_are_pruned() {
         .collect();
     assert_eq!(seqs, kept, "only the newest {CHECKPOINTS_KEPT} stay");
     // A hint naming a deleted checkpoint, as a slow writer could leave it.
-    let stale = encode(
-        "hint",
-        &Hint {
-            seq: CHECKPOINT_EVERY,
-        },
-    )
-    .unwrap();
-    store
-        .put(&m.paths.hint(), PutPayload::from(stale))
-        .await
-        .unwrap();
+    put_hint(&m, CHECKPOINT_EVERY).await;
     assert_eq!(m.load().await.unwrap(), *w.state());
     // Pruning again deletes nothing: it never goes below the newest few.
     assert_eq!(m.prune_checkpoints().await.unwrap(), 0);
