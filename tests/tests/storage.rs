@@ -886,11 +886,12 @@ async fn tier_with_interval(dir: &FsPath, interval: u64) -> (Tier, std::path::Pa
     (t, bucket)
 }
 
-/// Under steady acks=all load a partition seals for waiters at most once per
-/// `flush_interval_ms`, so its object count (the store's request bill) is bounded by the
-/// interval, not the request rate; every waiter is still served.
+/// Under steady acks=all load a partition seals for waiters about once per
+/// `flush_interval_ms` (sooner by its conversion time, at most a quarter of the interval), so
+/// its object count (the store's request bill) is bounded by the interval, not the request
+/// rate; every waiter is still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acks_all_commits_at_most_once_per_flush_interval() {
+async fn acks_all_commits_about_once_per_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
     let interval = 300;
     let (t, bucket) = tier_with_interval(dir.path(), interval).await;
@@ -908,8 +909,9 @@ async fn acks_all_commits_at_most_once_per_flush_interval() {
     while let Some(w) = waiters.join_next().await {
         w.unwrap().unwrap();
     }
-    // Seals start at least `interval` apart, the first at once: k seals need (k-1) intervals.
-    let most = started.elapsed().as_millis() as usize / interval as usize + 1;
+    // Alone on the tier, seals start at least 3/4 of the interval apart, the first at once: k
+    // seals need (k-1) such spacings.
+    let most = started.elapsed().as_millis() as usize * 4 / (interval as usize * 3) + 1;
     let objects = parquet_files(&bucket);
     assert!(
         (1..=most).contains(&objects),

@@ -5,4 +5,5 @@ pub(crate) mod cache;
 pub(crate) mod encoder;
 pub mod manifest;
 pub mod parquet;
+pub(crate) mod plan;
 pub(crate) mod upload;

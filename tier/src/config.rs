@@ -66,19 +66,22 @@ pub struct TierConfig {
     pub encode_concurrency: usize,
     /// Segments of one partition in upload at once. Each is written (which commits it) only
     /// after the one before it; with more than 1, acks=all waiters that arrive during an upload
-    /// get the next segment sealed (once the flush interval allows) and converted meanwhile,
+    /// get the next segment sealed (when the flush interval allows) and converted meanwhile,
     /// and written right after, instead of sealed after the whole cycle: for stores whose PUT
     /// takes far longer than a conversion. 1 (the default) uploads one segment after the other
     /// and makes the fewest objects.
     pub uploads_in_flight: usize,
-    /// The least time between two segments a partition seals for acks=all waiters, ms. A
-    /// waiter on a partition that sealed longer ago than this is served at once (one
-    /// conversion, one PUT); under steady acks=all load a partition commits about once per
-    /// interval. So the seals acks=all makes are at most `1000 / flush_interval_ms` a second
-    /// per partition (segment size and age rolls, explicit flushes and checkpoints every 32
-    /// commits come on top), and an acks=all record typically waits up to the interval plus
-    /// one upload (two when an upload takes longer than the interval). 0 seals whenever the
-    /// uploader is free: lowest latency, most objects.
+    /// How long an acks=all record may wait in the hot tier before the segment holding it is
+    /// on its way to the object store, ms. A waiter on a partition that sealed longer ago
+    /// than this is served at once (one conversion, one PUT). Under steady acks=all load a
+    /// partition seals about once per interval: a little sooner, by the time its recent
+    /// conversions took (at most a quarter of the interval), and its seals are planned apart
+    /// from other partitions' (moved up to half the interval earlier) so that their conversions
+    /// and PUTs do not queue behind each other. So the seals acks=all makes are about
+    /// `1000 / flush_interval_ms` a second per partition and never more than twice that
+    /// (segment size and age rolls, explicit flushes and checkpoints every 32 commits come on
+    /// top), and an acks=all record typically waits up to the interval plus one PUT. 0 seals
+    /// whenever the uploader is free: lowest latency, most objects.
     pub flush_interval_ms: u64,
     /// How often background work (age-based sealing, retention, interval fsync checks) runs.
     pub housekeeping_ms: u64,

@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     pub encoders: crate::cold::encoder::Encoders,
     /// Read-only views of partitions this node does not lead, for committed (cold) reads.
     pub readers: std::sync::Mutex<HashMap<PartitionId, Arc<ReaderView>>>,
+    /// When each partition next seals for acks=all waiters (spread apart).
+    pub seal_plans: crate::cold::plan::SealPlans,
 }
 
 /// A partition another node leads, as far as its manifest goes: committed reads only.
@@ -203,6 +205,7 @@ impl Tier {
             tasks: tokio_util::task::TaskTracker::new(),
             encoders,
             readers: std::sync::Mutex::default(),
+            seal_plans: crate::cold::plan::SealPlans::default(),
         });
         retention::spawn_housekeeping(&inner);
         Ok(Tier { inner })
@@ -794,12 +797,12 @@ impl Tier {
     /// Waits until every offset below `end` is committed to the cold tier (acks=all).
     ///
     /// Group commit: requests do not seal a segment each. The uploader seals the active segment
-    /// when someone waits, fewer than `uploads_in_flight` uploads are in flight, and
-    /// `flush_interval_ms` has passed since its last such seal; otherwise later records
-    /// accumulate and go up together in the next segment. So latency is about one upload when
-    /// the partition is quiet and typically up to the interval plus one upload under load, and
-    /// the number of segments sealed for waiters is bounded by the interval, not the request
-    /// rate.
+    /// when someone waits, fewer than `uploads_in_flight` uploads are in flight, and the
+    /// partition's planned seal has come (about `flush_interval_ms` after its last one; see
+    /// `cold::upload`); otherwise later records accumulate and go up together in the next
+    /// segment. So latency is about one upload when the partition is quiet and typically up to
+    /// the interval plus one PUT under load, and the number of segments sealed for waiters is
+    /// bounded by the interval, not the request rate.
     pub async fn wait_committed(&self, topic: &str, partition: u32, end: i64) -> Result<()> {
         let p = self.get(topic, partition)?;
         p.commit_wanted.fetch_max(end, Ordering::AcqRel);

@@ -938,8 +938,20 @@ impl ManifestWriter {
     }
 
     /// Commits a segment encoded with [`segment_footer`]: writing it is the commit.
-    pub async fn commit_segment(&mut self, segment: SegmentCommit) -> Result<()> {
-        self.commit_object(segment.delta, segment.bytes).await
+    /// `committed` runs with the new state as soon as the commit has landed, before a
+    /// checkpoint that falls due (two more PUTs) is written: what waits for the commit (acks=all
+    /// producers) need not wait for the checkpoint.
+    pub async fn commit_segment(
+        &mut self,
+        segment: SegmentCommit,
+        committed: impl FnOnce(&ManifestState),
+    ) -> Result<()> {
+        let landed = self.commit_unchecked(segment.delta, segment.bytes).await?;
+        committed(&self.state);
+        if landed {
+            self.maybe_checkpoint().await;
+        }
+        Ok(())
     }
 
     /// Creates the next log object with `bytes` (a Parquet file whose footer holds `delta`).
@@ -947,6 +959,15 @@ impl ManifestWriter {
     /// answer was lost is recognized by its commit id; a segment already committed (by an
     /// earlier attempt under this epoch) is recognized by its offsets.
     async fn commit_object(&mut self, footer: Delta, bytes: Bytes) -> Result<()> {
+        if self.commit_unchecked(footer, bytes).await? {
+            self.maybe_checkpoint().await;
+        }
+        Ok(())
+    }
+
+    /// [`Self::commit_object`] without the checkpoint: true if this call committed, false if the
+    /// segment was committed already (by an earlier attempt under this epoch).
+    async fn commit_unchecked(&mut self, footer: Delta, bytes: Bytes) -> Result<bool> {
         let size = bytes.len() as u64;
         loop {
             self.check_epoch()?;
@@ -961,7 +982,7 @@ impl ManifestWriter {
                 if have.as_ref().is_some_and(|h| {
                     h.base_offset == first.base_offset && h.last_offset == first.last_offset
                 }) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 return Err(Error::invalid(format!(
                     "segment at {} overlaps the manifest, which ends before {}",
@@ -1006,8 +1027,7 @@ impl ManifestWriter {
                     .is_some_and(|d| d.commit_id == delta.commit_id)
             {
                 self.state = next;
-                self.maybe_checkpoint().await;
-                return Ok(());
+                return Ok(true);
             }
             // Another commit holds the slot: catch up, then re-check the epoch and whether our
             // op is already in (the loop's first steps).

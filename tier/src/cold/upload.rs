@@ -1,9 +1,11 @@
 //! Upload: sealed hot segments become Parquet objects that commit themselves to the manifest
 //! (the object is the next entry of the partition's commit log), oldest first.
 //!
-//! acks=all waiters get the active segment sealed when a slot is free and `flush_interval_ms`
-//! has passed since the partition's last seal for waiters: at once on a quiet partition, about
-//! once per interval under steady load, which bounds the partition's PUT rate.
+//! acks=all waiters get the active segment sealed when a slot is free and the partition's
+//! planned seal has come: at once on a quiet partition; under steady load about once per
+//! `flush_interval_ms`, less the time a seal takes to convert (so a record is in upload about
+//! one interval after it arrived), and apart from other partitions' seals (`cold::plan`). That
+//! bounds the partition's PUT rate.
 //!
 //! Up to `uploads_in_flight` segments of a partition are in upload at once, each on a task of
 //! its own: converted side by side, written one at a time, each once the one before it is
@@ -39,7 +41,8 @@ pub(crate) fn spawn(inner: Arc<Inner>, p: Arc<Partition>) {
 /// A sealed segment being converted and committed, on a task of its own.
 struct InFlight {
     seg: Arc<Segment>,
-    task: AbortOnDropHandle<Result<()>>,
+    /// The conversion time of the segment when done.
+    task: AbortOnDropHandle<Result<Duration>>,
 }
 
 /// What to do after an upload step failed.
@@ -53,8 +56,12 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     let idle = inner.cfg.housekeeping();
     let depth = inner.cfg.uploads_in_flight;
     let interval = inner.cfg.flush_interval();
-    // When the last seal for acks=all waiters started: the next one waits for the interval.
-    let mut last_seal: Option<Instant> = None;
+    // When the next seal for acks=all waiters may start: planned after each such seal, within
+    // the interval less the time a seal takes to become an upload (so the oldest waiter's record
+    // is in upload about one interval after it arrived), apart from other partitions' seals.
+    let mut due: Option<Instant> = None;
+    let mut conversion = Conversion::default();
+    let _forget = PlanGuard(&inner, &p.id);
     // Oldest first. Dropping an entry aborts its task; a task commits only after the one before
     // it, so the aborted ones behind a failure have written nothing.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -77,8 +84,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
             }
         }
         // Waiters for the active segment are served by a seal once a slot is free and the
-        // interval since the last seal has passed; until then they accumulate.
-        let due = last_seal.map(|t| t + interval);
+        // planned moment has come; until then they accumulate.
         let mut wake = Instant::now() + idle;
         if in_flight.len() < depth && waiters_need_seal(&p, started) {
             match due {
@@ -86,7 +92,9 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                 _ => {
                     let at = Instant::now();
                     if seal_for_waiters(&p).await {
-                        last_seal = Some(at);
+                        conversion.sealed(at.elapsed());
+                        let lead = conversion.lead(interval);
+                        due = Some(inner.seal_plans.plan(&p.id, at, lead));
                         continue;
                     }
                 }
@@ -99,7 +107,10 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
             {
                 let seg = in_flight.pop_front().expect("checked").seg;
                 match done.unwrap_or_else(|e| Err(Error::invalid(format!("upload task failed: {e}")))) {
-                    Ok(()) => continue,
+                    Ok(encoded) => {
+                        conversion.converted(encoded);
+                        continue
+                    }
                     Err(e) => failed(&inner, &p, &seg, e).await,
                 }
             }
@@ -115,6 +126,40 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
             },
             Next::Stop => return,
         }
+    }
+}
+
+/// Drops the partition's seal plan when its uploader stops.
+struct PlanGuard<'a>(&'a Inner, &'a crate::PartitionId);
+
+impl Drop for PlanGuard<'_> {
+    fn drop(&mut self) {
+        self.0.seal_plans.forget(self.1);
+    }
+}
+
+/// How long a seal for acks=all waiters takes to become an upload (the seal's fsync, then the
+/// conversion to Parquet, queueing for an encoder thread included): a decaying maximum of
+/// recent ones, so one slow conversion counts for about a second of seals.
+#[derive(Debug, Default)]
+struct Conversion {
+    seal: Duration,
+    estimate: Duration,
+}
+
+impl Conversion {
+    fn sealed(&mut self, took: Duration) {
+        self.seal = took;
+    }
+
+    fn converted(&mut self, encoded: Duration) {
+        self.estimate = (self.seal + encoded).max(self.estimate * 7 / 8);
+    }
+
+    /// The spacing between two seals for waiters: the interval less the expected conversion,
+    /// by at most a quarter of it.
+    fn lead(&self, interval: Duration) -> Duration {
+        interval - self.estimate.min(interval / 4)
     }
 }
 
@@ -177,9 +222,11 @@ async fn failed(inner: &Inner, p: &Partition, seg: &Segment, e: Error) -> Next {
     }
 }
 
-/// Converts `seg` and, once every segment before it is committed, commits it.
-async fn upload(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Result<()> {
+/// Converts `seg` and, once every segment before it is committed, commits it. Returns how long
+/// the conversion took.
+async fn upload(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Result<Duration> {
     let prepared = prepare(inner, p.clone(), seg.clone()).await?;
+    let encoded = prepared.encoded;
     loop {
         let turn = p.committed.notified();
         if p.log.uploaded_next() >= seg.base_offset {
@@ -190,7 +237,8 @@ async fn upload(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Resu
             _ = turn => {}
         }
     }
-    commit(&p, &seg, prepared).await
+    commit(&p, &seg, prepared).await?;
+    Ok(encoded)
 }
 
 /// A segment converted into the log object that commits it.
@@ -267,11 +315,14 @@ async fn commit(p: &Partition, seg: &Segment, prepared: Prepared) -> Result<()> 
     let (base, last, raw) = (seg.base_offset, seg.next_offset() - 1, seg.size());
     let size = segment.bytes.len();
     let mut w = p.writer.lock().await;
-    w.commit_segment(segment).await?;
-    p.set_cold(w.state());
+    // Waiters are answered as soon as the commit lands, before a checkpoint it may be due.
+    w.commit_segment(segment, |state| {
+        p.set_cold(state);
+        p.log.mark_uploaded(last + 1);
+        p.committed.notify_waiters();
+    })
+    .await?;
     drop(w);
-    p.log.mark_uploaded(last + 1);
-    p.committed.notify_waiters();
     tracing::debug!(topic = %p.id.topic, partition = p.id.partition, base, last, bytes = size,
         raw, encode_ms = encoded.as_secs_f64() * 1e3,
         commit_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,

@@ -39,7 +39,8 @@ async fn add(w: &mut ManifestWriter, base: i64, n: i64) -> Result<()> {
     let (delta, kv) = segment_footer(e, seg(base, n, e))?;
     let id = crate::PartitionId::new("events", 3);
     let bytes = crate::cold::parquet::encode_empty(&id, vec![kv])?;
-    w.commit_segment(SegmentCommit { bytes, delta }).await
+    w.commit_segment(SegmentCommit { bytes, delta }, |_| {})
+        .await
 }
 
 /// Points the hint at checkpoint `seq`, as a slow writer could leave it.

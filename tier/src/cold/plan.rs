@@ -1,0 +1,182 @@
+//! Seal plans: when each partition of the tier next seals for acks=all waiters, so that the
+//! partitions' seals do not fall at the same moment.
+//!
+//! Under steady acks=all load every partition seals about once per flush interval. Left alone,
+//! partitions that started together keep sealing together: their conversions queue on the same
+//! cores and their PUTs on the same store, and the last one's waiters wait for all of them. A
+//! partition that has just sealed therefore picks its next seal in the second half of its
+//! interval: the latest moment at least `gap` away from every other partition's planned seal,
+//! or, when there is none, the moment farthest from them.
+//!
+//! Invariants: a planned seal is never later than the interval after the last one (no record
+//! waits longer for it), and never earlier than half the interval (a partition makes at most
+//! two seals for waiters per interval, one when nothing else is planned).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::PartitionId;
+
+/// The planned next seals of the tier's partitions.
+#[derive(Debug, Default)]
+pub(crate) struct SealPlans {
+    plans: Mutex<HashMap<PartitionId, Instant>>,
+}
+
+impl SealPlans {
+    /// Plans `id`'s next seal after one at `sealed`, `lead` being the most a record may wait
+    /// for it; returns the planned moment.
+    pub fn plan(&self, id: &PartitionId, sealed: Instant, lead: Duration) -> Instant {
+        let (earliest, latest) = (sealed + lead / 2, sealed + lead);
+        let mut plans = self.plans.lock().expect("seal plans lock poisoned");
+        // Plans from before this seal were carried out or dropped (a quiet partition).
+        let mut others: Vec<Instant> = plans
+            .iter()
+            .filter(|(p, at)| *p != id && **at > sealed)
+            .map(|(_, at)| *at)
+            .collect();
+        others.sort_unstable();
+        let gap = lead / (2 * (others.len() as u32 + 1));
+        let at = pick(earliest, latest, &others, gap);
+        plans.insert(id.clone(), at);
+        at
+    }
+
+    /// Forgets `id`'s plan (its uploader stopped).
+    pub fn forget(&self, id: &PartitionId) {
+        self.plans
+            .lock()
+            .expect("seal plans lock poisoned")
+            .remove(id);
+    }
+}
+
+/// The latest moment in `[earliest, latest]` at least `gap` from every one of `others` (sorted),
+/// or, if there is none, the moment in it farthest from the nearest of them (the latest of
+/// equals).
+fn pick(earliest: Instant, latest: Instant, others: &[Instant], gap: Duration) -> Instant {
+    let mut t = latest;
+    for &o in others.iter().rev() {
+        if o >= t + gap {
+            continue;
+        }
+        if t >= o + gap {
+            break;
+        }
+        match o.checked_sub(gap) {
+            Some(before) => t = before,
+            None => break,
+        }
+        if t < earliest {
+            break;
+        }
+    }
+    if t >= earliest && others.iter().all(|&o| distance(t, o) >= gap) {
+        return t;
+    }
+    // No free moment: the candidate farthest from its nearest neighbour (the window's ends
+    // and the midpoints between neighbours).
+    let mut candidates = vec![latest, earliest];
+    candidates.extend(
+        others
+            .windows(2)
+            .map(|w| w[0] + (w[1] - w[0]) / 2)
+            .filter(|m| (earliest..=latest).contains(m)),
+    );
+    let nearest = |c: Instant| {
+        others
+            .iter()
+            .map(|&o| distance(c, o))
+            .min()
+            .unwrap_or(Duration::MAX)
+    };
+    candidates
+        .into_iter()
+        .max_by_key(|&c| (nearest(c), c))
+        .expect("two candidates at least")
+}
+
+fn distance(a: Instant, b: Instant) -> Duration {
+    if a > b { a - b } else { b - a }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn alone_it_seals_a_whole_lead_later() {
+        let now = Instant::now();
+        assert_eq!(
+            pick(now + ms(50), now + ms(100), &[], ms(25)),
+            now + ms(100)
+        );
+        let plans = SealPlans::default();
+        let p = PartitionId::new("t", 0);
+        assert_eq!(plans.plan(&p, now, ms(100)), now + ms(100));
+    }
+
+    #[test]
+    fn it_moves_earlier_by_the_gap_from_a_colliding_plan() {
+        let now = Instant::now();
+        // Another seal planned 3 ms before this one's latest moment.
+        let t = pick(now + ms(50), now + ms(100), &[now + ms(97)], ms(10));
+        assert_eq!(t, now + ms(87));
+        // And one just after it: the latest moment stays clear of both.
+        let t = pick(
+            now + ms(50),
+            now + ms(100),
+            &[now + ms(90), now + ms(104)],
+            ms(10),
+        );
+        assert_eq!(t, now + ms(80));
+    }
+
+    #[test]
+    fn a_crowded_window_takes_the_largest_hole() {
+        let now = Instant::now();
+        let others = [now + ms(50), now + ms(58), now + ms(80), now + ms(100)];
+        // No moment is 15 ms from all of them; the midpoint of 58 and 80 is 11 ms from both,
+        // the most any moment gets.
+        assert_eq!(
+            pick(now + ms(50), now + ms(100), &others, ms(15)),
+            now + ms(69)
+        );
+    }
+
+    #[test]
+    fn four_partitions_that_start_together_spread_out() {
+        let plans = SealPlans::default();
+        let ids: Vec<PartitionId> = (0..4).map(|p| PartitionId::new("t", p)).collect();
+        let lead = ms(100);
+        let start = Instant::now();
+        let mut next: Vec<Instant> = ids.iter().map(|_| start).collect();
+        // Each partition seals at its planned moment, then plans the next.
+        for _ in 0..20 {
+            let (i, at) = next
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, at)| **at)
+                .map(|(i, at)| (i, *at))
+                .unwrap();
+            next[i] = plans.plan(&ids[i], at, lead);
+            assert!(next[i] >= at + lead / 2 && next[i] <= at + lead);
+        }
+        let mut at = next.clone();
+        at.sort();
+        for w in at.windows(2) {
+            assert!(
+                w[1] - w[0] >= lead / 8,
+                "planned seals {:?} apart",
+                at.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+            );
+        }
+    }
+}
