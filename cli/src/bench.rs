@@ -682,9 +682,8 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         format!("{lo_mbs:.0} MB/s"),
         &format!("64 B round trip {}", lat(&lo_rtt)),
     );
-    // The S3 server's own PUT latency at the sizes of the objects the node writes; 256 KiB is
-    // about what one upload cycle of a partition carries at half load.
-    let mut put_p99_ms = None;
+    // The S3 server's own PUT latency at sizes around those of the objects the node writes
+    // (each acks=all phase below also measures it at its own objects' mean size).
     if let Some(url) = &args.object_store {
         for size in [64 << 10, 256 << 10, 1 << 20] {
             let puts = store_puts(url, &args.object_store_options, size, 100).await?;
@@ -693,9 +692,6 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
                 lat(&puts),
                 "100 sequential PUTs to the same store",
             );
-            if size == 256 << 10 {
-                put_p99_ms = Some(puts.value_at_quantile(0.99) as f64 / 1000.0);
-            }
         }
     }
 
@@ -742,16 +738,12 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
     // it can keep up), each with a consumer following along. They start with the conversion
     // backlog gone.
     let interval = flush_interval_ms(args)?;
-    let target = match (args.acks, put_p99_ms) {
-        (crate::AcksArg::Leader, _) => "target: p99 < 10 ms".to_string(),
-        (crate::AcksArg::All, Some(put)) => format!(
-            "bound: flush interval + 2 × PUT p99 (256 KiB) = {} + {:.1} = {:.1} ms",
-            interval,
-            2.0 * put,
-            interval as f64 + 2.0 * put
-        ),
-        _ => String::new(),
-    };
+    // acks=all against an object store: the bound is set by the server's PUT of objects the
+    // size of those the phase committed, measured right after it.
+    let store_url = args
+        .object_store
+        .as_ref()
+        .filter(|_| matches!(args.acks, crate::AcksArg::All));
     let addr = node
         .as_ref()
         .map_or(server, |n| n.addr.as_str())
@@ -767,10 +759,46 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
             tokio::spawn(async move { follow(&client, &topic, from, n, epoch).await })
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = match store_url {
+            Some(url) => Some(commit_objects(url, &args.object_store_options).await?),
+            None => None,
+        };
         let cpu = CpuTicks::now(pid);
         let phase = produce_phase(&producer, &topic, args, n, Some(rate), epoch).await?;
         let phase_cpu = cpu.and_then(|c| c.since(pid));
         let e2e = consumer.await??;
+        let mut target = match args.acks {
+            crate::AcksArg::Leader => "target: p99 < 10 ms".to_string(),
+            _ => String::new(),
+        };
+        let mut put_row = None;
+        if let (Some(url), Some(before)) = (store_url, before) {
+            let sizes: Vec<u64> = commit_objects(url, &args.object_store_options)
+                .await?
+                .into_iter()
+                .filter(|(path, _)| !before.contains_key(path))
+                .map(|(_, size)| size)
+                .collect();
+            if !sizes.is_empty() {
+                let mean = (sizes.iter().sum::<u64>() / sizes.len() as u64).max(1) as usize;
+                let puts = store_puts(url, &args.object_store_options, mean, 100).await?;
+                let put = puts.value_at_quantile(0.99) as f64 / 1000.0;
+                target = format!(
+                    "bound: flush interval + 2 × PUT p99 = {} + {:.1} = {:.1} ms",
+                    interval,
+                    2.0 * put,
+                    interval as f64 + 2.0 * put
+                );
+                put_row = Some((
+                    format!(
+                        "  its {} objects' mean size ({} KiB), PUT",
+                        sizes.len(),
+                        mean >> 10
+                    ),
+                    lat(&puts),
+                ));
+            }
+        }
         row(
             &format!("produce at {:.0}% of sustained speed", fraction * 100.0),
             format!("{:.0} MB/s", mbs(phase.bytes, phase.elapsed)),
@@ -780,6 +808,9 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
             ),
         );
         row("  send→ack", lat(&phase.acks), &target);
+        if let Some((what, put)) = put_row {
+            row(&what, put, "100 sequential PUTs, right after the phase");
+        }
         row("  send→consumed (follow fetch)", lat(&e2e), "");
         if let Some((busy, note)) = phase_cpu {
             row("  machine CPU meanwhile", busy, &note);
@@ -1134,6 +1165,24 @@ fn read_tree(dir: &Path) -> anyhow::Result<(u64, Duration)> {
         }
     }
     Ok((bytes, start.elapsed()))
+}
+
+/// The commit objects (`*.parquet`) in the store at `url`, with their sizes.
+async fn commit_objects(
+    url: &str,
+    options: &[(String, String)],
+) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let (store, root) =
+        tier::store::open_store(url, options).context("opening the object store")?;
+    let mut found = std::collections::HashMap::new();
+    let mut list = store.list(Some(&root));
+    while let Some(meta) = list.next().await {
+        let meta = meta.context("listing the object store")?;
+        if meta.location.as_ref().ends_with(".parquet") {
+            found.insert(meta.location.to_string(), meta.size);
+        }
+    }
+    Ok(found)
 }
 
 /// Latency of `n` sequential PUTs of `size` bytes to the store at `url` (deleted afterwards).

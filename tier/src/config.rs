@@ -74,10 +74,11 @@ pub struct TierConfig {
     /// How long an acks=all record may wait in the hot tier before the segment holding it is
     /// on its way to the object store, ms. A waiter on a partition that sealed longer ago
     /// than this is served at once (one conversion, one PUT). Under steady acks=all load a
-    /// partition seals about once per interval: a little sooner, by the time its recent
-    /// conversions took (at most a quarter of the interval), and its seals are planned apart
-    /// from other partitions' (moved up to half the interval earlier) so that their conversions
-    /// and PUTs do not queue behind each other. So the seals acks=all makes are about
+    /// partition seals about once per interval: a little sooner, by what its recent seals took
+    /// besides the PUT (fsync, conversion, commit work; at most a quarter of the interval), so
+    /// that a record is answered about one interval plus one PUT after it arrived; and its
+    /// seals are planned apart from other partitions' (moved up to half the interval earlier)
+    /// so that their conversions and PUTs do not queue behind each other. So the seals acks=all makes are about
     /// `1000 / flush_interval_ms` a second per partition and never more than twice that
     /// (segment size and age rolls, explicit flushes and checkpoints every 32 commits come on
     /// top), and an acks=all record typically waits up to the interval plus one PUT. 0 seals

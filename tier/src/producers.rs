@@ -26,8 +26,9 @@ use crate::error::{Error, Result};
 
 /// Batches remembered per producer: the most requests a producer may have in flight per
 /// partition and still have a retry recognised. Kafka's clients keep at most 5; tierlog's own
-/// keeps up to this many (acks=all requests wait for an upload cycle).
-pub const RECENT_BATCHES: usize = 16;
+/// keeps up to this many (acks=all requests wait for an upload cycle). Each is 48 bytes in
+/// memory and about 110 in a checkpoint, per producer and partition.
+pub const RECENT_BATCHES: usize = 64;
 
 /// A producer with no batch in this long (by record timestamps) is forgotten: 7 days.
 pub const PRODUCER_EXPIRY_MS: i64 = 7 * 24 * 3600 * 1000;

@@ -41,6 +41,7 @@
 
 use crate::producers::ProducerStates;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -872,6 +873,8 @@ pub struct ManifestWriter {
     prior_epoch: u64,
     state: ManifestState,
     retry: Retry,
+    /// How long the create of the last commit object took (its last attempt).
+    last_put: Duration,
 }
 
 impl ManifestWriter {
@@ -889,6 +892,7 @@ impl ManifestWriter {
             prior_epoch: state.epoch,
             state,
             retry: bounded,
+            last_put: Duration::ZERO,
         };
         w.check_epoch()?;
         if w.state.epoch < epoch {
@@ -896,6 +900,12 @@ impl ManifestWriter {
         }
         w.retry = retry;
         Ok(w)
+    }
+
+    /// How long the store took to create the last commit object (its last attempt): the
+    /// upload, as opposed to what a commit does around it.
+    pub fn last_put(&self) -> Duration {
+        self.last_put
     }
 
     pub fn state(&self) -> &ManifestState {
@@ -998,20 +1008,24 @@ impl ManifestWriter {
             next.apply(&delta)?;
             let path = self.manifest.paths.log(seq);
             let store = self.manifest.store.clone();
-            let put = self
+            let (put, took) = self
                 .retry
                 .run("commit", || {
                     let (store, path, bytes) = (store.clone(), path.clone(), bytes.clone());
                     async move {
                         let opts = PutOptions::from(PutMode::Create);
+                        let started = std::time::Instant::now();
                         match store.put_opts(&path, PutPayload::from(bytes), opts).await {
-                            Ok(_) => Ok(true),
-                            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                            Ok(_) => Ok((true, started.elapsed())),
+                            Err(object_store::Error::AlreadyExists { .. }) => {
+                                Ok((false, started.elapsed()))
+                            }
                             Err(e) => Err(Error::from(e)),
                         }
                     }
                 })
                 .await?;
+            self.last_put = took;
             // The slot may be taken: ours (a retried create that had landed) or another writer's.
             let existing = if put {
                 None

@@ -3,9 +3,9 @@
 //!
 //! acks=all waiters get the active segment sealed when a slot is free and the partition's
 //! planned seal has come: at once on a quiet partition; under steady load about once per
-//! `flush_interval_ms`, less the time a seal takes to convert (so a record is in upload about
-//! one interval after it arrived), and apart from other partitions' seals (`cold::plan`). That
-//! bounds the partition's PUT rate.
+//! `flush_interval_ms`, less what a seal takes besides its PUT (fsync, conversion, commit
+//! work; so a record is answered about one interval plus one PUT after it arrived), and apart
+//! from other partitions' seals (`cold::plan`). That bounds the partition's PUT rate.
 //!
 //! Up to `uploads_in_flight` segments of a partition are in upload at once, each on a task of
 //! its own: converted side by side, written one at a time, each once the one before it is
@@ -41,7 +41,7 @@ pub(crate) fn spawn(inner: Arc<Inner>, p: Arc<Partition>) {
 /// A sealed segment being converted and committed, on a task of its own.
 struct InFlight {
     seg: Arc<Segment>,
-    /// The conversion time of the segment when done.
+    /// When done, how long the segment took from conversion to commit, less its PUT.
     task: AbortOnDropHandle<Result<Duration>>,
 }
 
@@ -57,10 +57,11 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     let depth = inner.cfg.uploads_in_flight;
     let interval = inner.cfg.flush_interval();
     // When the next seal for acks=all waiters may start: planned after each such seal, within
-    // the interval less the time a seal takes to become an upload (so the oldest waiter's record
-    // is in upload about one interval after it arrived), apart from other partitions' seals.
+    // the interval less what a seal takes besides its PUT (so the oldest waiter's record is
+    // answered about one interval plus one PUT after it arrived), apart from other partitions'
+    // seals.
     let mut due: Option<Instant> = None;
-    let mut conversion = Conversion::default();
+    let mut overhead = Overhead::default();
     let _forget = PlanGuard(&inner, &p.id);
     // Oldest first. Dropping an entry aborts its task; a task commits only after the one before
     // it, so the aborted ones behind a failure have written nothing.
@@ -92,8 +93,8 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                 _ => {
                     let at = Instant::now();
                     if seal_for_waiters(&p).await {
-                        conversion.sealed(at.elapsed());
-                        let lead = conversion.lead(interval);
+                        overhead.sealed(at.elapsed());
+                        let lead = overhead.lead(interval);
                         due = Some(inner.seal_plans.plan(&p.id, at, lead));
                         continue;
                     }
@@ -107,8 +108,8 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
             {
                 let seg = in_flight.pop_front().expect("checked").seg;
                 match done.unwrap_or_else(|e| Err(Error::invalid(format!("upload task failed: {e}")))) {
-                    Ok(encoded) => {
-                        conversion.converted(encoded);
+                    Ok(rest) => {
+                        overhead.committed(rest);
                         continue
                     }
                     Err(e) => failed(&inner, &p, &seg, e).await,
@@ -138,28 +139,39 @@ impl Drop for PlanGuard<'_> {
     }
 }
 
-/// How long a seal for acks=all waiters takes to become an upload (the seal's fsync, then the
-/// conversion to Parquet, queueing for an encoder thread included): a decaying maximum of
-/// recent ones, so one slow conversion counts for about a second of seals.
+/// How long a seal for acks=all waiters takes to answer them, besides the PUT of its object:
+/// the seal's fsync, the conversion to Parquet (queueing for an encoder thread included), the
+/// wait for the commit before it, and the commit's own work. The estimate is the longest of
+/// the last [`OVERHEAD_SEALS`]: the slow tail of seals is what the interval has to absorb, and
+/// a burst long past (large conversions) is forgotten after that many seals.
 #[derive(Debug, Default)]
-struct Conversion {
+struct Overhead {
     seal: Duration,
-    estimate: Duration,
+    recent: VecDeque<Duration>,
 }
 
-impl Conversion {
+/// Seals whose overhead [`Overhead`] remembers.
+const OVERHEAD_SEALS: usize = 32;
+
+impl Overhead {
     fn sealed(&mut self, took: Duration) {
         self.seal = took;
     }
 
-    fn converted(&mut self, encoded: Duration) {
-        self.estimate = (self.seal + encoded).max(self.estimate * 7 / 8);
+    /// A sealed segment was committed with `rest` of overhead after its seal.
+    fn committed(&mut self, rest: Duration) {
+        if self.recent.len() == OVERHEAD_SEALS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(self.seal + rest);
     }
 
-    /// The spacing between two seals for waiters: the interval less the expected conversion,
-    /// by at most a quarter of it.
+    /// The spacing between two seals for waiters: the interval less the expected overhead, by
+    /// at most a quarter of it, so that a record is answered about one interval plus one PUT
+    /// after it arrived.
     fn lead(&self, interval: Duration) -> Duration {
-        interval - self.estimate.min(interval / 4)
+        let estimate = self.recent.iter().max().copied().unwrap_or_default();
+        interval - estimate.min(interval / 4)
     }
 }
 
@@ -223,10 +235,10 @@ async fn failed(inner: &Inner, p: &Partition, seg: &Segment, e: Error) -> Next {
 }
 
 /// Converts `seg` and, once every segment before it is committed, commits it. Returns how long
-/// the conversion took.
+/// that took from the start of the conversion to the answer of its waiters, less the PUT.
 async fn upload(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Result<Duration> {
     let prepared = prepare(inner, p.clone(), seg.clone()).await?;
-    let encoded = prepared.encoded;
+    let started = prepared.started;
     loop {
         let turn = p.committed.notified();
         if p.log.uploaded_next() >= seg.base_offset {
@@ -237,8 +249,10 @@ async fn upload(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Resu
             _ = turn => {}
         }
     }
-    commit(&p, &seg, prepared).await?;
-    Ok(encoded)
+    let (answered, put) = commit(&p, &seg, prepared).await?;
+    Ok(answered
+        .saturating_duration_since(started)
+        .saturating_sub(put))
 }
 
 /// A segment converted into the log object that commits it.
@@ -305,8 +319,12 @@ async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Res
 }
 
 /// Commits a written segment to the manifest: the cold tier now serves it, and acks=all
-/// waiters up to its end are answered.
-async fn commit(p: &Partition, seg: &Segment, prepared: Prepared) -> Result<()> {
+/// waiters up to its end are answered. Returns when they were, and how long the PUT took.
+async fn commit(
+    p: &Partition,
+    seg: &Segment,
+    prepared: Prepared,
+) -> Result<(std::time::Instant, Duration)> {
     let Prepared {
         segment,
         started,
@@ -315,17 +333,20 @@ async fn commit(p: &Partition, seg: &Segment, prepared: Prepared) -> Result<()> 
     let (base, last, raw) = (seg.base_offset, seg.next_offset() - 1, seg.size());
     let size = segment.bytes.len();
     let mut w = p.writer.lock().await;
+    let mut answered = std::time::Instant::now();
     // Waiters are answered as soon as the commit lands, before a checkpoint it may be due.
     w.commit_segment(segment, |state| {
         p.set_cold(state);
         p.log.mark_uploaded(last + 1);
         p.committed.notify_waiters();
+        answered = std::time::Instant::now();
     })
     .await?;
+    let put = w.last_put();
     drop(w);
     tracing::debug!(topic = %p.id.topic, partition = p.id.partition, base, last, bytes = size,
         raw, encode_ms = encoded.as_secs_f64() * 1e3,
         commit_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
-        "segment committed to the cold tier");
-    Ok(())
+        put_ms = put.as_secs_f64() * 1e3, "segment committed to the cold tier");
+    Ok((answered, put))
 }
