@@ -979,6 +979,7 @@ impl ManifestWriter {
     /// segment was committed already (by an earlier attempt under this epoch).
     async fn commit_unchecked(&mut self, footer: Delta, bytes: Bytes) -> Result<bool> {
         let size = bytes.len() as u64;
+        self.last_put = Duration::ZERO;
         loop {
             self.check_epoch()?;
             if let Op::Add { segments } = &footer.op

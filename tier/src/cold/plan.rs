@@ -4,13 +4,14 @@
 //! Under steady acks=all load every partition seals about once per flush interval. Left alone,
 //! partitions that started together keep sealing together: their conversions queue on the same
 //! cores and their PUTs on the same store, and the last one's waiters wait for all of them. A
-//! partition that has just sealed therefore picks its next seal in the second half of its
-//! interval: the latest moment at least `gap` away from every other partition's planned seal,
-//! or, when there is none, the moment farthest from them.
+//! partition that has just sealed therefore picks its next seal between half the interval and
+//! its lead (the interval less the expected overhead) after it: the latest moment at least
+//! `gap` away from every other partition's planned seal, or, when there is none, the moment
+//! farthest from them.
 //!
-//! Invariants: a planned seal is never later than the interval after the last one (no record
-//! waits longer for it), and never earlier than half the interval (a partition makes at most
-//! two seals for waiters per interval, one when nothing else is planned).
+//! Invariants: a planned seal is never later than the lead after the last one (no record waits
+//! longer for it), and never earlier than half the interval (a partition makes at most two seals
+//! for waiters per interval).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,34 +24,46 @@ use crate::PartitionId;
 /// The planned next seals of the tier's partitions.
 #[derive(Debug, Default)]
 pub(crate) struct SealPlans {
-    plans: Mutex<HashMap<PartitionId, Instant>>,
+    /// Each partition's plan, with the uploader that made it.
+    plans: Mutex<HashMap<PartitionId, (Owner, Instant)>>,
 }
 
+/// Which uploader a plan is of (a partition reopened gets a new one).
+pub(crate) type Owner = usize;
+
 impl SealPlans {
-    /// Plans `id`'s next seal after one at `sealed`, `lead` being the most a record may wait
-    /// for it; returns the planned moment.
-    pub fn plan(&self, id: &PartitionId, sealed: Instant, lead: Duration) -> Instant {
-        let (earliest, latest) = (sealed + lead / 2, sealed + lead);
+    /// Plans `id`'s next seal after one at `sealed`, `lead` (at least half the `interval`)
+    /// being the most a record may wait for it; returns the planned moment.
+    pub fn plan(
+        &self,
+        id: &PartitionId,
+        owner: Owner,
+        sealed: Instant,
+        lead: Duration,
+        interval: Duration,
+    ) -> Instant {
+        let latest = sealed + lead;
+        let earliest = (sealed + interval / 2).min(latest);
         let mut plans = self.plans.lock().expect("seal plans lock poisoned");
         // Plans from before this seal were carried out or dropped (a quiet partition).
         let mut others: Vec<Instant> = plans
             .iter()
-            .filter(|(p, at)| *p != id && **at > sealed)
-            .map(|(_, at)| *at)
+            .filter(|(p, (_, at))| *p != id && *at > sealed)
+            .map(|(_, (_, at))| *at)
             .collect();
         others.sort_unstable();
         let gap = lead / (2 * (others.len() as u32 + 1));
         let at = pick(earliest, latest, &others, gap);
-        plans.insert(id.clone(), at);
+        plans.insert(id.clone(), (owner, at));
         at
     }
 
-    /// Forgets `id`'s plan (its uploader stopped).
-    pub fn forget(&self, id: &PartitionId) {
-        self.plans
-            .lock()
-            .expect("seal plans lock poisoned")
-            .remove(id);
+    /// Forgets `id`'s plan if `owner` made it (its uploader stopped).
+    pub fn forget(&self, id: &PartitionId, owner: Owner) {
+        let mut plans = self.plans.lock().expect("seal plans lock poisoned");
+        if plans.get(id).is_some_and(|(o, _)| *o == owner) {
+            plans.remove(id);
+        }
     }
 }
 
@@ -120,7 +133,9 @@ mod tests {
         );
         let plans = SealPlans::default();
         let p = PartitionId::new("t", 0);
-        assert_eq!(plans.plan(&p, now, ms(100)), now + ms(100));
+        assert_eq!(plans.plan(&p, 1, now, ms(100), ms(100)), now + ms(100));
+        // A lead shorter than the interval: the plan is the lead later.
+        assert_eq!(plans.plan(&p, 1, now, ms(80), ms(100)), now + ms(80));
     }
 
     #[test]
@@ -137,6 +152,24 @@ mod tests {
             ms(10),
         );
         assert_eq!(t, now + ms(80));
+    }
+
+    #[test]
+    fn only_its_own_uploader_forgets_a_plan() {
+        let plans = SealPlans::default();
+        let p = PartitionId::new("t", 0);
+        let now = Instant::now();
+        plans.plan(&p, 2, now, ms(100), ms(100));
+        // The uploader of an earlier opening stops after a new one planned.
+        plans.forget(&p, 1);
+        let q = PartitionId::new("t", 1);
+        assert_eq!(
+            plans.plan(&q, 3, now, ms(100), ms(100)),
+            now + ms(75),
+            "the new uploader's plan still counts"
+        );
+        plans.forget(&p, 2);
+        assert_eq!(plans.plan(&q, 3, now, ms(100), ms(100)), now + ms(100));
     }
 
     #[test]
@@ -166,7 +199,7 @@ mod tests {
                 .min_by_key(|(_, at)| **at)
                 .map(|(i, at)| (i, *at))
                 .unwrap();
-            next[i] = plans.plan(&ids[i], at, lead);
+            next[i] = plans.plan(&ids[i], i, at, lead, lead);
             assert!(next[i] >= at + lead / 2 && next[i] <= at + lead);
         }
         let mut at = next.clone();

@@ -62,7 +62,8 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     // seals.
     let mut due: Option<Instant> = None;
     let mut overhead = Overhead::default();
-    let _forget = PlanGuard(&inner, &p.id);
+    let owner = Arc::as_ptr(&p) as crate::cold::plan::Owner;
+    let _forget = PlanGuard(&inner, &p.id, owner);
     // Oldest first. Dropping an entry aborts its task; a task commits only after the one before
     // it, so the aborted ones behind a failure have written nothing.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -95,7 +96,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                     if seal_for_waiters(&p).await {
                         overhead.sealed(at.elapsed());
                         let lead = overhead.lead(interval);
-                        due = Some(inner.seal_plans.plan(&p.id, at, lead));
+                        due = Some(inner.seal_plans.plan(&p.id, owner, at, lead, interval));
                         continue;
                     }
                 }
@@ -131,11 +132,11 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
 }
 
 /// Drops the partition's seal plan when its uploader stops.
-struct PlanGuard<'a>(&'a Inner, &'a crate::PartitionId);
+struct PlanGuard<'a>(&'a Inner, &'a crate::PartitionId, crate::cold::plan::Owner);
 
 impl Drop for PlanGuard<'_> {
     fn drop(&mut self) {
-        self.0.seal_plans.forget(self.1);
+        self.0.seal_plans.forget(self.1, self.2);
     }
 }
 
@@ -158,12 +159,13 @@ impl Overhead {
         self.seal = took;
     }
 
-    /// A sealed segment was committed with `rest` of overhead after its seal.
+    /// A sealed segment was committed with `rest` of overhead after its seal (the fsync of the
+    /// last seal for waiters counts once, with the first commit after it).
     fn committed(&mut self, rest: Duration) {
         if self.recent.len() == OVERHEAD_SEALS {
             self.recent.pop_front();
         }
-        self.recent.push_back(self.seal + rest);
+        self.recent.push_back(std::mem::take(&mut self.seal) + rest);
     }
 
     /// The spacing between two seals for waiters: the interval less the expected overhead, by

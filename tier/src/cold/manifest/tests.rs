@@ -391,3 +391,46 @@ async fn old_checkpoints_are_pruned() {
     assert_eq!(m.prune_checkpoints().await.unwrap(), 0);
     assert_eq!(m.checkpoint_seqs().await.unwrap(), kept);
 }
+
+/// A segment commit publishes its state (and so answers its waiters) as soon as its object
+/// lands, before the checkpoint it makes due; and again when a retried commit finds the
+/// segment already committed, so those waiters are answered too.
+#[tokio::test]
+async fn a_commit_publishes_before_its_checkpoint() {
+    let dec = Arc::new(Decorated::new(Arc::new(InMemory::new())));
+    let m = manifest(dec.clone());
+    let mut w = ManifestWriter::open(m.clone(), 1, retry()).await.unwrap();
+    // The fence was commit 1; fill up to the commit before a checkpoint falls due.
+    for k in 1..CHECKPOINT_EVERY as i64 - 1 {
+        add(&mut w, (k - 1) * 10, 10).await.unwrap();
+    }
+    assert_eq!(w.state().seq, CHECKPOINT_EVERY - 1);
+    let base = (CHECKPOINT_EVERY as i64 - 2) * 10;
+    let e = w.epoch();
+    let (delta, kv) = segment_footer(e, seg(base, 10, e)).unwrap();
+    let id = crate::PartitionId::new("events", 3);
+    let bytes = crate::cold::parquet::encode_empty(&id, vec![kv]).unwrap();
+    let commit = SegmentCommit { bytes, delta };
+    let puts = dec.stats.puts();
+    let mut seen = None;
+    w.commit_segment(commit.clone(), |s| {
+        seen = Some((s.seq, s.next_offset, dec.stats.puts() - puts))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seen,
+        Some((CHECKPOINT_EVERY, base + 10, 1)),
+        "published after the log object, before the checkpoint and hint"
+    );
+    assert_eq!(dec.stats.puts() - puts, 3, "then the checkpoint and hint");
+    assert_eq!(m.checkpointed().await.unwrap(), Some(CHECKPOINT_EVERY));
+    // A retry of a commit that landed: nothing written, the state published again.
+    let puts = dec.stats.puts();
+    let mut again = None;
+    w.commit_segment(commit, |s| again = Some(s.next_offset))
+        .await
+        .unwrap();
+    assert_eq!(again, Some(base + 10));
+    assert_eq!(dec.stats.puts(), puts);
+}
