@@ -71,43 +71,38 @@ impl SealPlans {
 /// or, if there is none, the moment in it farthest from the nearest of them (the latest of
 /// equals).
 fn pick(earliest: Instant, latest: Instant, others: &[Instant], gap: Duration) -> Instant {
-    let mut t = latest;
+    // From the latest moment down, step below each plan that is too close.
+    let mut free = Some(latest);
     for &o in others.iter().rev() {
+        let Some(t) = free else { break };
         if o >= t + gap {
             continue;
         }
         if t >= o + gap {
             break;
         }
-        match o.checked_sub(gap) {
-            Some(before) => t = before,
-            None => break,
-        }
-        if t < earliest {
-            break;
-        }
+        free = o.checked_sub(gap).filter(|&before| before >= earliest);
     }
-    if t >= earliest && others.iter().all(|&o| distance(t, o) >= gap) {
+    if let Some(t) = free {
         return t;
     }
-    // No free moment: the candidate farthest from its nearest neighbour (the window's ends
-    // and the midpoints between neighbours).
-    let mut candidates = vec![latest, earliest];
-    candidates.extend(
-        others
-            .windows(2)
-            .map(|w| w[0] + (w[1] - w[0]) / 2)
-            .filter(|m| (earliest..=latest).contains(m)),
-    );
+    // No free moment: the candidate farthest from its nearest plan (the window's ends and the
+    // midpoints between neighbouring plans).
     let nearest = |c: Instant| {
-        others
+        let i = others.partition_point(|&o| o < c);
+        others[i.saturating_sub(1)..(i + 1).min(others.len())]
             .iter()
             .map(|&o| distance(c, o))
             .min()
             .unwrap_or(Duration::MAX)
     };
-    candidates
+    let midpoints = others
+        .windows(2)
+        .map(|w| w[0] + (w[1] - w[0]) / 2)
+        .filter(|m| (earliest..=latest).contains(m));
+    [latest, earliest]
         .into_iter()
+        .chain(midpoints)
         .max_by_key(|&c| (nearest(c), c))
         .expect("two candidates at least")
 }

@@ -33,14 +33,20 @@ fn seg(base: i64, n: i64, epoch: u64) -> SegmentEntry {
     }
 }
 
-/// Commits a segment entry as a log object with no rows (the manifest reads only the footer).
-async fn add(w: &mut ManifestWriter, base: i64, n: i64) -> Result<()> {
+/// A segment entry as a log object with no rows (the manifest reads only the footer), under
+/// `w`'s epoch.
+fn segment_commit(w: &ManifestWriter, base: i64, n: i64) -> Result<SegmentCommit> {
     let e = w.epoch();
     let (delta, kv) = segment_footer(e, seg(base, n, e))?;
     let id = crate::PartitionId::new("events", 3);
     let bytes = crate::cold::parquet::encode_empty(&id, vec![kv])?;
-    w.commit_segment(SegmentCommit { bytes, delta }, |_| {})
-        .await
+    Ok(SegmentCommit { bytes, delta })
+}
+
+/// Commits a segment entry as a log object with no rows.
+async fn add(w: &mut ManifestWriter, base: i64, n: i64) -> Result<()> {
+    let commit = segment_commit(w, base, n)?;
+    w.commit_segment(commit, |_| {}).await
 }
 
 /// Points the hint at checkpoint `seq`, as a slow writer could leave it.
@@ -406,11 +412,7 @@ async fn a_commit_publishes_before_its_checkpoint() {
     }
     assert_eq!(w.state().seq, CHECKPOINT_EVERY - 1);
     let base = (CHECKPOINT_EVERY as i64 - 2) * 10;
-    let e = w.epoch();
-    let (delta, kv) = segment_footer(e, seg(base, 10, e)).unwrap();
-    let id = crate::PartitionId::new("events", 3);
-    let bytes = crate::cold::parquet::encode_empty(&id, vec![kv]).unwrap();
-    let commit = SegmentCommit { bytes, delta };
+    let commit = segment_commit(&w, base, 10).unwrap();
     let puts = dec.stats.puts();
     let mut seen = None;
     w.commit_segment(commit.clone(), |s| {
