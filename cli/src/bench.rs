@@ -748,6 +748,17 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         .as_ref()
         .map_or(server, |n| n.addr.as_str())
         .to_string();
+    // How much the full-speed phase's records shrank in the store (for the PUT probe's size).
+    let compression = match store_url {
+        Some(url) => {
+            let stored: u64 = commit_objects(url, &args.object_store_options)
+                .await?
+                .values()
+                .sum();
+            (stored as f64 / peak.bytes.max(1) as f64).clamp(0.01, 1.0)
+        }
+        None => 1.0,
+    };
     for &fraction in &args.load {
         let rate = sustained_rps * fraction;
         let n = ((rate * args.load_secs as f64) as u64).max(1);
@@ -763,9 +774,41 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
             Some(url) => Some(commit_objects(url, &args.object_store_options).await?),
             None => None,
         };
+        // The server's PUT latency while it serves the phase: one PUT of about the size of the
+        // objects the phase commits, every interval (a busy partition's commit rate).
+        let probe = match (store_url, &before) {
+            (Some(url), Some(_)) => {
+                let size = expected_object_bytes(compression, rate, args, interval);
+                let stop = Arc::new(AtomicBool::new(false));
+                let task = tokio::spawn(put_probe(
+                    url.clone(),
+                    args.object_store_options.clone(),
+                    size,
+                    Duration::from_millis(interval.max(10)),
+                    stop.clone(),
+                ));
+                Some((size, stop, task))
+            }
+            _ => None,
+        };
+        // The local disk's own sync latency meanwhile (a seal syncs the segment it seals).
+        let disk_stop = Arc::new(AtomicBool::new(false));
+        let disk_probe = tokio::task::spawn_blocking({
+            let (path, stop) = (dir.join("sync-probe"), disk_stop.clone());
+            move || sync_probe(&path, Duration::from_millis(20), &stop)
+        });
         let cpu = CpuTicks::now(pid);
         let phase = produce_phase(&producer, &topic, args, n, Some(rate), epoch).await?;
         let phase_cpu = cpu.and_then(|c| c.since(pid));
+        disk_stop.store(true, Ordering::Release);
+        let syncs = disk_probe.await??;
+        let probe = match probe {
+            Some((size, stop, task)) => {
+                stop.store(true, Ordering::Release);
+                Some((size, task.await??))
+            }
+            None => None,
+        };
         let e2e = consumer.await??;
         let mut target = match args.acks {
             crate::AcksArg::Leader => "target: p99 < 10 ms".to_string(),
@@ -789,6 +832,13 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
                     2.0 * put,
                     interval as f64 + 2.0 * put
                 );
+                if let Some((_, during)) = &probe {
+                    let put = during.value_at_quantile(0.99) as f64 / 1000.0;
+                    target.push_str(&format!(
+                        "; with the PUT p99 during the phase: {:.1} ms",
+                        interval as f64 + 2.0 * put
+                    ));
+                }
                 put_row = Some((
                     format!(
                         "  its {} objects' mean size ({} KiB), PUT",
@@ -811,6 +861,22 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         if let Some((what, put)) = put_row {
             row(&what, put, "100 sequential PUTs, right after the phase");
         }
+        if let Some((size, during)) = &probe {
+            row(
+                &format!("  PUT of {} KiB during the phase", size >> 10),
+                lat(during),
+                &format!("{} PUTs, one per flush interval", during.len()),
+            );
+        }
+        row(
+            "  disk: 4 KiB append + fdatasync meanwhile",
+            lat(&syncs),
+            &format!(
+                "{} syncs, one per 20 ms; slowest {:.0} ms",
+                syncs.len(),
+                syncs.max() as f64 / 1000.0
+            ),
+        );
         row("  send→consumed (follow fetch)", lat(&e2e), "");
         if let Some((busy, note)) = phase_cpu {
             row("  machine CPU meanwhile", busy, &note);
@@ -1018,6 +1084,25 @@ async fn disk_write(dir: &Path, bytes: u64, fsync: tier::FsyncPolicy) -> anyhow:
     Ok(took)
 }
 
+/// Appends 4 KiB to the file at `path` and fdatasyncs it every `every` until `stop`; returns
+/// how long each sync took (µs). The file is removed afterwards.
+fn sync_probe(path: &Path, every: Duration, stop: &AtomicBool) -> anyhow::Result<Histogram<u64>> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {path:?}"))?;
+    let buf = [7u8; 4096];
+    let mut h = histogram();
+    while !stop.load(Ordering::Acquire) {
+        let t = Instant::now();
+        f.write_all(&buf)?;
+        f.sync_data()?;
+        h.saturating_record(t.elapsed().as_micros().max(1) as u64);
+        std::thread::sleep(every);
+    }
+    drop(f);
+    std::fs::remove_file(path).ok();
+    Ok(h)
+}
+
 /// The storage core's own append speed on the same records: a `Tier` in-process, one appender
 /// per partition, batches of `batch_bytes`. Returns MB/s of key+value bytes.
 async fn core_append(dir: &Path, args: &BenchArgs) -> anyhow::Result<f64> {
@@ -1185,6 +1270,43 @@ async fn commit_objects(
     Ok(found)
 }
 
+/// The size of the objects a paced phase at `rate` records/s will commit, about: a partition's
+/// bytes per flush interval, shrunk by `ratio` (stored bytes over raw bytes so far).
+fn expected_object_bytes(ratio: f64, rate: f64, args: &BenchArgs, interval_ms: u64) -> usize {
+    let per_interval = rate * args.record_bytes as f64 * interval_ms.max(10) as f64
+        / 1000.0
+        / f64::from(args.partitions.max(1));
+    ((per_interval * ratio) as usize).max(1024)
+}
+
+/// PUTs `size` bytes to one key of the store at `url` every `every` (sequentially: a PUT that
+/// takes longer delays the next) until `stop`, and returns their latency. The key is deleted
+/// afterwards.
+async fn put_probe(
+    url: String,
+    options: Vec<(String, String)>,
+    size: usize,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Histogram<u64>> {
+    use object_store::ObjectStoreExt;
+    let (store, root) =
+        tier::store::open_store(&url, &options).context("opening the object store")?;
+    let payload = bytes::Bytes::from(vec![7u8; size]);
+    let path = root
+        .join(format!("bench-probe-{}", std::process::id()).as_str())
+        .join("object");
+    let mut h = histogram();
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        timed_put(store.as_ref(), &path, &payload, &mut h).await?;
+        next += every;
+        tokio::time::sleep_until(next.max(Instant::now()).into()).await;
+    }
+    store.delete(&path).await.ok();
+    Ok(h)
+}
+
 /// Latency of `n` sequential PUTs of `size` bytes to the store at `url` (deleted afterwards).
 async fn store_puts(
     url: &str,
@@ -1203,15 +1325,27 @@ async fn store_puts(
             .clone()
             .join(prefix.as_str())
             .join(i.to_string().as_str());
-        let t = Instant::now();
-        store
-            .put(&path, payload.clone().into())
-            .await
-            .with_context(|| format!("PUT {path}"))?;
-        h.saturating_record(t.elapsed().as_micros() as u64);
+        timed_put(store.as_ref(), &path, &payload, &mut h).await?;
         store.delete(&path).await.ok();
     }
     Ok(h)
+}
+
+/// PUTs `payload` at `path` and records how long it took in `h` (µs).
+async fn timed_put(
+    store: &dyn object_store::ObjectStore,
+    path: &object_store::path::Path,
+    payload: &bytes::Bytes,
+    h: &mut Histogram<u64>,
+) -> anyhow::Result<()> {
+    use object_store::ObjectStoreExt;
+    let t = Instant::now();
+    store
+        .put(path, payload.clone().into())
+        .await
+        .with_context(|| format!("PUT {path}"))?;
+    h.saturating_record(t.elapsed().as_micros() as u64);
+    Ok(())
 }
 
 /// Starts node `id` of a cluster under `dir/node-<id>` on the shared metadata and object store.
