@@ -702,6 +702,43 @@ async fn uploads_resume_after_a_crash() {
     t.close(false).await.unwrap();
 }
 
+/// Two opens of the same partition at once (a leadership retry racing the first attempt): one
+/// recovers the hot tier, both succeed, and the hot bytes are counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_of_a_partition_count_its_hot_bytes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
+    let dec = Arc::new(Decorated::new(inner));
+    let hot = dir.path().join("hot");
+    let t = open(config(&hot, 128 << 10), dec.clone()).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    // Nothing uploads: the hot tier keeps everything.
+    dec.faults.fail_puts.store(true, Ordering::SeqCst);
+    produce(&t, 0, 0, 4000, 200).await;
+    t.sync_all().await.unwrap();
+    t.abort().await;
+    drop(t);
+    dec.faults.fail_puts.store(false, Ordering::SeqCst);
+    let t = open(config(&hot, 128 << 10), dec).await;
+    let (a, b) = tokio::join!(
+        t.open_partition("events", 0, 2),
+        t.open_partition("events", 0, 2)
+    );
+    a.unwrap();
+    b.unwrap();
+    let o = t.offsets("events", 0).unwrap();
+    assert_eq!(o.next, 4000);
+    assert!(o.hot_bytes > 0);
+    assert_eq!(
+        t.hot_bytes(),
+        o.hot_bytes,
+        "the tier's hot bytes count the partition once"
+    );
+    t.close_partition("events", 0).await.unwrap();
+    assert_eq!(t.hot_bytes(), 0, "closing gives back all of it");
+    t.close(false).await.unwrap();
+}
+
 /// Time-based retention on both tiers: uploaded hot segments leave local disk once older than
 /// `hot_retention_ms`; cold segments whose newest record is older than the topic's retention
 /// leave the manifest, then the bucket.

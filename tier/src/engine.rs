@@ -138,6 +138,9 @@ pub(crate) struct Inner {
     pub encoders: crate::cold::encoder::Encoders,
     /// Read-only views of partitions this node does not lead, for committed (cold) reads.
     pub readers: std::sync::Mutex<HashMap<PartitionId, Arc<ReaderView>>>,
+    /// One gate per partition ever opened: opens of a partition run one at a time, so two never
+    /// recover the same hot directory or count its bytes twice.
+    pub opening: std::sync::Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<()>>>>,
     /// When each partition next seals for acks=all waiters (spread apart).
     pub seal_plans: crate::cold::plan::SealPlans,
 }
@@ -205,6 +208,7 @@ impl Tier {
             tasks: tokio_util::task::TaskTracker::new(),
             encoders,
             readers: std::sync::Mutex::default(),
+            opening: std::sync::Mutex::default(),
             seal_plans: crate::cold::plan::SealPlans::default(),
         });
         retention::spawn_housekeeping(&inner);
@@ -225,6 +229,15 @@ impl Tier {
     /// [`Error::Fenced`] if a higher epoch committed), recovers the hot tier, and starts uploads.
     pub async fn open_partition(&self, topic: &str, partition: u32, epoch: u64) -> Result<()> {
         let id = PartitionId::new(topic, partition);
+        let gate = self
+            .inner
+            .opening
+            .lock()
+            .expect("opening lock poisoned")
+            .entry(id.clone())
+            .or_default()
+            .clone();
+        let _opening = gate.lock().await;
         if let Ok(open) = self.partition(&id) {
             return if open.epoch == epoch {
                 Ok(())
@@ -272,6 +285,9 @@ impl Tier {
         {
             let mut map = inner.partitions.write().expect("partitions lock poisoned");
             if map.contains_key(&id) {
+                // Not while the gate is held; if it were, the log opened here is dropped and
+                // its bytes must not stay counted.
+                inner.hot_bytes.fetch_sub(p.log.bytes(), Ordering::AcqRel);
                 return Ok(());
             }
             map.insert(id.clone(), p.clone());
