@@ -779,32 +779,34 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         let probe = match (store_url, &before) {
             (Some(url), Some(_)) => {
                 let size = expected_object_bytes(compression, rate, args, interval);
-                let stop = Arc::new(AtomicBool::new(false));
+                let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
                 let task = tokio::spawn(put_probe(
                     url.clone(),
                     args.object_store_options.clone(),
                     size,
                     Duration::from_millis(interval.max(10)),
-                    stop.clone(),
+                    stop.0.clone(),
                 ));
                 Some((size, stop, task))
             }
             _ => None,
         };
         // The local disk's own sync latency meanwhile (a seal syncs the segment it seals).
-        let disk_stop = Arc::new(AtomicBool::new(false));
+        // Both probes stop when the phase ends, or fails (a blocking thread left running would
+        // hold the runtime's shutdown).
+        let disk_stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
         let disk_probe = tokio::task::spawn_blocking({
-            let (path, stop) = (dir.join("sync-probe"), disk_stop.clone());
+            let (path, stop) = (dir.join("sync-probe"), disk_stop.0.clone());
             move || sync_probe(&path, Duration::from_millis(20), &stop)
         });
         let cpu = CpuTicks::now(pid);
         let phase = produce_phase(&producer, &topic, args, n, Some(rate), epoch).await?;
         let phase_cpu = cpu.and_then(|c| c.since(pid));
-        disk_stop.store(true, Ordering::Release);
+        drop(disk_stop);
         let syncs = disk_probe.await??;
         let probe = match probe {
             Some((size, stop, task)) => {
-                stop.store(true, Ordering::Release);
+                drop(stop);
                 Some((size, task.await??))
             }
             None => None,
@@ -1082,6 +1084,15 @@ async fn disk_write(dir: &Path, bytes: u64, fsync: tier::FsyncPolicy) -> anyhow:
     })
     .await??;
     Ok(took)
+}
+
+/// Raises its flag when dropped: a probe's stop signal.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// Appends 4 KiB to the file at `path` and fdatasyncs it every `every` until `stop`; returns
