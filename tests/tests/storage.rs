@@ -673,22 +673,29 @@ async fn round_trip_and_fencing_on_s3() {
     newer.close(false).await.unwrap();
 }
 
+/// A tier under `dir` whose partition `events`/0 took `n` records at epoch 1 and crashed before
+/// uploading any (puts failed until then): its store and hot directory.
+async fn crashed_before_upload(dir: &FsPath, n: i64) -> (Arc<Decorated>, std::path::PathBuf) {
+    let (inner, _) = open_store(dir.join("bucket").to_str().unwrap(), &[]).unwrap();
+    let dec = Arc::new(Decorated::new(inner));
+    let hot = dir.join("hot");
+    let t = open(config(&hot, 128 << 10), dec.clone()).await;
+    t.open_partition("events", 0, 1).await.unwrap();
+    dec.faults.fail_puts.store(true, Ordering::SeqCst);
+    produce(&t, 0, 0, n, 200).await;
+    t.sync_all().await.unwrap();
+    t.abort().await;
+    drop(t);
+    dec.faults.fail_puts.store(false, Ordering::SeqCst);
+    (dec, hot)
+}
+
 /// A crash before upload (no flush, no close): the reopened tier finds the sealed and active
 /// segments on disk, uploads them, and the cold tier alone then holds everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_resume_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let (inner, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
-    let dec = Arc::new(Decorated::new(inner));
-    let hot = dir.path().join("hot");
-    let t = open(config(&hot, 128 << 10), dec.clone()).await;
-    t.open_partition("events", 0, 1).await.unwrap();
-    dec.faults.fail_puts.store(true, Ordering::SeqCst);
-    produce(&t, 0, 0, 8000, 200).await;
-    t.sync_all().await.unwrap();
-    t.abort().await;
-    drop(t);
-    dec.faults.fail_puts.store(false, Ordering::SeqCst);
+    let (dec, hot) = crashed_before_upload(dir.path(), 8000).await;
     let t = open(config(&hot, 128 << 10), dec.clone()).await;
     t.open_partition("events", 0, 2).await.unwrap();
     assert_eq!(t.offsets("events", 0).unwrap().next, 8000);
@@ -707,18 +714,7 @@ async fn uploads_resume_after_a_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_opens_of_a_partition_count_its_hot_bytes_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (inner, _) = open_store(dir.path().join("bucket").to_str().unwrap(), &[]).unwrap();
-    let dec = Arc::new(Decorated::new(inner));
-    let hot = dir.path().join("hot");
-    let t = open(config(&hot, 128 << 10), dec.clone()).await;
-    t.open_partition("events", 0, 1).await.unwrap();
-    // Nothing uploads: the hot tier keeps everything.
-    dec.faults.fail_puts.store(true, Ordering::SeqCst);
-    produce(&t, 0, 0, 4000, 200).await;
-    t.sync_all().await.unwrap();
-    t.abort().await;
-    drop(t);
-    dec.faults.fail_puts.store(false, Ordering::SeqCst);
+    let (dec, hot) = crashed_before_upload(dir.path(), 4000).await;
     let t = open(config(&hot, 128 << 10), dec).await;
     let (a, b) = tokio::join!(
         t.open_partition("events", 0, 2),
