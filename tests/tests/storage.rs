@@ -327,9 +327,10 @@ const LOG_DIR: &str = "bucket/cluster/topics/events/0/log";
 async fn five_thousand_in_cold(
     dir: &FsPath,
     epoch: u64,
-) -> (Tier, Arc<dyn ObjectStore>, PartitionOffsets) {
+) -> (Tier, Arc<Decorated>, PartitionOffsets) {
     let bucket = dir.join("bucket");
-    let (store, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let (inner, _) = open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let store = Arc::new(Decorated::new(inner));
     let t = open(config(&dir.join("hot"), 64 << 10), store.clone()).await;
     t.open_partition("events", 0, epoch).await.unwrap();
     produce(&t, 0, 0, 5000, 100).await;
@@ -408,6 +409,21 @@ async fn retired_segments_left_behind_are_swept_and_nothing_else() {
         .await
         .unwrap();
     assert_eq!(swept, 0, "nothing is older than an hour");
+    // Ages are taken on the store's clock: a store two hours behind this node does not make
+    // the minutes-old objects look older than an hour.
+    store
+        .faults
+        .list_clock_behind_ms
+        .store(2 * 3600 * 1000, Ordering::SeqCst);
+    let swept = t
+        .sweep_orphans("events", 0, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        swept, 0,
+        "nothing is older than an hour on the store's clock"
+    );
+    store.faults.list_clock_behind_ms.store(0, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let swept = t.sweep_orphans("events", 0, Duration::ZERO).await.unwrap();
     assert_eq!(swept, 1);

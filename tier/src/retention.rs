@@ -170,7 +170,7 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
 /// - commits adding a segment that ends below the committed start offset (read from the
 ///   footer): never a fence, whose slot a deposed writer may still try to create (deleting it
 ///   would let that create succeed), nor a truncation;
-/// - older than `grace`.
+/// - older than `grace` by the store's clock (before the newest log object by that much).
 ///
 /// Objects whose names do not parse are never touched. Returns how many were deleted.
 pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result<u64> {
@@ -185,14 +185,28 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
     };
     let store = p.manifest.store().clone();
     let dir = p.manifest.paths.log_dir();
-    let cutoff = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-    let listed: Vec<_> = store.list(Some(&dir)).collect().await;
+    let listed = store
+        .list(Some(&dir))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    // Ages on the store's own clock, not this node's: against the newest object in the log (a
+    // retired segment always has a newer one, the truncation that retired it). A node whose
+    // clock runs ahead of the store's would otherwise see objects older than they are.
+    let Some(store_now) = listed
+        .iter()
+        .map(|m| m.last_modified.timestamp_millis())
+        .max()
+    else {
+        return Ok(0);
+    };
+    let cutoff = store_now.saturating_sub(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
     let Some(covered) = p.manifest.checkpointed().await? else {
         return Ok(0);
     };
     let mut orphans = Vec::new();
     for meta in listed {
-        let meta = meta?;
         let Some(seq) = meta.location.filename().and_then(PartitionPaths::parse_log) else {
             continue;
         };

@@ -290,6 +290,9 @@ pub struct Faults {
     pub hold_puts: std::sync::Mutex<Vec<String>>,
     /// How many puts were held by `hold_puts`.
     pub held_puts: AtomicU64,
+    /// Listings report every object this many ms older than it is (a store whose clock runs
+    /// behind the node's).
+    pub list_clock_behind_ms: AtomicU64,
 }
 
 impl Faults {
@@ -420,7 +423,20 @@ impl ObjectStore for Decorated {
         if self.faults.fail_gets.load(Ordering::SeqCst) {
             return futures::stream::once(async { Err(injected("list")) }).boxed();
         }
-        self.inner.list(prefix)
+        let behind = self.faults.list_clock_behind_ms.load(Ordering::SeqCst);
+        if behind == 0 {
+            return self.inner.list(prefix);
+        }
+        let behind = Duration::from_millis(behind);
+        self.inner
+            .list(prefix)
+            .map(move |m| {
+                m.map(|mut m| {
+                    m.last_modified -= behind;
+                    m
+                })
+            })
+            .boxed()
     }
 
     fn list_with_offset(
