@@ -413,7 +413,7 @@ async fn retired_segments_left_behind_are_swept_and_nothing_else() {
     // the minutes-old objects look older than an hour.
     store
         .faults
-        .list_clock_behind_ms
+        .clock_behind_ms
         .store(2 * 3600 * 1000, Ordering::SeqCst);
     let swept = t
         .sweep_orphans("events", 0, Duration::from_secs(3600))
@@ -423,7 +423,7 @@ async fn retired_segments_left_behind_are_swept_and_nothing_else() {
         swept, 0,
         "nothing is older than an hour on the store's clock"
     );
-    store.faults.list_clock_behind_ms.store(0, Ordering::SeqCst);
+    store.faults.clock_behind_ms.store(0, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let swept = t.sweep_orphans("events", 0, Duration::ZERO).await.unwrap();
     assert_eq!(swept, 1);

@@ -285,8 +285,8 @@ impl Tier {
         {
             let mut map = inner.partitions.write().expect("partitions lock poisoned");
             if map.contains_key(&id) {
-                // Not while the gate is held; if it were, the log opened here is dropped and
-                // its bytes must not stay counted.
+                // Cannot happen while the gate is held; if it did, the log opened here would be
+                // dropped, and its bytes must not stay counted.
                 inner.hot_bytes.fetch_sub(p.log.bytes(), Ordering::AcqRel);
                 return Ok(());
             }

@@ -170,7 +170,7 @@ pub(crate) async fn truncate_cold(p: &Arc<Partition>, start_offset: i64) -> Resu
 /// - commits adding a segment that ends below the committed start offset (read from the
 ///   footer): never a fence, whose slot a deposed writer may still try to create (deleting it
 ///   would let that create succeed), nor a truncation;
-/// - older than `grace` by the store's clock (before the newest log object by that much).
+/// - older than `grace` by the store's clock (a fresh write's last-modified time).
 ///
 /// Objects whose names do not parse are never touched. Returns how many were deleted.
 pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result<u64> {
@@ -191,16 +191,8 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
         .await
         .into_iter()
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    // Ages on the store's own clock, not this node's: against the newest object in the log (a
-    // retired segment always has a newer one, the truncation that retired it). A node whose
-    // clock runs ahead of the store's would otherwise see objects older than they are.
-    let Some(store_now) = listed
-        .iter()
-        .map(|m| m.last_modified.timestamp_millis())
-        .max()
-    else {
-        return Ok(0);
-    };
+    // Ages on the store's own clock, not this node's (whose clock may run ahead of it).
+    let store_now = store_now_ms(p).await?;
     let cutoff = store_now.saturating_sub(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
     let Some(covered) = p.manifest.checkpointed().await? else {
         return Ok(0);
@@ -233,6 +225,18 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
     }
     Ok(deleted)
 }
+
+/// The store's current time, ms: the last-modified time of a small object written now
+/// (`P/manifest/_sweep_clock`, rewritten by each sweep: one PUT and one HEAD).
+async fn store_now_ms(p: &Partition) -> Result<i64> {
+    let store = p.manifest.store();
+    let clock = p.manifest.paths.object(SWEEP_CLOCK);
+    store.put(&clock, bytes::Bytes::new().into()).await?;
+    Ok(store.head(&clock).await?.last_modified.timestamp_millis())
+}
+
+/// The object whose last-modified time tells the sweep the store's time.
+const SWEEP_CLOCK: &str = "manifest/_sweep_clock";
 
 /// Deletes unreferenced objects of `p`, a few at once; a failure is logged and leaves the
 /// object to the next orphan sweep. Returns how many are gone.

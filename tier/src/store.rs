@@ -290,9 +290,9 @@ pub struct Faults {
     pub hold_puts: std::sync::Mutex<Vec<String>>,
     /// How many puts were held by `hold_puts`.
     pub held_puts: AtomicU64,
-    /// Listings report every object this many ms older than it is (a store whose clock runs
-    /// behind the node's).
-    pub list_clock_behind_ms: AtomicU64,
+    /// Listings and HEADs report every object this many ms older than it is (a store whose
+    /// clock runs behind the node's).
+    pub clock_behind_ms: AtomicU64,
 }
 
 impl Faults {
@@ -386,8 +386,10 @@ impl ObjectStore for Decorated {
         if self.faults.fail_gets.load(Ordering::SeqCst) {
             return Err(injected("get"));
         }
-        let r = self.inner.get_opts(location, options).await?;
+        let mut r = self.inner.get_opts(location, options).await?;
         self.stats.read(location, r.range.end - r.range.start);
+        r.meta.last_modified -=
+            Duration::from_millis(self.faults.clock_behind_ms.load(Ordering::SeqCst));
         Ok(r)
     }
 
@@ -423,7 +425,7 @@ impl ObjectStore for Decorated {
         if self.faults.fail_gets.load(Ordering::SeqCst) {
             return futures::stream::once(async { Err(injected("list")) }).boxed();
         }
-        let behind = self.faults.list_clock_behind_ms.load(Ordering::SeqCst);
+        let behind = self.faults.clock_behind_ms.load(Ordering::SeqCst);
         if behind == 0 {
             return self.inner.list(prefix);
         }
