@@ -138,8 +138,9 @@ pub(crate) struct Inner {
     pub encoders: crate::cold::encoder::Encoders,
     /// Read-only views of partitions this node does not lead, for committed (cold) reads.
     pub readers: std::sync::Mutex<HashMap<PartitionId, Arc<ReaderView>>>,
-    /// One gate per partition ever opened: opens of a partition run one at a time, so two never
-    /// recover the same hot directory or count its bytes twice.
+    /// One gate per partition ever opened: opens, closes and removals of a partition run one at
+    /// a time, so its hot directory is never recovered twice, nor while a close or removal still
+    /// uses it, and its bytes are counted once.
     pub opening: std::sync::Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<()>>>>,
     /// When each partition next seals for acks=all waiters (spread apart).
     pub seal_plans: crate::cold::plan::SealPlans,
@@ -166,6 +167,15 @@ impl Inner {
             Duration::from_millis(self.cfg.upload_retry_max_ms),
             cancel,
         )
+    }
+    /// The gate that opens, closes and removals of `id` pass one at a time.
+    pub fn gate(&self, id: &PartitionId) -> Arc<tokio::sync::Mutex<()>> {
+        self.opening
+            .lock()
+            .expect("opening lock poisoned")
+            .entry(id.clone())
+            .or_default()
+            .clone()
     }
     pub fn all(&self) -> Vec<Arc<Partition>> {
         self.partitions
@@ -229,14 +239,7 @@ impl Tier {
     /// [`Error::Fenced`] if a higher epoch committed), recovers the hot tier, and starts uploads.
     pub async fn open_partition(&self, topic: &str, partition: u32, epoch: u64) -> Result<()> {
         let id = PartitionId::new(topic, partition);
-        let gate = self
-            .inner
-            .opening
-            .lock()
-            .expect("opening lock poisoned")
-            .entry(id.clone())
-            .or_default()
-            .clone();
+        let gate = self.inner.gate(&id);
         let _opening = gate.lock().await;
         if let Ok(open) = self.partition(&id) {
             return if open.epoch == epoch {
@@ -720,6 +723,9 @@ impl Tier {
     /// may land on disk but are not uploaded: callers stop appends first.
     pub async fn close_partition(&self, topic: &str, partition: u32) -> Result<()> {
         let id = PartitionId::new(topic, partition);
+        // An open waits until the hot directory is let go.
+        let gate = self.inner.gate(&id);
+        let _closing = gate.lock().await;
         let Some(p) = self
             .inner
             .partitions
@@ -756,6 +762,8 @@ impl Tier {
     /// stopped, every object under its prefix (segments and manifest). For topic deletion.
     pub async fn remove_partition(&self, topic: &str, partition: u32) -> Result<()> {
         let id = PartitionId::new(topic, partition);
+        let gate = self.inner.gate(&id);
+        let _removing = gate.lock().await;
         let p = self
             .inner
             .partitions
