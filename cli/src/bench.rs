@@ -776,8 +776,8 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         };
         // The server's PUT latency while it serves the phase: one PUT of about the size of the
         // objects the phase commits, every interval (a busy partition's commit rate).
-        let probe = match (store_url, &before) {
-            (Some(url), Some(_)) => {
+        let probe = match store_url {
+            Some(url) => {
                 let size = expected_object_bytes(compression, rate, args, interval);
                 let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
                 let task = tokio::spawn(put_probe(
@@ -789,7 +789,7 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
                 ));
                 Some((size, stop, task))
             }
-            _ => None,
+            None => None,
         };
         // The local disk's own sync latency meanwhile (a seal syncs the segment it seals).
         // Both probes stop when the phase ends, or fails (a blocking thread left running would

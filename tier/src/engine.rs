@@ -141,7 +141,7 @@ pub(crate) struct Inner {
     /// One gate per partition ever opened: opens, closes and removals of a partition run one at
     /// a time, so its hot directory is never recovered twice, nor while a close or removal still
     /// uses it, and its bytes are counted once.
-    pub opening: std::sync::Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<()>>>>,
+    pub gates: std::sync::Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<()>>>>,
     /// When each partition next seals for acks=all waiters (spread apart).
     pub seal_plans: crate::cold::plan::SealPlans,
 }
@@ -170,9 +170,9 @@ impl Inner {
     }
     /// The gate that opens, closes and removals of `id` pass one at a time.
     pub fn gate(&self, id: &PartitionId) -> Arc<tokio::sync::Mutex<()>> {
-        self.opening
+        self.gates
             .lock()
-            .expect("opening lock poisoned")
+            .expect("gates lock poisoned")
             .entry(id.clone())
             .or_default()
             .clone()
@@ -218,7 +218,7 @@ impl Tier {
             tasks: tokio_util::task::TaskTracker::new(),
             encoders,
             readers: std::sync::Mutex::default(),
-            opening: std::sync::Mutex::default(),
+            gates: std::sync::Mutex::default(),
             seal_plans: crate::cold::plan::SealPlans::default(),
         });
         retention::spawn_housekeeping(&inner);
@@ -287,12 +287,7 @@ impl Tier {
         });
         {
             let mut map = inner.partitions.write().expect("partitions lock poisoned");
-            if map.contains_key(&id) {
-                // Cannot happen while the gate is held; if it did, the log opened here would be
-                // dropped, and its bytes must not stay counted.
-                inner.hot_bytes.fetch_sub(p.log.bytes(), Ordering::AcqRel);
-                return Ok(());
-            }
+            // Not open: checked above, under the gate that every change to the map passes.
             map.insert(id.clone(), p.clone());
         }
         crate::cold::upload::spawn(inner.clone(), p);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 
 use crate::cold::manifest::{Op, PartitionPaths};
@@ -185,27 +185,30 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
     };
     let store = p.manifest.store().clone();
     let dir = p.manifest.paths.log_dir();
-    let listed = store
-        .list(Some(&dir))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    // Ages on the store's own clock, not this node's (whose clock may run ahead of it).
-    let store_now = store_now_ms(p).await?;
-    let cutoff = store_now.saturating_sub(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
+    let listed: Vec<_> = store.list(Some(&dir)).try_collect().await?;
     let Some(covered) = p.manifest.checkpointed().await? else {
         return Ok(0);
     };
+    let candidates: Vec<_> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let seq = meta
+                .location
+                .filename()
+                .and_then(PartitionPaths::parse_log)?;
+            (seq <= covered.min(state.seq) && seq < first_live).then_some((seq, meta))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    // Ages on the store's own clock, not this node's (whose clock may run ahead of it); read
+    // after the listing, so no listed object is newer than it.
+    let store_now = store_now_ms(p).await?;
+    let cutoff = store_now.saturating_sub(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
     let mut orphans = Vec::new();
-    for meta in listed {
-        let Some(seq) = meta.location.filename().and_then(PartitionPaths::parse_log) else {
-            continue;
-        };
-        if seq > covered.min(state.seq)
-            || seq >= first_live
-            || meta.last_modified.timestamp_millis() >= cutoff
-        {
+    for (seq, meta) in candidates {
+        if meta.last_modified.timestamp_millis() >= cutoff {
             continue;
         }
         let retired = match p.manifest.read_delta(seq, Some(meta.size)).await? {
@@ -227,7 +230,7 @@ pub(crate) async fn sweep_orphans(p: &Arc<Partition>, grace: Duration) -> Result
 }
 
 /// The store's current time, ms: the last-modified time of a small object written now
-/// (`P/manifest/_sweep_clock`, rewritten by each sweep: one PUT and one HEAD).
+/// (`P/manifest/_sweep_clock`: one PUT and one HEAD, by a sweep that has candidates).
 async fn store_now_ms(p: &Partition) -> Result<i64> {
     let store = p.manifest.store();
     let clock = p.manifest.paths.object(SWEEP_CLOCK);
