@@ -378,12 +378,8 @@ mod tests {
 
     #[test]
     fn the_example_config_is_the_defaults_and_parses() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tierlog.example.toml"
-        ))
-        .unwrap();
-        let s: Settings = toml::from_str(&text).unwrap();
+        let text = include_str!("../../tierlog.example.toml");
+        let s: Settings = toml::from_str(text).unwrap();
         s.validate().unwrap();
         assert_eq!(s.listen, Settings::default().listen);
         assert_eq!(s.tier.segment_bytes, TierSettings::default().segment_bytes);

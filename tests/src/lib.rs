@@ -94,9 +94,13 @@ pub fn python() -> Option<String> {
     }
 }
 
-/// The repository's `tests/` directory.
+/// The repository's `tests/` directory: the one the test runner names at run time (cargo and
+/// nextest set `CARGO_MANIFEST_DIR`), so a build reused from another checkout still finds this
+/// checkout's scripts; the compile-time path otherwise.
 pub fn tests_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The S3-compatible server to test against (`TIERLOG_S3_ENDPOINT`, started by
