@@ -860,9 +860,10 @@ fn hot_segment_at(dir: &FsPath, base: i64) -> bool {
     files_where(dir, |p| p.file_name().is_some_and(|n| *n == *name)) > 0
 }
 
-/// With two uploads in flight, the next segment is sealed and converted while the first one's
-/// write is slow, and written right after it: nothing is committed (nor anyone answered) past the
-/// first until it lands, and a third request waits for a free slot before its segment is sealed.
+/// With two uploads in flight, the next cut is taken and converted while the first one's write
+/// is slow, and written right after it: nothing is committed (nor anyone answered) past the
+/// first until it lands, and a third request waits for a free slot before its records are cut.
+/// Cuts commit the active segment without sealing it: the hot tier stays one segment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_overlap_but_commit_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -887,17 +888,17 @@ async fn uploads_overlap_but_commit_in_order() {
         let t = t.clone();
         tokio::spawn(async move { t.wait_committed("events", 0, end).await })
     };
+    let uploading = || t.offsets("events", 0).unwrap().uploading_next;
     let w1 = waiter(100);
-    wait_until("the first segment is sealed and being written", || {
+    wait_until("the first cut is being written", || {
         dec.faults.held_puts.load(Ordering::SeqCst) == 1
     })
     .await;
     produce(&t, 0, 100, 50, 50).await;
     let w2 = waiter(150);
-    wait_until(
-        "the second segment is sealed while the first is held",
-        || hot_segment_at(&hot, 150),
-    )
+    wait_until("the second cut is taken while the first is held", || {
+        uploading() == 150
+    })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(parquet_files(&bucket), 0, "nothing written past the first");
@@ -910,19 +911,22 @@ async fn uploads_overlap_but_commit_in_order() {
         !w1.is_finished() && !w2.is_finished(),
         "nobody answered early"
     );
-    // A third request waits: both upload slots are taken, so its records stay in the active
-    // segment.
+    // A third request waits: both upload slots are taken, so its records are not cut yet.
     produce(&t, 0, 150, 10, 10).await;
     let w3 = waiter(160);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!hot_segment_at(&hot, 160), "at most two segments in flight");
+    assert_eq!(uploading(), 150, "at most two cuts in flight");
 
     dec.faults.hold_puts.lock().unwrap().clear();
     for w in [w1, w2, w3] {
         w.await.unwrap().unwrap();
     }
     assert_eq!(t.offsets("events", 0).unwrap().cold_next, 160);
-    assert_eq!(parquet_files(&bucket), 3, "one object per sealed segment");
+    assert_eq!(parquet_files(&bucket), 3, "one object per cut");
+    assert!(
+        hot_segment_at(&hot, 0) && !hot_segment_at(&hot, 100),
+        "nothing was sealed"
+    );
     t.close(false).await.unwrap();
     std::fs::remove_dir_all(&hot).unwrap();
     let t = open(config(&hot, 64 << 20), dec.clone()).await;
@@ -945,7 +949,7 @@ async fn tier_with_interval(dir: &FsPath, interval: u64) -> (Tier, std::path::Pa
     (t, bucket)
 }
 
-/// Under steady acks=all load a partition seals for waiters about once per
+/// Under steady acks=all load a partition cuts for waiters about once per
 /// `flush_interval_ms` (sooner by its conversion time, at most a quarter of the interval), so
 /// its object count (the store's request bill) is bounded by the interval, not the request
 /// rate; every waiter is still served.
@@ -968,8 +972,8 @@ async fn acks_all_commits_about_once_per_flush_interval() {
     while let Some(w) = waiters.join_next().await {
         w.unwrap().unwrap();
     }
-    // Alone on the tier, seals start at least 3/4 of the interval apart, the first at once: k
-    // seals need (k-1) such spacings.
+    // Alone on the tier, cuts are taken at least 3/4 of the interval apart, the first at once:
+    // k cuts need (k-1) such spacings.
     let most = started.elapsed().as_millis() as usize * 4 / (interval as usize * 3) + 1;
     let objects = parquet_files(&bucket);
     assert!(
@@ -982,14 +986,14 @@ async fn acks_all_commits_about_once_per_flush_interval() {
     t.close(false).await.unwrap();
 }
 
-/// The flush interval holds back a waiter only when the partition sealed for waiters recently:
+/// The flush interval holds back a waiter only when the partition cut for waiters recently:
 /// the first is served at once, the next waits for the interval (or an explicit flush).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_partition_is_not_held_by_the_flush_interval() {
     let dir = tempfile::tempdir().unwrap();
     let (t, bucket) = tier_with_interval(dir.path(), 60_000).await;
     produce(&t, 0, 0, 10, 10).await;
-    // Not held for the minute: nothing was sealed for waiters before.
+    // Not held for the minute: nothing was cut for waiters before.
     tokio::time::timeout(Duration::from_secs(20), t.wait_committed("events", 0, 10))
         .await
         .expect("a quiet partition is served without waiting for the interval")
@@ -1047,7 +1051,7 @@ async fn acks_all_waiters_share_cold_commits() {
         w.await.unwrap().unwrap();
     }
     assert_eq!(t.offsets("events", 0).unwrap().cold_next, 600);
-    // The first waiters get up to `uploads_in_flight` segments sealed while the store fails;
+    // The first waiters get up to `uploads_in_flight` cuts taken while the store fails;
     // everyone after them shares one more.
     let depth = config(&hot, 64 << 20).uploads_in_flight;
     assert_eq!(depth, 1, "the default");

@@ -58,6 +58,8 @@ pub struct PartitionOffsets {
     pub hot_start: i64,
     /// Offsets below this are committed to the cold tier.
     pub cold_next: i64,
+    /// Offsets below this are committed to the cold tier or being uploaded to it.
+    pub uploading_next: i64,
     /// Offsets below this are fsynced on local disk.
     pub durable_next: i64,
     /// The next offset to be assigned.
@@ -87,9 +89,11 @@ pub(crate) struct Partition {
     pub manifest: Manifest,
     pub cold: RwLock<Arc<ManifestState>>,
     pub notify: Notify,
-    /// Offsets below this are awaited by `wait_committed` callers (acks=all): the uploader seals
+    /// Offsets below this are awaited by `wait_committed` callers (acks=all): the uploader cuts
     /// the active segment when the cold tier does not yet cover them.
     pub commit_wanted: std::sync::atomic::AtomicI64,
+    /// Offsets below this are committed or in upload (set by the uploader).
+    pub uploading_next: std::sync::atomic::AtomicI64,
     /// Notified (all waiters) after every cold commit.
     pub committed: Notify,
     /// The epoch that fenced this partition's writer (0 while it leads).
@@ -277,6 +281,7 @@ impl Tier {
             cold: RwLock::new(Arc::new(state)),
             notify: Notify::new(),
             commit_wanted: std::sync::atomic::AtomicI64::new(0),
+            uploading_next: std::sync::atomic::AtomicI64::new(cold_next),
             committed: Notify::new(),
             fenced_by: AtomicU64::new(0),
             retention: RwLock::default(),
@@ -497,6 +502,7 @@ impl Tier {
             log_start: cold.start_offset,
             hot_start: cold.next_offset,
             cold_next: cold.next_offset,
+            uploading_next: cold.next_offset,
             durable_next: cold.next_offset,
             next: cold.next_offset,
             hot_bytes: 0,
@@ -699,6 +705,10 @@ impl Tier {
             log_start: log_start(&cold, hot_start),
             hot_start,
             cold_next: cold.next_offset,
+            uploading_next: p
+                .uploading_next
+                .load(Ordering::Acquire)
+                .max(cold.next_offset),
             durable_next: p.log.durable_next(),
             next: p.log.next_offset(),
             hot_bytes: p.log.bytes(),

@@ -62,7 +62,10 @@ async fn housekeep(inner: &Arc<Inner>) {
     for p in parts {
         let p2 = p.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<()> {
-            if p2.log.seal_active(false)? {
+            // Over budget, an active segment whose records are all committed (by cuts for
+            // acks=all) is sealed so that it can go.
+            let force = over && p2.log.uploaded_next() >= p2.log.next_offset();
+            if p2.log.seal_active(force)? {
                 p2.notify.notify_one();
             }
             p2.log.enforce_retention(over)?;

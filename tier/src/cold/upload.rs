@@ -1,22 +1,26 @@
-//! Upload: sealed hot segments become Parquet objects that commit themselves to the manifest
+//! Upload: spans of the hot log become Parquet objects that commit themselves to the manifest
 //! (the object is the next entry of the partition's commit log), oldest first.
 //!
-//! acks=all waiters get the active segment sealed when a slot is free and the partition's
-//! planned seal has come: at once on a quiet partition; under steady load about once per
-//! `flush_interval_ms`, less what a seal takes besides its PUT (fsync, conversion, commit
-//! work; so a record is answered about one interval plus one PUT after it arrived), and apart
-//! from other partitions' seals (`cold::plan`). That bounds the partition's PUT rate.
+//! A span is what a sealed segment holds past what is committed, or, for acks=all waiters, a
+//! cut of the active segment: everything appended so far, committed without sealing the
+//! segment, so the local disk's fsync is not on the waiters' path (`docs/durability.md`). A
+//! cut is taken when a slot is free and the partition's planned cut has come: at once on a
+//! quiet partition; under steady load about once per `flush_interval_ms`, less what a cut takes
+//! besides its PUT (conversion, commit work; so a record is answered about one interval plus
+//! one PUT after it arrived), and apart from other partitions' cuts (`cold::plan`). That bounds
+//! the partition's PUT rate.
 //!
-//! Up to `uploads_in_flight` segments of a partition are in upload at once, each on a task of
-//! its own: converted side by side, written one at a time, each once the one before it is
+//! Up to `uploads_in_flight` spans of a partition are in upload at once, each on a task of its
+//! own: converted side by side, written one at a time, each once the one before it is
 //! committed. After a failure, the uploads behind it (which wrote nothing) are dropped and
-//! uploads start again from the oldest uncommitted segment.
+//! uploads start again from the oldest uncommitted offset.
 //!
-//! Invariants: a segment is committed by one atomic create of its complete object; segments are
-//! committed in offset order with no gaps; a failing store is retried with backoff forever (the
-//! hot copy stays until the commit lands); a fenced commit stops uploads for the partition; a
-//! corrupt sealed segment stops uploads for the partition with an error naming the file, never
-//! skipping data.
+//! Invariants: a span is committed by one atomic create of its complete object; spans are
+//! committed in offset order with no gaps; a span's idempotent-producer state is that of its own
+//! batches (never of batches appended after a cut); a failing store is retried with backoff
+//! forever (the hot copy stays until the commit lands); a fenced commit stops uploads for the
+//! partition; a corrupt segment stops uploads for the partition with an error naming the file,
+//! never skipping data.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,7 +34,8 @@ use crate::cold::manifest::{SegmentCommit, SegmentEntry, segment_footer};
 use crate::cold::parquet::{SegmentShape, encode_segment};
 use crate::engine::{Inner, Partition};
 use crate::error::{Error, Result};
-use crate::hot::segment::Segment;
+use crate::hot::log::Span;
+use crate::producers::{ProducerBatch, ProducerStates};
 
 pub(crate) fn spawn(inner: Arc<Inner>, p: Arc<Partition>) {
     let tracker = inner.tasks.clone();
@@ -38,10 +43,10 @@ pub(crate) fn spawn(inner: Arc<Inner>, p: Arc<Partition>) {
     *p.uploader.lock().expect("uploader lock poisoned") = Some(handle);
 }
 
-/// A sealed segment being converted and committed, on a task of its own.
+/// A span being converted and committed, on a task of its own.
 struct InFlight {
-    seg: Arc<Segment>,
-    /// When done, how long the segment took from conversion to commit, less its PUT.
+    span: Span,
+    /// When done, how long the span took from conversion to commit, less its PUT.
     task: AbortOnDropHandle<Result<Duration>>,
 }
 
@@ -56,10 +61,9 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     let idle = inner.cfg.housekeeping();
     let depth = inner.cfg.uploads_in_flight;
     let interval = inner.cfg.flush_interval();
-    // When the next seal for acks=all waiters may start: planned after each such seal, within
-    // the interval less what a seal takes besides its PUT (so the oldest waiter's record is
-    // answered about one interval plus one PUT after it arrived), apart from other partitions'
-    // seals.
+    // When the next cut for acks=all waiters may be taken: planned after each cut, within the
+    // interval less what a cut takes besides its PUT (so the oldest waiter's record is answered
+    // about one interval plus one PUT after it arrived), apart from other partitions' cuts.
     let mut due: Option<Instant> = None;
     let mut overhead = Overhead::default();
     let owner = Arc::as_ptr(&p) as crate::cold::plan::Owner;
@@ -67,34 +71,45 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     // Oldest first. Dropping an entry aborts its task; a task commits only after the one before
     // it, so the aborted ones behind a failure have written nothing.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let start = |in_flight: &mut VecDeque<InFlight>, span: Span| {
+        p.uploading_next.store(span.next_offset, Ordering::Release);
+        let task = tokio::spawn(upload(inner.clone(), p.clone(), span.clone()));
+        in_flight.push_back(InFlight {
+            span,
+            task: AbortOnDropHandle::new(task),
+        });
+    };
     loop {
         // Offsets below this are committed or on their way.
-        let mut started = in_flight
+        let started = in_flight
             .back()
-            .map_or(p.log.uploaded_next(), |f| f.seg.next_offset());
-        for seg in p.log.pending_uploads() {
-            if in_flight.len() >= depth {
-                break;
+            .map_or(p.log.uploaded_next(), |f| f.span.next_offset);
+        let next = match p.log.pending_uploads(started) {
+            Ok(spans) => {
+                for span in spans
+                    .into_iter()
+                    .take(depth.saturating_sub(in_flight.len()))
+                {
+                    start(&mut in_flight, span);
+                }
+                None
             }
-            if seg.base_offset >= started {
-                started = seg.next_offset();
-                let task = tokio::spawn(upload(inner.clone(), p.clone(), seg.clone()));
-                in_flight.push_back(InFlight {
-                    seg,
-                    task: AbortOnDropHandle::new(task),
-                });
-            }
-        }
-        // Waiters for the active segment are served by a seal once a slot is free and the
+            Err(e) => Some(failed(&inner, &p, started, e).await),
+        };
+        let started = in_flight
+            .back()
+            .map_or(p.log.uploaded_next(), |f| f.span.next_offset);
+        // Waiters for the active segment are served by a cut once a slot is free and the
         // planned moment has come; until then they accumulate.
         let mut wake = Instant::now() + idle;
-        if in_flight.len() < depth && waiters_need_seal(&p, started) {
+        if next.is_none() && in_flight.len() < depth && waiters_need_cut(&p, started) {
             match due {
                 Some(due) if due > Instant::now() => wake = due,
                 _ => {
                     let at = Instant::now();
-                    if seal_for_waiters(&p).await {
-                        overhead.sealed(at.elapsed());
+                    if let Some(span) = cut_for_waiters(&p, started).await {
+                        start(&mut in_flight, span);
+                        overhead.cut(at.elapsed());
                         let lead = overhead.lead(interval);
                         due = Some(inner.seal_plans.plan(&p.id, owner, at, lead, interval));
                         continue;
@@ -102,25 +117,30 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                 }
             }
         }
-        let next = tokio::select! {
-            _ = p.cancel.cancelled() => return,
-            done = async { (&mut in_flight.front_mut().expect("checked").task).await },
-                if !in_flight.is_empty() =>
-            {
-                let seg = in_flight.pop_front().expect("checked").seg;
-                match done.unwrap_or_else(|e| Err(Error::invalid(format!("upload task failed: {e}")))) {
-                    Ok(rest) => {
-                        overhead.committed(rest);
-                        continue
+        let next = match next {
+            Some(next) => next,
+            None => tokio::select! {
+                _ = p.cancel.cancelled() => return,
+                done = async { (&mut in_flight.front_mut().expect("checked").task).await },
+                    if !in_flight.is_empty() =>
+                {
+                    let span = in_flight.pop_front().expect("checked").span;
+                    match done.unwrap_or_else(|e| Err(Error::invalid(format!("upload task failed: {e}")))) {
+                        Ok(rest) => {
+                            overhead.committed(rest);
+                            continue
+                        }
+                        Err(e) => failed(&inner, &p, span.base_offset, e).await,
                     }
-                    Err(e) => failed(&inner, &p, &seg, e).await,
                 }
-            }
-            // A waiter can only be served by a seal, for which a slot must be free.
-            _ = p.notify.notified(), if in_flight.len() < depth => continue,
-            _ = tokio::time::sleep_until(wake) => continue,
+                // A waiter can only be served by a cut, for which a slot must be free.
+                _ = p.notify.notified(), if in_flight.len() < depth => continue,
+                _ = tokio::time::sleep_until(wake) => continue,
+            },
         };
         in_flight.clear();
+        p.uploading_next
+            .store(p.log.uploaded_next(), Ordering::Release);
         match next {
             Next::Retry(pause) => tokio::select! {
                 _ = p.cancel.cancelled() => return,
@@ -140,35 +160,36 @@ impl Drop for PlanGuard<'_> {
     }
 }
 
-/// How long a seal for acks=all waiters takes to answer them, besides the PUT of its object:
-/// the seal's fsync, the conversion to Parquet (queueing for an encoder thread included), the
-/// wait for the commit before it, and the commit's own work. The estimate is the longest of
-/// the last [`OVERHEAD_SEALS`]: the slow tail of seals is what the interval has to absorb, and
-/// a burst long past (large conversions) is forgotten after that many seals.
+/// How long a cut for acks=all waiters takes to answer them, besides the PUT of its object:
+/// taking the cut (a wait for the writer lock), the conversion to Parquet (queueing for an
+/// encoder thread included), the wait for the commit before it, and the commit's own work. The
+/// estimate is the longest of the last [`OVERHEAD_CUTS`]: the slow tail of cuts is what the
+/// interval has to absorb, and a burst long past (large conversions) is forgotten after that
+/// many cuts.
 #[derive(Debug, Default)]
 struct Overhead {
-    seal: Duration,
+    cut: Duration,
     recent: VecDeque<Duration>,
 }
 
-/// Seals whose overhead [`Overhead`] remembers.
-const OVERHEAD_SEALS: usize = 32;
+/// Cuts whose overhead [`Overhead`] remembers.
+const OVERHEAD_CUTS: usize = 32;
 
 impl Overhead {
-    fn sealed(&mut self, took: Duration) {
-        self.seal = took;
+    fn cut(&mut self, took: Duration) {
+        self.cut = took;
     }
 
-    /// A sealed segment was committed with `rest` of overhead after its seal (the fsync of the
-    /// last seal for waiters counts once, with the first commit after it).
+    /// A span was committed with `rest` of overhead after it was taken (the time taking the
+    /// last cut counts once, with the first commit after it).
     fn committed(&mut self, rest: Duration) {
-        if self.recent.len() == OVERHEAD_SEALS {
+        if self.recent.len() == OVERHEAD_CUTS {
             self.recent.pop_front();
         }
-        self.recent.push_back(std::mem::take(&mut self.seal) + rest);
+        self.recent.push_back(std::mem::take(&mut self.cut) + rest);
     }
 
-    /// The spacing between two seals for waiters: the interval less the expected overhead, by
+    /// The spacing between two cuts for waiters: the interval less the expected overhead, by
     /// at most a quarter of it, so that a record is answered about one interval plus one PUT
     /// after it arrived.
     fn lead(&self, interval: Duration) -> Duration {
@@ -178,38 +199,38 @@ impl Overhead {
 }
 
 /// acks=all waiters need offsets that are still in the active segment: they want more than
-/// `sealed` (what is sealed or committed already), and it has been appended.
-fn waiters_need_seal(p: &Partition, sealed: i64) -> bool {
+/// `started` (what is committed or on its way already), and it has been appended.
+fn waiters_need_cut(p: &Partition, started: i64) -> bool {
     let wanted = p.commit_wanted.load(Ordering::Acquire);
-    wanted > sealed && p.log.next_offset() >= wanted
+    wanted > started && p.log.next_offset() >= wanted
 }
 
-/// Seals the active segment for acks=all waiters, with everything appended so far. True if it
-/// sealed.
-async fn seal_for_waiters(p: &Partition) -> bool {
+/// Cuts the active segment from `from` for acks=all waiters, with everything appended so far.
+async fn cut_for_waiters(p: &Partition, from: i64) -> Option<Span> {
     let log = p.log.clone();
     let started = Instant::now();
-    match tokio::task::spawn_blocking(move || log.seal_active(true)).await {
-        Ok(Ok(sealed)) => {
+    // The writer lock may be held by an append that rolls a segment (an fsync).
+    match tokio::task::spawn_blocking(move || log.cut(from)).await {
+        Ok(Ok(span)) => {
             tracing::debug!(topic = %p.id.topic, partition = p.id.partition,
-                seal_ms = started.elapsed().as_secs_f64() * 1e3, sealed,
-                "sealed for acks=all waiters");
-            sealed
+                cut_ms = started.elapsed().as_secs_f64() * 1e3,
+                next = span.as_ref().map(|s| s.next_offset), "cut for acks=all waiters");
+            span
         }
         Ok(Err(e)) => {
             tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
-                "cannot seal the active segment for acks=all waiters");
-            false
+                "cannot cut the active segment for acks=all waiters");
+            None
         }
         Err(e) => {
-            tracing::error!(error = %e, "seal task failed");
-            false
+            tracing::error!(error = %e, "cut task failed");
+            None
         }
     }
 }
 
-/// Decides what an upload failure means for the partition's uploads.
-async fn failed(inner: &Inner, p: &Partition, seg: &Segment, e: Error) -> Next {
+/// Decides what an upload failure at offset `base` means for the partition's uploads.
+async fn failed(inner: &Inner, p: &Partition, base: i64, e: Error) -> Next {
     match e {
         Error::Closed => Next::Stop,
         e @ Error::Fenced { current, .. } => {
@@ -222,7 +243,7 @@ async fn failed(inner: &Inner, p: &Partition, seg: &Segment, e: Error) -> Next {
             // Retrying cannot change the outcome (corrupt or unconvertible data): stop this
             // partition's uploads loudly rather than loop; the hot copy stays.
             tracing::error!(topic = %p.id.topic, partition = p.id.partition,
-                base = seg.base_offset, error = %e,
+                base, error = %e,
                 "upload failed permanently; uploads of this partition stop until it is reopened");
             *p.upload_error.write().expect("upload error lock poisoned") = Some(e.to_string());
             p.cancel.cancelled().await;
@@ -230,20 +251,20 @@ async fn failed(inner: &Inner, p: &Partition, seg: &Segment, e: Error) -> Next {
         }
         e => {
             tracing::error!(topic = %p.id.topic, partition = p.id.partition,
-                base = seg.base_offset, error = %e, "upload failed; retrying later");
+                base, error = %e, "upload failed; retrying later");
             Next::Retry(Duration::from_millis(inner.cfg.upload_retry_max_ms))
         }
     }
 }
 
-/// Converts `seg` and, once every segment before it is committed, commits it. Returns how long
+/// Converts `span` and, once everything before it is committed, commits it. Returns how long
 /// that took from the start of the conversion to the answer of its waiters, less the PUT.
-async fn upload(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Result<Duration> {
-    let prepared = prepare(inner, p.clone(), seg.clone()).await?;
+async fn upload(inner: Arc<Inner>, p: Arc<Partition>, span: Span) -> Result<Duration> {
+    let prepared = prepare(inner, p.clone(), span.clone()).await?;
     let started = prepared.started;
     loop {
         let turn = p.committed.notified();
-        if p.log.uploaded_next() >= seg.base_offset {
+        if p.log.uploaded_next() >= span.base_offset {
             break;
         }
         tokio::select! {
@@ -251,64 +272,27 @@ async fn upload(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Resu
             _ = turn => {}
         }
     }
-    let (answered, put) = commit(&p, &seg, prepared).await?;
+    let (answered, put) = commit(&p, &span, prepared).await?;
     Ok(answered
         .saturating_duration_since(started)
         .saturating_sub(put))
 }
 
-/// A segment converted into the log object that commits it.
+/// A span converted into the log object that commits it.
 struct Prepared {
     segment: SegmentCommit,
     started: std::time::Instant,
     encoded: Duration,
 }
 
-/// Converts `seg` into the log object that commits it (on the encoder threads).
-async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Result<Prepared> {
+/// Converts `span` into the log object that commits it (on the encoder threads).
+async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, span: Span) -> Result<Prepared> {
     let started = std::time::Instant::now();
-    let (seg2, id, cfg, epoch) = (seg.clone(), p.id.clone(), inner.cfg.clone(), p.epoch);
+    let (id, cfg, epoch) = (p.id.clone(), inner.cfg.clone(), p.epoch);
     // On the encoder threads: few at once, at low priority (see `cold::encoder`).
-    let job = inner.encoders.run(move || {
-        let shape = SegmentShape {
-            base_offset: seg2.base_offset,
-            last_offset: seg2.next_offset() - 1,
-            raw_bytes: seg2.size(),
-        };
-        let (bytes, delta) = encode_segment(
-            &id,
-            shape,
-            seg2.chunks(cfg.row_group_bytes),
-            cfg.row_group_bytes,
-            cfg.zstd_level,
-            |sum| {
-                let entry = SegmentEntry {
-                    path: String::new(),
-                    base_offset: sum.base_offset,
-                    last_offset: sum.last_offset,
-                    min_timestamp: sum.min_timestamp,
-                    max_timestamp: sum.max_timestamp,
-                    records: sum.records,
-                    size: 0,
-                    raw_bytes: sum.raw_bytes,
-                    row_groups: sum.row_groups,
-                    epoch,
-                    producers: seg2.producers(),
-                };
-                let (delta, kv) = segment_footer(epoch, entry)?;
-                Ok((vec![kv], delta))
-            },
-        )
-        .map_err(|e| match e {
-            Error::Invalid(reason) => Error::Corrupt {
-                location: seg2.path.display().to_string(),
-                position: 0,
-                reason,
-            },
-            other => other,
-        })?;
-        Ok(SegmentCommit { bytes, delta })
-    });
+    let job = inner
+        .encoders
+        .run(move || encode_span(&id, &span, epoch, cfg.row_group_bytes, cfg.zstd_level));
     let segment = tokio::select! {
         _ = p.cancel.cancelled() => return Err(Error::Closed),
         enc = job => enc?,
@@ -320,11 +304,63 @@ async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, seg: Arc<Segment>) -> Res
     })
 }
 
-/// Commits a written segment to the manifest: the cold tier now serves it, and acks=all
+/// Encodes `span` as the log object that commits it for writer `epoch`. The footer's
+/// idempotent-producer state comes from the span's own batches, so a cut never carries batches
+/// appended after it (a new leader would take their retries for duplicates).
+fn encode_span(
+    id: &crate::PartitionId,
+    span: &Span,
+    epoch: u64,
+    row_group_bytes: usize,
+    zstd_level: i32,
+) -> Result<SegmentCommit> {
+    let shape = SegmentShape {
+        base_offset: span.base_offset,
+        last_offset: span.next_offset - 1,
+        raw_bytes: span.bytes(),
+    };
+    let producers = std::cell::RefCell::new(ProducerStates::default());
+    let chunks = span.chunks(row_group_bytes).inspect(|chunk| {
+        for b in chunk.iter().flatten() {
+            let h = b.header();
+            if let Some((id, pb)) = ProducerBatch::of(h, h.base_offset) {
+                producers.borrow_mut().record(id, pb);
+            }
+        }
+    });
+    let (bytes, delta) = encode_segment(id, shape, chunks, row_group_bytes, zstd_level, |sum| {
+        let entry = SegmentEntry {
+            path: String::new(),
+            base_offset: sum.base_offset,
+            last_offset: sum.last_offset,
+            min_timestamp: sum.min_timestamp,
+            max_timestamp: sum.max_timestamp,
+            records: sum.records,
+            size: 0,
+            raw_bytes: sum.raw_bytes,
+            row_groups: sum.row_groups,
+            epoch,
+            producers: producers.take(),
+        };
+        let (delta, kv) = segment_footer(epoch, entry)?;
+        Ok((vec![kv], delta))
+    })
+    .map_err(|e| match e {
+        Error::Invalid(reason) => Error::Corrupt {
+            location: span.seg.path.display().to_string(),
+            position: 0,
+            reason,
+        },
+        other => other,
+    })?;
+    Ok(SegmentCommit { bytes, delta })
+}
+
+/// Commits a converted span to the manifest: the cold tier now serves it, and acks=all
 /// waiters up to its end are answered. Returns when they were, and how long the PUT took.
 async fn commit(
     p: &Partition,
-    seg: &Segment,
+    span: &Span,
     prepared: Prepared,
 ) -> Result<(std::time::Instant, Duration)> {
     let Prepared {
@@ -332,7 +368,7 @@ async fn commit(
         started,
         encoded,
     } = prepared;
-    let (base, last, raw) = (seg.base_offset, seg.next_offset() - 1, seg.size());
+    let (base, last, raw) = (span.base_offset, span.next_offset - 1, span.bytes());
     let size = segment.bytes.len();
     let mut w = p.writer.lock().await;
     let mut answered = std::time::Instant::now();
@@ -351,4 +387,72 @@ async fn commit(
         commit_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
         put_ms = put.as_secs_f64() * 1e3, "segment committed to the cold tier");
     Ok((answered, put))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PartitionId;
+    use crate::batch::{BatchBuilder, Compression, ProducerInfo};
+    use crate::cold::manifest::Op;
+    use crate::config::TierConfig;
+    use crate::hot::log::PartitionLog;
+
+    fn idempotent(producer_id: i64, seq: i32, n: usize) -> crate::batch::RecordBatch {
+        let info = ProducerInfo {
+            producer_id,
+            producer_epoch: 0,
+            base_sequence: seq,
+        };
+        let mut b = BatchBuilder::new(Compression::None).producer(info, false);
+        for i in 0..n {
+            b.push(i as i64, None, Some(b"v"), &[]);
+        }
+        b.build().unwrap()
+    }
+
+    /// A cut's commit carries the producers' state as of the cut's end, even when the segment
+    /// has taken more of their batches by the time the cut is encoded.
+    #[test]
+    fn a_cut_commits_the_producers_state_as_of_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = std::sync::Arc::new(TierConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..TierConfig::default()
+        });
+        let id = PartitionId::new("t", 0);
+        let log = PartitionLog::open(
+            dir.path(),
+            id.clone(),
+            cfg,
+            0,
+            0,
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap();
+        log.append(idempotent(7, 0, 10), 1).unwrap();
+        log.append(idempotent(8, 0, 5), 1).unwrap();
+        let span = log.cut(0).unwrap().unwrap();
+        // Appended after the cut, before its conversion.
+        log.append(idempotent(7, 10, 10), 1).unwrap();
+        log.append(idempotent(9, 0, 1), 1).unwrap();
+        let commit = encode_span(&id, &span, 1, 1 << 20, 1).unwrap();
+        let Op::Add { segments } = &commit.delta.op else {
+            panic!("not an add: {:?}", commit.delta.op)
+        };
+        assert_eq!((segments[0].base_offset, segments[0].last_offset), (0, 14));
+        let state = &segments[0].producers;
+        assert_eq!(state.len(), 2, "producers 7 and 8: {state:?}");
+        let retry = idempotent(7, 10, 10);
+        assert_eq!(
+            state.check(retry.header()).unwrap(),
+            None,
+            "a new leader must take producer 7's batch after the cut as new, not a duplicate"
+        );
+        assert_eq!(
+            state.check(idempotent(8, 0, 5).header()).unwrap(),
+            Some((10, 14))
+        );
+    }
 }

@@ -4,7 +4,9 @@
 //! - segments are contiguous: each segment's base offset is the previous one's next offset;
 //! - only the last segment is active (appendable); all others are sealed and were fsynced first;
 //! - offsets below `uploaded_next` are committed to the cold manifest; only segments wholly below
-//!   it may be deleted;
+//!   it may be deleted. It may lie inside the active segment, ahead of what is fsynced here
+//!   (acks=all commits a prefix of the active segment: [`PartitionLog::cut`]); recovery drops
+//!   a hot copy that ends behind the cold tier;
 //! - appends are serialized by the writer lock; readers take a snapshot of the segment list and
 //!   read only whole frames.
 
@@ -30,6 +32,45 @@ pub struct AppendResult {
     /// True when the batch was a retry of one an idempotent producer already appended: nothing
     /// was written and the offsets are the original ones.
     pub duplicate: bool,
+}
+
+/// Whole batches of one segment to upload: offsets `[base_offset, next_offset)`, at bytes
+/// `[start, end)` of the segment's file.
+#[derive(Debug, Clone)]
+pub(crate) struct Span {
+    pub seg: Arc<Segment>,
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Span {
+    /// The segment's batches from `from` (a batch boundary) to what it holds now. The caller
+    /// holds the writer lock or the segment is sealed, so its size and next offset agree.
+    fn of(seg: Arc<Segment>, from: i64) -> Result<Span> {
+        let from = from.max(seg.base_offset);
+        Ok(Span {
+            start: seg.position_of(from)?,
+            end: seg.size(),
+            base_offset: from,
+            next_offset: seg.next_offset(),
+            seg,
+        })
+    }
+
+    /// Raw bytes of the span's frames.
+    pub fn bytes(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// The span's batches, about `chunk_bytes` at a time.
+    pub fn chunks(
+        &self,
+        chunk_bytes: usize,
+    ) -> impl Iterator<Item = Result<Vec<RecordBatch>>> + '_ {
+        self.seg.chunks(self.start..self.end, chunk_bytes)
+    }
 }
 
 /// Serializes appends, seals and rolls.
@@ -163,7 +204,7 @@ impl PartitionLog {
         // Idempotent producers: the committed state, then what the unuploaded tail adds.
         let mut producers = cold_producers;
         for s in segs.iter().filter(|s| s.next_offset() > cold_next) {
-            for chunk in s.chunks(4 << 20) {
+            for chunk in s.chunks(0..s.size(), 4 << 20) {
                 let chunk = match chunk {
                     Ok(c) => c,
                     Err(e) => {
@@ -176,7 +217,6 @@ impl PartitionLog {
                 };
                 for b in chunk {
                     let h = b.header();
-                    s.note_producer(h, h.base_offset);
                     if h.base_offset >= cold_next
                         && let Some((id, pb)) = ProducerBatch::of(h, h.base_offset)
                     {
@@ -412,17 +452,36 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Sealed segments not yet committed to the cold manifest, oldest first. None after a
-    /// failed fsync: what is on disk is unknown until the log is reopened and recovered.
-    pub fn pending_uploads(&self) -> Vec<Arc<Segment>> {
+    /// What sealed segments hold from offset `from` on (at least what is committed to the cold
+    /// manifest), oldest first: the first span starts mid-segment when a prefix of that segment
+    /// was committed by [`PartitionLog::cut`]. None after a failed fsync: what is on disk is
+    /// unknown until the log is reopened and recovered.
+    pub fn pending_uploads(&self, from: i64) -> Result<Vec<Span>> {
         if self.failed.load(Ordering::Acquire) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let up = self.uploaded_next();
+        let from = from.max(self.uploaded_next());
         self.snapshot()
             .into_iter()
-            .filter(|s| s.is_sealed() && s.next_offset() > up && !s.is_empty())
+            .filter(|s| s.is_sealed() && s.next_offset() > from)
+            .map(|s| Span::of(s, from))
             .collect()
+    }
+
+    /// The active segment's records from `from` on, as they are now, for an upload that commits
+    /// them without sealing the segment (and so without waiting for the local disk: see
+    /// `docs/durability.md`). None when there are none, when `from` is not in the active
+    /// segment (sealed segments come first), or after a failed fsync.
+    pub fn cut(&self, from: i64) -> Result<Option<Span>> {
+        let _w = self.writer.lock().expect("writer lock poisoned");
+        if self.failed.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let active = self.active();
+        if from < active.base_offset.max(self.uploaded_next()) || from >= active.next_offset() {
+            return Ok(None);
+        }
+        Span::of(active, from).map(Some)
     }
 
     /// Records that everything below `next` is committed to the cold manifest.

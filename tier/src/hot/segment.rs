@@ -13,7 +13,6 @@
 //! The sparse index (batch base offset, file position, running max timestamp before the batch) is
 //! kept in memory and rebuilt on open by walking frame headers; it is never persisted.
 
-use crate::producers::{ProducerBatch, ProducerStates};
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
@@ -80,8 +79,6 @@ pub(crate) struct Segment {
     /// Bytes written since the last index entry (writer only).
     since_index: AtomicU64,
     pub opened_at: Instant,
-    /// The idempotent producers' last batches in this segment (for its manifest entry).
-    producers: std::sync::Mutex<ProducerStates>,
 }
 
 impl Segment {
@@ -167,7 +164,6 @@ impl Segment {
             index_interval,
             since_index: AtomicU64::new(since),
             opened_at: Instant::now(),
-            producers: std::sync::Mutex::default(),
         }
     }
 
@@ -260,31 +256,12 @@ impl Segment {
         self.max_timestamp
             .fetch_max(h.max_timestamp, Ordering::AcqRel);
         self.max_epoch.fetch_max(leader_epoch, Ordering::AcqRel);
-        self.note_producer(h, base_offset);
         self.next_offset.store(
             base_offset + i64::from(h.last_offset_delta) + 1,
             Ordering::Release,
         );
         self.size.store(pos + frame_len, Ordering::Release);
         Ok(())
-    }
-
-    /// Remembers the batch at `base` if an idempotent producer wrote it.
-    pub fn note_producer(&self, h: &crate::batch::BatchHeader, base: i64) {
-        if let Some((id, b)) = ProducerBatch::of(h, base) {
-            self.producers
-                .lock()
-                .expect("producers lock poisoned")
-                .record(id, b);
-        }
-    }
-
-    /// The idempotent producers' last batches in this segment.
-    pub fn producers(&self) -> ProducerStates {
-        self.producers
-            .lock()
-            .expect("producers lock poisoned")
-            .clone()
     }
 
     /// Makes everything written so far durable.
@@ -306,6 +283,45 @@ impl Segment {
         if i == 0 { 0 } else { idx[i - 1].position }
     }
 
+    /// Exact position of the batch that starts at `offset` (the size when `offset` is the
+    /// segment's next offset): from the index entry before it, frame headers are walked. An
+    /// offset inside a batch or outside the segment is an error.
+    pub fn position_of(&self, offset: i64) -> Result<u64> {
+        let (end, next) = (self.size(), self.next_offset());
+        if offset == next {
+            return Ok(end);
+        }
+        let fail = |position: u64, reason: String| Error::Corrupt {
+            location: self.path.display().to_string(),
+            position,
+            reason,
+        };
+        if offset < self.base_offset || offset > next {
+            return Err(fail(
+                0,
+                format!(
+                    "offset {offset} is outside the segment [{}, {next})",
+                    self.base_offset
+                ),
+            ));
+        }
+        let mut pos = self.position_for_offset(offset);
+        let mut head = [0u8; FRAME_HEADER + 8];
+        while pos < end {
+            self.file
+                .read_exact_at(&mut head, pos)
+                .map_err(|e| Error::io(&self.path, e))?;
+            let len = u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")) as u64;
+            let base = i64::from_be_bytes(head[8..16].try_into().expect("8 bytes"));
+            match base.cmp(&offset) {
+                std::cmp::Ordering::Equal => return Ok(pos),
+                std::cmp::Ordering::Greater => break,
+                std::cmp::Ordering::Less => pos += FRAME_HEADER as u64 + len,
+            }
+        }
+        Err(fail(pos, format!("no batch starts at offset {offset}")))
+    }
+
     /// Position from which a scan finds the first batch whose max timestamp is ≥ `ts`.
     pub fn position_for_timestamp(&self, ts: i64) -> u64 {
         let idx = self.index.read().expect("index lock poisoned");
@@ -323,7 +339,17 @@ impl Segment {
         max_bytes: usize,
         from: i64,
     ) -> Result<Vec<RecordBatch>> {
-        let end = self.size();
+        self.read_batches_before(position, self.size(), max_bytes, from)
+    }
+
+    /// [`Segment::read_batches`] of the frames that end at or before the position `end`.
+    fn read_batches_before(
+        &self,
+        position: u64,
+        end: u64,
+        max_bytes: usize,
+        from: i64,
+    ) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         if position >= end {
             return Ok(out);
@@ -382,26 +408,30 @@ impl Segment {
     #[cfg(test)]
     pub fn read_all(&self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
-        for chunk in self.chunks(16 << 20) {
+        for chunk in self.chunks(0..self.size(), 16 << 20) {
             out.extend(chunk?);
         }
         Ok(out)
     }
 
-    /// The segment's batches front to back, about `chunk_bytes` at a time (for upload: memory
-    /// stays bounded by one chunk, not the segment). Stops after the first error.
+    /// The batches in the byte range `bytes` (which starts and ends at frame boundaries) front to
+    /// back, about `chunk_bytes` at a time (for upload: memory stays bounded by one chunk, not
+    /// the segment). Stops after the first error.
     pub fn chunks(
         &self,
+        bytes: std::ops::Range<u64>,
         chunk_bytes: usize,
     ) -> impl Iterator<Item = Result<Vec<RecordBatch>>> + '_ {
-        let end = self.size();
-        let mut pos = 0u64;
+        let std::ops::Range {
+            start: mut pos,
+            end,
+        } = bytes;
         let mut failed = false;
         std::iter::from_fn(move || {
             if failed || pos >= end {
                 return None;
             }
-            match self.read_batches(pos, chunk_bytes, i64::MIN) {
+            match self.read_batches_before(pos, end, chunk_bytes, i64::MIN) {
                 Ok(b) if b.is_empty() => None,
                 Ok(b) => {
                     pos += b.iter().map(|b| frame_len(b.len())).sum::<u64>();

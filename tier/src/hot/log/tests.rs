@@ -275,13 +275,13 @@ fn retention_deletes_only_uploaded_segments() {
     assert!(before > 5);
     // Nothing uploaded: nothing may go, even over budget.
     assert_eq!(log.enforce_retention(true).unwrap(), 0);
-    let pending = log.pending_uploads();
+    let pending = log.pending_uploads(0).unwrap();
     assert_eq!(pending.len(), before - 1);
-    log.mark_uploaded(pending[2].next_offset());
+    log.mark_uploaded(pending[2].next_offset);
     let freed = log.enforce_retention(true).unwrap();
     assert!(freed > 0);
     assert_eq!(log.snapshot().len(), before - 3);
-    assert_eq!(log.start_offset(), pending[2].next_offset());
+    assert_eq!(log.start_offset(), pending[2].next_offset);
     assert!(
         log.read(0, 100).unwrap().is_none(),
         "offset 0 is no longer hot"
@@ -478,4 +478,115 @@ fn try_append_hands_back_what_could_block() {
     let back = log.try_append(batch(0, 3, 1), 1).expect_err("handed back");
     assert_eq!(log.append(back, 1).unwrap().base_offset, 0);
     assert_eq!(log.durable_next(), 3);
+}
+
+/// The records of a span, read the way an upload reads them.
+fn span_records(span: &Span) -> Vec<Record> {
+    let mut out = Vec::new();
+    for chunk in span.chunks(1024) {
+        for b in chunk.unwrap() {
+            b.decode_into(&mut out).unwrap();
+        }
+    }
+    out
+}
+
+/// acks=all commits prefixes of the active segment without sealing it: each cut starts where
+/// the one before ended, holds whole batches, and the segment's remainder goes up once sealed.
+#[test]
+fn cuts_span_the_active_segment_from_where_uploads_stand() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 1 << 20, 0).unwrap();
+    for i in 0..10 {
+        log.append(batch(i * 10, 3, 1), 1).unwrap();
+    }
+    assert!(log.pending_uploads(0).unwrap().is_empty(), "nothing sealed");
+    let first = log.cut(0).unwrap().expect("records to cut");
+    assert_eq!(
+        (first.base_offset, first.next_offset, first.start),
+        (0, 30, 0)
+    );
+    assert_eq!(first.end, log.active().size());
+    assert_eq!(span_records(&first), all_records(&log, 0));
+    log.mark_uploaded(first.next_offset);
+    assert!(log.cut(30).unwrap().is_none(), "nothing new to cut");
+    for i in 10..15 {
+        log.append(batch(i * 10, 3, 2), 1).unwrap();
+    }
+    let second = log.cut(30).unwrap().expect("records to cut");
+    assert_eq!((second.base_offset, second.next_offset), (30, 45));
+    assert_eq!(
+        second.start, first.end,
+        "the second cut starts where the first ended"
+    );
+    let got = span_records(&second);
+    assert_eq!(got.first().map(|r| r.offset), Some(30));
+    assert_eq!(got, all_records(&log, 30));
+    let err = log.cut(31).unwrap_err();
+    assert!(
+        err.to_string().contains("no batch starts at offset 31"),
+        "{err}"
+    );
+    // The same segment still takes appends; once sealed, what the cuts did not commit is pending.
+    log.mark_uploaded(second.next_offset);
+    log.append(batch(150, 4, 3), 1).unwrap();
+    assert!(log.seal_active(true).unwrap());
+    let rest = log.pending_uploads(0).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0].base_offset, rest[0].next_offset), (45, 49));
+    assert_eq!(rest[0].start, second.end);
+    assert_eq!(span_records(&rest[0]), all_records(&log, 45));
+    assert!(
+        log.cut(49).unwrap().is_none(),
+        "the new active segment is empty"
+    );
+}
+
+/// A cut commits records the local disk may not have synced. If they are lost here, recovery
+/// finds the hot copy behind the cold tier and continues from the cold end.
+#[test]
+fn a_hot_tier_that_lost_a_committed_cut_continues_from_the_cold_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let committed = {
+        let log = open(dir.path(), 1 << 20, 0).unwrap();
+        for i in 0..20 {
+            log.append(batch(i * 10, 3, 1), 1).unwrap();
+        }
+        let span = log.cut(0).unwrap().unwrap();
+        log.mark_uploaded(span.next_offset);
+        span
+    };
+    // The unsynced half of the segment never reached the disk.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(last_segment(dir.path()))
+        .unwrap();
+    f.set_len(committed.end / 2 + 3).unwrap();
+    let log = open(dir.path(), 1 << 20, committed.next_offset).unwrap();
+    assert_eq!(log.next_offset(), committed.next_offset);
+    assert_eq!(log.start_offset(), committed.next_offset);
+    let r = log.append(batch(999, 2, 9), 1).unwrap();
+    assert_eq!(r.base_offset, committed.next_offset);
+}
+
+/// `position_of` finds exactly the batch starts a linear walk finds, and nothing else.
+#[test]
+fn positions_of_batches_match_a_linear_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 1 << 20, 0).unwrap();
+    for i in 0..60 {
+        log.append(batch(i, 1 + (i as usize % 4), 1), 1).unwrap();
+    }
+    let seg = log.active();
+    let mut pos = 0u64;
+    for b in seg.read_all().unwrap() {
+        let base = b.header().base_offset;
+        assert_eq!(seg.position_of(base).unwrap(), pos, "offset {base}");
+        if b.header().last_offset_delta > 0 {
+            assert!(seg.position_of(base + 1).is_err(), "inside batch {base}");
+        }
+        pos += segment::frame_len(b.len());
+    }
+    assert_eq!(seg.position_of(seg.next_offset()).unwrap(), seg.size());
+    assert!(seg.position_of(seg.next_offset() + 1).is_err());
 }
