@@ -113,8 +113,8 @@ pub struct BenchArgs {
     /// own flags (object store, fsync, flush interval) take precedence over it.
     #[arg(long, env = "TIERLOG_CONFIG")]
     pub node_config: Option<PathBuf>,
-    /// `[tier] flush_interval_ms` of the started nodes: the least time between two segments a
-    /// partition seals for acks=all requests (default: --node-config's, else the node's).
+    /// `[tier] flush_interval_ms` of the started nodes: the least time between two cuts a
+    /// partition commits for acks=all requests (default: --node-config's, else the node's).
     #[arg(long)]
     pub flush_interval_ms: Option<u64>,
     /// Options of that store, `key=value` (e.g. aws_endpoint=http://127.0.0.1:39000); the
@@ -791,7 +791,8 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
             }
             None => None,
         };
-        // The local disk's own sync latency meanwhile (a seal syncs the segment it seals).
+        // The local disk's own sync latency meanwhile (rolls sync the segment they seal; acks=all
+        // cuts do not wait for the disk).
         // Both probes stop when the phase ends, or fails (a blocking thread left running would
         // hold the runtime's shutdown).
         let disk_stop = StopOnDrop(Arc::new(AtomicBool::new(false)));

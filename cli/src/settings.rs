@@ -86,7 +86,7 @@ pub struct TierSettings {
     pub uploads_in_flight: usize,
     /// Age after which segment objects no commit references are deleted.
     pub orphan_grace_ms: u64,
-    /// Least time between two segments a partition seals for acks=all requests, ms (0: as soon
+    /// Least time between two cuts a partition commits for acks=all requests, ms (0: as soon
     /// as the uploader is free).
     pub flush_interval_ms: u64,
     /// zstd level of cold segments (1 fastest, 22 smallest).

@@ -1,4 +1,4 @@
-//! The cold tier: sealed segments as Parquet objects, the manifest that commits them, the read
+//! The cold tier: the hot log's segments (whole, or cut for acks=all) as Parquet objects, the manifest that commits them, the read
 //! cache, and the upload pipeline.
 
 pub(crate) mod cache;

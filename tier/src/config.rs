@@ -59,30 +59,30 @@ pub struct TierConfig {
     pub upload_retry_initial_ms: u64,
     pub upload_retry_max_ms: u64,
     /// Segment → Parquet conversions running at once, over all partitions, on threads of the
-    /// lowest CPU priority. Conversion is CPU-bound (zstd); the default is half the cores, at
-    /// least 4: at the lowest priority extra threads only take idle CPU, and with fewer the
-    /// small segments acks=all requests wait for queue behind other partitions' conversions
-    /// (seen in the per-segment upload log with one thread on 2 cores).
+    /// lowest CPU priority, for what no acks=all request waits for (those run at normal
+    /// priority, one per core; see `cold::encoder`). Conversion is CPU-bound (zstd); the
+    /// default is half the cores, at least 4: at the lowest priority extra threads only take
+    /// idle CPU.
     pub encode_concurrency: usize,
-    /// Segments of one partition in upload at once. Each is written (which commits it) only
+    /// Uploads of one partition in flight at once. Each is written (which commits it) only
     /// after the one before it; with more than 1, acks=all waiters that arrive during an upload
-    /// get the next segment sealed (when the flush interval allows) and converted meanwhile,
-    /// and written right after, instead of sealed after the whole cycle: for stores whose PUT
-    /// takes far longer than a conversion. 1 (the default) uploads one segment after the other
-    /// and makes the fewest objects.
+    /// get the next cut taken (when the flush interval allows) and converted meanwhile, and
+    /// written right after, instead of cut after the whole cycle: for stores whose PUT takes
+    /// far longer than a conversion. 1 (the default) uploads one after the other and makes the
+    /// fewest objects.
     pub uploads_in_flight: usize,
-    /// How long an acks=all record may wait in the hot tier before the segment holding it is
-    /// on its way to the object store, ms. A waiter on a partition that sealed longer ago
-    /// than this is served at once (one conversion, one PUT). Under steady acks=all load a
-    /// partition seals about once per interval: a little sooner, by what its recent seals took
-    /// besides the PUT (fsync, conversion, commit work; at most a quarter of the interval), so
-    /// that a record is answered about one interval plus one PUT after it arrived; and its
-    /// seals are planned apart from other partitions' (moved up to half the interval earlier)
-    /// so that their conversions and PUTs do not queue behind each other. So the seals acks=all makes are about
-    /// `1000 / flush_interval_ms` a second per partition and never more than twice that
-    /// (segment size and age rolls, explicit flushes and checkpoints every 32 commits come on
-    /// top), and an acks=all record typically waits up to the interval plus one PUT. 0 seals
-    /// whenever the uploader is free: lowest latency, most objects.
+    /// How long an acks=all record may wait in the hot tier before it is on its way to the
+    /// object store, ms. A waiter on a partition that cut for waiters longer ago than this is
+    /// served at once (one conversion, one PUT). Under steady acks=all load a partition cuts
+    /// its active segment about once per interval: a little sooner, by what its recent cuts
+    /// took besides the PUT (conversion, commit work; at most a quarter of the interval), so
+    /// that a record is answered about one interval plus one PUT after it arrived; and its cuts
+    /// are planned apart from other partitions' (moved up to half the interval earlier) so
+    /// that their conversions and PUTs do not queue behind each other. So the objects acks=all
+    /// makes are about `1000 / flush_interval_ms` a second per partition and never more than
+    /// twice that (segment size and age rolls, explicit flushes and checkpoints every 32
+    /// commits come on top), and an acks=all record typically waits up to the interval plus
+    /// one PUT. 0 cuts whenever the uploader is free: lowest latency, most objects.
     pub flush_interval_ms: u64,
     /// How often background work (age-based sealing, retention, interval fsync checks) runs.
     pub housekeeping_ms: u64,

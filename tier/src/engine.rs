@@ -1,5 +1,5 @@
-//! [`Tier`]: the storage core. Partitions append to the hot tier; sealed segments are uploaded
-//! as Parquet and committed to the partition's manifest under the leader's epoch; reads are
+//! [`Tier`]: the storage core. Partitions append to the hot tier; sealed segments (and, for
+//! acks=all, cuts of the active one) are uploaded as Parquet and committed to the partition's manifest under the leader's epoch; reads are
 //! served from the hot tier when it holds the offset, otherwise from the cold tier.
 //!
 //! Invariants:
@@ -146,7 +146,7 @@ pub(crate) struct Inner {
     /// a time, so its hot directory is never recovered twice, nor while a close or removal still
     /// uses it, and its bytes are counted once.
     pub gates: std::sync::Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<()>>>>,
-    /// When each partition next seals for acks=all waiters (spread apart).
+    /// When each partition next cuts for acks=all waiters (spread apart).
     pub seal_plans: crate::cold::plan::SealPlans,
 }
 
@@ -825,13 +825,14 @@ impl Tier {
 
     /// Waits until every offset below `end` is committed to the cold tier (acks=all).
     ///
-    /// Group commit: requests do not seal a segment each. The uploader seals the active segment
-    /// when someone waits, fewer than `uploads_in_flight` uploads are in flight, and the
-    /// partition's planned seal has come (about `flush_interval_ms` after its last one; see
-    /// `cold::upload`); otherwise later records accumulate and go up together in the next
-    /// segment. So latency is about one upload when the partition is quiet and typically up to
-    /// the interval plus one PUT under load, and the number of segments sealed for waiters is
-    /// bounded by the interval, not the request rate.
+    /// Group commit: requests do not make an object each. The uploader cuts the active segment
+    /// (commits what it holds without sealing it) when someone waits, fewer than
+    /// `uploads_in_flight` uploads are in flight, and the partition's planned cut has come
+    /// (about `flush_interval_ms` after its last one; see `cold::upload`); otherwise later
+    /// records accumulate and go up together in the next cut. So latency is about one upload
+    /// when the partition is quiet and typically up to the interval plus one PUT under load,
+    /// and the number of objects made for waiters is bounded by the interval, not the request
+    /// rate.
     pub async fn wait_committed(&self, topic: &str, partition: u32, end: i64) -> Result<()> {
         let p = self.get(topic, partition)?;
         p.commit_wanted.fetch_max(end, Ordering::AcqRel);

@@ -62,10 +62,9 @@ async fn housekeep(inner: &Arc<Inner>) {
     for p in parts {
         let p2 = p.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<()> {
-            // Over budget, an active segment whose records are all committed (by cuts for
-            // acks=all) is sealed so that it can go.
-            let force = over && p2.log.uploaded_next() >= p2.log.next_offset();
-            if p2.log.seal_active(force)? {
+            // Near the budget, an active segment holding committed records (cuts for acks=all)
+            // is sealed so that it can go once the rest is committed.
+            if (over && p2.log.seal_committed()?) || p2.log.seal_active(false)? {
                 p2.notify.notify_one();
             }
             p2.log.enforce_retention(over)?;

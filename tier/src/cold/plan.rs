@@ -1,16 +1,17 @@
-//! Seal plans: when each partition of the tier next seals for acks=all waiters, so that the
-//! partitions' seals do not fall at the same moment.
+//! Seal plans: when each partition of the tier next cuts its active segment for acks=all
+//! waiters (`cold::upload`; the name dates from when it sealed), so that the partitions' cuts
+//! do not fall at the same moment.
 //!
-//! Under steady acks=all load every partition seals about once per flush interval. Left alone,
-//! partitions that started together keep sealing together: their conversions queue on the same
+//! Under steady acks=all load every partition cuts about once per flush interval. Left alone,
+//! partitions that started together keep cutting together: their conversions queue on the same
 //! cores and their PUTs on the same store, and the last one's waiters wait for all of them. A
-//! partition that has just sealed therefore picks its next seal between half the interval and
-//! its lead (the interval less the expected overhead) after it: the latest moment at least
-//! `gap` away from every other partition's planned seal, or, when there is none, the moment
-//! farthest from them.
+//! partition that has just cut therefore picks its next cut between half the interval and its
+//! lead (the interval less the expected overhead) after it: the latest moment at least `gap`
+//! away from every other partition's planned cut, or, when there is none, the moment farthest
+//! from them.
 //!
-//! Invariants: a planned seal is never later than the lead after the last one (no record waits
-//! longer for it), and never earlier than half the interval (a partition makes at most two seals
+//! Invariants: a planned cut is never later than the lead after the last one (no record waits
+//! longer for it), and never earlier than half the interval (a partition makes at most two cuts
 //! for waiters per interval).
 
 use std::collections::HashMap;

@@ -73,7 +73,9 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let start = |in_flight: &mut VecDeque<InFlight>, span: Span| {
         p.uploading_next.store(span.next_offset, Ordering::Release);
-        let task = tokio::spawn(upload(inner.clone(), p.clone(), span.clone()));
+        // Converted at normal priority when someone waits for it (see `cold::encoder`).
+        let urgent = p.commit_wanted.load(Ordering::Acquire) > span.base_offset;
+        let task = tokio::spawn(upload(inner.clone(), p.clone(), span.clone(), urgent));
         in_flight.push_back(InFlight {
             span,
             task: AbortOnDropHandle::new(task),
@@ -84,7 +86,10 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
         let started = in_flight
             .back()
             .map_or(p.log.uploaded_next(), |f| f.span.next_offset);
-        let next = match p.log.pending_uploads(started) {
+        // An error reading the hot log stops or pauses uploads once the uploads in flight are
+        // done: aborting one could cut it off between its PUT and its commit.
+        let mut unreadable = None;
+        match p.log.pending_uploads(started) {
             Ok(spans) => {
                 for span in spans
                     .into_iter()
@@ -92,31 +97,43 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                 {
                     start(&mut in_flight, span);
                 }
-                None
             }
-            Err(e) => Some(failed(&inner, &p, started, e).await),
-        };
+            Err(e) => unreadable = Some((started, e)),
+        }
         let started = in_flight
             .back()
             .map_or(p.log.uploaded_next(), |f| f.span.next_offset);
         // Waiters for the active segment are served by a cut once a slot is free and the
         // planned moment has come; until then they accumulate.
         let mut wake = Instant::now() + idle;
-        if next.is_none() && in_flight.len() < depth && waiters_need_cut(&p, started) {
+        if unreadable.is_none() && in_flight.len() < depth && waiters_need_cut(&p, started) {
             match due {
                 Some(due) if due > Instant::now() => wake = due,
                 _ => {
                     let at = Instant::now();
-                    if let Some(span) = cut_for_waiters(&p, started).await {
-                        start(&mut in_flight, span);
-                        overhead.cut(at.elapsed());
-                        let lead = overhead.lead(interval);
-                        due = Some(inner.seal_plans.plan(&p.id, owner, at, lead, interval));
-                        continue;
+                    match cut_for_waiters(&p, started).await {
+                        Ok(Some(span)) => {
+                            start(&mut in_flight, span);
+                            overhead.cut(at.elapsed());
+                            let lead = overhead.lead(interval);
+                            due = Some(inner.seal_plans.plan(&p.id, owner, at, lead, interval));
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => unreadable = Some((started, e)),
                     }
                 }
             }
         }
+        let next = match unreadable {
+            Some((at, e)) if in_flight.is_empty() => Some(failed(&inner, &p, at, e).await),
+            Some((at, e)) => {
+                tracing::warn!(topic = %p.id.topic, partition = p.id.partition, at, error = %e,
+                    "cannot read the hot log for upload; trying again after the uploads in flight");
+                None
+            }
+            None => None,
+        };
         let next = match next {
             Some(next) => next,
             None => tokio::select! {
@@ -206,27 +223,17 @@ fn waiters_need_cut(p: &Partition, started: i64) -> bool {
 }
 
 /// Cuts the active segment from `from` for acks=all waiters, with everything appended so far.
-async fn cut_for_waiters(p: &Partition, from: i64) -> Option<Span> {
+async fn cut_for_waiters(p: &Partition, from: i64) -> Result<Option<Span>> {
     let log = p.log.clone();
     let started = Instant::now();
     // The writer lock may be held by an append that rolls a segment (an fsync).
-    match tokio::task::spawn_blocking(move || log.cut(from)).await {
-        Ok(Ok(span)) => {
-            tracing::debug!(topic = %p.id.topic, partition = p.id.partition,
-                cut_ms = started.elapsed().as_secs_f64() * 1e3,
-                next = span.as_ref().map(|s| s.next_offset), "cut for acks=all waiters");
-            span
-        }
-        Ok(Err(e)) => {
-            tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
-                "cannot cut the active segment for acks=all waiters");
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cut task failed");
-            None
-        }
-    }
+    let span = tokio::task::spawn_blocking(move || log.cut(from))
+        .await
+        .map_err(|e| Error::invalid(format!("cut task failed: {e}")))??;
+    tracing::debug!(topic = %p.id.topic, partition = p.id.partition,
+        cut_ms = started.elapsed().as_secs_f64() * 1e3,
+        next = span.as_ref().map(|s| s.next_offset), "cut for acks=all waiters");
+    Ok(span)
 }
 
 /// Decides what an upload failure at offset `base` means for the partition's uploads.
@@ -259,8 +266,13 @@ async fn failed(inner: &Inner, p: &Partition, base: i64, e: Error) -> Next {
 
 /// Converts `span` and, once everything before it is committed, commits it. Returns how long
 /// that took from the start of the conversion to the answer of its waiters, less the PUT.
-async fn upload(inner: Arc<Inner>, p: Arc<Partition>, span: Span) -> Result<Duration> {
-    let prepared = prepare(inner, p.clone(), span.clone()).await?;
+async fn upload(
+    inner: Arc<Inner>,
+    p: Arc<Partition>,
+    span: Span,
+    urgent: bool,
+) -> Result<Duration> {
+    let prepared = prepare(inner, p.clone(), span.clone(), urgent).await?;
     let started = prepared.started;
     loop {
         let turn = p.committed.notified();
@@ -286,13 +298,19 @@ struct Prepared {
 }
 
 /// Converts `span` into the log object that commits it (on the encoder threads).
-async fn prepare(inner: Arc<Inner>, p: Arc<Partition>, span: Span) -> Result<Prepared> {
+async fn prepare(
+    inner: Arc<Inner>,
+    p: Arc<Partition>,
+    span: Span,
+    urgent: bool,
+) -> Result<Prepared> {
     let started = std::time::Instant::now();
     let (id, cfg, epoch) = (p.id.clone(), inner.cfg.clone(), p.epoch);
-    // On the encoder threads: few at once, at low priority (see `cold::encoder`).
-    let job = inner
-        .encoders
-        .run(move || encode_span(&id, &span, epoch, cfg.row_group_bytes, cfg.zstd_level));
+    // On the encoder threads: few at once, at low priority unless someone waits for it (see
+    // `cold::encoder`).
+    let job = inner.encoders.run(urgent, move || {
+        encode_span(&id, &span, epoch, cfg.row_group_bytes, cfg.zstd_level)
+    });
     let segment = tokio::select! {
         _ = p.cancel.cancelled() => return Err(Error::Closed),
         enc = job => enc?,

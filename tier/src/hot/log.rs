@@ -436,6 +436,18 @@ impl PartitionLog {
         Ok(false)
     }
 
+    /// Seals the active segment if some of its records are committed already (by cuts), so that
+    /// retention can delete it once the rest is committed too. Returns true when it sealed.
+    pub fn seal_committed(&self) -> Result<bool> {
+        let _w = self.writer.lock().expect("writer lock poisoned");
+        let active = self.active();
+        if active.is_empty() || self.uploaded_next() <= active.base_offset {
+            return Ok(false);
+        }
+        self.roll_locked(&active)?;
+        Ok(true)
+    }
+
     /// fsyncs the active segment if anything was appended since the last sync.
     pub fn flush(&self) -> Result<()> {
         if !self.dirty.swap(false, Ordering::AcqRel) {

@@ -590,3 +590,35 @@ fn positions_of_batches_match_a_linear_walk() {
     assert_eq!(seg.position_of(seg.next_offset()).unwrap(), seg.size());
     assert!(seg.position_of(seg.next_offset() + 1).is_err());
 }
+
+/// Near the hot budget, an active segment holding committed records is sealed, so that once the
+/// rest is committed retention can delete it; a segment with nothing committed is left alone.
+#[test]
+fn a_partly_committed_active_segment_is_sealed_for_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 1 << 20, 0).unwrap();
+    for i in 0..10 {
+        log.append(batch(i, 3, 1), 1).unwrap();
+    }
+    assert!(!log.seal_committed().unwrap(), "nothing committed yet");
+    let cut = log.cut(0).unwrap().unwrap();
+    log.mark_uploaded(cut.next_offset);
+    log.append(batch(100, 3, 2), 1).unwrap();
+    assert!(log.seal_committed().unwrap());
+    log.append(batch(200, 3, 3), 1).unwrap();
+    assert!(
+        !log.seal_committed().unwrap(),
+        "the new active segment has nothing committed"
+    );
+    let rest = log.pending_uploads(cut.next_offset).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0].base_offset, rest[0].next_offset), (30, 33));
+    assert_eq!(
+        log.enforce_retention(true).unwrap(),
+        0,
+        "its rest is not committed"
+    );
+    log.mark_uploaded(rest[0].next_offset);
+    assert!(log.enforce_retention(true).unwrap() > 0);
+    assert_eq!(log.start_offset(), 33);
+}
