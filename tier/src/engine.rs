@@ -755,10 +755,13 @@ impl Tier {
             .expect("readers lock poisoned")
             .remove(&id);
         let log = p.log.clone();
-        let synced = blocking(move || log.flush()).await;
-        self.inner
-            .hot_bytes
-            .fetch_sub(p.log.bytes(), Ordering::AcqRel);
+        // The writer lock (taken to release) may be held by an append that fsyncs.
+        let synced = blocking(move || {
+            let synced = log.flush();
+            log.release();
+            synced
+        })
+        .await;
         tracing::info!(topic, partition, epoch = p.epoch, "partition closed");
         synced
     }
@@ -799,9 +802,12 @@ impl Tier {
         })
         .await?;
         if let Some(p) = &p {
-            self.inner
-                .hot_bytes
-                .fetch_sub(p.log.bytes(), Ordering::AcqRel);
+            let log = p.log.clone();
+            blocking(move || {
+                log.release();
+                Ok(())
+            })
+            .await?;
         }
         let prefix =
             crate::cold::manifest::PartitionPaths::new(&self.inner.root, topic, partition).prefix;

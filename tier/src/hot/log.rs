@@ -93,8 +93,11 @@ pub(crate) struct PartitionLog {
     failed: AtomicBool,
     /// Bytes on disk in this partition's segments.
     bytes: AtomicU64,
-    /// Bytes on disk over all partitions of the tier (shared).
+    /// Bytes on disk over all partitions of the tier (shared). This log's bytes count in it
+    /// until [`PartitionLog::release`] or drop (so an open that is given up counts nothing).
     global: Arc<AtomicU64>,
+    /// Set once this log's bytes no longer count in `global` (changed under the writer lock).
+    released: AtomicBool,
     /// Idempotent producers as of `next_offset` (changed under the writer lock).
     producers: Mutex<ProducerStates>,
 }
@@ -238,6 +241,7 @@ impl PartitionLog {
             uploaded_next: AtomicI64::new(cold_next),
             dirty: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            released: AtomicBool::new(false),
             bytes: AtomicU64::new(bytes),
             global,
             producers: Mutex::new(producers),
@@ -371,7 +375,9 @@ impl PartitionLog {
             return Err(e);
         }
         self.bytes.fetch_add(frame, Ordering::AcqRel);
-        self.global.fetch_add(frame, Ordering::AcqRel);
+        if !self.released.load(Ordering::Acquire) {
+            self.global.fetch_add(frame, Ordering::AcqRel);
+        }
         self.next_offset.store(last + 1, Ordering::Release);
         if let Some((id, b)) = ProducerBatch::of(batch.header(), base) {
             producers.record(id, b);
@@ -434,6 +440,15 @@ impl PartitionLog {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Takes this log's bytes out of the tier's total (when the partition closes). Later
+    /// appends and deletions change only the log's own count.
+    pub fn release(&self) {
+        let _w = self.writer.lock().expect("writer lock poisoned");
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.global.fetch_sub(self.bytes(), Ordering::AcqRel);
+        }
     }
 
     /// Seals the active segment if some of its records are committed already (by cuts), so that
@@ -529,8 +544,13 @@ impl PartitionLog {
                 .write()
                 .expect("segments lock poisoned")
                 .retain(|s| !Arc::ptr_eq(s, &victim));
-            self.bytes.fetch_sub(victim.size(), Ordering::AcqRel);
-            self.global.fetch_sub(victim.size(), Ordering::AcqRel);
+            {
+                let _w = self.writer.lock().expect("writer lock poisoned");
+                self.bytes.fetch_sub(victim.size(), Ordering::AcqRel);
+                if !self.released.load(Ordering::Acquire) {
+                    self.global.fetch_sub(victim.size(), Ordering::AcqRel);
+                }
+            }
             freed += victim.size();
             tracing::debug!(topic = %self.id.topic, partition = self.id.partition,
                 base = victim.base_offset, "deleted uploaded hot segment");
@@ -614,6 +634,15 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 fn file_age(path: &Path) -> Option<Duration> {
     let modified = std::fs::metadata(path).ok()?.modified().ok()?;
     SystemTime::now().duration_since(modified).ok()
+}
+
+impl Drop for PartitionLog {
+    fn drop(&mut self) {
+        if !*self.released.get_mut() {
+            self.global
+                .fetch_sub(*self.bytes.get_mut(), Ordering::AcqRel);
+        }
+    }
 }
 
 #[cfg(test)]

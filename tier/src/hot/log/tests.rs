@@ -622,3 +622,50 @@ fn a_partly_committed_active_segment_is_sealed_for_retention() {
     assert!(log.enforce_retention(true).unwrap() > 0);
     assert_eq!(log.start_offset(), 33);
 }
+
+/// A log's bytes count in the tier's total until it is released or dropped, whichever comes
+/// first (an open given up half-way counts nothing); after release its appends count only in
+/// its own total.
+#[test]
+fn a_log_counts_in_the_tier_total_until_released_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let global = Arc::new(AtomicU64::new(0));
+    let open_shared = |p: u32| {
+        PartitionLog::open(
+            dir.path(),
+            PartitionId::new("t", p),
+            cfg(dir.path(), 4096),
+            0,
+            0,
+            Default::default(),
+            global.clone(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (open_shared(0), open_shared(1));
+    for i in 0..50 {
+        a.append(batch(i, 3, 1), 1).unwrap();
+        b.append(batch(i, 2, 2), 1).unwrap();
+    }
+    assert!(a.bytes() > 0 && b.bytes() > 0);
+    assert_eq!(global.load(Ordering::Acquire), a.bytes() + b.bytes());
+    a.release();
+    a.append(batch(99, 3, 1), 1).unwrap();
+    a.mark_uploaded(a.next_offset());
+    a.seal_active(true).unwrap();
+    assert!(a.enforce_retention(true).unwrap() > 0);
+    a.release();
+    assert_eq!(
+        global.load(Ordering::Acquire),
+        b.bytes(),
+        "a no longer counts"
+    );
+    drop(a);
+    assert_eq!(global.load(Ordering::Acquire), b.bytes());
+    drop(b);
+    assert_eq!(
+        global.load(Ordering::Acquire),
+        0,
+        "dropping gives back the rest"
+    );
+}
