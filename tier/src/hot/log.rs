@@ -129,7 +129,7 @@ impl PartitionLog {
         for (i, base) in bases.iter().enumerate() {
             let path = dir.join(segment::segment_file_name(*base));
             let is_last = i + 1 == bases.len();
-            let seg = Segment::open(&path, *base, cfg.index_interval_bytes, is_last)?;
+            let seg = Segment::open(&path, *base, cfg.index_interval_bytes, is_last, cold_next)?;
             if let Some(prev) = segs.last().filter(|p| p.next_offset() != seg.base_offset) {
                 return Err(Error::Corrupt {
                     location: path.display().to_string(),

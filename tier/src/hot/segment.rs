@@ -101,8 +101,17 @@ impl Segment {
     }
 
     /// Opens an existing segment. A sealed segment must be whole; the last (active) segment has a
-    /// torn or corrupt tail truncated, and the log says which offsets went.
-    pub fn open(path: &Path, base: i64, index_interval: u64, is_last: bool) -> Result<Segment> {
+    /// torn or corrupt tail truncated, and the log says which offsets went. Damage with valid
+    /// batches after it is an error, unless every offset from the damage to the end of those
+    /// batches is below `cold_next` (committed to the cold tier, which acks=all cuts do before
+    /// the local sync): then the hot copy from the damage on is dropped like a torn tail.
+    pub fn open(
+        path: &Path,
+        base: i64,
+        index_interval: u64,
+        is_last: bool,
+        cold_next: i64,
+    ) -> Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -110,14 +119,30 @@ impl Segment {
             .map_err(|e| Error::io(path, e))?;
         let scan = scan(&file, base, index_interval, is_last)?;
         if let Some((pos, reason)) = &scan.stopped {
-            if is_last && valid_frame_follows(&file, *pos).map_err(|e| Error::io(path, e))? {
-                return Err(Error::Corrupt {
-                    location: path.display().to_string(),
-                    position: *pos,
-                    reason: format!(
-                        "{reason}; a valid batch follows it, so this is damage, not a torn write"
-                    ),
-                });
+            let after = if is_last {
+                valid_frames_after(&file, *pos).map_err(|e| Error::io(path, e))?
+            } else {
+                None
+            };
+            match after {
+                Some(end) if end > cold_next => {
+                    return Err(Error::Corrupt {
+                        location: path.display().to_string(),
+                        position: *pos,
+                        reason: format!(
+                            "{reason}; valid batches up to offset {end} follow it, so this is \
+                             damage, not a torn write (the cold tier holds offsets below \
+                             {cold_next} only)"
+                        ),
+                    });
+                }
+                Some(end) => tracing::warn!(
+                    file = %path.display(), position = pos, first_lost_offset = scan.next_offset,
+                    valid_after_until = end, cold_next, %reason,
+                    "damage in the active segment with valid batches after it, all of them \
+                     committed to the cold tier: dropping the hot copy from the damage on"
+                ),
+                None => {}
             }
             if !is_last {
                 return Err(Error::Corrupt {
@@ -563,30 +588,36 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) ->
     Ok(s)
 }
 
-/// Whether a whole, CRC-valid frame starts where the (bad) frame at `pos` claims to end. A torn
-/// write leaves nothing valid after it; damage in the middle of a file does.
-fn valid_frame_follows(file: &File, pos: u64) -> std::io::Result<bool> {
+/// Whether whole, CRC-valid frames start where the (bad) frame at `pos` claims to end, and if
+/// so the next offset after the run of them. A torn write leaves nothing valid after it;
+/// damage in the middle of a file does.
+fn valid_frames_after(file: &File, pos: u64) -> std::io::Result<Option<i64>> {
     let len = file.metadata()?.len();
     let mut head = [0u8; FRAME_HEADER];
     if pos + FRAME_HEADER as u64 > len {
-        return Ok(false);
+        return Ok(None);
     }
     file.read_exact_at(&mut head, pos)?;
-    let next = pos
+    let mut next = pos
         + FRAME_HEADER as u64
         + u64::from(u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")));
-    if next + (FRAME_HEADER + HEADER_LEN) as u64 > len {
-        return Ok(false);
+    let mut end = None;
+    while next + (FRAME_HEADER + HEADER_LEN) as u64 <= len {
+        file.read_exact_at(&mut head, next)?;
+        let flen = u64::from(u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")));
+        if flen < HEADER_LEN as u64 || next + FRAME_HEADER as u64 + flen > len {
+            break;
+        }
+        let mut body = vec![0u8; flen as usize];
+        file.read_exact_at(&mut body, next + FRAME_HEADER as u64)?;
+        let crc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+        match batch::parse_header(&body) {
+            Ok(h) if crc32c::crc32c(&body) == crc => end = Some(h.next_offset()),
+            _ => break,
+        }
+        next += FRAME_HEADER as u64 + flen;
     }
-    file.read_exact_at(&mut head, next)?;
-    let flen = u64::from(u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")));
-    if flen < HEADER_LEN as u64 || next + FRAME_HEADER as u64 + flen > len {
-        return Ok(false);
-    }
-    let mut body = vec![0u8; flen as usize];
-    file.read_exact_at(&mut body, next + FRAME_HEADER as u64)?;
-    let crc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
-    Ok(crc32c::crc32c(&body) == crc && batch::parse_header(&body).is_ok())
+    Ok(end)
 }
 
 /// Bytes of a frame for a batch of `batch_len` bytes.

@@ -669,3 +669,36 @@ fn a_log_counts_in_the_tier_total_until_released_or_dropped() {
         "dropping gives back the rest"
     );
 }
+
+/// Damage in the middle of the active segment (valid batches after it) is an error, unless the
+/// cold tier holds every offset from the damage to the end of those batches (acks=all cuts
+/// commit before the local sync): then the hot copy is dropped and the log continues from the
+/// cold end.
+#[test]
+fn damage_the_cold_tier_covers_drops_the_hot_copy_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ends = vec![0u64];
+    {
+        let log = open(dir.path(), 1 << 20, 0).unwrap();
+        for i in 0..10 {
+            log.append(batch(i, 2, 4), 1).unwrap();
+            ends.push(log.active().size());
+        }
+    }
+    let path = last_segment(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Inside the fourth batch (offsets 6 and 7); six valid batches follow, up to offset 20.
+    bytes[(ends[3] + ends[4]) as usize / 2] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open(dir.path(), 1 << 20, 19).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    assert!(err.to_string().contains("up to offset 20"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "a refused open changes nothing"
+    );
+    let log = open(dir.path(), 1 << 20, 20).unwrap();
+    assert_eq!((log.start_offset(), log.next_offset()), (20, 20));
+    assert_eq!(log.append(batch(99, 1, 1), 1).unwrap().base_offset, 20);
+}
