@@ -172,14 +172,12 @@ impl Inner {
             cancel,
         )
     }
-    /// The gate that opens, closes and removals of `id` pass one at a time.
+    /// The gate that opens, closes and removals of `id` pass one at a time. Gates nobody holds
+    /// or waits for are dropped on the way, so the map stays as small as the work in progress.
     pub fn gate(&self, id: &PartitionId) -> Arc<tokio::sync::Mutex<()>> {
-        self.gates
-            .lock()
-            .expect("gates lock poisoned")
-            .entry(id.clone())
-            .or_default()
-            .clone()
+        let mut gates = self.gates.lock().expect("gates lock poisoned");
+        gates.retain(|k, g| k == id || Arc::strong_count(g) > 1);
+        gates.entry(id.clone()).or_default().clone()
     }
     pub fn all(&self) -> Vec<Arc<Partition>> {
         self.partitions
@@ -967,5 +965,29 @@ fn log_start(cold: &ManifestState, hot_start: i64) -> i64 {
         cold.start_offset
     } else {
         cold.start_offset.max(hot_start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opening and closing many partitions leaves no gates behind but the last one used.
+    #[tokio::test]
+    async fn gates_do_not_pile_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = dir.path().join("bucket");
+        let (store, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
+        let cfg = TierConfig {
+            data_dir: dir.path().join("hot"),
+            ..TierConfig::default()
+        };
+        let t = Tier::open(cfg, store, Path::from("c")).await.unwrap();
+        for p in 0..20 {
+            t.open_partition("t", p, 1).await.unwrap();
+            t.close_partition("t", p).await.unwrap();
+        }
+        assert_eq!(t.inner.gates.lock().unwrap().len(), 1);
+        t.close(false).await.unwrap();
     }
 }
