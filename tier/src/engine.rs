@@ -142,9 +142,9 @@ pub(crate) struct Inner {
     pub encoders: crate::cold::encoder::Encoders,
     /// Read-only views of partitions this node does not lead, for committed (cold) reads.
     pub readers: std::sync::Mutex<HashMap<PartitionId, Arc<ReaderView>>>,
-    /// One gate per partition ever opened: opens, closes and removals of a partition run one at
-    /// a time, so its hot directory is never recovered twice, nor while a close or removal still
-    /// uses it, and its bytes are counted once.
+    /// One gate per partition with an open, close, removal or hot housekeeping under way: they
+    /// run one at a time, so its hot directory is never recovered twice, nor while a close,
+    /// removal or housekeeping of the log before still uses it, and its bytes are counted once.
     pub gates: std::sync::Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<()>>>>,
     /// When each partition next cuts for acks=all waiters (spread apart).
     pub seal_plans: crate::cold::plan::SealPlans,

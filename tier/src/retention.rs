@@ -60,6 +60,15 @@ async fn housekeep(inner: &Arc<Inner>) {
     // Above 80% of the budget, drop every uploaded hot segment rather than wait for age or size.
     let over = inner.hot_bytes.load(Ordering::Acquire) > budget / 10 * 8;
     for p in parts {
+        // Under the partition's gate: skipped while it opens or closes, and not at all once it
+        // closed since the snapshot (a reopened partition owns the directory).
+        let gate = inner.gate(&p.id);
+        let Ok(held) = gate.try_lock() else {
+            continue;
+        };
+        if p.log.is_released() {
+            continue;
+        }
         let p2 = p.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<()> {
             // Near the budget, an active segment holding committed records (cuts for acks=all)
@@ -78,6 +87,7 @@ async fn housekeep(inner: &Arc<Inner>) {
             }
             Err(e) => tracing::error!(error = %e, "housekeeping task failed"),
         }
+        drop(held);
         if let Err(e) = cold_retention(&p).await {
             tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e, "cold retention failed");
         }

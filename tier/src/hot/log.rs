@@ -344,6 +344,9 @@ impl PartitionLog {
         batch: RecordBatch,
         leader_epoch: i32,
     ) -> Result<AppendResult> {
+        if self.is_released() {
+            return Err(Error::Closed);
+        }
         if self.failed.load(Ordering::Acquire) {
             return Err(Error::io(
                 &self.dir,
@@ -431,7 +434,7 @@ impl PartitionLog {
     pub fn seal_active(&self, force: bool) -> Result<bool> {
         let _w = self.writer.lock().expect("writer lock poisoned");
         let active = self.active();
-        if active.is_empty() {
+        if active.is_empty() || self.is_released() {
             return Ok(false);
         }
         let old = active.opened_at.elapsed() >= Duration::from_millis(self.cfg.segment_ms);
@@ -442,8 +445,9 @@ impl PartitionLog {
         Ok(false)
     }
 
-    /// Takes this log's bytes out of the tier's total (when the partition closes). Later
-    /// appends and deletions change only the log's own count.
+    /// Takes this log's bytes out of the tier's total (when the partition closes). From then on
+    /// the log changes nothing on disk (a reopened partition owns the directory): appends fail
+    /// with `Closed`, seals and retention do nothing.
     pub fn release(&self) {
         let _w = self.writer.lock().expect("writer lock poisoned");
         if !self.released.swap(true, Ordering::AcqRel) {
@@ -451,12 +455,17 @@ impl PartitionLog {
         }
     }
 
+    /// Whether [`PartitionLog::release`] was called.
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
     /// Seals the active segment if some of its records are committed already (by cuts), so that
     /// retention can delete it once the rest is committed too. Returns true when it sealed.
     pub fn seal_committed(&self) -> Result<bool> {
         let _w = self.writer.lock().expect("writer lock poisoned");
         let active = self.active();
-        if active.is_empty() || self.uploaded_next() <= active.base_offset {
+        if active.is_empty() || self.is_released() || self.uploaded_next() <= active.base_offset {
             return Ok(false);
         }
         self.roll_locked(&active)?;
@@ -519,6 +528,9 @@ impl PartitionLog {
     /// Deletes uploaded segments beyond the hot retention limits, or (when `over_budget`) every
     /// uploaded segment. Returns the bytes freed.
     pub fn enforce_retention(&self, over_budget: bool) -> Result<u64> {
+        if self.is_released() {
+            return Ok(0);
+        }
         let up = self.uploaded_next();
         let max_age = Duration::from_millis(self.cfg.hot_retention_ms);
         let mut freed = 0u64;

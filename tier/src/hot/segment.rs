@@ -126,13 +126,17 @@ impl Segment {
             };
             match after {
                 Some(end) if end > cold_next => {
+                    let extent = if end == i64::MAX {
+                        "past further damage".to_string()
+                    } else {
+                        format!("up to offset {end}")
+                    };
                     return Err(Error::Corrupt {
                         location: path.display().to_string(),
                         position: *pos,
                         reason: format!(
-                            "{reason}; valid batches up to offset {end} follow it, so this is \
-                             damage, not a torn write (the cold tier holds offsets below \
-                             {cold_next} only)"
+                            "{reason}; valid batches {extent} follow it, so this is damage, not \
+                             a torn write (the cold tier holds offsets below {cold_next} only)"
                         ),
                     });
                 }
@@ -151,15 +155,17 @@ impl Segment {
                     reason: reason.clone(),
                 });
             }
-            let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-            tracing::warn!(
-                file = %path.display(),
-                position = pos,
-                dropped_bytes = len - pos,
-                first_lost_offset = scan.next_offset,
-                %reason,
-                "truncating torn tail of the active segment; offsets from first_lost_offset on were never acknowledged durably"
-            );
+            if after.is_none() {
+                let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+                tracing::warn!(
+                    file = %path.display(),
+                    position = pos,
+                    dropped_bytes = len - pos,
+                    first_lost_offset = scan.next_offset,
+                    %reason,
+                    "truncating torn tail of the active segment; offsets from first_lost_offset on were never acknowledged durably"
+                );
+            }
             file.set_len(*pos).map_err(|e| Error::io(path, e))?;
             file.sync_all().map_err(|e| Error::io(path, e))?;
         }
@@ -589,35 +595,60 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) ->
 }
 
 /// Whether whole, CRC-valid frames start where the (bad) frame at `pos` claims to end, and if
-/// so the next offset after the run of them. A torn write leaves nothing valid after it;
-/// damage in the middle of a file does.
+/// so the next offset after the run of them (`i64::MAX` when that run ends in another bad frame
+/// that valid frames follow too: how far they go is unknown). A torn write leaves nothing valid
+/// after it; damage in the middle of a file does.
 fn valid_frames_after(file: &File, pos: u64) -> std::io::Result<Option<i64>> {
     let len = file.metadata()?.len();
+    let Some(mut at) = claimed_end(file, pos, len)? else {
+        return Ok(None);
+    };
+    let mut end = None;
+    while let Some((next, next_offset)) = frame_at(file, at, len)? {
+        end = Some(next_offset);
+        at = next;
+    }
+    if end.is_some()
+        && at < len
+        && let Some(after) = claimed_end(file, at, len)?
+        && frame_at(file, after, len)?.is_some()
+    {
+        return Ok(Some(i64::MAX));
+    }
+    Ok(end)
+}
+
+/// Where the frame at `pos` claims to end, if its header is in the file.
+fn claimed_end(file: &File, pos: u64, len: u64) -> std::io::Result<Option<u64>> {
     let mut head = [0u8; FRAME_HEADER];
     if pos + FRAME_HEADER as u64 > len {
         return Ok(None);
     }
     file.read_exact_at(&mut head, pos)?;
-    let mut next = pos
-        + FRAME_HEADER as u64
-        + u64::from(u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")));
-    let mut end = None;
-    while next + (FRAME_HEADER + HEADER_LEN) as u64 <= len {
-        file.read_exact_at(&mut head, next)?;
-        let flen = u64::from(u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")));
-        if flen < HEADER_LEN as u64 || next + FRAME_HEADER as u64 + flen > len {
-            break;
-        }
-        let mut body = vec![0u8; flen as usize];
-        file.read_exact_at(&mut body, next + FRAME_HEADER as u64)?;
-        let crc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
-        match batch::parse_header(&body) {
-            Ok(h) if crc32c::crc32c(&body) == crc => end = Some(h.next_offset()),
-            _ => break,
-        }
-        next += FRAME_HEADER as u64 + flen;
+    let flen = u64::from(u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")));
+    Ok(Some(pos + FRAME_HEADER as u64 + flen))
+}
+
+/// The end and next offset of a whole, CRC-valid frame at `pos`, if there is one.
+fn frame_at(file: &File, pos: u64, len: u64) -> std::io::Result<Option<(u64, i64)>> {
+    let mut head = [0u8; FRAME_HEADER];
+    if pos + (FRAME_HEADER + HEADER_LEN) as u64 > len {
+        return Ok(None);
     }
-    Ok(end)
+    file.read_exact_at(&mut head, pos)?;
+    let flen = u64::from(u32::from_be_bytes(head[0..4].try_into().expect("4 bytes")));
+    if flen < HEADER_LEN as u64 || pos + FRAME_HEADER as u64 + flen > len {
+        return Ok(None);
+    }
+    let mut body = vec![0u8; flen as usize];
+    file.read_exact_at(&mut body, pos + FRAME_HEADER as u64)?;
+    let crc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+    Ok(match batch::parse_header(&body) {
+        Ok(h) if crc32c::crc32c(&body) == crc => {
+            Some((pos + FRAME_HEADER as u64 + flen, h.next_offset()))
+        }
+        _ => None,
+    })
 }
 
 /// Bytes of a frame for a batch of `batch_len` bytes.

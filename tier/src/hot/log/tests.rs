@@ -624,8 +624,8 @@ fn a_partly_committed_active_segment_is_sealed_for_retention() {
 }
 
 /// A log's bytes count in the tier's total until it is released or dropped, whichever comes
-/// first (an open given up half-way counts nothing); after release its appends count only in
-/// its own total.
+/// first (an open given up half-way counts nothing); a released log changes nothing on disk (a
+/// reopened partition owns the directory).
 #[test]
 fn a_log_counts_in_the_tier_total_until_released_or_dropped() {
     let dir = tempfile::tempdir().unwrap();
@@ -649,11 +649,19 @@ fn a_log_counts_in_the_tier_total_until_released_or_dropped() {
     }
     assert!(a.bytes() > 0 && b.bytes() > 0);
     assert_eq!(global.load(Ordering::Acquire), a.bytes() + b.bytes());
-    a.release();
-    a.append(batch(99, 3, 1), 1).unwrap();
     a.mark_uploaded(a.next_offset());
-    a.seal_active(true).unwrap();
-    assert!(a.enforce_retention(true).unwrap() > 0);
+    a.release();
+    let files = || {
+        std::fs::read_dir(dir.path().join("t").join("0"))
+            .unwrap()
+            .count()
+    };
+    let before = files();
+    assert!(matches!(a.append(batch(99, 3, 1), 1), Err(Error::Closed)));
+    assert!(!a.seal_active(true).unwrap());
+    assert!(!a.seal_committed().unwrap());
+    assert_eq!(a.enforce_retention(true).unwrap(), 0);
+    assert_eq!(files(), before, "a released log leaves its files alone");
     a.release();
     assert_eq!(
         global.load(Ordering::Acquire),
@@ -701,4 +709,30 @@ fn damage_the_cold_tier_covers_drops_the_hot_copy_instead_of_failing() {
     let log = open(dir.path(), 1 << 20, 20).unwrap();
     assert_eq!((log.start_offset(), log.next_offset()), (20, 20));
     assert_eq!(log.append(batch(99, 1, 1), 1).unwrap().base_offset, 20);
+}
+
+/// Two damaged batches with valid ones between and after: the valid run after the first ends
+/// inside the cold tier, but more valid batches follow the second damage, so their extent is
+/// unknown and the open is refused.
+#[test]
+fn damage_past_further_damage_is_not_taken_as_covered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ends = vec![0u64];
+    {
+        let log = open(dir.path(), 1 << 20, 0).unwrap();
+        for i in 0..10 {
+            log.append(batch(i, 2, 4), 1).unwrap();
+            ends.push(log.active().size());
+        }
+    }
+    let path = last_segment(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Inside the fourth batch (offsets 6, 7) and the seventh (12, 13); the cold tier ends at 12.
+    for k in [3, 6] {
+        bytes[(ends[k] + ends[k + 1]) as usize / 2] ^= 0x10;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open(dir.path(), 1 << 20, 12).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    assert!(err.to_string().contains("past further damage"), "{err}");
 }
