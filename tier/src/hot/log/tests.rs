@@ -678,6 +678,26 @@ fn a_log_counts_in_the_tier_total_until_released_or_dropped() {
     );
 }
 
+/// Ten batches of two records in one active segment, with a bit flipped in the middle of each
+/// batch numbered in `damaged` (from 0); the segment's path and bytes.
+fn ten_batches_damaged_at(dir: &Path, damaged: &[usize]) -> (PathBuf, Vec<u8>) {
+    let mut ends = vec![0u64];
+    {
+        let log = open(dir, 1 << 20, 0).unwrap();
+        for i in 0..10 {
+            log.append(batch(i, 2, 4), 1).unwrap();
+            ends.push(log.active().size());
+        }
+    }
+    let path = last_segment(dir);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for &k in damaged {
+        bytes[(ends[k] + ends[k + 1]) as usize / 2] ^= 0x10;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
 /// Damage in the middle of the active segment (valid batches after it) is an error, unless the
 /// cold tier holds every offset from the damage to the end of those batches (acks=all cuts
 /// commit before the local sync): then the hot copy is dropped and the log continues from the
@@ -685,19 +705,8 @@ fn a_log_counts_in_the_tier_total_until_released_or_dropped() {
 #[test]
 fn damage_the_cold_tier_covers_drops_the_hot_copy_instead_of_failing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut ends = vec![0u64];
-    {
-        let log = open(dir.path(), 1 << 20, 0).unwrap();
-        for i in 0..10 {
-            log.append(batch(i, 2, 4), 1).unwrap();
-            ends.push(log.active().size());
-        }
-    }
-    let path = last_segment(dir.path());
-    let mut bytes = std::fs::read(&path).unwrap();
     // Inside the fourth batch (offsets 6 and 7); six valid batches follow, up to offset 20.
-    bytes[(ends[3] + ends[4]) as usize / 2] ^= 0x10;
-    std::fs::write(&path, &bytes).unwrap();
+    let (path, bytes) = ten_batches_damaged_at(dir.path(), &[3]);
     let err = open(dir.path(), 1 << 20, 19).unwrap_err();
     assert!(err.is_corruption(), "{err}");
     assert!(err.to_string().contains("up to offset 20"), "{err}");
@@ -717,21 +726,8 @@ fn damage_the_cold_tier_covers_drops_the_hot_copy_instead_of_failing() {
 #[test]
 fn damage_past_further_damage_is_not_taken_as_covered() {
     let dir = tempfile::tempdir().unwrap();
-    let mut ends = vec![0u64];
-    {
-        let log = open(dir.path(), 1 << 20, 0).unwrap();
-        for i in 0..10 {
-            log.append(batch(i, 2, 4), 1).unwrap();
-            ends.push(log.active().size());
-        }
-    }
-    let path = last_segment(dir.path());
-    let mut bytes = std::fs::read(&path).unwrap();
     // Inside the fourth batch (offsets 6, 7) and the seventh (12, 13); the cold tier ends at 12.
-    for k in [3, 6] {
-        bytes[(ends[k] + ends[k + 1]) as usize / 2] ^= 0x10;
-    }
-    std::fs::write(&path, &bytes).unwrap();
+    ten_batches_damaged_at(dir.path(), &[3, 6]);
     let err = open(dir.path(), 1 << 20, 12).unwrap_err();
     assert!(err.is_corruption(), "{err}");
     assert!(err.to_string().contains("past further damage"), "{err}");
