@@ -192,7 +192,7 @@ impl Inner {
 /// The storage core. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Tier {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -243,7 +243,13 @@ impl Tier {
         let id = PartitionId::new(topic, partition);
         let gate = self.inner.gate(&id);
         let _opening = gate.lock().await;
-        if let Ok(open) = self.partition(&id) {
+        self.open_gated(&id, epoch).await
+    }
+
+    /// [`Tier::open_partition`] for a caller that holds the partition's gate.
+    async fn open_gated(&self, id: &PartitionId, epoch: u64) -> Result<()> {
+        let (topic, partition) = (&*id.topic, id.partition);
+        if let Ok(open) = self.partition(id) {
             return if open.epoch == epoch {
                 Ok(())
             } else {
@@ -729,6 +735,33 @@ impl Tier {
         // An open waits until the hot directory is let go.
         let gate = self.inner.gate(&id);
         let _closing = gate.lock().await;
+        self.close_gated(&id).await
+    }
+
+    /// After a failed fsync a partition's log takes no appends: what is on disk is unknown
+    /// until it is recovered. This closes and opens `p` again at its epoch, under its gate, so
+    /// the hot tier is recovered from disk (a torn tail truncated) and reconciled with the
+    /// manifest, and appends resume. Nothing happens if `p` is no longer the open partition or
+    /// its log has not failed.
+    pub(crate) async fn reopen_failed(&self, p: &Arc<Partition>) -> Result<()> {
+        let gate = self.inner.gate(&p.id);
+        let _reopening = gate.lock().await;
+        let current = self.partition(&p.id).ok();
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, p)) || !p.log.is_failed() {
+            return Ok(());
+        }
+        tracing::warn!(topic = %p.id.topic, partition = p.id.partition, epoch = p.epoch,
+            "reopening the partition after a failed fsync: recovering its hot tier from disk");
+        if let Err(e) = self.close_gated(&p.id).await {
+            tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e,
+                "closing after a failed fsync");
+        }
+        self.open_gated(&p.id, p.epoch).await
+    }
+
+    /// [`Tier::close_partition`] for a caller that holds the partition's gate.
+    async fn close_gated(&self, id: &PartitionId) -> Result<()> {
+        let (topic, partition) = (&*id.topic, id.partition);
         let Some(p) = self
             .inner
             .partitions
@@ -971,6 +1004,61 @@ fn log_start(cold: &ManifestState, hot_start: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn batch(n: usize) -> RecordBatch {
+        let mut b = crate::batch::BatchBuilder::new(crate::batch::Compression::None);
+        for i in 0..n {
+            b.push(i as i64, None, Some(b"v"), &[]);
+        }
+        b.build().unwrap()
+    }
+
+    /// After a failed fsync a partition refuses appends; housekeeping reopens it from disk at
+    /// its epoch and appends resume where the log ended, with every record still readable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_whose_fsync_failed_is_reopened_and_takes_appends_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = dir.path().join("bucket");
+        let (store, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
+        let cfg = TierConfig {
+            data_dir: dir.path().join("hot"),
+            housekeeping_ms: 50,
+            ..TierConfig::default()
+        };
+        let t = Tier::open(cfg, store, Path::from("c")).await.unwrap();
+        t.open_partition("t", 0, 3).await.unwrap();
+        for _ in 0..5 {
+            t.append("t", 0, batch(10)).await.unwrap();
+        }
+        let before = t.partition(&PartitionId::new("t", 0)).unwrap();
+        before.log.fail_for_test();
+        let err = t.append("t", 0, batch(10)).await.unwrap_err();
+        assert!(err.to_string().contains("fsync failed"), "{err}");
+        let mut tries = 0;
+        let r = loop {
+            match t.append("t", 0, batch(10)).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 500, "never reopened: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        assert_eq!(r.base_offset, 50, "appends resume where the log ended");
+        let after = t.partition(&PartitionId::new("t", 0)).unwrap();
+        assert!(!Arc::ptr_eq(&before, &after), "reopened");
+        assert_eq!(after.epoch, 3);
+        let mut next = 0;
+        while next < 60 {
+            let got = t.read("t", 0, next, 1 << 20).await.unwrap();
+            for rec in got.records {
+                assert_eq!(rec.offset, next);
+                next += 1;
+            }
+        }
+        t.close(false).await.unwrap();
+    }
 
     /// Opening and closing many partitions leaves no gates behind but the last one used.
     #[tokio::test]

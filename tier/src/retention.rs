@@ -88,6 +88,16 @@ async fn housekeep(inner: &Arc<Inner>) {
             Err(e) => tracing::error!(error = %e, "housekeeping task failed"),
         }
         drop(held);
+        if p.log.is_failed() {
+            let tier = crate::Tier {
+                inner: inner.clone(),
+            };
+            if let Err(e) = tier.reopen_failed(&p).await {
+                tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
+                    "cannot reopen the partition after a failed fsync; trying again later");
+            }
+            continue;
+        }
         if let Err(e) = cold_retention(&p).await {
             tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e, "cold retention failed");
         }

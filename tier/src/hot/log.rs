@@ -455,6 +455,17 @@ impl PartitionLog {
         }
     }
 
+    /// Whether an fsync failed: the log takes no appends until it is reopened.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Fails the log as a failed fsync would (tests of what follows one).
+    #[cfg(test)]
+    pub fn fail_for_test(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
     /// Whether [`PartitionLog::release`] was called.
     pub fn is_released(&self) -> bool {
         self.released.load(Ordering::Acquire)
