@@ -751,7 +751,7 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
     // How much the full-speed phase's records shrank in the store (for the PUT probe's size).
     let compression = match store_url {
         Some(url) => {
-            let stored: u64 = commit_objects(url, &args.object_store_options)
+            let stored: u64 = commit_objects(url, &args.object_store_options, &topic)
                 .await?
                 .values()
                 .sum();
@@ -771,7 +771,7 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = match store_url {
-            Some(url) => Some(commit_objects(url, &args.object_store_options).await?),
+            Some(url) => Some(commit_objects(url, &args.object_store_options, &topic).await?),
             None => None,
         };
         // The server's PUT latency while it serves the phase: one PUT of about the size of the
@@ -819,7 +819,7 @@ async fn produce(server: &str, args: &BenchArgs, dir: &Path) -> anyhow::Result<(
         };
         let mut put_row = None;
         if let (Some(url), Some(before)) = (store_url, before) {
-            let sizes: Vec<u64> = commit_objects(url, &args.object_store_options)
+            let sizes: Vec<u64> = commit_objects(url, &args.object_store_options, &topic)
                 .await?
                 .into_iter()
                 .filter(|(path, _)| !before.contains_key(path))
@@ -1264,19 +1264,34 @@ fn read_tree(dir: &Path) -> anyhow::Result<(u64, Duration)> {
     Ok((bytes, start.elapsed()))
 }
 
-/// The commit objects (`*.parquet`) in the store at `url`, with their sizes.
+/// The commit objects (`*.parquet`) of `topic` in the store at `url`, with their sizes (not
+/// those of earlier runs into the same bucket). The node stores a topic as `<name>.<id>`.
 async fn commit_objects(
     url: &str,
     options: &[(String, String)],
+    topic: &str,
 ) -> anyhow::Result<std::collections::HashMap<String, u64>> {
     let (store, root) =
         tier::store::open_store(url, options).context("opening the object store")?;
     let mut found = std::collections::HashMap::new();
-    let mut list = store.list(Some(&root));
-    while let Some(meta) = list.next().await {
-        let meta = meta.context("listing the object store")?;
-        if meta.location.as_ref().ends_with(".parquet") {
-            found.insert(meta.location.to_string(), meta.size);
+    let topics = tier::cold::manifest::PartitionPaths::topics(&root);
+    let dirs = store
+        .list_with_delimiter(Some(&topics))
+        .await
+        .context("listing the object store")?
+        .common_prefixes;
+    let ours = |dir: &object_store::path::Path| {
+        dir.filename()
+            .and_then(|name| name.strip_prefix(topic)?.strip_prefix('.'))
+            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+    };
+    for dir in dirs.iter().filter(|d| ours(d)) {
+        let mut list = store.list(Some(dir));
+        while let Some(meta) = list.next().await {
+            let meta = meta.context("listing the object store")?;
+            if meta.location.as_ref().ends_with(".parquet") {
+                found.insert(meta.location.to_string(), meta.size);
+            }
         }
     }
     Ok(found)

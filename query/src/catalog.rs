@@ -121,7 +121,7 @@ impl BucketCatalog {
 #[async_trait]
 impl Catalog for BucketCatalog {
     async fn topics(&self) -> Result<Vec<TopicInfo>> {
-        let topics_prefix = self.root.clone().join("topics");
+        let topics_prefix = tier::cold::manifest::PartitionPaths::topics(&self.root);
         let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
         for dir in self.children(&topics_prefix).await? {
             let (name, id) = split_storage_name(&dir);

@@ -391,12 +391,15 @@ pub struct PartitionPaths {
 
 impl PartitionPaths {
     pub fn new(root: &Path, topic: &str, partition: u32) -> Self {
-        let prefix = root
-            .clone()
-            .join("topics")
+        let prefix = Self::topics(root)
             .join(topic)
             .join(partition.to_string().as_str());
         PartitionPaths { prefix }
+    }
+
+    /// Where all topics live, each in a directory of its name.
+    pub fn topics(root: &Path) -> Path {
+        root.clone().join("topics")
     }
     fn join(&self, rel: &str) -> Path {
         let mut p = self.prefix.clone();
