@@ -148,6 +148,10 @@ pub(crate) struct Inner {
     pub gates: std::sync::Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<()>>>>,
     /// When each partition next cuts for acks=all waiters (spread apart).
     pub seal_plans: crate::cold::plan::SealPlans,
+    /// Partitions closed to be reopened after a failed fsync whose open has not succeeded yet,
+    /// with their epoch: housekeeping tries again until it does, or until the partition is
+    /// opened, closed or removed through the API (changed under the partition's gate).
+    pub reopening: std::sync::Mutex<HashMap<PartitionId, u64>>,
 }
 
 /// A partition another node leads, as far as its manifest goes: committed reads only.
@@ -179,6 +183,14 @@ impl Inner {
         gates.retain(|k, g| k == id || Arc::strong_count(g) > 1);
         gates.entry(id.clone()).or_default().clone()
     }
+    /// Forgets a pending reopen of `id` (the caller holds its gate).
+    pub fn not_reopening(&self, id: &PartitionId) {
+        self.reopening
+            .lock()
+            .expect("reopening lock poisoned")
+            .remove(id);
+    }
+
     pub fn all(&self) -> Vec<Arc<Partition>> {
         self.partitions
             .read()
@@ -222,6 +234,7 @@ impl Tier {
             readers: std::sync::Mutex::default(),
             gates: std::sync::Mutex::default(),
             seal_plans: crate::cold::plan::SealPlans::default(),
+            reopening: std::sync::Mutex::default(),
         });
         retention::spawn_housekeeping(&inner);
         Ok(Tier { inner })
@@ -243,12 +256,16 @@ impl Tier {
         let id = PartitionId::new(topic, partition);
         let gate = self.inner.gate(&id);
         let _opening = gate.lock().await;
+        self.inner.not_reopening(&id);
         self.open_gated(&id, epoch).await
     }
 
     /// [`Tier::open_partition`] for a caller that holds the partition's gate.
     async fn open_gated(&self, id: &PartitionId, epoch: u64) -> Result<()> {
         let (topic, partition) = (&*id.topic, id.partition);
+        if self.inner.cancel.is_cancelled() {
+            return Err(Error::Closed);
+        }
         if let Ok(open) = self.partition(id) {
             return if open.epoch == epoch {
                 Ok(())
@@ -735,6 +752,7 @@ impl Tier {
         // An open waits until the hot directory is let go.
         let gate = self.inner.gate(&id);
         let _closing = gate.lock().await;
+        self.inner.not_reopening(&id);
         self.close_gated(&id).await
     }
 
@@ -744,19 +762,51 @@ impl Tier {
     /// manifest, and appends resume. Nothing happens if `p` is no longer the open partition or
     /// its log has not failed.
     pub(crate) async fn reopen_failed(&self, p: &Arc<Partition>) -> Result<()> {
+        // Busy with an open or close: housekeeping comes back on its next round.
         let gate = self.inner.gate(&p.id);
-        let _reopening = gate.lock().await;
+        let Ok(_reopening) = gate.try_lock() else {
+            return Ok(());
+        };
         let current = self.partition(&p.id).ok();
         if !current.is_some_and(|c| Arc::ptr_eq(&c, p)) || !p.log.is_failed() {
             return Ok(());
         }
         tracing::warn!(topic = %p.id.topic, partition = p.id.partition, epoch = p.epoch,
             "reopening the partition after a failed fsync: recovering its hot tier from disk");
+        self.inner
+            .reopening
+            .lock()
+            .expect("reopening lock poisoned")
+            .insert(p.id.clone(), p.epoch);
         if let Err(e) = self.close_gated(&p.id).await {
             tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e,
                 "closing after a failed fsync");
         }
-        self.open_gated(&p.id, p.epoch).await
+        self.open_gated(&p.id, p.epoch).await?;
+        self.inner.not_reopening(&p.id);
+        Ok(())
+    }
+
+    /// Tries again to open a partition whose reopen after a failed fsync has not succeeded,
+    /// unless the API opened, closed or removed it since.
+    pub(crate) async fn retry_reopen(&self, id: &PartitionId) -> Result<()> {
+        let gate = self.inner.gate(id);
+        let Ok(_reopening) = gate.try_lock() else {
+            return Ok(());
+        };
+        let epoch = self
+            .inner
+            .reopening
+            .lock()
+            .expect("reopening lock poisoned")
+            .get(id)
+            .copied();
+        let Some(epoch) = epoch else { return Ok(()) };
+        self.open_gated(id, epoch).await?;
+        self.inner.not_reopening(id);
+        tracing::info!(topic = %id.topic, partition = id.partition, epoch,
+            "partition reopened after a failed fsync");
+        Ok(())
     }
 
     /// [`Tier::close_partition`] for a caller that holds the partition's gate.
@@ -803,6 +853,7 @@ impl Tier {
         let id = PartitionId::new(topic, partition);
         let gate = self.inner.gate(&id);
         let _removing = gate.lock().await;
+        self.inner.not_reopening(&id);
         let p = self
             .inner
             .partitions
@@ -890,8 +941,34 @@ impl Tier {
 
     /// Waits for the cold tier to reach `end`, or for the reason it never will (fenced, uploads
     /// stopped, shutting down).
-    async fn until_committed(&self, p: &Partition, end: i64) -> Result<()> {
+    async fn until_committed(&self, p: &Arc<Partition>, end: i64) -> Result<()> {
+        let mut p = p.clone();
         loop {
+            if self.inner.cancel.is_cancelled() {
+                return Err(Error::Closed);
+            }
+            if p.cancel.is_cancelled() {
+                // Closed: a reopen at the same epoch (after a failed fsync) uploads the same
+                // records again, so wait on it; otherwise the caller must ask the new leader.
+                match self.partition(&p.id) {
+                    Ok(now) if !Arc::ptr_eq(&now, &p) && now.epoch == p.epoch => {
+                        now.commit_wanted.fetch_max(end, Ordering::AcqRel);
+                        now.notify.notify_one();
+                        p = now;
+                    }
+                    _ if self
+                        .inner
+                        .reopening
+                        .lock()
+                        .expect("reopening lock poisoned")
+                        .contains_key(&p.id) =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    _ => return Err(Error::Closed),
+                }
+            }
             let committed = p.committed.notified();
             if p.log.uploaded_next() >= end {
                 return Ok(());
@@ -912,7 +989,8 @@ impl Tier {
             if self.inner.cancel.is_cancelled() {
                 return Err(Error::Closed);
             }
-            // The notification covers commits; the timeout covers fencing and stopped uploads.
+            // The notification covers commits; the timeout covers fencing, stopped uploads and
+            // closing.
             let _ = tokio::time::timeout(Duration::from_millis(100), committed).await;
         }
     }
@@ -1013,50 +1091,93 @@ mod tests {
         b.build().unwrap()
     }
 
+    /// Appends to partition 0 of `t` until one succeeds (the partition is being reopened).
+    async fn append_when_back(t: &Tier) -> crate::AppendResult {
+        for _ in 0..500 {
+            match t.append("t", 0, batch(10)).await {
+                Ok(r) => return r,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        panic!("the partition never took appends again");
+    }
+
     /// After a failed fsync a partition refuses appends; housekeeping reopens it from disk at
-    /// its epoch and appends resume where the log ended, with every record still readable.
+    /// its epoch and appends resume where the log ended, with every record still readable. An
+    /// acks=all waiter from before is answered by the reopened partition; a reopen that fails
+    /// (the store cannot be read) is tried again until it succeeds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_partition_whose_fsync_failed_is_reopened_and_takes_appends_again() {
         let dir = tempfile::tempdir().unwrap();
         let bucket = dir.path().join("bucket");
-        let (store, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
+        let (inner, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
+        let store = Arc::new(crate::store::Decorated::new(inner));
         let cfg = TierConfig {
             data_dir: dir.path().join("hot"),
             housekeeping_ms: 50,
+            upload_retry_initial_ms: 10,
+            upload_retry_max_ms: 50,
             ..TierConfig::default()
         };
-        let t = Tier::open(cfg, store, Path::from("c")).await.unwrap();
+        let t = Tier::open(cfg, store.clone(), Path::from("c"))
+            .await
+            .unwrap();
         t.open_partition("t", 0, 3).await.unwrap();
+        let id = PartitionId::new("t", 0);
+        // Records the store cannot take yet, and someone waiting for them at acks=all.
+        store.faults.fail_puts.store(true, Ordering::SeqCst);
         for _ in 0..5 {
             t.append("t", 0, batch(10)).await.unwrap();
         }
-        let before = t.partition(&PartitionId::new("t", 0)).unwrap();
+        let waiter = {
+            let t = t.clone();
+            tokio::spawn(async move { t.wait_committed("t", 0, 50).await })
+        };
+        let before = t.partition(&id).unwrap();
         before.log.fail_for_test();
         let err = t.append("t", 0, batch(10)).await.unwrap_err();
         assert!(err.to_string().contains("fsync failed"), "{err}");
-        let mut tries = 0;
-        let r = loop {
-            match t.append("t", 0, batch(10)).await {
-                Ok(r) => break r,
-                Err(e) => {
-                    tries += 1;
-                    assert!(tries < 500, "never reopened: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
-        assert_eq!(r.base_offset, 50, "appends resume where the log ended");
-        let after = t.partition(&PartitionId::new("t", 0)).unwrap();
+        assert_eq!(append_when_back(&t).await.base_offset, 50);
+        let after = t.partition(&id).unwrap();
         assert!(!Arc::ptr_eq(&before, &after), "reopened");
         assert_eq!(after.epoch, 3);
+        store.faults.fail_puts.store(false, Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(20), waiter)
+            .await
+            .expect("the waiter is answered by the reopened partition")
+            .unwrap()
+            .unwrap();
+
+        // A reopen that cannot read the manifest leaves the partition closed, and is tried
+        // again until the store is back.
+        store.faults.fail_gets.store(true, Ordering::SeqCst);
+        after.log.fail_for_test();
+        for _ in 0..500 {
+            if t.partition(&id).is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(t.partition(&id).is_err(), "closed while the reopen fails");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            t.partition(&id).is_err(),
+            "still closed: the store cannot be read"
+        );
+        store.faults.fail_gets.store(false, Ordering::SeqCst);
+        assert_eq!(append_when_back(&t).await.base_offset, 60);
         let mut next = 0;
-        while next < 60 {
+        for _ in 0..100 {
+            if next == 70 {
+                break;
+            }
             let got = t.read("t", 0, next, 1 << 20).await.unwrap();
             for rec in got.records {
                 assert_eq!(rec.offset, next);
                 next += 1;
             }
         }
+        assert_eq!(next, 70, "every record is still there");
         t.close(false).await.unwrap();
     }
 

@@ -55,6 +55,25 @@ pub(crate) fn spawn_housekeeping(inner: &Arc<Inner>) {
 }
 
 async fn housekeep(inner: &Arc<Inner>) {
+    // Reopens after a failed fsync that did not succeed yet (the store was down, say).
+    let pending: Vec<_> = inner
+        .reopening
+        .lock()
+        .expect("reopening lock poisoned")
+        .keys()
+        .cloned()
+        .collect();
+    for id in pending {
+        let tier = crate::Tier {
+            inner: inner.clone(),
+        };
+        inner.tasks.spawn(async move {
+            if let Err(e) = tier.retry_reopen(&id).await {
+                tracing::error!(topic = %id.topic, partition = id.partition, error = %e,
+                    "cannot reopen the partition after a failed fsync; trying again later");
+            }
+        });
+    }
     let parts = inner.all();
     let budget = inner.cfg.hot_budget_bytes;
     // Above 80% of the budget, drop every uploaded hot segment rather than wait for age or size.
@@ -89,13 +108,20 @@ async fn housekeep(inner: &Arc<Inner>) {
         }
         drop(held);
         if p.log.is_failed() {
-            let tier = crate::Tier {
-                inner: inner.clone(),
-            };
-            if let Err(e) = tier.reopen_failed(&p).await {
-                tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
-                    "cannot reopen the partition after a failed fsync; trying again later");
-            }
+            // On a task of its own: an open waits for the store, and must not hold up the
+            // other partitions' housekeeping.
+            let (tier, p) = (
+                crate::Tier {
+                    inner: inner.clone(),
+                },
+                p.clone(),
+            );
+            inner.tasks.spawn(async move {
+                if let Err(e) = tier.reopen_failed(&p).await {
+                    tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
+                        "cannot reopen the partition after a failed fsync; trying again later");
+                }
+            });
             continue;
         }
         if let Err(e) = cold_retention(&p).await {
