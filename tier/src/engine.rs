@@ -817,7 +817,7 @@ impl Tier {
             .partitions
             .write()
             .expect("partitions lock poisoned")
-            .remove(&id)
+            .remove(id)
         else {
             return Ok(());
         };
@@ -834,7 +834,7 @@ impl Tier {
             .readers
             .lock()
             .expect("readers lock poisoned")
-            .remove(&id);
+            .remove(id);
         let log = p.log.clone();
         // The writer lock (taken to release) may be held by an append that fsyncs.
         let synced = blocking(move || {
