@@ -495,3 +495,83 @@ async fn a_pipelined_batch_that_arrives_first_waits_for_its_predecessor() {
     assert_eq!(values, ["r0", "r1", "r2", "r3", "r4"]);
     b.shutdown().await.unwrap();
 }
+
+/// While the object store cannot be read, opening a partition fails: the node resigns it and
+/// tries again with a growing backoff rather than at every reconciliation; once the store is
+/// back, the partition is led and takes records, and its backoff is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_partition_open_backs_off_and_succeeds_once_the_store_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = tier::store::open_store("memory://", &[]).unwrap();
+    let store = StdArc::new(tier::store::Decorated::new(inner));
+    store.faults.set_all(true);
+    let cfg = tier::TierConfig {
+        data_dir: dir.path().join("hot"),
+        housekeeping_ms: 50,
+        upload_retry_initial_ms: 10,
+        upload_retry_max_ms: 20,
+        ..tier::TierConfig::default()
+    };
+    let tier = Tier::open(cfg, store.clone(), Path::from("c"))
+        .await
+        .unwrap();
+    let meta = Meta::new(StdArc::new(EmbeddedKv::memory()));
+    let cfg = BrokerConfig {
+        lease_ttl: Duration::from_secs(1),
+        ..BrokerConfig::default()
+    };
+    let b = Broker::start(tier, meta, cfg).await.unwrap();
+    // The topic is created in the metadata store; describing it afterwards reads the object
+    // store and fails.
+    let created = b.create_topic("t", TopicConfig::new(1)).await;
+    assert!(created.is_err_and(|e| e.to_string().contains("injected failure")));
+    let key = ("t".to_string(), 0);
+    let backoff = || {
+        b.inner
+            .take_backoff
+            .lock()
+            .unwrap()
+            .get(&key)
+            .map(|(_, d)| *d)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while backoff().is_none_or(|d| d < Duration::from_secs(1)) {
+        assert!(
+            Instant::now() < deadline,
+            "backoff after failed opens: {:?}",
+            backoff()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        b.tier().partitions().is_empty(),
+        "not open while the store fails"
+    );
+    assert_eq!(
+        b.inner.meta.current_leader("t", 0).await.unwrap(),
+        None,
+        "resigned after each failed open"
+    );
+    store.faults.set_all(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.tier().partitions().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "never opened after the store came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = b
+        .produce(
+            "t",
+            0,
+            vec![rec("back")],
+            Acks::All,
+            Compression::None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.base_offset, 0);
+    assert_eq!(backoff(), None, "forgotten once open");
+}
