@@ -1282,8 +1282,7 @@ async fn commit_objects(
         .common_prefixes;
     let ours = |dir: &object_store::path::Path| {
         dir.filename()
-            .and_then(|name| name.strip_prefix(topic)?.strip_prefix('.'))
-            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+            .is_some_and(|name| query::catalog::split_storage_name(name).0 == topic)
     };
     for dir in dirs.iter().filter(|d| ours(d)) {
         let mut list = store.list(Some(dir));

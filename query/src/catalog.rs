@@ -84,8 +84,9 @@ pub struct BucketCatalog {
     dirs: Mutex<HashMap<String, String>>,
 }
 
-/// `events.7` → (`events`, 7); a name without a numeric suffix has id 0.
-fn split_storage_name(dir: &str) -> (&str, u64) {
+/// `events.7` → (`events`, 7): the topic name and id a topic's directory is stored under; a name
+/// without a numeric suffix has id 0.
+pub fn split_storage_name(dir: &str) -> (&str, u64) {
     match dir.rsplit_once('.') {
         Some((name, id)) if !name.is_empty() => match id.parse() {
             Ok(id) => (name, id),

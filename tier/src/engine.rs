@@ -1,6 +1,7 @@
 //! [`Tier`]: the storage core. Partitions append to the hot tier; sealed segments (and, for
-//! acks=all, cuts of the active one) are uploaded as Parquet and committed to the partition's manifest under the leader's epoch; reads are
-//! served from the hot tier when it holds the offset, otherwise from the cold tier.
+//! acks=all, cuts of the active one) are uploaded as Parquet and committed to the partition's
+//! manifest under the leader's epoch; reads are served from the hot tier when it holds the
+//! offset, otherwise from the cold tier.
 //!
 //! Invariants:
 //! - an offset is readable from exactly one place at a time or from both with identical records;
@@ -782,9 +783,7 @@ impl Tier {
             tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e,
                 "closing after a failed fsync");
         }
-        self.open_gated(&p.id, p.epoch).await?;
-        self.inner.not_reopening(&p.id);
-        Ok(())
+        self.open_pending_gated(&p.id).await
     }
 
     /// Tries again to open a partition whose reopen after a failed fsync has not succeeded,
@@ -794,6 +793,12 @@ impl Tier {
         let Ok(_reopening) = gate.try_lock() else {
             return Ok(());
         };
+        self.open_pending_gated(id).await
+    }
+
+    /// Opens `id` at the epoch of its pending reopen, if it has one, and forgets the pending
+    /// reopen once it opened. The caller holds the partition's gate.
+    async fn open_pending_gated(&self, id: &PartitionId) -> Result<()> {
         let epoch = self
             .inner
             .reopening

@@ -54,6 +54,29 @@ pub(crate) fn spawn_housekeeping(inner: &Arc<Inner>) {
     });
 }
 
+/// Runs `reopen` (of partition `id`, after a failed fsync) on a task of its own: an open waits
+/// for the store, and must not hold up the other partitions' housekeeping. A failure is logged;
+/// housekeeping tries again on its next round.
+fn spawn_reopen<F>(
+    inner: &Arc<Inner>,
+    id: crate::PartitionId,
+    reopen: impl FnOnce(crate::Tier, crate::PartitionId) -> F,
+) where
+    F: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let tier = crate::Tier {
+        inner: inner.clone(),
+    };
+    let (topic, partition) = (id.topic.clone(), id.partition);
+    let run = reopen(tier, id);
+    inner.tasks.spawn(async move {
+        if let Err(e) = run.await {
+            tracing::error!(%topic, partition, error = %e,
+                "cannot reopen the partition after a failed fsync; trying again later");
+        }
+    });
+}
+
 async fn housekeep(inner: &Arc<Inner>) {
     // Reopens after a failed fsync that did not succeed yet (the store was down, say).
     let pending: Vec<_> = inner
@@ -64,15 +87,11 @@ async fn housekeep(inner: &Arc<Inner>) {
         .cloned()
         .collect();
     for id in pending {
-        let tier = crate::Tier {
-            inner: inner.clone(),
-        };
-        inner.tasks.spawn(async move {
-            if let Err(e) = tier.retry_reopen(&id).await {
-                tracing::error!(topic = %id.topic, partition = id.partition, error = %e,
-                    "cannot reopen the partition after a failed fsync; trying again later");
-            }
-        });
+        spawn_reopen(
+            inner,
+            id,
+            |tier, id| async move { tier.retry_reopen(&id).await },
+        );
     }
     let parts = inner.all();
     let budget = inner.cfg.hot_budget_bytes;
@@ -108,20 +127,12 @@ async fn housekeep(inner: &Arc<Inner>) {
         }
         drop(held);
         if p.log.is_failed() {
-            // On a task of its own: an open waits for the store, and must not hold up the
-            // other partitions' housekeeping.
-            let (tier, p) = (
-                crate::Tier {
-                    inner: inner.clone(),
-                },
-                p.clone(),
+            let id = p.id.clone();
+            spawn_reopen(
+                inner,
+                id,
+                |tier, _| async move { tier.reopen_failed(&p).await },
             );
-            inner.tasks.spawn(async move {
-                if let Err(e) = tier.reopen_failed(&p).await {
-                    tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
-                        "cannot reopen the partition after a failed fsync; trying again later");
-                }
-            });
             continue;
         }
         if let Err(e) = cold_retention(&p).await {

@@ -378,9 +378,8 @@ impl PartitionLog {
             return Err(e);
         }
         self.bytes.fetch_add(frame, Ordering::AcqRel);
-        if !self.released.load(Ordering::Acquire) {
-            self.global.fetch_add(frame, Ordering::AcqRel);
-        }
+        // Not released: checked above, and release takes the writer lock.
+        self.global.fetch_add(frame, Ordering::AcqRel);
         self.next_offset.store(last + 1, Ordering::Release);
         if let Some((id, b)) = ProducerBatch::of(batch.header(), base) {
             producers.record(id, b);
@@ -504,7 +503,7 @@ impl PartitionLog {
     /// was committed by [`PartitionLog::cut`]. None after a failed fsync: what is on disk is
     /// unknown until the log is reopened and recovered.
     pub fn pending_uploads(&self, from: i64) -> Result<Vec<Span>> {
-        if self.failed.load(Ordering::Acquire) {
+        if self.is_failed() {
             return Ok(Vec::new());
         }
         let from = from.max(self.uploaded_next());
@@ -521,7 +520,7 @@ impl PartitionLog {
     /// segment (sealed segments come first), or after a failed fsync.
     pub fn cut(&self, from: i64) -> Result<Option<Span>> {
         let _w = self.writer.lock().expect("writer lock poisoned");
-        if self.failed.load(Ordering::Acquire) {
+        if self.is_failed() {
             return Ok(None);
         }
         let active = self.active();
