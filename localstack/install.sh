@@ -27,7 +27,7 @@ install_venv() {
 }
 
 install_python() {
-    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 kafka-python==2.2.15 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0" python
+    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 kafka-python==2.2.15 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0" python
 }
 install_s3() { install_venv moto "moto[server]==5.1.14" moto_server; }
 

@@ -58,13 +58,15 @@ pub async fn topic_describe(c: &Client, name: &str) -> anyhow::Result<()> {
         t.id,
         t.partitions.len()
     );
-    let keep = |ms: Option<i64>, b: Option<i64>| match (ms, b) {
+    // Absent (and -1, from a peer that still sends it) is unlimited.
+    let limit = |v: Option<i64>, unit: &str| match v.filter(|v| *v > 0) {
+        None => "unlimited".to_string(),
+        Some(v) => format!("{v} {unit}"),
+    };
+    let keep = |ms: Option<i64>, b: Option<i64>| match (ms.filter(|v| *v > 0), b.filter(|v| *v > 0))
+    {
         (None, None) => "forever".to_string(),
-        (ms, b) => format!(
-            "{} ms / {} bytes",
-            ms.map_or("-".into(), |v| v.to_string()),
-            b.map_or("-".into(), |v| v.to_string())
-        ),
+        _ => format!("{} / {}", limit(ms, "ms"), limit(b, "bytes")),
     };
     println!("retention: {}", keep(cfg.retention_ms, cfg.retention_bytes));
     println!(

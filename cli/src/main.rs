@@ -352,6 +352,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             advertised_addr: advertised,
             lease_ttl: Duration::from_millis(s.lease_ttl_ms),
             max_record_bytes: s.max_record_bytes,
+            limits: s.limits.limits(),
+            ..BrokerConfig::default()
         },
     )
     .await
@@ -371,18 +373,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %s.data_dir.display(), object_store = %url, "tierlog node serving");
     // One line on stdout for scripts and tests: where the node listens.
     println!("tierlog listening on {addr}");
-    ingest::server::transport()
+    let limits = s.limits.limits();
+    ingest::server::transport(&limits)
         .add_service(health_service)
         .add_service(Service::new(broker.clone()).into_server())
         .add_service(ingest::flight::FlightSql::new(engine).into_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), {
-            let broker = broker.clone();
-            async move {
-                shutdown_signal().await;
-                // End follow-mode fetch streams, or the server would wait for them forever.
-                broker.drain();
-            }
-        })
+        .serve_with_incoming_shutdown(
+            ingest::listen::accept_limited(listener, limits.max_connections),
+            {
+                let broker = broker.clone();
+                async move {
+                    shutdown_signal().await;
+                    // End follow-mode fetch streams, or the server would wait for them forever.
+                    broker.drain();
+                }
+            },
+        )
         .await
         .context("serving gRPC")?;
     tracing::info!("shutting down: sealing and uploading");

@@ -39,6 +39,53 @@ pub struct Settings {
     pub tier: TierSettings,
     /// The SQL engine's settings (Arrow Flight SQL on the node's port).
     pub sql: SqlSettings,
+    /// What clients may make the node create or hold (docs/limits.md).
+    pub limits: LimitSettings,
+}
+
+/// Limits on what clients may make the node create or hold; see `ingest::Limits`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Topics in the cluster.
+    pub max_topics: usize,
+    /// Partitions of one topic.
+    pub max_partitions_per_topic: u32,
+    /// Record bytes one fetch answer carries at most.
+    pub max_fetch_bytes: usize,
+    /// Record bytes of fetch answers read and not yet sent, over the node; fetches wait past it.
+    pub fetch_buffer_bytes: usize,
+    /// Connections the node serves at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Requests served at once on one connection; more wait.
+    pub max_requests_per_connection: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let d = ingest::Limits::default();
+        LimitSettings {
+            max_topics: d.max_topics,
+            max_partitions_per_topic: d.max_partitions_per_topic,
+            max_fetch_bytes: d.max_fetch_bytes,
+            fetch_buffer_bytes: d.fetch_buffer_bytes,
+            max_connections: d.max_connections,
+            max_requests_per_connection: d.max_requests_per_connection,
+        }
+    }
+}
+
+impl LimitSettings {
+    pub fn limits(&self) -> ingest::Limits {
+        ingest::Limits {
+            max_topics: self.max_topics,
+            max_partitions_per_topic: self.max_partitions_per_topic,
+            max_fetch_bytes: self.max_fetch_bytes,
+            fetch_buffer_bytes: self.fetch_buffer_bytes,
+            max_connections: self.max_connections,
+            max_requests_per_connection: self.max_requests_per_connection,
+        }
+    }
 }
 
 /// Guard rails of SQL queries on a node.
@@ -89,6 +136,9 @@ pub struct TierSettings {
     /// Least time between two cuts a partition commits for acks=all requests, ms (0: as soon
     /// as the uploader is free).
     pub flush_interval_ms: u64,
+    /// Longest a record stays only on the leader's disk before its upload starts, whatever the
+    /// acks, ms: what a leader's death loses at acks=leader is about this plus one upload.
+    pub upload_interval_ms: u64,
     /// zstd level of cold segments (1 fastest, 22 smallest).
     pub zstd_level: i32,
 }
@@ -109,6 +159,7 @@ impl Default for TierSettings {
             uploads_in_flight: d.uploads_in_flight,
             orphan_grace_ms: d.orphan_grace_ms,
             flush_interval_ms: d.flush_interval_ms,
+            upload_interval_ms: d.upload_interval_ms,
             zstd_level: d.zstd_level,
         }
     }
@@ -129,6 +180,7 @@ impl Default for Settings {
             fsync: "10".into(),
             tier: TierSettings::default(),
             sql: SqlSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -228,6 +280,7 @@ impl Settings {
             uploads_in_flight: t.uploads_in_flight,
             orphan_grace_ms: t.orphan_grace_ms,
             flush_interval_ms: t.flush_interval_ms,
+            upload_interval_ms: t.upload_interval_ms,
             zstd_level: t.zstd_level,
             ..TierConfig::default()
         })
@@ -321,6 +374,10 @@ impl Settings {
         self.tier_config()?
             .validate()
             .map_err(|e| anyhow::anyhow!("tier settings: {e}"))?;
+        self.limits
+            .limits()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("limits: {e}"))?;
         Ok(())
     }
 }

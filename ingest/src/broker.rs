@@ -44,6 +44,10 @@ pub struct BrokerConfig {
     pub lease_ttl: Duration,
     /// The largest record (key + value + headers) accepted.
     pub max_record_bytes: usize,
+    pub limits: Limits,
+    /// How long a led partition may stay closed for a reopen that keeps failing (after a failed
+    /// fsync) before this node gives it up and the cluster passes this node over for it.
+    pub reopen_give_up: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -53,9 +57,73 @@ impl Default for BrokerConfig {
             advertised_addr: "127.0.0.1:7070".into(),
             lease_ttl: Duration::from_secs(10),
             max_record_bytes: 1 << 20,
+            limits: Limits::default(),
+            reopen_give_up: Duration::from_secs(30),
         }
     }
 }
+
+/// What one request, one connection or the whole node may make the node create or hold. The
+/// counts and sizes clients send are checked against these before they size anything; past a
+/// limit the client gets a clear error ([`Error::LimitExceeded`]) or waits (back-pressure).
+/// docs/limits.md lists every limit with its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Topics in the cluster.
+    pub max_topics: usize,
+    /// Partitions of one topic.
+    pub max_partitions_per_topic: u32,
+    /// Record bytes one fetch answer carries (about; at least one record): a request for more
+    /// gets this much.
+    pub max_fetch_bytes: usize,
+    /// Record bytes read for fetches and not yet handed to the network, over the whole node:
+    /// past it, fetches wait until earlier answers are sent.
+    pub fetch_buffer_bytes: usize,
+    /// Connections each front end's listener serves at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Requests served at once on one connection; more wait.
+    pub max_requests_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_topics: 10_000,
+            max_partitions_per_topic: 10_000,
+            max_fetch_bytes: 16 << 20,
+            fetch_buffer_bytes: 256 << 20,
+            max_connections: 4096,
+            max_requests_per_connection: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks the limits themselves and names the one that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidRequest(m.to_string()));
+        if self.max_topics == 0 || self.max_partitions_per_topic == 0 {
+            return bad("max_topics and max_partitions_per_topic must be at least 1");
+        }
+        if self.max_fetch_bytes == 0 || self.fetch_buffer_bytes < self.max_fetch_bytes {
+            return bad(
+                "max_fetch_bytes must be at least 1 and fetch_buffer_bytes at least max_fetch_bytes",
+            );
+        }
+        if u32::try_from(self.fetch_buffer_bytes).is_err() {
+            return bad("fetch_buffer_bytes must be below 4 GiB");
+        }
+        if self.max_connections == 0 || self.max_requests_per_connection == 0 {
+            return bad("max_connections and max_requests_per_connection must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Record bytes of one fetch answer held against [`Limits::fetch_buffer_bytes`]: released when
+/// dropped (once the answer is handed to the network).
+#[derive(Debug)]
+pub struct FetchPermit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 /// Acknowledgement level of a produce request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -154,6 +222,9 @@ struct Inner {
     /// Partitions that failed to open here: not tried again before the instant, and the delay
     /// after the next failure.
     take_backoff: Mutex<HashMap<PartitionKey, (Instant, Duration)>>,
+    /// Partitions this node told the cluster it cannot open (`meta::Unable`): the word is taken
+    /// back once it opens one of them again.
+    passed_over: Mutex<std::collections::HashSet<PartitionKey>>,
     /// After rejoining under a new lease: until when, and which partitions this node led when
     /// the old lease was lost. See [`cluster`]'s module docs.
     rejoined: Mutex<Option<(Instant, std::collections::HashSet<PartitionKey>)>>,
@@ -163,6 +234,8 @@ struct Inner {
     /// Cancelled when the node starts draining: waiting reads end, so open fetch streams close
     /// and the server's graceful shutdown can finish.
     draining: CancellationToken,
+    /// Bytes of fetch answers not yet sent ([`Limits::fetch_buffer_bytes`] permits).
+    fetch_buffer: Arc<tokio::sync::Semaphore>,
 }
 
 /// The ingest core. Cheap to clone.
@@ -203,14 +276,17 @@ impl Broker {
     /// Registers the node under a new lease, keeps the lease alive, takes the partitions the
     /// cluster assigns it (a single node: all of them) and keeps following the cluster.
     pub async fn start(tier: Tier, meta: Meta, cfg: BrokerConfig) -> Result<Broker> {
+        cfg.limits.validate()?;
         // A crash leaves this node's previous lease (and its leaderships) alive for a TTL.
         meta.reclaim_node(cfg.node_id).await?;
         let granted_at = Instant::now();
         let lease = meta.kv().grant_lease(cfg.lease_ttl).await?;
         meta.register_node(cfg.node_id, &cfg.advertised_addr, lease)
             .await?;
+        let fetch_buffer = Arc::new(tokio::sync::Semaphore::new(cfg.limits.fetch_buffer_bytes));
         let broker = Broker {
             inner: Arc::new(Inner {
+                fetch_buffer,
                 lease_valid_until: Mutex::new(granted_at + cfg.lease_ttl),
                 tier,
                 meta,
@@ -224,6 +300,7 @@ impl Broker {
                 arrivals: Mutex::default(),
                 reconciling: tokio::sync::Mutex::default(),
                 take_backoff: Mutex::default(),
+                passed_over: Mutex::default(),
                 rejoined: Mutex::default(),
                 wake: Notify::new(),
                 cancel: CancellationToken::new(),
@@ -435,6 +512,26 @@ impl Broker {
             meta::Error::InvalidArgument(m) => Error::InvalidTopicName(m),
             other => Error::Meta(other),
         })?;
+        let limits = &self.inner.cfg.limits;
+        if config.partitions > limits.max_partitions_per_topic {
+            return Err(Error::LimitExceeded {
+                what: "partitions of one topic",
+                asked: config.partitions.into(),
+                limit: limits.max_partitions_per_topic.into(),
+                setting: "limits.max_partitions_per_topic",
+            });
+        }
+        // Checked before the create, not in its transaction: concurrent creates on several
+        // nodes may pass the limit by a few.
+        let topics = self.inner.meta.list_topics().await?.len();
+        if topics >= limits.max_topics {
+            return Err(Error::LimitExceeded {
+                what: "topics in the cluster",
+                asked: topics as u64 + 1,
+                limit: limits.max_topics as u64,
+                setting: "limits.max_topics",
+            });
+        }
         let t = self.inner.meta.create_topic(name, config).await?;
         if let Err(e) = self.reconcile().await {
             tracing::warn!(topic = name, error = %e, "reconciliation after create failed");
@@ -588,10 +685,18 @@ impl Broker {
                 errors.push((index, Error::RecordTooLarge { index, size, limit }));
                 continue;
             }
-            let ts = if r.timestamp_ms == 0 {
-                now
-            } else {
-                r.timestamp_ms
+            let ts = match r.timestamp_ms {
+                0 => now,
+                ts if (1..=MAX_TIMESTAMP_MS).contains(&ts) => ts,
+                ts => {
+                    errors.push((
+                        index,
+                        Error::InvalidRequest(format!(
+                            "record {index} has timestamp {ts}; timestamps are 1..={MAX_TIMESTAMP_MS} ms since 1970 (0 = now)"
+                        )),
+                    ));
+                    continue;
+                }
             };
             b.push(ts, r.key.as_deref(), r.value.as_deref(), &r.headers);
         }
@@ -622,7 +727,8 @@ impl Broker {
         bytes: Bytes,
         acks: Acks,
     ) -> Result<ProduceResult> {
-        let (_, storage) = self.partition(topic, partition).await?;
+        // Leadership first: a node that does not lead the partition decodes nothing.
+        let storage = self.led_storage(topic, partition).await?;
         let batch = RecordBatch::parse(bytes)
             .map_err(|e| Error::InvalidRequest(format!("record batch: {e}")))?;
         // An uncompressed batch no larger than the limit cannot hold an oversized record: skip
@@ -879,6 +985,7 @@ impl Broker {
     }
 
     /// Reads from `offset`; with `wait`, waits up to that long for records when caught up.
+    /// `max_bytes` is cut to [`Limits::max_fetch_bytes`].
     pub async fn read(
         &self,
         topic: &str,
@@ -887,8 +994,28 @@ impl Broker {
         max_bytes: usize,
         wait: Option<Duration>,
     ) -> Result<ReadResult> {
+        Ok(self
+            .read_held(topic, partition, offset, max_bytes, wait)
+            .await?
+            .0)
+    }
+
+    /// [`Broker::read`] for a front end that sends the answer: the permit holds its bytes
+    /// against [`Limits::fetch_buffer_bytes`] until it is dropped, once the answer is sent. A
+    /// read waits for the permit first when the node's fetch buffer is full; a read waiting for
+    /// new records holds none while it waits.
+    pub async fn read_held(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+        wait: Option<Duration>,
+    ) -> Result<(ReadResult, FetchPermit)> {
+        let max_bytes = max_bytes.clamp(1, self.inner.cfg.limits.max_fetch_bytes);
         let (_, storage) = self.partition(topic, partition).await?;
         if self.led(topic, partition).is_none() {
+            let permit = self.fetch_permit(max_bytes).await?;
             // Another node leads: serve what is committed; the rest is the leader's to serve.
             let r = self
                 .inner
@@ -904,7 +1031,7 @@ impl Broker {
                     )
                     .await);
             }
-            return Ok(r);
+            return Ok((r, permit));
         }
         let arrivals = self.arrivals(topic, partition);
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
@@ -912,6 +1039,7 @@ impl Broker {
             // Register interest before reading, so an append between the read and the wait
             // still wakes us.
             let notified = arrivals.notified();
+            let permit = self.fetch_permit(max_bytes).await?;
             let r = match self
                 .inner
                 .tier
@@ -922,17 +1050,31 @@ impl Broker {
                 Err(e) => return Err(self.tier_error(topic, partition, e).await),
             };
             let Some(deadline) = deadline else {
-                return Ok(r);
+                return Ok((r, permit));
             };
             if !r.records.is_empty() || tokio::time::Instant::now() >= deadline {
-                return Ok(r);
+                return Ok((r, permit));
             }
+            drop(permit);
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = self.inner.cancel.cancelled() => return Err(Error::ShuttingDown),
                 _ = self.inner.draining.cancelled() => return Err(Error::ShuttingDown),
             }
+        }
+    }
+
+    /// Holds `bytes` of the node's fetch buffer, waiting while it is full.
+    async fn fetch_permit(&self, bytes: usize) -> Result<FetchPermit> {
+        let permits = u32::try_from(bytes).expect("at most max_fetch_bytes, validated below 4 GiB");
+        tokio::select! {
+            biased;
+            p = self.inner.fetch_buffer.clone().acquire_many_owned(permits) => {
+                Ok(FetchPermit(p.map_err(|_| Error::ShuttingDown)?))
+            }
+            _ = self.inner.cancel.cancelled() => Err(Error::ShuttingDown),
+            _ = self.inner.draining.cancelled() => Err(Error::ShuttingDown),
         }
     }
 
@@ -1010,6 +1152,10 @@ impl Broker {
 #[cfg(test)]
 mod tests;
 
+/// The latest record timestamp accepted: the end of year 9999, ms. Bounds the deltas a batch
+/// stores, so none can overflow.
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
+
 /// How long a pipelined batch that got ahead of its predecessor waits for it.
 const OVERTAKE_WAIT: Duration = Duration::from_millis(500);
 
@@ -1020,15 +1166,16 @@ fn overtakes(expected: i32, got: i32) -> bool {
 }
 
 /// An idempotent producer's batch is appended whole or not at all (its sequence numbers cover
-/// every record): when some records are too large, the others are refused too, naming why.
+/// every record): when some records are refused (too large, a bad timestamp), the others are
+/// refused too, naming why.
 fn refuse_idempotent(records: usize, mut errors: Vec<(usize, Error)>) -> ProduceResult {
-    let too_large: Vec<usize> = errors.iter().map(|(i, _)| *i).collect();
+    let refused: std::collections::BTreeSet<usize> = errors.iter().map(|(i, _)| *i).collect();
     for index in 0..records {
-        if !too_large.contains(&index) {
+        if !refused.contains(&index) {
             errors.push((
                 index,
                 Error::InvalidRequest(format!(
-                    "not appended: the idempotent batch also holds records over the size limit ({too_large:?})"
+                    "not appended: the idempotent batch also holds refused records ({refused:?})"
                 )),
             ));
         }

@@ -22,6 +22,7 @@ pub enum Code {
     ShuttingDown = 14,
     OutOfOrderSequence = 15,
     ProducerFenced = 16,
+    LimitExceeded = 17,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,14 @@ pub enum Error {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A configured limit refuses the request (`setting` names it, see docs/limits.md).
+    #[error("{what}: {asked} asked, the limit is {limit} (setting {setting})")]
+    LimitExceeded {
+        what: &'static str,
+        asked: u64,
+        limit: u64,
+        setting: &'static str,
+    },
     #[error("{0}")]
     InvalidTopicName(String),
     /// The node is draining for shutdown; clients retry (on another node, or after a restart).
@@ -79,6 +88,7 @@ impl Error {
             Error::UnknownPartition { .. } => Code::UnknownPartition,
             Error::RecordTooLarge { .. } => Code::RecordTooLarge,
             Error::InvalidRequest(_) => Code::InvalidRequest,
+            Error::LimitExceeded { .. } => Code::LimitExceeded,
             Error::InvalidTopicName(_) => Code::InvalidTopicName,
             Error::ShuttingDown => Code::ShuttingDown,
             Error::NotLeader { .. } => Code::NotLeader,

@@ -6,9 +6,11 @@
 pub mod broker;
 pub mod error;
 pub mod flight;
+pub mod listen;
 pub mod server;
 
 pub use broker::{
-    Acks, Broker, BrokerConfig, PartitionInfo, ProduceRecord, ProduceResult, StartAt, TopicInfo,
+    Acks, Broker, BrokerConfig, FetchPermit, Limits, PartitionInfo, ProduceRecord, ProduceResult,
+    StartAt, TopicInfo,
 };
 pub use error::{Code, Error, Result};

@@ -60,7 +60,7 @@ pub fn status(e: Error) -> Status {
         }
         Code::TopicExists => tonic::Code::AlreadyExists,
         Code::OffsetOutOfRange => tonic::Code::OutOfRange,
-        Code::Backpressure => tonic::Code::ResourceExhausted,
+        Code::Backpressure | Code::LimitExceeded => tonic::Code::ResourceExhausted,
         Code::NotLeader | Code::OutOfOrderSequence | Code::ProducerFenced => {
             tonic::Code::FailedPrecondition
         }
@@ -77,12 +77,13 @@ fn invalid(msg: impl Into<String>) -> Status {
     status(Error::InvalidRequest(msg.into()))
 }
 
-fn topic_config(c: Option<pb::TopicConfig>) -> TopicConfig {
+fn topic_config(c: Option<pb::TopicConfig>) -> Result<TopicConfig, Status> {
     let c = c.unwrap_or_default();
     let mut t = TopicConfig::new(c.partitions.max(1));
-    t.retention_ms = c.retention_ms;
-    t.retention_bytes = c.retention_bytes;
-    t
+    let limit = |name, v| meta::retention_limit(name, v).map_err(|e| invalid(e.to_string()));
+    t.retention_ms = limit("retention_ms", c.retention_ms)?;
+    t.retention_bytes = limit("retention_bytes", c.retention_bytes)?;
+    Ok(t)
 }
 
 fn describe(t: TopicInfo) -> pb::TopicDescription {
@@ -91,8 +92,8 @@ fn describe(t: TopicInfo) -> pb::TopicDescription {
         id: t.meta.id,
         config: Some(pb::TopicConfig {
             partitions: t.meta.partitions(),
-            retention_ms: t.meta.config.retention_ms,
-            retention_bytes: t.meta.config.retention_bytes,
+            retention_ms: meta::retention_wire(t.meta.config.retention_ms),
+            retention_bytes: meta::retention_wire(t.meta.config.retention_bytes),
         }),
         partitions: t
             .partitions
@@ -180,11 +181,25 @@ impl Tierlog for Service {
                 timestamp_ms: r.timestamp_ms,
             })
             .collect();
-        let producer = req.producer.map(|p| tier::ProducerInfo {
-            producer_id: p.producer_id,
-            producer_epoch: p.producer_epoch as i16,
-            base_sequence: p.base_sequence,
-        });
+        let producer = req
+            .producer
+            .map(|p| {
+                let epoch = i16::try_from(p.producer_epoch)
+                    .ok()
+                    .filter(|e| *e >= -1)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "producer epoch {} is out of range (0..=32767, or -1 for none)",
+                            p.producer_epoch
+                        ))
+                    })?;
+                Ok::<_, Status>(tier::ProducerInfo {
+                    producer_id: p.producer_id,
+                    producer_epoch: epoch,
+                    base_sequence: p.base_sequence,
+                })
+            })
+            .transpose()?;
         let r = self
             .broker
             .produce(
@@ -264,13 +279,16 @@ impl Tierlog for Service {
         } else {
             req.max_bytes as usize
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // One answer waits in the channel while the one before it is sent: each is held
+        // against the node's fetch buffer until the next one took its place.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
             let mut sent = 0u64;
+            let mut in_transit: Option<crate::FetchPermit> = None;
             loop {
                 let wait = req.follow.then_some(FOLLOW_WAIT);
-                let r = match broker
-                    .read(&req.topic, req.partition, offset, max_bytes, wait)
+                let (r, permit) = match broker
+                    .read_held(&req.topic, req.partition, offset, max_bytes, wait)
                     .await
                 {
                     Ok(r) => r,
@@ -306,6 +324,7 @@ impl Tierlog for Service {
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
+                drop(in_transit.replace(permit));
                 if req.max_records > 0 && sent >= req.max_records {
                     return;
                 }
@@ -348,7 +367,7 @@ impl Tierlog for Service {
         let req = request.into_inner();
         let t = self
             .broker
-            .create_topic(&req.name, topic_config(req.config))
+            .create_topic(&req.name, topic_config(req.config)?)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CreateTopicResponse {
@@ -441,10 +460,11 @@ pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
 /// The gRPC transport as a node serves it: flow-control windows sized for batches, no Nagle.
-pub fn transport() -> tonic::transport::Server {
+pub fn transport(limits: &crate::Limits) -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .concurrency_limit_per_connection(limits.max_requests_per_connection)
         .tcp_nodelay(true)
 }
 

@@ -114,6 +114,7 @@ pub fn domain_checks() -> Vec<(&'static str, Check)> {
         domain::leadership_lost_on_lease_expiry,
         domain::leadership_race_has_one_winner,
         domain::leader_watch_and_snapshot,
+        domain::unable_words_follow_their_node,
         domain::node_registry,
         domain::offsets_commit_and_fetch,
     ]

@@ -19,10 +19,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::keys::validate_topic_name;
-pub use self::leadership::{Leader, LeaderEvent, LeaderSnapshot, PartitionLeader};
+pub use self::leadership::{Leader, LeaderEvent, LeaderSnapshot, PartitionLeader, Unable};
 pub use self::nodes::NodeInfo;
 pub use self::offsets::PartitionOffset;
-pub use self::topics::{TopicConfig, TopicMeta};
+pub use self::topics::{TopicConfig, TopicMeta, retention_limit, retention_wire};
 
 use self::keys::Keys;
 use crate::clock::{Clock, SystemClock};

@@ -62,8 +62,8 @@ pub mod conformance;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use domain::{
     Leader, LeaderEpoch, LeaderEvent, LeaderSnapshot, Meta, MetaOptions, NodeId, NodeInfo,
-    PartitionLeader, PartitionOffset, TOPIC_ID_COUNTER, TopicConfig, TopicMeta,
-    validate_topic_name,
+    PartitionLeader, PartitionOffset, TOPIC_ID_COUNTER, TopicConfig, TopicMeta, Unable,
+    retention_limit, retention_wire, validate_topic_name,
 };
 pub use embedded::{EmbeddedKv, EmbeddedOptions};
 pub use error::{Error, ErrorClass, Result};

@@ -53,7 +53,28 @@ pub const HEADER_LEN: usize = 61;
 const MAGIC: i8 = 2;
 const CRC_START: usize = 21;
 /// The largest decompressed batch body accepted (a bound against decompression bombs).
-const MAX_DECOMPRESSED: usize = 64 << 20;
+pub const MAX_DECOMPRESSED: usize = 64 << 20;
+/// How many times its compressed size a batch body may expand to, past [`EXPANSION_FLOOR`]:
+/// what a node holds for a request stays proportional to the bytes it received.
+pub const MAX_EXPANSION: usize = 256;
+/// A compressed body may always expand to this many bytes, whatever its ratio (a record over
+/// the size limit but highly compressible still gets its own RECORD_TOO_LARGE).
+pub const EXPANSION_FLOOR: usize = 8 << 20;
+
+/// The most a compressed body of `compressed` bytes may decompress to.
+pub fn decompressed_limit(compressed: usize) -> usize {
+    compressed
+        .saturating_mul(MAX_EXPANSION)
+        .max(EXPANSION_FLOOR)
+        .min(MAX_DECOMPRESSED)
+}
+/// The most records one batch may hold. Decoding a batch holds a record (about 100 bytes) per
+/// record; this bounds that to a few tens of MiB whatever the body.
+pub const MAX_BATCH_RECORDS: i32 = 1 << 18;
+/// The fewest bytes one record takes in a batch body: its length, attributes, timestamp delta,
+/// offset delta, key length, value length and header count, one byte each at least. A header's
+/// record count is checked against the body's size with it before it sizes anything.
+pub const MIN_RECORD_BYTES: usize = 7;
 
 /// Compression codec of a batch (attributes bits 0-2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,13 +181,15 @@ impl BatchHeader {
     pub fn is_control(&self) -> bool {
         self.attributes & 0x20 != 0
     }
-    /// Offset of the last record: `base_offset + last_offset_delta`.
+    /// Offset of the last record: `base_offset + last_offset_delta` (saturating: a sender's base
+    /// offset is not trusted until the log assigns its own).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
     /// The offset the log assigns next after this batch.
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
     }
 }
 
@@ -244,7 +267,7 @@ impl RecordBatch {
     /// record timestamp. The log appends only validated batches, so what it acknowledges can
     /// always be read back and converted.
     pub fn validate(&self) -> Result<()> {
-        let mut records = Vec::with_capacity(self.header.record_count.max(0) as usize);
+        let mut records = Vec::new();
         self.decode_into(&mut records)?;
         let base = self.header.base_offset;
         let mut max_ts = i64::MIN;
@@ -268,7 +291,7 @@ impl RecordBatch {
 
     /// Decodes every record, decompressing when needed.
     pub fn records(&self) -> Result<Vec<Record>> {
-        let mut out = Vec::with_capacity(self.header.record_count.max(0) as usize);
+        let mut out = Vec::new();
         self.decode_into(&mut out)?;
         Ok(out)
     }
@@ -285,6 +308,16 @@ impl RecordBatch {
                 )));
             }
         };
+        // The header's count comes from the sender: it sizes nothing until the body can hold it.
+        let count = usize::try_from(self.header.record_count).unwrap_or(0);
+        if count > body.len() / MIN_RECORD_BYTES {
+            return Err(Error::invalid(format!(
+                "header claims {count} records, but a body of {} bytes holds at most {}",
+                body.len(),
+                body.len() / MIN_RECORD_BYTES
+            )));
+        }
+        out.reserve(count);
         let mut r = Reader { buf: &body, pos: 0 };
         for i in 0..self.header.record_count {
             let rec = decode_record(&mut r, &body, &self.header)
@@ -307,24 +340,27 @@ impl RecordBatch {
 fn zstd_decompress(body: &[u8]) -> Result<Vec<u8>> {
     use std::io::Read;
     let bad = |e: String| Error::invalid(format!("zstd batch body: {e}"));
+    let limit = decompressed_limit(body.len());
+    let over = |n: u64| {
+        bad(format!(
+            "{} compressed bytes expand to {n}, over the limit of {limit} ({MAX_EXPANSION} times, at least {EXPANSION_FLOOR}, at most {MAX_DECOMPRESSED})",
+            body.len()
+        ))
+    };
     match zstd::zstd_safe::get_frame_content_size(body) {
-        Ok(Some(n)) if n as usize <= MAX_DECOMPRESSED => {
+        Ok(Some(n)) if n <= limit as u64 => {
             zstd::bulk::decompress(body, n as usize).map_err(|e| bad(e.to_string()))
         }
-        Ok(Some(n)) => Err(bad(format!(
-            "declares {n} bytes, over the {MAX_DECOMPRESSED}-byte limit"
-        ))),
+        Ok(Some(n)) => Err(over(n)),
         _ => {
             let mut out = Vec::new();
             zstd::stream::read::Decoder::new(body)
                 .map_err(|e| bad(e.to_string()))?
-                .take(MAX_DECOMPRESSED as u64 + 1)
+                .take(limit as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| bad(e.to_string()))?;
-            if out.len() > MAX_DECOMPRESSED {
-                return Err(bad(format!(
-                    "decompresses past the {MAX_DECOMPRESSED}-byte limit"
-                )));
+            if out.len() > limit {
+                return Err(over(out.len() as u64));
             }
             Ok(out)
         }
@@ -369,6 +405,12 @@ pub fn parse_header(b: &[u8]) -> Result<BatchHeader> {
     }
     if h.record_count <= 0 {
         return Err(Error::invalid("a batch must hold at least one record"));
+    }
+    if h.record_count > MAX_BATCH_RECORDS {
+        return Err(Error::invalid(format!(
+            "a batch holds at most {MAX_BATCH_RECORDS} records, this one claims {}",
+            h.record_count
+        )));
     }
     if h.last_offset_delta != h.record_count - 1 {
         return Err(Error::invalid(format!(
@@ -442,7 +484,7 @@ fn decode_record(
         return Err(format!("negative record length {len}"));
     }
     let start = r.pos;
-    let end = start + len as usize;
+    let end = start.saturating_add(len as usize);
     if end > r.buf.len() {
         return Err("record runs past the end of the batch".into());
     }
@@ -474,9 +516,17 @@ fn decode_record(
             r.pos - start
         ));
     }
+    let offset = h
+        .base_offset
+        .checked_add(i64::from(offset_delta))
+        .ok_or_else(|| format!("offset delta {offset_delta} overflows the base offset"))?;
+    let timestamp = h
+        .base_timestamp
+        .checked_add(ts_delta)
+        .ok_or_else(|| format!("timestamp delta {ts_delta} overflows the base timestamp"))?;
     Ok(Record {
-        offset: h.base_offset + i64::from(offset_delta),
-        timestamp: h.base_timestamp + ts_delta,
+        offset,
+        timestamp,
         key,
         value,
         headers,

@@ -6,6 +6,7 @@ engines find the committed segments of a partition.
 import json
 import os
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
@@ -29,9 +30,9 @@ def crc32c(data: bytes) -> int:
     return c ^ 0xFFFFFFFF
 
 
-def read_envelope(path, kind, raw=None):
+def read_envelope(path, kind, raw=None, fs=None):
     if raw is None:
-        raw = open(path, "rb").read()
+        raw = _read(fs, path)
     doc = json.loads(raw)
     assert doc["format"] == "tierlog." + kind, (path, doc["format"])
     # The checksum covers the exact bytes of "body" as stored.
@@ -41,33 +42,51 @@ def read_envelope(path, kind, raw=None):
     return doc["body"]
 
 
-def committed_segments(partition_dir):
-    """The committed segment entries of a partition, in offset order."""
-    mdir = os.path.join(partition_dir, "manifest")
+def _fs(fs):
+    return fs if fs is not None else pafs.LocalFileSystem()
+
+
+def _read(fs, path):
+    with _fs(fs).open_input_file(path) as f:
+        return f.read()
+
+
+def _list(fs, directory):
+    """(name, size) of the files directly in `directory`; empty when it does not exist."""
+    infos = _fs(fs).get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    return [(i.base_name, i.size) for i in infos if i.type == pafs.FileType.File]
+
+
+def committed_segments(partition_dir, fs=None):
+    """The committed segment entries of a partition, in offset order.
+
+    `partition_dir` is a path in `fs` (a pyarrow FileSystem: the local one by default, or
+    `pyarrow.fs.S3FileSystem` for a bucket, with paths as `bucket/prefix/...`)."""
+    mdir = partition_dir + "/manifest"
     levels, start, seq = [[]], 0, 0
     # The newest checkpoint (the _last_checkpoint hint names it too, but a slow writer can leave
     # an older one there); retired segments below it may be gone from log/.
-    cdir = os.path.join(mdir, "checkpoints")
-    names = os.listdir(cdir) if os.path.isdir(cdir) else []
+    names = [n for n, _ in _list(fs, mdir + "/checkpoints")]
     if names:
         seq = max(int(n.split(".")[0]) for n in names)
-        state = read_envelope(os.path.join(cdir, f"{seq:020}.json"), "checkpoint")
+        state = read_envelope(f"{mdir}/checkpoints/{seq:020}.json", "checkpoint", fs=fs)
         levels, start = state["levels"], state["start_offset"]
     # Every commit is a Parquet file in log/ whose footer holds the delta; one that adds a
     # segment is that segment, so its path and size are the file's own.
-    ldir = os.path.join(partition_dir, "log")
-    for name in sorted(os.listdir(ldir)):
+    ldir = partition_dir + "/log"
+    for name, size in sorted(_list(fs, ldir)):
         n = int(name.split(".")[0])
         if n <= seq:
             continue
         assert n == seq + 1, f"gap in the log before {name}"
-        path = os.path.join(ldir, name)
-        footer = pq.read_metadata(path).metadata[b"tierlog.delta"]
+        path = f"{ldir}/{name}"
+        with _fs(fs).open_input_file(path) as f:
+            footer = pq.read_metadata(f).metadata[b"tierlog.delta"]
         d = read_envelope(path, "delta", footer)
         seq = n
         if d["op"] == "add":
             for s in d["segments"]:
-                s.update(type="segment", path=f"log/{name}", size=os.path.getsize(path))
+                s.update(type="segment", path=f"log/{name}", size=size)
                 levels[0].append(s)
         elif d["op"] == "truncate":
             start = max(start, d["start_offset"])
@@ -77,7 +96,7 @@ def committed_segments(partition_dir):
     def expand(nodes):
         for node in nodes:
             if node["type"] == "chunk":
-                chunk = read_envelope(os.path.join(partition_dir, node["path"]), "chunk")
+                chunk = read_envelope(partition_dir + "/" + node["path"], "chunk", fs=fs)
                 yield from expand(chunk["nodes"])
             else:
                 yield node

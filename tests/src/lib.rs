@@ -1,6 +1,8 @@
 //! Shared helpers of tierlog's integration tests: deterministic event data and environment
 //! checks. The tests themselves live in `tests/tests/`.
 
+pub mod fuzz;
+
 use bytes::Bytes;
 use tier::{BatchBuilder, Compression, Header, Record, RecordBatch};
 

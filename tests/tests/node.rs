@@ -265,6 +265,393 @@ async fn replay_from_zero_after_the_hot_tier_is_gone() {
     node.stop();
 }
 
+/// Retention through the API, in each form a client may send: absent and -1 mean "keep forever"
+/// (regression: -1 reached the tier as a cutoff in the future and a budget of 0 bytes, and
+/// housekeeping deleted the whole history within seconds), generous limits keep what is within
+/// them, and zero or other negative numbers are refused with a clear error. Records are
+/// produced at acks=all (so they are committed to the cold tier), the partition is flushed to
+/// sealed objects by a restart, and housekeeping runs several times before the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_forms_through_the_api_keep_what_they_promise() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client().await;
+    let forms: [(&str, Option<i64>, Option<i64>); 4] = [
+        ("absent", None, None),
+        ("unlimited", Some(-1), Some(-1)),
+        ("generous", Some(10 * 365 * 86_400_000), Some(1 << 40)),
+        ("mixed", Some(-1), Some(1 << 40)),
+    ];
+    for (name, ms, bytes) in forms {
+        let created = c
+            .create_topic(pb::CreateTopicRequest {
+                name: name.into(),
+                config: Some(pb::TopicConfig {
+                    partitions: 1,
+                    retention_ms: ms,
+                    retention_bytes: bytes,
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .topic
+            .unwrap()
+            .config
+            .unwrap();
+        // -1 is the wire's "unlimited": described as absent, never as a number.
+        let shown = |v: Option<i64>| v.filter(|v| *v > 0);
+        assert_eq!(
+            (created.retention_ms, created.retention_bytes),
+            (shown(ms), shown(bytes)),
+            "{name}"
+        );
+        let records: Vec<_> = (0..1000).map(|i| record(0, i)).collect();
+        let r = c
+            .produce(pb::ProduceRequest {
+                topic: name.into(),
+                records,
+                acks: pb::Acks::All as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.base_offset, r.accepted), (0, 1000), "{name}");
+    }
+    for (field, ms, bytes) in [
+        ("retention_ms", Some(0), None),
+        ("retention_ms", Some(-5), None),
+        ("retention_bytes", None, Some(0)),
+        ("retention_bytes", None, Some(-2)),
+    ] {
+        let e = c
+            .create_topic(pb::CreateTopicRequest {
+                name: "refused".into(),
+                config: Some(pb::TopicConfig {
+                    partitions: 1,
+                    retention_ms: ms,
+                    retention_bytes: bytes,
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(&e), pb::ErrorCode::InvalidRequest as i32, "{e}");
+        assert!(e.message().contains(field), "{}", e.message());
+    }
+    // A graceful restart seals and uploads everything; housekeeping (every second) then has
+    // several rounds to apply retention before the check.
+    node.stop();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (name, _, _) in forms {
+        let d = c
+            .describe_topic(pb::DescribeTopicRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let p = &d.topic.unwrap().partitions[0];
+        assert_eq!(
+            (p.log_start_offset, p.cold_next, p.high_watermark),
+            (0, 1000, 1000),
+            "{name}: every committed record is kept"
+        );
+        let (got, _) = fetch_all(&mut c, name, 0).await;
+        assert_eq!(got.len(), 1000, "{name}");
+    }
+    let topics = c
+        .list_topics(pb::ListTopicsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .names;
+    assert!(!topics.contains(&"refused".to_string()), "{topics:?}");
+    node.stop();
+}
+
+/// Seek by timestamp everywhere a user can ask for it: gRPC ListOffsets and Fetch, the client's
+/// `SeekTo::Timestamp` and the CLI's `--from-time`, over records that are only in the cold
+/// tier and records that are hot; then what `topic describe` prints, and the gRPC health
+/// service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_seek_through_every_surface_and_describe_and_health_answer() {
+    use client::{Client, Consumer, ConsumerConfig, SeekTo};
+    const BASE: i64 = 1_767_225_600_000;
+    let ts_record = |i: i64| pb::Record {
+        value: Some(format!("v{i}").into_bytes().into()),
+        timestamp_ms: BASE + i * 10,
+        ..Default::default()
+    };
+    let produce = |c: &mut TierlogClient<Channel>, from: i64| {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .produce(pb::ProduceRequest {
+                    topic: "times".into(),
+                    records: (from..from + 500).map(ts_record).collect(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.base_offset, from);
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client().await;
+    create(&mut c, "times", 1).await;
+    produce(&mut c, 0).await;
+    // Offsets 0..500 only in the cold tier, 500..1000 hot.
+    node.stop();
+    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client().await;
+    produce(&mut c, 500).await;
+
+    let list = |c: &mut TierlogClient<Channel>, ts: i64| {
+        let mut c = c.clone();
+        async move {
+            c.list_offsets(pb::ListOffsetsRequest {
+                topic: "times".into(),
+                partition: 0,
+                spec: Some(pb::list_offsets_request::Spec::TimestampMs(ts)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .offset
+        }
+    };
+    // Exact, between two records (the next one), before all, hot, past all (-1).
+    for (ts, want) in [
+        (BASE + 2500, 250),
+        (BASE + 2505, 251),
+        (BASE - 1, 0),
+        (BASE + 7000, 700),
+        (BASE + 99_999, -1),
+    ] {
+        assert_eq!(list(&mut c, ts).await, want, "ListOffsets at {ts}");
+    }
+    let first_from = |c: &mut TierlogClient<Channel>, ts: i64| {
+        let mut c = c.clone();
+        async move {
+            let mut s = c
+                .fetch(pb::FetchRequest {
+                    topic: "times".into(),
+                    partition: 0,
+                    start: Some(pb::fetch_request::Start::TimestampMs(ts)),
+                    max_records: 1,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            s.message().await.unwrap().map(|m| m.records[0].offset)
+        }
+    };
+    assert_eq!(first_from(&mut c, BASE + 2505).await, Some(251));
+    assert_eq!(first_from(&mut c, BASE + 7001).await, Some(701));
+    assert_eq!(first_from(&mut c, BASE + 99_999).await, None, "the end");
+
+    let client = Client::connect(&node.addr).await.unwrap();
+    let mut consumer = Consumer::assign(client, ConsumerConfig::default(), "times", &[0])
+        .await
+        .unwrap();
+    for (ts, want) in [(BASE + 1234, 124), (BASE + 9990, 999)] {
+        consumer.seek(Some(0), SeekTo::Timestamp(ts)).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let got = loop {
+            let polled = consumer.poll(Duration::from_millis(200)).await.unwrap();
+            if let Some(r) = polled.first() {
+                break r.offset;
+            }
+            assert!(std::time::Instant::now() < deadline, "nothing polled");
+        };
+        assert_eq!(got, want, "client seek to {ts}");
+    }
+
+    let s = node.addr.clone();
+    let from = (BASE + 2505).to_string();
+    let (ok, out, err) = cli(
+        &s,
+        &[
+            "consume",
+            "times",
+            "--from-time",
+            &from,
+            "--max-messages",
+            "3",
+            "--json",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let offsets: Vec<i64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(offsets, vec![251, 252, 253], "{out}");
+
+    let (ok, out, err) = cli(&s, &["topic", "describe", "times"], None);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("topic times (id "), "{out}");
+    assert!(lines[0].ends_with("1 partitions"), "{out}");
+    assert_eq!(lines[1], "retention: forever", "{out}");
+    let head: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        head,
+        [
+            "partition",
+            "low",
+            "high",
+            "cold",
+            "below",
+            "hot",
+            "from",
+            "segments",
+            "cold",
+            "bytes",
+            "hot",
+            "bytes",
+            "leader"
+        ],
+        "{out}"
+    );
+    let row: Vec<&str> = lines[3].split_whitespace().collect();
+    assert_eq!(&row[..3], ["0", "0", "1000"], "partition, low, high: {out}");
+    let cold_below: i64 = row[3].parse().unwrap();
+    assert!((500..=1000).contains(&cold_below), "{out}");
+    assert!(
+        row[8] == node.addr && row[9] == "(epoch",
+        "leader and epoch: {out}"
+    );
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    for service in ["", "tierlog.v1.Tierlog"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    let unknown = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    node.stop();
+}
+
+/// The bucket a real node writes on the S3 server, read by pyarrow (through the manifests, over
+/// S3) and by DuckDB (over httpfs), with no tierlog code: every committed record, offsets dense
+/// from 0, values as produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyarrow_and_duckdb_read_a_nodes_bucket_on_the_s3_server() {
+    let (Some(s3), Some(py)) = (tierlog_tests::s3_options(), tierlog_tests::python()) else {
+        return;
+    };
+    let endpoint = s3
+        .iter()
+        .find(|(k, _)| k == "aws_endpoint")
+        .map(|(_, v)| v.clone())
+        .expect("the S3 options name the endpoint");
+    let dir = tempfile::tempdir().unwrap();
+    let ns = tierlog_tests::unique("bucket");
+    let mut cfg = String::from("[object_store_options]\n");
+    for (k, v) in &s3 {
+        cfg += &format!("{k} = {v:?}\n");
+    }
+    let cfg_path = dir.path().join("node.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let store = format!("s3://tierlog/{ns}");
+    let node = Node::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--object-store",
+            &store,
+        ],
+    );
+    let mut c = node.client().await;
+    create(&mut c, "archive", 2).await;
+    let mut expected = serde_json::Map::new();
+    for p in 0..2u32 {
+        // Several acks=all requests: several objects per partition.
+        for chunk in 0..4u64 {
+            let records: Vec<_> = (chunk * 250..(chunk + 1) * 250)
+                .map(|i| record(p, i))
+                .collect();
+            c.produce(pb::ProduceRequest {
+                topic: "archive".into(),
+                partition: p,
+                records,
+                acks: pb::Acks::All as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let values: Vec<String> = (0..20)
+            .map(|i| String::from_utf8(record(p, i).value.unwrap().to_vec()).unwrap())
+            .collect();
+        expected.insert(
+            p.to_string(),
+            serde_json::json!({"count": 1000, "values": values}),
+        );
+    }
+    let id = c
+        .describe_topic(pb::DescribeTopicRequest {
+            name: "archive".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap()
+        .id;
+    let spec = dir.path().join("expected.json");
+    std::fs::write(&spec, serde_json::to_vec(&expected).unwrap()).unwrap();
+    let out = Command::new(&py)
+        .arg(tierlog_tests::tests_dir().join("python/s3_bucket.py"))
+        .arg(&endpoint)
+        .arg(format!("tierlog/{ns}/topics/archive.{id}"))
+        .arg(&spec)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "the external readers failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["rows"], 2000, "{summary}");
+    assert!(summary["objects"].as_u64().unwrap() >= 2, "{summary}");
+    node.stop();
+}
+
 /// A group's committed offsets survive restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_survive_a_restart() {
@@ -502,7 +889,13 @@ async fn client_produces_100k_and_a_group_consumer_resumes_at_its_commit() {
         .await
         .unwrap();
     let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while seen.len() < 60_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} records consumed",
+            seen.len()
+        );
         seen.extend(first.poll(Duration::from_secs(5)).await.unwrap());
     }
     first.commit().await.unwrap();
@@ -628,6 +1021,96 @@ fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, Strin
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Each `tierlog bench` mode, in a short run: it completes and prints its baselines (measured
+/// in the same run) next to its figures. The figures themselves are not checked: tests assert
+/// no timings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_mode_runs_and_prints_its_baselines() {
+    let (Some(py), Some(etcd)) = (tierlog_tests::python(), tierlog_tests::etcd_endpoints()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let small = [
+        "--records",
+        "3000",
+        "--record-bytes",
+        "200",
+        "--partitions",
+        "2",
+        "--dir",
+        &d,
+    ];
+    let meta = format!(
+        "etcd://{}/{}",
+        etcd[0].trim_start_matches("http://"),
+        tierlog_tests::unique("bench")
+    );
+    let modes: [(&str, Vec<&str>, &[&str]); 4] = [
+        (
+            "produce",
+            vec!["--load", "0.5", "--load-secs", "1"],
+            &[
+                "baselines (same run):",
+                "raw disk write",
+                "storage core append",
+                "loopback TCP",
+                "through the node:",
+            ],
+        ),
+        (
+            "consume",
+            vec![],
+            &[
+                "baselines (same run):",
+                "loopback TCP",
+                "plain read of the hot segment files",
+                "through the node:",
+                "replay from offset 0",
+            ],
+        ),
+        (
+            "sql",
+            vec!["--repeat", "1", "--python", &py],
+            &["tierlog", "DuckDB, same files"],
+        ),
+        (
+            "failover",
+            vec![
+                "--meta",
+                &meta,
+                "--nodes",
+                "2",
+                "--kills",
+                "1",
+                "--lease-ttl-ms",
+                "2000",
+            ],
+            &[
+                "throughput (full speed",
+                "1 node",
+                "2 nodes",
+                "failover (lease TTL 2000 ms):",
+                "partition served again after a kill",
+            ],
+        ),
+    ];
+    for (mode, extra, want) in modes {
+        let mut args = vec!["bench", mode];
+        args.extend(small);
+        args.extend(extra);
+        let (ok, out, err) = cli("127.0.0.1:1", &args, None);
+        assert!(ok, "bench {mode} failed:\n{out}\n{err}");
+        for line in want {
+            assert!(
+                out.contains(line),
+                "bench {mode} printed no {line:?}:\n{out}"
+            );
+        }
+        assert!(!out.contains("n/a"), "bench {mode} lacks a figure:\n{out}");
+    }
 }
 
 /// The CLI as a person uses it: topics, 100,000 lines produced from stdin with keys, consumed

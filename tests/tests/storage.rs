@@ -317,8 +317,8 @@ async fn retain_half(t: &Tier, cold_bytes: u64) -> PartitionOffsets {
         "events",
         0,
         ColdRetention {
-            ms: None,
-            bytes: Some(keep),
+            age: None,
+            bytes: std::num::NonZeroU64::new(keep),
         },
     )
     .unwrap();
@@ -788,7 +788,7 @@ async fn time_based_retention_on_both_tiers() {
         "events",
         0,
         ColdRetention {
-            ms: Some(keep_ms),
+            age: Some(Duration::from_millis(keep_ms as u64)),
             bytes: None,
         },
     )
@@ -1066,4 +1066,24 @@ async fn acks_all_waiters_share_cold_commits() {
     t.open_partition("events", 0, 2).await.unwrap();
     check_all(&t, 0, 0, 600, 600).await;
     t.close(false).await.unwrap();
+}
+
+/// A short fixed-seed run of each fuzz target (docs/fuzzing.md): the corpus is replayed and
+/// new inputs generated; nothing may break an oracle, and some inputs must get through the
+/// decoder (or the generators have lost their way).
+#[test]
+fn fuzz_targets_short_fixed_seed_run() {
+    use tierlog_tests::fuzz::{self, Target};
+    for (target, execs) in [(Target::Batch, 10_000), (Target::Produce, 500)] {
+        let r = fuzz::run(target, 20_261_204, execs);
+        println!(
+            "{}: {} executions, {} accepted, {} replayed",
+            target.name(),
+            r.executions,
+            r.accepted,
+            r.replayed
+        );
+        assert!(r.findings.is_empty(), "{:?}", r.findings);
+        assert!(r.accepted > execs / 20, "{} accepted", r.accepted);
+    }
 }

@@ -84,6 +84,13 @@ pub struct TierConfig {
     /// commits come on top), and an acks=all record typically waits up to the interval plus
     /// one PUT. 0 cuts whenever the uploader is free: lowest latency, most objects.
     pub flush_interval_ms: u64,
+    /// The longest a record stays only on the leader's disk before its upload starts, ms,
+    /// whatever the acks: the active segment is cut (committed without sealing) once its
+    /// oldest record that no cut covers is this old. It bounds what acks=leader loses when the
+    /// leader dies and another node takes over without a hand-off: about this interval plus one
+    /// upload. Smaller loses less and makes more objects (at most `1000 / upload_interval_ms` a
+    /// second per busy partition, which merging folds together later).
+    pub upload_interval_ms: u64,
     /// How often background work (age-based sealing, retention, interval fsync checks) runs.
     pub housekeeping_ms: u64,
     /// Retired segments whose delete failed are deleted once they are this old; each led
@@ -116,6 +123,7 @@ impl Default for TierConfig {
                 .max(4),
             uploads_in_flight: 1,
             flush_interval_ms: 100,
+            upload_interval_ms: 1000,
         }
     }
 }
@@ -174,6 +182,12 @@ impl TierConfig {
                 self.flush_interval_ms
             ));
         }
+        if !(10..=3_600_000).contains(&self.upload_interval_ms) {
+            return bad(format!(
+                "upload_interval_ms must be 10..=3600000 (what a leader's death can lose at acks=leader grows with it), got {}",
+                self.upload_interval_ms
+            ));
+        }
         if self.orphan_grace_ms < 60_000 {
             return bad(format!(
                 "orphan_grace_ms must be at least 60000, got {}",
@@ -188,6 +202,10 @@ impl TierConfig {
 
     pub(crate) fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub(crate) fn upload_interval(&self) -> Duration {
+        Duration::from_millis(self.upload_interval_ms)
     }
 
     pub(crate) fn housekeeping(&self) -> Duration {

@@ -72,13 +72,14 @@ pub struct PartitionOffsets {
     pub upload_error: Option<String>,
 }
 
-/// Cold retention of one partition (none by default: keep everything).
+/// Cold retention of one partition (none by default: keep everything). `None` on either axis
+/// is no limit on it; there is no number that means "unlimited".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ColdRetention {
-    /// Remove segments whose newest record is older than this (ms).
-    pub ms: Option<i64>,
+    /// Remove segments whose newest record is older than this.
+    pub age: Option<Duration>,
     /// Remove the oldest segments while the partition's cold bytes exceed this.
-    pub bytes: Option<u64>,
+    pub bytes: Option<std::num::NonZeroU64>,
 }
 
 #[derive(Debug)]
@@ -152,7 +153,7 @@ pub(crate) struct Inner {
     /// Partitions closed to be reopened after a failed fsync whose open has not succeeded yet,
     /// with their epoch: housekeeping tries again until it does, or until the partition is
     /// opened, closed or removed through the API (changed under the partition's gate).
-    pub reopening: std::sync::Mutex<HashMap<PartitionId, u64>>,
+    pub reopening: std::sync::Mutex<HashMap<PartitionId, (u64, std::time::Instant)>>,
 }
 
 /// A partition another node leads, as far as its manifest goes: committed reads only.
@@ -778,7 +779,7 @@ impl Tier {
             .reopening
             .lock()
             .expect("reopening lock poisoned")
-            .insert(p.id.clone(), p.epoch);
+            .insert(p.id.clone(), (p.epoch, std::time::Instant::now()));
         if let Err(e) = self.close_gated(&p.id).await {
             tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e,
                 "closing after a failed fsync");
@@ -805,7 +806,7 @@ impl Tier {
             .lock()
             .expect("reopening lock poisoned")
             .get(id)
-            .copied();
+            .map(|(epoch, _)| *epoch);
         let Some(epoch) = epoch else { return Ok(()) };
         self.open_gated(id, epoch).await?;
         self.inner.not_reopening(id);
@@ -907,6 +908,26 @@ impl Tier {
             "partition data deleted"
         );
         Ok(())
+    }
+
+    /// Fails an open partition's log as a failed fsync would: appends are refused and
+    /// housekeeping closes and reopens it. For tests of what follows a failed fsync.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn fail_partition_for_test(&self, topic: &str, partition: u32) -> Result<()> {
+        self.get(topic, partition)?.log.fail_for_test();
+        Ok(())
+    }
+
+    /// Since when a partition has been closed for a reopen (after a failed fsync) that has not
+    /// succeeded yet; `None` when it is open or was never reopened. The caller that leads it
+    /// decides when to give it up to another node.
+    pub fn reopen_pending_since(&self, topic: &str, partition: u32) -> Option<std::time::Instant> {
+        self.inner
+            .reopening
+            .lock()
+            .expect("reopening lock poisoned")
+            .get(&PartitionId::new(topic, partition))
+            .map(|(_, since)| *since)
     }
 
     /// Sets a partition's cold retention (applied by background work).
@@ -1183,6 +1204,53 @@ mod tests {
             }
         }
         assert_eq!(next, 70, "every record is still there");
+        t.close(false).await.unwrap();
+    }
+
+    /// Regression: at acks=leader nothing reached the object store until the segment sealed by
+    /// size or age (128 MiB or 10 minutes), so a takeover lost everything since. Now records
+    /// that nobody waits for are committed once they are `upload_interval_ms` old, without a
+    /// seal, and records appended after a cut are committed by the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_nobody_waits_for_are_committed_within_the_upload_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = dir.path().join("bucket");
+        let (store, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
+        let cfg = TierConfig {
+            data_dir: dir.path().join("hot"),
+            upload_interval_ms: 100,
+            ..TierConfig::default()
+        };
+        let t = Tier::open(cfg, store, Path::from("c")).await.unwrap();
+        t.open_partition("t", 0, 1).await.unwrap();
+        let committed = |want: i64| {
+            let t = t.clone();
+            async move {
+                for _ in 0..1000 {
+                    let o = t.offsets("t", 0).unwrap();
+                    if o.cold_next >= want {
+                        return o;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!(
+                    "offsets below {want} were never committed: {:?}",
+                    t.offsets("t", 0)
+                );
+            }
+        };
+        for _ in 0..3 {
+            t.append("t", 0, batch(10)).await.unwrap();
+        }
+        let o = committed(30).await;
+        assert_eq!(o.next, 30);
+        t.append("t", 0, batch(5)).await.unwrap();
+        let o = committed(35).await;
+        assert_eq!(o.cold_segments, 2, "two cuts, no seal: {o:?}");
+        assert_eq!(
+            o.hot_start, 0,
+            "the active segment was not sealed and dropped"
+        );
         t.close(false).await.unwrap();
     }
 

@@ -155,17 +155,19 @@ async fn housekeep(inner: &Arc<Inner>) {
 
 async fn cold_retention(p: &Arc<Partition>) -> Result<()> {
     let r = *p.retention.read().expect("retention lock poisoned");
-    if r.ms.is_none() && r.bytes.is_none() {
+    if r.age.is_none() && r.bytes.is_none() {
         return Ok(());
     }
     let cold = p.cold();
     let segs = p.manifest.segments(&cold).await?;
-    let cutoff = r.ms.map(|ms| now_ms() - ms);
+    let cutoff = r
+        .age
+        .map(|age| now_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
     let mut total: u64 = segs.iter().map(|s| s.size).sum();
     let mut start = cold.start_offset;
     for s in &segs {
         let too_old = cutoff.is_some_and(|c| s.max_timestamp < c);
-        let too_big = r.bytes.is_some_and(|b| total > b);
+        let too_big = r.bytes.is_some_and(|b| total > b.get());
         if !(too_old || too_big) {
             break;
         }

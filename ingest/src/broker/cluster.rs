@@ -57,10 +57,16 @@ pub(super) enum Retire {
 
 /// The leader of every partition: each partition ranks the nodes by a hash of (partition, node)
 /// (rendezvous hashing, so most partitions keep their node when others come and go) and takes
-/// the best-ranked node that has fewer than ⌈partitions / nodes⌉, so the load is even. Every node
-/// computes the same answer from the same sorted inputs. The hash is part of the cluster
-/// protocol: nodes of one cluster must agree on it.
-pub fn assign(parts: &[PartitionKey], nodes: &[NodeId]) -> HashMap<PartitionKey, NodeId> {
+/// the best-ranked node that has fewer than ⌈partitions / nodes⌉, so the load is even. A node in
+/// `passed_over` for a partition (it said it cannot open it now) is skipped for that partition
+/// while another node can take it, past the even share if need be. Every node computes the same
+/// answer from the same sorted inputs. The hash is part of the cluster protocol: nodes of one
+/// cluster must agree on it.
+pub fn assign(
+    parts: &[PartitionKey],
+    nodes: &[NodeId],
+    passed_over: &std::collections::HashSet<(PartitionKey, NodeId)>,
+) -> HashMap<PartitionKey, NodeId> {
     let mut out = HashMap::with_capacity(parts.len());
     if nodes.is_empty() {
         return out;
@@ -71,10 +77,14 @@ pub fn assign(parts: &[PartitionKey], nodes: &[NodeId]) -> HashMap<PartitionKey,
     for part in parts {
         let base = fnv1a(part.0.as_bytes()) ^ u64::from(part.1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         ranked.sort_by_key(|&n| (std::cmp::Reverse(mix(base ^ mix(n))), n));
+        let able = |n: &NodeId| !passed_over.contains(&(part.clone(), *n));
+        let room = |n: &NodeId| load.get(n).copied().unwrap_or(0) < cap;
         let node = ranked
             .iter()
             .copied()
-            .find(|n| load.get(n).copied().unwrap_or(0) < cap)
+            .find(|n| able(n) && room(n))
+            .or_else(|| ranked.iter().copied().find(able))
+            .or_else(|| ranked.iter().copied().find(room))
             .expect("capacity covers every partition");
         *load.entry(node).or_default() += 1;
         out.insert(part.clone(), node);
@@ -169,11 +179,11 @@ impl Broker {
             nodes = self.inner.meta.list_nodes().await?;
         }
         let topics = self.inner.meta.list_topics().await?;
-        let leaders = self.inner.meta.list_leaders().await?;
-        let leaders: HashMap<PartitionKey, meta::Leader> = leaders
+        let snapshot = self.inner.meta.list_leaders().await?;
+        let leaders: HashMap<PartitionKey, meta::Leader> = snapshot
             .leaders
-            .into_iter()
-            .map(|l| ((l.topic, l.partition), l.leader))
+            .iter()
+            .map(|l| ((l.topic.clone(), l.partition), l.leader))
             .collect();
         *self.inner.nodes.write().expect("nodes lock poisoned") =
             nodes.iter().map(|n| (n.node_id, n.addr.clone())).collect();
@@ -191,7 +201,14 @@ impl Broker {
             .collect();
         parts.sort();
         let live: Vec<NodeId> = nodes.iter().map(|n| n.node_id).collect();
-        let owners = assign(&parts, &live);
+        let now = super::now_ms();
+        let passed_over = snapshot
+            .unable
+            .iter()
+            .filter(|u| u.until_ms > now)
+            .map(|u| ((u.topic.clone(), u.partition), u.node_id))
+            .collect();
+        let owners = assign(&parts, &live, &passed_over);
 
         // Just back from a lost lease: at first, retake only what we led before (its hot tail is
         // here), assigned to us or not, and leave the rest to the nodes that led it, which are
@@ -219,6 +236,12 @@ impl Broker {
                 .is_some_and(|l| l.node_id == me && l.epoch == led.epoch);
             if !ours {
                 self.retire(&key.0, p, &led, Retire::Lost).await?;
+                continue;
+            }
+            if let Some(since) = self.inner.tier.reopen_pending_since(&led.storage, p)
+                && since.elapsed() >= self.inner.cfg.reopen_give_up
+            {
+                self.give_up(&key, &led, since.elapsed()).await;
                 continue;
             }
             if owners.get(&key) != Some(&me) && rejoined.is_none() {
@@ -271,8 +294,11 @@ impl Broker {
                 &storage,
                 p,
                 tier::ColdRetention {
-                    ms: t.config.retention_ms,
-                    bytes: t.config.retention_bytes.map(|b| b.max(0) as u64),
+                    age: t
+                        .config
+                        .retention_ms
+                        .map(|ms| Duration::from_millis(ms.get())),
+                    bytes: t.config.retention_bytes,
                 },
             )
         }
@@ -284,7 +310,7 @@ impl Broker {
                 let delay = backoff
                     .get(&key)
                     .map_or(TAKE_BACKOFF_MIN, |(_, d)| (*d * 2).min(TAKE_BACKOFF_MAX));
-                backoff.insert(key, (Instant::now() + delay, delay));
+                backoff.insert(key.clone(), (Instant::now() + delay, delay));
                 delay
             };
             tracing::warn!(topic = t.name, partition = p, epoch, error = %e, retry_in = ?delay,
@@ -296,6 +322,8 @@ impl Broker {
                 // The lease takes the leader key along when it ends.
                 tracing::warn!(topic = t.name, partition = p, error = %r, "resigning after a failed open");
             }
+            self.pass_over(&key, delay, &format!("cannot open it: {e}"))
+                .await;
             return Err(e.into());
         }
         inner
@@ -303,6 +331,17 @@ impl Broker {
             .lock()
             .expect("backoff lock poisoned")
             .remove(&key);
+        let was_passed_over = inner
+            .passed_over
+            .lock()
+            .expect("passed-over lock poisoned")
+            .remove(&key);
+        if was_passed_over
+            && let Err(e) = inner.meta.clear_unable(&t.name, p, inner.cfg.node_id).await
+        {
+            tracing::warn!(topic = t.name, partition = p, error = %e,
+                "could not take back the word that this node cannot open the partition; it expires");
+        }
         inner.led.write().expect("led lock poisoned").insert(
             (t.name.clone(), p),
             Arc::new(Led {
@@ -361,6 +400,67 @@ impl Broker {
             // The lease will take the leader key along when it ends.
             Err(e) => tracing::warn!(topic, partition = p, error = %e, "resigning after hand-off"),
         }
+    }
+
+    /// Says in `meta` that this node cannot open `key` for the next `for_how_long`, so that
+    /// every node's assignment hands it to another node meanwhile (under this node's lease: the
+    /// word goes with the node).
+    async fn pass_over(&self, key: &PartitionKey, for_how_long: Duration, why: &str) {
+        let inner = &self.inner;
+        let lease = *inner.lease.lock().expect("lease lock poisoned");
+        let word = meta::Unable {
+            topic: key.0.clone(),
+            partition: key.1,
+            node_id: inner.cfg.node_id,
+            until_ms: super::now_ms()
+                .saturating_add(i64::try_from(for_how_long.as_millis()).unwrap_or(i64::MAX)),
+            reason: why.to_string(),
+        };
+        match inner.meta.mark_unable(&word, lease).await {
+            Ok(()) => {
+                inner
+                    .passed_over
+                    .lock()
+                    .expect("passed-over lock poisoned")
+                    .insert(key.clone());
+                inner.wake.notify_one();
+            }
+            Err(e) => tracing::warn!(topic = key.0, partition = key.1, error = %e,
+                "could not tell the cluster to pass this node over for the partition"),
+        }
+    }
+
+    /// A partition whose reopen (after a failed fsync) keeps failing here: stop leading it and
+    /// have the cluster pass this node over for it, so another node serves it instead of
+    /// clients being sent NOT_LEADER here forever. What its hot tail held that was not uploaded
+    /// stays on this disk.
+    async fn give_up(&self, key: &PartitionKey, led: &Led, failing_for: Duration) {
+        tracing::error!(
+            topic = key.0,
+            partition = key.1,
+            epoch = led.epoch,
+            ?failing_for,
+            "the partition cannot be reopened here; handing it to another node"
+        );
+        if let Err(e) = self.retire(&key.0, key.1, led, Retire::Lost).await {
+            tracing::warn!(topic = key.0, partition = key.1, error = %e, "closing a partition given up");
+        }
+        if let Err(e) = self
+            .inner
+            .meta
+            .resign_leadership(&key.0, key.1, led.epoch)
+            .await
+        {
+            tracing::warn!(topic = key.0, partition = key.1, error = %e, "resigning a partition given up");
+        }
+        let delay = self.inner.cfg.reopen_give_up.max(TAKE_BACKOFF_MAX);
+        self.inner
+            .take_backoff
+            .lock()
+            .expect("backoff lock poisoned")
+            .insert(key.clone(), (Instant::now() + delay, delay));
+        self.pass_over(key, delay, "its reopen after a failed fsync keeps failing")
+            .await;
     }
 
     /// Stops leading a partition without uploading.
@@ -477,7 +577,7 @@ mod tests {
         for nodes in 1..=5u64 {
             let ids: Vec<NodeId> = (1..=nodes).collect();
             let ps = parts(&[("orders", 6), ("clicks", 7), ("a", 1)]);
-            let a = assign(&ps, &ids);
+            let a = assign(&ps, &ids, &Default::default());
             assert_eq!(a.len(), ps.len());
             let cap = ps.len().div_ceil(ids.len());
             for n in &ids {
@@ -491,9 +591,10 @@ mod tests {
     #[test]
     fn assignment_is_deterministic_and_mostly_stable() {
         let ps = parts(&[("orders", 60)]);
-        let three = assign(&ps, &[1, 2, 3]);
-        assert_eq!(three, assign(&ps, &[3, 1, 2]));
-        let four = assign(&ps, &[1, 2, 3, 4]);
+        let none = Default::default();
+        let three = assign(&ps, &[1, 2, 3], &none);
+        assert_eq!(three, assign(&ps, &[3, 1, 2], &none));
+        let four = assign(&ps, &[1, 2, 3, 4], &none);
         let moved = ps.iter().filter(|k| three[*k] != four[*k]).count();
         // A fourth node should take about a quarter, not reshuffle everything.
         assert!(moved <= 30, "{moved} of 60 partitions moved");
@@ -502,6 +603,31 @@ mod tests {
 
     #[test]
     fn no_nodes_no_assignment() {
-        assert!(assign(&parts(&[("t", 3)]), &[]).is_empty());
+        assert!(assign(&parts(&[("t", 3)]), &[], &Default::default()).is_empty());
+    }
+
+    /// A node passed over for a partition does not get it while another node can take it, even
+    /// past the even share; nothing else moves; with every node passed over it is assigned as
+    /// usual.
+    #[test]
+    fn a_passed_over_node_is_skipped_for_that_partition_only() {
+        let ps = parts(&[("orders", 6)]);
+        let nodes = [1, 2, 3];
+        let before = assign(&ps, &nodes, &Default::default());
+        let victim = ps[0].clone();
+        let owner = before[&victim];
+        let passed: std::collections::HashSet<_> = [(victim.clone(), owner)].into();
+        let after = assign(&ps, &nodes, &passed);
+        assert_ne!(after[&victim], owner);
+        assert_eq!(after.len(), ps.len());
+        let all: std::collections::HashSet<_> =
+            nodes.iter().map(|n| (victim.clone(), *n)).collect();
+        assert_eq!(assign(&ps, &nodes, &all)[&victim], owner);
+        let single: std::collections::HashSet<_> = [(victim.clone(), 7)].into();
+        assert_eq!(
+            assign(&ps, &[7], &single)[&victim],
+            7,
+            "no one else: still assigned"
+        );
     }
 }

@@ -260,9 +260,169 @@ async fn node(
     let cfg = BrokerConfig {
         node_id,
         advertised_addr: format!("node-{node_id}.invalid:7070"),
+        reopen_give_up: Duration::from_secs(1),
         ..BrokerConfig::default()
     };
     Broker::start(tier, Meta::new(kv), cfg).await.unwrap()
+}
+
+/// A topic name whose partition 0 the assignment gives to node 1 of nodes 1 and 2.
+fn topic_assigned_to_node_1() -> String {
+    (0..)
+        .map(|i| format!("t{i}"))
+        .find(|t| {
+            let parts = [(t.clone(), 0)];
+            cluster::assign(&parts, &[1, 2], &Default::default())[&parts[0]] == 1
+        })
+        .expect("some name hashes to node 1")
+}
+
+/// Polls until node `who` leads partition 0 of `topic` (or 20 s pass).
+async fn wait_for_leader(b: &Broker, topic: &str, who: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = b.inner.meta.current_leader(topic, 0).await.unwrap();
+        if leader.is_some_and(|l| l.node_id == who) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {who} never led {topic}/0 (leader: {leader:?}, passed over: {:?})",
+            b.inner.meta.list_leaders().await.unwrap().unable
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Produces one record at acks=all through `b`, retrying while leadership moves (NOT_LEADER);
+/// returns its offset.
+async fn produce_when_led(b: &Broker, topic: &str, value: &str) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match b
+            .produce(
+                topic,
+                0,
+                vec![rec(value)],
+                Acks::All,
+                Compression::None,
+                None,
+            )
+            .await
+        {
+            Ok(r) => return r.base_offset,
+            Err(e) if e.code() == crate::Code::NotLeader => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never led long enough to produce"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A node that cannot open a partition assigned to it (its view of the store fails reads) tells
+/// the cluster so; the other node serves the partition meanwhile instead of nobody, and once
+/// the first node can open it again the partition comes back to it and the word is taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_open_a_partition_is_passed_over_until_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = tier::store::open_store("memory://", &[]).unwrap();
+    let failing = StdArc::new(tier::store::Decorated::new(inner.clone()));
+    let kv = StdArc::new(EmbeddedKv::memory());
+    let one = node(dir.path(), failing.clone(), kv.clone(), 1).await;
+    let two = node(dir.path(), inner, kv, 2).await;
+    let topic = topic_assigned_to_node_1();
+    failing
+        .faults
+        .fail_gets
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    two.inner
+        .meta
+        .create_topic(&topic, TopicConfig::new(1))
+        .await
+        .unwrap();
+    wait_for_leader(&two, &topic, 2).await;
+    assert_eq!(produce_when_led(&two, &topic, "served").await, 0);
+    failing
+        .faults
+        .fail_gets
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_for_leader(&two, &topic, 1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !one
+        .inner
+        .meta
+        .list_leaders()
+        .await
+        .unwrap()
+        .unable
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the word was never taken back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        match one.read(&topic, 0, 0, 1 << 20, None).await {
+            Ok(r) if !r.records.is_empty() => break r,
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 never served the record"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got.records[0].value.as_deref(), Some(&b"served"[..]));
+}
+
+/// A partition whose reopen after a failed fsync keeps failing (the store cannot be read) is
+/// given up after `reopen_give_up` and served by the other node, instead of its clients being
+/// sent NOT_LEADER by the failing node forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_reopen_keeps_failing_is_handed_to_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = tier::store::open_store("memory://", &[]).unwrap();
+    let failing = StdArc::new(tier::store::Decorated::new(inner.clone()));
+    let kv = StdArc::new(EmbeddedKv::memory());
+    let one = node(dir.path(), failing.clone(), kv.clone(), 1).await;
+    let two = node(dir.path(), inner, kv, 2).await;
+    let topic = topic_assigned_to_node_1();
+    one.create_topic(&topic, TopicConfig::new(1)).await.unwrap();
+    wait_for_leader(&two, &topic, 1).await;
+    let r = one
+        .produce(
+            &topic,
+            0,
+            vec![rec("before")],
+            Acks::All,
+            Compression::None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.base_offset, 0);
+    let storage = one.partition(&topic, 0).await.unwrap().1;
+    failing
+        .faults
+        .fail_gets
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    one.tier().fail_partition_for_test(&storage, 0).unwrap();
+    wait_for_leader(&two, &topic, 2).await;
+    let words = two.inner.meta.list_leaders().await.unwrap().unable;
+    assert_eq!(words.len(), 1, "{words:?}");
+    assert_eq!(words[0].node_id, 1);
+    assert!(words[0].reason.contains("reopen"), "{words:?}");
+    assert_eq!(
+        produce_when_led(&two, &topic, "after").await,
+        1,
+        "continues after what was committed"
+    );
 }
 
 /// Partitions each node leads, polled until `want` holds (or 10 s pass).
@@ -574,4 +734,116 @@ async fn a_failed_partition_open_backs_off_and_succeeds_once_the_store_is_back()
         .unwrap();
     assert_eq!(r.base_offset, 0);
     assert_eq!(backoff(), None, "forgotten once open");
+}
+
+/// Regression: one small produce request whose batch (valid CRC) claims 2^31-1 compressed
+/// records aborted the node by reserving room for them. It is refused as invalid, and the node
+/// goes on serving.
+#[tokio::test]
+async fn a_batch_claiming_billions_of_records_is_refused_and_the_node_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("t", TopicConfig::new(1)).await.unwrap();
+    for codec in [Compression::Zstd, Compression::None] {
+        let mut builder = BatchBuilder::new(codec);
+        builder.push(0, None, Some(b"v"), &[]);
+        let mut bytes = bytes::BytesMut::from(&builder.build().unwrap().as_bytes()[..]);
+        bytes[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        bytes[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(bytes.len() <= 100, "{} bytes", bytes.len());
+        let e = b
+            .produce_batch("t", 0, bytes.freeze(), Acks::Leader)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), crate::Code::InvalidRequest, "{e}");
+        assert!(e.to_string().contains("claims 2147483647"), "{e}");
+    }
+    let r = b
+        .produce(
+            "t",
+            0,
+            vec![rec("after")],
+            Acks::Leader,
+            Compression::None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.base_offset, 0, "nothing of the forged batches was stored");
+}
+
+/// Limits refuse what is past them with a clear error naming the setting, and numbers a
+/// client may send out of range are refused one by one; the fetch size is cut to its limit.
+#[tokio::test]
+async fn limits_refuse_topics_partitions_and_bad_numbers_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = tier::store::open_store("memory://", &[]).unwrap();
+    let cfg = tier::TierConfig {
+        data_dir: dir.path().join("hot"),
+        ..tier::TierConfig::default()
+    };
+    let tier = Tier::open(cfg, store, Path::from("c")).await.unwrap();
+    let meta = Meta::new(StdArc::new(EmbeddedKv::memory()));
+    let cfg = BrokerConfig {
+        limits: Limits {
+            max_topics: 2,
+            max_partitions_per_topic: 4,
+            max_fetch_bytes: 1000,
+            fetch_buffer_bytes: 1000,
+            ..Limits::default()
+        },
+        ..BrokerConfig::default()
+    };
+    let b = Broker::start(tier, meta, cfg).await.unwrap();
+    let e = b
+        .create_topic("wide", TopicConfig::new(5))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), crate::Code::LimitExceeded);
+    assert!(e.to_string().contains("max_partitions_per_topic"), "{e}");
+    b.create_topic("a", TopicConfig::new(4)).await.unwrap();
+    b.create_topic("b", TopicConfig::new(1)).await.unwrap();
+    let e = b.create_topic("c", TopicConfig::new(1)).await.unwrap_err();
+    assert_eq!(e.code(), crate::Code::LimitExceeded);
+    assert!(e.to_string().contains("max_topics"), "{e}");
+
+    let at = |ts| ProduceRecord {
+        timestamp_ms: ts,
+        ..rec(&"v".repeat(300))
+    };
+    let r = b
+        .produce(
+            "b",
+            0,
+            vec![at(5), at(-3), at(i64::MAX), at(0), at(MAX_TIMESTAMP_MS)],
+            Acks::Leader,
+            Compression::None,
+            None,
+        )
+        .await
+        .unwrap();
+    let refused: Vec<usize> = r.errors.iter().map(|(i, _)| *i).collect();
+    assert_eq!(refused, vec![1, 2]);
+    assert!(
+        r.errors[0].1.to_string().contains("timestamp -3"),
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(r.accepted, 3);
+    // A fetch for a gigabyte is cut to the 1000-byte limit: it gets its permit from a buffer
+    // of 1000 bytes (it would wait forever for a gigabyte of them).
+    let got = tokio::time::timeout(Duration::from_secs(10), b.read("b", 0, 0, 1 << 30, None))
+        .await
+        .expect("cut to max_fetch_bytes")
+        .unwrap();
+    assert_eq!(got.records.len(), 3);
+    // Two permits of the whole buffer cannot be held at once: the second read waits until
+    // the first answer is dropped.
+    let (_, held) = b.read_held("b", 0, 0, 1000, None).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_millis(200), b.read("b", 0, 0, 1000, None));
+    assert!(second.await.is_err(), "the fetch buffer is full");
+    drop(held);
+    b.read("b", 0, 0, 1000, None).await.unwrap();
 }

@@ -19,7 +19,7 @@ fn config(partitions: u32) -> TopicConfig {
 pub async fn topics_crud(kv: Backend, _opts: SuiteOptions) {
     let meta = Meta::new(kv);
     let mut cfg = config(3);
-    cfg.retention_ms = Some(3_600_000);
+    cfg.retention_ms = std::num::NonZeroU64::new(3_600_000);
     cfg.extra.insert("cleanup.policy".into(), "delete".into());
     let orders = meta
         .create_topic("orders", cfg.clone())
@@ -296,6 +296,41 @@ pub async fn leadership_lost_on_lease_expiry(kv: Backend, opts: SuiteOptions) {
     let res = meta.check_epoch("t", 0, e1).await;
     assert!(matches!(res, Err(Error::Fenced { .. })), "{res:?}");
     kv.revoke_lease(long).await.expect("revoke");
+}
+
+/// A node's word that it cannot open a partition is listed with the leaders, replaced by a
+/// newer word, taken back by the node, and gone with its lease or with the topic.
+pub async fn unable_words_follow_their_node(kv: Backend, _opts: SuiteOptions) {
+    use crate::domain::Unable;
+    let meta = Meta::new(Arc::clone(&kv));
+    meta.create_topic("t", config(2)).await.expect("create");
+    let lease = kv.grant_lease(LONG_TTL).await.expect("grant");
+    let word = |node_id, until_ms| Unable {
+        topic: "t".into(),
+        partition: 1,
+        node_id,
+        until_ms,
+        reason: "the object store refuses reads".into(),
+    };
+    meta.mark_unable(&word(3, 100), lease).await.expect("mark");
+    meta.mark_unable(&word(3, 200), lease)
+        .await
+        .expect("mark again");
+    meta.mark_unable(&word(4, 300), lease).await.expect("mark");
+    let listed = meta.list_leaders().await.expect("list").unable;
+    assert_eq!(listed, vec![word(3, 200), word(4, 300)]);
+    meta.clear_unable("t", 1, 3).await.expect("clear");
+    assert_eq!(
+        meta.list_leaders().await.expect("list").unable,
+        vec![word(4, 300)]
+    );
+    kv.revoke_lease(lease).await.expect("revoke");
+    assert!(meta.list_leaders().await.expect("list").unable.is_empty());
+    let lease = kv.grant_lease(LONG_TTL).await.expect("grant");
+    meta.mark_unable(&word(5, 1), lease).await.expect("mark");
+    meta.delete_topic("t").await.expect("delete");
+    assert!(meta.list_leaders().await.expect("list").unable.is_empty());
+    kv.revoke_lease(lease).await.expect("revoke");
 }
 
 /// Of many nodes racing for one partition, exactly one wins.

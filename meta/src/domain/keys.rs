@@ -47,6 +47,8 @@ pub(super) fn validate_group(group: &str) -> Result<()> {
 pub(super) enum PartitionKey {
     Epoch,
     Leader,
+    /// A node that cannot open the partition now (`partitions/<topic>/<p>/unable/<node>`).
+    Unable(u64),
 }
 
 #[derive(Debug)]
@@ -91,7 +93,11 @@ impl Keys {
         format!("{}partitions/{topic}/{partition}/leader", self.root)
     }
 
-    /// Splits `partitions/<topic>/<p>/{epoch,leader}`; `None` for other keys.
+    pub fn unable(&self, topic: &str, partition: u32, node: u64) -> String {
+        format!("{}partitions/{topic}/{partition}/unable/{node}", self.root)
+    }
+
+    /// Splits `partitions/<topic>/<p>/{epoch,leader,unable/<node>}`; `None` for other keys.
     pub fn parse_partition_key(&self, key: &[u8]) -> Option<(String, u32, PartitionKey)> {
         let rest = std::str::from_utf8(key)
             .ok()?
@@ -99,14 +105,15 @@ impl Keys {
             .strip_prefix("partitions/")?;
         let mut parts = rest.split('/');
         let (topic, partition, kind) = (parts.next()?, parts.next()?, parts.next()?);
+        let kind = match (kind, parts.next()) {
+            ("epoch", None) => PartitionKey::Epoch,
+            ("leader", None) => PartitionKey::Leader,
+            ("unable", Some(node)) => PartitionKey::Unable(node.parse().ok()?),
+            _ => return None,
+        };
         if parts.next().is_some() {
             return None;
         }
-        let kind = match kind {
-            "epoch" => PartitionKey::Epoch,
-            "leader" => PartitionKey::Leader,
-            _ => return None,
-        };
         Some((topic.to_owned(), partition.parse().ok()?, kind))
     }
 
@@ -202,6 +209,7 @@ mod tests {
         assert_eq!(keys.counter("topic"), "/tierlog/ids/topic");
         assert_eq!(keys.epoch("t", 3), "/tierlog/partitions/t/3/epoch");
         assert_eq!(keys.leader("t", 3), "/tierlog/partitions/t/3/leader");
+        assert_eq!(keys.unable("t", 3, 2), "/tierlog/partitions/t/3/unable/2");
         assert_eq!(keys.node(7), "/tierlog/nodes/7");
         assert_eq!(keys.offset("g", "t", 1), "/tierlog/groups/g/offsets/t/1");
         assert_eq!(keys.group("a/b%"), "/tierlog/groups/a%2Fb%25/");
@@ -213,6 +221,18 @@ mod tests {
         assert_eq!(
             keys.parse_partition_key(keys.leader("t.x", 12).as_bytes()),
             Some(("t.x".into(), 12, PartitionKey::Leader))
+        );
+        assert_eq!(
+            keys.parse_partition_key(keys.unable("t", 2, 9).as_bytes()),
+            Some(("t".into(), 2, PartitionKey::Unable(9)))
+        );
+        assert_eq!(
+            keys.parse_partition_key(b"/r/partitions/t/1/leader/x"),
+            None
+        );
+        assert_eq!(
+            keys.parse_partition_key(b"/r/partitions/t/1/unable/x"),
+            None
         );
         assert_eq!(keys.parse_partition_key(b"/r/partitions/t/1/other"), None);
         assert_eq!(keys.parse_partition_key(b"/r/partitions/t/x/epoch"), None);

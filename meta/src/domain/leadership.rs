@@ -6,6 +6,10 @@
 //! - `partitions/<topic>/<p>/leader`: JSON [`Leader`], attached to the leader's lease, so it
 //!   vanishes when the leader dies.
 //!
+//! - `partitions/<topic>/<p>/unable/<node>`: JSON [`Unable`], attached to that node's lease:
+//!   the node cannot open the partition now (its store or disk fails it), so the assignment
+//!   passes it over until the time it names.
+//!
 //! Acquiring writes both in one txn, guarded by: the topic unchanged (and the partition in
 //! range), the leader key absent or held by the same node under the same lease, and the epoch
 //! unchanged. Hence epochs strictly increase across grants and at most one node holds a given
@@ -40,10 +44,25 @@ pub struct PartitionLeader {
     pub leader: Leader,
 }
 
+/// A node that cannot open a partition now: the assignment passes it over for that partition
+/// until `until_ms` (Unix ms, by the reader's clock), or until its lease ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unable {
+    pub topic: String,
+    pub partition: u32,
+    pub node_id: NodeId,
+    pub until_ms: i64,
+    /// Why, for people reading the cluster's state.
+    pub reason: String,
+}
+
 /// All current leaders, read at `revision`: watch from `revision + 1` to follow changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderSnapshot {
     pub leaders: Vec<PartitionLeader>,
+    /// Nodes that said they cannot open a partition now (expired ones included: the reader
+    /// compares `until_ms` with its clock).
+    pub unable: Vec<Unable>,
     pub revision: i64,
 }
 
@@ -222,22 +241,56 @@ impl Meta {
             .range(self.keys.partitions().as_bytes(), None)
             .await?;
         let mut leaders = Vec::new();
+        let mut unable = Vec::new();
         for kv in &range.kvs {
-            if let Some((topic, partition, PartitionKey::Leader)) =
-                self.keys.parse_partition_key(&kv.key)
-            {
-                leaders.push(PartitionLeader {
-                    topic,
-                    partition,
-                    leader: decode_json(kv)?,
-                });
+            match self.keys.parse_partition_key(&kv.key) {
+                Some((topic, partition, PartitionKey::Leader)) => {
+                    leaders.push(PartitionLeader {
+                        topic,
+                        partition,
+                        leader: decode_json(kv)?,
+                    });
+                }
+                Some((_, _, PartitionKey::Unable(_))) => unable.push(decode_json(kv)?),
+                _ => {}
             }
         }
         leaders.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(LeaderSnapshot {
             leaders,
+            unable,
             revision: range.revision,
         })
+    }
+
+    /// Says that `node_id` cannot open `topic`/`partition` until `until_ms`, under the node's
+    /// `lease` (so the word goes with the node). Overwrites an earlier word of the same node.
+    pub async fn mark_unable(&self, unable: &Unable, lease: LeaseId) -> Result<()> {
+        validate_topic_name(&unable.topic)?;
+        let key = self
+            .keys
+            .unable(&unable.topic, unable.partition, unable.node_id);
+        self.kv
+            .put(key.as_bytes(), encode_json(unable), Some(lease))
+            .await?;
+        tracing::info!(
+            topic = unable.topic,
+            partition = unable.partition,
+            node = unable.node_id,
+            until_ms = unable.until_ms,
+            reason = unable.reason,
+            "node passed over for the partition"
+        );
+        Ok(())
+    }
+
+    /// Takes back `node_id`'s word that it cannot open the partition (it opened it).
+    pub async fn clear_unable(&self, topic: &str, partition: u32, node_id: NodeId) -> Result<()> {
+        validate_topic_name(topic)?;
+        self.kv
+            .delete(self.keys.unable(topic, partition, node_id).as_bytes())
+            .await?;
+        Ok(())
     }
 
     /// Follows leadership changes of all partitions, from `start_revision` when given.

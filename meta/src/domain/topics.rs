@@ -4,8 +4,9 @@
 //! the same txn that writes the topic); a topic's partition count never shrinks.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::keys::{PartitionKey, validate_topic_name};
 use super::{
@@ -23,12 +24,21 @@ const RESERVED: [&str; 3] = ["partitions", "retention_ms", "retention_bytes"];
 pub struct TopicConfig {
     /// Number of partitions, >= 1. May grow, never shrink.
     pub partitions: u32,
-    /// How long records are kept: `None` = cluster default, `Some(-1)` = forever.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention_ms: Option<i64>,
-    /// Bytes kept per partition: `None` = cluster default, `Some(-1)` = unlimited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention_bytes: Option<i64>,
+    /// How long records are kept, ms: `None` = forever (tierlog's default; there is no cluster
+    /// default that shortens it). Wire forms (`-1` = unlimited) go through [`retention_limit`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "stored_limit"
+    )]
+    pub retention_ms: Option<NonZeroU64>,
+    /// Bytes kept per partition: `None` = unlimited.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "stored_limit"
+    )]
+    pub retention_bytes: Option<NonZeroU64>,
     /// Other settings, stored as-is (e.g. Kafka's `cleanup.policy`).
     #[serde(flatten)]
     pub extra: BTreeMap<String, String>,
@@ -48,16 +58,6 @@ impl TopicConfig {
         if self.partitions == 0 {
             return Err(Error::invalid("a topic needs at least one partition"));
         }
-        for (name, value) in [
-            ("retention_ms", self.retention_ms),
-            ("retention_bytes", self.retention_bytes),
-        ] {
-            if let Some(v) = value.filter(|v| *v != -1 && *v <= 0) {
-                return Err(Error::invalid(format!(
-                    "{name} must be positive or -1 (unlimited), got {v}"
-                )));
-            }
-        }
         if let Some(key) = self
             .extra
             .keys()
@@ -69,6 +69,38 @@ impl TopicConfig {
         }
         Ok(())
     }
+}
+
+/// Reads a retention limit as the wire states it (tierlog.v1's optional int64 and Kafka's
+/// `retention.ms` / `retention.bytes`): absent or `-1` means unlimited, a positive number is the
+/// limit, anything else is refused. The one place where the `-1` sentinel is understood.
+pub fn retention_limit(name: &str, wire: Option<i64>) -> Result<Option<NonZeroU64>> {
+    match wire {
+        None | Some(-1) => Ok(None),
+        Some(v) => u64::try_from(v)
+            .ok()
+            .and_then(NonZeroU64::new)
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{name} must be positive or -1 (unlimited), got {v}"
+                ))
+            }),
+    }
+}
+
+/// A retention limit as the wire states it: the limit, or `None` (absent: unlimited).
+pub fn retention_wire(limit: Option<NonZeroU64>) -> Option<i64> {
+    limit.map(|v| i64::try_from(v.get()).unwrap_or(i64::MAX))
+}
+
+/// Stored limits: a positive number; `-1` (written by earlier versions for "unlimited") reads as
+/// unlimited.
+fn stored_limit<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<NonZeroU64>, D::Error> {
+    let v = Option::<i64>::deserialize(d)?;
+    retention_limit("a stored retention limit", v).map_err(serde::de::Error::custom)
 }
 
 /// A topic as stored.
@@ -204,7 +236,8 @@ impl Meta {
         Err(contention(format!("delete_topic({name})")))
     }
 
-    /// Deletes leader keys of `topic` written before `deleted_at` (the topic's deletion).
+    /// Deletes leader keys (and nodes' words that they cannot open a partition) of `topic`
+    /// written before `deleted_at` (the topic's deletion).
     /// Leadership is only granted while the topic exists, so after this no leader key of the
     /// deleted incarnation is left; keys of a re-created incarnation are newer and untouched.
     async fn drop_stale_leaders(&self, topic: &str, deleted_at: i64) -> Result<()> {
@@ -217,7 +250,7 @@ impl Meta {
             .filter(|kv| {
                 matches!(
                     self.keys.parse_partition_key(&kv.key),
-                    Some((_, _, PartitionKey::Leader))
+                    Some((_, _, PartitionKey::Leader | PartitionKey::Unable(_)))
                 )
             })
             .collect();
@@ -254,7 +287,7 @@ mod tests {
     #[test]
     fn topic_json_golden() {
         let mut config = TopicConfig::new(3);
-        config.retention_ms = Some(86_400_000);
+        config.retention_ms = NonZeroU64::new(86_400_000);
         config
             .extra
             .insert("cleanup.policy".to_owned(), "delete".to_owned());
@@ -273,15 +306,34 @@ mod tests {
         assert_eq!(back, topic);
     }
 
+    /// `-1` and absent are both "unlimited" and never become a limit; zero and other negative
+    /// numbers are refused; what earlier versions stored as `-1` reads back as unlimited.
+    #[test]
+    fn retention_limits_from_the_wire_and_the_store() {
+        assert_eq!(retention_limit("retention_ms", None).unwrap(), None);
+        assert_eq!(retention_limit("retention_ms", Some(-1)).unwrap(), None);
+        assert_eq!(
+            retention_limit("retention_ms", Some(5)).unwrap(),
+            NonZeroU64::new(5)
+        );
+        for bad in [0, -2, i64::MIN] {
+            let e = retention_limit("retention_bytes", Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("retention_bytes"), "{e}");
+        }
+        assert_eq!(retention_wire(None), None);
+        assert_eq!(retention_wire(NonZeroU64::new(7)), Some(7));
+        let old = r#"{"partitions":1,"retention_ms":-1,"retention_bytes":-1}"#;
+        let c: TopicConfig = serde_json::from_str(old).unwrap();
+        assert_eq!((c.retention_ms, c.retention_bytes), (None, None));
+        assert!(
+            serde_json::from_str::<TopicConfig>(r#"{"partitions":1,"retention_ms":0}"#).is_err()
+        );
+    }
+
     #[test]
     fn config_validation() {
         assert!(TopicConfig::new(1).validate().is_ok());
         assert!(TopicConfig::new(0).validate().is_err());
-        let mut c = TopicConfig::new(1);
-        c.retention_bytes = Some(-1);
-        assert!(c.validate().is_ok());
-        c.retention_ms = Some(0);
-        assert!(c.validate().is_err());
         let mut c = TopicConfig::new(1);
         c.extra.insert("partitions".into(), "9".into());
         assert!(c.validate().is_err());

@@ -153,3 +153,90 @@ fn validate_rejects_records_that_disagree_with_the_header() {
     let err = lying.validate().unwrap_err().to_string();
     assert!(err.contains("max timestamp"), "{err}");
 }
+
+/// Rewrites a built batch's header fields at `at` with `bytes` and fixes the CRC, as a client
+/// that means harm would: the batch passes every check that the CRC covers.
+fn forged(batch: &RecordBatch, patches: &[(usize, &[u8])]) -> Bytes {
+    let mut b = BytesMut::from(&batch.as_bytes()[..]);
+    for (at, bytes) in patches {
+        b[*at..*at + bytes.len()].copy_from_slice(bytes);
+    }
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
+/// Regression: an 80-byte batch with a valid CRC whose header claims 2^31-1 records made the
+/// decoder reserve room for all of them and abort the process. Now a header claiming more than
+/// [`MAX_BATCH_RECORDS`] is refused as it is parsed, and a count within it is checked against
+/// what the body can hold before it sizes anything, with or without compression.
+#[test]
+fn a_record_count_the_body_cannot_hold_is_refused_before_any_allocation() {
+    for codec in [Compression::None, Compression::Zstd] {
+        let mut b = BatchBuilder::new(codec);
+        b.push(0, None, Some(b"v"), &[]);
+        let batch = b.build().unwrap();
+        let claim = |count: i32| {
+            forged(
+                &batch,
+                &[
+                    (23, &(count - 1).to_be_bytes()[..]),
+                    (57, &count.to_be_bytes()[..]),
+                ],
+            )
+        };
+        let bytes = claim(i32::MAX);
+        assert!(bytes.len() < 100, "a small request: {} bytes", bytes.len());
+        let e = RecordBatch::parse(bytes).unwrap_err();
+        assert!(e.to_string().contains("claims 2147483647"), "{e}");
+        let parsed =
+            RecordBatch::parse(claim(MAX_BATCH_RECORDS)).expect("header and CRC are valid");
+        for e in [
+            parsed.validate().unwrap_err(),
+            parsed.records().unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("claims 262144 records"), "{e}");
+        }
+    }
+}
+
+/// Deltas that overflow the base offset or timestamp are refused, not wrapped (or a panic).
+#[test]
+fn deltas_that_overflow_are_refused() {
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(i64::MAX - 1, None, Some(b"v"), &[]);
+    b.push(i64::MAX, None, Some(b"v"), &[]);
+    let batch = b.build().unwrap();
+    // Base timestamp i64::MAX - 1 is fine; make the base so large that +1 overflows.
+    let bytes = forged(&batch, &[(27, &i64::MAX.to_be_bytes()[..])]);
+    let e = RecordBatch::parse(bytes).unwrap().records().unwrap_err();
+    assert!(
+        e.to_string().contains("overflows the base timestamp"),
+        "{e}"
+    );
+    let e = batch
+        .clone()
+        .with_assigned(i64::MAX, 0)
+        .records()
+        .unwrap_err();
+    assert!(e.to_string().contains("overflows the base offset"), "{e}");
+}
+
+/// A small compressed body that expands past its ratio is refused; one within it decodes.
+#[test]
+fn a_body_that_expands_past_its_ratio_is_refused() {
+    assert_eq!(decompressed_limit(10), EXPANSION_FLOOR);
+    assert_eq!(decompressed_limit(1 << 20), MAX_DECOMPRESSED);
+    assert_eq!(decompressed_limit(100_000), 100_000 * MAX_EXPANSION);
+    // 16 MiB of zeros in one record compress to a few KiB: far over 256 times.
+    let mut b = BatchBuilder::new(Compression::Zstd);
+    b.push(0, None, Some(&vec![0u8; 16 << 20]), &[]);
+    let batch = b.build().unwrap();
+    assert!(batch.len() < 16 << 10, "{}", batch.len());
+    let e = batch.records().unwrap_err();
+    assert!(e.to_string().contains("over the limit"), "{e}");
+    // Within the floor: fine.
+    let mut b = BatchBuilder::new(Compression::Zstd);
+    b.push(0, None, Some(&vec![0u8; 4 << 20]), &[]);
+    assert_eq!(b.build().unwrap().records().unwrap().len(), 1);
+}

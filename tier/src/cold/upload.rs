@@ -8,7 +8,10 @@
 //! quiet partition; under steady load about once per `flush_interval_ms`, less what a cut takes
 //! besides its PUT (conversion, commit work; so a record is answered about one interval plus
 //! one PUT after it arrived), and apart from other partitions' cuts (`cold::plan`). That bounds
-//! the partition's PUT rate.
+//! the partition's PUT rate. Whatever the acks, the active segment is also cut once its oldest
+//! record that no cut covers is `upload_interval_ms` old: what exists only on the leader's disk
+//! is at most about that interval plus one upload, which bounds what a takeover without hand-off
+//! loses at acks=leader (`docs/durability.md`).
 //!
 //! Up to `uploads_in_flight` spans of a partition are in upload at once, each on a task of its
 //! own: converted side by side, written one at a time, each once the one before it is
@@ -71,10 +74,12 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
     // Oldest first. Dropping an entry aborts its task; a task commits only after the one before
     // it, so the aborted ones behind a failure have written nothing.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let start = |in_flight: &mut VecDeque<InFlight>, span: Span| {
+    let upload_interval = inner.cfg.upload_interval();
+    let start = |in_flight: &mut VecDeque<InFlight>, span: Span, cut: bool| {
         p.uploading_next.store(span.next_offset, Ordering::Release);
-        // Converted at normal priority when someone waits for it (see `cold::encoder`).
-        let urgent = p.commit_wanted.load(Ordering::Acquire) > span.base_offset;
+        // Converted at normal priority when someone waits for it, or when it is a cut (which
+        // bounds what a takeover can lose); see `cold::encoder`.
+        let urgent = cut || p.commit_wanted.load(Ordering::Acquire) > span.base_offset;
         let task = tokio::spawn(upload(inner.clone(), p.clone(), span.clone(), urgent));
         in_flight.push_back(InFlight {
             span,
@@ -95,7 +100,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                     .into_iter()
                     .take(depth.saturating_sub(in_flight.len()))
                 {
-                    start(&mut in_flight, span);
+                    start(&mut in_flight, span, false);
                 }
             }
             Err(e) => unreadable = Some((started, e)),
@@ -111,9 +116,9 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                 Some(due) if due > Instant::now() => wake = due,
                 _ => {
                     let at = Instant::now();
-                    match cut_for_waiters(&p, started).await {
+                    match cut_active(&p, started, "acks=all waiters").await {
                         Ok(Some(span)) => {
-                            start(&mut in_flight, span);
+                            start(&mut in_flight, span, true);
                             overhead.cut(at.elapsed());
                             let lead = overhead.lead(interval);
                             due = Some(inner.seal_plans.plan(&p.id, owner, at, lead, interval));
@@ -123,6 +128,25 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                         Err(e) => unreadable = Some((started, e)),
                     }
                 }
+            }
+        }
+        // Whatever the acks, records do not stay only on local disk for longer than
+        // `upload_interval_ms`: the active segment is cut once its oldest uncut record is that
+        // old, so a takeover without hand-off loses at most about one interval plus one upload.
+        if unreadable.is_none() && in_flight.len() < depth {
+            match p.log.tail_due_at(upload_interval) {
+                Some(at) if at <= Instant::now() => {
+                    match cut_active(&p, started, "the upload interval").await {
+                        Ok(Some(span)) => {
+                            start(&mut in_flight, span, true);
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => unreadable = Some((started, e)),
+                    }
+                }
+                Some(at) => wake = wake.min(at),
+                None => {}
             }
         }
         let next = match unreadable {
@@ -222,8 +246,8 @@ fn waiters_need_cut(p: &Partition, started: i64) -> bool {
     wanted > started && p.log.next_offset() >= wanted
 }
 
-/// Cuts the active segment from `from` for acks=all waiters, with everything appended so far.
-async fn cut_for_waiters(p: &Partition, from: i64) -> Result<Option<Span>> {
+/// Cuts the active segment from `from`, with everything appended so far, for `why`.
+async fn cut_active(p: &Partition, from: i64, why: &'static str) -> Result<Option<Span>> {
     let log = p.log.clone();
     let started = Instant::now();
     // The writer lock may be held by an append that rolls a segment (an fsync).
@@ -232,7 +256,7 @@ async fn cut_for_waiters(p: &Partition, from: i64) -> Result<Option<Span>> {
         .map_err(|e| Error::invalid(format!("cut task failed: {e}")))??;
     tracing::debug!(topic = %p.id.topic, partition = p.id.partition,
         cut_ms = started.elapsed().as_secs_f64() * 1e3,
-        next = span.as_ref().map(|s| s.next_offset), "cut for acks=all waiters");
+        next = span.as_ref().map(|s| s.next_offset), why, "cut of the active segment");
     Ok(span)
 }
 

@@ -100,6 +100,20 @@ pub(crate) struct PartitionLog {
     released: AtomicBool,
     /// Idempotent producers as of `next_offset` (changed under the writer lock).
     producers: Mutex<ProducerStates>,
+    /// When the oldest record of the active segment that no cut or seal covers yet was
+    /// appended ([`mono_ms`] + 1; 0 when there is none). Changed under the writer lock; the
+    /// uploader cuts once it is `upload_interval_ms` old ([`PartitionLog::tail_due_at`]).
+    tail_since: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock that starts with the process.
+fn mono_ms() -> u64 {
+    u64::try_from(mono_base().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn mono_base() -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
 }
 
 impl PartitionLog {
@@ -230,6 +244,8 @@ impl PartitionLog {
         }
         let bytes = segs.iter().map(|s| s.size()).sum();
         global.fetch_add(bytes, Ordering::AcqRel);
+        // A recovered tail that is not uploaded counts as appended now.
+        let tail_since = if next > cold_next { mono_ms() + 1 } else { 0 };
         Ok(PartitionLog {
             id,
             dir,
@@ -245,6 +261,7 @@ impl PartitionLog {
             bytes: AtomicU64::new(bytes),
             global,
             producers: Mutex::new(producers),
+            tail_since: AtomicU64::new(tail_since),
         })
     }
 
@@ -381,6 +398,9 @@ impl PartitionLog {
         // Not released: checked above, and release takes the writer lock.
         self.global.fetch_add(frame, Ordering::AcqRel);
         self.next_offset.store(last + 1, Ordering::Release);
+        if self.tail_since.load(Ordering::Acquire) == 0 {
+            self.tail_since.store(mono_ms() + 1, Ordering::Release);
+        }
         if let Some((id, b)) = ProducerBatch::of(batch.header(), base) {
             producers.record(id, b);
         }
@@ -419,6 +439,8 @@ impl PartitionLog {
         }
         self.durable_next
             .store(active.next_offset(), Ordering::Release);
+        // Sealed: the records go up as a sealed segment now, not as a cut.
+        self.tail_since.store(0, Ordering::Release);
         self.segments
             .write()
             .expect("segments lock poisoned")
@@ -460,7 +482,7 @@ impl PartitionLog {
     }
 
     /// Fails the log as a failed fsync would (tests of what follows one).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn fail_for_test(&self) {
         self.failed.store(true, Ordering::Release);
     }
@@ -527,7 +549,23 @@ impl PartitionLog {
         if from < active.base_offset.max(self.uploaded_next()) || from >= active.next_offset() {
             return Ok(None);
         }
-        Span::of(active, from).map(Some)
+        let span = Span::of(active, from)?;
+        self.tail_since.store(0, Ordering::Release);
+        Ok(Some(span))
+    }
+
+    /// When the active segment's records that no cut covers yet have waited `interval`: the
+    /// moment the uploader cuts them whatever the acks (this bounds what a takeover without
+    /// hand-off can lose). `None` when there are none.
+    pub fn tail_due_at(&self, interval: Duration) -> Option<tokio::time::Instant> {
+        match self.tail_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(
+                tokio::time::Instant::from_std(mono_base())
+                    + Duration::from_millis(since - 1)
+                    + interval,
+            ),
+        }
     }
 
     /// Records that everything below `next` is committed to the cold manifest.
