@@ -65,8 +65,7 @@ pub const EXPANSION_FLOOR: usize = 8 << 20;
 pub fn decompressed_limit(compressed: usize) -> usize {
     compressed
         .saturating_mul(MAX_EXPANSION)
-        .max(EXPANSION_FLOOR)
-        .min(MAX_DECOMPRESSED)
+        .clamp(EXPANSION_FLOOR, MAX_DECOMPRESSED)
 }
 /// The most records one batch may hold. Decoding a batch holds a record (about 100 bytes) per
 /// record; this bounds that to a few tens of MiB whatever the body.

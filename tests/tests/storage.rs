@@ -1074,14 +1074,19 @@ async fn acks_all_waiters_share_cold_commits() {
 #[test]
 fn fuzz_targets_short_fixed_seed_run() {
     use tierlog_tests::fuzz::{self, Target};
-    for (target, execs) in [(Target::Batch, 10_000), (Target::Produce, 500)] {
+    for (target, execs) in [
+        (Target::Batch, 10_000),
+        (Target::Produce, 500),
+        (Target::Cold, 100),
+    ] {
         let r = fuzz::run(target, 20_261_204, execs);
         println!(
-            "{}: {} executions, {} accepted, {} replayed",
+            "{}: {} executions, {} accepted, {} replayed, {} read back silently different",
             target.name(),
             r.executions,
             r.accepted,
-            r.replayed
+            r.replayed,
+            r.silent
         );
         assert!(r.findings.is_empty(), "{:?}", r.findings);
         assert!(r.accepted > execs / 20, "{} accepted", r.accepted);

@@ -1,4 +1,4 @@
-//! Runs a fuzz target: `fuzz <batch|produce> [--seed N] [--execs N]`. Replays the target's
+//! Runs a fuzz target: `fuzz <batch|produce|cold> [--seed N] [--execs N]`. Replays the target's
 //! corpus first, then generates inputs from the seed. Memory in use may grow by at most
 //! `tierlog_tests::fuzz::ALLOCATION_BOUND` during one input: an allocation past that fails and
 //! aborts the run (the defect class "one request aborts the node"), with the seed and the
@@ -13,7 +13,7 @@ static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::Syste
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: fuzz <batch|produce> [--seed N] [--execs N] [--chunk N]";
+    let usage = "usage: fuzz <batch|produce|cold> [--seed N] [--execs N] [--chunk N]";
     let target = args
         .first()
         .and_then(|t| Target::parse(t))
@@ -28,13 +28,16 @@ fn main() {
             })
             .unwrap_or(default)
     };
+    // One line per panic (the harness reports the panics it catches as findings; a panic the
+    // code under test catches itself is only noise here).
+    std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
     let seed = flag("--seed", 1);
     let execs = flag("--execs", 10_000);
     // Chunks of executions, each from its own seed (seed + chunk index), so progress shows and
     // an abort names a chunk small enough to re-run.
     let chunk = flag("--chunk", 100_000).max(1);
     let started = Instant::now();
-    let (mut total, mut accepted) = (0u64, 0u64);
+    let (mut total, mut accepted, mut silent) = (0u64, 0u64, 0u64);
     let mut findings = Vec::new();
     let mut i = 0;
     while total < execs {
@@ -45,19 +48,25 @@ fn main() {
             target.name()
         );
         // The corpus is replayed once, with the first chunk.
-        let report = fuzz::run_with(target, chunk_seed, n, i == 0, &|| {
+        let report = fuzz::run_with(target, chunk_seed, n, i == 0, &|on| {
+            let limit = if on {
+                ALLOCATOR.allocated() + fuzz::ALLOCATION_BOUND
+            } else {
+                usize::MAX
+            };
             ALLOCATOR
-                .set_limit(ALLOCATOR.allocated() + fuzz::ALLOCATION_BOUND)
+                .set_limit(limit)
                 .expect("limit above what is allocated");
         });
         total += report.executions;
         accepted += report.accepted;
+        silent += report.silent;
         findings.extend(report.findings);
         i += 1;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "target {}: {total} executions from seed {seed} ({accepted} accepted) in {secs:.1} s ({:.0}/s); {} findings",
+        "target {}: {total} executions from seed {seed} ({accepted} accepted, {silent} read back silently different) in {secs:.1} s ({:.0}/s); {} findings",
         target.name(),
         total as f64 / secs.max(1e-9),
         findings.len()

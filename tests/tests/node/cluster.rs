@@ -28,10 +28,20 @@ struct Cluster {
 
 impl Cluster {
     fn new(etcd: &PrivateEtcd, s3: &[(String, String)], ns: &str) -> Cluster {
+        Cluster::with_upload_interval(etcd, s3, ns, UPLOAD_INTERVAL)
+    }
+
+    /// Nodes whose records stay only on the leader's disk for up to `upload_interval`.
+    fn with_upload_interval(
+        etcd: &PrivateEtcd,
+        s3: &[(String, String)],
+        ns: &str,
+        upload_interval: Duration,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = format!(
             "[tier]\nupload_interval_ms = {}\n\n[object_store_options]\n",
-            UPLOAD_INTERVAL.as_millis()
+            upload_interval.as_millis()
         );
         for (k, v) in s3 {
             cfg += &format!("{k} = {v:?}\n");
@@ -786,7 +796,8 @@ async fn sql_on_any_node_covers_the_hot_tails_of_every_leader() {
     };
     let etcd = PrivateEtcd::start(binary, 1);
     let ns = tierlog_tests::unique("sql-cluster");
-    let mut cluster = Cluster::new(&etcd, &s3, &ns);
+    // acks=leader records must stay hot for this test: no upload within its run.
+    let mut cluster = Cluster::with_upload_interval(&etcd, &s3, &ns, Duration::from_secs(3600));
     for id in 1..=3 {
         cluster.start(id);
     }
@@ -864,22 +875,36 @@ async fn sql_on_any_node_covers_the_hot_tails_of_every_leader() {
             )
             .collect();
         assert_eq!(out, rows, "asked at {addr}");
-        let (ok, out, err) = super::cli(
-            &addr,
-            &[
-                "sql",
-                "SELECT COUNT(*) AS n FROM committed.live",
-                "--format",
-                "csv",
-            ],
-            None,
-        );
-        assert!(ok, "{addr}: {err}");
-        let committed: i64 = out.trim().strip_prefix("n\n").unwrap().parse().unwrap();
-        assert!(
-            (COLD * PARTITIONS as i64..(COLD + HOT) * PARTITIONS as i64).contains(&committed),
-            "committed {committed}: the acks=leader records are still hot"
-        );
+        // The committed table of partitions led elsewhere comes from this node's view of their
+        // manifests, which may lag for a moment: every acks=all record shows within a
+        // deadline, and no acks=leader record (they are still hot).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (ok, out, err) = super::cli(
+                &addr,
+                &[
+                    "sql",
+                    "SELECT COUNT(*) AS n FROM committed.live",
+                    "--format",
+                    "csv",
+                ],
+                None,
+            );
+            assert!(ok, "{addr}: {err}");
+            let committed: i64 = out.trim().strip_prefix("n\n").unwrap().parse().unwrap();
+            assert!(
+                committed < (COLD + HOT) * PARTITIONS as i64,
+                "committed {committed}: the acks=leader records are still hot"
+            );
+            if committed >= COLD * PARTITIONS as i64 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "committed {committed} at {addr}: the acks=all records never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     // Kill -9 the leader of partition 0 and ask another node: the live table cannot be

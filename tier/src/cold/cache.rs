@@ -149,10 +149,16 @@ impl ColdCache {
                     path: p,
                     size,
                 };
-                let opts = ArrowReaderOptions::new();
-                ArrowReaderMetadata::load_async(&mut reader, opts)
-                    .await
-                    .map_err(pq("reading footer"))
+                // The schema is ours and fixed: the Arrow schema a file embeds is not read, so a
+                // damaged one cannot reach its decoder (which panics on some damage).
+                let opts = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+                let location = reader.path.to_string();
+                decoded(&location, 0, async move {
+                    ArrowReaderMetadata::load_async(&mut reader, opts)
+                        .await
+                        .map_err(pq("reading footer"))
+                })
+                .await
             })
             .await
             .map_err(unwrap_shared)
@@ -169,22 +175,27 @@ impl ColdCache {
             .entry((path.clone(), rg))
             .or_try_insert_with(async move {
                 let _load = loads.acquire_owned().await.map_err(|_| Error::Closed)?;
+                let location = p.to_string();
                 let reader = StoreReader {
                     store,
                     path: p,
                     size,
                 };
-                let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
-                    .with_row_groups(vec![rg])
-                    .with_batch_size(8192)
-                    .build()
-                    .map_err(pq("opening row group"))?;
-                let mut records = Vec::new();
-                while let Some(b) = stream.try_next().await.map_err(pq("decoding row group"))? {
-                    to_records(&b, &mut records)?;
-                }
-                let bytes = records.iter().map(Record::payload_len).sum();
-                Ok::<_, Error>(Arc::new(RowGroup { records, bytes }))
+                decoded(&location, rg as u64, async move {
+                    let mut stream =
+                        ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
+                            .with_row_groups(vec![rg])
+                            .with_batch_size(8192)
+                            .build()
+                            .map_err(pq("opening row group"))?;
+                    let mut records = Vec::new();
+                    while let Some(b) = stream.try_next().await.map_err(pq("decoding row group"))? {
+                        to_records(&b, &mut records)?;
+                    }
+                    let bytes = records.iter().map(Record::payload_len).sum();
+                    Ok::<_, Error>(Arc::new(RowGroup { records, bytes }))
+                })
+                .await
             })
             .await
             .map_err(unwrap_shared)?;
@@ -215,6 +226,31 @@ impl ColdCache {
     }
 }
 
+/// Runs a decode of object `location` (row group `position`), turning a panic of the Parquet
+/// decoder into [`Error::Corrupt`]: the decoder panics on some damaged data (found by fuzzing),
+/// and a damaged object must be a clear error naming it, not a request that dies.
+async fn decoded<T>(
+    location: &str,
+    position: u64,
+    decode: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match std::panic::AssertUnwindSafe(decode).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(Error::Corrupt {
+                location: location.to_string(),
+                position,
+                reason: format!("the Parquet decoder failed on damaged data: {why}"),
+            })
+        }
+    }
+}
+
 /// The row group holding `offset` in a segment starting at `base`, with that row group's first
 /// offset. `None` past the end.
 pub(crate) fn locate(meta: &ArrowReaderMetadata, base: i64, offset: i64) -> Option<(usize, i64)> {
@@ -241,4 +277,32 @@ pub(crate) fn first_row_group_at_or_after(meta: &ArrowReaderMetadata, ts: i64) -
             Some(Statistics::Int64(s)) => s.max_opt().is_none_or(|&m| m >= ts),
             _ => true,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decoder that panics on damaged data yields a corruption error naming the object and
+    /// row group; a decode that returns passes through.
+    #[tokio::test]
+    async fn a_decoder_panic_is_a_corruption_error() {
+        let e = decoded::<()>("c/t/0/log/1.parquet", 3, async {
+            panic!("bad page header")
+        })
+        .await
+        .unwrap_err();
+        match e {
+            Error::Corrupt {
+                location,
+                position,
+                reason,
+            } => {
+                assert_eq!((location.as_str(), position), ("c/t/0/log/1.parquet", 3));
+                assert!(reason.contains("bad page header"), "{reason}");
+            }
+            other => panic!("not a corruption error: {other}"),
+        }
+        assert_eq!(decoded("x", 0, async { Ok(7) }).await.unwrap(), 7);
+    }
 }
