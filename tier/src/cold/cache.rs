@@ -1,7 +1,9 @@
 //! The cold read cache: Parquet footers and decoded row groups, bounded in bytes.
 //!
-//! Row groups are fetched with range reads (`ParquetObjectReader` asks only for the column
-//! chunks of the row group) and decoded once. Concurrent requests for the same row group share
+//! Row groups are fetched with range reads and decoded once. When the object's footer holds
+//! row-group CRCs (`tierlog.row_group_crc32c`), a row group's bytes are fetched with one GET and
+//! checked before they are decoded, so damage is an error naming the object and row group, not
+//! other values. Concurrent requests for the same row group share
 //! one load (moka's `try_get_with`), so N readers replaying the same history cost one GET.
 //! Read-ahead is a background `row_group` call for what a sequential reader wants next.
 //!
@@ -26,7 +28,7 @@ use parquet::file::statistics::Statistics;
 
 use crate::batch::Record;
 use crate::cold::manifest::unwrap_shared;
-use crate::cold::parquet::to_records;
+use crate::cold::parquet::{row_group_crcs, row_group_range, to_records};
 use crate::error::{Error, Result};
 
 /// The decoded rows of one row group.
@@ -182,6 +184,7 @@ impl ColdCache {
                     size,
                 };
                 decoded(&location, rg as u64, async move {
+                    let reader = checked_row_group(reader, &meta, rg).await?;
                     let mut stream =
                         ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
                             .with_row_groups(vec![rg])
@@ -223,6 +226,102 @@ impl ColdCache {
     pub async fn cached_bytes(&self) -> u64 {
         self.rows.run_pending_tasks().await;
         self.rows.weighted_size()
+    }
+}
+
+/// A reader of row group `rg` of the object `reader` reads: when the footer holds row-group
+/// CRCs, the row group's bytes are fetched with one GET, checked against its CRC (damage is
+/// [`Error::Corrupt`] naming the object and row group) and served from memory; otherwise reads
+/// go to the store unchecked (objects written before the CRCs).
+async fn checked_row_group(
+    reader: StoreReader,
+    meta: &ArrowReaderMetadata,
+    rg: usize,
+) -> Result<RangeReader> {
+    let md = meta.metadata();
+    let corrupt = |reason: String| Error::Corrupt {
+        location: reader.path.to_string(),
+        position: rg as u64,
+        reason,
+    };
+    let crcs = match row_group_crcs(md.file_metadata().key_value_metadata()) {
+        None => {
+            return Ok(RangeReader { held: None, reader });
+        }
+        Some(Err(e)) => return Err(corrupt(e)),
+        Some(Ok(c)) => c,
+    };
+    if crcs.len() != md.num_row_groups() || rg >= crcs.len() {
+        return Err(corrupt(format!(
+            "{} row-group CRCs for {} row groups",
+            crcs.len(),
+            md.num_row_groups()
+        )));
+    }
+    let range = row_group_range(md.row_group(rg)).map_err(corrupt)?;
+    if range.end > reader.size {
+        return Err(corrupt(format!(
+            "row group {rg} at {range:?} runs past the object's {} bytes",
+            reader.size
+        )));
+    }
+    let bytes = reader
+        .store
+        .get_range(&reader.path, range.clone())
+        .await
+        .map_err(Error::from)?;
+    let crc = crc32c::crc32c(&bytes);
+    if crc != crcs[rg] {
+        return Err(corrupt(format!(
+            "row group {rg} checksum mismatch: stored {:08x}, computed {crc:08x}",
+            crcs[rg]
+        )));
+    }
+    Ok(RangeReader {
+        held: Some((range.start, bytes)),
+        reader,
+    })
+}
+
+/// Serves reads inside the held (checked) range from memory, others from the store.
+struct RangeReader {
+    held: Option<(u64, Bytes)>,
+    reader: StoreReader,
+}
+
+impl RangeReader {
+    fn slice(&self, range: &Range<u64>) -> Option<Bytes> {
+        let (start, bytes) = self.held.as_ref()?;
+        let from = range.start.checked_sub(*start)?;
+        let to = range.end.checked_sub(*start)?;
+        (to <= bytes.len() as u64 && from <= to).then(|| bytes.slice(from as usize..to as usize))
+    }
+}
+
+impl AsyncFileReader for RangeReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        match self.slice(&range) {
+            Some(b) => futures::future::ready(Ok(b)).boxed(),
+            None => self.reader.get_bytes(range),
+        }
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        let held: Option<Vec<Bytes>> = ranges.iter().map(|r| self.slice(r)).collect();
+        match held {
+            Some(all) => futures::future::ready(Ok(all)).boxed(),
+            None => self.reader.get_byte_ranges(ranges),
+        }
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        self.reader.get_metadata(options)
     }
 }
 

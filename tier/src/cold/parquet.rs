@@ -76,6 +76,57 @@ pub fn schema() -> SchemaRef {
 /// Footer key-value metadata key holding the manifest delta a log object commits (see
 /// `cold::manifest`).
 pub const DELTA_KEY: &str = "tierlog.delta";
+/// Footer key holding a CRC-32C of each row group's bytes (its column chunks, from the first
+/// page to the end of the last), comma-separated in row-group order. Parquet's own page CRCs are
+/// not written by the writer we use; this is what makes damage inside a segment's data a clear
+/// error instead of other values. Objects written before it have none and are read unchecked.
+pub const ROW_GROUP_CRC_KEY: &str = "tierlog.row_group_crc32c";
+
+/// The byte range of row group `rg` in its file: from the first page of its first column chunk
+/// to the end of its last. `Err` when the footer's offsets make no sense (damage).
+pub fn row_group_range(
+    rg: &parquet::file::metadata::RowGroupMetaData,
+) -> std::result::Result<std::ops::Range<u64>, String> {
+    let mut start = u64::MAX;
+    let mut end = 0u64;
+    for c in rg.columns() {
+        // As Parquet's `byte_range`, without its assertion.
+        let col_start = match c.dictionary_page_offset() {
+            Some(d) if d > 0 => d,
+            _ => c.data_page_offset(),
+        };
+        let (Ok(s), Ok(len)) = (u64::try_from(col_start), u64::try_from(c.compressed_size()))
+        else {
+            return Err(format!(
+                "column chunk at {col_start} of {} bytes",
+                c.compressed_size()
+            ));
+        };
+        start = start.min(s);
+        end = end.max(s.saturating_add(len));
+    }
+    Ok(start.min(end)..end)
+}
+
+/// The row groups' CRCs as the footer stores them; `None` when the file has none, `Err` when
+/// they do not parse (damage).
+pub fn row_group_crcs(kv: Option<&Vec<KeyValue>>) -> Option<std::result::Result<Vec<u32>, String>> {
+    let text = kv?
+        .iter()
+        .find(|kv| kv.key == ROW_GROUP_CRC_KEY)?
+        .value
+        .as_deref()
+        .unwrap_or_default();
+    Some(
+        text.split(',')
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<u32>()
+                    .map_err(|e| format!("{ROW_GROUP_CRC_KEY} {t:?}: {e}"))
+            })
+            .collect(),
+    )
+}
 
 /// What an encoded segment holds.
 #[derive(Debug, Clone, Copy)]
@@ -321,6 +372,22 @@ pub fn encode_segment<T>(
     for kv in meta {
         w.append_key_value_metadata(kv);
     }
+    // Every row group is in `out` once the writer's buffer is flushed through.
+    w.sync()
+        .map_err(|e| Error::invalid(format!("flushing the Parquet writer: {e}")))?;
+    let crcs: Vec<String> = w
+        .flushed_row_groups()
+        .iter()
+        .map(|rg| {
+            let r = row_group_range(rg).map_err(Error::invalid)?;
+            let bytes = w
+                .inner()
+                .get(r.start as usize..r.end as usize)
+                .ok_or_else(|| Error::invalid(format!("row group range {r:?} past the file")))?;
+            Ok(crc32c::crc32c(bytes).to_string())
+        })
+        .collect::<Result<_>>()?;
+    w.append_key_value_metadata(KeyValue::new(ROW_GROUP_CRC_KEY.into(), crcs.join(",")));
     w.close().map_err(pq("close"))?;
     Ok((Bytes::from(out), value))
 }
