@@ -352,7 +352,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             advertised_addr: advertised,
             lease_ttl: Duration::from_millis(s.lease_ttl_ms),
             max_record_bytes: s.max_record_bytes,
-            limits: s.limits.limits(),
+            limits: s.limits.clone(),
             ..BrokerConfig::default()
         },
     )
@@ -373,8 +373,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %s.data_dir.display(), object_store = %url, "tierlog node serving");
     // One line on stdout for scripts and tests: where the node listens.
     println!("tierlog listening on {addr}");
-    let limits = s.limits.limits();
-    ingest::server::transport(&limits)
+    let limits = &s.limits;
+    ingest::server::transport(limits)
         .add_service(health_service)
         .add_service(Service::new(broker.clone()).into_server())
         .add_service(ingest::flight::FlightSql::new(engine).into_server())

@@ -40,52 +40,7 @@ pub struct Settings {
     /// The SQL engine's settings (Arrow Flight SQL on the node's port).
     pub sql: SqlSettings,
     /// What clients may make the node create or hold (docs/limits.md).
-    pub limits: LimitSettings,
-}
-
-/// Limits on what clients may make the node create or hold; see `ingest::Limits`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitSettings {
-    /// Topics in the cluster.
-    pub max_topics: usize,
-    /// Partitions of one topic.
-    pub max_partitions_per_topic: u32,
-    /// Record bytes one fetch answer carries at most.
-    pub max_fetch_bytes: usize,
-    /// Record bytes of fetch answers read and not yet sent, over the node; fetches wait past it.
-    pub fetch_buffer_bytes: usize,
-    /// Connections the node serves at once; more wait in the listen backlog.
-    pub max_connections: usize,
-    /// Requests served at once on one connection; more wait.
-    pub max_requests_per_connection: usize,
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        let d = ingest::Limits::default();
-        LimitSettings {
-            max_topics: d.max_topics,
-            max_partitions_per_topic: d.max_partitions_per_topic,
-            max_fetch_bytes: d.max_fetch_bytes,
-            fetch_buffer_bytes: d.fetch_buffer_bytes,
-            max_connections: d.max_connections,
-            max_requests_per_connection: d.max_requests_per_connection,
-        }
-    }
-}
-
-impl LimitSettings {
-    pub fn limits(&self) -> ingest::Limits {
-        ingest::Limits {
-            max_topics: self.max_topics,
-            max_partitions_per_topic: self.max_partitions_per_topic,
-            max_fetch_bytes: self.max_fetch_bytes,
-            fetch_buffer_bytes: self.fetch_buffer_bytes,
-            max_connections: self.max_connections,
-            max_requests_per_connection: self.max_requests_per_connection,
-        }
-    }
+    pub limits: ingest::Limits,
 }
 
 /// Guard rails of SQL queries on a node.
@@ -180,7 +135,7 @@ impl Default for Settings {
             fsync: "10".into(),
             tier: TierSettings::default(),
             sql: SqlSettings::default(),
-            limits: LimitSettings::default(),
+            limits: ingest::Limits::default(),
         }
     }
 }
@@ -375,7 +330,6 @@ impl Settings {
             .validate()
             .map_err(|e| anyhow::anyhow!("tier settings: {e}"))?;
         self.limits
-            .limits()
             .validate()
             .map_err(|e| anyhow::anyhow!("limits: {e}"))?;
         Ok(())

@@ -67,7 +67,8 @@ impl Default for BrokerConfig {
 /// counts and sizes clients send are checked against these before they size anything; past a
 /// limit the client gets a clear error ([`Error::LimitExceeded`]) or waits (back-pressure).
 /// docs/limits.md lists every limit with its default.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Topics in the cluster.
     pub max_topics: usize,

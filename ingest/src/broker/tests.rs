@@ -266,6 +266,24 @@ async fn node(
     Broker::start(tier, Meta::new(kv), cfg).await.unwrap()
 }
 
+/// Nodes 1 and 2 over one metadata store and one object store, node 1's view of the store able
+/// to fail (its faults), and a topic name whose partition 0 the assignment gives to node 1.
+async fn two_nodes_one_can_fail() -> (
+    tempfile::TempDir,
+    StdArc<tier::store::Decorated>,
+    Broker,
+    Broker,
+    String,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, _) = tier::store::open_store("memory://", &[]).unwrap();
+    let failing = StdArc::new(tier::store::Decorated::new(inner.clone()));
+    let kv = StdArc::new(EmbeddedKv::memory());
+    let one = node(dir.path(), failing.clone(), kv.clone(), 1).await;
+    let two = node(dir.path(), inner, kv, 2).await;
+    (dir, failing, one, two, topic_assigned_to_node_1())
+}
+
 /// A topic name whose partition 0 the assignment gives to node 1 of nodes 1 and 2.
 fn topic_assigned_to_node_1() -> String {
     (0..)
@@ -327,13 +345,7 @@ async fn produce_when_led(b: &Broker, topic: &str, value: &str) -> i64 {
 /// the first node can open it again the partition comes back to it and the word is taken back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_open_a_partition_is_passed_over_until_it_can() {
-    let dir = tempfile::tempdir().unwrap();
-    let (inner, _) = tier::store::open_store("memory://", &[]).unwrap();
-    let failing = StdArc::new(tier::store::Decorated::new(inner.clone()));
-    let kv = StdArc::new(EmbeddedKv::memory());
-    let one = node(dir.path(), failing.clone(), kv.clone(), 1).await;
-    let two = node(dir.path(), inner, kv, 2).await;
-    let topic = topic_assigned_to_node_1();
+    let (_dir, failing, one, two, topic) = two_nodes_one_can_fail().await;
     failing
         .faults
         .fail_gets
@@ -386,13 +398,7 @@ async fn a_node_that_cannot_open_a_partition_is_passed_over_until_it_can() {
 /// sent NOT_LEADER by the failing node forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_whose_reopen_keeps_failing_is_handed_to_another_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let (inner, _) = tier::store::open_store("memory://", &[]).unwrap();
-    let failing = StdArc::new(tier::store::Decorated::new(inner.clone()));
-    let kv = StdArc::new(EmbeddedKv::memory());
-    let one = node(dir.path(), failing.clone(), kv.clone(), 1).await;
-    let two = node(dir.path(), inner, kv, 2).await;
-    let topic = topic_assigned_to_node_1();
+    let (_dir, failing, one, two, topic) = two_nodes_one_can_fail().await;
     one.create_topic(&topic, TopicConfig::new(1)).await.unwrap();
     wait_for_leader(&two, &topic, 1).await;
     let r = one
