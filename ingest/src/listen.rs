@@ -19,12 +19,6 @@ pub struct Limited {
     _slot: OwnedSemaphorePermit,
 }
 
-impl Limited {
-    pub fn stream(&self) -> &TcpStream {
-        &self.io
-    }
-}
-
 impl AsyncRead for Limited {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -84,7 +78,9 @@ pub fn accept_limited(
         loop {
             match listener.accept().await {
                 Ok((io, _)) => {
-                    let _ = io.set_nodelay(true);
+                    if let Err(e) = io.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+                    }
                     let conn = Limited { io, _slot: slot };
                     return Some((Ok(conn), (listener, slots)));
                 }

@@ -134,10 +134,10 @@ pub fn run_with(
 }
 
 fn save(dir: &Path, input: &[u8]) -> PathBuf {
-    let _ = std::fs::create_dir_all(dir);
-    let name = format!("{:016x}", fnv(input));
-    let path = dir.join(name);
-    let _ = std::fs::write(&path, input);
+    let path = dir.join(format!("{:016x}", fnv(input)));
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, input)) {
+        eprintln!("could not save the input as {}: {e}", path.display());
+    }
     path
 }
 
@@ -459,23 +459,21 @@ fn check_decoder(input: &Bytes) -> Result<bool, String> {
 fn check_produce(node: &Node, input: &Bytes) -> Result<bool, String> {
     node.rt.block_on(async {
         let b = &node.broker;
-        let before = b
-            .describe_topic("fuzz")
-            .await
-            .map_err(|e| format!("describe: {e}"))?
-            .partitions[0]
-            .offsets
-            .next;
+        let log_end = || async {
+            Ok::<_, String>(
+                b.describe_topic("fuzz")
+                    .await
+                    .map_err(|e| format!("describe: {e}"))?
+                    .partitions[0]
+                    .offsets
+                    .next,
+            )
+        };
+        let before = log_end().await?;
         let r = b
             .produce_batch("fuzz", 0, input.clone(), ingest::Acks::Leader)
             .await;
-        let after = b
-            .describe_topic("fuzz")
-            .await
-            .map_err(|e| format!("describe: {e}"))?
-            .partitions[0]
-            .offsets
-            .next;
+        let after = log_end().await?;
         let r = match r {
             Ok(r) if r.accepted > 0 && !r.duplicate => r,
             Ok(r) if r.accepted == 0 => {
