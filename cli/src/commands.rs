@@ -269,9 +269,11 @@ pub async fn consume(c: &Client, a: ConsumeArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut n = 0u64;
     let mut idle_since = tokio::time::Instant::now();
-    'outer: loop {
+    loop {
+        // Never take more than is left to print: a commit covers what was handed out.
+        let left = a.max_messages.map_or(usize::MAX, |m| (m - n) as usize);
         let records = consumer
-            .poll(Duration::from_millis(200))
+            .poll_at_most(Duration::from_millis(200), left.min(500))
             .await
             .map_err(explain)?;
         if records.is_empty() {
@@ -284,12 +286,12 @@ pub async fn consume(c: &Client, a: ConsumeArgs) -> anyhow::Result<()> {
         for r in &records {
             print_record(&mut out, r, a.json)?;
             n += 1;
-            if a.max_messages.is_some_and(|m| n >= m) {
-                break 'outer;
-            }
         }
         bar.set_position(n);
         out.flush()?;
+        if a.max_messages.is_some_and(|m| n >= m) {
+            break;
+        }
     }
     out.flush()?;
     bar.finish_and_clear();

@@ -3,12 +3,18 @@
 //!
 //! Fetching runs ahead of `poll`: each assigned partition has a follow-mode fetch stream (the
 //! node pushes records as they arrive, no polling interval) feeding a bounded channel, so a
-//! consumer holds at most `prefetch_messages` responses per partition. Invariant: `poll`
-//! returns only records at the current position of their partition; responses from a stream
-//! started before a `seek` (an older generation) are dropped, and a failed stream is restarted
-//! from the position on the next `poll`.
+//! consumer holds at most `prefetch_messages` responses per partition.
+//!
+//! Invariants:
+//! - a partition's position is the offset after the last record `poll` handed to the
+//!   application; records fetched but not yet handed out (over `max_poll_records`) wait in a
+//!   buffer and do not move it, so a commit never covers a record the application has not had;
+//! - auto-commit runs at the start of a `poll`, and commits what earlier polls handed out;
+//! - `poll` returns only records at the current position of their partition; responses from a
+//!   stream started before a `seek` (an older generation) are dropped, and a failed stream is
+//!   restarted from the position on the next `poll`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +34,8 @@ pub struct ConsumerConfig {
     pub max_bytes: u32,
     /// Fetch responses buffered ahead per partition.
     pub prefetch_messages: usize,
+    /// The most records one `poll` hands out (Kafka's `max.poll.records`); the rest wait.
+    pub max_poll_records: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -37,6 +45,7 @@ impl Default for ConsumerConfig {
             auto_commit: None,
             max_bytes: 1 << 20,
             prefetch_messages: 4,
+            max_poll_records: 500,
         }
     }
 }
@@ -78,6 +87,9 @@ pub struct Consumer {
     last_commit: Instant,
     fetchers: BTreeMap<u32, Fetcher>,
     generation: u64,
+    /// Fetched records not handed out yet, in offset order per partition.
+    buffered: BTreeMap<u32, VecDeque<pb::FetchedRecord>>,
+    hand_out_turn: usize,
     tx: mpsc::Sender<Fetched>,
     rx: mpsc::Receiver<Fetched>,
 }
@@ -114,6 +126,8 @@ impl Consumer {
             last_commit: Instant::now(),
             fetchers: BTreeMap::new(),
             generation: 0,
+            buffered: BTreeMap::new(),
+            hand_out_turn: 0,
             tx,
             rx,
         };
@@ -174,6 +188,7 @@ impl Consumer {
         if let Some(f) = self.fetchers.remove(&partition) {
             f.task.abort();
         }
+        self.buffered.remove(&partition);
     }
 
     /// Starts a follow stream from the position of every partition that has none.
@@ -202,17 +217,29 @@ impl Consumer {
         &self.positions
     }
 
-    /// Records after the current positions, waiting up to `timeout` when there are none yet.
-    /// Returns what has arrived (from one or more partitions) as soon as anything has.
+    /// Records after the current positions, at most `max_poll_records`, waiting up to
+    /// `timeout` when there are none yet. Returns what has arrived (from one or more
+    /// partitions) as soon as anything has.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
+        self.poll_at_most(timeout, self.cfg.max_poll_records).await
+    }
+
+    /// [`Consumer::poll`] handing out at most `max` records (at least one).
+    pub async fn poll_at_most(
+        &mut self,
+        timeout: Duration,
+        max: usize,
+    ) -> Result<Vec<ConsumedRecord>> {
+        let max = max.max(1);
+        // What earlier polls handed out has been processed by now: commit it first.
+        self.maybe_auto_commit().await?;
         let deadline = Instant::now() + timeout;
         self.start_fetchers();
-        let mut out = Vec::new();
         // At most one channel's worth of responses per poll, so a poll returns.
         let mut budget = self.rx.max_capacity();
-        while budget > 0 {
+        while budget > 0 && self.buffered_len() < max {
             budget -= 1;
-            let next = if out.is_empty() {
+            let next = if self.buffered_len() == 0 {
                 match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                     Ok(m) => m,
                     Err(_) => break,
@@ -229,23 +256,50 @@ impl Consumer {
             if self.fetchers.get(&p).map(|f| f.generation) != Some(generation) {
                 continue; // from before a seek
             }
-            let msg = match msg {
-                Ok(m) => m,
+            match msg {
+                Ok(m) => self.buffered.entry(p).or_default().extend(m.records),
                 Err(e) => {
                     // Restarted from the position on the next poll.
                     self.stop_fetcher(p);
-                    if out.is_empty() {
+                    if self.buffered_len() == 0 {
                         return Err(e);
                     }
                     break;
                 }
+            }
+        }
+        Ok(self.hand_out(max))
+    }
+
+    fn buffered_len(&self) -> usize {
+        self.buffered.values().map(VecDeque::len).sum()
+    }
+
+    /// Takes up to `max` buffered records, in offset order per partition and fairly across
+    /// partitions, moving each partition's position past what it hands out.
+    fn hand_out(&mut self, max: usize) -> Vec<ConsumedRecord> {
+        let mut out = Vec::new();
+        let mut parts: Vec<u32> = self.buffered.keys().copied().collect();
+        // Start one partition further each time, so a small `max` starves none.
+        self.hand_out_turn = self.hand_out_turn.wrapping_add(1);
+        if !parts.is_empty() {
+            let turn = self.hand_out_turn % parts.len();
+            parts.rotate_left(turn);
+        }
+        let share = max.div_ceil(parts.len().max(1));
+        for p in parts {
+            let Some(queue) = self.buffered.get_mut(&p) else {
+                continue;
             };
-            let pos = self.positions.get(&p).copied().unwrap_or(0);
-            for r in msg.records {
+            let mut taken = 0;
+            while taken < share && out.len() < max {
+                let Some(r) = queue.pop_front() else { break };
+                let pos = self.positions.get(&p).copied().unwrap_or(0);
                 if r.offset < pos {
                     continue;
                 }
                 self.positions.insert(p, r.offset + 1);
+                taken += 1;
                 out.push(ConsumedRecord {
                     partition: p,
                     offset: r.offset,
@@ -255,9 +309,11 @@ impl Consumer {
                     headers: r.headers,
                 });
             }
+            if queue.is_empty() {
+                self.buffered.remove(&p);
+            }
         }
-        self.maybe_auto_commit().await?;
-        Ok(out)
+        out
     }
 
     async fn maybe_auto_commit(&mut self) -> Result<()> {

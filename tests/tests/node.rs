@@ -1163,6 +1163,50 @@ async fn the_cli_creates_produces_consumes_and_reports_lag() {
         .map(|l| l.split_whitespace().last().unwrap())
         .collect();
     assert_eq!(lags, vec!["0", "0"], "{out}");
+    // A consumer that stops early commits what it printed, nothing more: the next one in the
+    // group prints exactly the rest.
+    let (ok, first, err) = cli(
+        &s,
+        &[
+            "consume",
+            "logs",
+            "--from-beginning",
+            "--group",
+            "billing",
+            "--max-messages",
+            "5",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(first.lines().count(), 5, "{first}");
+    let (ok, out, _) = cli(&s, &["offsets", "--group", "billing"], None);
+    assert!(ok);
+    let committed: i64 = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(
+        committed, 5,
+        "the commit covers the 5 printed records only: {out}"
+    );
+    let (ok, rest, err) = cli(
+        &s,
+        &[
+            "consume",
+            "logs",
+            "--group",
+            "billing",
+            "--max-messages",
+            "99995",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let mut all: Vec<&str> = first.lines().chain(rest.lines()).collect();
+    all.sort_unstable();
+    assert_eq!(all, want, "the two runs together print every record once");
     let (ok, out, _) = cli(
         &s,
         &[
