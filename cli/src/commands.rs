@@ -1,4 +1,4 @@
-//! The client commands of `tierlog`: topics, produce, consume, offsets. Thin over the `client`
+//! The client commands of `tierlog`: topics, produce, consume. Thin over the `client`
 //! crate; errors are turned into sentences a person can act on.
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -198,7 +198,11 @@ pub struct ConsumeArgs {
     pub idle_exit: Option<Duration>,
 }
 
-fn print_record(out: &mut impl Write, r: &ConsumedRecord, json: bool) -> std::io::Result<()> {
+pub(crate) fn print_record(
+    out: &mut impl Write,
+    r: &ConsumedRecord,
+    json: bool,
+) -> std::io::Result<()> {
     let text =
         |b: &Option<bytes::Bytes>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
     if json {
@@ -297,41 +301,5 @@ pub async fn consume(c: &Client, a: ConsumeArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     // Commit exactly what was printed: the position after the last record shown.
     consumer.commit().await.map_err(explain)?;
-    Ok(())
-}
-
-/// A group's committed offsets and lag per partition.
-pub async fn offsets(c: &Client, group: &str, topic: Option<&str>) -> anyhow::Result<()> {
-    let committed = c
-        .fetch_offsets(group, topic.unwrap_or(""))
-        .await
-        .map_err(explain)?;
-    if committed.is_empty() {
-        println!("group {group} has no committed offsets");
-        return Ok(());
-    }
-    println!(
-        "{:<24} {:>9} {:>12} {:>12} {:>10}",
-        "topic", "partition", "committed", "high", "lag"
-    );
-    let mut highs = std::collections::HashMap::new();
-    for o in committed {
-        if !highs.contains_key(&o.topic) {
-            let d = c.describe_topic(&o.topic).await.map_err(explain)?;
-            highs.insert(o.topic.clone(), d.partitions);
-        }
-        let high = highs[&o.topic]
-            .iter()
-            .find(|p| p.partition == o.partition)
-            .map_or(0, |p| p.high_watermark);
-        println!(
-            "{:<24} {:>9} {:>12} {:>12} {:>10}",
-            o.topic,
-            o.partition,
-            o.offset,
-            high,
-            (high - o.offset).max(0)
-        );
-    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod groups;
 mod settings;
 mod sql;
 
@@ -68,9 +69,21 @@ enum Command {
         /// Start at the first record at or after this time (Unix milliseconds).
         #[arg(long, conflicts_with = "from_beginning")]
         from_time: Option<i64>,
-        /// Read as this consumer group: start at its committed offsets, commit as you go.
+        /// Read as a member of this consumer group: the group shares the topic's partitions
+        /// among its members; each starts at the group's committed offset (else at the end, or
+        /// the beginning with --from-beginning) and commits what it printed. With --partition,
+        /// read that partition outside the group's membership (allowed while it has none).
         #[arg(long)]
         group: Option<String>,
+        /// The group's assignment strategy: range, roundrobin or cooperative-sticky.
+        #[arg(long, requires = "group")]
+        assignor: Option<String>,
+        /// A static member id (Kafka's group.instance.id): a restart keeps the partitions.
+        #[arg(long, requires = "group")]
+        instance_id: Option<String>,
+        /// The member is dropped from the group after this long without a heartbeat.
+        #[arg(long, requires = "group", default_value_t = 10_000)]
+        session_timeout_ms: u64,
         #[arg(long)]
         max_messages: Option<u64>,
         /// One JSON object per record (partition, offset, timestamp, key, value).
@@ -92,13 +105,53 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// A consumer group's committed offsets and lag per partition.
-    Offsets {
+    /// List, describe, reset or delete consumer groups.
+    #[command(subcommand)]
+    Groups(GroupsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupsCommand {
+    /// Every group with members or committed offsets.
+    List {
         #[arg(long)]
+        json: bool,
+    },
+    /// A group's state, members and their partitions, and committed offset, high watermark
+    /// and lag per partition.
+    Describe {
         group: String,
         #[arg(long)]
-        topic: Option<String>,
+        json: bool,
     },
+    /// Moves a group's committed offsets (the group must have no members). Prints the plan;
+    /// changes nothing without --execute.
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// Only these partitions (repeat the flag); default: all of the topic.
+        #[arg(long)]
+        partition: Vec<u32>,
+        #[arg(long, group = "to")]
+        to_earliest: bool,
+        #[arg(long, group = "to")]
+        to_latest: bool,
+        /// The first record at or after this time (Unix milliseconds).
+        #[arg(long, group = "to")]
+        to_time: Option<i64>,
+        #[arg(long, group = "to")]
+        to_offset: Option<i64>,
+        /// Move the committed offsets by this many (negative: back).
+        #[arg(long, group = "to", allow_negative_numbers = true)]
+        shift_by: Option<i64>,
+        #[arg(long)]
+        execute: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deletes a group's committed offsets (the group must have no members).
+    Delete { group: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,31 +295,89 @@ fn main() -> std::process::ExitCode {
                 offset,
                 from_time,
                 group,
+                assignor,
+                instance_id,
+                session_timeout_ms,
                 max_messages,
                 json,
                 idle_exit_ms,
             } => {
                 let c = commands::connect(&server).await?;
-                commands::consume(
-                    &c,
-                    commands::ConsumeArgs {
-                        topic,
-                        partition,
-                        from_beginning,
-                        offset,
-                        from_time,
-                        group,
-                        max_messages,
-                        json,
-                        idle_exit: idle_exit_ms.map(Duration::from_millis),
-                    },
-                )
-                .await
+                let member = group.is_some() && partition.is_none();
+                if member && (offset.is_some() || from_time.is_some()) {
+                    anyhow::bail!(
+                        "--offset and --from-time choose a position in one partition: add \
+                         --partition, or move the group's offsets with `tierlog groups \
+                         reset-offsets`"
+                    );
+                }
+                let args = commands::ConsumeArgs {
+                    topic,
+                    partition,
+                    from_beginning,
+                    offset,
+                    from_time,
+                    group,
+                    max_messages,
+                    json,
+                    idle_exit: idle_exit_ms.map(Duration::from_millis),
+                };
+                if member {
+                    groups::consume_as_member(
+                        &c,
+                        args,
+                        groups::MemberArgs {
+                            assignor,
+                            instance_id,
+                            session_timeout: Duration::from_millis(session_timeout_ms),
+                        },
+                    )
+                    .await
+                } else {
+                    commands::consume(&c, args).await
+                }
             }
             Command::Bench(args) => bench::run(&server, args).await,
-            Command::Offsets { group, topic } => {
+            Command::Groups(cmd) => {
                 let c = commands::connect(&server).await?;
-                commands::offsets(&c, &group, topic.as_deref()).await
+                match cmd {
+                    GroupsCommand::List { json } => groups::list_groups(&c, json).await,
+                    GroupsCommand::Describe { group, json } => {
+                        groups::describe_group(&c, &group, json).await
+                    }
+                    GroupsCommand::ResetOffsets {
+                        group,
+                        topic,
+                        partition,
+                        to_earliest,
+                        to_latest,
+                        to_time,
+                        to_offset,
+                        shift_by,
+                        execute,
+                        json,
+                    } => {
+                        let to = if to_earliest {
+                            groups::ResetArg::Earliest
+                        } else if to_latest {
+                            groups::ResetArg::Latest
+                        } else if let Some(t) = to_time {
+                            groups::ResetArg::Time(t)
+                        } else if let Some(o) = to_offset {
+                            groups::ResetArg::Offset(o)
+                        } else if let Some(n) = shift_by {
+                            groups::ResetArg::Shift(n)
+                        } else {
+                            anyhow::bail!(
+                                "say where to: --to-earliest, --to-latest, --to-time MS, \
+                                 --to-offset N or --shift-by N"
+                            );
+                        };
+                        groups::reset_offsets(&c, &group, &topic, partition, to, execute, json)
+                            .await
+                    }
+                    GroupsCommand::Delete { group } => groups::delete_group(&c, &group).await,
+                }
             }
         }
     });

@@ -60,9 +60,13 @@ pub enum SeekTo {
     Timestamp(i64),
 }
 
+/// A topic partition.
+pub type Tp = (String, u32);
+
 /// A record and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumedRecord {
+    pub topic: String,
     pub partition: u32,
     pub offset: i64,
     pub timestamp_ms: i64,
@@ -72,7 +76,7 @@ pub struct ConsumedRecord {
 }
 
 /// A fetch stream's output: (partition, generation, response or error).
-type Fetched = (u32, u64, Result<pb::FetchResponse>);
+type Fetched = (Tp, u64, Result<pb::FetchResponse>);
 
 struct Fetcher {
     generation: u64,
@@ -83,13 +87,15 @@ pub struct Consumer {
     client: Client,
     cfg: ConsumerConfig,
     topic: String,
-    positions: BTreeMap<u32, i64>,
+    positions: BTreeMap<Tp, i64>,
     last_commit: Instant,
-    fetchers: BTreeMap<u32, Fetcher>,
+    fetchers: BTreeMap<Tp, Fetcher>,
     generation: u64,
     /// Fetched records not handed out yet, in offset order per partition.
-    buffered: BTreeMap<u32, VecDeque<pb::FetchedRecord>>,
+    buffered: BTreeMap<Tp, VecDeque<pb::FetchedRecord>>,
     hand_out_turn: usize,
+    /// For a group member: (member id, epoch), read at every commit.
+    pub(crate) member: Option<std::sync::Arc<std::sync::Mutex<(String, i32)>>>,
     tx: mpsc::Sender<Fetched>,
     rx: mpsc::Receiver<Fetched>,
 }
@@ -103,8 +109,28 @@ impl Drop for Consumer {
 }
 
 impl Consumer {
+    /// A consumer with nothing assigned yet (the group consumer adds and removes partitions).
+    pub(crate) fn empty(client: Client, cfg: ConsumerConfig, channel: usize) -> Consumer {
+        let (tx, rx) = mpsc::channel(channel.max(1));
+        Consumer {
+            client,
+            cfg,
+            topic: String::new(),
+            positions: BTreeMap::new(),
+            last_commit: Instant::now(),
+            fetchers: BTreeMap::new(),
+            generation: 0,
+            buffered: BTreeMap::new(),
+            hand_out_turn: 0,
+            member: None,
+            tx,
+            rx,
+        }
+    }
+
     /// Reads `partitions` of `topic` (all of them when empty), each from the group's committed
-    /// offset when there is one, otherwise from the beginning.
+    /// offset when there is one, otherwise from the beginning. The group's offsets are
+    /// committed without membership: this consumer assigns its partitions itself.
     pub async fn assign(
         client: Client,
         cfg: ConsumerConfig,
@@ -117,20 +143,9 @@ impl Consumer {
         } else {
             partitions.to_vec()
         };
-        let (tx, rx) = mpsc::channel(cfg.prefetch_messages.max(1) * parts.len().max(1));
-        let mut c = Consumer {
-            client,
-            cfg,
-            topic: topic.to_string(),
-            positions: BTreeMap::new(),
-            last_commit: Instant::now(),
-            fetchers: BTreeMap::new(),
-            generation: 0,
-            buffered: BTreeMap::new(),
-            hand_out_turn: 0,
-            tx,
-            rx,
-        };
+        let channel = cfg.prefetch_messages.max(1) * parts.len().max(1);
+        let mut c = Consumer::empty(client, cfg, channel);
+        c.topic = topic.to_string();
         let committed: BTreeMap<u32, i64> = match &c.cfg.group {
             Some(g) => c
                 .client
@@ -142,16 +157,32 @@ impl Consumer {
             None => BTreeMap::new(),
         };
         for p in parts {
+            let tp = (topic.to_string(), p);
             let pos = match committed.get(&p) {
                 Some(o) => *o,
-                None => c.resolve(p, SeekTo::Beginning).await?,
+                None => c.resolve(&tp, SeekTo::Beginning).await?,
             };
-            c.positions.insert(p, pos);
+            c.positions.insert(tp, pos);
         }
         Ok(c)
     }
 
-    async fn resolve(&self, partition: u32, to: SeekTo) -> Result<i64> {
+    /// Starts reading `tp` at `position` (no-op when it is read already).
+    pub(crate) fn add(&mut self, tp: Tp, position: i64) {
+        self.positions.entry(tp).or_insert(position);
+    }
+
+    /// Stops reading `tp`; returns its position.
+    pub(crate) fn remove(&mut self, tp: &Tp) -> Option<i64> {
+        self.stop_fetcher(tp);
+        self.positions.remove(tp)
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) async fn resolve(&self, tp: &Tp, to: SeekTo) -> Result<i64> {
         use pb::list_offsets_request::Spec;
         let spec = match to {
             SeekTo::Offset(o) => return Ok(o),
@@ -159,61 +190,65 @@ impl Consumer {
             SeekTo::End => Spec::Position(pb::StartPosition::StartLatest as i32),
             SeekTo::Timestamp(ts) => Spec::TimestampMs(ts),
         };
-        let r = self
-            .client
-            .list_offsets(&self.topic, partition, spec)
-            .await?;
+        let r = self.client.list_offsets(&tp.0, tp.1, spec).await?;
         if r < 0 {
             // No record at or after the timestamp: the end of the log.
-            return Box::pin(self.resolve(partition, SeekTo::End)).await;
+            return Box::pin(self.resolve(tp, SeekTo::End)).await;
         }
         Ok(r)
     }
 
-    /// Moves a partition's position (all assigned partitions when `partition` is `None`).
+    /// Moves a partition's position (all assigned partitions when `partition` is `None`; a
+    /// partition number names one of the topic given to [`Consumer::assign`]).
     pub async fn seek(&mut self, partition: Option<u32>, to: SeekTo) -> Result<()> {
-        let parts: Vec<u32> = match partition {
-            Some(p) => vec![p],
-            None => self.positions.keys().copied().collect(),
+        let parts: Vec<Tp> = match partition {
+            Some(p) => vec![(self.topic.clone(), p)],
+            None => self.positions.keys().cloned().collect(),
         };
-        for p in parts {
-            let pos = self.resolve(p, to).await?;
-            self.positions.insert(p, pos);
-            self.stop_fetcher(p);
+        for tp in parts {
+            self.seek_partition(tp, to).await?;
         }
         Ok(())
     }
 
-    fn stop_fetcher(&mut self, partition: u32) {
-        if let Some(f) = self.fetchers.remove(&partition) {
+    /// Moves one partition's position.
+    pub async fn seek_partition(&mut self, tp: Tp, to: SeekTo) -> Result<()> {
+        let pos = self.resolve(&tp, to).await?;
+        self.stop_fetcher(&tp);
+        self.positions.insert(tp, pos);
+        Ok(())
+    }
+
+    fn stop_fetcher(&mut self, tp: &Tp) {
+        if let Some(f) = self.fetchers.remove(tp) {
             f.task.abort();
         }
-        self.buffered.remove(&partition);
+        self.buffered.remove(tp);
     }
 
     /// Starts a follow stream from the position of every partition that has none.
     fn start_fetchers(&mut self) {
-        for (&p, &from) in &self.positions {
-            if self.fetchers.contains_key(&p) {
+        for (tp, &from) in &self.positions {
+            if self.fetchers.contains_key(tp) {
                 continue;
             }
             self.generation += 1;
             let generation = self.generation;
             let task = tokio::spawn(fetch_loop(
                 self.client.clone(),
-                self.topic.clone(),
-                p,
+                tp.clone(),
                 from,
                 self.cfg.max_bytes,
                 generation,
                 self.tx.clone(),
             ));
-            self.fetchers.insert(p, Fetcher { generation, task });
+            self.fetchers
+                .insert(tp.clone(), Fetcher { generation, task });
         }
     }
 
     /// The next offset this consumer reads, per partition.
-    pub fn positions(&self) -> &BTreeMap<u32, i64> {
+    pub fn positions(&self) -> &BTreeMap<Tp, i64> {
         &self.positions
     }
 
@@ -250,17 +285,17 @@ impl Consumer {
                     Err(_) => break,
                 }
             };
-            let Some((p, generation, msg)) = next else {
+            let Some((tp, generation, msg)) = next else {
                 break;
             };
-            if self.fetchers.get(&p).map(|f| f.generation) != Some(generation) {
+            if self.fetchers.get(&tp).map(|f| f.generation) != Some(generation) {
                 continue; // from before a seek
             }
             match msg {
-                Ok(m) => self.buffered.entry(p).or_default().extend(m.records),
+                Ok(m) => self.buffered.entry(tp).or_default().extend(m.records),
                 Err(e) => {
                     // Restarted from the position on the next poll.
-                    self.stop_fetcher(p);
+                    self.stop_fetcher(&tp);
                     if self.buffered_len() == 0 {
                         return Err(e);
                     }
@@ -279,7 +314,7 @@ impl Consumer {
     /// partitions, moving each partition's position past what it hands out.
     fn hand_out(&mut self, max: usize) -> Vec<ConsumedRecord> {
         let mut out = Vec::new();
-        let mut parts: Vec<u32> = self.buffered.keys().copied().collect();
+        let mut parts: Vec<Tp> = self.buffered.keys().cloned().collect();
         // Start one partition further each time, so a small `max` starves none.
         self.hand_out_turn = self.hand_out_turn.wrapping_add(1);
         if !parts.is_empty() {
@@ -287,21 +322,24 @@ impl Consumer {
             parts.rotate_left(turn);
         }
         let share = max.div_ceil(parts.len().max(1));
-        for p in parts {
-            let Some(queue) = self.buffered.get_mut(&p) else {
+        for tp in parts {
+            let Some(queue) = self.buffered.get_mut(&tp) else {
                 continue;
             };
             let mut taken = 0;
             while taken < share && out.len() < max {
                 let Some(r) = queue.pop_front() else { break };
-                let pos = self.positions.get(&p).copied().unwrap_or(0);
-                if r.offset < pos {
+                let Some(pos) = self.positions.get_mut(&tp) else {
+                    break;
+                };
+                if r.offset < *pos {
                     continue;
                 }
-                self.positions.insert(p, r.offset + 1);
+                *pos = r.offset + 1;
                 taken += 1;
                 out.push(ConsumedRecord {
-                    partition: p,
+                    topic: tp.0.clone(),
+                    partition: tp.1,
                     offset: r.offset,
                     timestamp_ms: r.timestamp_ms,
                     key: r.key,
@@ -310,7 +348,7 @@ impl Consumer {
                 });
             }
             if queue.is_empty() {
-                self.buffered.remove(&p);
+                self.buffered.remove(&tp);
             }
         }
         out
@@ -325,11 +363,13 @@ impl Consumer {
         Ok(())
     }
 
-    fn offsets(&self) -> Vec<pb::GroupOffset> {
+    /// The positions of `tps` (all assigned partitions when `None`) as offsets to commit.
+    pub(crate) fn offsets_of(&self, tps: Option<&[Tp]>) -> Vec<pb::GroupOffset> {
         self.positions
             .iter()
-            .map(|(p, o)| pb::GroupOffset {
-                topic: self.topic.clone(),
+            .filter(|(tp, _)| tps.is_none_or(|only| only.contains(tp)))
+            .map(|((topic, p), o)| pb::GroupOffset {
+                topic: topic.clone(),
                 partition: *p,
                 offset: *o,
                 metadata: String::new(),
@@ -339,25 +379,69 @@ impl Consumer {
 
     /// Commits the current positions for the group and waits for the answer.
     pub async fn commit(&mut self) -> Result<()> {
+        self.commit_partitions(None).await
+    }
+
+    /// Commits the positions of `tps` (all assigned partitions when `None`): as the group's
+    /// member when this consumer is one, else without membership.
+    pub(crate) async fn commit_partitions(&mut self, tps: Option<&[Tp]>) -> Result<()> {
         let Some(group) = self.cfg.group.clone() else {
             return Ok(());
         };
-        self.client.commit_offsets(&group, self.offsets()).await?;
-        self.last_commit = Instant::now();
+        let offsets = self.offsets_of(tps);
+        commit(&self.client, &group, self.member.as_ref(), offsets, true).await?;
+        if tps.is_none() {
+            self.last_commit = Instant::now();
+        }
         Ok(())
     }
 
     /// Commits the current positions in the background; the handle reports the outcome.
     pub fn commit_async(&mut self) -> tokio::task::JoinHandle<Result<()>> {
-        let (client, group, offsets) =
-            (self.client.clone(), self.cfg.group.clone(), self.offsets());
+        let (client, group, offsets) = (
+            self.client.clone(),
+            self.cfg.group.clone(),
+            self.offsets_of(None),
+        );
+        let member = self.member.clone();
         self.last_commit = Instant::now();
         tokio::spawn(async move {
             match group {
-                Some(g) => client.commit_offsets(&g, offsets).await,
+                Some(g) => commit(&client, &g, member.as_ref(), offsets, false).await,
                 None => Ok(()),
             }
         })
+    }
+}
+
+/// Commits `offsets`: as a member at its current epoch, or without membership. With `retry`
+/// (only from `poll`'s side, which alone gives partitions up, so the partitions are still
+/// this member's), once more with the newer epoch when a heartbeat moved it on meanwhile.
+async fn commit(
+    client: &Client,
+    group: &str,
+    member: Option<&std::sync::Arc<std::sync::Mutex<(String, i32)>>>,
+    offsets: Vec<pb::GroupOffset>,
+    retry: bool,
+) -> Result<()> {
+    let Some(member) = member else {
+        return client.commit_offsets(group, offsets).await;
+    };
+    let (id, epoch) = member.lock().expect("member lock").clone();
+    match client
+        .commit_member_offsets(group, &id, epoch, offsets.clone())
+        .await
+    {
+        Err(e) if retry && e.code() == Some(crate::ErrorCode::IllegalGeneration) => {
+            let (id2, epoch2) = member.lock().expect("member lock").clone();
+            if (id2.as_str(), epoch2) == (id.as_str(), epoch) {
+                return Err(e);
+            }
+            client
+                .commit_member_offsets(group, &id2, epoch2, offsets)
+                .await
+        }
+        other => other,
     }
 }
 
@@ -366,13 +450,13 @@ impl Consumer {
 /// other errors reach `poll`.
 async fn fetch_loop(
     client: Client,
-    topic: String,
-    partition: u32,
+    tp: Tp,
     mut from: i64,
     max_bytes: u32,
     generation: u64,
     tx: tokio::sync::mpsc::Sender<Fetched>,
 ) {
+    let (topic, partition) = (tp.0.clone(), tp.1);
     let mut backoff = Duration::from_millis(50);
     loop {
         let req = pb::FetchRequest {
@@ -386,7 +470,7 @@ async fn fetch_loop(
         let failed: tonic::Status = match client.leader_rpc(&topic, partition).await {
             Err(e) if e.is_retriable() => tonic::Status::unavailable(e.to_string()),
             Err(e) => {
-                let _ = tx.send((partition, generation, Err(e))).await;
+                let _ = tx.send((tp.clone(), generation, Err(e))).await;
                 return;
             }
             Ok(mut rpc) => match rpc.fetch(req).await {
@@ -400,7 +484,7 @@ async fn fetch_loop(
                                     from = last.offset + 1;
                                     backoff = Duration::from_millis(50);
                                 }
-                                if tx.send((partition, generation, Ok(m))).await.is_err() {
+                                if tx.send((tp.clone(), generation, Ok(m))).await.is_err() {
                                     return;
                                 }
                             }
@@ -414,7 +498,7 @@ async fn fetch_loop(
         let moved = client.reroute(&topic, partition, &failed);
         let e = crate::Error::from(failed);
         if !e.is_retriable() {
-            let _ = tx.send((partition, generation, Err(e))).await;
+            let _ = tx.send((tp.clone(), generation, Err(e))).await;
             return;
         }
         if !moved {

@@ -6,17 +6,22 @@
 //!   partition as with Kafka clients), retries retriable errors with backoff, and pushes back on
 //!   the caller (bounded queues) instead of buffering without limit. Order is kept per partition:
 //!   one request in flight per partition.
-//! - [`Consumer`]: reads assigned partitions (or all of a topic for a group, from its committed
-//!   offsets), seeks, and commits synchronously, asynchronously or automatically.
+//! - [`Consumer`]: reads partitions it assigns itself (all of a topic, or some), from a group's
+//!   committed offsets when given one, seeks, and commits synchronously, asynchronously or
+//!   automatically.
+//! - [`GroupConsumer`]: a member of a consumer group; the group's coordinator shares the
+//!   subscribed partitions among the members, with rebalance callbacks ([`Rebalance`]).
 
 mod consumer;
+mod group;
 mod producer;
 
 use proto::v1 as pb;
 use proto::v1::tierlog_client::TierlogClient;
 use tonic::transport::Channel;
 
-pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, SeekTo};
+pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, SeekTo, Tp};
+pub use group::{GroupConfig, GroupConsumer, OffsetReset, Rebalance};
 pub use producer::{Acks, DEFAULT_LINGER, MAX_IN_FLIGHT, Producer, ProducerConfig, RecordMetadata};
 pub use proto::v1::{ErrorCode, Header, TopicDescription};
 
@@ -148,6 +153,8 @@ struct Routes {
     nodes: std::sync::Mutex<std::collections::HashMap<String, TierlogClient<Channel>>>,
     /// The leader's address per (topic, partition), as last learned.
     leaders: std::sync::Mutex<std::collections::HashMap<(String, u32), String>>,
+    /// The coordinator's address per group, as last learned.
+    coordinators: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// The transport endpoint of a node address (`host:port` or a URL), tuned as the client uses it.
@@ -172,10 +179,15 @@ fn rpc_over(channel: Channel) -> TierlogClient<Channel> {
 
 /// The leader address a NOT_LEADER status names, if any.
 pub fn leader_hint(s: &tonic::Status) -> Option<String> {
+    hint(s, ErrorCode::NotLeader)
+}
+
+/// The address an error with `code` names (NOT_LEADER, NOT_COORDINATOR), if any.
+fn hint(s: &tonic::Status, code: ErrorCode) -> Option<String> {
     use prost::Message;
     pb::ErrorDetail::decode(s.details())
         .ok()
-        .filter(|d| d.code == ErrorCode::NotLeader as i32 && !d.leader.is_empty())
+        .filter(|d| d.code == code as i32 && !d.leader.is_empty())
         .map(|d| d.leader)
 }
 
@@ -408,24 +420,189 @@ impl Client {
 
     /// A group's committed offsets (the next offset to read) for `topic` (all topics if empty).
     pub async fn fetch_offsets(&self, group: &str, topic: &str) -> Result<Vec<pb::GroupOffset>> {
+        let req = pb::FetchOffsetsRequest {
+            group: group.into(),
+            topic: topic.into(),
+        };
         let r = self
-            .rpc()
-            .fetch_offsets(pb::FetchOffsetsRequest {
-                group: group.into(),
-                topic: topic.into(),
+            .any_node(|mut c| {
+                let req = req.clone();
+                async move { c.fetch_offsets(req).await }
             })
             .await?;
         Ok(r.into_inner().offsets)
     }
 
+    /// Commits offsets for a group that has no members (a consumer that assigns partitions
+    /// itself). Members commit with [`Client::commit_member_offsets`].
     pub async fn commit_offsets(&self, group: &str, offsets: Vec<pb::GroupOffset>) -> Result<()> {
-        self.rpc()
-            .commit_offsets(pb::CommitOffsetsRequest {
-                group: group.into(),
-                offsets,
-            })
-            .await?;
+        self.commit_member_offsets(group, "", -1, offsets).await
+    }
+
+    /// Commits offsets as a member of a group at its current epoch, at the coordinator.
+    pub async fn commit_member_offsets(
+        &self,
+        group: &str,
+        member_id: &str,
+        member_epoch: i32,
+        offsets: Vec<pb::GroupOffset>,
+    ) -> Result<()> {
+        let req = pb::CommitOffsetsRequest {
+            group: group.into(),
+            offsets,
+            member_id: member_id.into(),
+            member_epoch,
+        };
+        self.coordinator_call(group, |mut c| {
+            let req = req.clone();
+            async move { c.commit_offsets(req).await }
+        })
+        .await?;
         Ok(())
+    }
+
+    /// The node coordinating `group`: (node id, address).
+    pub async fn find_coordinator(&self, group: &str) -> Result<(u64, String)> {
+        let req = pb::FindCoordinatorRequest {
+            group: group.into(),
+        };
+        let r = self
+            .any_node(|mut c| {
+                let req = req.clone();
+                async move { c.find_coordinator(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok((r.node_id, r.addr))
+    }
+
+    /// Runs a request at `group`'s coordinator, finding it first and following
+    /// NOT_COORDINATOR (and other retriable failures) for a few attempts.
+    pub async fn coordinator_call<T, F, Fut>(&self, group: &str, call: F) -> Result<T>
+    where
+        F: Fn(TierlogClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let mut delay = std::time::Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let known = self
+                .routes
+                .coordinators
+                .lock()
+                .expect("routes lock")
+                .get(group)
+                .cloned();
+            let addr = match known {
+                Some(a) => a,
+                None => match self.find_coordinator(group).await {
+                    Ok((_, a)) => a,
+                    Err(e) if e.is_retriable() && attempt < 10 => {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            let rpc = self.node_rpc(&addr)?;
+            let s = match call(rpc).await {
+                Ok(r) => {
+                    self.routes
+                        .coordinators
+                        .lock()
+                        .expect("routes lock")
+                        .insert(group.to_string(), addr);
+                    return Ok(r);
+                }
+                Err(s) => s,
+            };
+            let moved = {
+                let mut routes = self.routes.coordinators.lock().expect("routes lock");
+                match hint(&s, ErrorCode::NotCoordinator) {
+                    Some(a) => routes.insert(group.to_string(), a.clone()).as_deref() != Some(&a),
+                    None => {
+                        routes.remove(group);
+                        false
+                    }
+                }
+            };
+            let e = Error::from(s);
+            if !e.is_retriable() || attempt >= 10 {
+                return Err(e);
+            }
+            if !moved {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// One heartbeat of a group member, at the coordinator.
+    pub async fn group_heartbeat(
+        &self,
+        req: pb::GroupHeartbeatRequest,
+    ) -> Result<pb::GroupHeartbeatResponse> {
+        let group = req.group.clone();
+        Ok(self
+            .coordinator_call(&group, |mut c| {
+                let req = req.clone();
+                async move { c.group_heartbeat(req).await }
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<pb::GroupListing>> {
+        Ok(self
+            .any_node(|mut c| async move { c.list_groups(pb::ListGroupsRequest {}).await })
+            .await?
+            .into_inner()
+            .groups)
+    }
+
+    pub async fn describe_group(&self, group: &str) -> Result<pb::DescribeGroupResponse> {
+        let req = pb::DescribeGroupRequest {
+            group: group.into(),
+        };
+        Ok(self
+            .any_node(|mut c| {
+                let req = req.clone();
+                async move { c.describe_group(req).await }
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Deletes a group's offsets; refused while it has members.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let req = pb::DeleteGroupRequest {
+            group: group.into(),
+        };
+        self.coordinator_call(group, |mut c| {
+            let req = req.clone();
+            async move { c.delete_group(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Moves a group's committed offsets (see `ResetOffsetsRequest`); refused while it has
+    /// members.
+    pub async fn reset_offsets(
+        &self,
+        req: pb::ResetOffsetsRequest,
+    ) -> Result<Vec<pb::ResetOffset>> {
+        let group = req.group.clone();
+        Ok(self
+            .coordinator_call(&group, |mut c| {
+                let req = req.clone();
+                async move { c.reset_offsets(req).await }
+            })
+            .await?
+            .into_inner()
+            .offsets)
     }
 }
 

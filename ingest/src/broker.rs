@@ -17,6 +17,7 @@
 //!   when it knows it) and serves reads of the committed (cold) part only.
 
 mod cluster;
+mod groups;
 mod sql;
 
 use std::collections::HashMap;
@@ -237,6 +238,10 @@ struct Inner {
     draining: CancellationToken,
     /// Bytes of fetch answers not yet sent ([`Limits::fetch_buffer_bytes`] permits).
     fetch_buffer: Arc<tokio::sync::Semaphore>,
+    /// Consumer groups this node coordinates.
+    coordinated: Mutex<HashMap<String, Arc<groups::Coordinated>>>,
+    /// The cluster's topics and partition counts as the coordinator last read them.
+    group_topics: Mutex<Option<(Instant, groups::TopicPartitions)>>,
 }
 
 /// The ingest core. Cheap to clone.
@@ -306,6 +311,8 @@ impl Broker {
                 wake: Notify::new(),
                 cancel: CancellationToken::new(),
                 draining: CancellationToken::new(),
+                coordinated: Mutex::default(),
+                group_topics: Mutex::default(),
             }),
         };
         broker.spawn_keep_alive();
@@ -313,6 +320,7 @@ impl Broker {
             tracing::warn!(error = %e, "first reconciliation failed; retrying in the background");
         }
         broker.spawn_controller();
+        broker.spawn_group_ticker();
         Ok(broker)
     }
 
@@ -562,6 +570,15 @@ impl Broker {
             if let Some(led) = self.led(name, p).filter(|l| l.storage == storage) {
                 self.retire(name, p, &led, cluster::Retire::Delete).await?;
             }
+        }
+        // A topic created again under the name starts with no group's offsets.
+        let deleted = self.inner.meta.delete_topic_offsets(name).await?;
+        if deleted > 0 {
+            tracing::info!(
+                topic = name,
+                offsets = deleted,
+                "deleted the topic's committed offsets"
+            );
         }
         Ok(())
     }
@@ -1093,20 +1110,11 @@ impl Broker {
         Ok((id, 0))
     }
 
+    /// Commits a group's offsets without membership (a consumer that assigns partitions
+    /// itself): accepted only while the group has no members. Members commit through
+    /// [`Broker::commit_group_offsets`].
     pub async fn commit_offsets(&self, group: &str, offsets: Vec<PartitionOffset>) -> Result<()> {
-        if group.is_empty() {
-            return Err(Error::InvalidRequest("the group id is empty".into()));
-        }
-        for o in &offsets {
-            self.partition(&o.topic, o.partition).await?;
-            if o.offset < 0 {
-                return Err(Error::InvalidRequest(format!(
-                    "offset {} is negative",
-                    o.offset
-                )));
-            }
-        }
-        Ok(self.inner.meta.commit_offsets(group, &offsets).await?)
+        self.commit_group_offsets(group, "", -1, offsets).await
     }
 
     pub async fn fetch_offsets(

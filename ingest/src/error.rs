@@ -23,6 +23,15 @@ pub enum Code {
     OutOfOrderSequence = 15,
     ProducerFenced = 16,
     LimitExceeded = 17,
+    NotCoordinator = 18,
+    UnknownMember = 19,
+    IllegalGeneration = 20,
+    FencedInstance = 21,
+    GroupNotEmpty = 22,
+    UnknownGroup = 23,
+    InvalidGroup = 24,
+    UnsupportedAssignor = 25,
+    InconsistentAssignor = 26,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +77,57 @@ pub enum Error {
         leader: Option<String>,
         why: String,
     },
+    /// This node does not coordinate the group (now); `coordinator` is the address of the
+    /// node that does, when known. Clients find the coordinator again and retry.
+    #[error("this node does not coordinate group {group:?}{}", match coordinator {
+        Some(c) => format!("; its coordinator is at {c}"),
+        None => "; find its coordinator and retry".to_string(),
+    })]
+    NotCoordinator {
+        group: String,
+        coordinator: Option<String>,
+    },
+    /// The member id is not (or no longer) in the group: its session timed out, it left, or
+    /// it never joined. The member joins again (epoch 0).
+    #[error("group {group:?} has no member {member:?}{}", if member.is_empty() {
+        "; the group has members, so commits need a member id and its epoch"
+    } else {
+        ": it timed out, left or never joined; join again"
+    })]
+    UnknownMember { group: String, member: String },
+    /// A heartbeat or commit carries an epoch that is not the member's current one (a
+    /// rebalance moved on). The member joins again.
+    #[error("member {member:?} of group {group:?} sent epoch {got}; its epoch is {current}")]
+    IllegalGeneration {
+        group: String,
+        member: String,
+        got: i32,
+        current: i32,
+    },
+    /// Another process joined with this static member's instance id and took its place.
+    #[error("instance {instance:?} of group {group:?} was taken over by a newer member")]
+    FencedInstance { group: String, instance: String },
+    #[error("group {group:?} has {members} members; stop them first")]
+    GroupNotEmpty { group: String, members: usize },
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    #[error("invalid group id: {0}")]
+    InvalidGroup(String),
+    #[error("group {group:?}: unknown assignor {assignor:?}; known: {known}")]
+    UnsupportedAssignor {
+        group: String,
+        assignor: String,
+        known: String,
+    },
+    #[error("group {group:?} uses the {current} assignor; a member asked for {assignor:?}")]
+    InconsistentAssignor {
+        group: String,
+        assignor: String,
+        current: String,
+    },
+    /// A dependency (another node, the metadata store) did not answer.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Storage(#[from] tier::Error),
     #[error(transparent)]
@@ -92,6 +152,16 @@ impl Error {
             Error::InvalidTopicName(_) => Code::InvalidTopicName,
             Error::ShuttingDown => Code::ShuttingDown,
             Error::NotLeader { .. } => Code::NotLeader,
+            Error::NotCoordinator { .. } => Code::NotCoordinator,
+            Error::UnknownMember { .. } => Code::UnknownMember,
+            Error::IllegalGeneration { .. } => Code::IllegalGeneration,
+            Error::FencedInstance { .. } => Code::FencedInstance,
+            Error::GroupNotEmpty { .. } => Code::GroupNotEmpty,
+            Error::UnknownGroup(_) => Code::UnknownGroup,
+            Error::InvalidGroup(_) => Code::InvalidGroup,
+            Error::UnsupportedAssignor { .. } => Code::UnsupportedAssignor,
+            Error::InconsistentAssignor { .. } => Code::InconsistentAssignor,
+            Error::Unavailable(_) => Code::Unavailable,
             Error::Storage(e) => match e {
                 tier::Error::Invalid(_) => Code::InvalidRequest,
                 tier::Error::Unsupported(_) => Code::Unsupported,
@@ -126,6 +196,7 @@ impl Error {
                 meta::Error::TopicNotFound { .. } => Code::UnknownTopic,
                 meta::Error::TopicExists { .. } => Code::TopicExists,
                 meta::Error::Fenced { .. } | meta::Error::LeaderExists { .. } => Code::NotLeader,
+                meta::Error::GroupFenced { .. } => Code::NotCoordinator,
                 meta::Error::Corrupt { .. } => Code::CorruptData,
                 meta::Error::Closed => Code::ShuttingDown,
                 other if other.is_retryable() => Code::Unavailable,
@@ -134,10 +205,12 @@ impl Error {
         }
     }
 
-    /// The leader's address, for NOT_LEADER errors that know it.
+    /// Where to send the request instead: the leader's address for NOT_LEADER, the
+    /// coordinator's for NOT_COORDINATOR, when known.
     pub fn leader(&self) -> Option<&str> {
         match self {
             Error::NotLeader { leader, .. } => leader.as_deref(),
+            Error::NotCoordinator { coordinator, .. } => coordinator.as_deref(),
             _ => None,
         }
     }
@@ -146,7 +219,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.code(),
-            Code::Backpressure | Code::NotLeader | Code::Unavailable | Code::ShuttingDown
+            Code::Backpressure
+                | Code::NotLeader
+                | Code::NotCoordinator
+                | Code::Unavailable
+                | Code::ShuttingDown
         )
     }
 }

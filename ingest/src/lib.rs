@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod error;
 pub mod flight;
+pub mod group;
 pub mod listen;
 pub mod server;
 

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::broker::{Acks, Broker, ProduceRecord, StartAt, TopicInfo};
 use crate::error::{Code, Error};
+use crate::group::{HeartbeatRequest, ResetTo, Subscription};
 
 /// How long one wait of a following fetch lasts before it re-checks (a client that went away is
 /// noticed at the latest then).
@@ -61,9 +62,17 @@ pub fn status(e: Error) -> Status {
         Code::TopicExists => tonic::Code::AlreadyExists,
         Code::OffsetOutOfRange => tonic::Code::OutOfRange,
         Code::Backpressure | Code::LimitExceeded => tonic::Code::ResourceExhausted,
-        Code::NotLeader | Code::OutOfOrderSequence | Code::ProducerFenced => {
-            tonic::Code::FailedPrecondition
-        }
+        Code::NotLeader
+        | Code::NotCoordinator
+        | Code::OutOfOrderSequence
+        | Code::ProducerFenced
+        | Code::UnknownMember
+        | Code::IllegalGeneration
+        | Code::FencedInstance
+        | Code::GroupNotEmpty
+        | Code::InconsistentAssignor => tonic::Code::FailedPrecondition,
+        Code::UnknownGroup => tonic::Code::NotFound,
+        Code::InvalidGroup | Code::UnsupportedAssignor => tonic::Code::InvalidArgument,
         Code::CorruptData => tonic::Code::DataLoss,
         Code::Unavailable | Code::ShuttingDown => tonic::Code::Unavailable,
         Code::Unsupported => tonic::Code::Unimplemented,
@@ -423,8 +432,13 @@ impl Tierlog for Service {
                 metadata: o.metadata,
             })
             .collect();
+        let epoch = if req.member_id.is_empty() {
+            -1
+        } else {
+            req.member_epoch
+        };
         self.broker
-            .commit_offsets(&req.group, offsets)
+            .commit_group_offsets(&req.group, &req.member_id, epoch, offsets)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CommitOffsetsResponse {}))
@@ -450,6 +464,150 @@ impl Tierlog for Service {
             })
             .collect();
         Ok(Response::new(pb::FetchOffsetsResponse { offsets }))
+    }
+
+    async fn find_coordinator(
+        &self,
+        request: Request<pb::FindCoordinatorRequest>,
+    ) -> Result<Response<pb::FindCoordinatorResponse>, Status> {
+        let req = request.into_inner();
+        let (node_id, addr) = self
+            .broker
+            .find_coordinator(&req.group)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::FindCoordinatorResponse { node_id, addr }))
+    }
+
+    async fn group_heartbeat(
+        &self,
+        request: Request<pb::GroupHeartbeatRequest>,
+    ) -> Result<Response<pb::GroupHeartbeatResponse>, Status> {
+        let host = request
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let r = request.into_inner();
+        let req = HeartbeatRequest {
+            group: r.group,
+            member_id: r.member_id,
+            instance_id: (!r.instance_id.is_empty()).then_some(r.instance_id),
+            member_epoch: r.member_epoch,
+            client_id: r.client_id,
+            host,
+            subscription: r.subscription.map(|s| Subscription {
+                topics: s.topics,
+                regex: (!s.regex.is_empty()).then_some(s.regex),
+            }),
+            assignor: (!r.assignor.is_empty()).then_some(r.assignor),
+            session_timeout_ms: r.session_timeout_ms,
+            rebalance_timeout_ms: r.rebalance_timeout_ms,
+            owned: r.owned.map(|o| from_topic_partitions(o.topics)),
+        };
+        let reply = self.broker.group_heartbeat(req).await.map_err(status)?;
+        Ok(Response::new(pb::GroupHeartbeatResponse {
+            member_id: reply.member_id,
+            member_epoch: reply.member_epoch,
+            heartbeat_interval_ms: reply.heartbeat_interval_ms,
+            assignment: to_topic_partitions(&reply.assignment),
+        }))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let groups = self
+            .broker
+            .list_groups()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|(group, state, members)| pb::GroupListing {
+                group,
+                state: state.to_string(),
+                members: members as u32,
+            })
+            .collect();
+        Ok(Response::new(pb::ListGroupsResponse { groups }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<pb::DescribeGroupRequest>,
+    ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
+        let req = request.into_inner();
+        let (view, coordinator) = self
+            .broker
+            .describe_group(&req.group)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DescribeGroupResponse {
+            group: view.group,
+            state: view.state.to_string(),
+            generation: view.generation,
+            assignor: view.assignor,
+            coordinator: coordinator.unwrap_or(0),
+            members: view
+                .members
+                .into_iter()
+                .map(|m| pb::GroupMember {
+                    member_id: m.member_id,
+                    instance_id: m.instance_id.unwrap_or_default(),
+                    client_id: m.client_id,
+                    host: m.host,
+                    member_epoch: m.member_epoch,
+                    owned: to_topic_partitions(&m.owned),
+                    target: to_topic_partitions(&m.target),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let req = request.into_inner();
+        self.broker.delete_group(&req.group).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteGroupResponse {}))
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<pb::ResetOffsetsRequest>,
+    ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
+        use pb::reset_offsets_request::To;
+        let req = request.into_inner();
+        let to = match req.to {
+            None => {
+                return Err(invalid(
+                    "a reset names where to: a position, a time, an offset or a shift",
+                ));
+            }
+            Some(To::Position(p)) => match pb::StartPosition::try_from(p) {
+                Ok(pb::StartPosition::StartEarliest) => ResetTo::Earliest,
+                Ok(pb::StartPosition::StartLatest) => ResetTo::Latest,
+                Err(_) => return Err(invalid(format!("unknown start position {p}"))),
+            },
+            Some(To::TimestampMs(ts)) => ResetTo::Timestamp(ts),
+            Some(To::Offset(o)) => ResetTo::Offset(o),
+            Some(To::ShiftBy(n)) => ResetTo::ShiftBy(n),
+        };
+        let offsets = self
+            .broker
+            .reset_offsets(&req.group, &req.topic, &req.partitions, to, req.dry_run)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|r| pb::ResetOffset {
+                topic: r.topic,
+                partition: r.partition,
+                before: r.before.unwrap_or(-1),
+                after: r.after,
+            })
+            .collect();
+        Ok(Response::new(pb::ResetOffsetsResponse { offsets }))
     }
 }
 
@@ -482,4 +640,27 @@ fn produce_response(r: &crate::ProduceResult) -> pb::ProduceResponse {
             .collect(),
         duplicate: r.duplicate,
     }
+}
+
+fn to_topic_partitions(tps: &[(String, u32)]) -> Vec<pb::TopicPartitions> {
+    let mut out: Vec<pb::TopicPartitions> = Vec::new();
+    for (t, p) in tps {
+        match out.last_mut() {
+            Some(last) if &last.topic == t => last.partitions.push(*p),
+            _ => out.push(pb::TopicPartitions {
+                topic: t.clone(),
+                partitions: vec![*p],
+            }),
+        }
+    }
+    out
+}
+
+fn from_topic_partitions(tps: Vec<pb::TopicPartitions>) -> Vec<(String, u32)> {
+    tps.into_iter()
+        .flat_map(|t| {
+            let topic = t.topic;
+            t.partitions.into_iter().map(move |p| (topic.clone(), p))
+        })
+        .collect()
 }

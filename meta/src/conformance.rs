@@ -117,6 +117,7 @@ pub fn domain_checks() -> Vec<(&'static str, Check)> {
         domain::unable_words_follow_their_node,
         domain::node_registry,
         domain::offsets_commit_and_fetch,
+        domain::group_claims_fence_coordinator_writes,
     ]
 }
 

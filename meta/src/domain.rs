@@ -6,6 +6,7 @@
 //! absence) of what it read, retried a bounded number of times ([`Error::Contention`] after
 //! that).
 
+mod groups;
 mod keys;
 mod leadership;
 mod nodes;
@@ -18,7 +19,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use self::keys::validate_topic_name;
+pub use self::groups::{Coordinator, GroupClaim, GroupRecord, MemberRecord};
+pub use self::keys::{MAX_GROUP_ID_LEN, validate_group, validate_topic_name};
 pub use self::leadership::{Leader, LeaderEvent, LeaderSnapshot, PartitionLeader, Unable};
 pub use self::nodes::NodeInfo;
 pub use self::offsets::PartitionOffset;

@@ -71,6 +71,11 @@ pub enum Error {
         current: LeaderEpoch,
     },
 
+    /// A group coordinator's claim (create revision `revision`) is no longer the group's: another
+    /// node coordinates it now, or nobody does. Nothing was written.
+    #[error("the claim on group {group:?} at revision {revision} is no longer held")]
+    GroupFenced { group: String, revision: i64 },
+
     /// A stored value could not be decoded (bad checksum, bad JSON, unknown format).
     #[error("corrupt metadata: {what}")]
     Corrupt {
@@ -127,7 +132,9 @@ impl Error {
             | Error::TopicExists { .. }
             | Error::LeaseNotFound { .. }
             | Error::Compacted { .. } => ErrorClass::Caller,
-            Error::LeaderExists { .. } | Error::Fenced { .. } => ErrorClass::Fenced,
+            Error::LeaderExists { .. } | Error::Fenced { .. } | Error::GroupFenced { .. } => {
+                ErrorClass::Fenced
+            }
             Error::Corrupt { .. } => ErrorClass::Corruption,
             Error::Backend { .. } | Error::Storage { .. } | Error::Closed => ErrorClass::Fatal,
         }

@@ -26,9 +26,11 @@
 //! | `partitions/<topic>/<p>/leader`        | JSON [`Leader`]                    | yes   |
 //! | `nodes/<id>`                           | JSON [`NodeInfo`]                  | yes   |
 //! | `groups/<group>/offsets/<topic>/<p>`   | JSON `{"offset":N,"metadata":".."}`| no    |
+//! | `groups/<group>/state`                 | JSON [`GroupRecord`]               | no    |
+//! | `coordinators/<group>`                 | JSON [`Coordinator`]               | yes   |
 //!
 //! Topic and counter names are `[A-Za-z0-9._-]{1,249}` (not `.`/`..`); group ids are
-//! arbitrary, with `%` and `/` percent-encoded in keys.
+//! 1..=255 bytes without control characters, with `%` and `/` percent-encoded in keys.
 //!
 //! # Invariants
 //!
@@ -61,9 +63,10 @@ pub mod conformance;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use domain::{
-    Leader, LeaderEpoch, LeaderEvent, LeaderSnapshot, Meta, MetaOptions, NodeId, NodeInfo,
-    PartitionLeader, PartitionOffset, TOPIC_ID_COUNTER, TopicConfig, TopicMeta, Unable,
-    retention_limit, retention_wire, validate_topic_name,
+    Coordinator, GroupClaim, GroupRecord, Leader, LeaderEpoch, LeaderEvent, LeaderSnapshot,
+    MAX_GROUP_ID_LEN, MemberRecord, Meta, MetaOptions, NodeId, NodeInfo, PartitionLeader,
+    PartitionOffset, TOPIC_ID_COUNTER, TopicConfig, TopicMeta, Unable, retention_limit,
+    retention_wire, validate_group, validate_topic_name,
 };
 pub use embedded::{EmbeddedKv, EmbeddedOptions};
 pub use error::{Error, ErrorClass, Result};

@@ -595,3 +595,125 @@ pub async fn offsets_commit_and_fetch(kv: Backend, opts: SuiteOptions) {
             .is_empty()
     );
 }
+
+/// A group's coordinator claim is exclusive, ends with its lease, and fences every write of a
+/// deposed coordinator (state, commits split over several txns, deletes); a deleted topic's
+/// offsets go with it.
+pub async fn group_claims_fence_coordinator_writes(kv: Backend, opts: SuiteOptions) {
+    use crate::domain::{GroupRecord, MemberRecord};
+    let meta = Meta::with_options(
+        Arc::clone(&kv),
+        crate::domain::MetaOptions {
+            max_txn_ops: 4,
+            ..Default::default()
+        },
+    )
+    .expect("options");
+    let short = kv.grant_lease(opts.lease_ttl).await.expect("grant");
+    let long = kv.grant_lease(LONG_TTL).await.expect("grant");
+    let first = meta
+        .claim_group("g/1", 1, short)
+        .await
+        .expect("claim")
+        .expect("free");
+    assert_eq!(first.node_id, 1);
+    let again = meta.claim_group("g/1", 1, short).await.expect("claim");
+    assert_eq!(again, Ok(first), "the holder's own claim comes back as is");
+    let other = meta.claim_group("g/1", 2, long).await.expect("claim");
+    assert_eq!(other, Err(first), "held by node 1");
+    assert_eq!(
+        meta.group_coordinator("g/1").await.expect("read"),
+        Some(first)
+    );
+
+    let record = GroupRecord {
+        generation: 3,
+        assignor: "range".into(),
+        members: vec![MemberRecord {
+            member_id: "m-1".into(),
+            topics: vec!["t".into()],
+            member_epoch: 3,
+            owned: [("t".to_string(), vec![0, 2])].into_iter().collect(),
+            ..Default::default()
+        }],
+        empty_since_ms: None,
+    };
+    meta.store_group("g/1", &first, &record)
+        .await
+        .expect("store");
+    assert_eq!(
+        meta.load_group("g/1").await.expect("load"),
+        Some(record.clone())
+    );
+    let offsets: Vec<_> = (0..10).map(|p| offset("t", p, 5, "")).collect();
+    meta.commit_offsets_as("g/1", Some(&first), &offsets)
+        .await
+        .expect("commit in 4 txns");
+    assert_eq!(
+        meta.fetch_offsets("g/1", None).await.expect("fetch").len(),
+        10
+    );
+
+    // The claim's lease ends: node 2 takes over; node 1's writes change nothing.
+    wait_until(opts.wait_timeout, "the claim's lease to expire", || async {
+        meta.group_coordinator("g/1").await.expect("read").is_none()
+    })
+    .await;
+    let second = meta
+        .claim_group("g/1", 2, long)
+        .await
+        .expect("claim")
+        .expect("free again");
+    assert!(second.revision > first.revision);
+    let stale = GroupRecord {
+        generation: 99,
+        ..record.clone()
+    };
+    let res = meta.store_group("g/1", &first, &stale).await;
+    assert!(matches!(res, Err(Error::GroupFenced { .. })), "{res:?}");
+    let moved: Vec<_> = (0..10).map(|p| offset("t", p, 1, "")).collect();
+    let res = meta.commit_offsets_as("g/1", Some(&first), &moved).await;
+    assert!(matches!(res, Err(Error::GroupFenced { .. })), "{res:?}");
+    let res = meta.delete_group_as("g/1", &first).await;
+    assert!(matches!(res, Err(Error::GroupFenced { .. })), "{res:?}");
+    assert_eq!(meta.load_group("g/1").await.expect("load"), Some(record));
+    assert!(
+        meta.fetch_offsets("g/1", None)
+            .await
+            .expect("fetch")
+            .iter()
+            .all(|o| o.offset == 5),
+        "no offset moved by the deposed coordinator"
+    );
+    let listed = meta.list_group_records().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, "g/1");
+
+    // Offsets of a deleted topic go with it, in every group.
+    meta.commit_offsets("other", &[offset("t", 0, 1, ""), offset("u", 0, 1, "")])
+        .await
+        .expect("commit");
+    assert_eq!(meta.delete_topic_offsets("t").await.expect("delete"), 11);
+    assert_eq!(
+        meta.fetch_offsets("other", None)
+            .await
+            .expect("fetch")
+            .len(),
+        1
+    );
+
+    assert!(meta.delete_group_as("g/1", &second).await.expect("delete"));
+    assert_eq!(meta.load_group("g/1").await.expect("load"), None);
+    meta.release_group("g/1", &first).await.expect("no-op");
+    assert_eq!(
+        meta.group_coordinator("g/1").await.expect("read"),
+        Some(second)
+    );
+    meta.release_group("g/1", &second).await.expect("release");
+    assert_eq!(meta.group_coordinator("g/1").await.expect("read"), None);
+    let res = meta.claim_group("", 1, long).await;
+    assert!(matches!(res, Err(Error::InvalidArgument(_))), "{res:?}");
+    let res = meta.claim_group(&"x".repeat(256), 1, long).await;
+    assert!(matches!(res, Err(Error::InvalidArgument(_))), "{res:?}");
+    kv.revoke_lease(long).await.expect("revoke");
+}

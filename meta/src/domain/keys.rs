@@ -35,9 +35,24 @@ pub(super) fn validate_name(kind: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn validate_group(group: &str) -> Result<()> {
+/// Longest group id (bytes).
+pub const MAX_GROUP_ID_LEN: usize = 255;
+
+/// Checks a group id: 1..=255 bytes, no control characters.
+pub fn validate_group(group: &str) -> Result<()> {
     if group.is_empty() {
         return Err(Error::invalid("group id must not be empty"));
+    }
+    if group.len() > MAX_GROUP_ID_LEN {
+        return Err(Error::invalid(format!(
+            "group id must be at most {MAX_GROUP_ID_LEN} bytes, got {}",
+            group.len()
+        )));
+    }
+    if group.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "group id must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -131,6 +146,14 @@ impl Keys {
 
     pub fn group(&self, group: &str) -> String {
         format!("{}groups/{}/", self.root, encode_group(group))
+    }
+
+    pub fn group_state(&self, group: &str) -> String {
+        format!("{}state", self.group(group))
+    }
+
+    pub fn coordinator(&self, group: &str) -> String {
+        format!("{}coordinators/{}", self.root, encode_group(group))
     }
 
     pub fn group_offsets(&self, group: &str) -> String {

@@ -1,16 +1,17 @@
 //! Committed consumer-group offsets: `groups/<group>/offsets/<topic>/<p>` holds
 //! `{"offset":N,"metadata":"..."}`. `<group>` is percent-encoded (see `keys`).
 //!
-//! A commit is one txn when it has at most `max_txn_ops` partitions (etcd's limit); larger
-//! commits are split into several txns, each atomic. Deleting a topic does not delete the
-//! offsets committed for it.
+//! A commit is one txn when it has at most `max_txn_ops - 1` partitions (etcd's limit, one op
+//! left for the fence); larger commits are split into several txns, each atomic and each
+//! fenced by the coordinator's claim when one is given. Deleting a topic deletes the offsets
+//! every group committed for it ([`Meta::delete_topic_offsets`]).
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use super::keys::{validate_group, validate_topic_name};
-use super::{Meta, decode_json, encode_json};
+use super::{GroupClaim, Meta, decode_json, encode_json};
 use crate::error::{Error, Result};
 use crate::kv::{Txn, TxnOp};
 
@@ -32,8 +33,19 @@ struct StoredOffset {
 }
 
 impl Meta {
-    /// Commits offsets for `group` (see the module docs for atomicity).
+    /// Commits offsets for `group`, unfenced (see the module docs for atomicity).
     pub async fn commit_offsets(&self, group: &str, offsets: &[PartitionOffset]) -> Result<()> {
+        self.commit_offsets_as(group, None, offsets).await
+    }
+
+    /// Commits offsets for `group`; with a claim, every txn holds only while the claim does
+    /// ([`Error::GroupFenced`] from the first that does not).
+    pub async fn commit_offsets_as(
+        &self,
+        group: &str,
+        claim: Option<&GroupClaim>,
+        offsets: &[PartitionOffset],
+    ) -> Result<()> {
         validate_group(group)?;
         let mut seen = BTreeSet::new();
         for o in offsets {
@@ -51,7 +63,7 @@ impl Meta {
                 )));
             }
         }
-        for chunk in offsets.chunks(self.max_txn_ops) {
+        for chunk in offsets.chunks(self.max_txn_ops - 1) {
             let puts = chunk.iter().map(|o| {
                 let value = StoredOffset {
                     offset: o.offset,
@@ -60,7 +72,12 @@ impl Meta {
                 let key = self.keys.offset(group, &o.topic, o.partition);
                 TxnOp::put(key, encode_json(&value), None)
             });
-            self.kv.txn(Txn::new().and_then(puts)).await?;
+            match claim {
+                Some(claim) => self.fenced_txn(group, claim, puts).await?,
+                None => {
+                    self.kv.txn(Txn::new().and_then(puts)).await?;
+                }
+            }
         }
         tracing::debug!(group, partitions = offsets.len(), "committed offsets");
         Ok(())
@@ -111,6 +128,18 @@ impl Meta {
             .filter_map(|kv| self.keys.parse_group(&kv.key))
             .collect();
         Ok(groups.into_iter().collect())
+    }
+
+    /// Deletes the offsets every group committed for `topic` (the topic was deleted: a topic
+    /// created again under the name starts clean). Returns how many were deleted.
+    pub async fn delete_topic_offsets(&self, topic: &str) -> Result<u64> {
+        validate_topic_name(topic)?;
+        let mut deleted = 0;
+        for group in self.list_groups().await? {
+            let prefix = self.keys.group_topic_offsets(&group, topic);
+            deleted += self.kv.delete_prefix(prefix.as_bytes()).await?.deleted;
+        }
+        Ok(deleted)
     }
 
     /// Deletes everything stored for `group`; `false` if there was nothing.

@@ -1,0 +1,347 @@
+//! `tierlog groups ...` and `tierlog consume --group`: thin over the client's group calls.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use client::{Client, GroupConfig, GroupConsumer, OffsetReset, Rebalance};
+use proto::v1 as pb;
+use serde_json::json;
+
+use crate::commands::{ConsumeArgs, explain, print_record};
+
+/// Settings of a group member started by `consume --group`.
+pub struct MemberArgs {
+    pub assignor: Option<String>,
+    pub instance_id: Option<String>,
+    pub session_timeout: Duration,
+}
+
+fn list(tps: &[(String, u32)]) -> String {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (t, p) in tps {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    by_topic
+        .into_iter()
+        .map(|(t, ps)| {
+            let ps: Vec<String> = ps.iter().map(u32::to_string).collect();
+            format!("{t}[{}]", ps.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `consume TOPIC --group G`: joins the group and prints what it is given; commits what it
+/// printed (every second, before giving a partition up, and when it stops), then leaves.
+pub async fn consume_as_member(c: &Client, a: ConsumeArgs, m: MemberArgs) -> anyhow::Result<()> {
+    let group = a.group.clone().expect("called with a group");
+    let cfg = GroupConfig {
+        group,
+        topics: vec![a.topic.clone()],
+        assignor: m.assignor,
+        instance_id: m.instance_id,
+        client_id: "tierlog-cli".into(),
+        session_timeout: m.session_timeout,
+        auto_commit: Some(Duration::from_secs(1)),
+        offset_reset: if a.from_beginning {
+            OffsetReset::Earliest
+        } else {
+            OffsetReset::Latest
+        },
+        ..GroupConfig::default()
+    };
+    let mut consumer = GroupConsumer::join(c.clone(), cfg).await.map_err(explain)?;
+    consumer.set_listener(|event| match event {
+        Rebalance::Assigned(tps) => eprintln!("assigned: {}", list(tps)),
+        Rebalance::Revoked(tps) => eprintln!("revoked: {}", list(tps)),
+        Rebalance::Lost(tps) => eprintln!("lost: {}", list(tps)),
+    });
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut n = 0u64;
+    let mut idle_since = tokio::time::Instant::now();
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        if a.max_messages.is_some_and(|m| n >= m) {
+            break;
+        }
+        // Never take more than is left to print: a commit covers what was handed out.
+        let left = a.max_messages.map_or(usize::MAX, |m| (m - n) as usize);
+        let records = tokio::select! {
+            r = consumer.poll_at_most(Duration::from_millis(200), left.min(500)) => r.map_err(explain)?,
+            _ = &mut stop => break,
+        };
+        if records.is_empty() {
+            if a.idle_exit.is_some_and(|d| idle_since.elapsed() >= d) {
+                break;
+            }
+            continue;
+        }
+        idle_since = tokio::time::Instant::now();
+        for r in &records {
+            print_record(&mut out, r, a.json)?;
+            n += 1;
+        }
+        out.flush()?;
+    }
+    out.flush()?;
+    drop(out);
+    consumer.close().await.map_err(explain)?;
+    Ok(())
+}
+
+pub async fn list_groups(c: &Client, as_json: bool) -> anyhow::Result<()> {
+    let groups = c.list_groups().await.map_err(explain)?;
+    if as_json {
+        let v: Vec<_> = groups
+            .iter()
+            .map(|g| json!({"group": g.group, "state": g.state, "members": g.members}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if groups.is_empty() {
+        println!("no groups");
+        return Ok(());
+    }
+    println!("{:<32} {:<10} {:>7}", "group", "state", "members");
+    for g in groups {
+        println!("{:<32} {:<10} {:>7}", g.group, g.state, g.members);
+    }
+    Ok(())
+}
+
+/// One partition's row of `groups describe`.
+struct Row {
+    topic: String,
+    partition: u32,
+    committed: Option<i64>,
+    high: i64,
+    owner: String,
+}
+
+pub async fn describe_group(c: &Client, group: &str, as_json: bool) -> anyhow::Result<()> {
+    let d = c.describe_group(group).await.map_err(explain)?;
+    let committed = c.fetch_offsets(group, "").await.map_err(explain)?;
+    let mut owners: BTreeMap<(String, u32), String> = BTreeMap::new();
+    for m in &d.members {
+        for t in &m.owned {
+            for p in &t.partitions {
+                owners.insert((t.topic.clone(), *p), m.member_id.clone());
+            }
+        }
+    }
+    // Every partition that is committed or owned, with the topic's high watermark.
+    let mut keys: BTreeMap<(String, u32), Option<i64>> = BTreeMap::new();
+    for o in &committed {
+        keys.insert((o.topic.clone(), o.partition), Some(o.offset));
+    }
+    for k in owners.keys() {
+        keys.entry(k.clone()).or_insert(None);
+    }
+    let mut highs: BTreeMap<String, Vec<pb::PartitionDescription>> = BTreeMap::new();
+    let mut rows = Vec::new();
+    for ((topic, partition), committed) in keys {
+        if !highs.contains_key(&topic) {
+            let parts = match c.describe_topic(&topic).await {
+                Ok(t) => t.partitions,
+                Err(_) => Vec::new(),
+            };
+            highs.insert(topic.clone(), parts);
+        }
+        let high = highs[&topic]
+            .iter()
+            .find(|p| p.partition == partition)
+            .map_or(0, |p| p.high_watermark);
+        rows.push(Row {
+            owner: owners
+                .get(&(topic.clone(), partition))
+                .cloned()
+                .unwrap_or_default(),
+            topic,
+            partition,
+            committed,
+            high,
+        });
+    }
+    let lag = |r: &Row| r.committed.map(|o| (r.high - o).max(0));
+    if as_json {
+        let v = json!({
+            "group": d.group,
+            "state": d.state,
+            "generation": d.generation,
+            "assignor": d.assignor,
+            "coordinator": d.coordinator,
+            "members": d.members.iter().map(|m| json!({
+                "member_id": m.member_id,
+                "instance_id": m.instance_id,
+                "client_id": m.client_id,
+                "host": m.host,
+                "member_epoch": m.member_epoch,
+                "assigned": m.owned.iter().flat_map(|t| t.partitions.iter().map(move |p| json!({"topic": t.topic, "partition": p}))).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "offsets": rows.iter().map(|r| json!({
+                "topic": r.topic,
+                "partition": r.partition,
+                "committed": r.committed,
+                "high_watermark": r.high,
+                "lag": lag(r),
+                "member_id": r.owner,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "group {} ({}, generation {}, assignor {}, coordinator node {})",
+        d.group,
+        d.state,
+        d.generation,
+        if d.assignor.is_empty() {
+            "-"
+        } else {
+            &d.assignor
+        },
+        d.coordinator
+    );
+    if !d.members.is_empty() {
+        println!();
+        println!(
+            "{:<40} {:<16} {:<16} partitions",
+            "member", "instance", "host"
+        );
+        for m in &d.members {
+            let tps: Vec<(String, u32)> = m
+                .owned
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p)))
+                .collect();
+            println!(
+                "{:<40} {:<16} {:<16} {}",
+                m.member_id,
+                if m.instance_id.is_empty() {
+                    "-"
+                } else {
+                    &m.instance_id
+                },
+                m.host,
+                list(&tps)
+            );
+        }
+    }
+    println!();
+    println!(
+        "{:<24} {:>9} {:>12} {:>12} {:>10}  member",
+        "topic", "partition", "committed", "high", "lag"
+    );
+    for r in &rows {
+        println!(
+            "{:<24} {:>9} {:>12} {:>12} {:>10}  {}",
+            r.topic,
+            r.partition,
+            r.committed.map_or("-".into(), |o| o.to_string()),
+            r.high,
+            lag(r).map_or("-".into(), |l| l.to_string()),
+            if r.owner.is_empty() { "-" } else { &r.owner }
+        );
+    }
+    Ok(())
+}
+
+/// Where `groups reset-offsets` moves the offsets.
+pub enum ResetArg {
+    Earliest,
+    Latest,
+    Time(i64),
+    Offset(i64),
+    Shift(i64),
+}
+
+pub async fn reset_offsets(
+    c: &Client,
+    group: &str,
+    topic: &str,
+    partitions: Vec<u32>,
+    to: ResetArg,
+    execute: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    use pb::reset_offsets_request::To;
+    let to = match to {
+        ResetArg::Earliest => To::Position(pb::StartPosition::StartEarliest as i32),
+        ResetArg::Latest => To::Position(pb::StartPosition::StartLatest as i32),
+        ResetArg::Time(ms) => To::TimestampMs(ms),
+        ResetArg::Offset(o) => To::Offset(o),
+        ResetArg::Shift(n) => To::ShiftBy(n),
+    };
+    let plan = c
+        .reset_offsets(pb::ResetOffsetsRequest {
+            group: group.into(),
+            topic: topic.into(),
+            partitions,
+            to: Some(to),
+            dry_run: !execute,
+        })
+        .await
+        .map_err(explain)?;
+    if as_json {
+        let v: Vec<_> = plan
+            .iter()
+            .map(|r| {
+                json!({"topic": r.topic, "partition": r.partition,
+                       "before": (r.before >= 0).then_some(r.before), "after": r.after})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"executed": execute, "offsets": v}))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>9} {:>12} {:>12}",
+        "topic", "partition", "before", "after"
+    );
+    for r in &plan {
+        println!(
+            "{:<24} {:>9} {:>12} {:>12}",
+            r.topic,
+            r.partition,
+            if r.before < 0 {
+                "-".into()
+            } else {
+                r.before.to_string()
+            },
+            r.after
+        );
+    }
+    if execute {
+        println!("reset {} partitions of group {group}", plan.len());
+    } else {
+        println!("dry run: nothing changed; add --execute to apply");
+    }
+    Ok(())
+}
+
+pub async fn delete_group(c: &Client, group: &str) -> anyhow::Result<()> {
+    c.delete_group(group).await.map_err(explain)?;
+    println!("deleted group {group}");
+    Ok(())
+}

@@ -1,0 +1,537 @@
+//! The group coordinator: which node coordinates a group, and the calls every front end makes.
+//!
+//! Placement: a group is coordinated by the node holding its claim (`meta`'s
+//! `coordinators/<group>`, on that node's lease). An unclaimed group is pointed at the live
+//! node that ranks highest for it by rendezvous hashing, and the first node that is asked to
+//! coordinate it claims it. When the coordinator dies its lease ends, the claim goes with it,
+//! and the next request claims it again elsewhere, loading the group from `meta`: members
+//! carry on with at most one rebalance, committed offsets are all in `meta`.
+//!
+//! What is stored: membership, generations and grants (the group record, on every change) and
+//! commits, each write fenced by the claim. Heartbeats that change nothing stay in memory. A
+//! reply is sent only after what it tells the member is stored, so a member never acts on a
+//! grant a new coordinator would not know.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meta::{GroupClaim, LeaseId, NodeId, PartitionOffset};
+use proto::v1 as pb;
+
+use super::{Broker, StartAt, now_ms};
+use crate::error::{Error, Result};
+use crate::group::state::Now;
+use crate::group::{Group, GroupView, HeartbeatReply, HeartbeatRequest, ResetOffset, ResetTo};
+
+/// Topic name → partitions, shared.
+pub(super) type TopicPartitions = Arc<BTreeMap<String, u32>>;
+
+/// A group this node coordinates.
+pub(super) struct Coordinated {
+    claim: GroupClaim,
+    lease: LeaseId,
+    state: tokio::sync::Mutex<Group>,
+}
+
+impl std::fmt::Debug for Coordinated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinated")
+            .field("claim", &self.claim)
+            .finish()
+    }
+}
+
+/// How often the coordinator looks for timed-out members and changed topics.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a snapshot of the cluster's topics is reused by the coordinator.
+const TOPICS_TTL: Duration = Duration::from_millis(500);
+
+fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        ms: now_ms(),
+    }
+}
+
+fn rendezvous(group: &str, node: NodeId) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (group, node).hash(&mut h);
+    h.finish()
+}
+
+fn validate_group(group: &str) -> Result<()> {
+    meta::validate_group(group).map_err(|e| Error::InvalidGroup(e.to_string()))
+}
+
+impl Broker {
+    /// The node that coordinates `group` (or will, when it is asked): (id, address).
+    pub async fn find_coordinator(&self, group: &str) -> Result<(NodeId, String)> {
+        validate_group(group)?;
+        let nodes = self.inner.meta.list_nodes().await?;
+        if let Some(claim) = self.inner.meta.group_coordinator(group).await?
+            && let Some(n) = nodes.iter().find(|n| n.node_id == claim.node_id)
+        {
+            return Ok((n.node_id, n.addr.clone()));
+        }
+        nodes
+            .iter()
+            .max_by_key(|n| rendezvous(group, n.node_id))
+            .map(|n| (n.node_id, n.addr.clone()))
+            .ok_or_else(|| Error::NotCoordinator {
+                group: group.to_string(),
+                coordinator: None,
+            })
+    }
+
+    fn not_coordinator(&self, group: &str, addr: Option<String>) -> Error {
+        Error::NotCoordinator {
+            group: group.to_string(),
+            coordinator: addr,
+        }
+    }
+
+    /// The node's address by id (from the cached view, else `meta`).
+    async fn node_addr(&self, node: NodeId) -> Option<String> {
+        let cached = self
+            .inner
+            .nodes
+            .read()
+            .expect("nodes lock poisoned")
+            .get(&node)
+            .cloned();
+        match cached {
+            Some(a) => Some(a),
+            None => self
+                .inner
+                .meta
+                .list_nodes()
+                .await
+                .ok()?
+                .into_iter()
+                .find(|n| n.node_id == node)
+                .map(|n| n.addr),
+        }
+    }
+
+    /// Topic name → partitions, reused for [`TOPICS_TTL`].
+    async fn topic_partitions(&self) -> Result<TopicPartitions> {
+        if let Some((at, t)) = &*self.inner.group_topics.lock().expect("lock poisoned")
+            && at.elapsed() < TOPICS_TTL
+        {
+            return Ok(t.clone());
+        }
+        let topics: BTreeMap<String, u32> = self
+            .inner
+            .meta
+            .list_topics()
+            .await?
+            .into_iter()
+            .map(|t| {
+                let n = t.partitions();
+                (t.name, n)
+            })
+            .collect();
+        let topics = Arc::new(topics);
+        *self.inner.group_topics.lock().expect("lock poisoned") =
+            Some((Instant::now(), topics.clone()));
+        Ok(topics)
+    }
+
+    /// This node's coordination of `group`, claiming it when nobody holds it.
+    async fn coordinate(&self, group: &str) -> Result<Arc<Coordinated>> {
+        validate_group(group)?;
+        if self.lease_lapsed() {
+            self.inner
+                .coordinated
+                .lock()
+                .expect("lock poisoned")
+                .clear();
+            return Err(self.not_coordinator(group, None));
+        }
+        let lease = *self.inner.lease.lock().expect("lease lock poisoned");
+        if let Some(c) = self
+            .inner
+            .coordinated
+            .lock()
+            .expect("lock poisoned")
+            .get(group)
+            && c.lease == lease
+        {
+            return Ok(c.clone());
+        }
+        let claim = match self
+            .inner
+            .meta
+            .claim_group(group, self.inner.cfg.node_id, lease)
+            .await?
+        {
+            Ok(claim) => claim,
+            Err(holder) => {
+                let addr = self.node_addr(holder.node_id).await;
+                return Err(self.not_coordinator(group, addr));
+            }
+        };
+        let record = self.inner.meta.load_group(group).await?;
+        let topics = self.topic_partitions().await?;
+        let state = Group::load(group, record, now(), &topics)?;
+        let c = Arc::new(Coordinated {
+            claim,
+            lease,
+            state: tokio::sync::Mutex::new(state),
+        });
+        let mut map = self.inner.coordinated.lock().expect("lock poisoned");
+        // Another request may have loaded it meanwhile: keep one.
+        let c = map.entry(group.to_string()).or_insert(c).clone();
+        Ok(c)
+    }
+
+    /// Forgets a group's in-memory state (the next request reloads it from `meta`).
+    fn forget_group(&self, group: &str, c: &Arc<Coordinated>) {
+        let mut map = self.inner.coordinated.lock().expect("lock poisoned");
+        if map.get(group).is_some_and(|x| Arc::ptr_eq(x, c)) {
+            map.remove(group);
+        }
+    }
+
+    /// A failed coordinator write: the state in memory may be ahead of `meta`, so it is
+    /// dropped; a lost claim becomes NOT_COORDINATOR.
+    async fn coordinator_write_failed(
+        &self,
+        group: &str,
+        c: &Arc<Coordinated>,
+        e: meta::Error,
+    ) -> Error {
+        self.forget_group(group, c);
+        match e {
+            meta::Error::GroupFenced { .. } => {
+                let holder = self
+                    .inner
+                    .meta
+                    .group_coordinator(group)
+                    .await
+                    .ok()
+                    .flatten();
+                let addr = match holder {
+                    Some(h) => self.node_addr(h.node_id).await,
+                    None => None,
+                };
+                self.not_coordinator(group, addr)
+            }
+            e => e.into(),
+        }
+    }
+
+    /// Runs `f` on the group's state and stores the record when `f` changed it.
+    async fn with_group<T>(
+        &self,
+        group: &str,
+        f: impl FnOnce(&mut Group, Now, &BTreeMap<String, u32>) -> Result<T>,
+    ) -> Result<T> {
+        let c = self.coordinate(group).await?;
+        let topics = self.topic_partitions().await?;
+        let mut g = c.state.lock().await;
+        let before = g.record().clone();
+        let out = f(&mut g, now(), &topics);
+        if *g.record() != before
+            && let Err(e) = self
+                .inner
+                .meta
+                .store_group(group, &c.claim, g.record())
+                .await
+        {
+            drop(g);
+            return Err(self.coordinator_write_failed(group, &c, e).await);
+        }
+        out
+    }
+
+    /// A member's heartbeat (join, leave, keep alive); see [`crate::group`].
+    pub async fn group_heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatReply> {
+        let group = req.group.clone();
+        self.with_group(&group, |g, now, topics| g.heartbeat(&req, now, topics))
+            .await
+    }
+
+    /// Commits offsets for a group: by a member at its current epoch, or (empty member id,
+    /// epoch -1) by anyone while the group has no members. Fenced by the coordinator's claim.
+    pub async fn commit_group_offsets(
+        &self,
+        group: &str,
+        member_id: &str,
+        member_epoch: i32,
+        offsets: Vec<PartitionOffset>,
+    ) -> Result<()> {
+        validate_group(group)?;
+        let topics = self.topic_partitions().await?;
+        for o in &offsets {
+            match topics.get(&o.topic) {
+                None => {
+                    // The snapshot may predate the topic: ask once more.
+                    let t = self.topic(&o.topic).await?;
+                    if o.partition >= t.partitions() {
+                        return Err(Error::UnknownPartition {
+                            topic: o.topic.clone(),
+                            partition: o.partition,
+                            partitions: t.partitions(),
+                        });
+                    }
+                }
+                Some(&n) if o.partition >= n => {
+                    return Err(Error::UnknownPartition {
+                        topic: o.topic.clone(),
+                        partition: o.partition,
+                        partitions: n,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        let c = self.coordinate(group).await?;
+        let g = c.state.lock().await;
+        g.check_commit(member_id, member_epoch)?;
+        // Under the group's lock: no rebalance passes between the check and the write.
+        let stored = self
+            .inner
+            .meta
+            .commit_offsets_as(group, Some(&c.claim), &offsets)
+            .await;
+        drop(g);
+        if let Err(e) = stored {
+            return Err(self.coordinator_write_failed(group, &c, e).await);
+        }
+        Ok(())
+    }
+
+    /// A group's members and assignment, from its coordinator's memory when this node
+    /// coordinates it, else from `meta`. UNKNOWN_GROUP when nothing is stored for it.
+    pub async fn describe_group(&self, group: &str) -> Result<(GroupView, Option<NodeId>)> {
+        validate_group(group)?;
+        let coordinator = self
+            .inner
+            .meta
+            .group_coordinator(group)
+            .await?
+            .map(|c| c.node_id);
+        let local = self
+            .inner
+            .coordinated
+            .lock()
+            .expect("lock poisoned")
+            .get(group)
+            .cloned();
+        if let Some(c) = local {
+            return Ok((c.state.lock().await.view(), coordinator));
+        }
+        let record = self.inner.meta.load_group(group).await?;
+        if record.is_none() && self.inner.meta.fetch_offsets(group, None).await?.is_empty() {
+            return Err(Error::UnknownGroup(group.to_string()));
+        }
+        let topics = self.topic_partitions().await?;
+        let view = Group::load(group, record, now(), &topics)?.view();
+        Ok((view, coordinator))
+    }
+
+    /// Every group with stored state or offsets: (group, state, members).
+    pub async fn list_groups(&self) -> Result<Vec<(String, &'static str, usize)>> {
+        let records = self.inner.meta.list_group_records().await?;
+        Ok(records
+            .into_iter()
+            .map(|(g, r)| {
+                let members = r.map_or(0, |r| r.members.len());
+                (g, if members == 0 { "Empty" } else { "Active" }, members)
+            })
+            .collect())
+    }
+
+    /// Deletes a group's offsets and record; refused while it has members.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let c = self.coordinate(group).await?;
+        let mut g = c.state.lock().await;
+        if !g.is_empty() {
+            return Err(Error::GroupNotEmpty {
+                group: group.to_string(),
+                members: g.record().members.len(),
+            });
+        }
+        let deleted = match self.inner.meta.delete_group_as(group, &c.claim).await {
+            Ok(d) => d,
+            Err(e) => {
+                drop(g);
+                return Err(self.coordinator_write_failed(group, &c, e).await);
+            }
+        };
+        let topics = self.topic_partitions().await?;
+        *g = Group::load(group, None, now(), &topics)?;
+        if !deleted {
+            return Err(Error::UnknownGroup(group.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Where `at` is in a partition, asked of its leader when another node leads it.
+    async fn resolve_anywhere(&self, topic: &str, partition: u32, at: StartAt) -> Result<i64> {
+        match self.resolve(topic, partition, at).await {
+            Err(Error::NotLeader {
+                leader: Some(addr), ..
+            }) => {
+                use pb::list_offsets_request::Spec;
+                let spec = match at {
+                    StartAt::Earliest => Spec::Position(pb::StartPosition::StartEarliest as i32),
+                    StartAt::Latest => Spec::Position(pb::StartPosition::StartLatest as i32),
+                    StartAt::Timestamp(ts) => Spec::TimestampMs(ts),
+                    StartAt::Offset(o) => return Ok(o),
+                };
+                let r = self
+                    .peer(&addr)?
+                    .list_offsets(pb::ListOffsetsRequest {
+                        topic: topic.to_string(),
+                        partition,
+                        spec: Some(spec),
+                    })
+                    .await
+                    .map_err(|s| Error::Unavailable(format!("leader at {addr}: {}", s.message())))?
+                    .into_inner()
+                    .offset;
+                if r < 0 {
+                    // No record at or after the time: the log end.
+                    return Box::pin(self.resolve_anywhere(topic, partition, StartAt::Latest))
+                        .await;
+                }
+                Ok(r)
+            }
+            other => other,
+        }
+    }
+
+    /// Moves a group's committed offsets for `topic` (`partitions`, or all when empty).
+    /// With `dry_run` nothing is written. Refused while the group has members.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+        to: ResetTo,
+        dry_run: bool,
+    ) -> Result<Vec<ResetOffset>> {
+        validate_group(group)?;
+        let t = self.topic(topic).await?;
+        let parts: Vec<u32> = if partitions.is_empty() {
+            (0..t.partitions()).collect()
+        } else {
+            for &p in partitions {
+                if p >= t.partitions() {
+                    return Err(Error::UnknownPartition {
+                        topic: topic.to_string(),
+                        partition: p,
+                        partitions: t.partitions(),
+                    });
+                }
+            }
+            partitions.to_vec()
+        };
+        let committed: BTreeMap<u32, i64> = self
+            .inner
+            .meta
+            .fetch_offsets(group, Some(topic))
+            .await?
+            .into_iter()
+            .map(|o| (o.partition, o.offset))
+            .collect();
+        let mut out = Vec::with_capacity(parts.len());
+        for p in parts {
+            let low = self.resolve_anywhere(topic, p, StartAt::Earliest).await?;
+            let high = self.resolve_anywhere(topic, p, StartAt::Latest).await?;
+            let before = committed.get(&p).copied();
+            let after = match to {
+                ResetTo::Earliest => low,
+                ResetTo::Latest => high,
+                ResetTo::Timestamp(ts) => {
+                    self.resolve_anywhere(topic, p, StartAt::Timestamp(ts))
+                        .await?
+                }
+                ResetTo::Offset(o) => o,
+                ResetTo::ShiftBy(n) => before.unwrap_or(high).saturating_add(n),
+            }
+            .clamp(low, high.max(low));
+            out.push(ResetOffset {
+                topic: topic.to_string(),
+                partition: p,
+                before,
+                after,
+            });
+        }
+        let c = self.coordinate(group).await?;
+        let g = c.state.lock().await;
+        if !g.is_empty() {
+            return Err(Error::GroupNotEmpty {
+                group: group.to_string(),
+                members: g.record().members.len(),
+            });
+        }
+        if dry_run {
+            return Ok(out);
+        }
+        let offsets: Vec<PartitionOffset> = out
+            .iter()
+            .map(|r| PartitionOffset {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                offset: r.after,
+                metadata: String::new(),
+            })
+            .collect();
+        let stored = self
+            .inner
+            .meta
+            .commit_offsets_as(group, Some(&c.claim), &offsets)
+            .await;
+        drop(g);
+        if let Err(e) = stored {
+            return Err(self.coordinator_write_failed(group, &c, e).await);
+        }
+        tracing::info!(group, topic, partitions = out.len(), ?to, "reset offsets");
+        Ok(out)
+    }
+
+    /// Times out members and follows topic changes in every group this node coordinates.
+    pub(super) fn spawn_group_ticker(&self) {
+        let broker = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = broker.inner.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+                let groups: Vec<(String, Arc<Coordinated>)> = broker
+                    .inner
+                    .coordinated
+                    .lock()
+                    .expect("lock poisoned")
+                    .iter()
+                    .map(|(g, c)| (g.clone(), c.clone()))
+                    .collect();
+                if groups.is_empty() {
+                    continue;
+                }
+                let lease = *broker.inner.lease.lock().expect("lease lock poisoned");
+                for (group, c) in groups {
+                    if c.lease != lease || broker.lease_lapsed() {
+                        broker.forget_group(&group, &c);
+                        continue;
+                    }
+                    let r = broker
+                        .with_group(&group, |g, now, topics| {
+                            g.tick(now, topics);
+                            Ok(())
+                        })
+                        .await;
+                    if let Err(e) = r {
+                        tracing::warn!(group, error = %e, "group tick failed");
+                    }
+                }
+            }
+        });
+    }
+}
