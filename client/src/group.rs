@@ -242,9 +242,10 @@ impl GroupConsumer {
             for tp in &revoked {
                 self.consumer.remove(tp);
             }
+            // The listener hears first; only then may a heartbeat report them given up.
+            self.tell(Rebalance::Revoked(revoked));
             self.shared.lock().expect("shared lock").held =
                 self.consumer.positions().keys().cloned().collect();
-            self.tell(Rebalance::Revoked(revoked));
             // Tell the coordinator now: the next owner is waiting for these.
             self.wake.notify_one();
         }

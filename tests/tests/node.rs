@@ -3,6 +3,8 @@
 
 #[path = "node/cluster.rs"]
 mod cluster;
+#[path = "node/groups.rs"]
+mod groups;
 #[path = "node/sql.rs"]
 mod sql;
 

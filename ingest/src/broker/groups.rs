@@ -322,7 +322,13 @@ impl Broker {
             .get(group)
             .cloned();
         if let Some(c) = local {
-            return Ok((c.state.lock().await.view(), coordinator));
+            let view = c.state.lock().await.view();
+            // A group never joined (or deleted) is known only by its offsets.
+            let joined = view.generation > 0 || !view.members.is_empty();
+            if joined || !self.inner.meta.fetch_offsets(group, None).await?.is_empty() {
+                return Ok((view, coordinator));
+            }
+            return Err(Error::UnknownGroup(group.to_string()));
         }
         let record = self.inner.meta.load_group(group).await?;
         if record.is_none() && self.inner.meta.fetch_offsets(group, None).await?.is_empty() {
