@@ -63,6 +63,9 @@ pub enum SeekTo {
 /// A topic partition.
 pub type Tp = (String, u32);
 
+/// A group member's (member id, epoch), shared by its commits and heartbeats.
+pub(crate) type Member = std::sync::Arc<tokio::sync::Mutex<(String, i32)>>;
+
 /// A record and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumedRecord {
@@ -94,8 +97,9 @@ pub struct Consumer {
     /// Fetched records not handed out yet, in offset order per partition.
     buffered: BTreeMap<Tp, VecDeque<pb::FetchedRecord>>,
     hand_out_turn: usize,
-    /// For a group member: (member id, epoch), read at every commit.
-    pub(crate) member: Option<std::sync::Arc<std::sync::Mutex<(String, i32)>>>,
+    /// For a group member: (member id, epoch). Held across every commit and heartbeat, so a
+    /// commit never carries an epoch a heartbeat in flight is moving on.
+    pub(crate) member: Option<Member>,
     tx: mpsc::Sender<Fetched>,
     rx: mpsc::Receiver<Fetched>,
 }
@@ -354,11 +358,16 @@ impl Consumer {
         out
     }
 
+    /// Auto-commit: a failure is logged, not returned (as Kafka's consumers do); the next
+    /// one commits the positions again. A member that was dropped learns it from its
+    /// heartbeats, which also make it join again.
     async fn maybe_auto_commit(&mut self) -> Result<()> {
         if let Some(every) = self.cfg.auto_commit
             && self.last_commit.elapsed() >= every
+            && let Err(e) = self.commit().await
         {
-            self.commit().await?;
+            tracing::warn!(error = %e, "auto-commit failed; retrying at the next interval");
+            self.last_commit = Instant::now();
         }
         Ok(())
     }
@@ -389,7 +398,7 @@ impl Consumer {
             return Ok(());
         };
         let offsets = self.offsets_of(tps);
-        commit(&self.client, &group, self.member.as_ref(), offsets, true).await?;
+        commit(&self.client, &group, self.member.as_ref(), offsets).await?;
         if tps.is_none() {
             self.last_commit = Instant::now();
         }
@@ -407,44 +416,34 @@ impl Consumer {
         self.last_commit = Instant::now();
         tokio::spawn(async move {
             match group {
-                Some(g) => commit(&client, &g, member.as_ref(), offsets, false).await,
+                Some(g) => commit(&client, &g, member.as_ref(), offsets).await,
                 None => Ok(()),
             }
         })
     }
 }
 
-/// Commits `offsets`: as a member at its current epoch, or without membership. With `retry`
-/// (only from `poll`'s side, which alone gives partitions up, so the partitions are still
-/// this member's), once more with the newer epoch when a heartbeat moved it on meanwhile.
+/// Commits `offsets`: as a member at its current epoch (holding the member's lock, so no
+/// heartbeat moves the epoch meanwhile), or without membership. Nothing to commit sends
+/// nothing.
 async fn commit(
     client: &Client,
     group: &str,
-    member: Option<&std::sync::Arc<std::sync::Mutex<(String, i32)>>>,
+    member: Option<&Member>,
     offsets: Vec<pb::GroupOffset>,
-    retry: bool,
 ) -> Result<()> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
     let Some(member) = member else {
         return client.commit_offsets(group, offsets).await;
     };
-    let (id, epoch) = member.lock().expect("member lock").clone();
-    match client
-        .commit_member_offsets(group, &id, epoch, offsets.clone())
+    let guard = member.lock().await;
+    let (id, epoch) = &*guard;
+    client
+        .commit_member_offsets(group, id, *epoch, offsets)
         .await
-    {
-        Err(e) if retry && e.code() == Some(crate::ErrorCode::IllegalGeneration) => {
-            let (id2, epoch2) = member.lock().expect("member lock").clone();
-            if (id2.as_str(), epoch2) == (id.as_str(), epoch) {
-                return Err(e);
-            }
-            client
-                .commit_member_offsets(group, &id2, epoch2, offsets)
-                .await
-        }
-        other => other,
-    }
 }
-
 /// Follows one partition from `from`, at its leader: a retriable failure (leader moved or died,
 /// node shutting down) re-routes and resumes after the last record passed on, with backoff; only
 /// other errors reach `poll`.

@@ -21,7 +21,7 @@ use proto::v1 as pb;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::consumer::{ConsumedRecord, Consumer, ConsumerConfig, SeekTo, Tp};
+use crate::consumer::{ConsumedRecord, Consumer, ConsumerConfig, Member, SeekTo, Tp};
 use crate::{Client, Error, ErrorCode, Result};
 
 /// Where a granted partition without a committed offset starts.
@@ -112,7 +112,7 @@ type Listener = Box<dyn FnMut(&Rebalance) + Send>;
 pub struct GroupConsumer {
     cfg: GroupConfig,
     consumer: Consumer,
-    member: Arc<Mutex<(String, i32)>>,
+    member: Member,
     shared: Arc<Mutex<Shared>>,
     wake: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
@@ -144,7 +144,7 @@ impl GroupConsumer {
         };
         let mut consumer =
             Consumer::empty(client.clone(), inner, cfg.prefetch_messages.max(1) * 16);
-        let member = Arc::new(Mutex::new((String::new(), 0)));
+        let member: Member = Arc::new(tokio::sync::Mutex::new((String::new(), 0)));
         consumer.member = Some(member.clone());
         let shared = Arc::new(Mutex::new(Shared::default()));
         let wake = Arc::new(Notify::new());
@@ -174,13 +174,9 @@ impl GroupConsumer {
         self.listener = Some(Box::new(f));
     }
 
-    /// The member id the coordinator handed out ("" before the first answer).
-    pub fn member_id(&self) -> String {
-        self.member.lock().expect("member lock").0.clone()
-    }
-
-    pub fn member_epoch(&self) -> i32 {
-        self.member.lock().expect("member lock").1
+    /// The member id the coordinator handed out, and the member's epoch.
+    pub async fn member(&self) -> (String, i32) {
+        self.member.lock().await.clone()
     }
 
     /// The partitions this member reads now.
@@ -328,7 +324,7 @@ impl GroupConsumer {
         if !all.is_empty() {
             self.tell(Rebalance::Revoked(all));
         }
-        let (id, _) = self.member.lock().expect("member lock").clone();
+        let (id, _) = self.member.lock().await.clone();
         let leave = pb::GroupHeartbeatRequest {
             group: self.cfg.group.clone(),
             member_id: id,
@@ -350,10 +346,12 @@ impl GroupConsumer {
 async fn heartbeat(
     client: &Client,
     cfg: &GroupConfig,
-    member: &Arc<Mutex<(String, i32)>>,
+    member: &Member,
     shared: &Arc<Mutex<Shared>>,
 ) -> Result<Duration> {
-    let (id, epoch) = member.lock().expect("member lock").clone();
+    // Held until the answer is stored: commits wait, so none carries a stale epoch.
+    let mut guard = member.lock().await;
+    let (id, epoch) = guard.clone();
     let held = shared.lock().expect("shared lock").held.clone();
     let mut owned: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for (t, p) in held {
@@ -379,8 +377,20 @@ async fn heartbeat(
                 .collect(),
         }),
     };
-    let r = client.group_heartbeat(req).await?;
-    *member.lock().expect("member lock") = (r.member_id, r.member_epoch);
+    let r = match client.group_heartbeat(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(
+                e.code(),
+                Some(ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration)
+            ) {
+                // Dropped by the coordinator: the next heartbeat joins again.
+                guard.1 = 0;
+            }
+            return Err(e);
+        }
+    };
+    *guard = (r.member_id, r.member_epoch);
     let assignment: BTreeSet<Tp> = r
         .assignment
         .into_iter()
@@ -398,7 +408,7 @@ async fn heartbeat(
 async fn heartbeat_loop(
     client: Client,
     cfg: GroupConfig,
-    member: Arc<Mutex<(String, i32)>>,
+    member: Member,
     shared: Arc<Mutex<Shared>>,
     wake: Arc<Notify>,
     mut every: Duration,
@@ -425,7 +435,6 @@ async fn heartbeat_loop(
                 match code {
                     Some(ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration) => {
                         tracing::warn!(group = %cfg.group, error = %e, "the member was dropped; joining again");
-                        member.lock().expect("member lock").1 = 0;
                         let mut s = shared.lock().expect("shared lock");
                         s.lost = true;
                         s.assignment = None;

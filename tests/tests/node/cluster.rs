@@ -962,3 +962,139 @@ async fn sql_on_any_node_covers_the_hot_tails_of_every_leader() {
         cluster.nodes.remove(&id).unwrap().stop();
     }
 }
+
+/// The node coordinating a consumer group is killed with SIGKILL (3 nodes on etcd and the S3
+/// server, a producer writing, two members consuming): another node takes the group over from
+/// what is stored in etcd, the members carry on (at most one rebalance, nobody dropped), every
+/// acknowledged record is consumed, and no committed offset moves backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_carries_on_when_its_coordinator_is_killed() {
+    use client::{GroupConfig, GroupConsumer, OffsetReset};
+    let (Some(s3), Some(binary)) = (tierlog_tests::s3_options(), tierlog_tests::etcd_binary())
+    else {
+        return;
+    };
+    let etcd = PrivateEtcd::start(binary, 1);
+    let ns = tierlog_tests::unique("group-failover");
+    let mut cluster = Cluster::new(&etcd, &s3, &ns);
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    let c = Client::connect(&cluster.addrs()).await.unwrap();
+    c.create_topic("jobs", PARTITIONS).await.unwrap();
+    wait_for_leaders(&c, "jobs", PARTITIONS, Duration::from_secs(30)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<(u32, i64)>>> = Arc::default();
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let cfg = GroupConfig {
+            group: "workers".into(),
+            topics: vec!["jobs".into()],
+            session_timeout: Duration::from_secs(20),
+            auto_commit: Some(Duration::from_millis(300)),
+            offset_reset: OffsetReset::Earliest,
+            ..GroupConfig::default()
+        };
+        let mut m = GroupConsumer::join(c.clone(), cfg).await.unwrap();
+        let (stop, seen) = (stop.clone(), seen.clone());
+        members.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match m.poll(Duration::from_millis(200)).await {
+                    Ok(records) => seen
+                        .lock()
+                        .unwrap()
+                        .extend(records.iter().map(|r| (r.partition, r.offset))),
+                    Err(e) => panic!("a member failed: {e}"),
+                }
+            }
+            m.close().await.unwrap();
+        }));
+    }
+    let producer = Producer::new(
+        c.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            ..ProducerConfig::default()
+        },
+    );
+    let mut acked = Vec::new();
+    let send = async |from: u64, to: u64, acked: &mut Vec<(u32, i64)>| {
+        for i in from..to {
+            let rx = producer
+                .send(
+                    "jobs",
+                    None,
+                    Some(format!("k{i}").into_bytes()),
+                    Some(b"v".to_vec()),
+                    vec![],
+                )
+                .await
+                .unwrap();
+            if let Ok(Ok(m)) = rx.await {
+                acked.push((m.partition, m.offset));
+            }
+        }
+    };
+    send(0, 300, &mut acked).await;
+    // Settled: two members, every partition held.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let d = c.describe_group("workers").await.unwrap();
+        if d.state == "Stable" && d.members.len() == 2 {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "never settled: {d:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let committed_before: BTreeMap<u32, i64> = c
+        .fetch_offsets("workers", "jobs")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.partition, o.offset))
+        .collect();
+    cluster.kill9(before.coordinator);
+    send(300, 600, &mut acked).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: std::collections::HashSet<(u32, i64)> =
+            seen.lock().unwrap().iter().copied().collect();
+        let missing = acked.iter().filter(|r| !got.contains(r)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged records never consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = c.describe_group("workers").await.unwrap();
+    assert_ne!(
+        after.coordinator, before.coordinator,
+        "another node coordinates it"
+    );
+    assert_eq!(after.members.len(), 2, "nobody was dropped: {after:?}");
+    assert!(
+        after.generation <= before.generation + 1,
+        "at most one rebalance: {} → {}",
+        before.generation,
+        after.generation
+    );
+    stop.store(true, Ordering::Relaxed);
+    for m in members {
+        m.await.unwrap();
+    }
+    for o in c.fetch_offsets("workers", "jobs").await.unwrap() {
+        let was = committed_before.get(&o.partition).copied().unwrap_or(0);
+        assert!(
+            o.offset >= was,
+            "partition {} went back from {was} to {}",
+            o.partition,
+            o.offset
+        );
+    }
+    producer.close().await;
+}
