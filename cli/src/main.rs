@@ -464,6 +464,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             lease_ttl: Duration::from_millis(s.lease_ttl_ms),
             max_record_bytes: s.max_record_bytes,
             limits: s.limits.clone(),
+            groups: s.groups.clone(),
             ..BrokerConfig::default()
         },
     )

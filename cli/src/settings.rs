@@ -41,6 +41,8 @@ pub struct Settings {
     pub sql: SqlSettings,
     /// What clients may make the node create or hold (docs/limits.md).
     pub limits: ingest::Limits,
+    /// The consumer-group coordinator's settings (docs/groups.md).
+    pub groups: ingest::GroupSettings,
 }
 
 /// Guard rails of SQL queries on a node.
@@ -136,6 +138,7 @@ impl Default for Settings {
             tier: TierSettings::default(),
             sql: SqlSettings::default(),
             limits: ingest::Limits::default(),
+            groups: ingest::GroupSettings::default(),
         }
     }
 }
@@ -293,6 +296,12 @@ impl Settings {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.meta_backend()?;
+        if self.groups.offsets_retention_ms < 1_000 {
+            anyhow::bail!(
+                "groups.offsets_retention_ms must be at least 1000, not {}",
+                self.groups.offsets_retention_ms
+            );
+        }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             anyhow::bail!(
                 "listen must be an address like 127.0.0.1:7070, not {:?}",

@@ -49,6 +49,24 @@ pub struct BrokerConfig {
     /// How long a led partition may stay closed for a reopen that keeps failing (after a failed
     /// fsync) before this node gives it up and the cluster passes this node over for it.
     pub reopen_give_up: Duration,
+    pub groups: GroupSettings,
+}
+
+/// Settings of the consumer-group coordinator (`[groups]` in the node's settings).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupSettings {
+    /// A group's committed offsets are deleted once the group has had no members, and the
+    /// offsets no commit, for this long (Kafka's `offsets.retention.minutes`, 7 days).
+    pub offsets_retention_ms: u64,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            offsets_retention_ms: 7 * 24 * 3_600_000,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -60,6 +78,7 @@ impl Default for BrokerConfig {
             max_record_bytes: 1 << 20,
             limits: Limits::default(),
             reopen_give_up: Duration::from_secs(30),
+            groups: GroupSettings::default(),
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod listen;
 pub mod server;
 
 pub use broker::{
-    Acks, Broker, BrokerConfig, FetchPermit, Limits, PartitionInfo, ProduceRecord, ProduceResult,
-    StartAt, TopicInfo,
+    Acks, Broker, BrokerConfig, FetchPermit, GroupSettings, Limits, PartitionInfo, ProduceRecord,
+    ProduceResult, StartAt, TopicInfo,
 };
 pub use error::{Code, Error, Result};

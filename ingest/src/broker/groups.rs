@@ -501,14 +501,80 @@ impl Broker {
         Ok(out)
     }
 
-    /// Times out members and follows topic changes in every group this node coordinates.
+    /// Deletes the offsets of groups without members that nobody committed to for the
+    /// retention (counted from the later of the commit and the group becoming empty). Each
+    /// group is swept by the live node that ranks highest for it, as its coordinator.
+    async fn expire_offsets(&self) -> Result<()> {
+        let retention =
+            i64::try_from(self.inner.cfg.groups.offsets_retention_ms).unwrap_or(i64::MAX);
+        let now = now_ms();
+        let nodes = self.inner.meta.list_nodes().await?;
+        let me = self.inner.cfg.node_id;
+        for (group, record) in self.inner.meta.list_group_records().await? {
+            if record.as_ref().is_some_and(|r| !r.members.is_empty()) {
+                continue;
+            }
+            let empty_since = record.as_ref().and_then(|r| r.empty_since_ms).unwrap_or(0);
+            if now.saturating_sub(empty_since) < retention {
+                continue;
+            }
+            let sweeper = nodes.iter().max_by_key(|n| rendezvous(&group, n.node_id));
+            if sweeper.is_none_or(|n| n.node_id != me) {
+                continue;
+            }
+            let c = match self.coordinate(&group).await {
+                Ok(c) => c,
+                Err(Error::NotCoordinator { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let g = c.state.lock().await;
+            if !g.is_empty() {
+                continue;
+            }
+            let expired = self
+                .inner
+                .meta
+                .expire_offsets(&group, &c.claim, now - retention)
+                .await;
+            let left = match expired {
+                Ok(_) => self.inner.meta.fetch_offsets(&group, None).await?,
+                Err(e) => {
+                    drop(g);
+                    return Err(self.coordinator_write_failed(&group, &c, e).await);
+                }
+            };
+            if left.is_empty() && record.is_some() {
+                // Nothing left of the group: its record goes too.
+                if let Err(e) = self.inner.meta.delete_group_as(&group, &c.claim).await {
+                    drop(g);
+                    return Err(self.coordinator_write_failed(&group, &c, e).await);
+                }
+                drop(g);
+                self.forget_group(&group, &c);
+                tracing::info!(group, "expired an empty group");
+            }
+        }
+        Ok(())
+    }
+
+    /// Times out members and follows topic changes in every group this node coordinates;
+    /// expires offsets of groups long empty.
     pub(super) fn spawn_group_ticker(&self) {
         let broker = self.clone();
+        let retention = Duration::from_millis(broker.inner.cfg.groups.offsets_retention_ms);
+        let sweep_every = (retention / 2).clamp(TICK, Duration::from_secs(60));
         tokio::spawn(async move {
+            let mut last_sweep = Instant::now();
             loop {
                 tokio::select! {
                     _ = broker.inner.cancel.cancelled() => return,
                     _ = tokio::time::sleep(TICK) => {}
+                }
+                if last_sweep.elapsed() >= sweep_every {
+                    last_sweep = Instant::now();
+                    if let Err(e) = broker.expire_offsets().await {
+                        tracing::warn!(error = %e, "expiring group offsets failed");
+                    }
                 }
                 let groups: Vec<(String, Arc<Coordinated>)> = broker
                     .inner

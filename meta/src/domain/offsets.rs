@@ -30,6 +30,9 @@ pub struct PartitionOffset {
 struct StoredOffset {
     offset: i64,
     metadata: String,
+    /// When it was committed (Unix ms; 0 in offsets stored before this was kept).
+    #[serde(default)]
+    commit_ms: i64,
 }
 
 impl Meta {
@@ -63,11 +66,13 @@ impl Meta {
                 )));
             }
         }
+        let now_ms = self.clock.unix_millis();
         for chunk in offsets.chunks(self.max_txn_ops - 1) {
             let puts = chunk.iter().map(|o| {
                 let value = StoredOffset {
                     offset: o.offset,
                     metadata: o.metadata.clone(),
+                    commit_ms: now_ms,
                 };
                 let key = self.keys.offset(group, &o.topic, o.partition);
                 TxnOp::put(key, encode_json(&value), None)
@@ -128,6 +133,36 @@ impl Meta {
             .filter_map(|kv| self.keys.parse_group(&kv.key))
             .collect();
         Ok(groups.into_iter().collect())
+    }
+
+    /// Deletes `group`'s offsets committed before `cutoff_ms` (Unix ms), fenced by `claim`;
+    /// returns how many. The caller checks the group is empty.
+    pub async fn expire_offsets(
+        &self,
+        group: &str,
+        claim: &GroupClaim,
+        cutoff_ms: i64,
+    ) -> Result<usize> {
+        validate_group(group)?;
+        let range = self
+            .kv
+            .range(self.keys.group_offsets(group).as_bytes(), None)
+            .await?;
+        let mut old = Vec::new();
+        for kv in &range.kvs {
+            let stored: StoredOffset = decode_json(kv)?;
+            if stored.commit_ms < cutoff_ms {
+                old.push(kv.key.clone());
+            }
+        }
+        for chunk in old.chunks(self.max_txn_ops - 1) {
+            let deletes = chunk.iter().map(|k| TxnOp::delete(k.clone()));
+            self.fenced_txn(group, claim, deletes).await?;
+        }
+        if !old.is_empty() {
+            tracing::info!(group, offsets = old.len(), "expired committed offsets");
+        }
+        Ok(old.len())
     }
 
     /// Deletes the offsets every group committed for `topic` (the topic was deleted: a topic

@@ -735,3 +735,62 @@ async fn groups_read_independently_and_reset_offsets_replays_from_the_cold_tier(
     );
     node.stop();
 }
+
+/// Offsets of a group without members expire after `[groups] offsets_retention_ms` (counted
+/// from the last commit, and from when the group became empty); a group with a live member
+/// keeps them however old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_groups_long_empty_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, "[groups]\noffsets_retention_ms = 2000\n").unwrap();
+    let node = Node::start(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let c = Client::connect(&node.addr).await.unwrap();
+    c.create_topic("t", 2).await.unwrap();
+    let offsets = vec![pb::GroupOffset {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        metadata: String::new(),
+    }];
+    c.commit_offsets("simple", offsets).await.unwrap();
+    let mut live = Member::start(&node.addr, "t", "live", "a", &[]);
+    wait_stable(&c, "live", 1).await;
+    wait_held(&[&live], 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.describe_group("simple").await {
+            Err(e) if e.code() == Some(ErrorCode::UnknownGroup) => break,
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the empty group's offsets never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Past the retention, the group with a member still has its offsets (committed on
+    // every auto-commit interval anyway, and never expired while it has members).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = c.describe_group("live").await.unwrap();
+    assert_eq!(d.members.len(), 1);
+    assert_eq!(c.fetch_offsets("live", "t").await.unwrap().len(), 2);
+    live.sigterm();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Err(e) = c.describe_group("live").await {
+            assert_eq!(e.code(), Some(ErrorCode::UnknownGroup), "{e}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never expired after its member left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    node.stop();
+}
