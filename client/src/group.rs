@@ -306,6 +306,17 @@ impl GroupConsumer {
         self.consumer.commit().await
     }
 
+    /// Commits chosen offsets (with their metadata), as the member: for an application that
+    /// tracks what it has processed itself.
+    pub async fn commit_offsets(&mut self, offsets: Vec<pb::GroupOffset>) -> Result<()> {
+        let guard = self.member.lock().await;
+        let (id, epoch) = &*guard;
+        self.consumer
+            .client()
+            .commit_member_offsets(&self.cfg.group, id, *epoch, offsets)
+            .await
+    }
+
     /// [`GroupConsumer::commit`] in the background.
     pub fn commit_async(&mut self) -> tokio::task::JoinHandle<Result<()>> {
         self.consumer.commit_async()
