@@ -238,6 +238,86 @@ fn json_string(s: &str) -> String {
     out
 }
 
+/// What `consume` reads from: a consumer that assigns itself partitions, or a group member.
+pub(crate) trait Source {
+    async fn poll_at_most(
+        &mut self,
+        timeout: Duration,
+        max: usize,
+    ) -> client::Result<Vec<ConsumedRecord>>;
+}
+
+impl Source for Consumer {
+    async fn poll_at_most(
+        &mut self,
+        timeout: Duration,
+        max: usize,
+    ) -> client::Result<Vec<ConsumedRecord>> {
+        Consumer::poll_at_most(self, timeout, max).await
+    }
+}
+
+impl Source for client::GroupConsumer {
+    async fn poll_at_most(
+        &mut self,
+        timeout: Duration,
+        max: usize,
+    ) -> client::Result<Vec<ConsumedRecord>> {
+        client::GroupConsumer::poll_at_most(self, timeout, max).await
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Prints what `source` hands out until `max_messages`, idle for `idle_exit`, or Ctrl-C /
+/// SIGTERM; never takes more than is left to print, so a commit afterwards covers exactly
+/// what was printed.
+pub(crate) async fn print_records(source: &mut impl Source, a: &ConsumeArgs) -> anyhow::Result<()> {
+    let bar = progress(a.max_messages, "consumed");
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut n = 0u64;
+    let mut idle_since = tokio::time::Instant::now();
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    while a.max_messages.is_none_or(|m| n < m) {
+        let left = a.max_messages.map_or(usize::MAX, |m| (m - n) as usize);
+        let records = tokio::select! {
+            r = source.poll_at_most(Duration::from_millis(200), left.min(500)) => r.map_err(explain)?,
+            _ = &mut stop => break,
+        };
+        if records.is_empty() {
+            if a.idle_exit.is_some_and(|d| idle_since.elapsed() >= d) {
+                break;
+            }
+            continue;
+        }
+        idle_since = tokio::time::Instant::now();
+        for r in &records {
+            print_record(&mut out, r, a.json)?;
+            n += 1;
+        }
+        bar.set_position(n);
+        out.flush()?;
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
 /// Prints records from the chosen position until `max_messages`, or until idle for
 /// `idle_exit`, or forever.
 pub async fn consume(c: &Client, a: ConsumeArgs) -> anyhow::Result<()> {
@@ -268,37 +348,7 @@ pub async fn consume(c: &Client, a: ConsumeArgs) -> anyhow::Result<()> {
     } else if a.group.is_none() {
         consumer.seek(None, SeekTo::End).await.map_err(explain)?;
     }
-    let bar = progress(a.max_messages, "consumed");
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut n = 0u64;
-    let mut idle_since = tokio::time::Instant::now();
-    loop {
-        // Never take more than is left to print: a commit covers what was handed out.
-        let left = a.max_messages.map_or(usize::MAX, |m| (m - n) as usize);
-        let records = consumer
-            .poll_at_most(Duration::from_millis(200), left.min(500))
-            .await
-            .map_err(explain)?;
-        if records.is_empty() {
-            if a.idle_exit.is_some_and(|d| idle_since.elapsed() >= d) {
-                break;
-            }
-            continue;
-        }
-        idle_since = tokio::time::Instant::now();
-        for r in &records {
-            print_record(&mut out, r, a.json)?;
-            n += 1;
-        }
-        bar.set_position(n);
-        out.flush()?;
-        if a.max_messages.is_some_and(|m| n >= m) {
-            break;
-        }
-    }
-    out.flush()?;
-    bar.finish_and_clear();
+    print_records(&mut consumer, &a).await?;
     // Commit exactly what was printed: the position after the last record shown.
     consumer.commit().await.map_err(explain)?;
     Ok(())

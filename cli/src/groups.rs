@@ -1,14 +1,13 @@
 //! `tierlog groups ...` and `tierlog consume --group`: thin over the client's group calls.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::Duration;
 
 use client::{Client, GroupConfig, GroupConsumer, OffsetReset, Rebalance};
 use proto::v1 as pb;
 use serde_json::json;
 
-use crate::commands::{ConsumeArgs, explain, print_record};
+use crate::commands::{ConsumeArgs, explain, print_records};
 
 /// Settings of a group member started by `consume --group`.
 pub struct MemberArgs {
@@ -30,21 +29,6 @@ fn list(tps: &[(String, u32)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Waits for Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// `consume TOPIC --group G`: joins the group and prints what it is given; commits what it
@@ -72,37 +56,7 @@ pub async fn consume_as_member(c: &Client, a: ConsumeArgs, m: MemberArgs) -> any
         Rebalance::Revoked(tps) => eprintln!("revoked: {}", list(tps)),
         Rebalance::Lost(tps) => eprintln!("lost: {}", list(tps)),
     });
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut n = 0u64;
-    let mut idle_since = tokio::time::Instant::now();
-    let stop = stop_signal();
-    tokio::pin!(stop);
-    loop {
-        if a.max_messages.is_some_and(|m| n >= m) {
-            break;
-        }
-        // Never take more than is left to print: a commit covers what was handed out.
-        let left = a.max_messages.map_or(usize::MAX, |m| (m - n) as usize);
-        let records = tokio::select! {
-            r = consumer.poll_at_most(Duration::from_millis(200), left.min(500)) => r.map_err(explain)?,
-            _ = &mut stop => break,
-        };
-        if records.is_empty() {
-            if a.idle_exit.is_some_and(|d| idle_since.elapsed() >= d) {
-                break;
-            }
-            continue;
-        }
-        idle_since = tokio::time::Instant::now();
-        for r in &records {
-            print_record(&mut out, r, a.json)?;
-            n += 1;
-        }
-        out.flush()?;
-    }
-    out.flush()?;
-    drop(out);
+    print_records(&mut consumer, &a).await?;
     consumer.close().await.map_err(explain)?;
     Ok(())
 }

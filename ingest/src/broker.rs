@@ -420,23 +420,29 @@ impl Broker {
                 _ => return None,
             },
         };
-        let known = self
+        self.node_addr(leader).await
+    }
+
+    /// The node's address by id (from the cached view, else `meta`).
+    async fn node_addr(&self, node: NodeId) -> Option<String> {
+        let cached = self
             .inner
             .nodes
             .read()
             .expect("nodes lock poisoned")
-            .get(&leader)
+            .get(&node)
             .cloned();
-        match known {
+        match cached {
             Some(a) => Some(a),
             None => self
                 .inner
                 .meta
                 .list_nodes()
                 .await
-                .ok()
-                .and_then(|ns| ns.into_iter().find(|x| x.node_id == leader))
-                .map(|x| x.addr),
+                .ok()?
+                .into_iter()
+                .find(|n| n.node_id == node)
+                .map(|n| n.addr),
         }
     }
 

@@ -92,29 +92,6 @@ impl Broker {
         }
     }
 
-    /// The node's address by id (from the cached view, else `meta`).
-    async fn node_addr(&self, node: NodeId) -> Option<String> {
-        let cached = self
-            .inner
-            .nodes
-            .read()
-            .expect("nodes lock poisoned")
-            .get(&node)
-            .cloned();
-        match cached {
-            Some(a) => Some(a),
-            None => self
-                .inner
-                .meta
-                .list_nodes()
-                .await
-                .ok()?
-                .into_iter()
-                .find(|n| n.node_id == node)
-                .map(|n| n.addr),
-        }
-    }
-
     /// Topic name → partitions, reused for [`TOPICS_TTL`].
     async fn topic_partitions(&self) -> Result<TopicPartitions> {
         if let Some((at, t)) = &*self.inner.group_topics.lock().expect("lock poisoned")
@@ -291,17 +268,28 @@ impl Broker {
         let c = self.coordinate(group).await?;
         let g = c.state.lock().await;
         g.check_commit(member_id, member_epoch)?;
-        // Under the group's lock: no rebalance passes between the check and the write.
+        self.commit_under(group, &c, g, &offsets).await
+    }
+
+    /// Commits as the coordinator while holding the group's lock (`g`): no rebalance passes
+    /// between the caller's check and the write.
+    async fn commit_under(
+        &self,
+        group: &str,
+        c: &Arc<Coordinated>,
+        g: tokio::sync::MutexGuard<'_, Group>,
+        offsets: &[PartitionOffset],
+    ) -> Result<()> {
         let stored = self
             .inner
             .meta
-            .commit_offsets_as(group, Some(&c.claim), &offsets)
+            .commit_offsets_as(group, Some(&c.claim), offsets)
             .await;
         drop(g);
-        if let Err(e) = stored {
-            return Err(self.coordinator_write_failed(group, &c, e).await);
+        match stored {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.coordinator_write_failed(group, c, e).await),
         }
-        Ok(())
     }
 
     /// A group's members and assignment, from its coordinator's memory when this node
@@ -488,15 +476,7 @@ impl Broker {
                 metadata: String::new(),
             })
             .collect();
-        let stored = self
-            .inner
-            .meta
-            .commit_offsets_as(group, Some(&c.claim), &offsets)
-            .await;
-        drop(g);
-        if let Err(e) = stored {
-            return Err(self.coordinator_write_failed(group, &c, e).await);
-        }
+        self.commit_under(group, &c, g, &offsets).await?;
         tracing::info!(group, topic, partitions = out.len(), ?to, "reset offsets");
         Ok(out)
     }
