@@ -8,6 +8,7 @@
 //! produce→ack from `send` to the acknowledgement, produce→consume from `send` to the moment a
 //! follow-mode fetch stream delivers the record (the send time travels in the record's value).
 
+mod groups;
 mod sql;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ pub enum BenchKind {
     /// SQL over the committed history (full scan, time range, JSON group-by) next to DuckDB
     /// reading the same Parquet files.
     Sql,
+    /// Consumer-group rebalances: eager against cooperative for 1 → 2 → 3 → 2 members, and a
+    /// large group's time to a stable assignment and etcd requests (with --meta etcd://…).
+    Groups,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -53,6 +57,12 @@ pub struct BenchArgs {
     pub record_bytes: usize,
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    /// groups: members of the large group.
+    #[arg(long, default_value_t = 100)]
+    pub members: usize,
+    /// groups: partitions of the large group's topic.
+    #[arg(long, default_value_t = 1_000)]
+    pub group_partitions: u32,
     #[arg(long, value_enum, default_value = "leader")]
     pub acks: crate::AcksArg,
     /// fsync policy of the started node and of the disk baseline: every_batch, never or ms.
@@ -342,6 +352,7 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Consume => consume(server, &args, dir.path()).await,
         BenchKind::Failover => failover(&args, dir.path()).await,
         BenchKind::Sql => sql::run(&args, dir.path()).await,
+        BenchKind::Groups => groups::run(&args, dir.path()).await,
     }
 }
 

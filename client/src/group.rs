@@ -190,7 +190,7 @@ impl GroupConsumer {
     }
 
     fn tell(&mut self, event: Rebalance) {
-        tracing::info!(group = %self.cfg.group, ?event, "rebalance");
+        tracing::debug!(group = %self.cfg.group, ?event, "rebalance");
         if let Some(f) = self.listener.as_mut() {
             f(&event);
         }

@@ -1052,7 +1052,8 @@ async fn every_bench_mode_runs_and_prints_its_baselines() {
         etcd[0].trim_start_matches("http://"),
         tierlog_tests::unique("bench")
     );
-    let modes: [(&str, Vec<&str>, &[&str]); 4] = [
+    let group_meta = format!("{meta}-groups");
+    let modes: [(&str, Vec<&str>, &[&str]); 5] = [
         (
             "produce",
             vec!["--load", "0.5", "--load-secs", "1"],
@@ -1098,6 +1099,24 @@ async fn every_bench_mode_runs_and_prints_its_baselines() {
                 "2 nodes",
                 "failover (lease TTL 2000 ms):",
                 "partition served again after a kill",
+            ],
+        ),
+        (
+            "groups",
+            vec![
+                "--meta",
+                &group_meta,
+                "--members",
+                "3",
+                "--group-partitions",
+                "6",
+            ],
+            &[
+                "baseline: request round trip",
+                "range: 1 → 2 members",
+                "cooperative-sticky: 3 → 2 members",
+                "time to a stable assignment",
+                "etcd requests at steady state",
             ],
         ),
     ];

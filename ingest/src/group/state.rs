@@ -531,7 +531,8 @@ impl Group {
         let m = self.member_mut(id).expect("checked above");
         m.member_epoch = member_epoch;
         m.owned = owned_map(&owned);
-        let base = (session_ms / 5).clamp(100, 3_000);
+        // A settled member learns of the next rebalance at its next heartbeat: about 1 s.
+        let base = (session_ms / 10).clamp(100, 1_000);
         HeartbeatReply {
             member_id: id.to_string(),
             member_epoch,
