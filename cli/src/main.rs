@@ -482,6 +482,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     health
         .set_serving::<proto::v1::tierlog_server::TierlogServer<Service>>()
         .await;
+    // Listen for SIGTERM before saying the node is up: a stop sent right after the line below
+    // must reach the graceful path, not the default action (which kills the process).
+    let stop = shutdown_signal();
     tracing::info!(%addr, data_dir = %s.data_dir.display(), object_store = %url, "tierlog node serving");
     // One line on stdout for scripts and tests: where the node listens.
     println!("tierlog listening on {addr}");
@@ -495,7 +498,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             {
                 let broker = broker.clone();
                 async move {
-                    shutdown_signal().await;
+                    stop.await;
                     // End follow-mode fetch streams, or the server would wait for them forever.
                     broker.drain();
                 }
@@ -509,18 +512,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the node");
-            let _ = ctrl_c.await;
-            return;
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. Both handlers are installed when this is called,
+/// not when the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (int, term) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    );
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            (int, term) => {
+                let e = int.err().or(term.err()).expect("one failed");
+                tracing::warn!(error = %e, "cannot listen for SIGINT/SIGTERM; only ctrl-c stops the node");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
     }
 }
