@@ -116,7 +116,9 @@ pub async fn describe_group(c: &Client, group: &str, as_json: bool) -> anyhow::R
         if !highs.contains_key(&topic) {
             let parts = match c.describe_topic(&topic).await {
                 Ok(t) => t.partitions,
-                Err(_) => Vec::new(),
+                // Deleted meanwhile: no high watermark to show.
+                Err(e) if e.code() == Some(client::ErrorCode::UnknownTopic) => Vec::new(),
+                Err(e) => return Err(explain(e)),
             };
             highs.insert(topic.clone(), parts);
         }

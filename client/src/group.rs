@@ -101,8 +101,7 @@ struct Shared {
     /// joins again.
     lost: bool,
     /// An error `poll` should return (not retriable: a bad subscription, a fenced instance).
-    failed: Option<String>,
-    failed_code: Option<ErrorCode>,
+    failed: Option<Error>,
     stop: bool,
 }
 
@@ -200,15 +199,10 @@ impl GroupConsumer {
     async fn rebalance(&mut self) -> Result<()> {
         let (lost, assignment, failed) = {
             let mut s = self.shared.lock().expect("shared lock");
-            let failed = s.failed.take().map(|m| (m, s.failed_code.take()));
-            (s.lost, s.assignment.take(), failed)
+            (s.lost, s.assignment.take(), s.failed.take())
         };
-        if let Some((message, code)) = failed {
-            return Err(Error::Server {
-                code: code.unwrap_or(ErrorCode::Internal),
-                message,
-                retriable: false,
-            });
+        if let Some(e) = failed {
+            return Err(e);
         }
         if lost {
             let all = self.assignment();
@@ -457,8 +451,7 @@ async fn heartbeat_loop(
                     }
                     _ => {
                         let mut s = shared.lock().expect("shared lock");
-                        s.failed = Some(e.to_string());
-                        s.failed_code = code;
+                        s.failed = Some(e);
                         if code == Some(ErrorCode::FencedInstanceId) {
                             s.lost = true;
                             s.assignment = None;

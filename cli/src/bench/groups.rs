@@ -204,13 +204,18 @@ pub async fn run(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> 
     let writer = tokio::spawn(async move {
         while p.load(Ordering::Relaxed) {
             for part in 0..partitions {
-                let _ = producer
-                    .send(topic, Some(part), None, Some(b"x".to_vec()), vec![])
-                    .await;
+                // Acknowledgements are not awaited: the load only has to keep arriving.
+                drop(
+                    producer
+                        .send(topic, Some(part), None, Some(b"x".to_vec()), vec![])
+                        .await
+                        .map_err(crate::commands::explain)?,
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         producer.close().await;
+        anyhow::Ok(())
     });
 
     println!(
@@ -255,7 +260,7 @@ pub async fn run(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> 
         }
     }
     producing.store(false, Ordering::Relaxed);
-    writer.await?;
+    writer.await??;
 
     // A large group over many partitions.
     let big = "bench-many";

@@ -241,29 +241,8 @@ impl Broker {
         offsets: Vec<PartitionOffset>,
     ) -> Result<()> {
         validate_group(group)?;
-        let topics = self.topic_partitions().await?;
         for o in &offsets {
-            match topics.get(&o.topic) {
-                None => {
-                    // The snapshot may predate the topic: ask once more.
-                    let t = self.topic(&o.topic).await?;
-                    if o.partition >= t.partitions() {
-                        return Err(Error::UnknownPartition {
-                            topic: o.topic.clone(),
-                            partition: o.partition,
-                            partitions: t.partitions(),
-                        });
-                    }
-                }
-                Some(&n) if o.partition >= n => {
-                    return Err(Error::UnknownPartition {
-                        topic: o.topic.clone(),
-                        partition: o.partition,
-                        partitions: n,
-                    });
-                }
-                Some(_) => {}
-            }
+            self.partition(&o.topic, o.partition).await?;
         }
         let c = self.coordinate(group).await?;
         let g = c.state.lock().await;
@@ -410,18 +389,11 @@ impl Broker {
         dry_run: bool,
     ) -> Result<Vec<ResetOffset>> {
         validate_group(group)?;
-        let t = self.topic(topic).await?;
         let parts: Vec<u32> = if partitions.is_empty() {
-            (0..t.partitions()).collect()
+            (0..self.topic(topic).await?.partitions()).collect()
         } else {
             for &p in partitions {
-                if p >= t.partitions() {
-                    return Err(Error::UnknownPartition {
-                        topic: topic.to_string(),
-                        partition: p,
-                        partitions: t.partitions(),
-                    });
-                }
+                self.partition(topic, p).await?;
             }
             partitions.to_vec()
         };

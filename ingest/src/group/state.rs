@@ -193,6 +193,25 @@ impl Group {
         );
     }
 
+    /// Sets a member's subscription; a change starts a new generation.
+    fn resubscribe(
+        &mut self,
+        id: &str,
+        sub: &Subscription,
+        now: Now,
+        topics: &BTreeMap<String, u32>,
+        why: &str,
+    ) {
+        let m = self
+            .member_mut(id)
+            .expect("resubscribe is called for members");
+        if m.topics != sub.topics || m.regex != sub.regex {
+            m.topics = sub.topics.clone();
+            m.regex = sub.regex.clone();
+            self.rebalance(now, topics, why);
+        }
+    }
+
     fn remove(&mut self, id: &str) {
         self.rec.members.retain(|m| m.member_id != id);
         self.session_deadline.remove(id);
@@ -311,12 +330,7 @@ impl Group {
                 }
                 if let Some(s) = &req.subscription {
                     self.check_subscription(s)?;
-                    let m = self.member_mut(id).expect("checked above");
-                    if m.topics != s.topics || m.regex != s.regex {
-                        m.topics = s.topics.clone();
-                        m.regex = s.regex.clone();
-                        self.rebalance(now, topics, "a member changed its subscription");
-                    }
+                    self.resubscribe(id, s, now, topics, "a member changed its subscription");
                 }
                 id.to_string()
             }
@@ -387,17 +401,14 @@ impl Group {
             m.host = req.host.clone();
             m.session_timeout_ms = session_ms;
             m.rebalance_timeout_ms = rebalance_ms;
-            let changed = m.topics != sub.topics || m.regex != sub.regex;
-            m.topics = sub.topics.clone();
-            m.regex = sub.regex.clone();
             self.session_deadline.insert(id.clone(), now.at + session);
-            if changed {
-                self.rebalance(
-                    now,
-                    topics,
-                    "a static member came back with a new subscription",
-                );
-            }
+            self.resubscribe(
+                &id,
+                sub,
+                now,
+                topics,
+                "a static member came back with a new subscription",
+            );
             tracing::info!(group = %self.name, instance, member = %id, "static member is back");
             return Ok(id);
         }
@@ -415,15 +426,16 @@ impl Group {
             m.member_epoch = 0;
             m.session_timeout_ms = session_ms;
             m.rebalance_timeout_ms = rebalance_ms;
-            let changed = m.topics != sub.topics || m.regex != sub.regex;
-            m.topics = sub.topics.clone();
-            m.regex = sub.regex.clone();
             let id = req.member_id.clone();
             self.revoking_since.remove(&id);
             self.session_deadline.insert(id.clone(), now.at + session);
-            if changed {
-                self.rebalance(now, topics, "a member rejoined with a new subscription");
-            }
+            self.resubscribe(
+                &id,
+                sub,
+                now,
+                topics,
+                "a member rejoined with a new subscription",
+            );
             return Ok(id);
         }
         if self.rec.members.len() >= MAX_MEMBERS {
