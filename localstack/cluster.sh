@@ -8,7 +8,7 @@
 #                                                        everything), then etcd and S3
 #   localstack/cluster.sh kill NODE                      kill -9 one node (to watch failover)
 #   localstack/cluster.sh restart NODE                   start one node again on its data
-# Node i listens on 127.0.0.1:(7070+i), keeps its hot tier in $TIERLOG_CLUSTER_DIR/node-i
+# Node i listens on 127.0.0.1:(7070+i) for gRPC and 127.0.0.1:(9091+i) for Kafka clients, keeps its hot tier in $TIERLOG_CLUSTER_DIR/node-i
 # (default ./tierlog-cluster), and shares etcd namespace `local` and s3://tierlog/local.
 # Logs: $TIERLOG_CLUSTER_DIR/node-i.log. Idempotent: running nodes are left as they are.
 set -euo pipefail
@@ -21,6 +21,7 @@ target="${CARGO_TARGET_DIR:-$repo/target}"
 bin="$target/release/tierlog"
 
 node_port() { echo $((7070 + $1)); }
+kafka_port() { echo $((9091 + $1)); }
 pidfile() { echo "$dir/node-$1.pid"; }
 running() { [ -f "$(pidfile "$1")" ] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null; }
 recorded_nodes() { cat "$dir/nodes" 2>/dev/null || echo 0; }
@@ -34,6 +35,7 @@ start_node() {
     AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
     AWS_ENDPOINT="$s3" AWS_ALLOW_HTTP=true TIERLOG_LOG="${TIERLOG_LOG:-info}" \
         nohup "$bin" serve --node-id "$i" --listen "127.0.0.1:$(node_port "$i")" \
+        --kafka-listen "127.0.0.1:$(kafka_port "$i")" \
         --data-dir "$dir/node-$i" --meta "etcd://${etcd_eps//http:\/\//}/local" \
         --object-store s3://tierlog/local > "$dir/node-$i.out" 2> "$dir/node-$i.log" &
     echo $! > "$(pidfile "$i")"
@@ -63,7 +65,7 @@ start)
     ;;
 health)
     for i in $(seq 1 "$(recorded_nodes)"); do
-        if running "$i"; then echo "node $i: running on 127.0.0.1:$(node_port "$i")"; else echo "node $i: down"; fi
+        if running "$i"; then echo "node $i: running on 127.0.0.1:$(node_port "$i") (kafka 127.0.0.1:$(kafka_port "$i"))"; else echo "node $i: down"; fi
     done
     bash "$here/etcd.sh" health || true
     bash "$here/s3.sh" health || true

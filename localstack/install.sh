@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what tierlog's tests and local clusters need, idempotently.
-#   localstack/install.sh python   # venv with the independent clients: pyarrow, duckdb, kafka-python, ADBC Flight SQL
+#   localstack/install.sh python   # venv with the independent clients: pyarrow, duckdb, kafka-python, confluent-kafka, ADBC Flight SQL
 #   localstack/install.sh s3       # venv with moto's S3 server (and boto3)
 #   localstack/install.sh etcd     # Debian's etcd-server and etcd-client (etcdctl), if etcd is missing
+#   localstack/install.sh kcat     # Debian's kcat (librdkafka 2.0.2): an old Kafka client to test against
 # Prints the installed interpreter or server path on the last line of its output.
 set -euo pipefail
 
@@ -27,7 +28,7 @@ install_venv() {
 }
 
 install_python() {
-    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 kafka-python==2.2.15 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0" python
+    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 kafka-python==2.2.15 confluent-kafka==2.16.1 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0" python
 }
 install_s3() { install_venv moto "moto[server]==5.1.14" moto_server; }
 
@@ -49,10 +50,30 @@ install_etcd() {
     command -v etcd
 }
 
+# apt-get install PACKAGE when COMMAND is missing (sudo only when not root; the package lists are
+# refreshed only if the first try fails).
+apt_install() {
+    local command="$1" package="$2"
+    if command -v "$command" >/dev/null 2>&1; then
+        echo "$package already installed" >&2
+    else
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing $package with apt-get" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        if ! $sudo apt-get install -y -q "$package" >&2; then
+            $sudo apt-get update -q >&2
+            $sudo apt-get install -y -q "$package" >&2
+        fi
+    fi
+    command -v "$command"
+}
+
 case "${1:-all}" in
     python) install_python ;;
     s3) install_s3 ;;
     etcd) install_etcd ;;
-    all) install_python >/dev/null; install_s3 >/dev/null; install_etcd ;;
-    *) echo "usage: $0 [python|s3|etcd|all]" >&2; exit 2 ;;
+    kcat) apt_install kcat kcat ;;
+    all) install_python >/dev/null; install_s3 >/dev/null; apt_install kcat kcat >/dev/null; install_etcd ;;
+    *) echo "usage: $0 [python|s3|etcd|kcat|all]" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 TIERLOG_PYTHON="$(bash localstack/install.sh python | tail -n 1)"
 export TIERLOG_PYTHON
+bash localstack/install.sh kcat >/dev/null
 
 S3_PORT="${TIERLOG_TEST_S3_PORT:-39000}"
 ETCD_PORT="${TIERLOG_TEST_ETCD_PORT:-23790}"

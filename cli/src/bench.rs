@@ -262,6 +262,8 @@ impl Node {
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
+                "--kafka-listen",
+                "off",
                 "--fsync",
                 fsync,
                 "--data-dir",

@@ -215,6 +215,12 @@ struct ServeArgs {
     /// every_batch, never, or an interval in milliseconds.
     #[arg(long, env = "TIERLOG_FSYNC")]
     fsync: Option<String>,
+    /// Kafka protocol listen address (default 127.0.0.1:9092; `off` to serve none).
+    #[arg(long, env = "TIERLOG_KAFKA_LISTEN")]
+    kafka_listen: Option<String>,
+    /// host:port Kafka clients reach this node at (default: the Kafka listen address).
+    #[arg(long, env = "TIERLOG_KAFKA_ADVERTISE")]
+    kafka_advertise: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -402,6 +408,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             advertise: args.advertise,
             lease_ttl_ms: args.lease_ttl_ms,
             fsync: args.fsync,
+            kafka_listen: args.kafka_listen,
+            kafka_advertise: args.kafka_advertise,
         },
     )?;
     std::fs::create_dir_all(&s.data_dir)
@@ -455,11 +463,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => addr.to_string(),
     };
+    let kafka_listener = match s.kafka.enabled() {
+        true => Some(
+            tokio::net::TcpListener::bind(&s.kafka.listen)
+                .await
+                .with_context(|| format!("listening for Kafka clients on {}", s.kafka.listen))?,
+        ),
+        false => None,
+    };
+    let kafka_addr = kafka_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let kafka_advertised = match (&s.kafka.advertise, kafka_addr) {
+        (Some(a), _) => Some(a.clone()),
+        (None, Some(a))
+            if a.ip().is_unspecified() && s.meta_backend()? != settings::MetaBackend::Embedded =>
+        {
+            anyhow::bail!(
+                "listening for Kafka clients on {a} (all interfaces): set kafka.advertise to the host:port they reach this node at"
+            )
+        }
+        (None, a) => a.map(|a| a.to_string()),
+    };
     let broker = Broker::start(
         tier,
         meta,
         BrokerConfig {
             node_id: s.node_id,
+            kafka_advertised_addr: kafka_advertised,
             advertised_addr: advertised,
             lease_ttl: Duration::from_millis(s.lease_ttl_ms),
             max_record_bytes: s.max_record_bytes,
@@ -486,8 +518,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // must reach the graceful path, not the default action (which kills the process).
     let stop = shutdown_signal();
     tracing::info!(%addr, data_dir = %s.data_dir.display(), object_store = %url, "tierlog node serving");
-    // One line on stdout for scripts and tests: where the node listens.
-    println!("tierlog listening on {addr}");
+    let kafka_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(listener) = kafka_listener {
+        tokio::spawn(ingest::kafka::serve(
+            broker.clone(),
+            listener,
+            s.kafka.clone(),
+            s.limits.clone(),
+            kafka_stop.clone(),
+        ));
+    }
+    // For scripts and tests, where the node listens: the first line the gRPC address, then
+    // the Kafka address when it serves Kafka clients. One write, so a reader that stops after
+    // the first line never makes a later write fail.
+    {
+        use std::io::Write;
+        let mut lines = format!("tierlog listening on {addr}\n");
+        if let Some(k) = kafka_addr {
+            lines.push_str(&format!("tierlog kafka listening on {k}\n"));
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(lines.as_bytes())
+            .and_then(|()| out.flush())
+            .context("writing the listen lines")?;
+    }
     let limits = &s.limits;
     ingest::server::transport(limits)
         .add_service(health_service)
@@ -501,6 +555,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     stop.await;
                     // End follow-mode fetch streams, or the server would wait for them forever.
                     broker.drain();
+                    kafka_stop.cancel();
                 }
             },
         )

@@ -43,6 +43,8 @@ pub struct Settings {
     pub limits: ingest::Limits,
     /// The consumer-group coordinator's settings (docs/groups.md).
     pub groups: ingest::GroupSettings,
+    /// The Kafka protocol listener (docs/kafka.md).
+    pub kafka: ingest::kafka::KafkaSettings,
 }
 
 /// Guard rails of SQL queries on a node.
@@ -139,6 +141,7 @@ impl Default for Settings {
             sql: SqlSettings::default(),
             limits: ingest::Limits::default(),
             groups: ingest::GroupSettings::default(),
+            kafka: ingest::kafka::KafkaSettings::default(),
         }
     }
 }
@@ -154,6 +157,8 @@ pub struct Overrides {
     pub advertise: Option<String>,
     pub lease_ttl_ms: Option<u64>,
     pub fsync: Option<String>,
+    pub kafka_listen: Option<String>,
+    pub kafka_advertise: Option<String>,
 }
 
 /// Where the node keeps its metadata.
@@ -201,6 +206,12 @@ impl Settings {
         }
         if let Some(v) = o.lease_ttl_ms {
             s.lease_ttl_ms = v;
+        }
+        if let Some(v) = o.kafka_listen {
+            s.kafka.listen = v;
+        }
+        if let Some(v) = o.kafka_advertise {
+            s.kafka.advertise = Some(v);
         }
         s.validate()?;
         Ok(s)
@@ -296,6 +307,7 @@ impl Settings {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.meta_backend()?;
+        self.kafka.validate().map_err(anyhow::Error::msg)?;
         if self.groups.offsets_retention_ms < 1_000 {
             anyhow::bail!(
                 "groups.offsets_retention_ms must be at least 1000, not {}",

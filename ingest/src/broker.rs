@@ -17,8 +17,11 @@
 //!   when it knows it) and serves reads of the committed (cold) part only.
 
 mod cluster;
+mod fetch;
 mod groups;
 mod sql;
+
+pub use fetch::{Fetched, OffsetSpec};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,6 +44,8 @@ pub struct BrokerConfig {
     pub node_id: NodeId,
     /// Address other nodes and clients reach this node at.
     pub advertised_addr: String,
+    /// Address Kafka clients reach this node at, when it serves the Kafka protocol.
+    pub kafka_advertised_addr: Option<String>,
     /// Lease TTL of the node's registration and leaderships.
     pub lease_ttl: Duration,
     /// The largest record (key + value + headers) accepted.
@@ -69,11 +74,23 @@ impl Default for GroupSettings {
     }
 }
 
+impl BrokerConfig {
+    /// How this node registers in the cluster.
+    fn node_info(&self) -> meta::NodeInfo {
+        meta::NodeInfo {
+            node_id: self.node_id,
+            addr: self.advertised_addr.clone(),
+            kafka_addr: self.kafka_advertised_addr.clone(),
+        }
+    }
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             node_id: 1,
             advertised_addr: "127.0.0.1:7070".into(),
+            kafka_advertised_addr: None,
             lease_ttl: Duration::from_secs(10),
             max_record_bytes: 1 << 20,
             limits: Limits::default(),
@@ -207,6 +224,14 @@ pub struct TopicInfo {
     pub partitions: Vec<PartitionInfo>,
 }
 
+/// Live nodes, topics and partition leaders, as [`Broker::cluster_view`] read them.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub nodes: Vec<meta::NodeInfo>,
+    pub topics: Vec<TopicMeta>,
+    pub leaders: HashMap<(String, u32), meta::Leader>,
+}
+
 type PartitionKey = (String, u32);
 
 /// A partition this node leads.
@@ -306,8 +331,7 @@ impl Broker {
         meta.reclaim_node(cfg.node_id).await?;
         let granted_at = Instant::now();
         let lease = meta.kv().grant_lease(cfg.lease_ttl).await?;
-        meta.register_node(cfg.node_id, &cfg.advertised_addr, lease)
-            .await?;
+        meta.register(&cfg.node_info(), lease).await?;
         let fetch_buffer = Arc::new(tokio::sync::Semaphore::new(cfg.limits.fetch_buffer_bytes));
         let broker = Broker {
             inner: Arc::new(Inner {
@@ -657,6 +681,30 @@ impl Broker {
         })
     }
 
+    /// The cluster as clients see it, read from `meta` now: live nodes, topics and the
+    /// partitions' leaders.
+    pub async fn cluster_view(&self) -> Result<ClusterView> {
+        let (nodes, topics, leaders) = futures::try_join!(
+            self.inner.meta.list_nodes(),
+            self.inner.meta.list_topics(),
+            self.inner.meta.list_leaders(),
+        )?;
+        Ok(ClusterView {
+            nodes,
+            topics,
+            leaders: leaders
+                .leaders
+                .into_iter()
+                .map(|l| ((l.topic, l.partition), l.leader))
+                .collect(),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.cfg.node_id
+    }
+
     /// A partition led elsewhere: what its manifest says, with the log end asked of its leader
     /// (when that answers).
     async fn remote_offsets(
@@ -744,7 +792,7 @@ impl Broker {
             b.push(ts, r.key.as_deref(), r.value.as_deref(), &r.headers);
         }
         if producer.is_some_and(|p| p.producer_id >= 0) && !errors.is_empty() {
-            return Ok(refuse_idempotent(records.len(), errors));
+            return Ok(refuse_whole(records.len(), errors));
         }
         let accepted = b.len();
         if accepted == 0 {
@@ -769,6 +817,31 @@ impl Broker {
         partition: u32,
         bytes: Bytes,
         acks: Acks,
+    ) -> Result<ProduceResult> {
+        self.produce_batch_as(topic, partition, bytes, acks, false)
+            .await
+    }
+
+    /// [`Broker::produce_batch`] that appends the batch whole or not at all, as Kafka does:
+    /// when a record is refused, none is appended (and the result names each refused one).
+    pub async fn produce_batch_whole(
+        &self,
+        topic: &str,
+        partition: u32,
+        bytes: Bytes,
+        acks: Acks,
+    ) -> Result<ProduceResult> {
+        self.produce_batch_as(topic, partition, bytes, acks, true)
+            .await
+    }
+
+    async fn produce_batch_as(
+        &self,
+        topic: &str,
+        partition: u32,
+        bytes: Bytes,
+        acks: Acks,
+        whole: bool,
     ) -> Result<ProduceResult> {
         // Leadership first: a node that does not lead the partition decodes nothing.
         let storage = self.led_storage(topic, partition).await?;
@@ -804,8 +877,8 @@ impl Broker {
         }
         let (batch, accepted) = if errors.is_empty() {
             (batch, records.len())
-        } else if batch.header().producer.producer_id >= 0 {
-            return Ok(refuse_idempotent(records.len(), errors));
+        } else if whole || batch.header().producer.producer_id >= 0 {
+            return Ok(refuse_whole(records.len(), errors));
         } else {
             let h = batch.header();
             let mut b = BatchBuilder::new(batch.header().compression()?)
@@ -1199,17 +1272,17 @@ fn overtakes(expected: i32, got: i32) -> bool {
     ahead > 0 && ahead < 1 << 30
 }
 
-/// An idempotent producer's batch is appended whole or not at all (its sequence numbers cover
-/// every record): when some records are refused (too large, a bad timestamp), the others are
-/// refused too, naming why.
-fn refuse_idempotent(records: usize, mut errors: Vec<(usize, Error)>) -> ProduceResult {
+/// A batch appended whole or not at all (an idempotent producer's, whose sequence numbers
+/// cover every record, or a Kafka producer's): when some records are refused (too large, a
+/// bad timestamp), the others are refused too, naming why.
+fn refuse_whole(records: usize, mut errors: Vec<(usize, Error)>) -> ProduceResult {
     let refused: std::collections::BTreeSet<usize> = errors.iter().map(|(i, _)| *i).collect();
     for index in 0..records {
         if !refused.contains(&index) {
             errors.push((
                 index,
                 Error::InvalidRequest(format!(
-                    "not appended: the idempotent batch also holds refused records ({refused:?})"
+                    "not appended: the batch is appended whole, and it also holds refused records ({refused:?})"
                 )),
             ));
         }

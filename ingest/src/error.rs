@@ -34,6 +34,79 @@ pub enum Code {
     InconsistentAssignor = 26,
 }
 
+/// Kafka's error codes that tierlog answers with (`org.apache.kafka.common.protocol.Errors`).
+pub mod kafka_code {
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub const NOT_COORDINATOR: i16 = 16;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const POLICY_VIOLATION: i16 = 44;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const UNKNOWN_LEADER_EPOCH: i16 = 76;
+    pub const FENCED_INSTANCE_ID: i16 = 82;
+    pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
+}
+
+impl Code {
+    /// The Kafka error code of this code: the one mapping from tierlog's errors to Kafka's (the
+    /// gRPC one is `server::status`). Retriable Kafka codes where the request may succeed
+    /// later unchanged, so Kafka clients retry exactly what tierlog's own client retries.
+    pub fn kafka(self) -> i16 {
+        use kafka_code::*;
+        match self {
+            Code::UnknownTopic | Code::UnknownPartition => UNKNOWN_TOPIC_OR_PARTITION,
+            Code::RecordTooLarge => MESSAGE_TOO_LARGE,
+            Code::InvalidTopicName => INVALID_TOPIC_EXCEPTION,
+            Code::TopicExists => TOPIC_ALREADY_EXISTS,
+            Code::OffsetOutOfRange => OFFSET_OUT_OF_RANGE,
+            // Retriable: the hot tier is full until uploads catch up.
+            Code::Backpressure => REQUEST_TIMED_OUT,
+            Code::NotLeader | Code::ShuttingDown => NOT_LEADER_OR_FOLLOWER,
+            Code::InvalidRequest => INVALID_REQUEST,
+            Code::CorruptData => CORRUPT_MESSAGE,
+            // Retriable: the metadata store or object store did not answer.
+            Code::Unavailable => KAFKA_STORAGE_ERROR,
+            Code::Internal => UNKNOWN_SERVER_ERROR,
+            Code::Unsupported => UNSUPPORTED_VERSION,
+            Code::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
+            Code::ProducerFenced => INVALID_PRODUCER_EPOCH,
+            Code::LimitExceeded => POLICY_VIOLATION,
+            Code::NotCoordinator => NOT_COORDINATOR,
+            Code::UnknownMember => UNKNOWN_MEMBER_ID,
+            Code::IllegalGeneration => ILLEGAL_GENERATION,
+            Code::FencedInstance => FENCED_INSTANCE_ID,
+            Code::GroupNotEmpty => NON_EMPTY_GROUP,
+            Code::UnknownGroup => GROUP_ID_NOT_FOUND,
+            Code::InvalidGroup => INVALID_GROUP_ID,
+            Code::UnsupportedAssignor => UNSUPPORTED_ASSIGNOR,
+            Code::InconsistentAssignor => INCONSISTENT_GROUP_PROTOCOL,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("unknown topic {0:?}")]

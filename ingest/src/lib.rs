@@ -7,11 +7,12 @@ pub mod broker;
 pub mod error;
 pub mod flight;
 pub mod group;
+pub mod kafka;
 pub mod listen;
 pub mod server;
 
 pub use broker::{
-    Acks, Broker, BrokerConfig, FetchPermit, GroupSettings, Limits, PartitionInfo, ProduceRecord,
-    ProduceResult, StartAt, TopicInfo,
+    Acks, Broker, BrokerConfig, ClusterView, FetchPermit, Fetched, GroupSettings, Limits,
+    OffsetSpec, PartitionInfo, ProduceRecord, ProduceResult, StartAt, TopicInfo,
 };
 pub use error::{Code, Error, Result};

@@ -24,7 +24,9 @@ pub use self::keys::{MAX_GROUP_ID_LEN, validate_group, validate_topic_name};
 pub use self::leadership::{Leader, LeaderEvent, LeaderSnapshot, PartitionLeader, Unable};
 pub use self::nodes::NodeInfo;
 pub use self::offsets::PartitionOffset;
-pub use self::topics::{TopicConfig, TopicMeta, retention_limit, retention_wire};
+pub use self::topics::{
+    CLEANUP_POLICY, TopicConfig, TopicMeta, VISIBILITY, retention_limit, retention_wire,
+};
 
 use self::keys::Keys;
 use crate::clock::{Clock, SystemClock};

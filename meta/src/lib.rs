@@ -63,10 +63,10 @@ pub mod conformance;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use domain::{
-    Coordinator, GroupClaim, GroupRecord, Leader, LeaderEpoch, LeaderEvent, LeaderSnapshot,
-    MAX_GROUP_ID_LEN, MemberRecord, Meta, MetaOptions, NodeId, NodeInfo, PartitionLeader,
-    PartitionOffset, TOPIC_ID_COUNTER, TopicConfig, TopicMeta, Unable, retention_limit,
-    retention_wire, validate_group, validate_topic_name,
+    CLEANUP_POLICY, Coordinator, GroupClaim, GroupRecord, Leader, LeaderEpoch, LeaderEvent,
+    LeaderSnapshot, MAX_GROUP_ID_LEN, MemberRecord, Meta, MetaOptions, NodeId, NodeInfo,
+    PartitionLeader, PartitionOffset, TOPIC_ID_COUNTER, TopicConfig, TopicMeta, Unable, VISIBILITY,
+    retention_limit, retention_wire, validate_group, validate_topic_name,
 };
 pub use embedded::{EmbeddedKv, EmbeddedOptions};
 pub use error::{Error, ErrorClass, Result};

@@ -301,11 +301,17 @@ impl RecordBatch {
         let body = match self.header.compression()? {
             Compression::None => body,
             Compression::Zstd => Bytes::from(zstd_decompress(&body)?),
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "compression codec {other:?} is not supported yet (none and zstd are)"
-                )));
-            }
+            Compression::Gzip => Bytes::from(read_bounded(
+                "gzip",
+                body.len(),
+                flate2::read::MultiGzDecoder::new(&body[..]),
+            )?),
+            Compression::Snappy => Bytes::from(snappy_decompress(&body)?),
+            Compression::Lz4 => Bytes::from(read_bounded(
+                "lz4",
+                body.len(),
+                lz4_flex::frame::FrameDecoder::new(&body[..]),
+            )?),
         };
         // The header's count comes from the sender: it sizes nothing until the body can hold it.
         let count = usize::try_from(self.header.record_count).unwrap_or(0);
@@ -340,12 +346,7 @@ fn zstd_decompress(body: &[u8]) -> Result<Vec<u8>> {
     use std::io::Read;
     let bad = |e: String| Error::invalid(format!("zstd batch body: {e}"));
     let limit = decompressed_limit(body.len());
-    let over = |n: u64| {
-        bad(format!(
-            "{} compressed bytes expand to {n}, over the limit of {limit} ({MAX_EXPANSION} times, at least {EXPANSION_FLOOR}, at most {MAX_DECOMPRESSED})",
-            body.len()
-        ))
-    };
+    let over = |n: u64| too_large("zstd", body.len(), n);
     match zstd::zstd_safe::get_frame_content_size(body) {
         Ok(Some(n)) if n <= limit as u64 => {
             zstd::bulk::decompress(body, n as usize).map_err(|e| bad(e.to_string()))
@@ -364,6 +365,69 @@ fn zstd_decompress(body: &[u8]) -> Result<Vec<u8>> {
             Ok(out)
         }
     }
+}
+
+/// The error for a body of `compressed` bytes that expands past its limit.
+fn too_large(codec: &str, compressed: usize, n: u64) -> Error {
+    let limit = decompressed_limit(compressed);
+    Error::invalid(format!(
+        "{codec} batch body: {compressed} compressed bytes expand to {n}, over the limit of {limit} ({MAX_EXPANSION} times, at least {EXPANSION_FLOOR}, at most {MAX_DECOMPRESSED})"
+    ))
+}
+
+/// Reads a streaming decoder to its end, stopping one byte past the body's limit.
+fn read_bounded(codec: &str, compressed: usize, decoder: impl std::io::Read) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = decompressed_limit(compressed);
+    let mut out = Vec::new();
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::invalid(format!("{codec} batch body: {e}")))?;
+    if out.len() > limit {
+        return Err(too_large(codec, compressed, out.len() as u64));
+    }
+    Ok(out)
+}
+
+/// The framing Kafka's Java clients put around snappy blocks (xerial snappy-java).
+const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+
+/// Decompresses a snappy body: raw snappy (librdkafka's), or xerial-framed blocks (the Java
+/// client's), each block's declared length checked against the body's limit before it is
+/// allocated.
+fn snappy_decompress(body: &[u8]) -> Result<Vec<u8>> {
+    let bad = |e: String| Error::invalid(format!("snappy batch body: {e}"));
+    let limit = decompressed_limit(body.len());
+    let block = |b: &[u8], room: usize| -> Result<Vec<u8>> {
+        let n = snap::raw::decompress_len(b).map_err(|e| bad(e.to_string()))?;
+        if n > room {
+            return Err(too_large("snappy", body.len(), n as u64));
+        }
+        snap::raw::Decoder::new()
+            .decompress_vec(b)
+            .map_err(|e| bad(e.to_string()))
+    };
+    if !body.starts_with(XERIAL_MAGIC) {
+        return block(body, limit);
+    }
+    // Magic, then a version and a compatible version (4 bytes each), then blocks.
+    let mut rest = body
+        .get(16..)
+        .ok_or_else(|| bad("xerial header cut short".into()))?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = rest
+            .get(..4)
+            .map(|l| u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| bad("xerial block length cut short".into()))?;
+        let b = rest
+            .get(4..4 + len)
+            .ok_or_else(|| bad(format!("xerial block of {len} bytes cut short")))?;
+        out.extend_from_slice(&block(b, limit - out.len())?);
+        rest = &rest[4 + len..];
+    }
+    Ok(out)
 }
 
 /// Parses the fixed header and checks what can be checked without the body.
@@ -654,10 +718,29 @@ impl BatchBuilder {
                 zstd::bulk::compress(&self.records, 3)
                     .map_err(|e| Error::invalid(format!("zstd: {e}")))?,
             ),
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "compression codec {other:?} is not supported yet (none and zstd are)"
-                )));
+            Compression::Gzip => {
+                use std::io::Write;
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(&self.records)
+                    .and_then(|()| e.finish())
+                    .map(Bytes::from)
+                    .map_err(|e| Error::invalid(format!("gzip: {e}")))?
+            }
+            Compression::Snappy => Bytes::from(
+                snap::raw::Encoder::new()
+                    .compress_vec(&self.records)
+                    .map_err(|e| Error::invalid(format!("snappy: {e}")))?,
+            ),
+            Compression::Lz4 => {
+                use std::io::Write;
+                let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                e.write_all(&self.records)
+                    .map_err(|e| Error::invalid(format!("lz4: {e}")))?;
+                Bytes::from(
+                    e.finish()
+                        .map_err(|e| Error::invalid(format!("lz4: {e}")))?,
+                )
             }
         };
         let mut attributes = self.compression.bits();
@@ -684,6 +767,41 @@ impl BatchBuilder {
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         RecordBatch::parse(b.freeze())
     }
+}
+
+/// The most record bytes [`batches_of`] puts in one batch.
+pub const REENCODED_BATCH_BYTES: usize = 1 << 20;
+
+/// Encodes records read back (decoded, from the cold tier) as v2 batches that carry their own
+/// offsets and timestamps: a batch per run of consecutive offsets (a gap starts a new batch) of
+/// at most [`REENCODED_BATCH_BYTES`], uncompressed, stamped with `leader_epoch`. Records must
+/// be in offset order.
+pub fn batches_of(records: &[Record], leader_epoch: i32) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    let mut run: Option<(i64, BatchBuilder)> = None;
+    for r in records {
+        if let Some((base, b)) = &run {
+            let next = base + b.len() as i64;
+            if r.offset != next
+                || b.estimated_size() + r.payload_len() > REENCODED_BATCH_BYTES
+                || b.len() >= MAX_BATCH_RECORDS as usize
+            {
+                let (base, b) = run.take().expect("checked above");
+                out.push(b.build()?.with_assigned(base, leader_epoch));
+            }
+        }
+        let (_, b) = run.get_or_insert_with(|| (r.offset, BatchBuilder::new(Compression::None)));
+        b.push(
+            r.timestamp,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            &r.headers,
+        );
+    }
+    if let Some((base, b)) = run {
+        out.push(b.build()?.with_assigned(base, leader_epoch));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 mod cluster;
 #[path = "node/groups.rs"]
 mod groups;
+#[path = "node/kafka.rs"]
+mod kafka;
 #[path = "node/sql.rs"]
 mod sql;
 
@@ -37,6 +39,8 @@ fn binary() -> PathBuf {
 struct Node {
     child: Child,
     addr: String,
+    /// The Kafka listener's address.
+    kafka: String,
 }
 
 impl Node {
@@ -46,21 +50,27 @@ impl Node {
             .arg(data)
             .args(extra)
             .env("TIERLOG_LOG", "warn")
+            .env("TIERLOG_KAFKA_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start tierlog");
         let out = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(out)
-            .read_line(&mut line)
-            .expect("read the listen line");
-        let addr = line
-            .trim()
-            .strip_prefix("tierlog listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Node { child, addr }
+        // Both lines come in one write, before the node serves.
+        let mut lines = BufReader::new(out).lines();
+        let mut line = |prefix: &str| {
+            let line = lines
+                .next()
+                .expect("a listen line")
+                .expect("read a listen line");
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .to_string()
+        };
+        let addr = line("tierlog listening on ");
+        let kafka = line("tierlog kafka listening on ");
+        Node { child, addr, kafka }
     }
 
     async fn client(&self) -> TierlogClient<Channel> {

@@ -547,10 +547,7 @@ impl Broker {
         }
         let granted_at = Instant::now();
         let lease = inner.meta.kv().grant_lease(inner.cfg.lease_ttl).await?;
-        inner
-            .meta
-            .register_node(inner.cfg.node_id, &inner.cfg.advertised_addr, lease)
-            .await?;
+        inner.meta.register(&inner.cfg.node_info(), lease).await?;
         *inner.lease.lock().expect("lease lock poisoned") = lease;
         *inner.lease_valid_until.lock().expect("lease lock poisoned") =
             granted_at + inner.cfg.lease_ttl;

@@ -68,17 +68,22 @@ fn validate_group(group: &str) -> Result<()> {
 impl Broker {
     /// The node that coordinates `group` (or will, when it is asked): (id, address).
     pub async fn find_coordinator(&self, group: &str) -> Result<(NodeId, String)> {
+        let n = self.coordinator_node(group).await?;
+        Ok((n.node_id, n.addr))
+    }
+
+    /// The node that coordinates `group` (or will), with all its listeners.
+    pub async fn coordinator_node(&self, group: &str) -> Result<meta::NodeInfo> {
         validate_group(group)?;
-        let nodes = self.inner.meta.list_nodes().await?;
+        let mut nodes = self.inner.meta.list_nodes().await?;
         if let Some(claim) = self.inner.meta.group_coordinator(group).await?
-            && let Some(n) = nodes.iter().find(|n| n.node_id == claim.node_id)
+            && let Some(i) = nodes.iter().position(|n| n.node_id == claim.node_id)
         {
-            return Ok((n.node_id, n.addr.clone()));
+            return Ok(nodes.swap_remove(i));
         }
         nodes
-            .iter()
+            .into_iter()
             .max_by_key(|n| rendezvous(group, n.node_id))
-            .map(|n| (n.node_id, n.addr.clone()))
             .ok_or_else(|| Error::NotCoordinator {
                 group: group.to_string(),
                 coordinator: None,

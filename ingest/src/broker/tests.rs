@@ -853,3 +853,71 @@ async fn limits_refuse_topics_partitions_and_bad_numbers_clearly() {
     drop(held);
     b.read("b", 0, 0, 1000, None).await.unwrap();
 }
+
+/// A Kafka consumer reads only up to the high watermark: with the default visibility, what is
+/// committed to the object store (never what a takeover could take back); with `leader`
+/// visibility, everything appended. A waiting read gets the rest once it is committed.
+#[tokio::test]
+async fn fetches_stop_at_the_high_watermark_of_the_topics_visibility() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("safe", TopicConfig::new(1)).await.unwrap();
+    let mut leader = TopicConfig::new(1);
+    leader.set(meta::VISIBILITY, Some("leader")).unwrap();
+    b.create_topic("fast", leader).await.unwrap();
+    let produce = |topic: &'static str, acks| {
+        let b = b.clone();
+        async move {
+            b.produce(
+                topic,
+                0,
+                vec![rec("a"), rec("b")],
+                acks,
+                Compression::None,
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    produce("safe", Acks::All).await;
+    produce("fast", Acks::All).await;
+    // Appended, acknowledged at acks=leader, not yet committed.
+    produce("safe", Acks::Leader).await;
+    produce("fast", Acks::Leader).await;
+
+    let f = b.fetch_visible("fast", 0, 0, 1 << 20).await.unwrap();
+    assert_eq!(f.high_watermark, 4, "leader visibility: the log end");
+    let n: i32 = f.batches.iter().map(|x| x.header().record_count).sum();
+    assert_eq!(n, 4);
+
+    let t = b.topic("safe").await.unwrap();
+    let o = b.tier().offsets(&storage_name(&t), 0).unwrap();
+    let f = b.fetch_visible("safe", 0, 0, 1 << 20).await.unwrap();
+    assert_eq!(f.high_watermark, o.cold_next, "committed visibility");
+    assert!(f.high_watermark >= 2 && f.high_watermark <= 4);
+    for x in &f.batches {
+        assert!(
+            x.header().last_offset() < f.high_watermark,
+            "a batch past the watermark"
+        );
+    }
+    // A fetch at the log end waits; its wait asks for the commit, after which all is visible.
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    b.wait_visible("safe", 0, 3, until).await.unwrap();
+    let f = b.fetch_visible("safe", 0, 2, 1 << 20).await.unwrap();
+    assert_eq!(f.high_watermark, 4);
+    assert_eq!(f.batches.last().unwrap().header().last_offset(), 3);
+    let listed = b.list_offset("safe", 0, OffsetSpec::Latest).await.unwrap();
+    assert_eq!(listed, Some((4, -1)));
+    // Offsets outside the log are OFFSET_OUT_OF_RANGE; at the end, nothing yet.
+    let e = b.fetch_visible("safe", 0, 5, 1 << 20).await.unwrap_err();
+    assert_eq!(e.code(), crate::Code::OffsetOutOfRange);
+    assert!(
+        b.fetch_visible("safe", 0, 4, 1 << 20)
+            .await
+            .unwrap()
+            .batches
+            .is_empty()
+    );
+}

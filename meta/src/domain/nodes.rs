@@ -13,26 +13,35 @@ pub struct NodeInfo {
     pub node_id: NodeId,
     /// Where other nodes and clients reach it (`host:port`).
     pub addr: String,
+    /// Where Kafka clients reach it (`host:port`), when it listens for the Kafka protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_addr: Option<String>,
 }
 
 impl Meta {
     /// Registers (or re-registers) a node under `lease`.
     pub async fn register_node(&self, node_id: NodeId, addr: &str, lease: LeaseId) -> Result<()> {
-        if addr.is_empty() {
-            return Err(Error::invalid("node address must not be empty"));
-        }
         let info = NodeInfo {
             node_id,
             addr: addr.to_owned(),
+            kafka_addr: None,
         };
+        self.register(&info, lease).await
+    }
+
+    /// Registers (or re-registers) a node, with all its listeners, under `lease`.
+    pub async fn register(&self, info: &NodeInfo, lease: LeaseId) -> Result<()> {
+        if info.addr.is_empty() || info.kafka_addr.as_ref().is_some_and(String::is_empty) {
+            return Err(Error::invalid("node address must not be empty"));
+        }
         self.kv
             .put(
-                self.keys.node(node_id).as_bytes(),
-                encode_json(&info),
+                self.keys.node(info.node_id).as_bytes(),
+                encode_json(info),
                 Some(lease),
             )
             .await?;
-        tracing::info!(node_id, addr, lease = %lease, "registered node");
+        tracing::info!(node_id = info.node_id, addr = info.addr, kafka = ?info.kafka_addr, lease = %lease, "registered node");
         Ok(())
     }
 

@@ -71,6 +71,90 @@ impl TopicConfig {
     }
 }
 
+/// The setting that says which records consumers may read: `committed` (the default: records
+/// committed to the object store, which no failover takes back) or `leader` (everything the
+/// leader appended, as soon as it is appended: lower latency, and records acknowledged with
+/// acks=leader may be read and then lost in a takeover). See docs/kafka.md.
+pub const VISIBILITY: &str = "tierlog.visibility";
+/// Kafka's `cleanup.policy`; only `delete` is implemented (compaction is not yet).
+pub const CLEANUP_POLICY: &str = "cleanup.policy";
+
+impl TopicConfig {
+    /// Sets a setting by name (Kafka's name where Kafka has one: `retention.ms`,
+    /// `retention.bytes`, `cleanup.policy`; and [`VISIBILITY`]). `None` puts the default back.
+    /// Unknown names and values are refused, naming what is accepted: a setting is stored only
+    /// when the node acts on it.
+    pub fn set(&mut self, name: &str, value: Option<&str>) -> Result<()> {
+        let number = |v: &str| {
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| Error::invalid(format!("{name} must be a number, got {v:?}")))
+        };
+        match name {
+            "retention.ms" => {
+                self.retention_ms = retention_limit(name, value.map(number).transpose()?)?;
+            }
+            "retention.bytes" => {
+                self.retention_bytes = retention_limit(name, value.map(number).transpose()?)?;
+            }
+            CLEANUP_POLICY => match value {
+                None | Some("delete") => {
+                    self.extra.remove(CLEANUP_POLICY);
+                }
+                Some(v) => {
+                    return Err(Error::invalid(format!(
+                        "{CLEANUP_POLICY} {v:?} is not supported; only \"delete\" is (key compaction is not built yet)"
+                    )));
+                }
+            },
+            VISIBILITY => match value {
+                None | Some("committed") => {
+                    self.extra.remove(VISIBILITY);
+                }
+                Some("leader") => {
+                    self.extra.insert(VISIBILITY.into(), "leader".into());
+                }
+                Some(v) => {
+                    return Err(Error::invalid(format!(
+                        "{VISIBILITY} must be \"committed\" or \"leader\", got {v:?}"
+                    )));
+                }
+            },
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown topic setting {other:?}; known: retention.ms, retention.bytes, {CLEANUP_POLICY}, {VISIBILITY}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every named setting as (name, value, is the default), in the forms [`TopicConfig::set`]
+    /// takes.
+    pub fn settings(&self) -> Vec<(&'static str, String, bool)> {
+        let limit =
+            |l: Option<NonZeroU64>| (retention_wire(l).unwrap_or(-1).to_string(), l.is_none());
+        let (ms, ms_default) = limit(self.retention_ms);
+        let (bytes, bytes_default) = limit(self.retention_bytes);
+        let visibility = self.extra.get(VISIBILITY);
+        vec![
+            ("retention.ms", ms, ms_default),
+            ("retention.bytes", bytes, bytes_default),
+            (CLEANUP_POLICY, "delete".into(), true),
+            (
+                VISIBILITY,
+                visibility.cloned().unwrap_or_else(|| "committed".into()),
+                visibility.is_none(),
+            ),
+        ]
+    }
+
+    /// Whether consumers may read what the leader appended before it is committed.
+    pub fn leader_visible(&self) -> bool {
+        self.extra.get(VISIBILITY).is_some_and(|v| v == "leader")
+    }
+}
+
 /// Reads a retention limit as the wire states it (tierlog.v1's optional int64 and Kafka's
 /// `retention.ms` / `retention.bytes`): absent or `-1` means unlimited, a positive number is the
 /// limit, anything else is refused. The one place where the `-1` sentinel is understood.

@@ -240,3 +240,88 @@ fn a_body_that_expands_past_its_ratio_is_refused() {
     b.push(0, None, Some(&vec![0u8; 4 << 20]), &[]);
     assert_eq!(b.build().unwrap().records().unwrap().len(), 1);
 }
+
+/// Records read back become batches with their own offsets; a gap starts a new batch.
+#[test]
+fn batches_of_keeps_offsets_timestamps_and_gaps() {
+    let rec = |offset: i64, ts: i64| Record {
+        offset,
+        timestamp: ts,
+        key: Some(Bytes::from(format!("k{offset}"))),
+        value: (offset % 3 != 0).then(|| Bytes::from(format!("v{offset}"))),
+        headers: vec![Header {
+            key: "h".into(),
+            value: Some(Bytes::from_static(b"x")),
+        }],
+    };
+    let records: Vec<Record> = [(10, 5), (11, 3), (12, 9), (20, 1), (21, 2)]
+        .into_iter()
+        .map(|(o, t)| rec(o, 1_700_000_000_000 + t))
+        .collect();
+    let batches = batches_of(&records, 7).unwrap();
+    assert_eq!(batches.len(), 2);
+    assert_eq!(batches[0].header().base_offset, 10);
+    assert_eq!(batches[0].header().partition_leader_epoch, 7);
+    assert_eq!(batches[1].header().base_offset, 20);
+    let back: Vec<Record> = batches
+        .iter()
+        .flat_map(|b| {
+            b.validate().unwrap();
+            b.records().unwrap()
+        })
+        .collect();
+    assert_eq!(back, records);
+    assert!(batches_of(&[], 0).unwrap().is_empty());
+}
+
+/// Every codec Kafka producers use round-trips, and each decoder stops at the body's
+/// expansion limit instead of inflating a bomb.
+#[test]
+fn every_codec_round_trips_and_bombs_are_refused() {
+    for codec in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let mut b = BatchBuilder::new(codec);
+        for i in 0..100i64 {
+            let v = format!("value-{i}-{}", "y".repeat(i as usize));
+            b.push(1_700_000_000_000 + i, Some(b"k"), Some(v.as_bytes()), &[]);
+        }
+        let batch = b.build().unwrap();
+        assert_eq!(batch.header().compression().unwrap(), codec);
+        batch.validate().unwrap();
+        let records = batch.records().unwrap();
+        assert_eq!(records.len(), 100, "{codec:?}");
+        assert_eq!(records[7].value.as_deref(), Some(&b"value-7-yyyyyyy"[..]));
+
+        // One record of 100 MiB of zeros: every codec squeezes it far below the limit.
+        if codec == Compression::None {
+            continue;
+        }
+        let mut bomb = BatchBuilder::new(codec);
+        bomb.push(1, None, Some(&vec![0u8; 100 << 20]), &[]);
+        let err = bomb.build().unwrap().records().unwrap_err().to_string();
+        assert!(err.contains("over the limit"), "{codec:?}: {err}");
+    }
+}
+
+/// Java clients frame snappy blocks (xerial); librdkafka sends raw snappy. Both decode.
+#[test]
+fn xerial_framed_snappy_decodes() {
+    let raw = b"hello kafka, hello kafka, hello kafka".repeat(10);
+    let block = snap::raw::Encoder::new().compress_vec(&raw).unwrap();
+    let mut framed = XERIAL_MAGIC.to_vec();
+    framed.extend_from_slice(&1u32.to_be_bytes());
+    framed.extend_from_slice(&1u32.to_be_bytes());
+    for _ in 0..2 {
+        framed.extend_from_slice(&(block.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&block);
+    }
+    let out = snappy_decompress(&framed).unwrap();
+    assert_eq!(out, [raw.clone(), raw].concat());
+    framed.truncate(framed.len() - 3);
+    assert!(snappy_decompress(&framed).is_err());
+}

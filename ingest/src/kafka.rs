@@ -1,0 +1,296 @@
+//! The Kafka wire protocol front end: a thin adapter, like the gRPC one, that decodes Kafka
+//! requests (with the `kafka-protocol` crate), calls the same [`Broker`] and encodes the
+//! answers. Errors become Kafka codes through [`crate::Code::kafka`] only.
+//!
+//! Framing: a request is a 4-byte big-endian size and that many bytes; sizes past
+//! [`KafkaSettings::max_request_bytes`] close the connection before anything is allocated for
+//! them. Requests on one connection are handled concurrently (at most
+//! [`crate::Limits::max_requests_per_connection`] at once; past it the connection is not read)
+//! and answered in the order they came, as Kafka requires. A request the node cannot decode, of
+//! an API it does not serve, or of a version it does not advertise closes the connection, as
+//! Kafka brokers do; ApiVersions alone answers any version (with UNSUPPORTED_VERSION and the
+//! versions served), so clients can negotiate.
+//!
+//! Invariants: only the versions in [`SUPPORTED`] are advertised and decoded; a produce with
+//! acks=0 gets no answer; the connection's answers are never reordered.
+
+mod handlers;
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, Limits};
+
+/// Settings of the Kafka front end (`[kafka]` in the node's settings).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Where the node listens for Kafka clients (`host:port`; port 0 picks one); `off` turns
+    /// the Kafka front end off.
+    pub listen: String,
+    /// The address Kafka clients reach this node at (`host:port`), as Metadata names it.
+    /// Default: the address it listens on.
+    pub advertise: Option<String>,
+    /// Create a topic when a client asks for metadata of (or produces to) one that does not
+    /// exist, as Kafka's `auto.create.topics.enable`. Off: such requests get
+    /// UNKNOWN_TOPIC_OR_PARTITION.
+    pub auto_create_topics: bool,
+    /// Partitions of a topic created automatically, or by CreateTopics with -1 partitions.
+    pub default_partitions: u32,
+    /// The largest request accepted, bytes (Kafka's `socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            listen: "127.0.0.1:9092".into(),
+            advertise: None,
+            auto_create_topics: false,
+            default_partitions: 1,
+            max_request_bytes: 100 << 20,
+        }
+    }
+}
+
+impl KafkaSettings {
+    /// Whether the node serves Kafka clients at all.
+    pub fn enabled(&self) -> bool {
+        self.listen != "off"
+    }
+
+    /// Checks the settings, naming the one that is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enabled() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "kafka.listen must be an address like 127.0.0.1:9092, or off; not {:?}",
+                self.listen
+            ));
+        }
+        if let Some(a) = &self.advertise
+            && a.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+        {
+            return Err(format!("kafka.advertise must be host:port, not {a:?}"));
+        }
+        if self.default_partitions == 0 {
+            return Err("kafka.default_partitions must be at least 1".into());
+        }
+        if self.max_request_bytes < 1024 || i32::try_from(self.max_request_bytes).is_err() {
+            return Err("kafka.max_request_bytes must be between 1 KiB and 2 GiB".into());
+        }
+        Ok(())
+    }
+}
+
+/// The APIs and versions this node serves (ApiVersions advertises exactly these).
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 5),
+    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The versions of `key` this node serves.
+fn supported(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|&(_, lo, hi)| (lo, hi))
+}
+
+/// A decoded request: its header and the body after it.
+pub(crate) struct Request {
+    pub key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: Bytes,
+}
+
+impl Request {
+    /// Decodes the body as `T` at the request's version.
+    pub fn decode<T: Decodable>(&self) -> anyhow::Result<T> {
+        let mut body = self.body.clone();
+        let t = T::decode(&mut body, self.version)?;
+        Ok(t)
+    }
+}
+
+/// An answer to write, or a reason to close the connection.
+type Answer = Result<Option<BytesMut>, String>;
+
+/// Encodes `response` with its header for `req`.
+pub(crate) fn respond<T: Encodable>(req: &Request, response: &T) -> Answer {
+    respond_as(req, req.version, response)
+}
+
+/// Encodes `response` at `version` (ApiVersions answers an unsupported version at v0).
+fn respond_as<T: Encodable>(req: &Request, version: i16, response: &T) -> Answer {
+    let mut buf = BytesMut::new();
+    let header = ResponseHeader::default().with_correlation_id(req.header.correlation_id);
+    let header_version = req.key.response_header_version(version);
+    header
+        .encode(&mut buf, header_version)
+        .and_then(|()| response.encode(&mut buf, version))
+        .map_err(|e| format!("encoding the {:?} v{version} answer: {e}", req.key))?;
+    Ok(Some(buf))
+}
+
+/// Serves Kafka clients on `listener` until `stop` is cancelled.
+pub async fn serve(
+    broker: Broker,
+    listener: TcpListener,
+    settings: KafkaSettings,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let settings = Arc::new(settings);
+    let mut incoming = Box::pin(crate::listen::accept_limited(
+        listener,
+        limits.max_connections,
+    ));
+    loop {
+        let conn = tokio::select! {
+            c = incoming.next() => c,
+            _ = stop.cancelled() => return,
+        };
+        let Some(Ok(conn)) = conn else { continue };
+        let (broker, settings, stop) = (broker.clone(), settings.clone(), stop.clone());
+        let in_flight = limits.max_requests_per_connection;
+        tokio::spawn(async move {
+            if let Err(e) = connection(broker, settings, conn, in_flight, stop).await {
+                tracing::debug!(error = %e, "kafka connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(
+    broker: Broker,
+    settings: Arc<KafkaSettings>,
+    conn: crate::listen::Limited,
+    in_flight: usize,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    // Answers in request order: the reader queues a receiver per request, the writer awaits
+    // them in turn. The queue's bound is the connection's requests in flight.
+    let (tx, mut rx) = mpsc::channel::<oneshot::Receiver<Answer>>(in_flight);
+    let closed = CancellationToken::new();
+    let writer = {
+        let closed = closed.clone();
+        async move {
+            let mut frame = BytesMut::new();
+            while let Some(answer) = rx.recv().await {
+                let answer = match answer.await {
+                    Ok(Ok(a)) => a,
+                    Ok(Err(why)) => {
+                        tracing::warn!(why, "closing a kafka connection");
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                let Some(body) = answer else { continue };
+                frame.clear();
+                frame.put_u32(body.len() as u32);
+                frame.extend_from_slice(&body);
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            closed.cancel();
+        }
+    };
+    let reader = async move {
+        loop {
+            let size = tokio::select! {
+                s = rd.read_i32() => s.map_err(|e| e.to_string())?,
+                _ = stop.cancelled() => return Ok(()),
+                _ = closed.cancelled() => return Ok(()),
+            };
+            let size = usize::try_from(size)
+                .ok()
+                .filter(|s| *s >= 8 && *s <= settings.max_request_bytes)
+                .ok_or_else(|| {
+                    format!(
+                        "a request of {size} bytes (8..={} accepted, kafka.max_request_bytes)",
+                        settings.max_request_bytes
+                    )
+                })?;
+            let mut buf = vec![0u8; size];
+            rd.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            let (otx, orx) = oneshot::channel();
+            if tx.send(orx).await.is_err() {
+                return Ok(());
+            }
+            let broker = broker.clone();
+            let settings = settings.clone();
+            tokio::spawn(async move {
+                let _ = otx.send(handle(&broker, &settings, Bytes::from(buf)).await);
+            });
+        }
+    };
+    // The reader owns the queue's sender: when it stops, the writer drains what is queued
+    // and stops too.
+    let (r, ()) = tokio::join!(reader, writer);
+    r
+}
+
+/// Decodes the header, checks the version, and dispatches.
+async fn handle(broker: &Broker, settings: &KafkaSettings, mut frame: Bytes) -> Answer {
+    let mut fixed = frame.clone();
+    let (raw_key, version, correlation_id) = (fixed.get_i16(), fixed.get_i16(), fixed.get_i32());
+    let key = ApiKey::try_from(raw_key).map_err(|()| format!("unknown API key {raw_key}"))?;
+    let header = match kafka_protocol::protocol::decode_request_header_from_buffer(&mut frame) {
+        Ok(h) => h,
+        // A client newer than this node may send an ApiVersions header this node cannot
+        // read; it still gets the versions served, so it can negotiate down.
+        Err(_) if key == ApiKey::ApiVersions => RequestHeader::default()
+            .with_request_api_key(raw_key)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id),
+        Err(e) => return Err(format!("request header: {e}")),
+    };
+    let req = Request {
+        key,
+        version,
+        header,
+        body: frame,
+    };
+    let served = supported(key);
+    if key == ApiKey::ApiVersions {
+        return handlers::api_versions(&req, served);
+    }
+    match served {
+        Some((lo, hi)) if (lo..=hi).contains(&version) => {}
+        Some((lo, hi)) => {
+            return Err(format!(
+                "{key:?} v{version} is not served (v{lo} to v{hi} are)"
+            ));
+        }
+        None => return Err(format!("{key:?} is not served")),
+    }
+    handlers::dispatch(broker, settings, req)
+        .await
+        .map_err(|e| format!("{key:?} v{version}: {e:#}"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,856 @@
+//! One function per Kafka API: decode, call the [`Broker`], encode. No storage or group logic
+//! lives here; what two front ends need is in the broker.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
+};
+use kafka_protocol::messages::delete_topics_response::{
+    DeletableTopicResult, DeleteTopicsResponse,
+};
+use kafka_protocol::messages::describe_cluster_response::{
+    DescribeClusterBroker, DescribeClusterResponse,
+};
+use kafka_protocol::messages::fetch_response::{
+    FetchResponse, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoordinatorResponse};
+use kafka_protocol::messages::init_producer_id_response::InitProducerIdResponse;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponse, OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponse, OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
+    FindCoordinatorRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProducerId, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use meta::{PartitionOffset, TopicConfig};
+
+use super::{KafkaSettings, Request, SUPPORTED, respond, respond_as};
+use crate::broker::{Acks, Broker, ClusterView, OffsetSpec};
+use crate::error::{Error, kafka_code};
+
+type Handled = anyhow::Result<Option<BytesMut>>;
+
+/// The cluster id every node reports.
+const CLUSTER_ID: &str = "tierlog";
+/// High half of the topic ids shown to Kafka clients ("tierlog" in ASCII); the low half is
+/// the topic's id, which is never reused.
+const TOPIC_UUID_HIGH: u64 = 0x7469_6572_6c6f_6700;
+/// The longest a fetch waits for records, whatever the client asks.
+const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+
+fn str(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(str(s))
+}
+
+fn topic_uuid(id: u64) -> uuid::Uuid {
+    uuid::Uuid::from_u64_pair(TOPIC_UUID_HIGH, id)
+}
+
+/// A node's Kafka listener as (host, port), when it has one.
+fn kafka_endpoint(n: &meta::NodeInfo) -> Option<(String, i32)> {
+    let addr = n.kafka_addr.as_deref()?;
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((
+        host.trim_matches(['[', ']']).to_string(),
+        port.parse().ok()?,
+    ))
+}
+
+/// A partition number from the wire (negative ones name no partition).
+fn partition(p: i32) -> Result<u32, Error> {
+    u32::try_from(p).map_err(|_| Error::InvalidRequest(format!("partition {p} is negative")))
+}
+
+fn node_id(n: u64) -> BrokerId {
+    BrokerId(i32::try_from(n).unwrap_or(i32::MAX))
+}
+
+fn epoch(e: u64) -> i32 {
+    i32::try_from(e).unwrap_or(i32::MAX)
+}
+
+/// ApiVersions, at any version: a version not served gets UNSUPPORTED_VERSION at v0 with the
+/// versions served. No tagged fields are sent (librdkafka up to 2.1 mis-reads them in v3).
+pub(super) fn api_versions(req: &Request, served: Option<(i16, i16)>) -> super::Answer {
+    let ok = served.is_some_and(|(lo, hi)| (lo..=hi).contains(&req.version));
+    let mut r = ApiVersionsResponse::default();
+    r.error_code = if ok {
+        kafka_code::NONE
+    } else {
+        kafka_code::UNSUPPORTED_VERSION
+    };
+    r.api_keys = SUPPORTED
+        .iter()
+        .map(|&(k, lo, hi)| {
+            ApiVersion::default()
+                .with_api_key(k as i16)
+                .with_min_version(lo)
+                .with_max_version(hi)
+        })
+        .collect();
+    respond_as(req, if ok { req.version } else { 0 }, &r)
+}
+
+pub(super) async fn dispatch(broker: &Broker, settings: &KafkaSettings, req: Request) -> Handled {
+    let answer = match req.key {
+        ApiKey::Metadata => respond(&req, &metadata(broker, settings, &req).await?),
+        ApiKey::Produce => return produce(broker, &req).await,
+        ApiKey::Fetch => respond(&req, &fetch(broker, &req).await?),
+        ApiKey::ListOffsets => respond(&req, &list_offsets(broker, &req).await?),
+        ApiKey::OffsetCommit => respond(&req, &offset_commit(broker, &req).await?),
+        ApiKey::OffsetFetch => respond(&req, &offset_fetch(broker, &req).await?),
+        ApiKey::FindCoordinator => respond(&req, &find_coordinator(broker, &req).await?),
+        ApiKey::CreateTopics => respond(&req, &create_topics(broker, settings, &req).await?),
+        ApiKey::DeleteTopics => respond(&req, &delete_topics(broker, &req).await?),
+        ApiKey::InitProducerId => respond(&req, &init_producer_id(broker, &req).await?),
+        ApiKey::DescribeCluster => respond(&req, &describe_cluster(broker).await?),
+        other => anyhow::bail!("{other:?} has no handler"),
+    };
+    answer.map_err(anyhow::Error::msg)
+}
+
+/// The node that answers as the cluster's controller: the lowest id with a Kafka listener.
+fn controller(view: &ClusterView) -> BrokerId {
+    view.nodes
+        .iter()
+        .filter(|n| n.kafka_addr.is_some())
+        .map(|n| node_id(n.node_id))
+        .min_by_key(|b| b.0)
+        .unwrap_or(BrokerId(-1))
+}
+
+async fn metadata(
+    broker: &Broker,
+    settings: &KafkaSettings,
+    req: &Request,
+) -> anyhow::Result<MetadataResponse> {
+    let r: MetadataRequest = req.decode()?;
+    // v0: an empty list means every topic; v1+: null does.
+    let asked: Option<Vec<String>> = match r.topics {
+        None => None,
+        Some(t) if t.is_empty() && req.version == 0 => None,
+        Some(t) => Some(
+            t.into_iter()
+                .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                .collect(),
+        ),
+    };
+    let mut view = broker.cluster_view().await?;
+    let may_create =
+        settings.auto_create_topics && (req.version < 4 || r.allow_auto_topic_creation);
+    if may_create && let Some(asked) = &asked {
+        let mut created = false;
+        for name in asked {
+            if !view.topics.iter().any(|t| &t.name == name) {
+                match broker
+                    .create_topic(name, TopicConfig::new(settings.default_partitions))
+                    .await
+                {
+                    Ok(_) => created = true,
+                    Err(e) => tracing::debug!(topic = name, error = %e, "auto-create failed"),
+                }
+            }
+        }
+        if created {
+            view = broker.cluster_view().await?;
+        }
+    }
+    let listeners: HashMap<u64, (String, i32)> = view
+        .nodes
+        .iter()
+        .filter_map(|n| kafka_endpoint(n).map(|e| (n.node_id, e)))
+        .collect();
+    let mut resp = MetadataResponse::default();
+    resp.brokers = view
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let (host, port) = listeners.get(&n.node_id)?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(node_id(n.node_id))
+                    .with_host(str(host.clone()))
+                    .with_port(*port),
+            )
+        })
+        .collect();
+    resp.cluster_id = Some(str(CLUSTER_ID));
+    resp.controller_id = controller(&view);
+    let names: Vec<String> = match asked {
+        Some(a) => a,
+        None => view.topics.iter().map(|t| t.name.clone()).collect(),
+    };
+    for name in names {
+        let mut topic = MetadataResponseTopic::default().with_name(Some(topic_name(&name)));
+        let Some(t) = view.topics.iter().find(|t| t.name == name) else {
+            topic.error_code = kafka_code::UNKNOWN_TOPIC_OR_PARTITION;
+            resp.topics.push(topic);
+            continue;
+        };
+        topic.topic_id = topic_uuid(t.id);
+        topic.topic_authorized_operations = i32::MIN;
+        for p in 0..t.partitions() {
+            let mut part = MetadataResponsePartition::default()
+                .with_partition_index(p as i32)
+                .with_leader_id(BrokerId(-1))
+                .with_leader_epoch(-1);
+            match view.leaders.get(&(name.clone(), p)) {
+                Some(l) if listeners.contains_key(&l.node_id) => {
+                    let id = node_id(l.node_id);
+                    part.leader_id = id;
+                    part.leader_epoch = epoch(l.epoch);
+                    part.replica_nodes = vec![id];
+                    part.isr_nodes = vec![id];
+                }
+                _ => part.error_code = kafka_code::LEADER_NOT_AVAILABLE,
+            }
+            topic.partitions.push(part);
+        }
+        resp.topics.push(topic);
+    }
+    Ok(resp)
+}
+
+/// The batches in a produce request's record set, in order (a record set may hold several).
+fn split_batches(mut records: Bytes) -> Result<Vec<Bytes>, Error> {
+    let mut out = Vec::new();
+    while !records.is_empty() {
+        if records.len() < 12 {
+            return Err(Error::InvalidRequest(format!(
+                "{} stray bytes after the last record batch",
+                records.len()
+            )));
+        }
+        let len = i32::from_be_bytes(records[8..12].try_into().expect("4 bytes"));
+        let total = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_add(12))
+            .filter(|t| *t <= records.len())
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "a record batch claims {len} bytes; {} are left",
+                    records.len() - 12
+                ))
+            })?;
+        out.push(records.split_to(total));
+    }
+    Ok(out)
+}
+
+async fn produce_partition(
+    broker: &Broker,
+    topic: &str,
+    p: i32,
+    records: Option<Bytes>,
+    acks: Acks,
+) -> PartitionProduceResponse {
+    let mut resp = PartitionProduceResponse::default()
+        .with_index(p)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1);
+    let result = async {
+        let p = partition(p)?;
+        let batches = split_batches(records.unwrap_or_default())?;
+        if batches.is_empty() {
+            return Err(Error::InvalidRequest("a produce request without records".into()).into());
+        }
+        let mut first = None;
+        for b in batches {
+            let r = broker.produce_batch_whole(topic, p, b, acks).await?;
+            if !r.errors.is_empty() {
+                return Err(Refusal::Records(r.errors));
+            }
+            first.get_or_insert(r.base_offset);
+        }
+        Ok::<_, Refusal>(first.unwrap_or(-1))
+    };
+    match result.await {
+        Ok(base) => resp.base_offset = base,
+        Err(Refusal::Records(errors)) => {
+            resp.error_code = errors[0].1.code().kafka();
+            resp.error_message = Some(str(errors[0].1.to_string()));
+            resp.record_errors = errors
+                .into_iter()
+                .map(|(i, e)| {
+                    BatchIndexAndErrorMessage::default()
+                        .with_batch_index(i32::try_from(i).unwrap_or(i32::MAX))
+                        .with_batch_index_error_message(Some(str(e.to_string())))
+                })
+                .collect();
+        }
+        Err(Refusal::Request(e)) => {
+            tracing::debug!(topic, partition = p, error = %e, "kafka produce refused");
+            resp.error_code = e.code().kafka();
+            resp.error_message = Some(str(e.to_string()));
+        }
+    }
+    resp
+}
+
+/// Why a partition's produce failed: the request, or some of its records (the batch was
+/// appended not at all).
+enum Refusal {
+    Request(Error),
+    Records(Vec<(usize, Error)>),
+}
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        Refusal::Request(e)
+    }
+}
+
+async fn produce(broker: &Broker, req: &Request) -> Handled {
+    let r: ProduceRequest = req.decode()?;
+    let acks = match r.acks {
+        0 => Some(Acks::None),
+        1 => Some(Acks::Leader),
+        -1 => Some(Acks::All),
+        _ => None,
+    };
+    let transactional = r.transactional_id.is_some();
+    let mut jobs = Vec::new();
+    for t in &r.topic_data {
+        for p in &t.partition_data {
+            let name = t.name.0.to_string();
+            let records = p.records.clone();
+            let index = p.index;
+            jobs.push(async move {
+                let resp = match acks {
+                    _ if transactional => PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_base_offset(-1)
+                        .with_error_code(kafka_code::INVALID_REQUEST)
+                        .with_error_message(Some(str(
+                            "transactions are not supported yet: produce without a transactional id",
+                        ))),
+                    None => PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_base_offset(-1)
+                        .with_error_code(kafka_code::INVALID_REQUIRED_ACKS)
+                        .with_error_message(Some(str(format!(
+                            "acks must be 0, 1 or -1, not {}",
+                            r.acks
+                        )))),
+                    Some(acks) => produce_partition(broker, &name, index, records, acks).await,
+                };
+                (name, resp)
+            });
+        }
+    }
+    // Partitions at once: an acks=all request waits for the slowest upload, not their sum.
+    let results = futures::future::join_all(jobs).await;
+    if acks == Some(Acks::None) {
+        return Ok(None);
+    }
+    let mut resp = ProduceResponse::default();
+    for (name, p) in results {
+        match resp
+            .responses
+            .iter_mut()
+            .find(|t| t.name.0.as_str() == name)
+        {
+            Some(t) => t.partition_responses.push(p),
+            None => resp.responses.push(
+                TopicProduceResponse::default()
+                    .with_name(topic_name(&name))
+                    .with_partition_responses(vec![p]),
+            ),
+        }
+    }
+    respond(req, &resp).map_err(anyhow::Error::msg)
+}
+
+/// The error code for a fetch or list-offsets against a leader epoch the client has.
+fn epoch_check(asked: i32, current: u64) -> i16 {
+    let current = epoch(current);
+    if asked < 0 || asked == current {
+        kafka_code::NONE
+    } else if asked < current {
+        kafka_code::FENCED_LEADER_EPOCH
+    } else {
+        kafka_code::UNKNOWN_LEADER_EPOCH
+    }
+}
+
+async fn fetch(broker: &Broker, req: &Request) -> anyhow::Result<FetchResponse> {
+    let r: FetchRequest = req.decode()?;
+    let wait = Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let min_bytes = r.min_bytes.max(0) as usize;
+    let max_bytes = if r.max_bytes > 0 {
+        r.max_bytes as usize
+    } else {
+        usize::MAX
+    };
+    loop {
+        let mut resp = FetchResponse::default();
+        let mut total = 0usize;
+        let mut failed = false;
+        let mut waits = Vec::new();
+        // Held until the answer is encoded: the node's fetch buffer bounds what is read.
+        let mut permits = Vec::new();
+        for t in &r.topics {
+            let name = t.topic.0.to_string();
+            let mut topic = FetchableTopicResponse::default().with_topic(t.topic.clone());
+            for p in &t.partitions {
+                let mut data = PartitionData::default()
+                    .with_partition_index(p.partition)
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1)
+                    .with_log_start_offset(-1)
+                    .with_preferred_read_replica(BrokerId(-1))
+                    .with_records(Some(Bytes::new()));
+                let room = max_bytes.saturating_sub(total);
+                // At least one batch for the first partition with records (KIP-74), then
+                // within the request's max_bytes.
+                let budget = if total == 0 {
+                    (p.partition_max_bytes.max(1) as usize).min(max_bytes)
+                } else {
+                    (p.partition_max_bytes.max(0) as usize).min(room)
+                };
+                let fetched = match (partition(p.partition), budget) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), 0) => {
+                        topic.partitions.push(data);
+                        continue;
+                    }
+                    (Ok(pn), budget) => {
+                        broker
+                            .fetch_visible(&name, pn, p.fetch_offset, budget)
+                            .await
+                    }
+                };
+                match fetched {
+                    Ok(f) => {
+                        data.high_watermark = f.high_watermark;
+                        data.last_stable_offset = f.high_watermark;
+                        data.log_start_offset = f.log_start;
+                        data.error_code = epoch_check(p.current_leader_epoch, f.leader_epoch);
+                        if data.error_code != kafka_code::NONE {
+                            failed = true;
+                        } else if f.batches.is_empty() {
+                            if let Ok(pn) = partition(p.partition) {
+                                waits.push((name.clone(), pn, p.fetch_offset));
+                            }
+                        } else {
+                            let size: usize = f.batches.iter().map(|b| b.len()).sum();
+                            let mut records = BytesMut::with_capacity(size);
+                            for b in &f.batches {
+                                records.extend_from_slice(b.as_bytes());
+                            }
+                            total += size;
+                            data.records = Some(records.freeze());
+                        }
+                        permits.extend(f.permit);
+                    }
+                    Err(e) => {
+                        data.error_code = e.code().kafka();
+                        failed = true;
+                    }
+                }
+                topic.partitions.push(data);
+            }
+            resp.responses.push(topic);
+        }
+        if total >= min_bytes.max(1)
+            || failed
+            || waits.is_empty()
+            || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(resp);
+        }
+        drop(permits);
+        // Nothing yet: wait for any partition's high watermark to move, then read again.
+        let waiting = waits
+            .iter()
+            .map(|(t, p, o)| Box::pin(broker.wait_visible(t, *p, *o, deadline)));
+        let _ = futures::future::select_all(waiting).await;
+    }
+}
+
+async fn list_offsets(broker: &Broker, req: &Request) -> anyhow::Result<ListOffsetsResponse> {
+    let r: ListOffsetsRequest = req.decode()?;
+    let mut resp = ListOffsetsResponse::default();
+    for t in &r.topics {
+        let name = t.name.0.to_string();
+        let mut topic = ListOffsetsTopicResponse::default().with_name(t.name.clone());
+        for p in &t.partitions {
+            let spec = match p.timestamp {
+                -2 => Some(OffsetSpec::Earliest),
+                -1 => Some(OffsetSpec::Latest),
+                ts if ts >= 0 => Some(OffsetSpec::Timestamp(ts)),
+                _ => None,
+            };
+            let mut out = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_timestamp(-1)
+                .with_offset(-1)
+                .with_leader_epoch(-1);
+            let found = match (partition(p.partition_index), spec) {
+                (Err(e), _) => Err(e),
+                (_, None) => Err(Error::InvalidRequest(format!(
+                    "timestamp {} asks for nothing served (-2 earliest, -1 latest, or a time)",
+                    p.timestamp
+                ))),
+                (Ok(pn), Some(spec)) => broker.list_offset(&name, pn, spec).await,
+            };
+            match found {
+                Ok(Some((offset, ts))) => {
+                    out.offset = offset;
+                    out.timestamp = ts;
+                }
+                Ok(None) => {}
+                Err(e) => out.error_code = e.code().kafka(),
+            }
+            topic.partitions.push(out);
+        }
+        resp.topics.push(topic);
+    }
+    Ok(resp)
+}
+
+async fn offset_commit(broker: &Broker, req: &Request) -> anyhow::Result<OffsetCommitResponse> {
+    let r: OffsetCommitRequest = req.decode()?;
+    let group = r.group_id.0.to_string();
+    let mut offsets = Vec::new();
+    let mut bad = None;
+    for t in &r.topics {
+        for p in &t.partitions {
+            match partition(p.partition_index) {
+                Ok(pn) => offsets.push(PartitionOffset {
+                    topic: t.name.0.to_string(),
+                    partition: pn,
+                    offset: p.committed_offset,
+                    metadata: p
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
+                }),
+                Err(e) => bad = Some(e),
+            }
+        }
+    }
+    let member = r.member_id.to_string();
+    let result = match bad {
+        Some(e) => Err(e),
+        None if member.is_empty() && r.generation_id_or_member_epoch < 0 => {
+            broker.commit_offsets(&group, offsets).await
+        }
+        None => {
+            broker
+                .commit_group_offsets(&group, &member, r.generation_id_or_member_epoch, offsets)
+                .await
+        }
+    };
+    let code = match result {
+        Ok(()) => kafka_code::NONE,
+        Err(e) => {
+            tracing::debug!(group, error = %e, "kafka offset commit refused");
+            e.code().kafka()
+        }
+    };
+    let mut resp = OffsetCommitResponse::default();
+    for t in &r.topics {
+        resp.topics.push(
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                ),
+        );
+    }
+    Ok(resp)
+}
+
+async fn offset_fetch(broker: &Broker, req: &Request) -> anyhow::Result<OffsetFetchResponse> {
+    let r: OffsetFetchRequest = req.decode()?;
+    let group = r.group_id.0.to_string();
+    let mut resp = OffsetFetchResponse::default();
+    let committed = match broker.fetch_offsets(&group, None).await {
+        Ok(c) => c,
+        Err(e) => {
+            resp.error_code = e.code().kafka();
+            return Ok(resp);
+        }
+    };
+    let partition_of = |o: &PartitionOffset| {
+        OffsetFetchResponsePartition::default()
+            .with_partition_index(o.partition as i32)
+            .with_committed_offset(o.offset)
+            .with_committed_leader_epoch(-1)
+            .with_metadata(Some(str(o.metadata.clone())))
+    };
+    match &r.topics {
+        // Every committed offset of the group.
+        None => {
+            for o in &committed {
+                match resp
+                    .topics
+                    .iter_mut()
+                    .find(|t| t.name.0.as_str() == o.topic)
+                {
+                    Some(t) => t.partitions.push(partition_of(o)),
+                    None => resp.topics.push(
+                        OffsetFetchResponseTopic::default()
+                            .with_name(topic_name(&o.topic))
+                            .with_partitions(vec![partition_of(o)]),
+                    ),
+                }
+            }
+        }
+        Some(topics) => {
+            for t in topics {
+                let name = t.name.0.as_str();
+                let partitions = t
+                    .partition_indexes
+                    .iter()
+                    .map(|&p| {
+                        match committed
+                            .iter()
+                            .find(|o| o.topic == name && o.partition as i32 == p)
+                        {
+                            Some(o) => partition_of(o),
+                            None => OffsetFetchResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(-1)
+                                .with_committed_leader_epoch(-1)
+                                .with_metadata(Some(str(""))),
+                        }
+                    })
+                    .collect();
+                resp.topics.push(
+                    OffsetFetchResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(partitions),
+                );
+            }
+        }
+    }
+    Ok(resp)
+}
+
+async fn find_coordinator(
+    broker: &Broker,
+    req: &Request,
+) -> anyhow::Result<FindCoordinatorResponse> {
+    let r: FindCoordinatorRequest = req.decode()?;
+    let keys: Vec<String> = if req.version >= 4 {
+        r.coordinator_keys.iter().map(|k| k.to_string()).collect()
+    } else {
+        vec![r.key.to_string()]
+    };
+    let mut found = Vec::new();
+    for key in keys {
+        let mut c = Coordinator::default()
+            .with_key(str(key.clone()))
+            .with_node_id(BrokerId(-1))
+            .with_port(-1);
+        if r.key_type != 0 {
+            c.error_code = kafka_code::INVALID_REQUEST;
+            c.error_message = Some(str(
+                "transactions are not supported yet: there is no transaction coordinator",
+            ));
+        } else {
+            match broker.coordinator_node(&key).await {
+                Ok(n) => match kafka_endpoint(&n) {
+                    Some((host, port)) => {
+                        c.node_id = node_id(n.node_id);
+                        c.host = str(host);
+                        c.port = port;
+                    }
+                    None => {
+                        c.error_code = kafka_code::COORDINATOR_NOT_AVAILABLE;
+                        c.error_message = Some(str(format!(
+                            "the coordinator, node {}, has no Kafka listener",
+                            n.node_id
+                        )));
+                    }
+                },
+                Err(e) => {
+                    c.error_code = e.code().kafka();
+                    c.error_message = Some(str(e.to_string()));
+                }
+            }
+        }
+        found.push(c);
+    }
+    let mut resp = FindCoordinatorResponse::default();
+    if req.version >= 4 {
+        resp.coordinators = found;
+    } else if let Some(c) = found.pop() {
+        resp.error_code = c.error_code;
+        resp.error_message = c.error_message;
+        resp.node_id = c.node_id;
+        resp.host = c.host;
+        resp.port = c.port;
+    }
+    Ok(resp)
+}
+
+async fn create_topics(
+    broker: &Broker,
+    settings: &KafkaSettings,
+    req: &Request,
+) -> anyhow::Result<CreateTopicsResponse> {
+    let r: CreateTopicsRequest = req.decode()?;
+    let mut resp = CreateTopicsResponse::default();
+    for t in &r.topics {
+        let name = t.name.0.to_string();
+        let mut out = CreatableTopicResult::default()
+            .with_name(t.name.clone())
+            .with_num_partitions(-1)
+            .with_replication_factor(-1);
+        let config = (|| {
+            if !t.assignments.is_empty() {
+                return Err((
+                    kafka_code::INVALID_REQUEST,
+                    "replica assignments are not taken: the object store keeps the replicas".into(),
+                ));
+            }
+            let partitions = match t.num_partitions {
+                -1 => settings.default_partitions,
+                n => u32::try_from(n).ok().filter(|n| *n > 0).ok_or((
+                    kafka_code::INVALID_PARTITIONS,
+                    format!("a topic needs at least one partition, not {n}"),
+                ))?,
+            };
+            let mut config = TopicConfig::new(partitions);
+            for c in &t.configs {
+                config
+                    .set(c.name.as_str(), c.value.as_deref())
+                    .map_err(|e| (kafka_code::INVALID_CONFIG, e.to_string()))?;
+            }
+            meta::validate_topic_name(&name)
+                .map_err(|e| (kafka_code::INVALID_TOPIC_EXCEPTION, e.to_string()))?;
+            Ok(config)
+        })();
+        let created = match config {
+            Err(e) => Err(e),
+            Ok(config) if r.validate_only => Ok(config),
+            Ok(config) => match broker.create_topic(&name, config).await {
+                Ok(info) => {
+                    out.topic_id = topic_uuid(info.meta.id);
+                    Ok(info.meta.config)
+                }
+                Err(e) => Err((e.code().kafka(), e.to_string())),
+            },
+        };
+        match created {
+            Ok(config) => {
+                out.num_partitions = config.partitions as i32;
+                out.replication_factor = 1;
+                out.configs = Some(
+                    config
+                        .settings()
+                        .into_iter()
+                        .map(|(name, value, default)| {
+                            CreatableTopicConfigs::default()
+                                .with_name(str(name))
+                                .with_value(Some(str(value)))
+                                // 5 = DEFAULT_CONFIG, 1 = DYNAMIC_TOPIC_CONFIG
+                                .with_config_source(if default { 5 } else { 1 })
+                        })
+                        .collect(),
+                );
+            }
+            Err((code, message)) => {
+                out.error_code = code;
+                out.error_message = Some(str(message));
+            }
+        }
+        resp.topics.push(out);
+    }
+    Ok(resp)
+}
+
+async fn delete_topics(broker: &Broker, req: &Request) -> anyhow::Result<DeleteTopicsResponse> {
+    let r: DeleteTopicsRequest = req.decode()?;
+    let mut resp = DeleteTopicsResponse::default();
+    for name in &r.topic_names {
+        let mut out = DeletableTopicResult::default().with_name(Some(name.clone()));
+        if let Err(e) = broker.delete_topic(name.0.as_str()).await {
+            out.error_code = e.code().kafka();
+            out.error_message = Some(str(e.to_string()));
+        }
+        resp.responses.push(out);
+    }
+    Ok(resp)
+}
+
+async fn init_producer_id(
+    broker: &Broker,
+    req: &Request,
+) -> anyhow::Result<InitProducerIdResponse> {
+    let r: InitProducerIdRequest = req.decode()?;
+    let mut resp = InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    if r.transactional_id.is_some() {
+        // Transactions come later; until then a transactional producer is told plainly.
+        resp.error_code = kafka_code::INVALID_REQUEST;
+        return Ok(resp);
+    }
+    match broker.init_producer().await {
+        Ok((id, epoch)) => {
+            resp.producer_id = ProducerId(id);
+            resp.producer_epoch = epoch;
+        }
+        Err(e) => resp.error_code = e.code().kafka(),
+    }
+    Ok(resp)
+}
+
+async fn describe_cluster(broker: &Broker) -> anyhow::Result<DescribeClusterResponse> {
+    let view = broker.cluster_view().await?;
+    let mut resp = DescribeClusterResponse::default();
+    resp.cluster_id = str(CLUSTER_ID);
+    resp.controller_id = controller(&view);
+    resp.brokers = view
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let (host, port) = kafka_endpoint(n)?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(node_id(n.node_id))
+                    .with_host(str(host))
+                    .with_port(port),
+            )
+        })
+        .collect();
+    resp.cluster_authorized_operations = i32::MIN;
+    Ok(resp)
+}

@@ -1,0 +1,221 @@
+//! The Kafka listener of a real node, driven by Kafka clients nobody here wrote: librdkafka
+//! 2.16 through confluent-kafka (Python) and Debian's kcat (librdkafka 2.0.2), and raw frames
+//! that a client must not be able to crash the node with.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{Node, cli};
+
+/// Runs tests/python/kafka_clients.py in `mode` against `bootstrap`.
+fn clients(python: &str, mode: &str, bootstrap: &str, state: &std::path::Path) {
+    let out = Command::new(python)
+        .arg(tierlog_tests::tests_dir().join("python/kafka_clients.py"))
+        .args([mode, bootstrap])
+        .arg(state)
+        .output()
+        .expect("run kafka_clients.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("kafka clients ok"),
+        "kafka_clients.py {mode} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// librdkafka creates a topic (retention.ms=-1: forever), produces with every codec at
+/// acks=all with idempotence, reads everything back from offset 0, commits and reads commits;
+/// an oversized record, an unknown topic, an existing topic and an unknown setting get Kafka's
+/// errors. After a restart without the hot tier, the same records come back from the cold
+/// tier, identical, seek by time works, and new records continue the offsets.
+#[test]
+fn kafka_clients_produce_consume_commit_and_replay_from_the_cold_tier() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let node = Node::start(dir.path(), &[]);
+    clients(&python, "write", &node.kafka, &state);
+    node.stop();
+    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
+    let node = Node::start(dir.path(), &[]);
+    clients(&python, "replay", &node.kafka, &state);
+    node.stop();
+}
+
+/// kcat, `apt-get install kcat`: the test command installs it.
+fn kcat() -> Option<String> {
+    let found = Command::new("kcat")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    match found {
+        true => Some("kcat".into()),
+        false if std::env::var_os("CI").is_some() => {
+            panic!("kcat is missing: the test command installs it (localstack/install.sh kcat)")
+        }
+        false => {
+            eprintln!("skipping: kcat is not installed");
+            None
+        }
+    }
+}
+
+/// Debian's kcat (librdkafka 2.0.2, which mis-reads tagged fields in ApiVersions v3) lists
+/// the cluster, produces gzip-compressed keyed records and consumes them back.
+#[test]
+fn kcat_on_an_old_librdkafka_lists_produces_and_consumes() {
+    let Some(kcat) = kcat() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let (ok, _, err) = cli(
+        &node.addr,
+        &["topic", "create", "clicks", "--partitions", "2"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let list = Command::new(&kcat)
+        .args(["-b", &node.kafka, "-L", "-t", "clicks"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success() && text.contains("topic \"clicks\" with 2 partitions"),
+        "{text}{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let input: String = (0..500)
+        .map(|i| format!("user-{}:click-{i}\n", i % 7))
+        .collect();
+    let mut p = Command::new(&kcat)
+        .args(["-b", &node.kafka, "-P", "-t", "clicks", "-K:", "-z", "gzip"])
+        .args(["-X", "acks=all"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    assert!(p.wait().unwrap().success(), "kcat produce failed");
+    let out = Command::new(&kcat)
+        .args(["-b", &node.kafka, "-C", "-t", "clicks", "-e", "-q"])
+        .args(["-f", "%p %o %k:%s\n"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut got: Vec<(u32, i64, String)> = text
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(3, ' ');
+            let p = f.next().unwrap().parse().unwrap();
+            let o = f.next().unwrap().parse().unwrap();
+            (p, o, f.next().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(got.len(), 500, "{text}");
+    got.sort();
+    for p in 0..2 {
+        let mine: Vec<_> = got.iter().filter(|r| r.0 == p).collect();
+        let offsets: Vec<i64> = mine.iter().map(|r| r.1).collect();
+        assert_eq!(offsets, (0..mine.len() as i64).collect::<Vec<_>>(), "dense");
+        // Within a partition, records keep the order they were produced in.
+        let order: Vec<usize> = mine
+            .iter()
+            .map(|r| r.2.rsplit('-').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "order kept: {order:?}"
+        );
+        // Same key, same partition.
+        for r in &mine {
+            let key = r.2.split(':').next().unwrap();
+            assert!(
+                got.iter()
+                    .all(|o| !o.2.starts_with(&format!("{key}:")) || o.0 == p)
+            );
+        }
+    }
+    node.stop();
+}
+
+/// Sends one frame and reads one answer (`None`: the node closed the connection).
+fn exchange(addr: &str, frame: &[u8]) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(frame).unwrap();
+    let mut size = [0u8; 4];
+    if s.read_exact(&mut size).is_err() {
+        return None;
+    }
+    let mut body = vec![0u8; u32::from_be_bytes(size) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// A request frame: size, api key, version, correlation id, client id, then `body`.
+fn frame(key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&key.to_be_bytes());
+    f.extend_from_slice(&version.to_be_bytes());
+    f.extend_from_slice(&7i32.to_be_bytes());
+    f.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+    f.extend_from_slice(body);
+    let mut out = (f.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&f);
+    out
+}
+
+/// Frames a client could send to take a node down get a clear answer or a closed connection,
+/// and the node serves on: a size of 2 GiB, an unknown API, a version not served, and a
+/// Metadata request of a few bytes whose topic array claims 2^31 - 1 entries (which the
+/// Kafka codec, unpatched, would allocate hundreds of GiB for and abort on).
+#[test]
+fn malformed_kafka_frames_close_the_connection_and_the_node_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let k = node.kafka.clone();
+    assert_eq!(
+        exchange(&k, &0x7fff_fff0u32.to_be_bytes()),
+        None,
+        "huge size"
+    );
+    assert_eq!(exchange(&k, &frame(999, 0, &[])), None, "unknown API key");
+    assert_eq!(exchange(&k, &frame(3, 99, &[])), None, "Metadata v99");
+    // Metadata v4: topics array of i32::MAX entries, then nothing.
+    let mut bomb = i32::MAX.to_be_bytes().to_vec();
+    bomb.push(1);
+    assert_eq!(exchange(&k, &frame(3, 4, &bomb)), None, "array bomb");
+    // Flexible Fetch v12 with a compact topics array claiming 2^32 - 2 entries.
+    let mut fetch = Vec::new();
+    fetch.extend_from_slice(&(-1i32).to_be_bytes()); // replica id
+    fetch.extend_from_slice(&500i32.to_be_bytes()); // max wait
+    fetch.extend_from_slice(&1i32.to_be_bytes()); // min bytes
+    fetch.extend_from_slice(&(1i32 << 20).to_be_bytes()); // max bytes
+    fetch.push(0); // isolation level
+    fetch.extend_from_slice(&0i32.to_be_bytes()); // session id
+    fetch.extend_from_slice(&(-1i32).to_be_bytes()); // session epoch
+    fetch.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // topics: varint u32::MAX
+    let mut flexible = frame(1, 12, &[]);
+    flexible.push(0); // request header v2: no tagged fields
+    flexible.extend_from_slice(&fetch);
+    let len = (flexible.len() - 4) as u32;
+    flexible[..4].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(exchange(&k, &flexible), None, "compact array bomb");
+    // ApiVersions of a version not served: UNSUPPORTED_VERSION (35) and the versions served.
+    let answer = exchange(&k, &frame(18, 99, &[])).expect("ApiVersions answers any version");
+    assert_eq!(&answer[..4], &7i32.to_be_bytes(), "correlation id");
+    assert_eq!(&answer[4..6], &35i16.to_be_bytes(), "UNSUPPORTED_VERSION");
+    // Still serving, on both listeners.
+    let answer = exchange(&k, &frame(18, 0, &[])).expect("ApiVersions v0");
+    assert_eq!(&answer[4..6], &0i16.to_be_bytes());
+    let (ok, _, err) = cli(&node.addr, &["topic", "list"], None);
+    assert!(ok, "{err}");
+    node.stop();
+}
