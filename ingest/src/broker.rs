@@ -700,6 +700,11 @@ impl Broker {
         })
     }
 
+    /// Every topic, as `meta` has it now.
+    pub async fn topic_metas(&self) -> Result<Vec<TopicMeta>> {
+        Ok(self.inner.meta.list_topics().await?)
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.inner.cfg.node_id

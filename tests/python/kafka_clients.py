@@ -6,6 +6,9 @@ usage: kafka_clients.py write BOOTSTRAP STATE_JSON   create topics, produce with
        kafka_clients.py replay BOOTSTRAP STATE_JSON  after a restart without the hot tier:
                                                      read everything back from offset 0, check
                                                      commits and times, produce more, clean up
+       kafka_clients.py groups BOOTSTRAP -           two members of a group with the new
+                                                     protocol (KIP-848) share a topic; one
+                                                     leaves and the other takes over
 Prints "kafka clients ok" on success; any failed check raises.
 """
 import json
@@ -209,9 +212,81 @@ def replay(bootstrap, state_file):
     check(TOPIC not in admin.list_topics(timeout=10).topics, "deleted")
 
 
+def member(bootstrap, group):
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                     "group.protocol": "consumer", "auto.offset.reset": "earliest",
+                     "enable.auto.commit": False})
+
+
+def groups(bootstrap, _state):
+    topic, parts = "shared", 4
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, parts)])[topic].result(30)
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for i in range(2000):
+        p.produce(topic, key=f"k{i}", value=f"v{i}")
+    check(p.flush(60) == 0, "produced")
+    members = {"a": member(bootstrap, "kip848"), "b": member(bootstrap, "kip848")}
+    for c in members.values():
+        c.subscribe([topic])
+    seen = {}      # (partition, offset) -> how many times read
+    readers = {}   # partition -> members that read it
+
+    def poll_all(names, until):
+        while time.time() < until:
+            for name in names:
+                m = members[name].poll(0.2)
+                if m is None or m.error():
+                    continue
+                key = (m.partition(), m.offset())
+                seen[key] = seen.get(key, 0) + 1
+                readers.setdefault(m.partition(), set()).add(name)
+                members[name].commit(message=m, asynchronous=False)
+            yield
+
+    def assignments(names):
+        return {n: sorted(tp.partition for tp in members[n].assignment()) for n in names}
+
+    # Both members settle on a split of the partitions, and read everything between them.
+    deadline = time.time() + 90
+    for _ in poll_all(["a", "b"], deadline):
+        a = assignments(["a", "b"])
+        if len(seen) >= 2000 and a["a"] and a["b"]:
+            break
+    a = assignments(["a", "b"])
+    check(len(seen) == 2000, f"read {len(seen)} of 2000")
+    check(a["a"] and a["b"] and not set(a["a"]) & set(a["b"])
+          and sorted(a["a"] + a["b"]) == list(range(parts)), f"a split of the partitions: {a}")
+    # b leaves (a heartbeat with epoch -1); a takes over everything.
+    members["b"].close()
+    deadline = time.time() + 60
+    for _ in poll_all(["a"], deadline):
+        if assignments(["a"])["a"] == list(range(parts)):
+            break
+    check(assignments(["a"])["a"] == list(range(parts)), f"a holds all: {assignments(['a'])}")
+    for i in range(200):
+        p.produce(topic, key=f"more{i}", value=f"more{i}")
+    check(p.flush(60) == 0, "produced more")
+    for _ in poll_all(["a"], time.time() + 60):
+        if len(seen) >= 2200:
+            break
+    check(len(seen) == 2200, f"read {len(seen)} of 2200 after the takeover")
+    # Each member commits every record it is handed before the next poll, and a partition
+    # moves only after its holder gave it up: nothing is read twice.
+    twice = sorted(k for k, n in seen.items() if n > 1)
+    check(not twice, f"read twice: {twice[:10]}")
+    ends = {}
+    for (part, off) in seen:
+        ends[part] = max(ends.get(part, 0), off + 1)
+    back = members["a"].committed([TopicPartition(topic, q) for q in range(parts)], timeout=10)
+    check({t.partition: t.offset for t in back} == ends, f"commits {back} vs ends {ends}")
+    members["a"].close()
+    print(f"partitions read by more than one member: {sorted(q for q, r in readers.items() if len(r) > 1)}")
+
+
 def main():
     mode, bootstrap, state = sys.argv[1:4]
-    {"write": write, "replay": replay}[mode](bootstrap, state)
+    {"write": write, "replay": replay, "groups": groups}[mode](bootstrap, state)
     print("kafka clients ok")
 
 

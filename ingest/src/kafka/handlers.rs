@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
+use kafka_protocol::messages::consumer_group_heartbeat_response::{
+    Assignment, ConsumerGroupHeartbeatResponse, TopicPartitions,
+};
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
 };
@@ -36,16 +39,18 @@ use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
-    FindCoordinatorRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProducerId, TopicName,
+    ApiKey, BrokerId, ConsumerGroupHeartbeatRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    FetchRequest, FindCoordinatorRequest, InitProducerIdRequest, ListOffsetsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProducerId,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use meta::{PartitionOffset, TopicConfig};
 
 use super::{KafkaSettings, Request, SUPPORTED, respond, respond_as};
 use crate::broker::{Acks, Broker, ClusterView, OffsetSpec};
-use crate::error::{Error, kafka_code};
+use crate::error::{Code, Error, kafka_code};
+use crate::group::{HeartbeatRequest, Subscription, Tp};
 
 type Handled = anyhow::Result<Option<BytesMut>>;
 
@@ -127,6 +132,9 @@ pub(super) async fn dispatch(broker: &Broker, settings: &KafkaSettings, req: Req
         ApiKey::DeleteTopics => respond(&req, &delete_topics(broker, &req).await?),
         ApiKey::InitProducerId => respond(&req, &init_producer_id(broker, &req).await?),
         ApiKey::DescribeCluster => respond(&req, &describe_cluster(broker).await?),
+        ApiKey::ConsumerGroupHeartbeat => {
+            respond(&req, &consumer_group_heartbeat(broker, &req).await?)
+        }
         other => anyhow::bail!("{other:?} has no handler"),
     };
     answer.map_err(anyhow::Error::msg)
@@ -149,16 +157,27 @@ async fn metadata(
 ) -> anyhow::Result<MetadataResponse> {
     let r: MetadataRequest = req.decode()?;
     // v0: an empty list means every topic; v1+: null does.
+    let mut view = broker.cluster_view().await?;
+    // A topic is asked for by name, or (v10+, as KIP-848 consumers do) by id alone.
+    let mut unknown_ids = Vec::new();
     let asked: Option<Vec<String>> = match r.topics {
         None => None,
         Some(t) if t.is_empty() && req.version == 0 => None,
         Some(t) => Some(
             t.into_iter()
-                .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                .filter_map(|t| match t.name {
+                    Some(n) => Some(n.0.to_string()),
+                    None => {
+                        let found = view.topics.iter().find(|x| topic_uuid(x.id) == t.topic_id);
+                        if found.is_none() {
+                            unknown_ids.push(t.topic_id);
+                        }
+                        found.map(|x| x.name.clone())
+                    }
+                })
                 .collect(),
         ),
     };
-    let mut view = broker.cluster_view().await?;
     let may_create =
         settings.auto_create_topics && (req.version < 4 || r.allow_auto_topic_creation);
     if may_create && let Some(asked) = &asked {
@@ -203,6 +222,13 @@ async fn metadata(
         Some(a) => a,
         None => view.topics.iter().map(|t| t.name.clone()).collect(),
     };
+    for id in unknown_ids {
+        resp.topics.push(
+            MetadataResponseTopic::default()
+                .with_topic_id(id)
+                .with_error_code(kafka_code::UNKNOWN_TOPIC_ID),
+        );
+    }
     for name in names {
         let mut topic = MetadataResponseTopic::default().with_name(Some(topic_name(&name)));
         let Some(t) = view.topics.iter().find(|t| t.name == name) else {
@@ -852,5 +878,105 @@ async fn describe_cluster(broker: &Broker) -> anyhow::Result<DescribeClusterResp
         })
         .collect();
     resp.cluster_authorized_operations = i32::MIN;
+    Ok(resp)
+}
+
+/// KIP-848's heartbeat: the core's coordinator already works this way (server-side
+/// assignment, epochs, what the member holds in each heartbeat), so this only translates topic
+/// ids to names and back, and names the errors as KIP-848 does.
+async fn consumer_group_heartbeat(
+    broker: &Broker,
+    req: &Request,
+) -> anyhow::Result<ConsumerGroupHeartbeatResponse> {
+    let r: ConsumerGroupHeartbeatRequest = req.decode()?;
+    let mut resp = ConsumerGroupHeartbeatResponse::default();
+    let fail = |resp: &mut ConsumerGroupHeartbeatResponse, e: Error| {
+        resp.error_code = match e.code() {
+            Code::IllegalGeneration => kafka_code::FENCED_MEMBER_EPOCH,
+            c => c.kafka(),
+        };
+        resp.error_message = Some(str(e.to_string()));
+    };
+    let topics = match broker.topic_metas().await {
+        Ok(t) => t,
+        Err(e) => {
+            fail(&mut resp, e);
+            return Ok(resp);
+        }
+    };
+    let name_of: HashMap<uuid::Uuid, &str> = topics
+        .iter()
+        .map(|t| (topic_uuid(t.id), t.name.as_str()))
+        .collect();
+    // A topic id no longer known (its topic was deleted) is not held any more.
+    let owned = r.topic_partitions.as_ref().map(|held| {
+        held.iter()
+            .filter_map(|t| name_of.get(&t.topic_id).map(|name| (name, &t.partitions)))
+            .flat_map(|(name, ps)| {
+                ps.iter()
+                    .filter_map(|p| u32::try_from(*p).ok())
+                    .map(|p| (name.to_string(), p))
+            })
+            .collect::<Vec<Tp>>()
+    });
+    let subscription = match (&r.subscribed_topic_names, &r.subscribed_topic_regex) {
+        (None, None) => None,
+        (names, regex) => Some(Subscription {
+            topics: names.iter().flatten().map(|n| n.0.to_string()).collect(),
+            regex: regex.as_ref().map(|r| r.to_string()),
+        }),
+    };
+    let hb = HeartbeatRequest {
+        group: r.group_id.0.to_string(),
+        member_id: r.member_id.to_string(),
+        instance_id: r.instance_id.as_ref().map(|i| i.to_string()),
+        member_epoch: r.member_epoch,
+        client_id: req
+            .header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        host: String::new(),
+        subscription,
+        // KIP-848's "uniform" assignor is a sticky, balanced one: the core's cooperative-sticky.
+        assignor: r.server_assignor.as_ref().map(|a| match a.as_str() {
+            "uniform" => "cooperative-sticky".to_string(),
+            other => other.to_string(),
+        }),
+        // The session timeout is the coordinator's (KIP-848: a group setting, 45 s).
+        session_timeout_ms: 0,
+        rebalance_timeout_ms: u32::try_from(r.rebalance_timeout_ms)
+            .map(|ms| ms.clamp(1_000, 1_800_000))
+            .unwrap_or(0),
+        owned,
+    };
+    match broker.group_heartbeat(hb).await {
+        Ok(reply) => {
+            resp.member_id = Some(str(reply.member_id));
+            resp.member_epoch = reply.member_epoch;
+            resp.heartbeat_interval_ms = reply.heartbeat_interval_ms as i32;
+            let id_of: HashMap<&str, uuid::Uuid> = topics
+                .iter()
+                .map(|t| (t.name.as_str(), topic_uuid(t.id)))
+                .collect();
+            let mut assigned: Vec<TopicPartitions> = Vec::new();
+            for (topic, p) in &reply.assignment {
+                let Some(id) = id_of.get(topic.as_str()) else {
+                    continue;
+                };
+                match assigned.iter_mut().find(|t| t.topic_id == *id) {
+                    Some(t) => t.partitions.push(*p as i32),
+                    None => assigned.push(
+                        TopicPartitions::default()
+                            .with_topic_id(*id)
+                            .with_partitions(vec![*p as i32]),
+                    ),
+                }
+            }
+            resp.assignment = Some(Assignment::default().with_topic_partitions(assigned));
+        }
+        Err(e) => fail(&mut resp, e),
+    }
     Ok(resp)
 }

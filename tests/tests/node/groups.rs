@@ -19,7 +19,7 @@ use super::{Node, binary, cli};
 const SESSION_MS: u64 = 6_000;
 
 /// A node on etcd when the suite has one (the group's state and commits go there).
-fn node(dir: &std::path::Path) -> Node {
+pub(super) fn node(dir: &std::path::Path) -> Node {
     match tierlog_tests::etcd_endpoints() {
         Some(etcd) => {
             let hosts: Vec<&str> = etcd

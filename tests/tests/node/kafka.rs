@@ -219,3 +219,18 @@ fn malformed_kafka_frames_close_the_connection_and_the_node_serves_on() {
     assert!(ok, "{err}");
     node.stop();
 }
+
+/// Two librdkafka consumers with `group.protocol=consumer` (KIP-848) share a topic through the
+/// core's coordinator (its state in etcd when the suite has one): a split of the partitions,
+/// every record read once with each member committing what it was handed; when one leaves,
+/// the other takes every partition, and the group's commits are the partitions' ends.
+#[test]
+fn kafka_consumers_share_a_topic_with_the_new_group_protocol() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = super::groups::node(dir.path());
+    clients(&python, "groups", &node.kafka, std::path::Path::new("-"));
+    node.stop();
+}
