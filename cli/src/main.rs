@@ -463,13 +463,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => addr.to_string(),
     };
-    let kafka_listener = match s.kafka.enabled() {
-        true => Some(
+    let kafka_listener = if s.kafka.enabled() {
+        Some(
             tokio::net::TcpListener::bind(&s.kafka.listen)
                 .await
                 .with_context(|| format!("listening for Kafka clients on {}", s.kafka.listen))?,
-        ),
-        false => None,
+        )
+    } else {
+        None
     };
     let kafka_addr = kafka_listener
         .as_ref()

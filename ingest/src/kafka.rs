@@ -134,8 +134,22 @@ impl Request {
     }
 }
 
-/// An answer to write, or a reason to close the connection.
-type Answer = Result<Option<BytesMut>, String>;
+/// An encoded answer, with what it holds of the node's fetch buffer until it is written.
+pub(crate) struct Reply {
+    body: BytesMut,
+    held: Vec<crate::FetchPermit>,
+}
+
+impl Reply {
+    /// This reply, holding `permits` until it is written.
+    pub(crate) fn holding(mut self, permits: Vec<crate::FetchPermit>) -> Reply {
+        self.held.extend(permits);
+        self
+    }
+}
+
+/// An answer to write (none for acks=0), or a reason to close the connection.
+type Answer = Result<Option<Reply>, String>;
 
 /// Encodes `response` with its header for `req`.
 pub(crate) fn respond<T: Encodable>(req: &Request, response: &T) -> Answer {
@@ -151,7 +165,10 @@ fn respond_as<T: Encodable>(req: &Request, version: i16, response: &T) -> Answer
         .encode(&mut buf, header_version)
         .and_then(|()| response.encode(&mut buf, version))
         .map_err(|e| format!("encoding the {:?} v{version} answer: {e}", req.key))?;
-    Ok(Some(buf))
+    Ok(Some(Reply {
+        body: buf,
+        held: Vec::new(),
+    }))
 }
 
 /// Serves Kafka clients on `listener` until `stop` is cancelled.
@@ -172,7 +189,12 @@ pub async fn serve(
             c = incoming.next() => c,
             _ = stop.cancelled() => return,
         };
-        let Some(Ok(conn)) = conn else { continue };
+        let conn = match conn {
+            Some(Ok(c)) => c,
+            // Accepting retries failures itself; an error here is a connection that is gone.
+            Some(Err(_)) => continue,
+            None => return,
+        };
         let (broker, settings, stop) = (broker.clone(), settings.clone(), stop.clone());
         let in_flight = limits.max_requests_per_connection;
         tokio::spawn(async move {
@@ -208,13 +230,15 @@ async fn connection(
                     }
                     Err(_) => break,
                 };
-                let Some(body) = answer else { continue };
+                let Some(reply) = answer else { continue };
                 frame.clear();
-                frame.put_u32(body.len() as u32);
-                frame.extend_from_slice(&body);
+                frame.put_u32(reply.body.len() as u32);
+                frame.extend_from_slice(&reply.body);
                 if wr.write_all(&frame).await.is_err() {
                     break;
                 }
+                // Written: its fetch buffer permits go back to the node.
+                drop(reply.held);
             }
             closed.cancel();
         }

@@ -52,7 +52,7 @@ use crate::broker::{Acks, Broker, ClusterView, OffsetSpec};
 use crate::error::{Code, Error, kafka_code};
 use crate::group::{HeartbeatRequest, Subscription, Tp};
 
-type Handled = anyhow::Result<Option<BytesMut>>;
+type Handled = anyhow::Result<Option<super::Reply>>;
 
 /// The cluster id every node reports.
 const CLUSTER_ID: &str = "tierlog";
@@ -123,7 +123,10 @@ pub(super) async fn dispatch(broker: &Broker, settings: &KafkaSettings, req: Req
     let answer = match req.key {
         ApiKey::Metadata => respond(&req, &metadata(broker, settings, &req).await?),
         ApiKey::Produce => return produce(broker, &req).await,
-        ApiKey::Fetch => respond(&req, &fetch(broker, &req).await?),
+        ApiKey::Fetch => {
+            let (resp, held) = fetch(broker, &req).await?;
+            respond(&req, &resp).map(|r| r.map(|r| r.holding(held)))
+        }
         ApiKey::ListOffsets => respond(&req, &list_offsets(broker, &req).await?),
         ApiKey::OffsetCommit => respond(&req, &offset_commit(broker, &req).await?),
         ApiKey::OffsetFetch => respond(&req, &offset_fetch(broker, &req).await?),
@@ -423,7 +426,11 @@ fn epoch_check(asked: i32, current: u64) -> i16 {
     }
 }
 
-async fn fetch(broker: &Broker, req: &Request) -> anyhow::Result<FetchResponse> {
+/// The answer, and the fetch buffer permits of the records in it: held until it is written.
+async fn fetch(
+    broker: &Broker,
+    req: &Request,
+) -> anyhow::Result<(FetchResponse, Vec<crate::FetchPermit>)> {
     let r: FetchRequest = req.decode()?;
     let wait = Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
@@ -438,7 +445,7 @@ async fn fetch(broker: &Broker, req: &Request) -> anyhow::Result<FetchResponse> 
         let mut total = 0usize;
         let mut failed = false;
         let mut waits = Vec::new();
-        // Held until the answer is encoded: the node's fetch buffer bounds what is read.
+        // Held until the answer is written: the node's fetch buffer bounds what is read.
         let mut permits = Vec::new();
         for t in &r.topics {
             let name = t.topic.0.to_string();
@@ -508,7 +515,7 @@ async fn fetch(broker: &Broker, req: &Request) -> anyhow::Result<FetchResponse> 
             || waits.is_empty()
             || tokio::time::Instant::now() >= deadline
         {
-            return Ok(resp);
+            return Ok((resp, permits));
         }
         drop(permits);
         // Nothing yet: wait for any partition's high watermark to move, then read again.
