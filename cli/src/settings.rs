@@ -314,6 +314,12 @@ impl Settings {
                 self.groups.offsets_retention_ms
             );
         }
+        if self.groups.initial_rebalance_delay_ms > 300_000 {
+            anyhow::bail!(
+                "groups.initial_rebalance_delay_ms must be at most 300000, not {}",
+                self.groups.initial_rebalance_delay_ms
+            );
+        }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             anyhow::bail!(
                 "listen must be an address like 127.0.0.1:7070, not {:?}",

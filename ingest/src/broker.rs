@@ -22,6 +22,7 @@ mod groups;
 mod sql;
 
 pub use fetch::{Fetched, OffsetSpec};
+pub use groups::GroupListing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -64,12 +65,17 @@ pub struct GroupSettings {
     /// A group's committed offsets are deleted once the group has had no members, and the
     /// offsets no commit, for this long (Kafka's `offsets.retention.minutes`, 7 days).
     pub offsets_retention_ms: u64,
+    /// How long a new classic-protocol group waits for more members before its first round
+    /// ends (Kafka's `group.initial.rebalance.delay.ms`, 3 s): a set of consumers started
+    /// together settles in one round instead of one per member.
+    pub initial_rebalance_delay_ms: u64,
 }
 
 impl Default for GroupSettings {
     fn default() -> Self {
         GroupSettings {
             offsets_retention_ms: 7 * 24 * 3_600_000,
+            initial_rebalance_delay_ms: 3_000,
         }
     }
 }
@@ -247,6 +253,8 @@ struct Led {
 
 #[derive(Debug)]
 struct Inner {
+    /// The cluster's id (`meta`'s, the same on every node).
+    cluster_id: String,
     tier: Tier,
     meta: Meta,
     cfg: BrokerConfig,
@@ -327,6 +335,7 @@ impl Broker {
     /// cluster assigns it (a single node: all of them) and keeps following the cluster.
     pub async fn start(tier: Tier, meta: Meta, cfg: BrokerConfig) -> Result<Broker> {
         cfg.limits.validate()?;
+        let cluster_id = meta.cluster_id().await?;
         // A crash leaves this node's previous lease (and its leaderships) alive for a TTL.
         meta.reclaim_node(cfg.node_id).await?;
         let granted_at = Instant::now();
@@ -335,6 +344,7 @@ impl Broker {
         let fetch_buffer = Arc::new(tokio::sync::Semaphore::new(cfg.limits.fetch_buffer_bytes));
         let broker = Broker {
             inner: Arc::new(Inner {
+                cluster_id,
                 fetch_buffer,
                 lease_valid_until: Mutex::new(granted_at + cfg.lease_ttl),
                 tier,
@@ -605,6 +615,89 @@ impl Broker {
         self.describe_topic(name).await
     }
 
+    /// Changes a topic's settings by name ([`TopicConfig::set`]; `None` puts a setting's
+    /// default back). With `replace`, every setting not named goes back to its default (Kafka's
+    /// AlterConfigs); otherwise only those named change (IncrementalAlterConfigs). With
+    /// `validate_only` nothing is written. Returns the topic as it is (or would be).
+    pub async fn alter_topic_settings(
+        &self,
+        name: &str,
+        changes: &[(String, Option<String>)],
+        replace: bool,
+        validate_only: bool,
+    ) -> Result<TopicMeta> {
+        let apply = |c: &mut TopicConfig| -> meta::Result<()> {
+            if replace {
+                let partitions = c.partitions;
+                *c = TopicConfig::new(partitions);
+            }
+            for (k, v) in changes {
+                c.set(k, v.as_deref())?;
+            }
+            Ok(())
+        };
+        if validate_only {
+            let mut t = self.topic(name).await?;
+            apply(&mut t.config)?;
+            t.config.validate()?;
+            return Ok(t);
+        }
+        let t = self.inner.meta.modify_topic_config(name, apply).await?;
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(topic = name, error = %e, "reconciliation after a settings change failed");
+        }
+        Ok(t)
+    }
+
+    /// Grows a topic to `count` partitions (Kafka's CreatePartitions); partitions are never
+    /// removed. New partitions get leaders as created topics do. With `validate_only` nothing
+    /// is written.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        count: u32,
+        validate_only: bool,
+    ) -> Result<TopicMeta> {
+        let limits = &self.inner.cfg.limits;
+        if count > limits.max_partitions_per_topic {
+            return Err(Error::LimitExceeded {
+                what: "partitions of one topic",
+                asked: count.into(),
+                limit: limits.max_partitions_per_topic.into(),
+                setting: "limits.max_partitions_per_topic",
+            });
+        }
+        let grow = |c: &mut TopicConfig| -> meta::Result<()> {
+            if count <= c.partitions {
+                return Err(meta::Error::InvalidArgument(format!(
+                    "topic {name} has {} partitions; it can only grow, to more than that",
+                    c.partitions
+                )));
+            }
+            c.partitions = count;
+            Ok(())
+        };
+        if validate_only {
+            let mut t = self.topic(name).await?;
+            grow(&mut t.config)?;
+            return Ok(t);
+        }
+        let t = self.inner.meta.modify_topic_config(name, grow).await?;
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(topic = name, error = %e, "reconciliation after adding partitions failed");
+        }
+        let deadline = Instant::now() + self.inner.cfg.lease_ttl;
+        for p in 0..t.partitions() {
+            while self.inner.meta.current_leader(name, p).await?.is_none()
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        tracing::info!(topic = name, partitions = count, "added partitions");
+        Ok(t)
+    }
+
     /// Deletes a topic: metadata first (so nobody produces to it), then every byte of the
     /// partitions this node leads; the other leaders delete theirs when they see it gone.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
@@ -705,6 +798,16 @@ impl Broker {
         Ok(self.inner.meta.list_topics().await?)
     }
 
+    /// The cluster's id, the same on every node.
+    pub fn cluster_id(&self) -> &str {
+        &self.inner.cluster_id
+    }
+
+    /// The largest record this node accepts (`max_record_bytes`).
+    pub fn max_record_bytes(&self) -> usize {
+        self.inner.cfg.max_record_bytes
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.inner.cfg.node_id
@@ -752,6 +855,14 @@ impl Broker {
         Ok(o)
     }
 
+    /// The largest record `topic` accepts: the node's `max_record_bytes`, or the topic's own
+    /// `max.message.bytes` when that is lower.
+    async fn record_limit(&self, topic: &str) -> Result<usize> {
+        let node = self.inner.cfg.max_record_bytes;
+        let own = self.topic(topic).await?.config.max_record_bytes();
+        Ok(own.map_or(node, |t| node.min(usize::try_from(t).unwrap_or(usize::MAX))))
+    }
+
     /// Appends records to one partition as one batch. Oversized records are refused one by one.
     pub async fn produce(
         &self,
@@ -768,7 +879,7 @@ impl Broker {
                 "a produce request needs at least one record".into(),
             ));
         }
-        let limit = self.inner.cfg.max_record_bytes;
+        let limit = self.record_limit(topic).await?;
         let now = now_ms();
         let mut errors = Vec::new();
         let mut b = BatchBuilder::new(compression);
@@ -854,7 +965,7 @@ impl Broker {
             .map_err(|e| Error::InvalidRequest(format!("record batch: {e}")))?;
         // An uncompressed batch no larger than the limit cannot hold an oversized record: skip
         // decoding it here (the tier still checks every record on append).
-        let limit = self.inner.cfg.max_record_bytes;
+        let limit = self.record_limit(topic).await?;
         let compressed = batch.header().compression()? != Compression::None;
         if !compressed && batch.len() <= limit {
             let accepted = batch.header().record_count.max(0) as usize;

@@ -32,6 +32,9 @@ pub enum Code {
     InvalidGroup = 24,
     UnsupportedAssignor = 25,
     InconsistentAssignor = 26,
+    RebalanceInProgress = 27,
+    InconsistentGroupProtocol = 28,
+    GroupSubscribed = 29,
 }
 
 /// Kafka's error codes that tierlog answers with (`org.apache.kafka.common.protocol.Errors`).
@@ -51,6 +54,7 @@ pub mod kafka_code {
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const ILLEGAL_GENERATION: i16 = 22;
     pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
     pub const INVALID_GROUP_ID: i16 = 24;
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const UNSUPPORTED_VERSION: i16 = 35;
@@ -66,6 +70,8 @@ pub mod kafka_code {
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
     pub const FENCED_LEADER_EPOCH: i16 = 74;
     pub const UNKNOWN_LEADER_EPOCH: i16 = 76;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
     pub const FENCED_INSTANCE_ID: i16 = 82;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const FENCED_MEMBER_EPOCH: i16 = 110;
@@ -104,7 +110,11 @@ impl Code {
             Code::UnknownGroup => GROUP_ID_NOT_FOUND,
             Code::InvalidGroup => INVALID_GROUP_ID,
             Code::UnsupportedAssignor => UNSUPPORTED_ASSIGNOR,
-            Code::InconsistentAssignor => INCONSISTENT_GROUP_PROTOCOL,
+            Code::InconsistentAssignor | Code::InconsistentGroupProtocol => {
+                INCONSISTENT_GROUP_PROTOCOL
+            }
+            Code::RebalanceInProgress => REBALANCE_IN_PROGRESS,
+            Code::GroupSubscribed => GROUP_SUBSCRIBED_TO_TOPIC,
         }
     }
 }
@@ -200,6 +210,14 @@ pub enum Error {
         assignor: String,
         current: String,
     },
+    /// A classic-protocol group started a round: the member joins again.
+    #[error("group {group:?} is rebalancing; join again")]
+    RebalanceInProgress { group: String },
+    #[error("group {group:?}: {why}")]
+    InconsistentGroupProtocol { group: String, why: String },
+    /// Offsets of a topic the group's members consume cannot be deleted.
+    #[error("group {group:?} has members subscribed to topic {topic:?}")]
+    GroupSubscribed { group: String, topic: String },
     /// A dependency (another node, the metadata store) did not answer.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -236,6 +254,9 @@ impl Error {
             Error::InvalidGroup(_) => Code::InvalidGroup,
             Error::UnsupportedAssignor { .. } => Code::UnsupportedAssignor,
             Error::InconsistentAssignor { .. } => Code::InconsistentAssignor,
+            Error::RebalanceInProgress { .. } => Code::RebalanceInProgress,
+            Error::InconsistentGroupProtocol { .. } => Code::InconsistentGroupProtocol,
+            Error::GroupSubscribed { .. } => Code::GroupSubscribed,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage(e) => match e {
                 tier::Error::Invalid(_) => Code::InvalidRequest,

@@ -9,9 +9,14 @@
 //! is the partition granted to its next owner.
 
 pub mod assign;
+pub mod classic;
 pub mod state;
 
 pub use self::assign::{Strategy, Tp};
+pub use self::classic::{
+    Delivery, JoinReply, JoinRequest, Joined, JoinedMember, MemberAssignment, SyncReply,
+    SyncRequest, Synced,
+};
 pub use self::state::Group;
 
 /// What a member subscribes to.
@@ -68,19 +73,33 @@ pub struct MemberView {
     pub client_id: String,
     pub host: String,
     pub member_epoch: i32,
+    /// Subscribed topics (a classic member's, when its metadata could be read).
+    pub topics: Vec<String>,
+    pub regex: Option<String>,
     /// What it holds now.
     pub owned: Vec<Tp>,
     /// What it will hold once the group settles.
     pub target: Vec<Tp>,
+    /// Classic-protocol members: their metadata for the group's protocol and their
+    /// assignment, as the client sent them (empty for server-side assignment).
+    pub metadata: Vec<u8>,
+    pub assignment: Vec<u8>,
 }
 
 /// A group as `groups describe` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupView {
     pub group: String,
-    /// "Empty", "Reconciling" or "Stable".
+    /// Server-side assignment: "Empty", "Reconciling" or "Stable"; the classic protocol:
+    /// "Empty", "PreparingRebalance", "CompletingRebalance" or "Stable".
     pub state: &'static str,
     pub generation: i32,
+    /// "consumer" for server-side assignment; a classic group's members' protocol type
+    /// ("consumer", "connect", ...).
+    pub protocol_type: String,
+    /// Whether the members use the classic protocol (JoinGroup/SyncGroup).
+    pub classic: bool,
+    /// The assignor (a classic group's chosen protocol).
     pub assignor: String,
     pub members: Vec<MemberView>,
 }

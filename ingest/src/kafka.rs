@@ -14,6 +14,8 @@
 //! Invariants: only the versions in [`SUPPORTED`] are advertised and decoded; a produce with
 //! acks=0 gets no answer; the connection's answers are never reordered.
 
+mod configs;
+mod groups;
 mod handlers;
 
 use std::sync::Arc;
@@ -107,6 +109,19 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::CreatePartitions, 0, 3),
 ];
 
 /// The versions of `key` this node serves.
@@ -123,6 +138,8 @@ pub(crate) struct Request {
     pub version: i16,
     pub header: RequestHeader,
     pub body: Bytes,
+    /// The client's host, as Kafka shows it ("/127.0.0.1").
+    pub host: Arc<str>,
 }
 
 impl Request {
@@ -212,6 +229,9 @@ async fn connection(
     in_flight: usize,
     stop: CancellationToken,
 ) -> Result<(), String> {
+    let host: Arc<str> = conn
+        .peer()
+        .map_or_else(|| "/unknown".into(), |a| format!("/{}", a.ip()).into());
     let (mut rd, mut wr) = tokio::io::split(conn);
     // Answers in request order: the reader queues a receiver per request, the writer awaits
     // them in turn. The queue's bound is the connection's requests in flight.
@@ -267,8 +287,9 @@ async fn connection(
             }
             let broker = broker.clone();
             let settings = settings.clone();
+            let host = host.clone();
             tokio::spawn(async move {
-                let _ = otx.send(handle(&broker, &settings, Bytes::from(buf)).await);
+                let _ = otx.send(handle(&broker, &settings, Bytes::from(buf), host).await);
             });
         }
     };
@@ -279,7 +300,12 @@ async fn connection(
 }
 
 /// Decodes the header, checks the version, and dispatches.
-async fn handle(broker: &Broker, settings: &KafkaSettings, mut frame: Bytes) -> Answer {
+async fn handle(
+    broker: &Broker,
+    settings: &KafkaSettings,
+    mut frame: Bytes,
+    host: Arc<str>,
+) -> Answer {
     let mut fixed = frame.clone();
     let (raw_key, version, correlation_id) = (fixed.get_i16(), fixed.get_i16(), fixed.get_i32());
     let key = ApiKey::try_from(raw_key).map_err(|()| format!("unknown API key {raw_key}"))?;
@@ -298,6 +324,7 @@ async fn handle(broker: &Broker, settings: &KafkaSettings, mut frame: Bytes) -> 
         version,
         header,
         body: frame,
+        host,
     };
     let served = supported(key);
     if key == ApiKey::ApiVersions {

@@ -19,6 +19,13 @@ pub struct Limited {
     _slot: OwnedSemaphorePermit,
 }
 
+impl Limited {
+    /// The client's address, as Kafka names a member's host ("/ip").
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.io.peer_addr().ok()
+    }
+}
+
 impl AsyncRead for Limited {
     fn poll_read(
         mut self: Pin<&mut Self>,

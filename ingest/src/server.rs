@@ -70,7 +70,10 @@ pub fn status(e: Error) -> Status {
         | Code::IllegalGeneration
         | Code::FencedInstance
         | Code::GroupNotEmpty
-        | Code::InconsistentAssignor => tonic::Code::FailedPrecondition,
+        | Code::InconsistentAssignor
+        | Code::RebalanceInProgress
+        | Code::InconsistentGroupProtocol
+        | Code::GroupSubscribed => tonic::Code::FailedPrecondition,
         Code::UnknownGroup => tonic::Code::NotFound,
         Code::InvalidGroup | Code::UnsupportedAssignor => tonic::Code::InvalidArgument,
         Code::CorruptData => tonic::Code::DataLoss,
@@ -523,10 +526,10 @@ impl Tierlog for Service {
             .await
             .map_err(status)?
             .into_iter()
-            .map(|(group, state, members)| pb::GroupListing {
-                group,
-                state: state.to_string(),
-                members: members as u32,
+            .map(|g| pb::GroupListing {
+                group: g.group,
+                state: g.state.to_string(),
+                members: g.members as u32,
             })
             .collect();
         Ok(Response::new(pb::ListGroupsResponse { groups }))

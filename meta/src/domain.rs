@@ -19,13 +19,17 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use self::groups::{Coordinator, GroupClaim, GroupRecord, MemberRecord};
+pub use self::groups::{
+    ClassicMemberRecord, ClassicProtocol, ClassicRecord, Coordinator, GroupClaim, GroupRecord,
+    MemberRecord,
+};
 pub use self::keys::{MAX_GROUP_ID_LEN, validate_group, validate_topic_name};
 pub use self::leadership::{Leader, LeaderEvent, LeaderSnapshot, PartitionLeader, Unable};
 pub use self::nodes::NodeInfo;
 pub use self::offsets::PartitionOffset;
 pub use self::topics::{
-    CLEANUP_POLICY, TopicConfig, TopicMeta, VISIBILITY, retention_limit, retention_wire,
+    CLEANUP_POLICY, COMPRESSION_TYPE, MAX_MESSAGE_BYTES, TopicConfig, TopicMeta, VISIBILITY,
+    retention_limit, retention_wire,
 };
 
 use self::keys::Keys;

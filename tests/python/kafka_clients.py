@@ -9,15 +9,26 @@ usage: kafka_clients.py write BOOTSTRAP STATE_JSON   create topics, produce with
        kafka_clients.py groups BOOTSTRAP -           two members of a group with the new
                                                      protocol (KIP-848) share a topic; one
                                                      leaves and the other takes over
+       kafka_clients.py classic BOOTSTRAP -          the same with the classic protocol
+                                                     (JoinGroup/SyncGroup, the client's own
+                                                     assignors), then the group admin calls
+       kafka_clients.py configs BOOTSTRAP -          topic settings described and changed
+                                                     (both alter APIs), partitions added
+       kafka_clients.py failover BOOTSTRAP SECONDS   an idempotent acks=all producer and a
+                                                     classic group member run for SECONDS
+                                                     while the test kills and restarts nodes;
+                                                     then every acknowledged record is read
+                                                     back once, at its acknowledged offset
 Prints "kafka clients ok" on success; any failed check raises.
 """
 import json
 import sys
 import time
 
-from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer,
-                             TopicPartition)
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import (OFFSET_BEGINNING, ConsumerGroupState, ConsumerGroupTopicPartitions,
+                             Consumer, KafkaError, KafkaException, Producer, TopicPartition)
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                  ConfigSource, NewPartitions, NewTopic, ResourceType)
 
 TOPIC = "events"
 PARTITIONS = 3
@@ -64,15 +75,15 @@ def produce(bootstrap, codec, start, count):
     return acked
 
 
-def read_all(bootstrap, group, expected_ends):
+def read_all(bootstrap, group, expected_ends, topic=TOPIC, parts=PARTITIONS):
     """Reads every partition from offset 0 up to `expected_ends` with assign()."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                   "enable.auto.commit": False, "enable.partition.eof": True})
-    c.assign([TopicPartition(TOPIC, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(parts)])
     got = []
     done = set()
     deadline = time.time() + 60
-    while len(done) < PARTITIONS and time.time() < deadline:
+    while len(done) < parts and time.time() < deadline:
         m = c.poll(1.0)
         if m is None:
             continue
@@ -87,7 +98,7 @@ def read_all(bootstrap, group, expected_ends):
             "value": m.value().decode(), "ts": m.timestamp()[1],
             "headers": [[k, v.decode()] for k, v in (m.headers() or [])],
         })
-    check(len(done) == PARTITIONS, f"reached the end of every partition (done: {done})")
+    check(len(done) == parts, f"reached the end of every partition (done: {done})")
     return c, got
 
 
@@ -218,15 +229,15 @@ def member(bootstrap, group):
                      "enable.auto.commit": False})
 
 
-def groups(bootstrap, _state):
-    topic, parts = "shared", 4
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, parts)])[topic].result(30)
+def share(bootstrap, topic, parts, group, make_member, produced):
+    """Two members of `group` share `topic`; b leaves and a takes over; every record is read
+    once, each member committing what it was handed before its next poll. Returns member a
+    (still open)."""
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
-    for i in range(2000):
+    for i in range(produced):
         p.produce(topic, key=f"k{i}", value=f"v{i}")
     check(p.flush(60) == 0, "produced")
-    members = {"a": member(bootstrap, "kip848"), "b": member(bootstrap, "kip848")}
+    members = {"a": make_member(bootstrap, group), "b": make_member(bootstrap, group)}
     for c in members.values():
         c.subscribe([topic])
     seen = {}      # (partition, offset) -> how many times read
@@ -251,13 +262,14 @@ def groups(bootstrap, _state):
     deadline = time.time() + 90
     for _ in poll_all(["a", "b"], deadline):
         a = assignments(["a", "b"])
-        if len(seen) >= 2000 and a["a"] and a["b"]:
+        if len(seen) >= produced and a["a"] and a["b"]:
             break
     a = assignments(["a", "b"])
-    check(len(seen) == 2000, f"read {len(seen)} of 2000")
+    check(len(seen) == produced, f"read {len(seen)} of {produced}")
     check(a["a"] and a["b"] and not set(a["a"]) & set(a["b"])
           and sorted(a["a"] + a["b"]) == list(range(parts)), f"a split of the partitions: {a}")
-    # b leaves (a heartbeat with epoch -1); a takes over everything.
+    yield members, a
+    # b leaves; a takes over everything.
     members["b"].close()
     deadline = time.time() + 60
     for _ in poll_all(["a"], deadline):
@@ -268,11 +280,11 @@ def groups(bootstrap, _state):
         p.produce(topic, key=f"more{i}", value=f"more{i}")
     check(p.flush(60) == 0, "produced more")
     for _ in poll_all(["a"], time.time() + 60):
-        if len(seen) >= 2200:
+        if len(seen) >= produced + 200:
             break
-    check(len(seen) == 2200, f"read {len(seen)} of 2200 after the takeover")
-    # Each member commits every record it is handed before the next poll, and a partition
-    # moves only after its holder gave it up: nothing is read twice.
+    check(len(seen) == produced + 200, f"read {len(seen)} of {produced + 200} after the takeover")
+    # A partition moves only after its holder committed what it was handed: nothing is read
+    # twice.
     twice = sorted(k for k, n in seen.items() if n > 1)
     check(not twice, f"read twice: {twice[:10]}")
     ends = {}
@@ -280,13 +292,231 @@ def groups(bootstrap, _state):
         ends[part] = max(ends.get(part, 0), off + 1)
     back = members["a"].committed([TopicPartition(topic, q) for q in range(parts)], timeout=10)
     check({t.partition: t.offset for t in back} == ends, f"commits {back} vs ends {ends}")
+    print(f"{group}: partitions read by more than one member: "
+          f"{sorted(q for q, r in readers.items() if len(r) > 1)}")
+    yield members, None
+
+
+def groups(bootstrap, _state):
+    topic, parts = "shared", 4
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, parts)])[topic].result(30)
+    steps = share(bootstrap, topic, parts, "kip848", member, 2000)
+    next(steps)
+    members, _ = next(steps)
     members["a"].close()
-    print(f"partitions read by more than one member: {sorted(q for q, r in readers.items() if len(r) > 1)}")
+
+
+def classic_member(strategy):
+    def make(bootstrap, group):
+        return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "partition.assignment.strategy": strategy,
+                         "session.timeout.ms": 10000, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    return make
+
+
+def classic(bootstrap, _state):
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # The eager protocol (range: every member gives everything up at a rebalance) and the
+    # cooperative one (only what moves is given up), each computed by the client's leader.
+    for strategy, topic in [("range", "classic-range"), ("cooperative-sticky", "classic-coop")]:
+        parts, group = 4, f"g-{topic}"
+        admin.create_topics([NewTopic(topic, parts)])[topic].result(30)
+        steps = share(bootstrap, topic, parts, group, classic_member(strategy), 1000)
+        members, split = next(steps)
+        # The group as admin clients see it: its members and what each was assigned.
+        listed = admin.list_consumer_groups(states={ConsumerGroupState.STABLE}).result(30)
+        check(group in [g.group_id for g in listed.valid], f"{group} listed as stable: {listed.valid}")
+        d = admin.describe_consumer_groups([group])[group].result(30)
+        check(d.state == ConsumerGroupState.STABLE, f"state {d.state}")
+        check(not d.is_simple_consumer_group and len(d.members) == 2, f"members {d.members}")
+        described = sorted(sorted(tp.partition for tp in m.assignment.topic_partitions)
+                           for m in d.members)
+        check(described == sorted(split.values()), f"described {described} vs held {split}")
+        # A group with members is not deleted.
+        try:
+            admin.delete_consumer_groups([group])[group].result(30)
+            check(False, "deleting a group with members must fail")
+        except KafkaException as e:
+            check(e.args[0].code() == KafkaError.NON_EMPTY_GROUP, f"delete: {e}")
+        members, _ = next(steps)
+        members["a"].close()
+        # Empty now: its offsets are listed, altered and then the group deleted.
+        d = admin.describe_consumer_groups([group])[group].result(30)
+        check(d.state == ConsumerGroupState.EMPTY and not d.members, f"after close: {d.state}")
+        req = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, q) for q in range(parts)])
+        got = admin.list_consumer_group_offsets([req])[group].result(30)
+        check(all(tp.offset > 0 for tp in got.topic_partitions), f"offsets {got}")
+        alter = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 0)])
+        admin.alter_consumer_group_offsets([alter])[group].result(30)
+        got = admin.list_consumer_group_offsets([req])[group].result(30)
+        check(got.topic_partitions[0].offset == 0, f"altered {got.topic_partitions[0]}")
+        admin.delete_consumer_groups([group])[group].result(30)
+        listed = admin.list_consumer_groups().result(30)
+        check(group not in [g.group_id for g in listed.valid], "deleted")
+        fresh = classic_member(strategy)(bootstrap, group)
+        got = fresh.committed([TopicPartition(topic, q) for q in range(parts)], timeout=10)
+        check(all(tp.offset < 0 for tp in got), f"a deleted group has no commits: {got}")
+        fresh.close()
+
+
+def configs(bootstrap, _state):
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = "settings"
+    admin.create_topics([NewTopic(topic, 2, config={"retention.ms": "-1"})])[topic].result(30)
+    res = ConfigResource(ResourceType.TOPIC, topic)
+
+    def described():
+        entries = admin.describe_configs([res])[res].result(30)
+        return {k: (e.value, e.source) for k, e in entries.items()}
+
+    d = described()
+    check(d["retention.ms"][0] == "-1" and d["cleanup.policy"][0] == "delete", f"described {d}")
+    check(d["max.message.bytes"] == (str(1 << 20), ConfigSource.DEFAULT_CONFIG.value), f"{d}")
+    check(d["compression.type"][0] == "producer", f"{d}")
+    # Incremental: only the settings named change.
+    inc = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.ms", "86400000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("max.message.bytes", "1000", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([inc])[inc].result(30)
+    d = described()
+    check(d["retention.ms"] == ("86400000", ConfigSource.DYNAMIC_TOPIC_CONFIG.value), f"{d}")
+    check(d["max.message.bytes"][0] == "1000", f"{d}")
+    # The topic's own record limit applies to producers at once.
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    outcome = []
+    p.produce(topic, value=b"x" * 2000, partition=0,
+              on_delivery=lambda err, msg: outcome.append(err))
+    p.flush(30)
+    p.produce(topic, value=b"y" * 500, partition=0,
+              on_delivery=lambda err, msg: outcome.append(err))
+    p.flush(30)
+    check(outcome[0] is not None and outcome[0].code() == KafkaError.MSG_SIZE_TOO_LARGE,
+          f"a 2000-byte record over a 1000-byte limit: {outcome}")
+    check(outcome[1] is None, f"a 500-byte record: {outcome}")
+    dele = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", None, incremental_operation=AlterConfigOpType.DELETE)])
+    admin.incremental_alter_configs([dele])[dele].result(30)
+    outcome.clear()
+    p.produce(topic, value=b"z" * 2000, partition=0,
+              on_delivery=lambda err, msg: outcome.append(err))
+    p.flush(30)
+    check(outcome == [None], f"the limit is gone: {outcome}")
+    # Non-incremental: every setting not named goes back to its default.
+    full = ConfigResource(ResourceType.TOPIC, topic, set_config={"cleanup.policy": "delete"})
+    admin.alter_configs([full])[full].result(30)
+    d = described()
+    check(d["retention.ms"] == ("-1", ConfigSource.DEFAULT_CONFIG.value), f"replaced: {d}")
+    # Settings tierlog does not act on are refused, and nothing changes.
+    for name, value in [("cleanup.policy", "compact"), ("compression.type", "gzip"),
+                        ("segment.bytes", "1000"), ("retention.ms", "soon")]:
+        bad = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+            ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)])
+        try:
+            admin.incremental_alter_configs([bad])[bad].result(30)
+            check(False, f"{name}={value} must be refused")
+        except KafkaException as e:
+            check(e.args[0].code() == KafkaError.INVALID_CONFIG, f"{name}={value}: {e}")
+    check(described() == d, "refused changes change nothing")
+    broker = ConfigResource(ResourceType.BROKER, "1")
+    admin.describe_configs([broker])[broker].result(30)
+    # Partitions: added, led, produced to and read; never removed.
+    admin.create_partitions([NewPartitions(topic, 4)])[topic].result(30)
+    md = admin.list_topics(topic, timeout=10).topics[topic]
+    check(sorted(md.partitions) == [0, 1, 2, 3], f"partitions {sorted(md.partitions)}")
+    outcome.clear()
+    # A new producer: an existing one learns of new partitions at its next metadata refresh.
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    p.produce(topic, key=b"new", value=b"in partition 3", partition=3,
+              on_delivery=lambda err, msg: outcome.append((err, msg.offset())))
+    p.flush(30)
+    check(outcome == [(None, 0)], f"produced to a new partition: {outcome}")
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "settings-reader",
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 3, OFFSET_BEGINNING)])
+    m = None
+    deadline = time.time() + 30
+    while m is None and time.time() < deadline:
+        m = c.poll(0.5)
+    check(m is not None and not m.error() and m.value() == b"in partition 3", f"read {m}")
+    c.close()
+    try:
+        admin.create_partitions([NewPartitions(topic, 2)])[topic].result(30)
+        check(False, "shrinking must be refused")
+    except KafkaException as e:
+        check(e.args[0].code() == KafkaError.INVALID_PARTITIONS, f"shrink: {e}")
+
+
+def failover(bootstrap, seconds):
+    """Clients that only know Kafka follow partition leaders through kill -9 and restarts."""
+    seconds = float(seconds)
+    topic, parts = "moving", 6
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, parts)])[topic].result(60)
+    acked = {}   # key -> (partition, offset)
+    failed = []
+
+    def report(err, msg):
+        if err is not None:
+            failed.append(err)
+        else:
+            acked[msg.key()] = (msg.partition(), msg.offset())
+
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                  "linger.ms": 5, "message.timeout.ms": 120000})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "movers",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "session.timeout.ms": 30000})
+    c.subscribe([topic])
+    consumed = {}   # (partition, offset) -> key
+    print("ready", flush=True)
+    # 200 records a second, the member reading and committing in between.
+    i, start = 0, time.time()
+    end = start + seconds
+    while time.time() < end:
+        for _ in range(20):
+            p.produce(topic, key=f"k{i:07}".encode(), value=f"v{i}".encode(), on_delivery=report)
+            i += 1
+        p.poll(0)
+        next_batch = start + i / 200
+        while time.time() < next_batch:
+            m = c.poll(max(0.0, min(0.05, next_batch - time.time())))
+            if m is not None and not m.error():
+                consumed[(m.partition(), m.offset())] = m.key()
+                c.commit(message=m, asynchronous=True)
+    check(p.flush(180) == 0, "every record was acknowledged or failed")
+    check(not failed, f"{len(failed)} records failed, first: {failed[:3]}")
+    check(len(acked) == i, f"acknowledged {len(acked)} of {i}")
+    print(f"produced {i} records through the failover", flush=True)
+    # The group member reads on to the end, through the same leader changes.
+    want = {v: k for k, v in acked.items()}
+    deadline = time.time() + 120
+    while len(consumed) < len(want) and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            consumed[(m.partition(), m.offset())] = m.key()
+    c.close()
+    # Acknowledged offsets are the log: dense per partition, each record where it was acked.
+    check(consumed == want, f"consumed {len(consumed)} of {len(want)} acknowledged; "
+          f"missing {sorted(set(want) - set(consumed))[:5]}, "
+          f"unexpected {sorted(set(consumed) - set(want))[:5]}")
+    for q in range(parts):
+        offs = sorted(o for (pp, o) in want if pp == q)
+        check(offs == list(range(len(offs))), f"partition {q} offsets dense from 0")
+    # A fresh reader from offset 0 sees the same.
+    fresh, got = read_all(bootstrap, "movers-check",
+                          {q: len([1 for (pp, _) in want if pp == q]) for q in range(parts)},
+                          topic, parts)
+    fresh.close()
+    check({(r["partition"], r["offset"]): r["key"].encode() for r in got} == want,
+          "a fresh reader sees every acknowledged record at its offset")
 
 
 def main():
     mode, bootstrap, state = sys.argv[1:4]
-    {"write": write, "replay": replay, "groups": groups}[mode](bootstrap, state)
+    {"write": write, "replay": replay, "groups": groups, "classic": classic,
+     "configs": configs, "failover": failover}[mode](bootstrap, state)
     print("kafka clients ok")
 
 

@@ -23,10 +23,26 @@ use proto::v1 as pb;
 use super::{Broker, StartAt, now_ms};
 use crate::error::{Error, Result};
 use crate::group::state::Now;
-use crate::group::{Group, GroupView, HeartbeatReply, HeartbeatRequest, ResetOffset, ResetTo};
+use crate::group::{
+    Group, GroupView, HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, Joined,
+    ResetOffset, ResetTo, SyncReply, SyncRequest, Synced,
+};
 
 /// Topic name → partitions, shared.
 pub(super) type TopicPartitions = Arc<BTreeMap<String, u32>>;
+
+/// A group in [`Broker::list_groups`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group: String,
+    /// "Empty" or "Active".
+    pub state: &'static str,
+    pub members: usize,
+    /// "consumer", or a classic group's members' protocol type.
+    pub protocol_type: String,
+    /// Whether its members use the classic protocol.
+    pub classic: bool,
+}
 
 /// A group this node coordinates.
 pub(super) struct Coordinated {
@@ -216,6 +232,8 @@ impl Broker {
         let mut g = c.state.lock().await;
         let before = g.record().clone();
         let out = f(&mut g, now(), &topics);
+        // Replies to other members' requests go out only once what they say is stored.
+        let outbox = g.take_outbox();
         if *g.record() != before
             && let Err(e) = self
                 .inner
@@ -226,7 +244,91 @@ impl Broker {
             drop(g);
             return Err(self.coordinator_write_failed(group, &c, e).await);
         }
+        drop(g);
+        for d in outbox {
+            d.deliver();
+        }
         out
+    }
+
+    /// Waits for a classic round to answer a parked request; a waiter dropped unanswered
+    /// means the coordinator gave the group up.
+    async fn await_round<T>(
+        &self,
+        group: &str,
+        rx: tokio::sync::oneshot::Receiver<Result<T>>,
+        limit: Duration,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(self.not_coordinator(group, None)),
+            Err(_) => Err(Error::RebalanceInProgress {
+                group: group.to_string(),
+            }),
+        }
+    }
+
+    /// A classic member's JoinGroup (see [`crate::group::classic`]). `Ok(Err(id))`: join again
+    /// with member id `id`.
+    pub async fn join_group(
+        &self,
+        req: JoinRequest,
+    ) -> Result<std::result::Result<JoinReply, String>> {
+        let group = req.group.clone();
+        let delay = Duration::from_millis(self.inner.cfg.groups.initial_rebalance_delay_ms);
+        // The round ends by the rebalance timeout; the margin covers the ticker.
+        let limit = Duration::from_millis(u64::from(
+            req.rebalance_timeout_ms.max(req.session_timeout_ms),
+        )) + delay
+            + Duration::from_secs(5);
+        let joined = self
+            .with_group(&group, |g, now, _| g.classic_join(&req, now, delay))
+            .await?;
+        match joined {
+            Joined::Done(r) => Ok(Ok(r)),
+            Joined::MemberIdRequired(id) => Ok(Err(id)),
+            Joined::Wait(rx) => self.await_round(&group, rx, limit).await.map(Ok),
+        }
+    }
+
+    /// A classic member's SyncGroup: the leader hands in the assignment, the others wait.
+    pub async fn sync_group(&self, req: SyncRequest) -> Result<SyncReply> {
+        let group = req.group.clone();
+        let synced = self
+            .with_group(&group, |g, now, _| g.classic_sync(&req, now))
+            .await?;
+        match synced {
+            Synced::Done(r) => Ok(r),
+            // The leader's sync or the round's timeout (at most the rebalance timeout, 30
+            // minutes) answers it.
+            Synced::Wait(rx) => {
+                self.await_round(&group, rx, Duration::from_secs(1_800 + 5))
+                    .await
+            }
+        }
+    }
+
+    /// A classic member's Heartbeat: REBALANCE_IN_PROGRESS tells it to join again.
+    pub async fn classic_heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<()> {
+        self.with_group(group, |g, now, _| {
+            g.classic_heartbeat(member_id, generation, now)
+        })
+        .await
+    }
+
+    /// Classic members leave the group: (member id, instance id) each, a result per member.
+    pub async fn leave_group(
+        &self,
+        group: &str,
+        leaving: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<Result<String>>> {
+        self.with_group(group, |g, now, _| Ok(g.classic_leave(&leaving, now)))
+            .await
     }
 
     /// A member's heartbeat (join, leave, keep alive); see [`crate::group`].
@@ -311,16 +413,45 @@ impl Broker {
         Ok((view, coordinator))
     }
 
-    /// Every group with stored state or offsets: (group, state, members).
-    pub async fn list_groups(&self) -> Result<Vec<(String, &'static str, usize)>> {
+    /// Every group with stored state or offsets, as stored.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
         let records = self.inner.meta.list_group_records().await?;
         Ok(records
             .into_iter()
-            .map(|(g, r)| {
-                let members = r.map_or(0, |r| r.members.len());
-                (g, if members == 0 { "Empty" } else { "Active" }, members)
+            .map(|(group, r)| {
+                let members = r.as_ref().map_or(0, |r| r.member_count());
+                let classic = r.as_ref().and_then(|r| r.classic.as_ref());
+                GroupListing {
+                    group,
+                    state: if members == 0 { "Empty" } else { "Active" },
+                    members,
+                    protocol_type: classic
+                        .map_or_else(|| "consumer".to_string(), |c| c.protocol_type.clone()),
+                    classic: classic.is_some_and(|c| !c.members.is_empty()),
+                }
             })
             .collect())
+    }
+
+    /// The groups [`Self::list_groups`] lists that this node coordinates, or would be asked
+    /// to (Kafka's ListGroups: clients ask every node and join the answers).
+    pub async fn list_groups_here(&self) -> Result<Vec<GroupListing>> {
+        let me = self.inner.cfg.node_id;
+        let nodes = self.inner.meta.list_nodes().await?;
+        let mut out = Vec::new();
+        for g in self.list_groups().await? {
+            let coordinator = match self.inner.meta.group_coordinator(&g.group).await? {
+                Some(claim) => Some(claim.node_id),
+                None => nodes
+                    .iter()
+                    .max_by_key(|n| rendezvous(&g.group, n.node_id))
+                    .map(|n| n.node_id),
+            };
+            if coordinator == Some(me) {
+                out.push(g);
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes a group's offsets and record; refused while it has members.
@@ -330,7 +461,7 @@ impl Broker {
         if !g.is_empty() {
             return Err(Error::GroupNotEmpty {
                 group: group.to_string(),
-                members: g.record().members.len(),
+                members: g.record().member_count(),
             });
         }
         let deleted = match self.inner.meta.delete_group_as(group, &c.claim).await {
@@ -346,6 +477,39 @@ impl Broker {
             return Err(Error::UnknownGroup(group.to_string()));
         }
         Ok(())
+    }
+
+    /// Deletes a group's committed offsets of `partitions` (Kafka's OffsetDelete): refused for
+    /// a topic a member of the group subscribes to.
+    pub async fn delete_group_offsets(
+        &self,
+        group: &str,
+        partitions: Vec<(String, u32)>,
+    ) -> Result<()> {
+        validate_group(group)?;
+        let c = self.coordinate(group).await?;
+        let g = c.state.lock().await;
+        let view = g.view();
+        if let Some((t, _)) = partitions.iter().find(|(t, _)| {
+            view.members
+                .iter()
+                .any(|m| m.topics.contains(t) || m.owned.iter().any(|(o, _)| o == t))
+        }) {
+            return Err(Error::GroupSubscribed {
+                group: group.to_string(),
+                topic: t.clone(),
+            });
+        }
+        let deleted = self
+            .inner
+            .meta
+            .delete_offsets_as(group, &c.claim, &partitions)
+            .await;
+        drop(g);
+        match deleted {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.coordinator_write_failed(group, &c, e).await),
+        }
     }
 
     /// Where `at` is in a partition, asked of its leader when another node leads it.
@@ -438,7 +602,7 @@ impl Broker {
         if !g.is_empty() {
             return Err(Error::GroupNotEmpty {
                 group: group.to_string(),
-                members: g.record().members.len(),
+                members: g.record().member_count(),
             });
         }
         if dry_run {
@@ -468,7 +632,7 @@ impl Broker {
         let nodes = self.inner.meta.list_nodes().await?;
         let me = self.inner.cfg.node_id;
         for (group, record) in self.inner.meta.list_group_records().await? {
-            if record.as_ref().is_some_and(|r| !r.members.is_empty()) {
+            if record.as_ref().is_some_and(|r| !r.is_empty()) {
                 continue;
             }
             let empty_since = record.as_ref().and_then(|r| r.empty_since_ms).unwrap_or(0);

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use meta::{GroupRecord, MemberRecord};
 
 use super::assign::{MemberInput, Strategy, Tp};
+use super::classic::{Classic, Delivery, JoinRequest, Joined, SyncRequest, Synced};
 use super::{GroupView, HeartbeatReply, HeartbeatRequest, MemberView, Subscription};
 use crate::error::{Error, Result};
 
@@ -52,6 +53,8 @@ pub struct Group {
     fenced: HashMap<String, String>,
     regexes: HashMap<String, regex::Regex>,
     next_member: u64,
+    /// The classic protocol's members, when the group has those.
+    classic: Classic,
 }
 
 fn tps(owned: &BTreeMap<String, Vec<u32>>) -> BTreeSet<Tp> {
@@ -100,6 +103,7 @@ impl Group {
             fenced: HashMap::new(),
             regexes: HashMap::new(),
             next_member: 0,
+            classic: Classic::load(&rec, now),
             rec,
         };
         for m in &g.rec.members {
@@ -119,7 +123,57 @@ impl Group {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rec.members.is_empty()
+        self.rec.is_empty()
+    }
+
+    /// Replies that wait for the record to be stored (see [`Delivery`]).
+    pub fn take_outbox(&mut self) -> Vec<Delivery> {
+        self.classic.take_outbox()
+    }
+
+    fn has_classic_members(&self) -> bool {
+        self.rec
+            .classic
+            .as_ref()
+            .is_some_and(|c| !c.members.is_empty())
+    }
+
+    /// A classic member's JoinGroup. `initial_delay`: how long a new group waits for more
+    /// members before its first round ends.
+    pub fn classic_join(
+        &mut self,
+        req: &JoinRequest,
+        now: Now,
+        initial_delay: Duration,
+    ) -> Result<Joined> {
+        self.classic
+            .join(&self.name, &mut self.rec, req, now, initial_delay)
+    }
+
+    /// A classic member's SyncGroup.
+    pub fn classic_sync(&mut self, req: &SyncRequest, now: Now) -> Result<Synced> {
+        self.classic.sync(&self.name, &mut self.rec, req, now)
+    }
+
+    /// A classic member's Heartbeat.
+    pub fn classic_heartbeat(&mut self, member_id: &str, generation: i32, now: Now) -> Result<()> {
+        if !self.has_classic_members() {
+            return Err(Error::UnknownMember {
+                group: self.name.clone(),
+                member: member_id.to_string(),
+            });
+        }
+        self.classic
+            .heartbeat(&self.name, &self.rec, member_id, generation, now)
+    }
+
+    /// Classic members leave: (member id, instance id) each; a result per member.
+    pub fn classic_leave(
+        &mut self,
+        leaving: &[(String, Option<String>)],
+        now: Now,
+    ) -> Vec<Result<String>> {
+        self.classic.leave(&self.name, &mut self.rec, leaving, now)
     }
 
     fn strategy(&self) -> Strategy {
@@ -178,7 +232,7 @@ impl Group {
     /// A new generation: the target is computed again for the members as they are now.
     fn rebalance(&mut self, now: Now, topics: &BTreeMap<String, u32>, why: &str) {
         self.rec.generation += 1;
-        self.rec.empty_since_ms = if self.rec.members.is_empty() {
+        self.rec.empty_since_ms = if self.rec.is_empty() {
             Some(now.ms)
         } else {
             None
@@ -352,6 +406,14 @@ impl Group {
                 "a join must carry the member's subscription".into(),
             ));
         };
+        if self.has_classic_members() {
+            return Err(Error::InconsistentGroupProtocol {
+                group: self.name.clone(),
+                why: "the group's members use the classic protocol (JoinGroup/SyncGroup); a \
+                      member with server-side assignment cannot join it until they leave"
+                    .into(),
+            });
+        }
         self.check_subscription(sub)?;
         let (session_ms, rebalance_ms) = Self::check_timeouts(req)?;
         if let Some(name) = &req.assignor {
@@ -557,6 +619,7 @@ impl Group {
     /// Removes members whose session timed out or that kept a revoked partition past their
     /// rebalance timeout, and starts a generation when the subscribed topics changed.
     pub fn tick(&mut self, now: Now, topics: &BTreeMap<String, u32>) {
+        self.classic.tick(&self.name, &mut self.rec, now);
         let mut gone = Vec::new();
         for m in &self.rec.members {
             let expired = self
@@ -589,8 +652,13 @@ impl Group {
     /// Whether a commit by `member_id` at `epoch` may land: a member of the group at its
     /// current epoch, or (no member id, epoch -1) anyone while the group has no members.
     pub fn check_commit(&self, member_id: &str, epoch: i32) -> Result<()> {
+        if self.has_classic_members() && !member_id.is_empty() {
+            return self
+                .classic
+                .check_commit(&self.name, &self.rec, member_id, epoch);
+        }
         if member_id.is_empty() {
-            if self.rec.members.is_empty() {
+            if self.rec.is_empty() {
                 return Ok(());
             }
             return Err(Error::UnknownMember {
@@ -614,6 +682,42 @@ impl Group {
 
     /// What `groups describe` shows.
     pub fn view(&self) -> GroupView {
+        if let Some(cr) = self.rec.classic.as_ref().filter(|c| !c.members.is_empty()) {
+            let protocol = cr.protocol.clone().unwrap_or_default();
+            return GroupView {
+                group: self.name.clone(),
+                state: self.classic.state(),
+                generation: self.rec.generation,
+                protocol_type: cr.protocol_type.clone(),
+                classic: true,
+                assignor: protocol.clone(),
+                members: cr
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let held: Vec<Tp> = tps(&m.assigned).into_iter().collect();
+                        MemberView {
+                            member_id: m.member_id.clone(),
+                            instance_id: m.instance_id.clone(),
+                            client_id: m.client_id.clone(),
+                            host: m.host.clone(),
+                            member_epoch: self.rec.generation,
+                            topics: m.topics.clone(),
+                            regex: None,
+                            owned: held.clone(),
+                            target: held,
+                            metadata: m
+                                .protocols
+                                .iter()
+                                .find(|p| p.name == protocol)
+                                .map(|p| p.metadata.clone())
+                                .unwrap_or_default(),
+                            assignment: m.assignment.clone(),
+                        }
+                    })
+                    .collect(),
+            };
+        }
         let settled = self.rec.members.iter().all(|m| {
             m.member_epoch == self.rec.generation
                 && tps(&m.owned) == self.target.get(&m.member_id).cloned().unwrap_or_default()
@@ -628,6 +732,8 @@ impl Group {
                 "Reconciling"
             },
             generation: self.rec.generation,
+            protocol_type: "consumer".to_string(),
+            classic: false,
             assignor: self.rec.assignor.clone(),
             members: self
                 .rec
@@ -639,12 +745,16 @@ impl Group {
                     client_id: m.client_id.clone(),
                     host: m.host.clone(),
                     member_epoch: m.member_epoch,
+                    topics: m.topics.clone(),
+                    regex: m.regex.clone(),
                     owned: tps(&m.owned).into_iter().collect(),
                     target: self
                         .target
                         .get(&m.member_id)
                         .map(|t| t.iter().cloned().collect())
                         .unwrap_or_default(),
+                    metadata: Vec::new(),
+                    assignment: Vec::new(),
                 })
                 .collect(),
         }

@@ -47,30 +47,28 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use meta::{PartitionOffset, TopicConfig};
 
-use super::{KafkaSettings, Request, SUPPORTED, respond, respond_as};
+use super::{KafkaSettings, Request, SUPPORTED, configs, groups, respond, respond_as};
 use crate::broker::{Acks, Broker, ClusterView, OffsetSpec};
 use crate::error::{Code, Error, kafka_code};
 use crate::group::{HeartbeatRequest, Subscription, Tp};
 
 type Handled = anyhow::Result<Option<super::Reply>>;
 
-/// The cluster id every node reports.
-const CLUSTER_ID: &str = "tierlog";
 /// High half of the topic ids shown to Kafka clients ("tierlog" in ASCII); the low half is
 /// the topic's id, which is never reused.
 const TOPIC_UUID_HIGH: u64 = 0x7469_6572_6c6f_6700;
 /// The longest a fetch waits for records, whatever the client asks.
 const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
 
-fn str(s: impl Into<String>) -> StrBytes {
+pub(super) fn str(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
-fn topic_name(s: &str) -> TopicName {
+pub(super) fn topic_name(s: &str) -> TopicName {
     TopicName(str(s))
 }
 
-fn topic_uuid(id: u64) -> uuid::Uuid {
+pub(super) fn topic_uuid(id: u64) -> uuid::Uuid {
     uuid::Uuid::from_u64_pair(TOPIC_UUID_HIGH, id)
 }
 
@@ -85,7 +83,7 @@ fn kafka_endpoint(n: &meta::NodeInfo) -> Option<(String, i32)> {
 }
 
 /// A partition number from the wire (negative ones name no partition).
-fn partition(p: i32) -> Result<u32, Error> {
+pub(super) fn partition(p: i32) -> Result<u32, Error> {
     u32::try_from(p).map_err(|_| Error::InvalidRequest(format!("partition {p} is negative")))
 }
 
@@ -138,6 +136,24 @@ pub(super) async fn dispatch(broker: &Broker, settings: &KafkaSettings, req: Req
         ApiKey::ConsumerGroupHeartbeat => {
             respond(&req, &consumer_group_heartbeat(broker, &req).await?)
         }
+        ApiKey::JoinGroup => respond(&req, &groups::join_group(broker, &req).await?),
+        ApiKey::SyncGroup => respond(&req, &groups::sync_group(broker, &req).await?),
+        ApiKey::Heartbeat => respond(&req, &groups::heartbeat(broker, &req).await?),
+        ApiKey::LeaveGroup => respond(&req, &groups::leave_group(broker, &req).await?),
+        ApiKey::ListGroups => respond(&req, &groups::list_groups(broker, &req).await?),
+        ApiKey::DescribeGroups => respond(&req, &groups::describe_groups(broker, &req).await?),
+        ApiKey::DeleteGroups => respond(&req, &groups::delete_groups(broker, &req).await?),
+        ApiKey::OffsetDelete => respond(&req, &groups::offset_delete(broker, &req).await?),
+        ApiKey::ConsumerGroupDescribe => {
+            respond(&req, &groups::consumer_group_describe(broker, &req).await?)
+        }
+        ApiKey::DescribeConfigs => respond(&req, &configs::describe_configs(broker, &req).await?),
+        ApiKey::AlterConfigs => respond(&req, &configs::alter_configs(broker, &req).await?),
+        ApiKey::IncrementalAlterConfigs => respond(
+            &req,
+            &configs::incremental_alter_configs(broker, &req).await?,
+        ),
+        ApiKey::CreatePartitions => respond(&req, &configs::create_partitions(broker, &req).await?),
         other => anyhow::bail!("{other:?} has no handler"),
     };
     answer.map_err(anyhow::Error::msg)
@@ -219,7 +235,7 @@ async fn metadata(
             )
         })
         .collect();
-    resp.cluster_id = Some(str(CLUSTER_ID));
+    resp.cluster_id = Some(str(broker.cluster_id()));
     resp.controller_id = controller(&view);
     let names: Vec<String> = match asked {
         Some(a) => a,
@@ -322,6 +338,11 @@ async fn produce_partition(
         Err(Refusal::Records(errors)) => {
             resp.error_code = errors[0].1.code().kafka();
             resp.error_message = Some(str(errors[0].1.to_string()));
+            // As Kafka: MESSAGE_TOO_LARGE fails the batch without naming records (clients
+            // read record errors as INVALID_RECORD, which a retry cannot cure either way).
+            if errors.iter().all(|(_, e)| e.code() == Code::RecordTooLarge) {
+                return resp;
+            }
             resp.record_errors = errors
                 .into_iter()
                 .map(|(i, e)| {
@@ -869,7 +890,7 @@ async fn init_producer_id(
 async fn describe_cluster(broker: &Broker) -> anyhow::Result<DescribeClusterResponse> {
     let view = broker.cluster_view().await?;
     let mut resp = DescribeClusterResponse::default();
-    resp.cluster_id = str(CLUSTER_ID);
+    resp.cluster_id = str(broker.cluster_id());
     resp.controller_id = controller(&view);
     resp.brokers = view
         .nodes

@@ -441,6 +441,16 @@ async fn next_leader_event(
 /// Nodes are listed while their lease lives.
 pub async fn node_registry(kv: Backend, _opts: SuiteOptions) {
     let meta = Meta::new(Arc::clone(&kv));
+    // The cluster id: made once, by whoever asks first, the same for everyone after.
+    let metas: Vec<Meta> = (0..4).map(|_| Meta::new(Arc::clone(&kv))).collect();
+    let ids: Vec<String> = futures::future::join_all(metas.iter().map(Meta::cluster_id))
+        .await
+        .into_iter()
+        .map(|r| r.expect("cluster id"))
+        .collect();
+    assert_eq!(ids[0].len(), 22, "{ids:?}");
+    assert!(ids.iter().all(|i| *i == ids[0]), "one cluster id: {ids:?}");
+    assert_eq!(meta.cluster_id().await.expect("cluster id"), ids[0]);
     let a = kv.grant_lease(LONG_TTL).await.expect("grant");
     let b = kv.grant_lease(LONG_TTL).await.expect("grant");
     meta.register_node(2, "10.0.0.2:9092", a)
@@ -627,6 +637,7 @@ pub async fn group_claims_fence_coordinator_writes(kv: Backend, opts: SuiteOptio
     );
 
     let record = GroupRecord {
+        classic: None,
         generation: 3,
         assignor: "range".into(),
         members: vec![MemberRecord {

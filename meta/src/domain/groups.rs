@@ -48,6 +48,83 @@ pub struct GroupRecord {
     pub members: Vec<MemberRecord>,
     /// Unix ms when the last member left (for offset expiry); `None` while it has members.
     pub empty_since_ms: Option<i64>,
+    /// Members of Kafka's classic protocol (JoinGroup/SyncGroup: one member computes the
+    /// assignment, metadata and assignments are opaque). A group has members of one protocol
+    /// at a time: `members` or these.
+    pub classic: Option<ClassicRecord>,
+}
+
+impl GroupRecord {
+    /// Whether the group has no members of either protocol.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.classic.as_ref().is_none_or(|c| c.members.is_empty())
+    }
+
+    /// Members of either protocol.
+    pub fn member_count(&self) -> usize {
+        self.members.len() + self.classic.as_ref().map_or(0, |c| c.members.len())
+    }
+}
+
+/// A classic-protocol group at its generation (`GroupRecord::generation`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClassicRecord {
+    /// The members' protocol type ("consumer", "connect", ...): the same for every member.
+    pub protocol_type: String,
+    /// The protocol (assignor) chosen for the generation.
+    pub protocol: Option<String>,
+    /// The member that computes the assignment.
+    pub leader: Option<String>,
+    /// The leader has handed in the generation's assignment.
+    pub settled: bool,
+    pub members: Vec<ClassicMemberRecord>,
+}
+
+/// One member of a classic-protocol group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClassicMemberRecord {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub host: String,
+    pub session_timeout_ms: u32,
+    pub rebalance_timeout_ms: u32,
+    /// The protocols the member supports, most preferred first, with its opaque metadata for
+    /// each.
+    pub protocols: Vec<ClassicProtocol>,
+    /// The assignment the leader gave it for the generation (opaque).
+    #[serde(with = "b64")]
+    pub assignment: Vec<u8>,
+    /// The topics it subscribes to, when a front end could read them from its metadata.
+    pub topics: Vec<String>,
+    /// The partitions its assignment names, when a front end could read them.
+    pub assigned: BTreeMap<String, Vec<u32>>,
+}
+
+/// A protocol a classic member supports, with its metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassicProtocol {
+    pub name: String,
+    #[serde(with = "b64")]
+    pub metadata: Vec<u8>,
+}
+
+/// Opaque bytes as base64 strings in JSON.
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// One member of a group.

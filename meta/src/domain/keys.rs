@@ -132,6 +132,10 @@ impl Keys {
         Some((topic.to_owned(), partition.parse().ok()?, kind))
     }
 
+    pub fn cluster_id(&self) -> String {
+        format!("{}cluster/id", self.root)
+    }
+
     pub fn nodes(&self) -> String {
         format!("{}nodes/", self.root)
     }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Meta, NodeId, decode_json, encode_json};
 use crate::error::{Error, Result};
-use crate::kv::LeaseId;
+use crate::kv::{Compare, LeaseId, Txn, TxnOp, TxnOpResponse};
 
 /// A live broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +19,34 @@ pub struct NodeInfo {
 }
 
 impl Meta {
+    /// The cluster's id: made up by the first node that asks, the same for every node after
+    /// (`cluster/id`, never changed). 22 characters of URL-safe base64, as Kafka's.
+    pub async fn cluster_id(&self) -> Result<String> {
+        use base64::Engine;
+        let key = self.keys.cluster_id();
+        let bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+        let fresh = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let txn = Txn::new()
+            .when([Compare::absent(key.clone())])
+            .and_then([TxnOp::put(key.clone(), fresh.into_bytes(), None)])
+            .or_else([TxnOp::get(key.clone())]);
+        let resp = self.kv.txn(txn).await?;
+        if resp.succeeded {
+            let kv = self.kv.get(key.as_bytes()).await?;
+            return kv
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                .ok_or_else(|| {
+                    Error::corrupt(key, "the cluster id vanished after it was written")
+                });
+        }
+        match resp.responses.into_iter().last() {
+            Some(TxnOpResponse::Get(Some(kv))) => {
+                Ok(String::from_utf8_lossy(&kv.value).into_owned())
+            }
+            _ => Err(Error::corrupt(key, "the cluster id txn read nothing back")),
+        }
+    }
+
     /// Registers (or re-registers) a node under `lease`.
     pub async fn register_node(&self, node_id: NodeId, addr: &str, lease: LeaseId) -> Result<()> {
         let info = NodeInfo {

@@ -165,6 +165,32 @@ impl Meta {
         Ok(old.len())
     }
 
+    /// Deletes `group`'s committed offsets of these partitions, fenced by `claim` (Kafka's
+    /// OffsetDelete). Partitions with nothing committed are ignored.
+    pub async fn delete_offsets_as(
+        &self,
+        group: &str,
+        claim: &GroupClaim,
+        partitions: &[(String, u32)],
+    ) -> Result<()> {
+        validate_group(group)?;
+        for (topic, _) in partitions {
+            validate_topic_name(topic)?;
+        }
+        for chunk in partitions.chunks(self.max_txn_ops - 1) {
+            let deletes = chunk
+                .iter()
+                .map(|(t, p)| TxnOp::delete(self.keys.offset(group, t, *p)));
+            self.fenced_txn(group, claim, deletes).await?;
+        }
+        tracing::info!(
+            group,
+            partitions = partitions.len(),
+            "deleted committed offsets"
+        );
+        Ok(())
+    }
+
     /// Deletes the offsets every group committed for `topic` (the topic was deleted: a topic
     /// created again under the name starts clean). Returns how many were deleted.
     pub async fn delete_topic_offsets(&self, topic: &str) -> Result<u64> {

@@ -78,6 +78,12 @@ impl TopicConfig {
 pub const VISIBILITY: &str = "tierlog.visibility";
 /// Kafka's `cleanup.policy`; only `delete` is implemented (compaction is not yet).
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
+/// Kafka's `max.message.bytes`: the largest record the topic accepts (tierlog checks each
+/// record: key, value and headers), under the node's own `max_record_bytes`.
+pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
+/// Kafka's `compression.type`: only `producer` (batches are kept as producers compressed
+/// them; the cold tier's Parquet is zstd).
+pub const COMPRESSION_TYPE: &str = "compression.type";
 
 impl TopicConfig {
     /// Sets a setting by name (Kafka's name where Kafka has one: `retention.ms`,
@@ -107,6 +113,34 @@ impl TopicConfig {
                     )));
                 }
             },
+            MAX_MESSAGE_BYTES => match value {
+                None => {
+                    self.extra.remove(MAX_MESSAGE_BYTES);
+                }
+                Some(v) if number(v)? == -1 => {
+                    // -1: no limit of the topic's own (the node's applies).
+                    self.extra.remove(MAX_MESSAGE_BYTES);
+                }
+                Some(v) => {
+                    let n = number(v)?;
+                    if !(1..=i64::from(i32::MAX)).contains(&n) {
+                        return Err(Error::invalid(format!(
+                            "{MAX_MESSAGE_BYTES} must be between 1 and {}, got {n}",
+                            i32::MAX
+                        )));
+                    }
+                    self.extra.insert(MAX_MESSAGE_BYTES.into(), n.to_string());
+                }
+            },
+            COMPRESSION_TYPE => match value {
+                None | Some("producer") => {}
+                Some(v) => {
+                    return Err(Error::invalid(format!(
+                        "{COMPRESSION_TYPE} {v:?} is not supported; only \"producer\" is (batches \
+                         are kept as producers compressed them, and the cold tier is zstd Parquet)"
+                    )));
+                }
+            },
             VISIBILITY => match value {
                 None | Some("committed") => {
                     self.extra.remove(VISIBILITY);
@@ -122,7 +156,8 @@ impl TopicConfig {
             },
             other => {
                 return Err(Error::invalid(format!(
-                    "unknown topic setting {other:?}; known: retention.ms, retention.bytes, {CLEANUP_POLICY}, {VISIBILITY}"
+                    "unknown topic setting {other:?}; known: retention.ms, retention.bytes, \
+                     {CLEANUP_POLICY}, {MAX_MESSAGE_BYTES}, {COMPRESSION_TYPE}, {VISIBILITY}"
                 )));
             }
         }
@@ -142,11 +177,27 @@ impl TopicConfig {
             ("retention.bytes", bytes, bytes_default),
             (CLEANUP_POLICY, "delete".into(), true),
             (
+                MAX_MESSAGE_BYTES,
+                self.extra
+                    .get(MAX_MESSAGE_BYTES)
+                    .cloned()
+                    .unwrap_or_else(|| "-1".into()),
+                !self.extra.contains_key(MAX_MESSAGE_BYTES),
+            ),
+            (COMPRESSION_TYPE, "producer".into(), true),
+            (
                 VISIBILITY,
                 visibility.cloned().unwrap_or_else(|| "committed".into()),
                 visibility.is_none(),
             ),
         ]
+    }
+
+    /// The topic's own limit on one record's size ([`MAX_MESSAGE_BYTES`]), if it has one.
+    pub fn max_record_bytes(&self) -> Option<u64> {
+        self.extra
+            .get(MAX_MESSAGE_BYTES)
+            .and_then(|v| v.parse().ok())
     }
 
     /// Whether consumers may read what the leader appended before it is committed.
@@ -261,8 +312,22 @@ impl Meta {
 
     /// Replaces a topic's config. The partition count may grow but not shrink.
     pub async fn update_topic_config(&self, name: &str, config: TopicConfig) -> Result<TopicMeta> {
+        self.modify_topic_config(name, |c| {
+            *c = config.clone();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes a topic's config with `change`, applied to the stored config and written only if
+    /// nobody changed it meanwhile (else read again and applied again), so concurrent changes
+    /// of different settings are all kept. The partition count may grow but not shrink.
+    pub async fn modify_topic_config(
+        &self,
+        name: &str,
+        change: impl Fn(&mut TopicConfig) -> Result<()>,
+    ) -> Result<TopicMeta> {
         validate_topic_name(name)?;
-        config.validate()?;
         let key = self.keys.topic(name);
         for attempt in 0..MAX_CAS_ATTEMPTS {
             let Some(kv) = self.kv.get(key.as_bytes()).await? else {
@@ -271,13 +336,14 @@ impl Meta {
                 });
             };
             let mut topic: TopicMeta = decode_json(&kv)?;
-            if config.partitions < topic.config.partitions {
+            let before = topic.config.partitions;
+            change(&mut topic.config)?;
+            topic.config.validate()?;
+            if topic.config.partitions < before {
                 return Err(Error::invalid(format!(
-                    "topic {name} has {} partitions; partitions can only be added",
-                    topic.config.partitions
+                    "topic {name} has {before} partitions; partitions can only be added"
                 )));
             }
-            topic.config = config.clone();
             let txn = Txn::new().when([guard(&kv)]).and_then([TxnOp::put(
                 key.clone(),
                 encode_json(&topic),
@@ -289,7 +355,7 @@ impl Meta {
             }
             backoff(attempt).await;
         }
-        Err(contention(format!("update_topic_config({name})")))
+        Err(contention(format!("modify_topic_config({name})")))
     }
 
     /// Deletes a topic and returns what it was. Partition leader keys of the topic are removed

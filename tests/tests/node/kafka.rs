@@ -234,3 +234,33 @@ fn kafka_consumers_share_a_topic_with_the_new_group_protocol() {
     clients(&python, "groups", &node.kafka, std::path::Path::new("-"));
     node.stop();
 }
+
+/// Two librdkafka consumers with the classic protocol (JoinGroup/SyncGroup, the client's leader
+/// computing the assignment) share a topic through the same coordinator, with the eager range
+/// assignor and with cooperative-sticky: a split, every record read once, a takeover when one
+/// leaves. Admin clients list and describe the group with each member's assignment, cannot
+/// delete it while it has members, and list, alter and delete its offsets once it is empty.
+#[test]
+fn kafka_consumers_share_a_topic_with_the_classic_group_protocol() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = super::groups::node(dir.path());
+    clients(&python, "classic", &node.kafka, std::path::Path::new("-"));
+    node.stop();
+}
+
+/// Kafka admin clients describe and change a topic's settings (both alter APIs, validate
+/// nothing but what tierlog acts on), and the topic's own record limit applies to producers at
+/// once; partitions are added, led, produced to and read, never removed.
+#[test]
+fn kafka_admin_clients_describe_and_change_topic_settings_and_add_partitions() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    clients(&python, "configs", &node.kafka, std::path::Path::new("-"));
+    node.stop();
+}
