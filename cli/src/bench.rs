@@ -1,4 +1,4 @@
-//! `tierlog bench produce|consume|failover`: throughput and latency through a real node, printed
+//! `tierlog bench produce|consume|failover|kafka`: throughput and latency through a real node, printed
 //! next to baselines measured in the same run (raw disk, loopback TCP, the storage core on its
 //! own). `tierlog bench sql` lives in [`sql`].
 //!
@@ -9,6 +9,7 @@
 //! follow-mode fetch stream delivers the record (the send time travels in the record's value).
 
 mod groups;
+mod kafka;
 mod sql;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,9 @@ pub enum BenchKind {
     /// Consumer-group rebalances: eager against cooperative for 1 → 2 → 3 → 2 members, and a
     /// large group's time to a stable assignment and etcd requests (with --meta etcd://…).
     Groups,
+    /// The Kafka listener driven by librdkafka (--python with confluent-kafka): produce and
+    /// replay next to the native gRPC path on the same node and loopback TCP.
+    Kafka,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -220,6 +224,8 @@ fn flush_interval_ms(args: &BenchArgs) -> anyhow::Result<u64> {
 struct Node {
     child: tokio::process::Child,
     addr: String,
+    /// The Kafka listener's address, when it was started with one.
+    kafka: Option<String>,
     pid: u32,
 }
 
@@ -230,6 +236,20 @@ impl Node {
 
     /// A node with extra `serve` flags, its data under `dir/data`.
     async fn start_with(dir: &Path, args: &BenchArgs, extra: &[String]) -> anyhow::Result<Node> {
+        Node::launch(dir, args, extra, false).await
+    }
+
+    /// A node that also listens for Kafka clients (on a port it picks).
+    async fn start_kafka(dir: &Path, args: &BenchArgs) -> anyhow::Result<Node> {
+        Node::launch(dir, args, &[], true).await
+    }
+
+    async fn launch(
+        dir: &Path,
+        args: &BenchArgs,
+        extra: &[String],
+        kafka: bool,
+    ) -> anyhow::Result<Node> {
         let fsync = args.fsync.as_str();
         let exe = std::env::current_exe().context("locating the tierlog binary")?;
         let log = std::fs::File::create(dir.join("node.log"))?;
@@ -263,7 +283,7 @@ impl Node {
                 "--listen",
                 "127.0.0.1:0",
                 "--kafka-listen",
-                "off",
+                if kafka { "127.0.0.1:0" } else { "off" },
                 "--fsync",
                 fsync,
                 "--data-dir",
@@ -283,17 +303,30 @@ impl Node {
         let pid = child.id().context("node pid")?;
         let stdout = child.stdout.take().context("node stdout")?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        let (addr, kafka) = tokio::time::timeout(Duration::from_secs(60), async {
+            let (mut addr, mut kafka_addr) = (None, None);
             while let Some(line) = lines.next_line().await? {
                 if let Some(a) = line.strip_prefix("tierlog listening on ") {
-                    return Ok(a.to_string());
+                    addr = Some(a.to_string());
+                } else if let Some(a) = line.strip_prefix("tierlog kafka listening on ") {
+                    kafka_addr = Some(a.to_string());
+                }
+                if let Some(a) = &addr
+                    && (!kafka || kafka_addr.is_some())
+                {
+                    return Ok((a.clone(), kafka_addr));
                 }
             }
             bail!("the node exited; see {}", dir.join("node.log").display())
         })
         .await
         .context("the node did not start within 60 s")??;
-        Ok(Node { child, addr, pid })
+        Ok(Node {
+            child,
+            addr,
+            kafka,
+            pid,
+        })
     }
 
     /// Peak and current resident memory (MiB) from /proc.
@@ -355,6 +388,7 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Failover => failover(&args, dir.path()).await,
         BenchKind::Sql => sql::run(&args, dir.path()).await,
         BenchKind::Groups => groups::run(&args, dir.path()).await,
+        BenchKind::Kafka => kafka::run(&args, dir.path()).await,
     }
 }
 

@@ -34,7 +34,6 @@ pub enum Code {
     InconsistentAssignor = 26,
     RebalanceInProgress = 27,
     InconsistentGroupProtocol = 28,
-    GroupSubscribed = 29,
 }
 
 /// Kafka's error codes that tierlog answers with (`org.apache.kafka.common.protocol.Errors`).
@@ -70,7 +69,9 @@ pub mod kafka_code {
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
     pub const FENCED_LEADER_EPOCH: i16 = 74;
     pub const UNKNOWN_LEADER_EPOCH: i16 = 76;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
+    pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
     pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
     pub const FENCED_INSTANCE_ID: i16 = 82;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
@@ -114,7 +115,6 @@ impl Code {
                 INCONSISTENT_GROUP_PROTOCOL
             }
             Code::RebalanceInProgress => REBALANCE_IN_PROGRESS,
-            Code::GroupSubscribed => GROUP_SUBSCRIBED_TO_TOPIC,
         }
     }
 }
@@ -215,9 +215,6 @@ pub enum Error {
     RebalanceInProgress { group: String },
     #[error("group {group:?}: {why}")]
     InconsistentGroupProtocol { group: String, why: String },
-    /// Offsets of a topic the group's members consume cannot be deleted.
-    #[error("group {group:?} has members subscribed to topic {topic:?}")]
-    GroupSubscribed { group: String, topic: String },
     /// A dependency (another node, the metadata store) did not answer.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -256,7 +253,6 @@ impl Error {
             Error::InconsistentAssignor { .. } => Code::InconsistentAssignor,
             Error::RebalanceInProgress { .. } => Code::RebalanceInProgress,
             Error::InconsistentGroupProtocol { .. } => Code::InconsistentGroupProtocol,
-            Error::GroupSubscribed { .. } => Code::GroupSubscribed,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Storage(e) => match e {
                 tier::Error::Invalid(_) => Code::InvalidRequest,

@@ -72,8 +72,7 @@ pub fn status(e: Error) -> Status {
         | Code::GroupNotEmpty
         | Code::InconsistentAssignor
         | Code::RebalanceInProgress
-        | Code::InconsistentGroupProtocol
-        | Code::GroupSubscribed => tonic::Code::FailedPrecondition,
+        | Code::InconsistentGroupProtocol => tonic::Code::FailedPrecondition,
         Code::UnknownGroup => tonic::Code::NotFound,
         Code::InvalidGroup | Code::UnsupportedAssignor => tonic::Code::InvalidArgument,
         Code::CorruptData => tonic::Code::DataLoss,

@@ -24,6 +24,7 @@
 //! | `ids/<counter>`                        | last id handed out, decimal        | no    |
 //! | `partitions/<topic>/<p>/epoch`         | last leader epoch granted, decimal | no    |
 //! | `partitions/<topic>/<p>/leader`        | JSON [`Leader`]                    | yes   |
+//! | `cluster/id`                           | the cluster's id, made once        | no    |
 //! | `nodes/<id>`                           | JSON [`NodeInfo`]                  | yes   |
 //! | `groups/<group>/offsets/<topic>/<p>`   | JSON `{"offset":N,"metadata":".."}`| no    |
 //! | `groups/<group>/state`                 | JSON [`GroupRecord`]               | no    |

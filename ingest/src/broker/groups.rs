@@ -479,35 +479,52 @@ impl Broker {
         Ok(())
     }
 
-    /// Deletes a group's committed offsets of `partitions` (Kafka's OffsetDelete): refused for
-    /// a topic a member of the group subscribes to.
+    /// Deletes a group's committed offsets of `partitions` (Kafka's OffsetDelete), except for
+    /// topics a member of the group subscribes to or holds: those are returned, untouched. A
+    /// group whose members' topics are unknown (a classic group of another protocol type than
+    /// consumers') is refused while it has members.
     pub async fn delete_group_offsets(
         &self,
         group: &str,
         partitions: Vec<(String, u32)>,
-    ) -> Result<()> {
+    ) -> Result<std::collections::BTreeSet<String>> {
         validate_group(group)?;
         let c = self.coordinate(group).await?;
         let g = c.state.lock().await;
         let view = g.view();
-        if let Some((t, _)) = partitions.iter().find(|(t, _)| {
-            view.members
-                .iter()
-                .any(|m| m.topics.contains(t) || m.owned.iter().any(|(o, _)| o == t))
-        }) {
-            return Err(Error::GroupSubscribed {
+        if view.generation == 0
+            && view.members.is_empty()
+            && self.inner.meta.fetch_offsets(group, None).await?.is_empty()
+        {
+            return Err(Error::UnknownGroup(group.to_string()));
+        }
+        if view.classic && view.protocol_type != crate::group::classic::CONSUMER_PROTOCOL {
+            return Err(Error::GroupNotEmpty {
                 group: group.to_string(),
-                topic: t.clone(),
+                members: view.members.len(),
             });
         }
+        let consumed: std::collections::BTreeSet<String> = view
+            .members
+            .iter()
+            .flat_map(|m| {
+                m.topics
+                    .iter()
+                    .cloned()
+                    .chain(m.owned.iter().map(|(t, _)| t.clone()))
+            })
+            .collect();
+        let (refused, deletable): (Vec<_>, Vec<_>) = partitions
+            .into_iter()
+            .partition(|(t, _)| consumed.contains(t));
         let deleted = self
             .inner
             .meta
-            .delete_offsets_as(group, &c.claim, &partitions)
+            .delete_offsets_as(group, &c.claim, &deletable)
             .await;
         drop(g);
         match deleted {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(refused.into_iter().map(|(t, _)| t).collect()),
             Err(e) => Err(self.coordinator_write_failed(group, &c, e).await),
         }
     }

@@ -34,9 +34,18 @@ use crate::error::{Error, Result};
 /// The most protocols one member may offer.
 const MAX_PROTOCOLS: usize = 64;
 /// The most metadata one member may send, over all its protocols (bytes).
-const MAX_METADATA_BYTES: usize = 256 * 1024;
+const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// The most assignment bytes one member may be given.
-const MAX_ASSIGNMENT_BYTES: usize = 1024 * 1024;
+const MAX_ASSIGNMENT_BYTES: usize = 256 * 1024;
+/// The most metadata and assignment bytes of all members together: the group record (base64
+/// in JSON, a third larger) must fit one metadata write (etcd takes 1.5 MiB by default).
+pub const MAX_GROUP_BYTES: usize = 900 * 1024;
+/// The longest rebalance timeout: longer ones (a consumer's `max.poll.interval.ms`) are cut
+/// to it rather than refused.
+const MAX_REBALANCE_TIMEOUT_MS: u32 = 1_800_000;
+
+/// Kafka consumers' protocol type: their assignments name topics and partitions.
+pub const CONSUMER_PROTOCOL: &str = "consumer";
 
 /// A member's JoinGroup.
 #[derive(Debug, Clone, Default)]
@@ -397,8 +406,27 @@ impl Classic {
         let session = timeout(req.session_timeout_ms, "session")?;
         let rebalance = match req.rebalance_timeout_ms {
             0 => session,
-            ms => timeout(ms, "rebalance")?,
+            ms => ms.clamp(*SESSION_TIMEOUT_RANGE_MS.start(), MAX_REBALANCE_TIMEOUT_MS),
         };
+        // The record must stay storable: every member's metadata and assignment together.
+        let stored: usize = others
+            .iter()
+            .map(|m| {
+                m.assignment.len()
+                    + m.protocols
+                        .iter()
+                        .map(|p| p.metadata.len() + p.name.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        if stored + bytes > MAX_GROUP_BYTES {
+            return Err(Error::LimitExceeded {
+                what: "metadata and assignment bytes of one group's members",
+                asked: (stored + bytes) as u64,
+                limit: MAX_GROUP_BYTES as u64,
+                setting: "(fixed)",
+            });
+        }
         Ok((session, rebalance))
     }
 
@@ -429,6 +457,14 @@ impl Classic {
         let id = if existing {
             req.member_id.clone()
         } else if let Some(old) = static_old {
+            // The instance's place is taken by whoever comes without a member id (a restart);
+            // one that names another member id is a zombie of an earlier incarnation.
+            if !req.member_id.is_empty() {
+                return Err(Error::FencedInstance {
+                    group: group.to_string(),
+                    instance: req.instance_id.clone().unwrap_or_default(),
+                });
+            }
             return Ok(self.static_return(group, rec, req, &old, now, session_ms, rebalance_ms));
         } else if self.pending.remove(&req.member_id).is_some() {
             req.member_id.clone()
@@ -481,8 +517,13 @@ impl Classic {
             m.client_id = req.client_id.clone();
             let is_leader = cr.leader.as_deref() == Some(id.as_str());
             match self.phase {
-                Phase::Stable | Phase::AwaitingSync { .. } if !changed && !is_leader => {
-                    // Nothing changed: the member gets the generation it is part of.
+                // Nothing changed (the member lost its answer, say): it gets the generation it
+                // is part of. A leader rejoining a stable group wants a new round (Kafka's
+                // way for a leader to have the assignment computed again).
+                Phase::AwaitingSync { .. } if !changed => {
+                    return Ok(Joined::Done(self.reply_for(rec, &id)));
+                }
+                Phase::Stable if !changed && !is_leader => {
                     return Ok(Joined::Done(self.reply_for(rec, &id)));
                 }
                 Phase::Stable | Phase::AwaitingSync { .. } => {
@@ -523,8 +564,14 @@ impl Classic {
         }
         let (tx, rx) = oneshot::channel();
         if let Some(old) = self.join_waiters.insert(id.clone(), tx) {
-            // The member sent its join again: the older request is answered by the newer.
-            drop(old);
+            // The member sent its join again: its older request is told to join again (the
+            // newer one gets the round's answer).
+            self.outbox.push(Delivery::Join(
+                old,
+                Err(Error::RebalanceInProgress {
+                    group: group.to_string(),
+                }),
+            ));
         }
         self.maybe_complete(group, rec, now);
         Ok(Joined::Wait(rx))
@@ -545,6 +592,11 @@ impl Classic {
     ) -> Joined {
         let id = new_member_id(&req.client_id);
         let instance = req.instance_id.clone().unwrap_or_default();
+        if self.fenced.len() >= MAX_MEMBERS {
+            // Fenced ids are remembered for clear errors only; a zombie forgotten here gets
+            // UNKNOWN_MEMBER_ID instead, which fences it as well.
+            self.fenced.clear();
+        }
         self.fenced.insert(old.to_string(), instance.clone());
         self.session_deadline.remove(old);
         if let Some(tx) = self.join_waiters.remove(old) {
@@ -577,7 +629,6 @@ impl Classic {
             .iter_mut()
             .find(|m| m.member_id == old)
             .expect("found by the caller");
-        let changed = m.protocols != req.protocols;
         m.member_id = id.clone();
         m.protocols = req.protocols.clone();
         m.topics = req.topics.clone();
@@ -586,6 +637,9 @@ impl Classic {
         m.session_timeout_ms = session_ms;
         m.rebalance_timeout_ms = rebalance_ms;
         tracing::info!(group, instance, member = %id, "static member is back");
+        // Its metadata may differ (a consumer's names what it owned): only a change of the
+        // protocol the group would choose needs a round.
+        let changed = Self::choose_protocol(rec) != rec_of(rec).protocol;
         if matches!(self.phase, Phase::Stable) && !changed && !was_leader {
             return Joined::Done(self.reply_for(rec, &id));
         }
@@ -685,7 +739,12 @@ impl Classic {
         self.session_deadline.retain(|id, _| kept.contains(id));
         rec.generation += 1;
         if kept.is_empty() {
-            rec.classic = None;
+            // The group keeps its protocol type (a Connect group stays one when empty).
+            let protocol_type = rec_of(rec).protocol_type.clone();
+            rec.classic = Some(ClassicRecord {
+                protocol_type,
+                ..ClassicRecord::default()
+            });
             rec.empty_since_ms = Some(now.ms);
             self.phase = Phase::Empty;
             for (_, tx) in self.join_waiters.drain() {
@@ -793,12 +852,39 @@ impl Classic {
                         });
                     }
                 }
+                let total: usize = members(rec)
+                    .iter()
+                    .map(|m| {
+                        m.protocols
+                            .iter()
+                            .map(|p| p.metadata.len() + p.name.len())
+                            .sum::<usize>()
+                    })
+                    .sum::<usize>()
+                    + req
+                        .assignments
+                        .iter()
+                        .map(|a| a.assignment.len())
+                        .sum::<usize>();
+                if total > MAX_GROUP_BYTES {
+                    return Err(Error::LimitExceeded {
+                        what: "metadata and assignment bytes of one group's members",
+                        asked: total as u64,
+                        limit: MAX_GROUP_BYTES as u64,
+                        setting: "(fixed)",
+                    });
+                }
                 let cr = rec_of(rec);
+                // Partitions read from an assignment mean something only for consumers.
+                let readable = cr.protocol_type == CONSUMER_PROTOCOL;
                 for m in &mut cr.members {
                     // A member the leader gave nothing gets an empty assignment.
                     let a = req.assignments.iter().find(|a| a.member_id == m.member_id);
                     m.assignment = a.map(|a| a.assignment.clone()).unwrap_or_default();
-                    m.assigned = a.map(|a| grouped(&a.partitions)).unwrap_or_default();
+                    m.assigned = a
+                        .filter(|_| readable)
+                        .map(|a| grouped(&a.partitions))
+                        .unwrap_or_default();
                 }
                 cr.settled = true;
                 self.phase = Phase::Stable;
@@ -1295,9 +1381,23 @@ mod tests {
             .unwrap()
             .instance_id
             .clone();
-        // The follower restarts: same instance id, no member id.
+        // A zombie of the follower's earlier incarnation (another member id) is fenced.
+        let err = g
+            .classic_join(
+                &join_req("stale-id", instance.as_deref(), b"y"),
+                clock.now(),
+                DELAY,
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::FencedInstance { .. }), "{err}");
+        // The follower restarts: same instance id, no member id, its metadata changed (a
+        // consumer's names what it owned) but not the protocol the group would choose.
         let back = g
-            .classic_join(&join_req("", instance.as_deref(), b"y"), clock.now(), DELAY)
+            .classic_join(
+                &join_req("", instance.as_deref(), b"y2"),
+                clock.now(),
+                DELAY,
+            )
             .unwrap();
         let Joined::Done(back) = back else {
             panic!("a static follower comes back at once, got {back:?}")
@@ -1418,5 +1518,76 @@ mod tests {
             panic!("stable")
         };
         assert_eq!(s.assignment, b"BB", "assignments survive the move");
+    }
+
+    #[test]
+    fn limits_cut_long_rebalance_timeouts_and_refuse_oversized_groups() {
+        let clock = Clock(Instant::now(), 1_000);
+        let mut g = Group::load("g", None, clock.now(), &no_topics()).unwrap();
+        let mut req = join_req("", None, &[7u8; 30 * 1024]);
+        req.require_known_member_id = false;
+        // A consumer's max.poll.interval.ms of an hour is its rebalance timeout: cut, not
+        // refused.
+        req.rebalance_timeout_ms = 3_600_000;
+        let mut joined = 0;
+        let err = loop {
+            match g.classic_join(&req, clock.now(), DELAY) {
+                Ok(_) => joined += 1,
+                Err(e) => break e,
+            }
+            assert!(joined < 100, "the group never filled up");
+        };
+        flush(&mut g);
+        assert!(matches!(err, Error::LimitExceeded { .. }), "{err}");
+        // Two protocols of 30 KiB each per member: 14 fit in 900 KiB, the 15th does not.
+        assert_eq!(joined, 14);
+        let cr = g.record().classic.as_ref().unwrap();
+        assert!(
+            cr.members
+                .iter()
+                .all(|m| m.rebalance_timeout_ms == 1_800_000)
+        );
+        let json = serde_json::to_vec(g.record()).unwrap();
+        assert!(
+            json.len() < 1_500_000,
+            "the record fits one etcd write: {}",
+            json.len()
+        );
+    }
+
+    #[test]
+    fn a_member_that_lost_its_join_answer_gets_the_same_generation_back() {
+        let mut clock = Clock(Instant::now(), 1_000);
+        let mut g = Group::load("g", None, clock.now(), &no_topics()).unwrap();
+        let (a, mut ra) = first_join(&mut g, &clock, b"a");
+        let (b, mut rb) = first_join(&mut g, &clock, b"b");
+        clock.advance(3_000);
+        g.tick(clock.now(), &no_topics());
+        flush(&mut g);
+        let first = joined(&mut ra);
+        joined(&mut rb);
+        // The leader's answer was lost: it joins again, unchanged, while the group awaits
+        // its assignment, and gets the same generation with every member.
+        let again = g
+            .classic_join(&join_req(&a, None, b"a"), clock.now(), DELAY)
+            .unwrap();
+        let Joined::Done(again) = again else {
+            panic!("expected the current generation, got {again:?}")
+        };
+        assert_eq!(again, first);
+        let Synced::Done(_) = sync(&mut g, &clock, &a, first.generation, &[(&b, b"B")]) else {
+            panic!("the leader's sync ends the round")
+        };
+        // A join sent twice: the older request is told to join again, not left hanging.
+        let j1 = g
+            .classic_join(&join_req(&b, None, b"b-new"), clock.now(), DELAY)
+            .unwrap();
+        let mut r1 = wait_join(&mut g, j1);
+        let j2 = g
+            .classic_join(&join_req(&b, None, b"b-new"), clock.now(), DELAY)
+            .unwrap();
+        let _r2 = wait_join(&mut g, j2);
+        let err = r1.try_recv().unwrap().unwrap_err();
+        assert!(matches!(err, Error::RebalanceInProgress { .. }), "{err}");
     }
 }

@@ -82,9 +82,14 @@ pub(super) async fn describe_configs(
                         {
                             continue;
                         }
-                        // Without a limit of its own, the topic takes the node's.
-                        let value = if name == meta::MAX_MESSAGE_BYTES && default {
-                            broker.max_record_bytes().to_string()
+                        // The limit that applies: the topic's own, under the node's.
+                        let value = if name == meta::MAX_MESSAGE_BYTES {
+                            let node = broker.max_record_bytes();
+                            t.meta
+                                .config
+                                .max_record_bytes()
+                                .map_or(node, |own| node.min(own as usize))
+                                .to_string()
                         } else {
                             value
                         };
@@ -203,7 +208,16 @@ pub(super) async fn incremental_alter_configs(
             .configs
             .iter()
             .map(|c| match c.config_operation {
-                SET => Ok((c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))),
+                SET => match &c.value {
+                    Some(v) => Ok((c.name.to_string(), Some(v.to_string()))),
+                    None => Err((
+                        kafka_code::INVALID_REQUEST,
+                        format!(
+                            "SET of {:?} without a value; DELETE (1) resets it",
+                            c.name.as_str()
+                        ),
+                    )),
+                },
                 DELETE => Ok((c.name.to_string(), None)),
                 // APPEND and SUBTRACT apply to list settings; the one tierlog has,
                 // cleanup.policy, takes one value, so they are refused.

@@ -34,12 +34,25 @@ use meta::ClassicProtocol;
 use super::Request;
 use super::handlers::{partition, str, topic_name, topic_uuid};
 use crate::broker::Broker;
-use crate::error::{Error, kafka_code};
+use crate::error::{Code, Error, kafka_code};
 use crate::group::{GroupView, JoinRequest, MemberAssignment, SyncRequest, Tp};
 
 /// Kafka's consumer protocol type: members' metadata is a `ConsumerProtocolSubscription`,
 /// assignments a `ConsumerProtocolAssignment`.
-const CONSUMER: &str = "consumer";
+const CONSUMER: &str = crate::group::classic::CONSUMER_PROTOCOL;
+
+/// A group call's error as Kafka's group APIs name it: clients retry COORDINATOR_NOT_AVAILABLE
+/// and treat codes outside the group set as fatal, so a metadata outage or a draining node
+/// must not surface as a storage or leadership error here.
+fn group_code(e: &Error) -> i16 {
+    match e.code() {
+        Code::Unavailable | Code::ShuttingDown | Code::Backpressure => {
+            kafka_code::COORDINATOR_NOT_AVAILABLE
+        }
+        Code::LimitExceeded => kafka_code::GROUP_MAX_SIZE_REACHED,
+        c => c.kafka(),
+    }
+}
 
 /// A consumer-protocol structure: a version, then the body at that version (newer versions
 /// only append fields, so a newer one is read as the newest known).
@@ -160,7 +173,12 @@ pub(super) async fn join_group(
             resp.error_code = kafka_code::MEMBER_ID_REQUIRED;
             resp.member_id = str(member_id);
         }
-        Err(e) => resp.error_code = e.code().kafka(),
+        // The only bad input a join can carry past decoding is its session timeout.
+        Err(e @ Error::InvalidRequest(_)) => {
+            tracing::debug!(error = %e, "kafka join refused");
+            resp.error_code = kafka_code::INVALID_SESSION_TIMEOUT;
+        }
+        Err(e) => resp.error_code = group_code(&e),
     }
     Ok(resp)
 }
@@ -170,13 +188,8 @@ pub(super) async fn sync_group(
     req: &Request,
 ) -> anyhow::Result<SyncGroupResponse> {
     let r: SyncGroupRequest = req.decode()?;
-    // The protocol type is not sent before v5: a consumer's assignment is read only when the
-    // type is known to be the consumer protocol's, else passed on unread.
-    let ptype = r
-        .protocol_type
-        .as_ref()
-        .map(|t| t.to_string())
-        .unwrap_or_default();
+    // Assignments are read as a consumer's; the core keeps what was read only for groups of
+    // the consumer protocol type (the type is not sent before v5).
     let sync = SyncRequest {
         group: r.group_id.0.to_string(),
         member_id: r.member_id.to_string(),
@@ -189,10 +202,7 @@ pub(super) async fn sync_group(
             .iter()
             .map(|a| MemberAssignment {
                 member_id: a.member_id.to_string(),
-                partitions: assigned_partitions(
-                    if ptype.is_empty() { CONSUMER } else { &ptype },
-                    &a.assignment,
-                ),
+                partitions: assigned_partitions(CONSUMER, &a.assignment),
                 assignment: a.assignment.to_vec(),
             })
             .collect(),
@@ -204,7 +214,7 @@ pub(super) async fn sync_group(
             resp.protocol_name = Some(str(s.protocol));
             resp.assignment = Bytes::from(s.assignment);
         }
-        Err(e) => resp.error_code = e.code().kafka(),
+        Err(e) => resp.error_code = group_code(&e),
     }
     Ok(resp)
 }
@@ -216,7 +226,7 @@ pub(super) async fn heartbeat(broker: &Broker, req: &Request) -> anyhow::Result<
         .await;
     Ok(HeartbeatResponse::default().with_error_code(match result {
         Ok(()) => kafka_code::NONE,
-        Err(e) => e.code().kafka(),
+        Err(e) => group_code(&e),
     }))
 }
 
@@ -243,7 +253,7 @@ pub(super) async fn leave_group(
     match broker.leave_group(&r.group_id.0, leaving.clone()).await {
         Ok(results) if req.version < 3 => {
             if let Some(Err(e)) = results.first() {
-                resp.error_code = e.code().kafka();
+                resp.error_code = group_code(e);
             }
         }
         Ok(results) => {
@@ -254,11 +264,11 @@ pub(super) async fn leave_group(
                     MemberResponse::default()
                         .with_member_id(str(result.as_ref().map_or(member, Clone::clone)))
                         .with_group_instance_id(instance.map(str))
-                        .with_error_code(result.map_or_else(|e| e.code().kafka(), |_| 0))
+                        .with_error_code(result.map_or_else(|e| group_code(&e), |_| 0))
                 })
                 .collect();
         }
-        Err(e) => resp.error_code = e.code().kafka(),
+        Err(e) => resp.error_code = group_code(&e),
     }
     Ok(resp)
 }
@@ -349,8 +359,11 @@ pub(super) async fn describe_groups(
                 }
             }
             Err(e) => {
-                out.error_code = e.code().kafka();
-                out.error_message = Some(str(e.to_string()));
+                out.error_code = group_code(&e);
+                // Versions before 6 have no message field.
+                if req.version >= 6 {
+                    out.error_message = Some(str(e.to_string()));
+                }
             }
         }
         resp.groups.push(out);
@@ -419,43 +432,32 @@ pub(super) async fn offset_delete(
             }
         }
     }
-    // One error for the request (the group's) or per partition (its topic is consumed).
-    let result = broker.delete_group_offsets(&r.group_id.0, parts).await;
-    let (group_code, part_code) = match &result {
-        Ok(()) => (kafka_code::NONE, kafka_code::NONE),
-        Err(Error::GroupSubscribed { .. }) => {
-            (kafka_code::NONE, kafka_code::GROUP_SUBSCRIBED_TO_TOPIC)
+    // An error for the request (the group's), or per topic (one its members consume).
+    match broker.delete_group_offsets(&r.group_id.0, parts).await {
+        Ok(subscribed) => {
+            for t in &r.topics {
+                let code = if subscribed.contains(t.name.0.as_str()) {
+                    kafka_code::GROUP_SUBSCRIBED_TO_TOPIC
+                } else {
+                    kafka_code::NONE
+                };
+                resp.topics.push(
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    OffsetDeleteResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(code)
+                                })
+                                .collect(),
+                        ),
+                );
+            }
         }
-        Err(e) => (e.code().kafka(), kafka_code::NONE),
-    };
-    let subscribed = match &result {
-        Err(Error::GroupSubscribed { topic, .. }) => Some(topic.as_str()),
-        _ => None,
-    };
-    resp.error_code = group_code;
-    if group_code == kafka_code::NONE {
-        for t in &r.topics {
-            let code = if subscribed.is_none() || subscribed == Some(t.name.0.as_str()) {
-                part_code
-            } else {
-                // Nothing was deleted: the request is refused whole.
-                kafka_code::GROUP_SUBSCRIBED_TO_TOPIC
-            };
-            resp.topics.push(
-                OffsetDeleteResponseTopic::default()
-                    .with_name(t.name.clone())
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .map(|p| {
-                                OffsetDeleteResponsePartition::default()
-                                    .with_partition_index(p.partition_index)
-                                    .with_error_code(code)
-                            })
-                            .collect(),
-                    ),
-            );
-        }
+        Err(e) => resp.error_code = group_code(&e),
     }
     Ok(resp)
 }

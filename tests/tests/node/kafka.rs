@@ -65,7 +65,8 @@ fn kcat() -> Option<String> {
 }
 
 /// Debian's kcat (librdkafka 2.0.2, which mis-reads tagged fields in ApiVersions v3) lists
-/// the cluster, produces gzip-compressed keyed records and consumes them back.
+/// the cluster, produces gzip-compressed keyed records and consumes them back, then reads them
+/// as a member of a classic group that commits and resumes.
 #[test]
 fn kcat_on_an_old_librdkafka_lists_produces_and_consumes() {
     let Some(kcat) = kcat() else { return };
@@ -142,6 +143,58 @@ fn kcat_on_an_old_librdkafka_lists_produces_and_consumes() {
             );
         }
     }
+    // A balanced consumer (the classic group protocol, as librdkafka 2.0.2 speaks it) reads
+    // everything and commits on exit; the group's next member starts after it.
+    let group = |what: &str| {
+        let out = Command::new(&kcat)
+            .args([
+                "-b",
+                &node.kafka,
+                "-G",
+                "kcat-readers",
+                "clicks",
+                "-e",
+                "-q",
+            ])
+            .args(["-X", "auto.offset.reset=earliest", "-f", "%p %o\n"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(group("first member"), 500);
+    // The group's commits, as tierlog's own CLI shows them: both partitions at their end.
+    let (ok, out, err) = cli(
+        &node.addr,
+        &["groups", "describe", "kcat-readers", "--json"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let lags: Vec<i64> = v["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["lag"].as_i64().unwrap())
+        .collect();
+    assert_eq!(lags, vec![0, 0], "{out}");
+    let more: String = (500..510).map(|i| format!("user-1:click-{i}\n")).collect();
+    let mut p = Command::new(&kcat)
+        .args(["-b", &node.kafka, "-P", "-t", "clicks", "-K:"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(more.as_bytes()).unwrap();
+    assert!(p.wait().unwrap().success(), "kcat produce failed");
+    assert_eq!(
+        group("the next member"),
+        10,
+        "it resumes where the first committed"
+    );
     node.stop();
 }
 
