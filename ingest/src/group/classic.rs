@@ -183,6 +183,14 @@ pub(super) struct Classic {
     outbox: Vec<Delivery>,
 }
 
+/// Bytes a member's protocols take in the group record.
+fn metadata_bytes(protocols: &[ClassicProtocol]) -> usize {
+    protocols
+        .iter()
+        .map(|p| p.metadata.len() + p.name.len())
+        .sum()
+}
+
 fn rec_of(rec: &mut GroupRecord) -> &mut ClassicRecord {
     rec.classic.get_or_insert_with(ClassicRecord::default)
 }
@@ -349,11 +357,7 @@ impl Classic {
                 setting: "(fixed)",
             });
         }
-        let bytes: usize = req
-            .protocols
-            .iter()
-            .map(|p| p.metadata.len() + p.name.len())
-            .sum();
+        let bytes = metadata_bytes(&req.protocols);
         if bytes > MAX_METADATA_BYTES {
             return Err(Error::LimitExceeded {
                 what: "group member metadata bytes",
@@ -411,13 +415,7 @@ impl Classic {
         // The record must stay storable: every member's metadata and assignment together.
         let stored: usize = others
             .iter()
-            .map(|m| {
-                m.assignment.len()
-                    + m.protocols
-                        .iter()
-                        .map(|p| p.metadata.len() + p.name.len())
-                        .sum::<usize>()
-            })
+            .map(|m| m.assignment.len() + metadata_bytes(&m.protocols))
             .sum();
         if stored + bytes > MAX_GROUP_BYTES {
             return Err(Error::LimitExceeded {
@@ -599,24 +597,10 @@ impl Classic {
         }
         self.fenced.insert(old.to_string(), instance.clone());
         self.session_deadline.remove(old);
-        if let Some(tx) = self.join_waiters.remove(old) {
-            self.outbox.push(Delivery::Join(
-                tx,
-                Err(Error::FencedInstance {
-                    group: group.to_string(),
-                    instance: instance.clone(),
-                }),
-            ));
-        }
-        if let Some(tx) = self.sync_waiters.remove(old) {
-            self.outbox.push(Delivery::Sync(
-                tx,
-                Err(Error::FencedInstance {
-                    group: group.to_string(),
-                    instance: instance.clone(),
-                }),
-            ));
-        }
+        self.fail_waiters(old, || Error::FencedInstance {
+            group: group.to_string(),
+            instance: instance.clone(),
+        });
         let session = Duration::from_millis(u64::from(session_ms));
         self.session_deadline.insert(id.clone(), now.at + session);
         let cr = rec_of(rec);
@@ -854,12 +838,7 @@ impl Classic {
                 }
                 let total: usize = members(rec)
                     .iter()
-                    .map(|m| {
-                        m.protocols
-                            .iter()
-                            .map(|p| p.metadata.len() + p.name.len())
-                            .sum::<usize>()
-                    })
+                    .map(|m| metadata_bytes(&m.protocols))
                     .sum::<usize>()
                     + req
                         .assignments
@@ -984,23 +963,19 @@ impl Classic {
             cr.members.retain(|m| m.member_id != id);
         }
         self.session_deadline.remove(id);
+        self.fail_waiters(id, || Error::UnknownMember {
+            group: group.to_string(),
+            member: id.to_string(),
+        });
+    }
+
+    /// Answers `id`'s parked join and sync requests, if any, with `err`.
+    fn fail_waiters(&mut self, id: &str, err: impl Fn() -> Error) {
         if let Some(tx) = self.join_waiters.remove(id) {
-            self.outbox.push(Delivery::Join(
-                tx,
-                Err(Error::UnknownMember {
-                    group: group.to_string(),
-                    member: id.to_string(),
-                }),
-            ));
+            self.outbox.push(Delivery::Join(tx, Err(err())));
         }
         if let Some(tx) = self.sync_waiters.remove(id) {
-            self.outbox.push(Delivery::Sync(
-                tx,
-                Err(Error::UnknownMember {
-                    group: group.to_string(),
-                    member: id.to_string(),
-                }),
-            ));
+            self.outbox.push(Delivery::Sync(tx, Err(err())));
         }
     }
 
