@@ -60,6 +60,9 @@ pub struct SqlSettings {
     pub timeout_ms: u64,
     /// Where queries spill (default `<data_dir>/spill`).
     pub spill_dir: Option<PathBuf>,
+    /// Check each segment's footer digest and row-group CRCs before decoding (a scan then reads
+    /// whole row groups, not only the columns and pages it needs).
+    pub verify_checksums: bool,
 }
 
 impl Default for SqlSettings {
@@ -70,6 +73,7 @@ impl Default for SqlSettings {
             memory_limit_bytes: d.memory_limit,
             timeout_ms: d.timeout.as_millis() as u64,
             spill_dir: None,
+            verify_checksums: d.verify_checksums,
         }
     }
 }
@@ -265,6 +269,7 @@ impl Settings {
             },
             memory_limit: q.memory_limit_bytes,
             timeout: std::time::Duration::from_millis(q.timeout_ms),
+            verify_checksums: q.verify_checksums,
             spill_dir: Some(
                 q.spill_dir
                     .clone()

@@ -28,6 +28,9 @@ use arrow_schema::SchemaRef;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
+use datafusion::datasource::physical_plan::parquet::{
+    CachedParquetFileReaderFactory, ParquetFileReaderFactory,
+};
 use datafusion::execution::cache::cache_manager::{
     CacheManager, CacheManagerConfig, FileMetadataCache,
 };
@@ -48,6 +51,7 @@ use crate::error::{Error, Result};
 use crate::functions;
 use crate::memory::QueryPool;
 use crate::table::{ScanCounters, ScanSummary, TopicTable};
+use crate::verify::CheckingReaderFactory;
 
 /// The catalog name tables live in.
 pub const CATALOG: &str = "tierlog";
@@ -71,6 +75,10 @@ pub struct QueryConfig {
     pub batch_size: usize,
     /// Parquet footers kept in memory across queries.
     pub metadata_cache_bytes: usize,
+    /// Check segments as the cold read path does (footer digest, row-group CRCs) before
+    /// decoding: damage is an error, never other values. The price: a scan reads whole row
+    /// groups, not only the column chunks and pages its projection and filters need.
+    pub verify_checksums: bool,
 }
 
 impl Default for QueryConfig {
@@ -82,6 +90,7 @@ impl Default for QueryConfig {
             timeout: Duration::from_secs(300),
             batch_size: 8192,
             metadata_cache_bytes: 64 << 20,
+            verify_checksums: true,
         }
     }
 }
@@ -119,6 +128,8 @@ struct Inner {
     cfg: QueryConfig,
     pool: Pool,
     metadata_cache: Arc<FileMetadataCache>,
+    /// The scans' segment readers (checked, footers cached across queries).
+    readers: Arc<dyn ParquetFileReaderFactory>,
     /// Queries whose execution task is alive (planning, running, or waiting for the reader).
     running: AtomicUsize,
 }
@@ -218,6 +229,17 @@ impl QueryEngine {
         Ok(QueryEngine {
             inner: Arc::new(Inner {
                 pool: Pool::new(cfg.threads)?,
+                readers: if cfg.verify_checksums {
+                    Arc::new(CheckingReaderFactory::new(
+                        store.clone(),
+                        metadata_cache.clone(),
+                    ))
+                } else {
+                    Arc::new(CachedParquetFileReaderFactory::new(
+                        store.clone(),
+                        metadata_cache.clone(),
+                    ))
+                },
                 catalog,
                 store,
                 cfg,
@@ -433,6 +455,7 @@ impl Inner {
                     catalog: self.catalog.clone(),
                     hot,
                     store_url: url.clone(),
+                    readers: self.readers.clone(),
                     counters: counters.clone(),
                 };
                 schema

@@ -79,6 +79,16 @@ impl Error {
                         },
                     },
                 },
+                DataFusionError::ParquetError(p) => match *p {
+                    // A damaged segment, found by the scan's checks (`verify`).
+                    datafusion::parquet::errors::ParquetError::External(b) => {
+                        match b.downcast::<tier::Error>() {
+                            Ok(t) => return Error::Storage(*t),
+                            Err(b) => DataFusionError::External(b),
+                        }
+                    }
+                    p => return Error::Execution(DataFusionError::ParquetError(Box::new(p))),
+                },
                 DataFusionError::ObjectStore(source) => {
                     return Error::Storage(tier::Error::ObjectStore { source: *source });
                 }

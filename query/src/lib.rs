@@ -6,6 +6,7 @@
 //! - [`catalog`]: where topics, committed segments and hot tails come from;
 //! - [`table`]: the table provider and its pruning (manifest, then Parquet statistics);
 //! - [`functions`]: JSON and text functions over payloads;
+//! - `verify`: the scan's Parquet reader, which checks footers and row groups as cold reads do;
 //! - [`QueryEngine`]: sessions, guard rails (memory, time, cancellation, read-only), streaming.
 //!
 //! Invariant: a query reads a consistent prefix of each partition: the segments of one manifest
@@ -18,6 +19,7 @@ pub mod error;
 pub mod functions;
 mod memory;
 pub mod table;
+mod verify;
 
 pub use catalog::{BucketCatalog, Catalog, ColdView, HotTail, PartitionSnapshot, TopicInfo};
 pub use engine::{CATALOG, COMMITTED_SCHEMA, LIVE_SCHEMA, QueryConfig, QueryEngine, QueryStream};

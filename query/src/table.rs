@@ -27,7 +27,9 @@ use datafusion::common::stats::Precision;
 use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfigBuilder, ParquetFileReaderFactory, ParquetSource,
+};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -44,6 +46,7 @@ use futures::{StreamExt, TryStreamExt};
 use tier::cold::manifest::SegmentEntry;
 
 use crate::catalog::{Catalog, ColdView, HotTail};
+use crate::verify::FooterDigest;
 
 /// Footer bytes fetched with the first read of a segment (our footers are a few KiB).
 const METADATA_SIZE_HINT: usize = 64 << 10;
@@ -97,6 +100,8 @@ pub struct TopicTable {
     /// Include records not yet committed to the cold tier.
     pub(crate) hot: bool,
     pub(crate) store_url: ObjectStoreUrl,
+    /// Reads segments with the checks of the cold read path (`verify`).
+    pub(crate) readers: Arc<dyn ParquetFileReaderFactory>,
     pub(crate) counters: Arc<ScanCounters>,
 }
 
@@ -322,7 +327,9 @@ impl TableProvider for TopicTable {
             let stats = file_statistics(&schema, *p, e);
             file_stats.push(stats.clone());
             files.push(
-                PartitionedFile::new(path.to_string(), e.size).with_statistics(Arc::new(stats)),
+                PartitionedFile::new(path.to_string(), e.size)
+                    .with_statistics(Arc::new(stats))
+                    .with_extension(FooterDigest(e.footer_crc32c)),
             );
         }
 
@@ -332,7 +339,8 @@ impl TableProvider for TopicTable {
                 .with_enable_page_index(true)
                 .with_pushdown_filters(true)
                 .with_reorder_filters(true)
-                .with_metadata_size_hint(METADATA_SIZE_HINT);
+                .with_metadata_size_hint(METADATA_SIZE_HINT)
+                .with_parquet_file_reader_factory(self.readers.clone());
             if let Some(p) = &physical {
                 source = source.with_predicate(p.clone());
             }

@@ -1077,16 +1077,15 @@ fn fuzz_targets_short_fixed_seed_run() {
     for (target, execs) in [
         (Target::Batch, 10_000),
         (Target::Produce, 500),
-        (Target::Cold, 100),
+        (Target::Cold, 1_000),
     ] {
         let r = fuzz::run(target, 20_261_204, execs);
         println!(
-            "{}: {} executions, {} accepted, {} replayed, {} read back silently different",
+            "{}: {} executions, {} accepted, {} replayed",
             target.name(),
             r.executions,
             r.accepted,
-            r.replayed,
-            r.silent
+            r.replayed
         );
         assert!(r.findings.is_empty(), "{:?}", r.findings);
         assert!(r.accepted > execs / 20, "{} accepted", r.accepted);

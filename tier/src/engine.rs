@@ -608,14 +608,16 @@ impl Tier {
                         end: cold.next_offset,
                     })?;
             let path = manifest.paths.object(&seg.path);
-            let meta = cache.metadata(&path, seg.size).await?;
+            let meta = cache.metadata(&path, seg.size, seg.footer_crc32c).await?;
             let (rg, first) =
                 cache::locate(&meta, seg.base_offset, cur).ok_or_else(|| Error::Corrupt {
                     location: path.to_string(),
                     position: 0,
                     reason: format!("offset {cur} is not in the segment's row groups"),
                 })?;
-            let rows = cache.row_group(&path, seg.size, rg).await?;
+            let rows = cache
+                .row_group(&path, seg.size, seg.footer_crc32c, rg)
+                .await?;
             let skip = usize::try_from(cur - first).unwrap_or(usize::MAX);
             if skip >= rows.records.len() {
                 return Err(Error::Corrupt {
@@ -672,7 +674,7 @@ impl Tier {
             (seg.clone(), path.clone(), row_groups, rg + 1);
         while left > 0 {
             if next < row_groups {
-                cache.prefetch(path.clone(), seg.size, next);
+                cache.prefetch(path.clone(), seg.size, seg.footer_crc32c, next);
                 next += 1;
                 left -= 1;
                 continue;
@@ -682,7 +684,7 @@ impl Tier {
             };
             path = manifest.paths.object(&following.path);
             row_groups = cache
-                .metadata(&path, following.size)
+                .metadata(&path, following.size, following.footer_crc32c)
                 .await?
                 .metadata()
                 .num_row_groups();
@@ -705,10 +707,12 @@ impl Tier {
         if let Some(seg) = p.manifest.find_timestamp(&cold, ts).await? {
             let cache = &self.inner.cache;
             let path = p.manifest.paths.object(&seg.path);
-            let meta = cache.metadata(&path, seg.size).await?;
+            let meta = cache.metadata(&path, seg.size, seg.footer_crc32c).await?;
             let start = cache::first_row_group_at_or_after(&meta, ts).unwrap_or(0);
             for rg in start..meta.metadata().num_row_groups() {
-                let rows = cache.row_group(&path, seg.size, rg).await?;
+                let rows = cache
+                    .row_group(&path, seg.size, seg.footer_crc32c, rg)
+                    .await?;
                 if let Some(r) = rows.records.iter().find(|r| r.timestamp >= ts) {
                     return Ok(Some(r.offset));
                 }
@@ -1308,6 +1312,95 @@ mod tests {
         let after = reader.read_committed("t", 0, 100, 1 << 20).await.unwrap();
         assert_eq!(after.records.len(), 100, "the other segment reads");
         reader.abort().await;
+    }
+
+    /// A segment whose footer was damaged in a way that still parses (here: the name of its
+    /// row-group CRC entry, so a reader without the footer's digest would skip the CRCs) and
+    /// whose data was damaged too reads back as an error, never as other values: the footer's
+    /// digest is in the segment's manifest entry. Every data byte is flipped in turn.
+    #[tokio::test]
+    async fn damage_to_a_footer_that_still_parses_is_a_checksum_error() {
+        use object_store::ObjectStoreExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::store::open_store("memory://", &[]).unwrap();
+        let cfg = TierConfig {
+            data_dir: dir.path().join("hot"),
+            ..TierConfig::default()
+        };
+        let t = Tier::open(cfg.clone(), store.clone(), Path::from("c"))
+            .await
+            .unwrap();
+        t.open_partition("t", 0, 1).await.unwrap();
+        let mut b = crate::batch::BatchBuilder::new(crate::batch::Compression::None);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..64i64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = format!("value-{x:016x}");
+            b.push(1_700_000_000_000 + i, Some(b"k"), Some(v.as_bytes()), &[]);
+        }
+        t.append("t", 0, b.build().unwrap()).await.unwrap();
+        t.flush("t", 0).await.unwrap();
+        let want = t.read_committed("t", 0, 0, 1 << 20).await.unwrap().records;
+        let (_, segments) = t.cold_segments("t", 0, false).await.unwrap();
+        t.close(false).await.unwrap();
+        let (path, _) = &segments[0];
+        let good = store
+            .get(path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        let n = good.len();
+        let footer_len = u32::from_le_bytes(good[n - 8..n - 4].try_into().unwrap()) as usize;
+        let footer_start = n - 8 - footer_len;
+        let key = crate::cold::parquet::ROW_GROUP_CRC_KEY.as_bytes();
+        let at = good
+            .windows(key.len())
+            .rposition(|w| w == key)
+            .expect("the row-group CRC entry is in the footer");
+        let mut renamed = good.clone();
+        renamed[at] ^= 0x20; // "tierlog." -> "Tierlog."
+        let (mut errors, mut same, mut other) = (0, 0, Vec::new());
+        for i in 4..footer_start {
+            let mut bytes = renamed.clone();
+            bytes[i] ^= 1 << (i % 8);
+            store.put(path, bytes.into()).await.unwrap();
+            let reader = Tier::open(
+                TierConfig {
+                    data_dir: dir.path().join(format!("reader-{i}")),
+                    ..cfg.clone()
+                },
+                store.clone(),
+                Path::from("c"),
+            )
+            .await;
+            let got = match reader {
+                Err(_) => None,
+                Ok(r) => {
+                    let got = r.read_committed("t", 0, 0, 1 << 20).await.ok();
+                    r.abort().await;
+                    got
+                }
+            };
+            match got {
+                None => errors += 1,
+                Some(g) if g.records == want => same += 1,
+                Some(_) => other.push(i),
+            }
+        }
+        assert!(
+            other.is_empty(),
+            "damage at data bytes {other:?} read back as other values ({errors} errors, {same} unchanged)"
+        );
+        assert!(
+            errors > 0,
+            "no damage was detected ({same} reads unchanged)"
+        );
+        store.put(path, good.into()).await.unwrap();
     }
 
     /// Opening and closing many partitions leaves no gates behind but the last one used.

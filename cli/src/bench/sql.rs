@@ -3,9 +3,11 @@
 //!
 //! The bench writes `--records` JSON events through the storage core (the node's own write
 //! path: hot tier, sealed segments, Parquet, manifest commits) into an object store on the
-//! local file system, then runs three queries with tierlog's engine (over the bucket, as
-//! `committed.<topic>` on a node) and with DuckDB: a full scan, a one-minute time range and a
-//! group-by on a JSON field. Each is run once to warm up, then `--repeat` times; the median is
+//! local file system, then runs four queries with tierlog's engine (over the bucket, as
+//! `committed.<topic>` on a node) and with DuckDB: a full scan, a one-minute time range, a scan
+//! of the `offset` column alone and a group-by on a JSON field. tierlog runs each with its
+//! segment checks (footer digest, row-group CRCs: whole row groups are read) and without. Each
+//! is run once to warm up, then `--repeat` times; the median is
 //! printed, with the objects and bytes tierlog read.
 
 use std::path::Path;
@@ -81,6 +83,12 @@ fn queries(narrow_from: &str, narrow_to: &str) -> Vec<Query> {
             tierlog: narrow,
         },
         Query {
+            // One narrow column: without checks only its pages are read.
+            name: "offset column only",
+            tierlog: r#"SELECT SUM("offset" % 7) AS s FROM events"#.into(),
+            duckdb: r#"SELECT SUM("offset" % 7) AS s FROM events"#.into(),
+        },
+        Query {
             name: "group-by on a JSON field",
             tierlog: "SELECT json_get_str(value, 'user.country') AS c, COUNT(*) AS n \
                       FROM events GROUP BY 1 ORDER BY 1"
@@ -91,6 +99,74 @@ fn queries(narrow_from: &str, narrow_to: &str) -> Vec<Query> {
                     .into(),
         },
     ]
+}
+
+/// What one query did on tierlog: median time, then (first row, rows, scan summary, objects
+/// read, bytes read) of the first timed run.
+type Ran = (f64, (Vec<String>, usize, query::ScanSummary, usize, u64));
+
+/// Runs each query once to warm up and `repeat` times timed.
+async fn run_tierlog(
+    store: &Arc<dyn ObjectStore>,
+    catalog: &Arc<BucketCatalog>,
+    qs: &[Query],
+    repeat: usize,
+    verify_checksums: bool,
+) -> anyhow::Result<Vec<Ran>> {
+    let decorated = Arc::new(Decorated::new(store.clone()));
+    let stats = decorated.stats.clone();
+    let engine = QueryEngine::new(
+        catalog.clone(),
+        decorated as Arc<dyn ObjectStore>,
+        QueryConfig {
+            memory_limit: 2 << 30,
+            verify_checksums,
+            ..QueryConfig::default()
+        },
+    )?;
+    let mut ours = Vec::new();
+    for q in qs {
+        let run_once = || async {
+            let t = Instant::now();
+            let mut s = engine.execute(&q.tierlog).await?;
+            let mut first = Vec::new();
+            let mut rows = 0usize;
+            while let Some(b) = s.next().await {
+                let b = b?;
+                if rows == 0 && b.num_rows() > 0 {
+                    first = (0..b.num_columns())
+                        .map(|c| {
+                            arrow_cast::display::array_value_to_string(b.column(c), 0)
+                                .unwrap_or_default()
+                        })
+                        .collect();
+                }
+                rows += b.num_rows();
+            }
+            anyhow::Ok((t.elapsed(), first, rows, s.scan_summary()))
+        };
+        run_once().await?;
+        let mut times = Vec::new();
+        let mut last = None;
+        for i in 0..repeat {
+            if i == 0 {
+                stats.reset_reads();
+            }
+            let (took, first, rows, scan) = run_once().await?;
+            if i == 0 {
+                last = Some((
+                    first,
+                    rows,
+                    scan,
+                    stats.objects_read("bench/topics").len(),
+                    stats.get_bytes(),
+                ));
+            }
+            times.push(took.as_secs_f64());
+        }
+        ours.push((median(times), last.context("at least one run")?));
+    }
+    Ok(ours)
 }
 
 /// Writes the history through the storage core and commits all of it to the bucket.
@@ -180,16 +256,6 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         ),
     );
 
-    let decorated = Arc::new(Decorated::new(store.clone()));
-    let stats = decorated.stats.clone();
-    let engine = QueryEngine::new(
-        catalog,
-        decorated as Arc<dyn ObjectStore>,
-        QueryConfig {
-            memory_limit: 2 << 30,
-            ..QueryConfig::default()
-        },
-    )?;
     let mid = BASE_TS + (args.records / u64::from(args.partitions)) as i64 * STEP_MS / 2;
     let fmt = |ms: i64| {
         let secs = ms / 1000;
@@ -206,49 +272,9 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     let mid = mid - mid % 60_000;
     let qs = queries(&fmt(mid - BASE_TS), &fmt(mid - BASE_TS + 60_000));
 
-    // tierlog
-    let mut ours = Vec::new();
-    for q in &qs {
-        let run_once = || async {
-            let t = Instant::now();
-            let mut s = engine.execute(&q.tierlog).await?;
-            let mut first = Vec::new();
-            let mut rows = 0usize;
-            while let Some(b) = s.next().await {
-                let b = b?;
-                if rows == 0 && b.num_rows() > 0 {
-                    first = (0..b.num_columns())
-                        .map(|c| {
-                            arrow_cast::display::array_value_to_string(b.column(c), 0)
-                                .unwrap_or_default()
-                        })
-                        .collect();
-                }
-                rows += b.num_rows();
-            }
-            anyhow::Ok((t.elapsed(), first, rows, s.scan_summary()))
-        };
-        run_once().await?;
-        let mut times = Vec::new();
-        let mut last = None;
-        for i in 0..args.repeat {
-            if i == 0 {
-                stats.reset_reads();
-            }
-            let (took, first, rows, scan) = run_once().await?;
-            if i == 0 {
-                last = Some((
-                    first,
-                    rows,
-                    scan,
-                    stats.objects_read("bench/topics").len(),
-                    stats.get_bytes(),
-                ));
-            }
-            times.push(took.as_secs_f64());
-        }
-        ours.push((median(times), last.context("at least one run")?));
-    }
+    // tierlog, with the segment checks (the default) and without.
+    let ours = run_tierlog(&store, &catalog, &qs, args.repeat, true).await?;
+    let unchecked = run_tierlog(&store, &catalog, &qs, args.repeat, false).await?;
 
     // DuckDB, same files, same run.
     let spec = dir.join("duckdb-spec.json");
@@ -299,6 +325,21 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
                 scan.segments_scanned,
                 scan.segments_total,
                 *bytes as f64 / 1e6
+            ),
+        );
+        let (ut, (ufirst, _, _, _, ubytes)) = &unchecked[i];
+        row(
+            "    tierlog, checks off (verify_checksums = false)",
+            format!("{ut:.3} s"),
+            &format!(
+                "{:.1} MB read; checks cost {:.2}x; first row {}",
+                *ubytes as f64 / 1e6,
+                t / ut,
+                if ufirst == first {
+                    "identical"
+                } else {
+                    "DIFFERS"
+                }
             ),
         );
         if i == 1 {

@@ -28,7 +28,7 @@ use parquet::file::statistics::Statistics;
 
 use crate::batch::Record;
 use crate::cold::manifest::unwrap_shared;
-use crate::cold::parquet::{row_group_crcs, row_group_range, to_records};
+use crate::cold::parquet::{RowGroupChecks, check_footer, to_records};
 use crate::error::{Error, Result};
 
 /// The decoded rows of one row group.
@@ -140,8 +140,14 @@ impl ColdCache {
         }
     }
 
-    /// The footer of a cold segment object of `size` bytes.
-    pub async fn metadata(&self, path: &Path, size: u64) -> Result<ArrowReaderMetadata> {
+    /// The footer of a cold segment object of `size` bytes, checked against the manifest
+    /// entry's `digest` when it has one (damage that still parses is [`Error::Corrupt`]).
+    pub async fn metadata(
+        &self,
+        path: &Path,
+        size: u64,
+        digest: Option<u32>,
+    ) -> Result<ArrowReaderMetadata> {
         let store = self.store.clone();
         let p = path.clone();
         self.meta
@@ -155,10 +161,17 @@ impl ColdCache {
                 // damaged one cannot reach its decoder (which panics on some damage).
                 let opts = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
                 let location = reader.path.to_string();
+                let loc = location.clone();
                 decoded(&location, 0, async move {
-                    ArrowReaderMetadata::load_async(&mut reader, opts)
+                    let m = ArrowReaderMetadata::load_async(&mut reader, opts)
                         .await
-                        .map_err(pq("reading footer"))
+                        .map_err(pq("reading footer"))?;
+                    check_footer(m.metadata(), digest).map_err(|reason| Error::Corrupt {
+                        location: loc,
+                        position: 0,
+                        reason,
+                    })?;
+                    Ok(m)
                 })
                 .await
             })
@@ -166,9 +179,16 @@ impl ColdCache {
             .map_err(unwrap_shared)
     }
 
-    /// Decoded rows of row group `rg` of a cold segment.
-    pub async fn row_group(&self, path: &Path, size: u64, rg: usize) -> Result<Arc<RowGroup>> {
-        let meta = self.metadata(path, size).await?;
+    /// Decoded rows of row group `rg` of a cold segment (`digest`: its footer's, as the
+    /// manifest entry holds it).
+    pub async fn row_group(
+        &self,
+        path: &Path,
+        size: u64,
+        digest: Option<u32>,
+        rg: usize,
+    ) -> Result<Arc<RowGroup>> {
+        let meta = self.metadata(path, size, digest).await?;
         let store = self.store.clone();
         let p = path.clone();
         let loads = self.loads.clone();
@@ -211,13 +231,13 @@ impl ColdCache {
     }
 
     /// Starts loading a row group in the background if it is not cached.
-    pub fn prefetch(&self, path: Path, size: u64, rg: usize) {
+    pub fn prefetch(&self, path: Path, size: u64, digest: Option<u32>, rg: usize) {
         if self.rows.contains_key(&(path.clone(), rg)) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.row_group(&path, size, rg).await {
+            if let Err(e) = this.row_group(&path, size, digest, rg).await {
                 tracing::debug!(path = %path, row_group = rg, error = %e, "read-ahead failed");
             }
         });
@@ -244,39 +264,18 @@ async fn checked_row_group(
         position: rg as u64,
         reason,
     };
-    let crcs = match row_group_crcs(md.file_metadata().key_value_metadata()) {
-        None => {
-            return Ok(RangeReader { held: None, reader });
-        }
-        Some(Err(e)) => return Err(corrupt(e)),
-        Some(Ok(c)) => c,
+    let Some(checks) = RowGroupChecks::of(md, reader.size).map_err(corrupt)? else {
+        return Ok(RangeReader { held: None, reader });
     };
-    if crcs.len() != md.num_row_groups() || rg >= crcs.len() {
-        return Err(corrupt(format!(
-            "{} row-group CRCs for {} row groups",
-            crcs.len(),
-            md.num_row_groups()
-        )));
-    }
-    let range = row_group_range(md.row_group(rg)).map_err(corrupt)?;
-    if range.end > reader.size {
-        return Err(corrupt(format!(
-            "row group {rg} at {range:?} runs past the object's {} bytes",
-            reader.size
-        )));
-    }
+    let range = checks
+        .range(rg)
+        .ok_or_else(|| corrupt(format!("no row group {rg}")))?;
     let bytes = reader
         .store
         .get_range(&reader.path, range.clone())
         .await
         .map_err(Error::from)?;
-    let crc = crc32c::crc32c(&bytes);
-    if crc != crcs[rg] {
-        return Err(corrupt(format!(
-            "row group {rg} checksum mismatch: stored {:08x}, computed {crc:08x}",
-            crcs[rg]
-        )));
-    }
+    checks.check(rg, &bytes).map_err(corrupt)?;
     Ok(RangeReader {
         held: Some((range.start, bytes)),
         reader,

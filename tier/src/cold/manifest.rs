@@ -91,6 +91,10 @@ pub struct SegmentEntry {
     /// The idempotent producers' last batches in this segment (see `crate::producers`).
     #[serde(default, skip_serializing_if = "ProducerStates::is_empty")]
     pub producers: ProducerStates,
+    /// `cold::parquet::footer_digest` of the object's footer, checked when a reader loads it;
+    /// `None` for segments written before it (read unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footer_crc32c: Option<u32>,
 }
 
 /// A reference to an immutable chunk holding up to `FANOUT` entries of the level below.

@@ -82,6 +82,30 @@ pub const DELTA_KEY: &str = "tierlog.delta";
 /// error instead of other values. Objects written before it have none and are read unchecked.
 pub const ROW_GROUP_CRC_KEY: &str = "tierlog.row_group_crc32c";
 
+/// Footer key: a CRC-32C of each column chunk's bytes, the chunks of a row group
+/// comma-separated in column order, row groups separated by `;`. A reader that needs only some
+/// columns (a SQL scan) checks just the chunks it reads.
+pub const CHUNK_CRC_KEY: &str = "tierlog.column_chunk_crc32c";
+
+/// The byte range of one column chunk (its dictionary page, if any, and its data pages).
+/// `Err` when the footer's offsets make no sense (damage).
+pub fn chunk_range(
+    c: &parquet::file::metadata::ColumnChunkMetaData,
+) -> std::result::Result<std::ops::Range<u64>, String> {
+    // As Parquet's `byte_range`, without its assertion.
+    let col_start = match c.dictionary_page_offset() {
+        Some(d) if d > 0 => d,
+        _ => c.data_page_offset(),
+    };
+    let (Ok(s), Ok(len)) = (u64::try_from(col_start), u64::try_from(c.compressed_size())) else {
+        return Err(format!(
+            "column chunk at {col_start} of {} bytes",
+            c.compressed_size()
+        ));
+    };
+    Ok(s..s.saturating_add(len))
+}
+
 /// The byte range of row group `rg` in its file: from the first page of its first column chunk
 /// to the end of its last. `Err` when the footer's offsets make no sense (damage).
 pub fn row_group_range(
@@ -90,33 +114,28 @@ pub fn row_group_range(
     let mut start = u64::MAX;
     let mut end = 0u64;
     for c in rg.columns() {
-        // As Parquet's `byte_range`, without its assertion.
-        let col_start = match c.dictionary_page_offset() {
-            Some(d) if d > 0 => d,
-            _ => c.data_page_offset(),
-        };
-        let (Ok(s), Ok(len)) = (u64::try_from(col_start), u64::try_from(c.compressed_size()))
-        else {
-            return Err(format!(
-                "column chunk at {col_start} of {} bytes",
-                c.compressed_size()
-            ));
-        };
-        start = start.min(s);
-        end = end.max(s.saturating_add(len));
+        let r = chunk_range(c)?;
+        start = start.min(r.start);
+        end = end.max(r.end);
     }
     Ok(start.min(end)..end)
+}
+
+/// The value of footer key `key`.
+fn footer_value<'a>(kv: Option<&'a Vec<KeyValue>>, key: &str) -> Option<&'a str> {
+    Some(
+        kv?.iter()
+            .find(|kv| kv.key == key)?
+            .value
+            .as_deref()
+            .unwrap_or_default(),
+    )
 }
 
 /// The row groups' CRCs as the footer stores them; `None` when the file has none, `Err` when
 /// they do not parse (damage).
 pub fn row_group_crcs(kv: Option<&Vec<KeyValue>>) -> Option<std::result::Result<Vec<u32>, String>> {
-    let text = kv?
-        .iter()
-        .find(|kv| kv.key == ROW_GROUP_CRC_KEY)?
-        .value
-        .as_deref()
-        .unwrap_or_default();
+    let text = footer_value(kv, ROW_GROUP_CRC_KEY)?;
     Some(
         text.split(',')
             .filter(|t| !t.is_empty())
@@ -126,6 +145,246 @@ pub fn row_group_crcs(kv: Option<&Vec<KeyValue>>) -> Option<std::result::Result<
             })
             .collect(),
     )
+}
+
+/// A CRC-32C over what a reader takes from a segment's footer besides the manifest delta: the
+/// schema (types, logical types, levels), every row group's size and every column chunk's
+/// place, sizes, codec, encodings and statistics, and the row-group and column-chunk CRCs. The delta (itself a
+/// checksummed envelope) carries it in the segment's manifest entry, so footer damage that
+/// still parses (a statistic, a logical type, an offset) is an error, not other values.
+/// Computed from the parsed metadata, the same way on both sides.
+pub fn footer_digest(
+    schema: &parquet::schema::types::SchemaDescriptor,
+    row_groups: &[parquet::file::metadata::RowGroupMetaData],
+    crcs: &str,
+) -> u32 {
+    use std::fmt::Write;
+    let mut text = String::new();
+    for c in schema.columns() {
+        let _ = write!(
+            text,
+            "c {} {:?} {:?} {:?} {} {} {};",
+            c.path().string(),
+            c.physical_type(),
+            c.logical_type_ref(),
+            c.converted_type(),
+            c.max_def_level(),
+            c.max_rep_level(),
+            c.type_length(),
+        );
+    }
+    for rg in row_groups {
+        let _ = write!(text, "rg {} {};", rg.num_rows(), rg.total_byte_size());
+        for c in rg.columns() {
+            let stats = c.statistics().map(|s| {
+                (
+                    s.min_bytes_opt().map(<[u8]>::to_vec),
+                    s.max_bytes_opt().map(<[u8]>::to_vec),
+                    s.null_count_opt(),
+                )
+            });
+            let _ = write!(
+                text,
+                "k {} {:?} {:?} {} {} {} {} {:?} {:?};",
+                c.column_path().string(),
+                c.compression(),
+                c.encodings().collect::<Vec<_>>(),
+                c.num_values(),
+                c.compressed_size(),
+                c.uncompressed_size(),
+                c.data_page_offset(),
+                c.dictionary_page_offset(),
+                stats,
+            );
+        }
+    }
+    text.push_str(crcs);
+    crc32c::crc32c(text.as_bytes())
+}
+
+/// The digest of a read footer ([`footer_digest`]).
+pub fn digest_of(md: &parquet::file::metadata::ParquetMetaData) -> u32 {
+    let kv = md.file_metadata().key_value_metadata();
+    let crcs = crc_text(
+        footer_value(kv, ROW_GROUP_CRC_KEY).unwrap_or_default(),
+        footer_value(kv, CHUNK_CRC_KEY).unwrap_or_default(),
+    );
+    footer_digest(md.file_metadata().schema_descr(), md.row_groups(), &crcs)
+}
+
+/// What [`footer_digest`] covers of the CRC entries.
+fn crc_text(row_groups: &str, chunks: &str) -> String {
+    format!("{row_groups}|{chunks}")
+}
+
+/// Checks a read footer against the digest its manifest entry holds (none: a segment written
+/// before digests, read unchecked).
+pub fn check_footer(
+    md: &parquet::file::metadata::ParquetMetaData,
+    digest: Option<u32>,
+) -> std::result::Result<(), String> {
+    match digest {
+        Some(want) => {
+            let got = digest_of(md);
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "footer checksum mismatch: the manifest has {want:08x}, the footer reads as \
+                     {got:08x}"
+                ))
+            }
+        }
+        None => Ok(()),
+    }
+}
+
+/// Where a segment's row groups lie and their CRCs, as its footer says: what every reader
+/// (the cold read path, the SQL scan) checks a row group's bytes against before decoding them.
+#[derive(Debug, Clone)]
+pub struct RowGroupChecks {
+    ranges: Vec<std::ops::Range<u64>>,
+    crcs: Vec<u32>,
+    /// Per row group, each column chunk's range and CRC (empty: the footer has none).
+    chunks: Vec<Vec<(std::ops::Range<u64>, u32)>>,
+}
+
+impl RowGroupChecks {
+    /// The checks of an object of `size` bytes with footer `md`; `None` when the footer holds
+    /// no CRCs (a segment written before them). Damage that makes them unusable is `Err`.
+    pub fn of(
+        md: &parquet::file::metadata::ParquetMetaData,
+        size: u64,
+    ) -> std::result::Result<Option<Self>, String> {
+        let crcs = match row_group_crcs(md.file_metadata().key_value_metadata()) {
+            None => return Ok(None),
+            Some(c) => c?,
+        };
+        if crcs.len() != md.num_row_groups() {
+            return Err(format!(
+                "{} row-group CRCs for {} row groups",
+                crcs.len(),
+                md.num_row_groups()
+            ));
+        }
+        let mut ranges = Vec::with_capacity(crcs.len());
+        for (i, rg) in md.row_groups().iter().enumerate() {
+            let range = row_group_range(rg)?;
+            if range.end > size {
+                return Err(format!(
+                    "row group {i} at {range:?} runs past the object's {size} bytes"
+                ));
+            }
+            ranges.push(range);
+        }
+        let mut chunks = Vec::new();
+        if let Some(text) = footer_value(md.file_metadata().key_value_metadata(), CHUNK_CRC_KEY) {
+            let groups: Vec<&str> = text.split(';').collect();
+            if groups.len() != md.num_row_groups() {
+                return Err(format!(
+                    "column-chunk CRCs for {} row groups, not {}",
+                    groups.len(),
+                    md.num_row_groups()
+                ));
+            }
+            for (i, (g, rg)) in groups.iter().zip(md.row_groups()).enumerate() {
+                let crcs: Vec<&str> = g.split(',').collect();
+                if crcs.len() != rg.num_columns() {
+                    return Err(format!(
+                        "{} column-chunk CRCs for the {} columns of row group {i}",
+                        crcs.len(),
+                        rg.num_columns()
+                    ));
+                }
+                let mut row = Vec::with_capacity(crcs.len());
+                for (t, c) in crcs.iter().zip(rg.columns()) {
+                    let crc = t
+                        .parse::<u32>()
+                        .map_err(|e| format!("{CHUNK_CRC_KEY} {t:?}: {e}"))?;
+                    let range = chunk_range(c)?;
+                    if range.end > size {
+                        return Err(format!(
+                            "a column chunk at {range:?} runs past the object's {size} bytes"
+                        ));
+                    }
+                    row.push((range, crc));
+                }
+                chunks.push(row);
+            }
+        }
+        Ok(Some(RowGroupChecks {
+            ranges,
+            crcs,
+            chunks,
+        }))
+    }
+
+    /// The (row group, column) of the column chunk whose bytes hold `range`, if the footer has
+    /// column-chunk CRCs and one does.
+    pub fn chunk_holding(&self, range: &std::ops::Range<u64>) -> Option<(usize, usize)> {
+        self.chunks.iter().enumerate().find_map(|(rg, row)| {
+            row.iter()
+                .position(|(r, _)| r.start <= range.start && range.end <= r.end)
+                .map(|c| (rg, c))
+        })
+    }
+
+    /// The byte range of column chunk `col` of row group `rg`.
+    pub fn chunk(&self, rg: usize, col: usize) -> Option<std::ops::Range<u64>> {
+        Some(self.chunks.get(rg)?.get(col)?.0.clone())
+    }
+
+    /// Checks the bytes of column chunk `col` of row group `rg` against its CRC.
+    pub fn check_chunk(
+        &self,
+        rg: usize,
+        col: usize,
+        bytes: &[u8],
+    ) -> std::result::Result<(), String> {
+        let want = self
+            .chunks
+            .get(rg)
+            .and_then(|row| row.get(col))
+            .ok_or_else(|| format!("no column chunk {col} in row group {rg}"))?
+            .1;
+        let got = crc32c::crc32c(bytes);
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "row group {rg} column {col} checksum mismatch: stored {want:08x}, computed \
+                 {got:08x}"
+            ))
+        }
+    }
+
+    /// The byte range of row group `rg`.
+    pub fn range(&self, rg: usize) -> Option<std::ops::Range<u64>> {
+        self.ranges.get(rg).cloned()
+    }
+
+    /// The row group whose bytes hold `range`, if one does.
+    pub fn holding(&self, range: &std::ops::Range<u64>) -> Option<usize> {
+        self.ranges
+            .iter()
+            .position(|r| r.start <= range.start && range.end <= r.end)
+    }
+
+    /// Checks the bytes of row group `rg` against its CRC.
+    pub fn check(&self, rg: usize, bytes: &[u8]) -> std::result::Result<(), String> {
+        let want = *self
+            .crcs
+            .get(rg)
+            .ok_or_else(|| format!("no row group {rg} ({} in the footer)", self.crcs.len()))?;
+        let got = crc32c::crc32c(bytes);
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "row group {rg} checksum mismatch: stored {want:08x}, computed {got:08x}"
+            ))
+        }
+    }
 }
 
 /// What an encoded segment holds.
@@ -139,6 +398,8 @@ pub struct Summary {
     pub row_groups: u32,
     /// Bytes of the hot-tier batches this was made from.
     pub raw_bytes: u64,
+    /// [`footer_digest`] of the file's footer.
+    pub footer_digest: u32,
 }
 
 struct Columns {
@@ -359,6 +620,29 @@ pub fn encode_segment<T>(
         w.write(&cols.finish()?).map_err(pq("write"))?;
     }
     w.flush().map_err(pq("flush"))?;
+    // Every row group is in `out` once the writer's buffer is flushed through.
+    w.sync()
+        .map_err(|e| Error::invalid(format!("flushing the Parquet writer: {e}")))?;
+    let crc_of = |r: std::ops::Range<u64>| {
+        w.inner()
+            .get(r.start as usize..r.end as usize)
+            .map(|bytes| crc32c::crc32c(bytes).to_string())
+            .ok_or_else(|| Error::invalid(format!("byte range {r:?} past the file")))
+    };
+    let (mut rg_crcs, mut chunk_crcs) = (Vec::new(), Vec::new());
+    for rg in w.flushed_row_groups() {
+        rg_crcs.push(crc_of(row_group_range(rg).map_err(Error::invalid)?)?);
+        let chunks = rg
+            .columns()
+            .iter()
+            .map(|c| crc_of(chunk_range(c).map_err(Error::invalid)?))
+            .collect::<Result<Vec<_>>>()?;
+        chunk_crcs.push(chunks.join(","));
+    }
+    let (rg_crcs, chunk_crcs) = (rg_crcs.join(","), chunk_crcs.join(";"));
+    let schema_descr = parquet::arrow::ArrowSchemaConverter::new()
+        .convert(&schema())
+        .map_err(pq("schema"))?;
     let summary = Summary {
         base_offset,
         last_offset,
@@ -367,27 +651,18 @@ pub fn encode_segment<T>(
         records,
         row_groups: w.flushed_row_groups().len() as u32,
         raw_bytes,
+        footer_digest: footer_digest(
+            &schema_descr,
+            w.flushed_row_groups(),
+            &crc_text(&rg_crcs, &chunk_crcs),
+        ),
     };
     let (meta, value) = footer(&summary)?;
     for kv in meta {
         w.append_key_value_metadata(kv);
     }
-    // Every row group is in `out` once the writer's buffer is flushed through.
-    w.sync()
-        .map_err(|e| Error::invalid(format!("flushing the Parquet writer: {e}")))?;
-    let crcs: Vec<String> = w
-        .flushed_row_groups()
-        .iter()
-        .map(|rg| {
-            let r = row_group_range(rg).map_err(Error::invalid)?;
-            let bytes = w
-                .inner()
-                .get(r.start as usize..r.end as usize)
-                .ok_or_else(|| Error::invalid(format!("row group range {r:?} past the file")))?;
-            Ok(crc32c::crc32c(bytes).to_string())
-        })
-        .collect::<Result<_>>()?;
-    w.append_key_value_metadata(KeyValue::new(ROW_GROUP_CRC_KEY.into(), crcs.join(",")));
+    w.append_key_value_metadata(KeyValue::new(ROW_GROUP_CRC_KEY.into(), rg_crcs));
+    w.append_key_value_metadata(KeyValue::new(CHUNK_CRC_KEY.into(), chunk_crcs));
     w.close().map_err(pq("close"))?;
     Ok((Bytes::from(out), value))
 }

@@ -383,6 +383,7 @@ fn encode_span(
             row_groups: sum.row_groups,
             epoch,
             producers: producers.take(),
+            footer_crc32c: Some(sum.footer_digest),
         };
         let (delta, kv) = segment_footer(epoch, entry)?;
         Ok((vec![kv], delta))

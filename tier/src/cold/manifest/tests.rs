@@ -30,6 +30,7 @@ fn seg(base: i64, n: i64, epoch: u64) -> SegmentEntry {
         raw_bytes: 500,
         row_groups: 1,
         epoch,
+        footer_crc32c: None,
     }
 }
 
