@@ -1063,7 +1063,7 @@ async fn every_bench_mode_runs_and_prints_its_baselines() {
         tierlog_tests::unique("bench")
     );
     let group_meta = format!("{meta}-groups");
-    let modes: [(&str, Vec<&str>, &[&str]); 5] = [
+    let modes: [(&str, Vec<&str>, &[&str]); 6] = [
         (
             "produce",
             vec!["--load", "0.5", "--load-secs", "1"],
@@ -1089,7 +1089,22 @@ async fn every_bench_mode_runs_and_prints_its_baselines() {
         (
             "sql",
             vec!["--repeat", "1", "--python", &py],
-            &["tierlog", "DuckDB, same files"],
+            &[
+                "tierlog",
+                "tierlog, checks off",
+                "DuckDB, same files",
+                "offset column only",
+            ],
+        ),
+        (
+            "kafka",
+            vec!["--python", &py],
+            &[
+                "baselines (same run):",
+                "loopback TCP",
+                "tierlog's own client (gRPC), same node:",
+                "librdkafka through the Kafka listener, same node:",
+            ],
         ),
         (
             "failover",
