@@ -8,7 +8,8 @@
 #                                                        everything), then etcd and S3
 #   localstack/cluster.sh kill NODE                      kill -9 one node (to watch failover)
 #   localstack/cluster.sh restart NODE                   start one node again on its data
-# Node i listens on 127.0.0.1:(7070+i) for gRPC and 127.0.0.1:(9091+i) for Kafka clients, keeps its hot tier in $TIERLOG_CLUSTER_DIR/node-i
+# Node i listens on 127.0.0.1:(7070+i) for gRPC, 127.0.0.1:(9091+i) for Kafka clients and
+# 127.0.0.1:(9643+i) for HTTP (/metrics, /healthz, /readyz), keeps its hot tier in $TIERLOG_CLUSTER_DIR/node-i
 # (default ./tierlog-cluster), and shares etcd namespace `local` and s3://tierlog/local.
 # Logs: $TIERLOG_CLUSTER_DIR/node-i.log. Idempotent: running nodes are left as they are.
 set -euo pipefail
@@ -22,6 +23,7 @@ bin="$target/release/tierlog"
 
 node_port() { echo $((7070 + $1)); }
 kafka_port() { echo $((9091 + $1)); }
+http_port() { echo $((9643 + $1)); }
 pidfile() { echo "$dir/node-$1.pid"; }
 running() { [ -f "$(pidfile "$1")" ] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null; }
 recorded_nodes() { cat "$dir/nodes" 2>/dev/null || echo 0; }
@@ -36,6 +38,7 @@ start_node() {
     AWS_ENDPOINT="$s3" AWS_ALLOW_HTTP=true TIERLOG_LOG="${TIERLOG_LOG:-info}" \
         nohup "$bin" serve --node-id "$i" --listen "127.0.0.1:$(node_port "$i")" \
         --kafka-listen "127.0.0.1:$(kafka_port "$i")" \
+        --http-listen "127.0.0.1:$(http_port "$i")" \
         --data-dir "$dir/node-$i" --meta "etcd://${etcd_eps//http:\/\//}/local" \
         --object-store s3://tierlog/local > "$dir/node-$i.out" 2> "$dir/node-$i.log" &
     echo $! > "$(pidfile "$i")"
@@ -65,7 +68,7 @@ start)
     ;;
 health)
     for i in $(seq 1 "$(recorded_nodes)"); do
-        if running "$i"; then echo "node $i: running on 127.0.0.1:$(node_port "$i") (kafka 127.0.0.1:$(kafka_port "$i"))"; else echo "node $i: down"; fi
+        if running "$i"; then echo "node $i: running on 127.0.0.1:$(node_port "$i") (kafka 127.0.0.1:$(kafka_port "$i"), metrics http://127.0.0.1:$(http_port "$i")/metrics)"; else echo "node $i: down"; fi
     done
     bash "$here/etcd.sh" health || true
     bash "$here/s3.sh" health || true

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what tierlog's tests and local clusters need, idempotently.
-#   localstack/install.sh python   # venv with the independent clients: pyarrow, duckdb, kafka-python, confluent-kafka, ADBC Flight SQL
+#   localstack/install.sh python   # venv with the independent clients: pyarrow, duckdb, kafka-python, confluent-kafka, ADBC Flight SQL, prometheus-client
 #   localstack/install.sh s3       # venv with moto's S3 server (and boto3)
 #   localstack/install.sh etcd     # Debian's etcd-server and etcd-client (etcdctl), if etcd is missing
 #   localstack/install.sh kcat     # Debian's kcat (librdkafka 2.0.2): an old Kafka client to test against
@@ -28,7 +28,7 @@ install_venv() {
 }
 
 install_python() {
-    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 kafka-python==2.2.15 confluent-kafka==2.16.1 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0" python
+    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 kafka-python==2.2.15 confluent-kafka==2.16.1 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 prometheus-client==0.26.0" python
 }
 install_s3() { install_venv moto "moto[server]==5.1.14" moto_server; }
 

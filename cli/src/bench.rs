@@ -284,6 +284,8 @@ impl Node {
                 "127.0.0.1:0",
                 "--kafka-listen",
                 if kafka { "127.0.0.1:0" } else { "off" },
+                "--http-listen",
+                "127.0.0.1:0",
                 "--fsync",
                 fsync,
                 "--data-dir",

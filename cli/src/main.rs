@@ -221,6 +221,10 @@ struct ServeArgs {
     /// host:port Kafka clients reach this node at (default: the Kafka listen address).
     #[arg(long, env = "TIERLOG_KAFKA_ADVERTISE")]
     kafka_advertise: Option<String>,
+    /// HTTP listen address for /metrics, /healthz and /readyz (default 127.0.0.1:9644; `off`
+    /// to serve none).
+    #[arg(long, env = "TIERLOG_HTTP_LISTEN")]
+    http_listen: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -410,6 +414,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             fsync: args.fsync,
             kafka_listen: args.kafka_listen,
             kafka_advertise: args.kafka_advertise,
+            http_listen: args.http_listen,
         },
     )?;
     std::fs::create_dir_all(&s.data_dir)
@@ -472,6 +477,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let http_listener = if s.http.enabled() {
+        Some(
+            tokio::net::TcpListener::bind(&s.http.listen)
+                .await
+                .with_context(|| format!("listening for HTTP on {}", s.http.listen))?,
+        )
+    } else {
+        None
+    };
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let kafka_addr = kafka_listener
         .as_ref()
         .map(|l| l.local_addr())
@@ -515,22 +530,57 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     health
         .set_serving::<proto::v1::tierlog_server::TierlogServer<Service>>()
         .await;
+    // The gRPC health service says what /readyz says.
+    tokio::spawn({
+        let (broker, health) = (broker.clone(), health.clone());
+        async move {
+            let mut serving = true;
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let ready = broker.ready().await;
+                if ready.is_ok() != serving {
+                    serving = ready.is_ok();
+                    match ready {
+                        Ok(()) => {
+                            health
+                                .set_serving::<proto::v1::tierlog_server::TierlogServer<Service>>()
+                                .await
+                        }
+                        Err(why) => {
+                            tracing::warn!(why, "not ready");
+                            health
+                                .set_not_serving::<proto::v1::tierlog_server::TierlogServer<Service>>()
+                                .await
+                        }
+                    }
+                }
+            }
+        }
+    });
     // Listen for SIGTERM before saying the node is up: a stop sent right after the line below
     // must reach the graceful path, not the default action (which kills the process).
     let stop = shutdown_signal();
     tracing::info!(%addr, data_dir = %s.data_dir.display(), object_store = %url, "tierlog node serving");
-    let kafka_stop = tokio_util::sync::CancellationToken::new();
+    let fronts_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(listener) = http_listener {
+        tokio::spawn(ingest::http::serve(
+            broker.clone(),
+            listener,
+            fronts_stop.clone(),
+        ));
+    }
     if let Some(listener) = kafka_listener {
         tokio::spawn(ingest::kafka::serve(
             broker.clone(),
             listener,
             s.kafka.clone(),
             s.limits.clone(),
-            kafka_stop.clone(),
+            fronts_stop.clone(),
         ));
     }
     // For scripts and tests, where the node listens: the first line the gRPC address, then
-    // the Kafka address when it serves Kafka clients. One write, so a reader that stops after
+    // the Kafka address when it serves Kafka clients, then the HTTP address when it serves
+    // HTTP. One write, so a reader that stops after
     // the first line never makes a later write fail.
     {
         use std::io::Write;
@@ -538,13 +588,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(k) = kafka_addr {
             lines.push_str(&format!("tierlog kafka listening on {k}\n"));
         }
+        if let Some(h) = http_addr {
+            lines.push_str(&format!("tierlog http listening on {h}\n"));
+        }
         let mut out = std::io::stdout().lock();
         out.write_all(lines.as_bytes())
             .and_then(|()| out.flush())
             .context("writing the listen lines")?;
     }
     let limits = &s.limits;
-    ingest::server::transport(limits)
+    ingest::server::transport(limits, broker.metrics().clone())
         .add_service(health_service)
         .add_service(Service::new(broker.clone()).into_server())
         .add_service(ingest::flight::FlightSql::new(engine).into_server())
@@ -556,7 +609,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     stop.await;
                     // End follow-mode fetch streams, or the server would wait for them forever.
                     broker.drain();
-                    kafka_stop.cancel();
+                    fronts_stop.cancel();
                 }
             },
         )

@@ -45,6 +45,30 @@ pub struct Settings {
     pub groups: ingest::GroupSettings,
     /// The Kafka protocol listener (docs/kafka.md).
     pub kafka: ingest::kafka::KafkaSettings,
+    /// The HTTP listener: metrics, health (docs/metrics.md).
+    pub http: HttpSettings,
+}
+
+/// The node's HTTP port (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address; `off` serves none. The default binds to this host only.
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: "127.0.0.1:9644".into(),
+        }
+    }
+}
+
+impl HttpSettings {
+    pub fn enabled(&self) -> bool {
+        self.listen != "off"
+    }
 }
 
 /// Guard rails of SQL queries on a node.
@@ -146,6 +170,7 @@ impl Default for Settings {
             limits: ingest::Limits::default(),
             groups: ingest::GroupSettings::default(),
             kafka: ingest::kafka::KafkaSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -163,6 +188,7 @@ pub struct Overrides {
     pub fsync: Option<String>,
     pub kafka_listen: Option<String>,
     pub kafka_advertise: Option<String>,
+    pub http_listen: Option<String>,
 }
 
 /// Where the node keeps its metadata.
@@ -216,6 +242,9 @@ impl Settings {
         }
         if let Some(v) = o.kafka_advertise {
             s.kafka.advertise = Some(v);
+        }
+        if let Some(v) = o.http_listen {
+            s.http.listen = v;
         }
         s.validate()?;
         Ok(s)
@@ -313,6 +342,12 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.meta_backend()?;
         self.kafka.validate().map_err(anyhow::Error::msg)?;
+        if self.http.enabled() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            anyhow::bail!(
+                "http.listen must be an address like 127.0.0.1:9644 or off, not {:?}",
+                self.http.listen
+            );
+        }
         if self.groups.offsets_retention_ms < 1_000 {
             anyhow::bail!(
                 "groups.offsets_retention_ms must be at least 1000, not {}",

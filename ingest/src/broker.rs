@@ -19,6 +19,7 @@
 mod cluster;
 mod fetch;
 mod groups;
+mod observe;
 mod sql;
 
 pub use fetch::{Fetched, OffsetSpec};
@@ -38,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
+use crate::metrics::{Metrics, MetricsConfig};
+pub use observe::PartitionLag;
 
 /// Settings of the ingest core.
 #[derive(Debug, Clone)]
@@ -127,6 +130,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Requests served at once on one connection; more wait.
     pub max_requests_per_connection: usize,
+    /// Partitions `/metrics` exports one series each for; a node leading more exports
+    /// per-topic sums only (a scrape's size stays bounded).
+    pub metrics_partition_series: usize,
 }
 
 impl Default for Limits {
@@ -138,6 +144,7 @@ impl Default for Limits {
             fetch_buffer_bytes: 256 << 20,
             max_connections: 4096,
             max_requests_per_connection: 1024,
+            metrics_partition_series: 2_000,
         }
     }
 }
@@ -294,6 +301,7 @@ struct Inner {
     coordinated: Mutex<HashMap<String, Arc<groups::Coordinated>>>,
     /// The cluster's topics and partition counts as the coordinator last read them.
     group_topics: Mutex<Option<(Instant, groups::TopicPartitions)>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The ingest core. Cheap to clone.
@@ -342,6 +350,9 @@ impl Broker {
         let lease = meta.kv().grant_lease(cfg.lease_ttl).await?;
         meta.register(&cfg.node_info(), lease).await?;
         let fetch_buffer = Arc::new(tokio::sync::Semaphore::new(cfg.limits.fetch_buffer_bytes));
+        let metrics = Arc::new(Metrics::new(MetricsConfig {
+            max_partition_series: cfg.limits.metrics_partition_series,
+        }));
         let broker = Broker {
             inner: Arc::new(Inner {
                 cluster_id,
@@ -366,6 +377,7 @@ impl Broker {
                 draining: CancellationToken::new(),
                 coordinated: Mutex::default(),
                 group_topics: Mutex::default(),
+                metrics,
             }),
         };
         broker.spawn_keep_alive();
@@ -1060,6 +1072,10 @@ impl Broker {
         let append = {
             let this = self.clone();
             let (topic, storage) = (topic.to_string(), storage.to_string());
+            let (records, bytes) = (
+                batch.header().record_count.max(0) as u64,
+                batch.len() as u64,
+            );
             async move {
                 let arrivals = this.arrivals(&topic, partition);
                 let r = this
@@ -1070,6 +1086,9 @@ impl Broker {
                     Ok(r) => r,
                     Err(e) => return Err(this.tier_error(&topic, partition, e).await),
                 };
+                if !r.duplicate {
+                    this.inner.metrics.produced(&topic, records, bytes);
+                }
                 arrivals.notify_waiters();
                 Ok::<_, Error>(r)
             }
@@ -1211,9 +1230,36 @@ impl Broker {
             .read_hot_batches(&storage, partition, offset, max_bytes)
             .await
         {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                if let Some((batches, _)) = &r {
+                    self.count_fetched(topic, batches);
+                }
+                Ok(r)
+            }
             Err(e) => Err(self.tier_error(topic, partition, e).await),
         }
+    }
+
+    /// Counts stored batches handed to a consumer.
+    pub(crate) fn count_fetched(&self, topic: &str, batches: &[RecordBatch]) {
+        let records = batches
+            .iter()
+            .map(|b| b.header().record_count.max(0) as u64)
+            .sum();
+        let bytes = batches.iter().map(|b| b.len() as u64).sum();
+        self.inner.metrics.fetched(topic, records, bytes);
+    }
+
+    /// Counts records handed to a consumer (their keys, values and headers as bytes).
+    fn count_records(&self, topic: &str, r: &ReadResult) {
+        let bytes = r
+            .records
+            .iter()
+            .map(|r| record_size(r.key.as_ref(), r.value.as_ref(), &r.headers) as u64)
+            .sum();
+        self.inner
+            .metrics
+            .fetched(topic, r.records.len() as u64, bytes);
     }
 
     /// Reads from `offset`; with `wait`, waits up to that long for records when caught up.
@@ -1254,6 +1300,7 @@ impl Broker {
                 .tier
                 .read_committed(&storage, partition, offset, max_bytes)
                 .await?;
+            self.count_records(topic, &r);
             if r.records.is_empty() {
                 return Err(self
                     .not_leader(
@@ -1282,9 +1329,11 @@ impl Broker {
                 Err(e) => return Err(self.tier_error(topic, partition, e).await),
             };
             let Some(deadline) = deadline else {
+                self.count_records(topic, &r);
                 return Ok((r, permit));
             };
             if !r.records.is_empty() || tokio::time::Instant::now() >= deadline {
+                self.count_records(topic, &r);
                 return Ok((r, permit));
             }
             drop(permit);

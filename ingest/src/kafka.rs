@@ -289,7 +289,17 @@ async fn connection(
             let settings = settings.clone();
             let host = host.clone();
             tokio::spawn(async move {
-                let _ = otx.send(handle(&broker, &settings, Bytes::from(buf), host).await);
+                let api = i16::from_be_bytes([buf[0], buf[1]]);
+                let api = ApiKey::try_from(api).map_or("unknown".to_string(), |k| format!("{k:?}"));
+                let started = std::time::Instant::now();
+                let answer = handle(&broker, &settings, Bytes::from(buf), host).await;
+                // Kafka errors travel inside answers; a request that is not answered closes
+                // the connection.
+                let code = if answer.is_ok() { "answered" } else { "closed" };
+                broker
+                    .metrics()
+                    .request("kafka", &api, code, started.elapsed());
+                let _ = otx.send(answer);
             });
         }
     };

@@ -7,12 +7,14 @@ pub mod broker;
 pub mod error;
 pub mod flight;
 pub mod group;
+pub mod http;
 pub mod kafka;
 pub mod listen;
+pub mod metrics;
 pub mod server;
 
 pub use broker::{
     Acks, Broker, BrokerConfig, ClusterView, FetchPermit, Fetched, GroupSettings, Limits,
-    OffsetSpec, PartitionInfo, ProduceRecord, ProduceResult, StartAt, TopicInfo,
+    OffsetSpec, PartitionInfo, PartitionLag, ProduceRecord, ProduceResult, StartAt, TopicInfo,
 };
 pub use error::{Code, Error, Result};

@@ -3,6 +3,7 @@
 //! stable tierlog code; this is the only place that mapping lives.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,11 +13,13 @@ use prost::Message;
 use proto::v1 as pb;
 use proto::v1::tierlog_server::Tierlog;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 
 use crate::broker::{Acks, Broker, ProduceRecord, StartAt, TopicInfo};
 use crate::error::{Code, Error};
 use crate::group::{HeartbeatRequest, ResetTo, Subscription};
+use crate::metrics::Metrics;
 
 /// How long one wait of a following fetch lasts before it re-checks (a client that went away is
 /// noticed at the latest then).
@@ -619,13 +622,94 @@ impl Tierlog for Service {
 pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
-/// The gRPC transport as a node serves it: flow-control windows sized for batches, no Nagle.
-pub fn transport(limits: &crate::Limits) -> tonic::transport::Server {
+/// The gRPC transport as a node serves it: flow-control windows sized for batches, no Nagle,
+/// every request counted and timed in `metrics`.
+pub fn transport(
+    limits: &crate::Limits,
+    metrics: Arc<Metrics>,
+) -> tonic::transport::Server<tower::layer::util::Stack<CountRequests, tower::layer::util::Identity>>
+{
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .concurrency_limit_per_connection(limits.max_requests_per_connection)
         .tcp_nodelay(true)
+        .layer(CountRequests(metrics))
+}
+
+/// Counts and times each gRPC request by method and status. The status is the one sent with
+/// the response headers (an error before any message); a call answered with messages counts
+/// as `Ok` and is timed to its headers. Unknown methods count as `unknown`, so a client
+/// cannot add series.
+#[derive(Debug, Clone)]
+pub struct CountRequests(Arc<Metrics>);
+
+impl<S> tower::Layer<S> for CountRequests {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+/// A service wrapped by [`CountRequests`].
+#[derive(Debug, Clone)]
+pub struct Counted<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Counted<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<S::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let started = std::time::Instant::now();
+        let answer = self.inner.call(req);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let r = answer.await;
+            let status = match &r {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                Err(_) => tonic::Code::Unknown,
+            };
+            let method = if status == tonic::Code::Unimplemented {
+                "unknown"
+            } else {
+                &method
+            };
+            metrics.request("grpc", method, &format!("{status:?}"), started.elapsed());
+            r
+        })
+    }
 }
 
 fn produce_response(r: &crate::ProduceResult) -> pb::ProduceResponse {

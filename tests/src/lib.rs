@@ -304,3 +304,75 @@ impl Drop for PrivateEtcd {
         }
     }
 }
+
+/// An S3 server (moto) of this test's own, on a free port, so that freezing it disturbs no
+/// other test. Stopped (and continued first, if frozen) when dropped.
+pub struct PrivateS3 {
+    port: u16,
+    pid: String,
+}
+
+impl PrivateS3 {
+    pub fn start() -> Self {
+        let port = free_port();
+        let started = std::process::Command::new("bash")
+            .arg(Self::script())
+            .args(["start", &port.to_string()])
+            .output()
+            .expect("run localstack/s3.sh");
+        assert!(
+            started.status.success(),
+            "{}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let cache = std::env::var("TIERLOG_CACHE")
+            .unwrap_or_else(|_| format!("{}/.cache/tierlog", std::env::var("HOME").expect("HOME")));
+        let pid = std::fs::read_to_string(format!("{cache}/run/moto-{port}.pid"))
+            .expect("moto pid file")
+            .trim()
+            .to_string();
+        PrivateS3 { port, pid }
+    }
+
+    fn script() -> std::path::PathBuf {
+        tests_dir().join("../localstack/s3.sh")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// object_store options for this server (bucket `tierlog` exists).
+    pub fn options(&self) -> Vec<(String, String)> {
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        vec![
+            kv("aws_endpoint", &self.endpoint()),
+            kv("aws_allow_http", "true"),
+            kv("aws_access_key_id", "test"),
+            kv("aws_secret_access_key", "test"),
+            kv("aws_region", "us-east-1"),
+        ]
+    }
+
+    /// Sends a signal (`STOP`, `CONT`) to the server: a stopped server answers nothing.
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} moto");
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.pid])
+            .status();
+        let _ = std::process::Command::new("bash")
+            .arg(Self::script())
+            .args(["stop", &self.port.to_string()])
+            .status();
+    }
+}

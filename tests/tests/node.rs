@@ -7,6 +7,8 @@ mod cluster;
 mod groups;
 #[path = "node/kafka.rs"]
 mod kafka;
+#[path = "node/metrics.rs"]
+mod metrics;
 #[path = "node/sql.rs"]
 mod sql;
 
@@ -41,6 +43,8 @@ struct Node {
     addr: String,
     /// The Kafka listener's address.
     kafka: String,
+    /// The HTTP listener's address (metrics, health).
+    http: String,
 }
 
 impl Node {
@@ -51,12 +55,13 @@ impl Node {
             .args(extra)
             .env("TIERLOG_LOG", "warn")
             .env("TIERLOG_KAFKA_LISTEN", "127.0.0.1:0")
+            .env("TIERLOG_HTTP_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start tierlog");
         let out = child.stdout.take().expect("stdout");
-        // Both lines come in one write, before the node serves.
+        // The lines come in one write, before the node serves.
         let mut lines = BufReader::new(out).lines();
         let mut line = |prefix: &str| {
             let line = lines
@@ -70,7 +75,13 @@ impl Node {
         };
         let addr = line("tierlog listening on ");
         let kafka = line("tierlog kafka listening on ");
-        Node { child, addr, kafka }
+        let http = line("tierlog http listening on ");
+        Node {
+            child,
+            addr,
+            kafka,
+            http,
+        }
     }
 
     async fn client(&self) -> TierlogClient<Channel> {

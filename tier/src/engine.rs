@@ -68,6 +68,9 @@ pub struct PartitionOffsets {
     pub hot_bytes: u64,
     pub cold_bytes: u64,
     pub cold_segments: u64,
+    /// How long the oldest record below `next` not yet committed to the cold tier has waited
+    /// (zero when there is none).
+    pub upload_lag: std::time::Duration,
     /// Why uploads of this partition stopped, if they did (corrupt or unconvertible data).
     pub upload_error: Option<String>,
 }
@@ -531,6 +534,7 @@ impl Tier {
             hot_bytes: 0,
             cold_bytes,
             cold_segments,
+            upload_lag: std::time::Duration::ZERO,
             upload_error: None,
         })
     }
@@ -741,6 +745,7 @@ impl Tier {
             hot_bytes: p.log.bytes(),
             cold_bytes,
             cold_segments,
+            upload_lag: p.log.upload_lag(),
             upload_error: p
                 .upload_error
                 .read()
@@ -1254,6 +1259,42 @@ mod tests {
         assert_eq!(
             o.hot_start, 0,
             "the active segment was not sealed and dropped"
+        );
+        t.close(false).await.unwrap();
+    }
+
+    /// The upload lag dates the oldest record not yet in the object store: it grows while
+    /// records wait, a newer append does not make it younger, and a commit clears it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upload_lag_is_the_age_of_the_oldest_record_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = dir.path().join("bucket");
+        let (store, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
+        let cfg = TierConfig {
+            data_dir: dir.path().join("hot"),
+            upload_interval_ms: 600_000,
+            ..TierConfig::default()
+        };
+        let t = Tier::open(cfg, store, Path::from("c")).await.unwrap();
+        t.open_partition("t", 0, 1).await.unwrap();
+        assert_eq!(t.offsets("t", 0).unwrap().upload_lag, Duration::ZERO);
+        let first = std::time::Instant::now();
+        t.append("t", 0, batch(10)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        t.append("t", 0, batch(10)).await.unwrap();
+        let o = t.offsets("t", 0).unwrap();
+        assert!(o.upload_lag >= Duration::from_millis(300), "{o:?}");
+        t.flush("t", 0).await.unwrap();
+        let o = t.offsets("t", 0).unwrap();
+        assert_eq!((o.cold_next, o.upload_lag), (20, Duration::ZERO), "{o:?}");
+        t.append("t", 0, batch(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let o = t.offsets("t", 0).unwrap();
+        // The new record arrived at least 300 ms after the first one.
+        assert!(
+            o.upload_lag >= Duration::from_millis(50)
+                && o.upload_lag <= first.elapsed() - Duration::from_millis(300),
+            "dated by the new record, not the committed ones: {o:?}"
         );
         t.close(false).await.unwrap();
     }

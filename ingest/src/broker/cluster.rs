@@ -342,6 +342,7 @@ impl Broker {
             tracing::warn!(topic = t.name, partition = p, error = %e,
                 "could not take back the word that this node cannot open the partition; it expires");
         }
+        inner.metrics.leadership_changed();
         inner.led.write().expect("led lock poisoned").insert(
             (t.name.clone(), p),
             Arc::new(Led {
@@ -395,6 +396,7 @@ impl Broker {
             .write()
             .expect("led lock poisoned")
             .remove(&key);
+        self.inner.metrics.leadership_changed();
         match self.inner.meta.resign_leadership(topic, p, led.epoch).await {
             Ok(_) => tracing::info!(topic, partition = p, epoch = led.epoch, "handed off"),
             // The lease will take the leader key along when it ends.
@@ -471,6 +473,7 @@ impl Broker {
             .write()
             .expect("led lock poisoned")
             .remove(&(topic.to_string(), p));
+        self.inner.metrics.leadership_changed();
         match how {
             Retire::Lost => {
                 tracing::warn!(

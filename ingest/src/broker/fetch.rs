@@ -129,6 +129,7 @@ impl Broker {
         if let Some(end) = batches.iter().position(|b| b.header().last_offset() >= hw) {
             batches.truncate(end);
         }
+        self.count_fetched(topic, &batches);
         fetched.batches = batches;
         Ok(fetched)
     }

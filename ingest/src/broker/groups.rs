@@ -48,7 +48,7 @@ pub struct GroupListing {
 pub(super) struct Coordinated {
     claim: GroupClaim,
     lease: LeaseId,
-    state: tokio::sync::Mutex<Group>,
+    pub(super) state: tokio::sync::Mutex<Group>,
 }
 
 impl std::fmt::Debug for Coordinated {
@@ -234,6 +234,9 @@ impl Broker {
         let out = f(&mut g, now(), &topics);
         // Replies to other members' requests go out only once what they say is stored.
         let outbox = g.take_outbox();
+        if g.record().generation > before.generation {
+            self.inner.metrics.rebalanced(group);
+        }
         if *g.record() != before
             && let Err(e) = self
                 .inner

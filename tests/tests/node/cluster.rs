@@ -570,54 +570,9 @@ async fn an_object_store_outage_stalls_acks_all_only_and_loses_nothing() {
         return;
     };
     // A private S3 server, so freezing it disturbs no other test.
-    let port = tierlog_tests::free_port();
-    let script = tierlog_tests::tests_dir().join("../localstack/s3.sh");
-    let started = std::process::Command::new("bash")
-        .arg(&script)
-        .args(["start", &port.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    let cache = std::env::var("TIERLOG_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/tierlog", std::env::var("HOME").unwrap()));
-    let pid = std::fs::read_to_string(format!("{cache}/run/moto-{port}.pid"))
-        .unwrap()
-        .trim()
-        .to_string();
-    struct StopMoto(std::path::PathBuf, u16, String);
-    impl Drop for StopMoto {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("kill")
-                .args(["-CONT", &self.2])
-                .status();
-            let _ = std::process::Command::new("bash")
-                .arg(&self.0)
-                .args(["stop", &self.1.to_string()])
-                .status();
-        }
-    }
-    let _moto = StopMoto(script, port, pid.clone());
-    let signal = |sig: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([&format!("-{sig}"), &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
-    let s3 = vec![
-        kv("aws_endpoint", &format!("http://127.0.0.1:{port}")),
-        kv("aws_allow_http", "true"),
-        kv("aws_access_key_id", "test"),
-        kv("aws_secret_access_key", "test"),
-        kv("aws_region", "us-east-1"),
-    ];
+    let moto = tierlog_tests::PrivateS3::start();
+    let signal = |sig: &str| moto.signal(sig);
+    let s3 = moto.options();
     let etcd = PrivateEtcd::start(binary, 1);
     let ns = tierlog_tests::unique("outage");
     let mut cluster = Cluster::new(&etcd, &s3, &ns);

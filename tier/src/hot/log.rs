@@ -104,7 +104,16 @@ pub(crate) struct PartitionLog {
     /// appended ([`mono_ms`] + 1; 0 when there is none). Changed under the writer lock; the
     /// uploader cuts once it is `upload_interval_ms` old ([`PartitionLog::tail_due_at`]).
     tail_since: AtomicU64,
+    /// When records arrived, sampled: `(offset, mono_ms)` pairs in offset order, one per
+    /// [`ARRIVAL_SAMPLE_MS`] at most and [`ARRIVALS_MAX`] in all (halved when full), pruned as
+    /// uploads commit. Gives the age of the oldest record not yet in the object store.
+    arrivals: Mutex<std::collections::VecDeque<(i64, u64)>>,
 }
+
+/// Spacing of arrival samples: the upload lag in seconds is exact to this (an overestimate).
+const ARRIVAL_SAMPLE_MS: u64 = 100;
+/// Samples kept per partition; past it every other one is dropped (coarser, never younger).
+const ARRIVALS_MAX: usize = 1024;
 
 /// Milliseconds on a monotonic clock that starts with the process.
 fn mono_ms() -> u64 {
@@ -262,6 +271,11 @@ impl PartitionLog {
             global,
             producers: Mutex::new(producers),
             tail_since: AtomicU64::new(tail_since),
+            arrivals: Mutex::new(if next > cold_next {
+                std::collections::VecDeque::from([(cold_next, mono_ms())])
+            } else {
+                std::collections::VecDeque::new()
+            }),
         })
     }
 
@@ -401,6 +415,7 @@ impl PartitionLog {
         if self.tail_since.load(Ordering::Acquire) == 0 {
             self.tail_since.store(mono_ms() + 1, Ordering::Release);
         }
+        self.sample_arrival(base);
         if let Some((id, b)) = ProducerBatch::of(batch.header(), base) {
             producers.record(id, b);
         }
@@ -571,6 +586,48 @@ impl PartitionLog {
     /// Records that everything below `next` is committed to the cold manifest.
     pub fn mark_uploaded(&self, next: i64) {
         self.uploaded_next.fetch_max(next, Ordering::AcqRel);
+        let mut a = self.arrivals.lock().expect("arrivals lock poisoned");
+        // Keep the last sample at or below the first record still to upload.
+        while a.len() >= 2 && a[1].0 <= next {
+            a.pop_front();
+        }
+        if a.len() == 1 && next >= self.next_offset() {
+            a.clear();
+        }
+    }
+
+    /// Notes that record `offset` arrived now (called under the writer lock).
+    fn sample_arrival(&self, offset: i64) {
+        let now = mono_ms();
+        let mut a = self.arrivals.lock().expect("arrivals lock poisoned");
+        if a.back().is_some_and(|&(_, t)| now < t + ARRIVAL_SAMPLE_MS) {
+            return;
+        }
+        if a.len() >= ARRIVALS_MAX {
+            // Keep the first (it dates what is waiting now), drop every other one after it.
+            let kept: std::collections::VecDeque<_> = a
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 0)
+                .map(|(_, s)| *s)
+                .collect();
+            *a = kept;
+        }
+        a.push_back((offset, now));
+    }
+
+    /// How long the oldest record not yet committed to the cold manifest has waited (zero
+    /// when there is none). An overestimate by at most [`ARRIVAL_SAMPLE_MS`], or by the gap
+    /// between kept samples after many were dropped.
+    pub fn upload_lag(&self) -> Duration {
+        let up = self.uploaded_next();
+        if up >= self.next_offset() {
+            return Duration::ZERO;
+        }
+        let a = self.arrivals.lock().expect("arrivals lock poisoned");
+        a.front().map_or(Duration::ZERO, |&(_, t)| {
+            Duration::from_millis(mono_ms().saturating_sub(t))
+        })
     }
 
     /// Deletes uploaded segments beyond the hot retention limits, or (when `over_budget`) every

@@ -1,0 +1,192 @@
+//! What the node reports about itself: the metrics snapshot a scrape reads, consumer-group
+//! lag (computed here once, for every front end), and readiness.
+//!
+//! Group lag is the partition's high watermark as `describe_topic` reports it (the log end)
+//! minus the group's committed offset, never negative; a partition the group never committed
+//! has no lag. A scrape exports the lag only of groups this node coordinates, so a cluster
+//! exports each group once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStoreExt;
+
+use super::Broker;
+use crate::error::{Error, Result};
+use crate::metrics::{GroupLag, GroupStat, Metrics, PartitionStat, ProcessStat, Snapshot};
+
+/// One partition of a group's lag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: u32,
+    /// The group's committed offset, if it committed one.
+    pub committed: Option<i64>,
+    /// The partition's high watermark (the log end).
+    pub high_watermark: i64,
+}
+
+impl PartitionLag {
+    /// Records between the committed offset and the high watermark; `None` without a commit.
+    pub fn lag(&self) -> Option<i64> {
+        self.committed.map(|c| (self.high_watermark - c).max(0))
+    }
+}
+
+/// How long a readiness probe waits for each store.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Broker {
+    /// The node's counters (front ends report their requests here).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Lag of each partition `group` committed, in topic and partition order. Partitions of
+    /// a topic deleted since are left out.
+    pub async fn group_lag(&self, group: &str) -> Result<Vec<PartitionLag>> {
+        let committed = self.inner.meta.fetch_offsets(group, None).await?;
+        let mut highs: HashMap<String, Option<Vec<i64>>> = HashMap::new();
+        let mut out = Vec::with_capacity(committed.len());
+        for o in committed {
+            if !highs.contains_key(&o.topic) {
+                let h = match self.describe_topic(&o.topic).await {
+                    Ok(t) => Some(t.partitions.iter().map(|p| p.offsets.next).collect()),
+                    Err(Error::UnknownTopic(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                highs.insert(o.topic.clone(), h);
+            }
+            let Some(Some(high)) = highs[&o.topic]
+                .as_ref()
+                .map(|h| h.get(o.partition as usize).copied())
+            else {
+                continue;
+            };
+            out.push(PartitionLag {
+                topic: o.topic,
+                partition: o.partition,
+                committed: Some(o.offset),
+                high_watermark: high,
+            });
+        }
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(out)
+    }
+
+    /// What a scrape reads now: partitions this node leads, groups it coordinates and their
+    /// lag, the tiers' sizes and the process. A group whose lag cannot be read now is left
+    /// out of this scrape (and logged).
+    pub async fn metrics_snapshot(&self) -> Snapshot {
+        let tier = &self.inner.tier;
+        let led: Vec<((String, u32), String)> = self
+            .inner
+            .led
+            .read()
+            .expect("led lock poisoned")
+            .iter()
+            .map(|(k, l)| (k.clone(), l.storage.clone()))
+            .collect();
+        let mut partitions = Vec::with_capacity(led.len());
+        for ((topic, partition), storage) in led {
+            // Closed meanwhile: not led any more.
+            let Ok(o) = tier.offsets(&storage, partition) else {
+                continue;
+            };
+            partitions.push(PartitionStat {
+                topic,
+                partition,
+                log_start: o.log_start,
+                log_end: o.next,
+                committed: o.cold_next,
+                upload_lag_seconds: o.upload_lag.as_secs_f64(),
+                hot_bytes: o.hot_bytes,
+                cold_bytes: o.cold_bytes,
+                cold_objects: o.cold_segments,
+            });
+        }
+        partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+
+        // Groups this node coordinates (or would be asked to: a group of simple commits has
+        // no coordinator in memory), with members and generation from memory when loaded.
+        let coordinated: HashMap<String, _> = self
+            .inner
+            .coordinated
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .map(|(g, c)| (g.clone(), c.clone()))
+            .collect();
+        let mut here: HashMap<String, (u64, Option<i64>)> = HashMap::new();
+        match self.list_groups_here().await {
+            Ok(listed) => {
+                for g in listed {
+                    here.insert(g.group, (g.members as u64, None));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "groups not listed for metrics"),
+        }
+        for (group, c) in coordinated {
+            let view = c.state.lock().await.view();
+            here.insert(
+                group,
+                (view.members.len() as u64, Some(i64::from(view.generation))),
+            );
+        }
+        let mut groups = Vec::new();
+        let mut lag = Vec::new();
+        for (group, (members, generation)) in here {
+            groups.push(GroupStat {
+                group: group.clone(),
+                members,
+                generation,
+            });
+            match self.group_lag(&group).await {
+                Ok(ps) => lag.extend(ps.into_iter().filter_map(|p| {
+                    Some(GroupLag {
+                        records: p.lag()?,
+                        group: group.clone(),
+                        topic: p.topic,
+                        partition: p.partition,
+                    })
+                })),
+                Err(e) => tracing::warn!(%group, error = %e, "group lag not read for metrics"),
+            }
+        }
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        Snapshot {
+            partitions,
+            groups,
+            lag,
+            hot_budget_bytes: tier.config().hot_budget_bytes,
+            hot_bytes: tier.hot_bytes(),
+            cache_bytes: tier.cache_bytes().await,
+            process: ProcessStat::read(),
+        }
+    }
+
+    /// Whether the node can serve: started and not draining, its lease with the metadata
+    /// store current, the metadata store and the object store answering. `Err` says what is
+    /// wrong.
+    pub async fn ready(&self) -> std::result::Result<(), String> {
+        if self.inner.draining.is_cancelled() {
+            return Err("the node is shutting down".into());
+        }
+        if self.lease_lapsed() {
+            return Err("the node's lease with the metadata store lapsed".into());
+        }
+        match tokio::time::timeout(PROBE_TIMEOUT, self.inner.meta.list_nodes()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("metadata store: {e}")),
+            Err(_) => return Err(format!("metadata store: no answer in {PROBE_TIMEOUT:?}")),
+        }
+        let tier = &self.inner.tier;
+        let probe = tier.root().clone().join("readyz-probe");
+        match tokio::time::timeout(PROBE_TIMEOUT, tier.store().head(&probe)).await {
+            Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
+            Ok(Err(e)) => Err(format!("object store: {e}")),
+            Err(_) => Err(format!("object store: no answer in {PROBE_TIMEOUT:?}")),
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! The node's metrics, in the core: front ends report requests here, the core counts records
+//! in and out, and a scrape adds what is read from the node's state at that moment (partitions
+//! led, offsets, upload lag, group lag, the process). Names follow Prometheus conventions (base
+//! units in the name, `_total` on counters); the text is the OpenMetrics exposition that
+//! `prometheus-client` encodes.
+//!
+//! Invariants: recording never blocks and never fails (atomics behind a family's lock, taken
+//! for a label set's first use only); series per partition are bounded by
+//! [`MetricsConfig::max_partition_series`], past which only the per-topic roll-ups are
+//! exported; group lag is exported only by the group's coordinator, so a cluster exports each
+//! group once.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Label pairs of a series.
+type Labels = Vec<(&'static str, String)>;
+
+/// Metrics settings.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Partitions exported one by one; past this, per-topic sums only.
+    pub max_partition_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_partition_series: 2_000,
+        }
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~52 s.
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 20))
+}
+
+/// Counters and histograms updated as the node works.
+#[derive(Debug)]
+pub struct Metrics {
+    cfg: MetricsConfig,
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    request_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    records_in: Family<Labels, Counter>,
+    bytes_in: Family<Labels, Counter>,
+    records_out: Family<Labels, Counter>,
+    bytes_out: Family<Labels, Counter>,
+    leadership_changes: Counter,
+    rebalances: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(cfg: MetricsConfig) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "tierlog_requests",
+            "Requests answered, by protocol (grpc, kafka), API and result code",
+            requests.clone(),
+        );
+        let request_seconds = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "tierlog_request_duration",
+            "Time to answer a request, by protocol and API",
+            Unit::Seconds,
+            request_seconds.clone(),
+        );
+        let records_in = Family::<Labels, Counter>::default();
+        registry.register(
+            "tierlog_produced_records",
+            "Records appended, by topic",
+            records_in.clone(),
+        );
+        let bytes_in = Family::<Labels, Counter>::default();
+        registry.register_with_unit(
+            "tierlog_produced",
+            "Record batch bytes appended, by topic",
+            Unit::Bytes,
+            bytes_in.clone(),
+        );
+        let records_out = Family::<Labels, Counter>::default();
+        registry.register(
+            "tierlog_fetched_records",
+            "Records handed to consumers, by topic",
+            records_out.clone(),
+        );
+        let bytes_out = Family::<Labels, Counter>::default();
+        registry.register_with_unit(
+            "tierlog_fetched",
+            "Record batch bytes handed to consumers, by topic",
+            Unit::Bytes,
+            bytes_out.clone(),
+        );
+        let leadership_changes = Counter::default();
+        registry.register(
+            "tierlog_leadership_changes",
+            "Partitions this node started or stopped leading",
+            leadership_changes.clone(),
+        );
+        let rebalances = Family::<Labels, Counter>::default();
+        registry.register(
+            "tierlog_group_rebalances",
+            "Generations started by groups this node coordinates, by group",
+            rebalances.clone(),
+        );
+        Metrics {
+            cfg,
+            registry,
+            requests,
+            request_seconds,
+            records_in,
+            bytes_in,
+            records_out,
+            bytes_out,
+            leadership_changes,
+            rebalances,
+        }
+    }
+
+    /// A request answered by a front end: `code` is the result (`ok`, or the error's name).
+    pub fn request(&self, protocol: &'static str, api: &str, code: &str, took: Duration) {
+        self.requests
+            .get_or_create(&vec![
+                ("protocol", protocol.to_string()),
+                ("api", api.to_string()),
+                ("code", code.to_string()),
+            ])
+            .inc();
+        self.request_seconds
+            .get_or_create(&vec![
+                ("protocol", protocol.to_string()),
+                ("api", api.to_string()),
+            ])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn produced(&self, topic: &str, records: u64, bytes: u64) {
+        let l = vec![("topic", topic.to_string())];
+        self.records_in.get_or_create(&l).inc_by(records);
+        self.bytes_in.get_or_create(&l).inc_by(bytes);
+    }
+
+    pub fn fetched(&self, topic: &str, records: u64, bytes: u64) {
+        if records == 0 {
+            return;
+        }
+        let l = vec![("topic", topic.to_string())];
+        self.records_out.get_or_create(&l).inc_by(records);
+        self.bytes_out.get_or_create(&l).inc_by(bytes);
+    }
+
+    pub fn leadership_changed(&self) {
+        self.leadership_changes.inc();
+    }
+
+    pub fn rebalanced(&self, group: &str) {
+        self.rebalances
+            .get_or_create(&vec![("group", group.to_string())])
+            .inc();
+    }
+
+    /// The exposition: what was counted, then `snapshot`, read from the node's state now.
+    pub fn encode(&self, snapshot: &Snapshot) -> String {
+        let mut out = String::new();
+        let now = scrape_registry(snapshot, &self.cfg);
+        // Writing to a String cannot fail.
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &now);
+        let _ = encode_eof(&mut out);
+        out
+    }
+}
+
+/// One partition this node leads, as a scrape reads it.
+#[derive(Debug, Clone)]
+pub struct PartitionStat {
+    pub topic: String,
+    pub partition: u32,
+    pub log_start: i64,
+    /// The next offset to be assigned (the log end).
+    pub log_end: i64,
+    /// Offsets below this are committed to the object store.
+    pub committed: i64,
+    /// Age of the oldest record not yet committed to the object store, seconds.
+    pub upload_lag_seconds: f64,
+    pub hot_bytes: u64,
+    pub cold_bytes: u64,
+    pub cold_objects: u64,
+}
+
+/// One partition's lag in a group this node coordinates.
+#[derive(Debug, Clone)]
+pub struct GroupLag {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    /// Records between the committed offset and the log end.
+    pub records: i64,
+}
+
+/// A group this node coordinates.
+#[derive(Debug, Clone)]
+pub struct GroupStat {
+    pub group: String,
+    pub members: u64,
+    /// Known when the group's state is loaded in memory.
+    pub generation: Option<i64>,
+}
+
+/// The process, as Linux reports it (zeros elsewhere).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessStat {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+}
+
+impl ProcessStat {
+    /// Reads `/proc/self`.
+    pub fn read() -> ProcessStat {
+        let mut p = ProcessStat::default();
+        // utime and stime are fields 14 and 15 of stat, after the parenthesised name.
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // Fields from the state (3rd) on: utime is the 14th, so index 11 here.
+            p.cpu_seconds = (ticks(11) + ticks(12)) / 100.0;
+        }
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            let pages: u64 = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            p.resident_bytes = pages * 4096;
+        }
+        p.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+        if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+            p.max_fds = limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+        p
+    }
+}
+
+/// What a scrape reads from the node's state.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub partitions: Vec<PartitionStat>,
+    pub groups: Vec<GroupStat>,
+    pub lag: Vec<GroupLag>,
+    pub hot_budget_bytes: u64,
+    /// Bytes on local disk over all partitions (led or not yet released).
+    pub hot_bytes: u64,
+    pub cache_bytes: u64,
+    pub process: ProcessStat,
+}
+
+type IntGauges = Family<Labels, Gauge>;
+type FloatGauges = Family<Labels, Gauge<f64, AtomicU64>>;
+
+fn gauge(r: &mut Registry, name: &str, help: &str, unit: Option<Unit>) -> IntGauges {
+    let f = IntGauges::default();
+    match unit {
+        Some(u) => r.register_with_unit(name, help, u, f.clone()),
+        None => r.register(name, help, f.clone()),
+    }
+    f
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The families read at scrape time.
+fn scrape_registry(s: &Snapshot, cfg: &MetricsConfig) -> Registry {
+    let mut r = Registry::default();
+    let led = gauge(
+        &mut r,
+        "tierlog_partitions_led",
+        "Partitions this node leads",
+        None,
+    );
+    led.get_or_create(&vec![])
+        .set(to_i64(s.partitions.len() as u64));
+
+    // Per partition, up to the limit; per topic always.
+    let per_partition = s.partitions.len() <= cfg.max_partition_series;
+    let pl = |p: &PartitionStat| {
+        vec![
+            ("topic", p.topic.clone()),
+            ("partition", p.partition.to_string()),
+        ]
+    };
+    if per_partition {
+        let start = gauge(
+            &mut r,
+            "tierlog_partition_log_start_offset",
+            "First offset in the partition's log",
+            None,
+        );
+        let end = gauge(
+            &mut r,
+            "tierlog_partition_log_end_offset",
+            "Next offset the partition will assign",
+            None,
+        );
+        let committed = gauge(
+            &mut r,
+            "tierlog_partition_committed_offset",
+            "Offsets below this are committed to the object store",
+            None,
+        );
+        let lag = gauge(
+            &mut r,
+            "tierlog_partition_upload_lag_records",
+            "Records appended but not yet committed to the object store",
+            None,
+        );
+        let lag_s = FloatGauges::default();
+        r.register_with_unit(
+            "tierlog_partition_upload_lag",
+            "Age of the oldest record not yet committed to the object store",
+            Unit::Seconds,
+            lag_s.clone(),
+        );
+        for p in &s.partitions {
+            let l = pl(p);
+            start.get_or_create(&l).set(p.log_start);
+            end.get_or_create(&l).set(p.log_end);
+            committed.get_or_create(&l).set(p.committed);
+            lag.get_or_create(&l).set((p.log_end - p.committed).max(0));
+            lag_s.get_or_create(&l).set(p.upload_lag_seconds);
+        }
+    }
+    let hot = gauge(
+        &mut r,
+        "tierlog_topic_hot",
+        "Bytes on this node's local disk (hot tier), by topic",
+        Some(Unit::Bytes),
+    );
+    let cold = gauge(
+        &mut r,
+        "tierlog_topic_cold",
+        "Bytes committed to the object store by partitions this node leads, by topic",
+        Some(Unit::Bytes),
+    );
+    let objects = gauge(
+        &mut r,
+        "tierlog_topic_cold_objects",
+        "Segments committed to the object store by partitions this node leads, by topic",
+        None,
+    );
+    let topic_lag = gauge(
+        &mut r,
+        "tierlog_topic_upload_lag_records",
+        "Records not yet committed to the object store, by topic",
+        None,
+    );
+    for p in &s.partitions {
+        let l = vec![("topic", p.topic.clone())];
+        hot.get_or_create(&l).inc_by(to_i64(p.hot_bytes));
+        cold.get_or_create(&l).inc_by(to_i64(p.cold_bytes));
+        objects.get_or_create(&l).inc_by(to_i64(p.cold_objects));
+        topic_lag
+            .get_or_create(&l)
+            .inc_by((p.log_end - p.committed).max(0));
+    }
+    let budget = gauge(
+        &mut r,
+        "tierlog_hot_tier_budget",
+        "Local disk the hot tier may use",
+        Some(Unit::Bytes),
+    );
+    budget
+        .get_or_create(&vec![])
+        .set(to_i64(s.hot_budget_bytes));
+    let hot_total = gauge(
+        &mut r,
+        "tierlog_hot_tier",
+        "Bytes on this node's local disk (hot tier), all partitions",
+        Some(Unit::Bytes),
+    );
+    hot_total.get_or_create(&vec![]).set(to_i64(s.hot_bytes));
+    let cache = gauge(
+        &mut r,
+        "tierlog_read_cache",
+        "Bytes of decoded cold-tier row groups held in memory",
+        Some(Unit::Bytes),
+    );
+    cache.get_or_create(&vec![]).set(to_i64(s.cache_bytes));
+
+    let members = gauge(
+        &mut r,
+        "tierlog_group_members",
+        "Members of a group this node coordinates",
+        None,
+    );
+    let generation = gauge(
+        &mut r,
+        "tierlog_group_generation",
+        "Generation of a group this node coordinates",
+        None,
+    );
+    for g in &s.groups {
+        let l = vec![("group", g.group.clone())];
+        members.get_or_create(&l).set(to_i64(g.members));
+        if let Some(n) = g.generation {
+            generation.get_or_create(&l).set(n);
+        }
+    }
+    // Group lag per partition up to the same limit; per group and topic always.
+    if s.lag.len() <= cfg.max_partition_series {
+        let lag = gauge(
+            &mut r,
+            "tierlog_group_lag_records",
+            "Records between a group's committed offset and the partition's log end (groups this node coordinates)",
+            None,
+        );
+        for g in &s.lag {
+            lag.get_or_create(&vec![
+                ("group", g.group.clone()),
+                ("topic", g.topic.clone()),
+                ("partition", g.partition.to_string()),
+            ])
+            .set(g.records);
+        }
+    }
+    let topic_lag = gauge(
+        &mut r,
+        "tierlog_group_topic_lag_records",
+        "Records a group is behind on a topic, summed over its partitions (groups this node coordinates)",
+        None,
+    );
+    for g in &s.lag {
+        topic_lag
+            .get_or_create(&vec![
+                ("group", g.group.clone()),
+                ("topic", g.topic.clone()),
+            ])
+            .inc_by(g.records);
+    }
+
+    let cpu = Family::<Labels, Counter<f64, AtomicU64>>::default();
+    r.register_with_unit(
+        "process_cpu",
+        "User and system CPU time of the process",
+        Unit::Seconds,
+        cpu.clone(),
+    );
+    cpu.get_or_create(&vec![]).inc_by(s.process.cpu_seconds);
+    let rss = gauge(
+        &mut r,
+        "process_resident_memory",
+        "Resident memory of the process",
+        Some(Unit::Bytes),
+    );
+    rss.get_or_create(&vec![])
+        .set(to_i64(s.process.resident_bytes));
+    let fds = gauge(&mut r, "process_open_fds", "Open file descriptors", None);
+    fds.get_or_create(&vec![]).set(to_i64(s.process.open_fds));
+    let max_fds = gauge(
+        &mut r,
+        "process_max_fds",
+        "Limit on open file descriptors",
+        None,
+    );
+    max_fds
+        .get_or_create(&vec![])
+        .set(to_i64(s.process.max_fds));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_past_the_limit_roll_up_per_topic() {
+        let m = Metrics::new(MetricsConfig {
+            max_partition_series: 2,
+        });
+        m.request("grpc", "Produce", "ok", Duration::from_millis(3));
+        m.produced("t", 10, 1000);
+        let p = |partition| PartitionStat {
+            topic: "t".into(),
+            partition,
+            log_start: 0,
+            log_end: 10,
+            committed: 4,
+            upload_lag_seconds: 0.5,
+            hot_bytes: 100,
+            cold_bytes: 50,
+            cold_objects: 1,
+        };
+        let two = m.encode(&Snapshot {
+            partitions: vec![p(0), p(1)],
+            ..Snapshot::default()
+        });
+        assert!(two.contains(r#"tierlog_partition_log_end_offset{topic="t",partition="1"} 10"#));
+        assert!(two.contains(r#"tierlog_topic_upload_lag_records{topic="t"} 12"#));
+        assert!(
+            two.contains(r#"tierlog_requests_total{protocol="grpc",api="Produce",code="ok"} 1"#)
+        );
+        assert!(two.contains(r#"tierlog_produced_bytes_total{topic="t"} 1000"#));
+        assert!(two.ends_with("# EOF\n"));
+        let three = m.encode(&Snapshot {
+            partitions: vec![p(0), p(1), p(2)],
+            ..Snapshot::default()
+        });
+        assert!(!three.contains("tierlog_partition_log_end_offset{"));
+        assert!(three.contains(r#"tierlog_topic_hot_bytes{topic="t"} 300"#));
+        assert_eq!(three.matches("# EOF").count(), 1);
+    }
+
+    /// docs/metrics.md promises a scrape of a node leading 1,000 partitions, with a group
+    /// committed on each, stays under 1 MiB; past the limit only roll-ups are exported.
+    #[test]
+    fn a_scrape_of_a_thousand_partitions_stays_under_a_mebibyte() {
+        let m = Metrics::new(MetricsConfig::default());
+        for api in ["Produce", "Fetch", "Metadata", "CommitOffsets", "Heartbeat"] {
+            m.request("grpc", api, "Ok", Duration::from_millis(1));
+            m.request("kafka", api, "answered", Duration::from_millis(1));
+        }
+        let snapshot = |n: u32| Snapshot {
+            partitions: (0..n)
+                .map(|i| PartitionStat {
+                    topic: format!("topic-{}", i / 100),
+                    partition: i % 100,
+                    log_start: 0,
+                    log_end: 1_000_000_000,
+                    committed: 999_999_000,
+                    upload_lag_seconds: 0.25,
+                    hot_bytes: 1 << 30,
+                    cold_bytes: 1 << 40,
+                    cold_objects: 100_000,
+                })
+                .collect(),
+            lag: (0..n)
+                .map(|i| GroupLag {
+                    group: "billing-service".into(),
+                    topic: format!("topic-{}", i / 100),
+                    partition: i % 100,
+                    records: 12_345,
+                })
+                .collect(),
+            ..Snapshot::default()
+        };
+        for p in 0..1_000 {
+            m.produced(&format!("topic-{}", p / 100), 1, 100);
+        }
+        let text = m.encode(&snapshot(1_000));
+        eprintln!("1,000 partitions: {} bytes", text.len());
+        assert!(text.len() < 1 << 20, "{} bytes", text.len());
+        assert_eq!(text.matches("tierlog_group_lag_records{").count(), 1_000);
+        let over = m.encode(&snapshot(5_000));
+        assert!(!over.contains("tierlog_group_lag_records{"));
+        assert!(!over.contains("tierlog_partition_log_end_offset{"));
+        assert!(over.len() < text.len(), "roll-ups only past the limit");
+        assert!(over.contains(
+            r#"tierlog_group_topic_lag_records{group="billing-service",topic="topic-49"} 1234500"#
+        ));
+    }
+}

@@ -1,0 +1,379 @@
+//! The node's HTTP port: `/metrics` read by a Prometheus parser nobody here wrote (the
+//! `prometheus_client` package) while gRPC and Kafka clients produce and consume, and
+//! `/readyz` following the metadata store and the object store as they stop and come back.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
+
+use client::Client;
+use proto::v1 as pb;
+use serde_json::Value;
+
+use super::{Node, cli};
+
+/// `GET path` over HTTP/1.1: (status, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("an HTTP answer");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// A scrape as the Python parser read it.
+struct Scrape {
+    content_type: String,
+    bytes: u64,
+    families: BTreeMap<String, String>,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Scrape {
+    /// Runs tests/python/scrape.py (after producing `kafka` = (bootstrap, topic, n) records).
+    fn take(python: &str, http: &str, kafka: Option<(&str, &str, u32)>) -> Scrape {
+        let script = tierlog_tests::tests_dir().join("python/scrape.py");
+        let mut cmd = Command::new(python);
+        cmd.arg(script).arg(format!("http://{http}/metrics"));
+        if let Some((bootstrap, topic, n)) = kafka {
+            cmd.args([bootstrap, topic, &n.to_string()]);
+        }
+        let out = cmd.output().expect("run scrape.py");
+        assert!(
+            out.status.success(),
+            "scrape.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("scrape.py prints JSON");
+        Scrape {
+            content_type: v["content_type"].as_str().unwrap_or_default().to_string(),
+            bytes: v["bytes"].as_u64().unwrap(),
+            families: v["families"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, t)| (k.clone(), t.as_str().unwrap().to_string()))
+                .collect(),
+            samples: v["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    let labels = s[1]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                        .collect();
+                    (
+                        s[0].as_str().unwrap().to_string(),
+                        labels,
+                        s[2].as_f64().unwrap(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The value of the sample `name` whose labels include `labels`, summed over the rest.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let hits: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        (!hits.is_empty()).then(|| hits.iter().sum())
+    }
+
+    /// Every counter sample (`_total`), by name and labels.
+    fn counters(&self) -> BTreeMap<String, f64> {
+        self.samples
+            .iter()
+            .filter(|(n, _, _)| n.ends_with("_total"))
+            .map(|(n, l, v)| (format!("{n}{l:?}"), *v))
+            .collect()
+    }
+}
+
+/// Scrapes during load: the families exist, counters only grow, records in and out and
+/// requests of both front ends are counted, and each group's lag is what `tierlog groups
+/// describe` reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let (status, body) = get(&node.http, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = get(&node.http, "/nope");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("/metrics"), "{body}");
+
+    let c = Client::connect(&node.addr).await.unwrap();
+    c.create_topic("metered", 3).await.unwrap();
+    let producer = client::Producer::new(c.clone(), client::ProducerConfig::default());
+    let mut acks = Vec::new();
+    for i in 0..300u32 {
+        acks.push(
+            producer
+                .send(
+                    "metered",
+                    None,
+                    Some(format!("k{i}").into_bytes()),
+                    Some(format!("v{i}").into_bytes()),
+                    vec![],
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap().unwrap();
+    }
+    producer.close().await;
+
+    let first = Scrape::take(&python, &node.http, None);
+    assert_eq!(
+        first.content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert_eq!(
+        first.value("tierlog_produced_records_total", &[("topic", "metered")]),
+        Some(300.0)
+    );
+    assert_eq!(first.value("tierlog_partitions_led", &[]), Some(3.0));
+    assert_eq!(
+        first.value("tierlog_partition_log_end_offset", &[("topic", "metered")]),
+        Some(300.0),
+        "summed over the partitions"
+    );
+    assert!(
+        first
+            .value(
+                "tierlog_requests_total",
+                &[("protocol", "grpc"), ("api", "Produce"), ("code", "Ok")]
+            )
+            .is_some_and(|n| n >= 1.0),
+        "gRPC produce requests counted"
+    );
+
+    // A group reads part of the topic and commits; Kafka clients produce more.
+    let (ok, _, err) = cli(
+        &node.addr,
+        &[
+            "consume",
+            "metered",
+            "--from-beginning",
+            "--group",
+            "auditors",
+            "--max-messages",
+            "120",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    c.commit_offsets(
+        "manual",
+        vec![pb::GroupOffset {
+            topic: "metered".into(),
+            partition: 1,
+            offset: 7,
+            metadata: String::new(),
+        }],
+    )
+    .await
+    .unwrap();
+    let second = Scrape::take(&python, &node.http, Some((&node.kafka, "metered", 50)));
+    assert_eq!(
+        second.value("tierlog_produced_records_total", &[("topic", "metered")]),
+        Some(350.0)
+    );
+    assert!(
+        second
+            .value("tierlog_fetched_records_total", &[("topic", "metered")])
+            .is_some_and(|n| n >= 120.0),
+        "records handed to the consumer counted"
+    );
+    assert!(
+        second
+            .value(
+                "tierlog_requests_total",
+                &[("protocol", "kafka"), ("api", "Produce")]
+            )
+            .is_some_and(|n| n >= 1.0),
+        "Kafka produce requests counted"
+    );
+    // A family shows once it has a series.
+    for (family, kind) in [
+        ("tierlog_requests", "counter"),
+        ("tierlog_request_duration_seconds", "histogram"),
+        ("tierlog_produced_records", "counter"),
+        ("tierlog_produced_bytes", "counter"),
+        ("tierlog_fetched_records", "counter"),
+        ("tierlog_leadership_changes", "counter"),
+        ("tierlog_partitions_led", "gauge"),
+        ("tierlog_partition_log_end_offset", "gauge"),
+        ("tierlog_partition_committed_offset", "gauge"),
+        ("tierlog_partition_upload_lag_records", "gauge"),
+        ("tierlog_partition_upload_lag_seconds", "gauge"),
+        ("tierlog_topic_hot_bytes", "gauge"),
+        ("tierlog_topic_cold_bytes", "gauge"),
+        ("tierlog_topic_cold_objects", "gauge"),
+        ("tierlog_hot_tier_bytes", "gauge"),
+        ("tierlog_hot_tier_budget_bytes", "gauge"),
+        ("tierlog_read_cache_bytes", "gauge"),
+        ("tierlog_group_lag_records", "gauge"),
+        ("tierlog_group_members", "gauge"),
+        ("tierlog_group_rebalances", "counter"),
+        ("process_cpu_seconds", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+    ] {
+        assert_eq!(
+            second.families.get(family).map(String::as_str),
+            Some(kind),
+            "family {family} in {:?}",
+            second.families
+        );
+    }
+    let (a, b) = (first.counters(), second.counters());
+    for (series, v) in &a {
+        let later = b
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} went missing"));
+        assert!(later >= v, "{series} went down: {v} -> {later}");
+    }
+
+    // Lag per group equals high watermark - committed as `groups describe` reports it.
+    for group in ["auditors", "manual"] {
+        let (ok, out, err) = cli(&node.addr, &["groups", "describe", group, "--json"], None);
+        assert!(ok, "{err}");
+        let d: Value = serde_json::from_str(&out).unwrap();
+        let mut rows = 0;
+        for row in d["offsets"].as_array().unwrap() {
+            let Some(lag) = row["lag"].as_i64() else {
+                continue;
+            };
+            rows += 1;
+            let partition = row["partition"].to_string();
+            assert_eq!(
+                second.value(
+                    "tierlog_group_lag_records",
+                    &[
+                        ("group", group),
+                        ("topic", "metered"),
+                        ("partition", &partition)
+                    ]
+                ),
+                Some(lag as f64),
+                "group {group} partition {partition}: {out}"
+            );
+        }
+        assert!(rows > 0, "{group} committed something: {out}");
+    }
+    // A group of simple commits (no members) is exported too, by the node that would
+    // coordinate it.
+    let end_1 = second
+        .value(
+            "tierlog_partition_log_end_offset",
+            &[("topic", "metered"), ("partition", "1")],
+        )
+        .unwrap();
+    assert_eq!(
+        second.value("tierlog_group_lag_records", &[("group", "manual")]),
+        Some(end_1 - 7.0)
+    );
+    assert!(second.bytes > 0);
+    node.stop();
+}
+
+/// Polls `/readyz` until its status is `want` (at most a minute); returns the body.
+fn await_ready(http: &str, want: u16) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get(http, "/readyz");
+        if status == want {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stayed {status} ({body:?}), expected {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `/readyz` turns unready, saying which store, while the object store or etcd answers
+/// nothing (frozen with SIGSTOP), and ready again once it is back; `/healthz` stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_object_store_and_etcd() {
+    let (Some(_), Some(binary)) = (tierlog_tests::s3_options(), tierlog_tests::etcd_binary())
+    else {
+        return;
+    };
+    let moto = tierlog_tests::PrivateS3::start();
+    let mut etcd = tierlog_tests::PrivateEtcd::start(binary, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let ns = tierlog_tests::unique("readyz");
+    let options: String = moto
+        .options()
+        .iter()
+        .map(|(k, v)| format!("{k} = {v:?}\n"))
+        .collect();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "object_store = \"s3://tierlog/{ns}\"\nmeta = \"etcd://{}/{ns}\"\n[object_store_options]\n{options}",
+            etcd.endpoint(0).trim_start_matches("http://")
+        ),
+    )
+    .unwrap();
+    let node = Node::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(await_ready(&node.http, 200), "ready\n");
+
+    moto.signal("STOP");
+    let why = await_ready(&node.http, 503);
+    assert!(why.contains("object store"), "{why}");
+    assert_eq!(get(&node.http, "/healthz").0, 200, "alive while unready");
+    moto.signal("CONT");
+    await_ready(&node.http, 200);
+
+    etcd.signal(0, "STOP");
+    let why = await_ready(&node.http, 503);
+    assert!(why.contains("metadata store"), "{why}");
+    etcd.signal(0, "CONT");
+    await_ready(&node.http, 200);
+
+    // And the node still works: a topic is created and written.
+    let c = Client::connect(&node.addr).await.unwrap();
+    c.create_topic("after", 1).await.unwrap();
+    node.stop();
+    etcd.kill9(0);
+}
