@@ -432,6 +432,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .collect();
     let (store, root) =
         tier::store::open_store(&url, &options).context("opening the object store")?;
+    // Every request to either store is counted and timed for /metrics.
+    let metrics = Arc::new(ingest::metrics::Metrics::new());
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(tier::store::Observed::new(store, metrics.clone()));
     let tier = tier::Tier::open(s.tier_config()?, store, root)
         .await
         .context("opening the storage core")?;
@@ -452,6 +456,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?,
         ),
     };
+    let kv: Arc<dyn meta::KvBackend> = Arc::new(meta::ObservedKv::new(kv, metrics.clone()));
     let meta = meta::Meta::new(kv);
     let listener = tokio::net::TcpListener::bind(&s.listen)
         .await
@@ -513,6 +518,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_record_bytes: s.max_record_bytes,
             limits: s.limits.clone(),
             groups: s.groups.clone(),
+            metrics,
             ..BrokerConfig::default()
         },
     )

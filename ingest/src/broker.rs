@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::metrics::{Metrics, MetricsConfig};
+use crate::metrics::Metrics;
 pub use observe::PartitionLag;
 
 /// Settings of the ingest core.
@@ -59,6 +59,9 @@ pub struct BrokerConfig {
     /// fsync) before this node gives it up and the cluster passes this node over for it.
     pub reopen_give_up: Duration,
     pub groups: GroupSettings,
+    /// Where the node counts what it does (the caller may wrap the object store and the
+    /// metadata store with it before starting the node).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Settings of the consumer-group coordinator (`[groups]` in the node's settings).
@@ -105,6 +108,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             reopen_give_up: Duration::from_secs(30),
             groups: GroupSettings::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -350,9 +354,7 @@ impl Broker {
         let lease = meta.kv().grant_lease(cfg.lease_ttl).await?;
         meta.register(&cfg.node_info(), lease).await?;
         let fetch_buffer = Arc::new(tokio::sync::Semaphore::new(cfg.limits.fetch_buffer_bytes));
-        let metrics = Arc::new(Metrics::new(MetricsConfig {
-            max_partition_series: cfg.limits.metrics_partition_series,
-        }));
+        let metrics = cfg.metrics.clone();
         let broker = Broker {
             inner: Arc::new(Inner {
                 cluster_id,

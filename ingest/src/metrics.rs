@@ -6,7 +6,7 @@
 //!
 //! Invariants: recording never blocks and never fails (atomics behind a family's lock, taken
 //! for a label set's first use only); series per partition are bounded by
-//! [`MetricsConfig::max_partition_series`], past which only the per-topic roll-ups are
+//! `[limits] metrics_partition_series` ([`Snapshot::max_partition_series`]), past which only the per-topic roll-ups are
 //! exported; group lag is exported only by the group's coordinator, so a cluster exports each
 //! group once.
 
@@ -23,21 +23,6 @@ use prometheus_client::registry::{Registry, Unit};
 /// Label pairs of a series.
 type Labels = Vec<(&'static str, String)>;
 
-/// Metrics settings.
-#[derive(Debug, Clone)]
-pub struct MetricsConfig {
-    /// Partitions exported one by one; past this, per-topic sums only.
-    pub max_partition_series: usize,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            max_partition_series: 2_000,
-        }
-    }
-}
-
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~52 s.
     Histogram::new(exponential_buckets(0.000_1, 2.0, 20))
@@ -46,7 +31,6 @@ fn latency_histogram() -> Histogram {
 /// Counters and histograms updated as the node works.
 #[derive(Debug)]
 pub struct Metrics {
-    cfg: MetricsConfig,
     registry: Registry,
     requests: Family<Labels, Counter>,
     request_seconds: Family<Labels, Histogram, fn() -> Histogram>,
@@ -56,10 +40,20 @@ pub struct Metrics {
     bytes_out: Family<Labels, Counter>,
     leadership_changes: Counter,
     rebalances: Family<Labels, Counter>,
+    store_requests: Family<Labels, Counter>,
+    store_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    meta_requests: Family<Labels, Counter>,
+    meta_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    pub fn new(cfg: MetricsConfig) -> Metrics {
+    pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         registry.register(
@@ -114,8 +108,41 @@ impl Metrics {
             "Generations started by groups this node coordinates, by group",
             rebalances.clone(),
         );
+        let store_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "tierlog_object_store_requests",
+            "Object store requests, by operation and outcome (ok, not_found, conflict, error)",
+            store_requests.clone(),
+        );
+        let store_seconds = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "tierlog_object_store_request_duration",
+            "Time of an object store request, by operation",
+            Unit::Seconds,
+            store_seconds.clone(),
+        );
+        let meta_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "tierlog_meta_requests",
+            "Metadata store (etcd or embedded) requests, by operation and outcome (ok, error)",
+            meta_requests.clone(),
+        );
+        let meta_seconds = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "tierlog_meta_request_duration",
+            "Time of a metadata store request, by operation",
+            Unit::Seconds,
+            meta_seconds.clone(),
+        );
         Metrics {
-            cfg,
+            store_requests,
+            store_seconds,
+            meta_requests,
+            meta_seconds,
             registry,
             requests,
             request_seconds,
@@ -173,12 +200,41 @@ impl Metrics {
     /// The exposition: what was counted, then `snapshot`, read from the node's state now.
     pub fn encode(&self, snapshot: &Snapshot) -> String {
         let mut out = String::new();
-        let now = scrape_registry(snapshot, &self.cfg);
+        let now = scrape_registry(snapshot);
         // Writing to a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);
         let _ = encode_registry(&mut out, &now);
         let _ = encode_eof(&mut out);
         out
+    }
+}
+
+impl tier::store::StoreObserver for Metrics {
+    fn observed(&self, op: &'static str, outcome: &'static str, took: Duration) {
+        self.store_requests
+            .get_or_create(&vec![
+                ("op", op.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+        self.store_seconds
+            .get_or_create(&vec![("op", op.to_string())])
+            .observe(took.as_secs_f64());
+    }
+}
+
+impl meta::KvObserver for Metrics {
+    fn observed(&self, op: &'static str, ok: bool, took: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.meta_requests
+            .get_or_create(&vec![
+                ("op", op.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+        self.meta_seconds
+            .get_or_create(&vec![("op", op.to_string())])
+            .observe(took.as_secs_f64());
     }
 }
 
@@ -264,6 +320,15 @@ impl ProcessStat {
 /// What a scrape reads from the node's state.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// Partitions (and group-lag partitions) exported one series each; past it, per-topic
+    /// sums only.
+    pub max_partition_series: usize,
+    /// Seconds until the node's lease with the metadata store lapses by its own clock
+    /// (zero or less: lapsed).
+    pub lease_valid_seconds: f64,
+    /// Cold row-group reads from the cache, and loads from the object store.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
     pub partitions: Vec<PartitionStat>,
     pub groups: Vec<GroupStat>,
     pub lag: Vec<GroupLag>,
@@ -291,7 +356,7 @@ fn to_i64(v: u64) -> i64 {
 }
 
 /// The families read at scrape time.
-fn scrape_registry(s: &Snapshot, cfg: &MetricsConfig) -> Registry {
+fn scrape_registry(s: &Snapshot) -> Registry {
     let mut r = Registry::default();
     let led = gauge(
         &mut r,
@@ -303,7 +368,7 @@ fn scrape_registry(s: &Snapshot, cfg: &MetricsConfig) -> Registry {
         .set(to_i64(s.partitions.len() as u64));
 
     // Per partition, up to the limit; per topic always.
-    let per_partition = s.partitions.len() <= cfg.max_partition_series;
+    let per_partition = s.partitions.len() <= s.max_partition_series;
     let pl = |p: &PartitionStat| {
         vec![
             ("topic", p.topic.clone()),
@@ -400,6 +465,26 @@ fn scrape_registry(s: &Snapshot, cfg: &MetricsConfig) -> Registry {
         Some(Unit::Bytes),
     );
     hot_total.get_or_create(&vec![]).set(to_i64(s.hot_bytes));
+    let lease = FloatGauges::default();
+    r.register_with_unit(
+        "tierlog_meta_lease_valid",
+        "Time until the node's lease with the metadata store lapses by its own clock (0 or less: lapsed)",
+        Unit::Seconds,
+        lease.clone(),
+    );
+    lease.get_or_create(&vec![]).set(s.lease_valid_seconds);
+    let reads = Family::<Labels, Counter>::default();
+    r.register(
+        "tierlog_read_cache_reads",
+        "Cold row-group reads, by result: hit (from memory) or miss (loaded from the object store)",
+        reads.clone(),
+    );
+    reads
+        .get_or_create(&vec![("result", "hit".to_string())])
+        .inc_by(s.cache_hits);
+    reads
+        .get_or_create(&vec![("result", "miss".to_string())])
+        .inc_by(s.cache_misses);
     let cache = gauge(
         &mut r,
         "tierlog_read_cache",
@@ -428,7 +513,7 @@ fn scrape_registry(s: &Snapshot, cfg: &MetricsConfig) -> Registry {
         }
     }
     // Group lag per partition up to the same limit; per group and topic always.
-    if s.lag.len() <= cfg.max_partition_series {
+    if s.lag.len() <= s.max_partition_series {
         let lag = gauge(
             &mut r,
             "tierlog_group_lag_records",
@@ -495,9 +580,7 @@ mod tests {
 
     #[test]
     fn partitions_past_the_limit_roll_up_per_topic() {
-        let m = Metrics::new(MetricsConfig {
-            max_partition_series: 2,
-        });
+        let m = Metrics::new();
         m.request("grpc", "Produce", "ok", Duration::from_millis(3));
         m.produced("t", 10, 1000);
         let p = |partition| PartitionStat {
@@ -512,6 +595,7 @@ mod tests {
             cold_objects: 1,
         };
         let two = m.encode(&Snapshot {
+            max_partition_series: 2,
             partitions: vec![p(0), p(1)],
             ..Snapshot::default()
         });
@@ -523,6 +607,7 @@ mod tests {
         assert!(two.contains(r#"tierlog_produced_bytes_total{topic="t"} 1000"#));
         assert!(two.ends_with("# EOF\n"));
         let three = m.encode(&Snapshot {
+            max_partition_series: 2,
             partitions: vec![p(0), p(1), p(2)],
             ..Snapshot::default()
         });
@@ -535,12 +620,13 @@ mod tests {
     /// committed on each, stays under 1 MiB; past the limit only roll-ups are exported.
     #[test]
     fn a_scrape_of_a_thousand_partitions_stays_under_a_mebibyte() {
-        let m = Metrics::new(MetricsConfig::default());
+        let m = Metrics::new();
         for api in ["Produce", "Fetch", "Metadata", "CommitOffsets", "Heartbeat"] {
             m.request("grpc", api, "Ok", Duration::from_millis(1));
             m.request("kafka", api, "answered", Duration::from_millis(1));
         }
         let snapshot = |n: u32| Snapshot {
+            max_partition_series: 2_000,
             partitions: (0..n)
                 .map(|i| PartitionStat {
                     topic: format!("topic-{}", i / 100),

@@ -394,6 +394,84 @@ fn unreachable_response<T>(op: &str, got: Option<TxnOpResponse>) -> Result<T> {
     ))
 }
 
+/// Told about every request to the metadata store an [`ObservedKv`] wraps: the operation
+/// (`txn`, `get`, `range`, `put`, `delete`, `lease_grant`, `lease_keep_alive`,
+/// `lease_revoke`, `watch`), whether it succeeded, and how long it took. Must not block.
+pub trait KvObserver: Send + Sync + 'static {
+    fn observed(&self, op: &'static str, ok: bool, took: Duration);
+}
+
+/// A [`KvBackend`] that reports every request to a [`KvObserver`] (for metrics) and
+/// forwards it unchanged.
+pub struct ObservedKv {
+    inner: std::sync::Arc<dyn KvBackend>,
+    observer: std::sync::Arc<dyn KvObserver>,
+}
+
+impl ObservedKv {
+    pub fn new(
+        inner: std::sync::Arc<dyn KvBackend>,
+        observer: std::sync::Arc<dyn KvObserver>,
+    ) -> Self {
+        ObservedKv { inner, observer }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let started = std::time::Instant::now();
+        let r = f.await;
+        self.observer.observed(op, r.is_ok(), started.elapsed());
+        r
+    }
+}
+
+#[async_trait]
+impl KvBackend for ObservedKv {
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        self.timed("txn", self.inner.txn(txn)).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        self.timed("lease_grant", self.inner.grant_lease(ttl)).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+        self.timed("lease_keep_alive", self.inner.keep_alive(lease))
+            .await
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.timed("lease_revoke", self.inner.revoke_lease(lease))
+            .await
+    }
+    async fn watch_prefix(
+        &self,
+        prefix: &[u8],
+        start_revision: Option<i64>,
+    ) -> Result<WatchStream> {
+        self.timed("watch", self.inner.watch_prefix(prefix, start_revision))
+            .await
+    }
+    async fn revision(&self) -> Result<i64> {
+        self.timed("revision", self.inner.revision()).await
+    }
+    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        self.timed("get", self.inner.get(key)).await
+    }
+    async fn range(&self, prefix: &[u8], limit: Option<usize>) -> Result<RangeResponse> {
+        self.timed("range", self.inner.range(prefix, limit)).await
+    }
+    async fn put(&self, key: &[u8], value: Bytes, lease: Option<LeaseId>) -> Result<i64> {
+        self.timed("put", self.inner.put(key, value, lease)).await
+    }
+    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
+        self.timed("delete", self.inner.delete(key)).await
+    }
+    async fn delete_prefix(&self, prefix: &[u8]) -> Result<DeleteResponse> {
+        self.timed("delete", self.inner.delete_prefix(prefix)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

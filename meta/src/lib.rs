@@ -74,6 +74,7 @@ pub use embedded::{EmbeddedKv, EmbeddedOptions};
 pub use error::{Error, ErrorClass, Result};
 pub use etcd::{EtcdKv, EtcdOptions};
 pub use kv::{
-    Compare, CompareOp, CompareTarget, DeleteResponse, EventKind, KeyValue, KvBackend, LeaseId,
-    RangeResponse, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent, WatchStream,
+    Compare, CompareOp, CompareTarget, DeleteResponse, EventKind, KeyValue, KvBackend, KvObserver,
+    LeaseId, ObservedKv, RangeResponse, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent,
+    WatchStream,
 };

@@ -1075,6 +1075,12 @@ impl Tier {
         self.inner.cache.cached_bytes().await
     }
 
+    /// Cold row-group reads answered from the read cache, and those that loaded from the
+    /// object store (a read-ahead's load counts as a miss, the read it served as a hit).
+    pub fn cache_hits_and_misses(&self) -> (u64, u64) {
+        self.inner.cache.hits_and_misses()
+    }
+
     /// Bytes of hot segments on local disk, over all partitions.
     pub fn hot_bytes(&self) -> u64 {
         self.inner.hot_bytes.load(Ordering::Acquire)

@@ -473,3 +473,170 @@ impl ObjectStore for Decorated {
         self.inner.copy_opts(from, to, options).await
     }
 }
+
+/// Told about every request to the object store an [`Observed`] store wraps: the operation
+/// (`put`, `put_multipart`, `get`, `head`, `get_ranges`, `delete`, `list`, `copy`), its
+/// result ([`outcome`]), and how long it took (a get: until the answer's headers; a listing
+/// or a delete stream: until it ended or was dropped). Must not block.
+pub trait StoreObserver: Send + Sync + fmt::Debug {
+    fn observed(&self, op: &'static str, outcome: &'static str, took: Duration);
+}
+
+/// A request's result as [`StoreObserver`]s are told it: `ok`; `not_found` and `conflict` (a
+/// conditional write that lost) are answers the callers expect; `error` is anything else.
+pub fn outcome<T>(r: &object_store::Result<T>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(object_store::Error::NotFound { .. }) => "not_found",
+        Err(
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::NotModified { .. },
+        ) => "conflict",
+        Err(_) => "error",
+    }
+}
+
+/// A store wrapper that reports every request to a [`StoreObserver`] (for metrics).
+#[derive(Debug)]
+pub struct Observed {
+    inner: Arc<dyn ObjectStore>,
+    observer: Arc<dyn StoreObserver>,
+}
+
+impl Observed {
+    pub fn new(inner: Arc<dyn ObjectStore>, observer: Arc<dyn StoreObserver>) -> Self {
+        Observed { inner, observer }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        f: impl Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        let started = std::time::Instant::now();
+        let r = f.await;
+        self.observer.observed(op, outcome(&r), started.elapsed());
+        r
+    }
+
+    /// A stream whose request is reported when it ends or is dropped.
+    fn timed_stream<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        s: BoxStream<'static, object_store::Result<T>>,
+    ) -> BoxStream<'static, object_store::Result<T>> {
+        let timing = StreamTiming {
+            op,
+            started: std::time::Instant::now(),
+            outcome: std::sync::Mutex::new("ok"),
+            observer: self.observer.clone(),
+        };
+        s.map(move |r| {
+            if r.is_err() {
+                *timing.outcome.lock().expect("outcome lock poisoned") = outcome(&r);
+            }
+            r
+        })
+        .boxed()
+    }
+}
+
+/// Reports a streamed request when dropped.
+struct StreamTiming {
+    op: &'static str,
+    started: std::time::Instant,
+    outcome: std::sync::Mutex<&'static str>,
+    observer: Arc<dyn StoreObserver>,
+}
+
+impl Drop for StreamTiming {
+    fn drop(&mut self) {
+        let outcome = *self.outcome.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.observer
+            .observed(self.op, outcome, self.started.elapsed());
+    }
+}
+
+impl fmt::Display for Observed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Observed({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Observed {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.timed("put", self.inner.put_opts(location, payload, opts))
+            .await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.timed(
+            "put_multipart",
+            self.inner.put_multipart_opts(location, opts),
+        )
+        .await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let op = if options.head { "head" } else { "get" };
+        self.timed(op, self.inner.get_opts(location, options)).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.timed("get_ranges", self.inner.get_ranges(location, ranges))
+            .await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.timed_stream("delete", self.inner.delete_stream(locations))
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.timed_stream("list", self.inner.list(prefix))
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.timed_stream("list", self.inner.list_with_offset(prefix, offset))
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.timed("list", self.inner.list_with_delimiter(prefix))
+            .await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.timed("copy", self.inner.copy_opts(from, to, options))
+            .await
+    }
+}

@@ -155,7 +155,23 @@ impl Broker {
             }
         }
         groups.sort_by(|a, b| a.group.cmp(&b.group));
+        let (cache_hits, cache_misses) = tier.cache_hits_and_misses();
+        let until = *self
+            .inner
+            .lease_valid_until
+            .lock()
+            .expect("lease lock poisoned");
+        let now = std::time::Instant::now();
+        let lease_valid_seconds = if until >= now {
+            (until - now).as_secs_f64()
+        } else {
+            -(now - until).as_secs_f64()
+        };
         Snapshot {
+            max_partition_series: self.inner.cfg.limits.metrics_partition_series,
+            lease_valid_seconds,
+            cache_hits,
+            cache_misses,
             partitions,
             groups,
             lag,

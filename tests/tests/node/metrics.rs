@@ -134,7 +134,14 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
 
     let c = Client::connect(&node.addr).await.unwrap();
     c.create_topic("metered", 3).await.unwrap();
-    let producer = client::Producer::new(c.clone(), client::ProducerConfig::default());
+    // acks=all: every record is in the object store when the first scrape is taken.
+    let producer = client::Producer::new(
+        c.clone(),
+        client::ProducerConfig {
+            acks: client::Acks::All,
+            ..client::ProducerConfig::default()
+        },
+    );
     let mut acks = Vec::new();
     for i in 0..300u32 {
         acks.push(
@@ -165,6 +172,27 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
         Some(300.0)
     );
     assert_eq!(first.value("tierlog_partitions_led", &[]), Some(3.0));
+    assert!(
+        first
+            .value(
+                "tierlog_object_store_requests_total",
+                &[("op", "put"), ("outcome", "ok")]
+            )
+            .is_some_and(|n| n >= 3.0),
+        "acks=all produce put segments and manifest commits"
+    );
+    assert!(
+        first
+            .value("tierlog_meta_requests_total", &[("outcome", "ok")])
+            .is_some_and(|n| n >= 1.0),
+        "creating the topic wrote to the metadata store"
+    );
+    assert!(
+        first
+            .value("tierlog_meta_lease_valid_seconds", &[])
+            .is_some_and(|s| s > 0.0),
+        "the node's lease is current"
+    );
     assert_eq!(
         first.value("tierlog_partition_log_end_offset", &[("topic", "metered")]),
         Some(300.0),
@@ -247,6 +275,12 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
         ("tierlog_read_cache_bytes", "gauge"),
         ("tierlog_group_lag_records", "gauge"),
         ("tierlog_group_members", "gauge"),
+        ("tierlog_object_store_requests", "counter"),
+        ("tierlog_object_store_request_duration_seconds", "histogram"),
+        ("tierlog_meta_requests", "counter"),
+        ("tierlog_meta_request_duration_seconds", "histogram"),
+        ("tierlog_meta_lease_valid_seconds", "gauge"),
+        ("tierlog_read_cache_reads", "counter"),
         ("tierlog_group_rebalances", "counter"),
         ("process_cpu_seconds", "counter"),
         ("process_resident_memory_bytes", "gauge"),
@@ -306,6 +340,31 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
         second.value("tierlog_group_lag_records", &[("group", "manual")]),
         Some(end_1 - 7.0)
     );
+    // The Grafana dashboard asks only for series a node exports.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(tierlog_tests::tests_dir().join("../docs/grafana/tierlog.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let names: std::collections::BTreeSet<&str> =
+        second.samples.iter().map(|(n, _, _)| n.as_str()).collect();
+    let mut asked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if token.starts_with("tierlog_") || token.starts_with("process_") {
+                    asked += 1;
+                    assert!(
+                        names.contains(token),
+                        "panel {:?} asks for {token}, which no scrape has",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(asked >= 20, "the dashboard asks for {asked} series");
     assert!(second.bytes > 0);
     node.stop();
 }

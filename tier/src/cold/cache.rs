@@ -99,6 +99,9 @@ pub(crate) struct ColdCache {
     /// Row-group loads running at once (one per core): decoding is CPU-bound, so more would
     /// only add transient buffers (compressed chunks, decompressed pages) to resident memory.
     loads: Arc<tokio::sync::Semaphore>,
+    /// Row-group reads answered from the cache, and reads that loaded from the store.
+    hits: Arc<std::sync::atomic::AtomicU64>,
+    misses: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for ColdCache {
@@ -137,6 +140,8 @@ impl ColdCache {
             rows,
             meta: moka::future::Cache::builder().max_capacity(4096).build(),
             loads: Arc::new(tokio::sync::Semaphore::new(cores)),
+            hits: Arc::default(),
+            misses: Arc::default(),
         }
     }
 
@@ -224,9 +229,13 @@ impl ColdCache {
             .map_err(unwrap_shared)?;
         // Evict now rather than on the cache's own schedule: entries are megabytes each, and a
         // replay inserts them back to back, so lazy eviction would overshoot the budget.
-        if entry.is_fresh() {
+        let counter = if entry.is_fresh() {
             self.rows.run_pending_tasks().await;
-        }
+            &self.misses
+        } else {
+            &self.hits
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(entry.into_value())
     }
 
@@ -246,6 +255,13 @@ impl ColdCache {
     pub async fn cached_bytes(&self) -> u64 {
         self.rows.run_pending_tasks().await;
         self.rows.weighted_size()
+    }
+
+    /// Row-group reads answered from the cache, and those that loaded from the store, since
+    /// the cache was made.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
 }
 
