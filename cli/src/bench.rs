@@ -10,6 +10,7 @@
 
 mod groups;
 mod kafka;
+mod observe;
 mod sql;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,9 @@ pub enum BenchKind {
     /// The Kafka listener driven by librdkafka (--python with confluent-kafka): produce and
     /// replay next to the native gRPC path on the same node and loopback TCP.
     Kafka,
+    /// The cost of observing: produce throughput and send→ack latency on a node with metrics
+    /// off (no HTTP port) against one with metrics on and scraped every second, alternated.
+    Observe,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -226,6 +230,8 @@ struct Node {
     addr: String,
     /// The Kafka listener's address, when it was started with one.
     kafka: Option<String>,
+    /// The HTTP listener's address (metrics), unless `--http-listen off` was given.
+    http: Option<String>,
     pid: u32,
 }
 
@@ -251,6 +257,8 @@ impl Node {
         kafka: bool,
     ) -> anyhow::Result<Node> {
         let fsync = args.fsync.as_str();
+        // Metrics on (an HTTP port it picks) unless the caller turns them off.
+        let http = !extra.iter().any(|a| a == "--http-listen");
         let exe = std::env::current_exe().context("locating the tierlog binary")?;
         let log = std::fs::File::create(dir.join("node.log"))?;
         // One settings file: --node-config, then what the bench sets itself.
@@ -284,14 +292,17 @@ impl Node {
                 "127.0.0.1:0",
                 "--kafka-listen",
                 if kafka { "127.0.0.1:0" } else { "off" },
-                "--http-listen",
-                "127.0.0.1:0",
                 "--fsync",
                 fsync,
                 "--data-dir",
             ])
             .arg(dir.join("data"))
             .args(&store_args)
+            .args(if http {
+                &["--http-listen", "127.0.0.1:0"][..]
+            } else {
+                &[][..]
+            })
             .args(extra)
             .env("TIERLOG_LOG", args.node_log.as_deref().unwrap_or("warn"))
             .stdout(std::process::Stdio::piped())
@@ -305,18 +316,21 @@ impl Node {
         let pid = child.id().context("node pid")?;
         let stdout = child.stdout.take().context("node stdout")?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let (addr, kafka) = tokio::time::timeout(Duration::from_secs(60), async {
-            let (mut addr, mut kafka_addr) = (None, None);
+        let (addr, kafka, http) = tokio::time::timeout(Duration::from_secs(60), async {
+            let (mut addr, mut kafka_addr, mut http_addr) = (None, None, None);
             while let Some(line) = lines.next_line().await? {
                 if let Some(a) = line.strip_prefix("tierlog listening on ") {
                     addr = Some(a.to_string());
                 } else if let Some(a) = line.strip_prefix("tierlog kafka listening on ") {
                     kafka_addr = Some(a.to_string());
+                } else if let Some(a) = line.strip_prefix("tierlog http listening on ") {
+                    http_addr = Some(a.to_string());
                 }
                 if let Some(a) = &addr
                     && (!kafka || kafka_addr.is_some())
+                    && (!http || http_addr.is_some())
                 {
-                    return Ok((a.clone(), kafka_addr));
+                    return Ok((a.clone(), kafka_addr, http_addr));
                 }
             }
             bail!("the node exited; see {}", dir.join("node.log").display())
@@ -327,6 +341,7 @@ impl Node {
             child,
             addr,
             kafka,
+            http,
             pid,
         })
     }
@@ -391,6 +406,7 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Sql => sql::run(&args, dir.path()).await,
         BenchKind::Groups => groups::run(&args, dir.path()).await,
         BenchKind::Kafka => kafka::run(&args, dir.path()).await,
+        BenchKind::Observe => observe::run(&args, dir.path()).await,
     }
 }
 

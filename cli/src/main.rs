@@ -229,14 +229,22 @@ struct ServeArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TIERLOG_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIERLOG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // TIERLOG_LOG_FORMAT=json: one JSON object per line (for log shippers), else text.
+    if std::env::var("TIERLOG_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -432,10 +440,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .collect();
     let (store, root) =
         tier::store::open_store(&url, &options).context("opening the object store")?;
-    // Every request to either store is counted and timed for /metrics.
-    let metrics = Arc::new(ingest::metrics::Metrics::new());
-    let store: Arc<dyn object_store::ObjectStore> =
-        Arc::new(tier::store::Observed::new(store, metrics.clone()));
+    // Every request to either store is counted and timed for /metrics; with no HTTP port
+    // nothing is recorded.
+    let metrics = Arc::new(if s.http.enabled() {
+        ingest::metrics::Metrics::new()
+    } else {
+        ingest::metrics::Metrics::disabled()
+    });
+    let store: Arc<dyn object_store::ObjectStore> = if metrics.enabled() {
+        Arc::new(tier::store::Observed::new(store, metrics.clone()))
+    } else {
+        store
+    };
     let tier = tier::Tier::open(s.tier_config()?, store, root)
         .await
         .context("opening the storage core")?;
@@ -456,7 +472,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?,
         ),
     };
-    let kv: Arc<dyn meta::KvBackend> = Arc::new(meta::ObservedKv::new(kv, metrics.clone()));
+    let kv: Arc<dyn meta::KvBackend> = if metrics.enabled() {
+        Arc::new(meta::ObservedKv::new(kv, metrics.clone()))
+    } else {
+        kv
+    };
     let meta = meta::Meta::new(kv);
     let listener = tokio::net::TcpListener::bind(&s.listen)
         .await

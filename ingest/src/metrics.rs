@@ -31,6 +31,8 @@ fn latency_histogram() -> Histogram {
 /// Counters and histograms updated as the node works.
 #[derive(Debug)]
 pub struct Metrics {
+    /// `false`: nothing is recorded (the node serves no HTTP port to read it from).
+    enabled: bool,
     registry: Registry,
     requests: Family<Labels, Counter>,
     request_seconds: Family<Labels, Histogram, fn() -> Histogram>,
@@ -139,6 +141,7 @@ impl Metrics {
             meta_seconds.clone(),
         );
         Metrics {
+            enabled: true,
             store_requests,
             store_seconds,
             meta_requests,
@@ -155,8 +158,24 @@ impl Metrics {
         }
     }
 
+    /// Metrics that record nothing, for a node that serves no HTTP port (and to measure what
+    /// recording costs).
+    pub fn disabled() -> Metrics {
+        Metrics {
+            enabled: false,
+            ..Metrics::new()
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// A request answered by a front end: `code` is the result (`ok`, or the error's name).
     pub fn request(&self, protocol: &'static str, api: &str, code: &str, took: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.requests
             .get_or_create(&vec![
                 ("protocol", protocol.to_string()),
@@ -173,13 +192,16 @@ impl Metrics {
     }
 
     pub fn produced(&self, topic: &str, records: u64, bytes: u64) {
+        if !self.enabled {
+            return;
+        }
         let l = vec![("topic", topic.to_string())];
         self.records_in.get_or_create(&l).inc_by(records);
         self.bytes_in.get_or_create(&l).inc_by(bytes);
     }
 
     pub fn fetched(&self, topic: &str, records: u64, bytes: u64) {
-        if records == 0 {
+        if records == 0 || !self.enabled {
             return;
         }
         let l = vec![("topic", topic.to_string())];
@@ -188,10 +210,16 @@ impl Metrics {
     }
 
     pub fn leadership_changed(&self) {
+        if !self.enabled {
+            return;
+        }
         self.leadership_changes.inc();
     }
 
     pub fn rebalanced(&self, group: &str) {
+        if !self.enabled {
+            return;
+        }
         self.rebalances
             .get_or_create(&vec![("group", group.to_string())])
             .inc();
@@ -211,6 +239,9 @@ impl Metrics {
 
 impl tier::store::StoreObserver for Metrics {
     fn observed(&self, op: &'static str, outcome: &'static str, took: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.store_requests
             .get_or_create(&vec![
                 ("op", op.to_string()),
@@ -225,6 +256,9 @@ impl tier::store::StoreObserver for Metrics {
 
 impl meta::KvObserver for Metrics {
     fn observed(&self, op: &'static str, ok: bool, took: Duration) {
+        if !self.enabled {
+            return;
+        }
         let outcome = if ok { "ok" } else { "error" };
         self.meta_requests
             .get_or_create(&vec![

@@ -1074,7 +1074,7 @@ async fn every_bench_mode_runs_and_prints_its_baselines() {
         tierlog_tests::unique("bench")
     );
     let group_meta = format!("{meta}-groups");
-    let modes: [(&str, Vec<&str>, &[&str]); 6] = [
+    let modes: [(&str, Vec<&str>, &[&str]); 7] = [
         (
             "produce",
             vec!["--load", "0.5", "--load-secs", "1"],
@@ -1115,6 +1115,17 @@ async fn every_bench_mode_runs_and_prints_its_baselines() {
                 "loopback TCP",
                 "tierlog's own client (gRPC), same node:",
                 "librdkafka through the Kafka listener, same node:",
+            ],
+        ),
+        (
+            "observe",
+            vec![],
+            &[
+                "produce, metrics off (run 1)",
+                "produce, metrics on, scraped 1/s (run 2)",
+                "scrape of /metrics",
+                "mean throughput, on against off",
+                "mean send→ack p99, on against off",
             ],
         ),
         (
