@@ -355,6 +355,9 @@ impl Broker {
         meta.register(&cfg.node_info(), lease).await?;
         let fetch_buffer = Arc::new(tokio::sync::Semaphore::new(cfg.limits.fetch_buffer_bytes));
         let metrics = cfg.metrics.clone();
+        if metrics.enabled() {
+            tier.observe_uploads(metrics.clone());
+        }
         let broker = Broker {
             inner: Arc::new(Inner {
                 cluster_id,

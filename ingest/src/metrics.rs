@@ -46,6 +46,9 @@ pub struct Metrics {
     store_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     meta_requests: Family<Labels, Counter>,
     meta_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    convert_seconds: Histogram,
+    upload_commit_seconds: Histogram,
+    uploaded_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -140,8 +143,32 @@ impl Metrics {
             Unit::Seconds,
             meta_seconds.clone(),
         );
+        let convert_seconds = latency_histogram();
+        registry.register_with_unit(
+            "tierlog_upload_convert_duration",
+            "Time to convert an upload's records to Parquet",
+            Unit::Seconds,
+            convert_seconds.clone(),
+        );
+        let upload_commit_seconds = latency_histogram();
+        registry.register_with_unit(
+            "tierlog_upload_commit_duration",
+            "Time from an upload's conversion to its commit answering acks=all waiters (the commit before it, the object and manifest PUTs)",
+            Unit::Seconds,
+            upload_commit_seconds.clone(),
+        );
+        let uploaded_bytes = Counter::default();
+        registry.register_with_unit(
+            "tierlog_uploaded",
+            "Bytes of Parquet objects committed to the object store",
+            Unit::Bytes,
+            uploaded_bytes.clone(),
+        );
         Metrics {
             enabled: true,
+            convert_seconds,
+            upload_commit_seconds,
+            uploaded_bytes,
             store_requests,
             store_seconds,
             meta_requests,
@@ -251,6 +278,17 @@ impl tier::store::StoreObserver for Metrics {
         self.store_seconds
             .get_or_create(&vec![("op", op.to_string())])
             .observe(took.as_secs_f64());
+    }
+}
+
+impl tier::UploadObserver for Metrics {
+    fn uploaded(&self, convert: Duration, commit: Duration, bytes: u64) {
+        if !self.enabled {
+            return;
+        }
+        self.convert_seconds.observe(convert.as_secs_f64());
+        self.upload_commit_seconds.observe(commit.as_secs_f64());
+        self.uploaded_bytes.inc_by(bytes);
     }
 }
 

@@ -157,6 +157,16 @@ pub(crate) struct Inner {
     /// with their epoch: housekeeping tries again until it does, or until the partition is
     /// opened, closed or removed through the API (changed under the partition's gate).
     pub reopening: std::sync::Mutex<HashMap<PartitionId, (u64, std::time::Instant)>>,
+    /// Told about every upload committed (for metrics); set by [`Tier::observe_uploads`].
+    pub upload_observer: RwLock<Option<Arc<dyn UploadObserver>>>,
+}
+
+/// Told about every upload the tier commits to the object store: how long converting the
+/// records to Parquet took, how long from the end of that until the commit answered its
+/// waiters (waiting for the commit before it, the PUTs), and the object's size. Must not
+/// block.
+pub trait UploadObserver: Send + Sync + std::fmt::Debug {
+    fn uploaded(&self, convert: Duration, commit: Duration, bytes: u64);
 }
 
 /// A partition another node leads, as far as its manifest goes: committed reads only.
@@ -240,6 +250,7 @@ impl Tier {
             gates: std::sync::Mutex::default(),
             seal_plans: crate::cold::plan::SealPlans::default(),
             reopening: std::sync::Mutex::default(),
+            upload_observer: RwLock::default(),
         });
         retention::spawn_housekeeping(&inner);
         Ok(Tier { inner })
@@ -247,6 +258,15 @@ impl Tier {
 
     pub fn config(&self) -> &TierConfig {
         &self.inner.cfg
+    }
+
+    /// Tells `observer` about every upload committed from now on.
+    pub fn observe_uploads(&self, observer: Arc<dyn UploadObserver>) {
+        *self
+            .inner
+            .upload_observer
+            .write()
+            .expect("observer lock poisoned") = Some(observer);
     }
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.inner.store

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 pub use batch::{BatchBuilder, Compression, Header, ProducerInfo, Record, RecordBatch};
 pub use config::{FsyncPolicy, TierConfig};
-pub use engine::{ColdRetention, PartitionOffsets, ReadResult, Source, Tier};
+pub use engine::{ColdRetention, PartitionOffsets, ReadResult, Source, Tier, UploadObserver};
 pub use error::{Error, Result};
 pub use hot::AppendResult;
 

@@ -183,6 +183,15 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
     );
     assert!(
         first
+            .value("tierlog_upload_convert_duration_seconds_count", &[])
+            .is_some_and(|n| n >= 1.0)
+            && first
+                .value("tierlog_uploaded_bytes_total", &[])
+                .is_some_and(|n| n > 0.0),
+        "uploads timed and counted"
+    );
+    assert!(
+        first
             .value("tierlog_meta_requests_total", &[("outcome", "ok")])
             .is_some_and(|n| n >= 1.0),
         "creating the topic wrote to the metadata store"
@@ -281,6 +290,9 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
         ("tierlog_meta_request_duration_seconds", "histogram"),
         ("tierlog_meta_lease_valid_seconds", "gauge"),
         ("tierlog_read_cache_reads", "counter"),
+        ("tierlog_upload_convert_duration_seconds", "histogram"),
+        ("tierlog_upload_commit_duration_seconds", "histogram"),
+        ("tierlog_uploaded_bytes", "counter"),
         ("tierlog_group_rebalances", "counter"),
         ("process_cpu_seconds", "counter"),
         ("process_resident_memory_bytes", "gauge"),

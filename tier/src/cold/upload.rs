@@ -296,8 +296,17 @@ async fn upload(
     span: Span,
     urgent: bool,
 ) -> Result<Duration> {
+    let observer = inner
+        .upload_observer
+        .read()
+        .expect("observer lock poisoned")
+        .clone();
     let prepared = prepare(inner, p.clone(), span.clone(), urgent).await?;
-    let started = prepared.started;
+    let (started, encoded, size) = (
+        prepared.started,
+        prepared.encoded,
+        prepared.segment.bytes.len() as u64,
+    );
     loop {
         let turn = p.committed.notified();
         if p.log.uploaded_next() >= span.base_offset {
@@ -309,6 +318,15 @@ async fn upload(
         }
     }
     let (answered, put) = commit(&p, &span, prepared).await?;
+    if let Some(o) = observer {
+        o.uploaded(
+            encoded,
+            answered
+                .saturating_duration_since(started)
+                .saturating_sub(encoded),
+            size,
+        );
+    }
     Ok(answered
         .saturating_duration_since(started)
         .saturating_sub(put))
