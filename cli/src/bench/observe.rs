@@ -1,8 +1,8 @@
 //! `tierlog bench observe`: what observing costs. The same produce workload (`--records` of
 //! `--record-bytes` over `--partitions`, at full speed, tierlog's own client) runs on a fresh
 //! node with metrics off (`--http-listen off`: nothing recorded, stores not wrapped) and on one
-//! with metrics on and `/metrics` scraped every second, as Prometheus would, alternating
-//! off/on twice in the same run so drift in the machine falls on both. Scrapes are timed and
+//! with metrics on and `/metrics` scraped every second, as Prometheus would: off, on, on, off
+//! in the same run, each from a clean and synced disk, so drift in the machine falls on both. Scrapes are timed and
 //! sized too: with `--partitions 1000` this is the scrape cost docs/metrics.md quotes.
 
 use std::path::Path;
@@ -41,8 +41,11 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     }
     let epoch = Instant::now();
     let mut results: Vec<(bool, f64, Duration)> = Vec::new();
-    for round in 0..2 {
-        for on in [false, true] {
+    // Order alternates (off, on, on, off) and each run starts from a clean, synced disk, so
+    // neither side pays for the other's writeback.
+    for (round, on) in [(0, false), (0, true), (1, true), (1, false)] {
+        {
+            let _ = std::process::Command::new("sync").status();
             let name = format!("{}-{round}", if on { "on" } else { "off" });
             let sub = dir.join(&name);
             std::fs::create_dir_all(&sub)?;
@@ -101,6 +104,7 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
             }
             results.push((on, rate, p99));
             node.stop().await?;
+            std::fs::remove_dir_all(&sub)?;
         }
     }
     let mean = |on: bool| {
