@@ -88,56 +88,26 @@ struct Row {
     partition: u32,
     committed: Option<i64>,
     high: i64,
+    lag: Option<i64>,
     owner: String,
 }
 
 pub async fn describe_group(c: &Client, group: &str, as_json: bool) -> anyhow::Result<()> {
     let d = c.describe_group(group).await.map_err(explain)?;
-    let committed = c.fetch_offsets(group, "").await.map_err(explain)?;
-    let mut owners: BTreeMap<(String, u32), String> = BTreeMap::new();
-    for m in &d.members {
-        for t in &m.owned {
-            for p in &t.partitions {
-                owners.insert((t.topic.clone(), *p), m.member_id.clone());
-            }
-        }
-    }
-    // Every partition that is committed or owned, with the topic's high watermark.
-    let mut keys: BTreeMap<(String, u32), Option<i64>> = BTreeMap::new();
-    for o in &committed {
-        keys.insert((o.topic.clone(), o.partition), Some(o.offset));
-    }
-    for k in owners.keys() {
-        keys.entry(k.clone()).or_insert(None);
-    }
-    let mut highs: BTreeMap<String, Vec<pb::PartitionDescription>> = BTreeMap::new();
-    let mut rows = Vec::new();
-    for ((topic, partition), committed) in keys {
-        if !highs.contains_key(&topic) {
-            let parts = match c.describe_topic(&topic).await {
-                Ok(t) => t.partitions,
-                // Deleted meanwhile: no high watermark to show.
-                Err(e) if e.code() == Some(client::ErrorCode::UnknownTopic) => Vec::new(),
-                Err(e) => return Err(explain(e)),
-            };
-            highs.insert(topic.clone(), parts);
-        }
-        let high = highs[&topic]
-            .iter()
-            .find(|p| p.partition == partition)
-            .map_or(0, |p| p.high_watermark);
-        rows.push(Row {
-            owner: owners
-                .get(&(topic.clone(), partition))
-                .cloned()
-                .unwrap_or_default(),
-            topic,
-            partition,
-            committed,
-            high,
-        });
-    }
-    let lag = |r: &Row| r.committed.map(|o| (r.high - o).max(0));
+    // The node computes each partition's lag (the figures /metrics exports).
+    let rows: Vec<Row> = d
+        .offsets
+        .iter()
+        .map(|o| Row {
+            topic: o.topic.clone(),
+            partition: o.partition,
+            committed: o.committed,
+            high: o.high_watermark,
+            lag: o.lag,
+            owner: o.member_id.clone(),
+        })
+        .collect();
+    let lag = |r: &Row| r.lag;
     if as_json {
         let v = json!({
             "group": d.group,

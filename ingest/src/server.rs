@@ -547,7 +547,35 @@ impl Tierlog for Service {
             .describe_group(&req.group)
             .await
             .map_err(status)?;
+        let owners: std::collections::HashMap<(String, u32), String> = view
+            .members
+            .iter()
+            .flat_map(|m| {
+                m.owned
+                    .iter()
+                    .map(move |tp| (tp.clone(), m.member_id.clone()))
+            })
+            .collect();
+        let offsets = self
+            .broker
+            .group_lag_with(&req.group, owners.keys().cloned())
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|r| pb::GroupPartitionLag {
+                lag: r.lag(),
+                member_id: owners
+                    .get(&(r.topic.clone(), r.partition))
+                    .cloned()
+                    .unwrap_or_default(),
+                topic: r.topic,
+                partition: r.partition,
+                committed: r.committed,
+                high_watermark: r.high_watermark,
+            })
+            .collect();
         Ok(Response::new(pb::DescribeGroupResponse {
+            offsets,
             group: view.group,
             state: view.state.to_string(),
             generation: view.generation,

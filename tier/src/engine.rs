@@ -1152,6 +1152,19 @@ mod tests {
         b.build().unwrap()
     }
 
+    /// A tier under `dir` (hot tier and a file-system bucket) that cuts records nobody waits
+    /// for once they are `upload_interval_ms` old.
+    async fn local_tier(dir: &std::path::Path, upload_interval_ms: u64) -> Tier {
+        let bucket = dir.join("bucket");
+        let (store, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
+        let cfg = TierConfig {
+            data_dir: dir.join("hot"),
+            upload_interval_ms,
+            ..TierConfig::default()
+        };
+        Tier::open(cfg, store, Path::from("c")).await.unwrap()
+    }
+
     /// Appends to partition 0 of `t` until one succeeds (the partition is being reopened).
     async fn append_when_back(t: &Tier) -> crate::AppendResult {
         for _ in 0..500 {
@@ -1249,14 +1262,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_nobody_waits_for_are_committed_within_the_upload_interval() {
         let dir = tempfile::tempdir().unwrap();
-        let bucket = dir.path().join("bucket");
-        let (store, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
-        let cfg = TierConfig {
-            data_dir: dir.path().join("hot"),
-            upload_interval_ms: 100,
-            ..TierConfig::default()
-        };
-        let t = Tier::open(cfg, store, Path::from("c")).await.unwrap();
+        let t = local_tier(dir.path(), 100).await;
         t.open_partition("t", 0, 1).await.unwrap();
         let committed = |want: i64| {
             let t = t.clone();
@@ -1294,14 +1300,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn upload_lag_is_the_age_of_the_oldest_record_not_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let bucket = dir.path().join("bucket");
-        let (store, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
-        let cfg = TierConfig {
-            data_dir: dir.path().join("hot"),
-            upload_interval_ms: 600_000,
-            ..TierConfig::default()
-        };
-        let t = Tier::open(cfg, store, Path::from("c")).await.unwrap();
+        let t = local_tier(dir.path(), 600_000).await;
         t.open_partition("t", 0, 1).await.unwrap();
         assert_eq!(t.offsets("t", 0).unwrap().upload_lag, Duration::ZERO);
         let first = std::time::Instant::now();

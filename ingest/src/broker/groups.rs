@@ -185,6 +185,17 @@ impl Broker {
         Ok(c)
     }
 
+    /// The groups this node coordinates now, with their state.
+    pub(super) fn coordinated_groups(&self) -> Vec<(String, Arc<Coordinated>)> {
+        self.inner
+            .coordinated
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .map(|(g, c)| (g.clone(), c.clone()))
+            .collect()
+    }
+
     /// Forgets a group's in-memory state (the next request reloads it from `meta`).
     fn forget_group(&self, group: &str, c: &Arc<Coordinated>) {
         let mut map = self.inner.coordinated.lock().expect("lock poisoned");
@@ -717,14 +728,7 @@ impl Broker {
                         tracing::warn!(error = %e, "expiring group offsets failed");
                     }
                 }
-                let groups: Vec<(String, Arc<Coordinated>)> = broker
-                    .inner
-                    .coordinated
-                    .lock()
-                    .expect("lock poisoned")
-                    .iter()
-                    .map(|(g, c)| (g.clone(), c.clone()))
-                    .collect();
+                let groups = broker.coordinated_groups();
                 if groups.is_empty() {
                     continue;
                 }

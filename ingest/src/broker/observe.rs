@@ -46,32 +46,51 @@ impl Broker {
     /// Lag of each partition `group` committed, in topic and partition order. Partitions of
     /// a topic deleted since are left out.
     pub async fn group_lag(&self, group: &str) -> Result<Vec<PartitionLag>> {
-        let committed = self.inner.meta.fetch_offsets(group, None).await?;
+        self.group_lag_with(group, []).await
+    }
+
+    /// [`Broker::group_lag`], plus a row (without a commit) for each of `also` the group did
+    /// not commit: the partitions its members own, for `groups describe`.
+    pub async fn group_lag_with(
+        &self,
+        group: &str,
+        also: impl IntoIterator<Item = (String, u32)>,
+    ) -> Result<Vec<PartitionLag>> {
+        let mut rows: std::collections::BTreeMap<(String, u32), Option<i64>> = self
+            .inner
+            .meta
+            .fetch_offsets(group, None)
+            .await?
+            .into_iter()
+            .map(|o| ((o.topic, o.partition), Some(o.offset)))
+            .collect();
+        for k in also {
+            rows.entry(k).or_insert(None);
+        }
         let mut highs: HashMap<String, Option<Vec<i64>>> = HashMap::new();
-        let mut out = Vec::with_capacity(committed.len());
-        for o in committed {
-            if !highs.contains_key(&o.topic) {
-                let h = match self.describe_topic(&o.topic).await {
+        let mut out = Vec::with_capacity(rows.len());
+        for ((topic, partition), committed) in rows {
+            if !highs.contains_key(&topic) {
+                let h = match self.describe_topic(&topic).await {
                     Ok(t) => Some(t.partitions.iter().map(|p| p.offsets.next).collect()),
                     Err(Error::UnknownTopic(_)) => None,
                     Err(e) => return Err(e),
                 };
-                highs.insert(o.topic.clone(), h);
+                highs.insert(topic.clone(), h);
             }
-            let Some(Some(high)) = highs[&o.topic]
+            let Some(Some(high)) = highs[&topic]
                 .as_ref()
-                .map(|h| h.get(o.partition as usize).copied())
+                .map(|h| h.get(partition as usize).copied())
             else {
                 continue;
             };
             out.push(PartitionLag {
-                topic: o.topic,
-                partition: o.partition,
-                committed: Some(o.offset),
+                topic,
+                partition,
+                committed,
                 high_watermark: high,
             });
         }
-        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(out)
     }
 
@@ -110,14 +129,7 @@ impl Broker {
 
         // Groups this node coordinates (or would be asked to: a group of simple commits has
         // no coordinator in memory), with members and generation from memory when loaded.
-        let coordinated: HashMap<String, _> = self
-            .inner
-            .coordinated
-            .lock()
-            .expect("lock poisoned")
-            .iter()
-            .map(|(g, c)| (g.clone(), c.clone()))
-            .collect();
+        let coordinated = self.coordinated_groups();
         let mut here: HashMap<String, (u64, Option<i64>)> = HashMap::new();
         match self.list_groups_here().await {
             Ok(listed) => {
