@@ -323,6 +323,7 @@ pub struct PartitionStat {
     /// Age of the oldest record not yet committed to the object store, seconds.
     pub upload_lag_seconds: f64,
     pub hot_bytes: u64,
+    pub hot_segments: u64,
     pub cold_bytes: u64,
     pub cold_objects: u64,
 }
@@ -494,6 +495,12 @@ fn scrape_registry(s: &Snapshot) -> Registry {
         "Bytes on this node's local disk (hot tier), by topic",
         Some(Unit::Bytes),
     );
+    let segments = gauge(
+        &mut r,
+        "tierlog_topic_hot_segments",
+        "Segment files on this node's local disk (hot tier), by topic",
+        None,
+    );
     let cold = gauge(
         &mut r,
         "tierlog_topic_cold",
@@ -515,6 +522,7 @@ fn scrape_registry(s: &Snapshot) -> Registry {
     for p in &s.partitions {
         let l = vec![("topic", p.topic.clone())];
         hot.get_or_create(&l).inc_by(to_i64(p.hot_bytes));
+        segments.get_or_create(&l).inc_by(to_i64(p.hot_segments));
         cold.get_or_create(&l).inc_by(to_i64(p.cold_bytes));
         objects.get_or_create(&l).inc_by(to_i64(p.cold_objects));
         topic_lag
@@ -663,6 +671,7 @@ mod tests {
             committed: 4,
             upload_lag_seconds: 0.5,
             hot_bytes: 100,
+            hot_segments: 1,
             cold_bytes: 50,
             cold_objects: 1,
         };
@@ -708,6 +717,7 @@ mod tests {
                     committed: 999_999_000,
                     upload_lag_seconds: 0.25,
                     hot_bytes: 1 << 30,
+                    hot_segments: 8,
                     cold_bytes: 1 << 40,
                     cold_objects: 100_000,
                 })

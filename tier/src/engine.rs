@@ -66,6 +66,8 @@ pub struct PartitionOffsets {
     /// The next offset to be assigned.
     pub next: i64,
     pub hot_bytes: u64,
+    /// Segment files on local disk (the active one included).
+    pub hot_segments: u64,
     pub cold_bytes: u64,
     pub cold_segments: u64,
     /// How long the oldest record below `next` not yet committed to the cold tier has waited
@@ -552,6 +554,7 @@ impl Tier {
             durable_next: cold.next_offset,
             next: cold.next_offset,
             hot_bytes: 0,
+            hot_segments: 0,
             cold_bytes,
             cold_segments,
             upload_lag: std::time::Duration::ZERO,
@@ -763,6 +766,7 @@ impl Tier {
             durable_next: p.log.durable_next(),
             next: p.log.next_offset(),
             hot_bytes: p.log.bytes(),
+            hot_segments: p.log.segment_count() as u64,
             cold_bytes,
             cold_segments,
             upload_lag: p.log.upload_lag(),

@@ -121,6 +121,7 @@ impl Broker {
                 committed: o.cold_next,
                 upload_lag_seconds: o.upload_lag.as_secs_f64(),
                 hot_bytes: o.hot_bytes,
+                hot_segments: o.hot_segments,
                 cold_bytes: o.cold_bytes,
                 cold_objects: o.cold_segments,
             });

@@ -174,6 +174,12 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
     assert_eq!(first.value("tierlog_partitions_led", &[]), Some(3.0));
     assert!(
         first
+            .value("tierlog_topic_hot_segments", &[("topic", "metered")])
+            .is_some_and(|n| n >= 3.0),
+        "each partition has its active segment"
+    );
+    assert!(
+        first
             .value(
                 "tierlog_object_store_requests_total",
                 &[("op", "put"), ("outcome", "ok")]
@@ -277,6 +283,7 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
         ("tierlog_partition_upload_lag_records", "gauge"),
         ("tierlog_partition_upload_lag_seconds", "gauge"),
         ("tierlog_topic_hot_bytes", "gauge"),
+        ("tierlog_topic_hot_segments", "gauge"),
         ("tierlog_topic_cold_bytes", "gauge"),
         ("tierlog_topic_cold_objects", "gauge"),
         ("tierlog_hot_tier_bytes", "gauge"),

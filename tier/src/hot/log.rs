@@ -291,6 +291,10 @@ impl PartitionLog {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Acquire)
     }
+    /// Segment files on local disk (the active one included).
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().expect("segments lock poisoned").len()
+    }
     /// First offset still on local disk.
     pub fn start_offset(&self) -> i64 {
         self.snapshot()
