@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what tierlog's tests and local clusters need, idempotently.
-#   localstack/install.sh python   # venv with the independent clients: pyarrow, duckdb, kafka-python, confluent-kafka, ADBC Flight SQL, prometheus-client
+#   localstack/install.sh python   # venv with the independent clients: pyarrow, duckdb, kafka-python, confluent-kafka, ADBC Flight SQL, prometheus-client, an OTLP receiver (grpcio, opentelemetry-proto)
 #   localstack/install.sh s3       # venv with moto's S3 server (and boto3)
 #   localstack/install.sh etcd     # Debian's etcd-server and etcd-client (etcdctl), if etcd is missing
 #   localstack/install.sh kcat     # Debian's kcat (librdkafka 2.0.2): an old Kafka client to test against
+#   localstack/install.sh browser  # Debian's chromium, and playwright-core (which fetches no browser) to drive it
 # Prints the installed interpreter or server path on the last line of its output.
 set -euo pipefail
 
@@ -28,7 +29,7 @@ install_venv() {
 }
 
 install_python() {
-    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 kafka-python==2.2.15 confluent-kafka==2.16.1 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 prometheus-client==0.26.0" python
+    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 kafka-python==2.2.15 confluent-kafka==2.16.1 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 prometheus-client==0.26.0 grpcio==1.85.3 protobuf==6.33.6 opentelemetry-proto==1.45.2" python
 }
 install_s3() { install_venv moto "moto[server]==5.1.14" moto_server; }
 
@@ -69,11 +70,29 @@ apt_install() {
     command -v "$command"
 }
 
+# Debian's chromium and, under $CACHE/browser, the npm packages tests/console/package-lock.json
+# pins (playwright-core only); reinstalled only when the lock changes. Prints that directory.
+install_browser() {
+    apt_install chromium chromium >/dev/null
+    local dir="$CACHE/browser" lock
+    lock="$(dirname "$0")/../tests/console/package-lock.json"
+    if [ -d "$dir/node_modules/playwright-core" ] && cmp -s "$lock" "$dir/package-lock.json"; then
+        echo "playwright-core already installed in $dir" >&2
+    else
+        echo "installing playwright-core into $dir" >&2
+        mkdir -p "$dir"
+        cp "$(dirname "$lock")/package.json" "$lock" "$dir/"
+        (cd "$dir" && npm ci --no-audit --no-fund >&2)
+    fi
+    echo "$dir"
+}
+
 case "${1:-all}" in
     python) install_python ;;
     s3) install_s3 ;;
     etcd) install_etcd ;;
     kcat) apt_install kcat kcat ;;
-    all) install_python >/dev/null; install_s3 >/dev/null; apt_install kcat kcat >/dev/null; install_etcd ;;
-    *) echo "usage: $0 [python|s3|etcd|kcat|all]" >&2; exit 2 ;;
+    browser) install_browser ;;
+    all) install_python >/dev/null; install_s3 >/dev/null; apt_install kcat kcat >/dev/null; install_browser >/dev/null; install_etcd ;;
+    *) echo "usage: $0 [python|s3|etcd|kcat|browser|all]" >&2; exit 2 ;;
 esac

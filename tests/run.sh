@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 TIERLOG_PYTHON="$(bash localstack/install.sh python | tail -n 1)"
 export TIERLOG_PYTHON
 bash localstack/install.sh kcat >/dev/null
+# The console's browser tests: Debian's chromium driven by playwright-core.
+TIERLOG_BROWSER="$(bash localstack/install.sh browser | tail -n 1)"
+export TIERLOG_BROWSER
 
 S3_PORT="${TIERLOG_TEST_S3_PORT:-39000}"
 ETCD_PORT="${TIERLOG_TEST_ETCD_PORT:-23790}"

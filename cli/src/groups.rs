@@ -89,6 +89,7 @@ struct Row {
     committed: Option<i64>,
     high: i64,
     lag: Option<i64>,
+    lag_ms: Option<i64>,
     owner: String,
 }
 
@@ -104,6 +105,7 @@ pub async fn describe_group(c: &Client, group: &str, as_json: bool) -> anyhow::R
             committed: o.committed,
             high: o.high_watermark,
             lag: o.lag,
+            lag_ms: o.lag_ms,
             owner: o.member_id.clone(),
         })
         .collect();
@@ -129,6 +131,7 @@ pub async fn describe_group(c: &Client, group: &str, as_json: bool) -> anyhow::R
                 "committed": r.committed,
                 "high_watermark": r.high,
                 "lag": lag(r),
+                "lag_seconds": r.lag_ms.map(|ms| ms as f64 / 1000.0),
                 "member_id": r.owner,
             })).collect::<Vec<_>>(),
         });
@@ -174,17 +177,19 @@ pub async fn describe_group(c: &Client, group: &str, as_json: bool) -> anyhow::R
     }
     println!();
     println!(
-        "{:<24} {:>9} {:>12} {:>12} {:>10}  member",
-        "topic", "partition", "committed", "high", "lag"
+        "{:<24} {:>9} {:>12} {:>12} {:>10} {:>10}  member",
+        "topic", "partition", "committed", "high", "lag", "lag-time"
     );
     for r in &rows {
         println!(
-            "{:<24} {:>9} {:>12} {:>12} {:>10}  {}",
+            "{:<24} {:>9} {:>12} {:>12} {:>10} {:>10}  {}",
             r.topic,
             r.partition,
             r.committed.map_or("-".into(), |o| o.to_string()),
             r.high,
             lag(r).map_or("-".into(), |l| l.to_string()),
+            r.lag_ms
+                .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
             if r.owner.is_empty() { "-" } else { &r.owner }
         );
     }

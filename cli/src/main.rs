@@ -6,6 +6,7 @@ mod commands;
 mod groups;
 mod settings;
 mod sql;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -225,26 +226,13 @@ struct ServeArgs {
     /// to serve none).
     #[arg(long, env = "TIERLOG_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// An OTLP/gRPC collector to export spans to, e.g. http://127.0.0.1:4317 (default: none).
+    #[arg(long, env = "TIERLOG_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TIERLOG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // TIERLOG_LOG_FORMAT=json: one JSON object per line (for log shippers), else text.
-    if std::env::var("TIERLOG_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -255,10 +243,34 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // `serve` reads its settings first: they say where spans go.
+    let (command, settings) = match cli.command {
+        Command::Serve(args) => match serve_settings(args) {
+            Ok(s) => (None, Some(s)),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        other => (Some(other), None),
+    };
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        match telemetry::init(settings.as_ref().map(|s| &s.tracing)) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    };
     let result = runtime.block_on(async {
         let server = cli.server;
-        match cli.command {
-            Command::Serve(args) => serve(args).await,
+        let Some(command) = command else {
+            return serve(settings.expect("serve has settings")).await;
+        };
+        match command {
+            Command::Serve(_) => unreachable!("served above"),
             Command::Topic(t) => {
                 let c = commands::connect(&server).await?;
                 match t {
@@ -399,6 +411,10 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
+    {
+        let _in_runtime = runtime.enter();
+        telemetry.shutdown();
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -408,8 +424,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let s = Settings::load(
+/// The node's settings: defaults, the file, then flags and the environment.
+fn serve_settings(args: ServeArgs) -> anyhow::Result<Settings> {
+    Settings::load(
         args.config.as_deref(),
         Overrides {
             data_dir: args.data_dir,
@@ -423,8 +440,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             kafka_listen: args.kafka_listen,
             kafka_advertise: args.kafka_advertise,
             http_listen: args.http_listen,
+            otlp_endpoint: args.otlp_endpoint,
         },
-    )?;
+    )
+}
+
+async fn serve(s: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("creating the data directory {}", s.data_dir.display()))?;
     if s.object_store.is_none() && s.meta_backend()? != settings::MetaBackend::Embedded {
@@ -591,6 +612,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listener) = http_listener {
         tokio::spawn(ingest::http::serve(
             broker.clone(),
+            Some(engine.clone()),
+            ingest::console::ConsoleSettings {
+                admin: s.http.console_admin,
+                ..Default::default()
+            },
             listener,
             fronts_stop.clone(),
         ));

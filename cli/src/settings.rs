@@ -45,8 +45,34 @@ pub struct Settings {
     pub groups: ingest::GroupSettings,
     /// The Kafka protocol listener (docs/kafka.md).
     pub kafka: ingest::kafka::KafkaSettings,
-    /// The HTTP listener: metrics, health (docs/metrics.md).
+    /// The HTTP listener: metrics, health, the console (docs/metrics.md, docs/console.md).
     pub http: HttpSettings,
+    /// Spans exported over OTLP (docs/tracing.md).
+    pub tracing: TracingSettings,
+}
+
+/// Where spans go: nowhere unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingSettings {
+    /// An OTLP/gRPC collector, e.g. `http://127.0.0.1:4317` (plain HTTP/2); unset exports
+    /// nothing.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the spans carry.
+    pub service_name: String,
+    /// Share of requests traced, 0.0 to 1.0 (a request a client traces is traced if the
+    /// client says so).
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        TracingSettings {
+            otlp_endpoint: None,
+            service_name: "tierlog".into(),
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 /// The node's HTTP port (`/metrics`, `/healthz`, `/readyz`).
@@ -55,12 +81,16 @@ pub struct Settings {
 pub struct HttpSettings {
     /// Listen address; `off` serves none. The default binds to this host only.
     pub listen: String,
+    /// Whether the web console may change things (create topics, delete groups, ...);
+    /// read-only when false.
+    pub console_admin: bool,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: "127.0.0.1:9644".into(),
+            console_admin: false,
         }
     }
 }
@@ -171,6 +201,7 @@ impl Default for Settings {
             groups: ingest::GroupSettings::default(),
             kafka: ingest::kafka::KafkaSettings::default(),
             http: HttpSettings::default(),
+            tracing: TracingSettings::default(),
         }
     }
 }
@@ -189,6 +220,7 @@ pub struct Overrides {
     pub kafka_listen: Option<String>,
     pub kafka_advertise: Option<String>,
     pub http_listen: Option<String>,
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Where the node keeps its metadata.
@@ -245,6 +277,9 @@ impl Settings {
         }
         if let Some(v) = o.http_listen {
             s.http.listen = v;
+        }
+        if let Some(v) = o.otlp_endpoint {
+            s.tracing.otlp_endpoint = Some(v).filter(|v| !v.is_empty() && v != "off");
         }
         s.validate()?;
         Ok(s)
@@ -346,6 +381,19 @@ impl Settings {
             anyhow::bail!(
                 "http.listen must be an address like 127.0.0.1:9644 or off, not {:?}",
                 self.http.listen
+            );
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            anyhow::bail!(
+                "tracing.sample_ratio must be between 0 and 1, not {}",
+                self.tracing.sample_ratio
+            );
+        }
+        if let Some(e) = &self.tracing.otlp_endpoint
+            && !e.starts_with("http://")
+        {
+            anyhow::bail!(
+                "tracing.otlp_endpoint must be an http:// URL (a collector on a trusted network; TLS to the collector is not built in), not {e:?}"
             );
         }
         if self.groups.offsets_retention_ms < 1_000 {

@@ -37,10 +37,11 @@ use tier::{BatchBuilder, Compression, Header, PartitionOffsets, ReadResult, Reco
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-pub use observe::PartitionLag;
+pub use observe::{Browsed, GroupReport, PartitionLag};
 
 /// Settings of the ingest core.
 #[derive(Debug, Clone)]
@@ -305,6 +306,8 @@ struct Inner {
     coordinated: Mutex<HashMap<String, Arc<groups::Coordinated>>>,
     /// The cluster's topics and partition counts as the coordinator last read them.
     group_topics: Mutex<Option<(Instant, groups::TopicPartitions)>>,
+    /// Timestamps of records at committed offsets, for group lag in time (see [`observe`]).
+    record_times: Mutex<HashMap<(PartitionKey, i64), i64>>,
     metrics: Arc<Metrics>,
 }
 
@@ -382,6 +385,7 @@ impl Broker {
                 draining: CancellationToken::new(),
                 coordinated: Mutex::default(),
                 group_topics: Mutex::default(),
+                record_times: Mutex::default(),
                 metrics,
             }),
         };
@@ -1044,6 +1048,8 @@ impl Broker {
 
     /// Appends a checked batch and waits as `acks` asks.
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(level = "debug", name = "produce", skip_all,
+        fields(topic = %topic, partition = partition, records = batch.header().record_count, acks = ?acks))]
     async fn append(
         &self,
         topic: &str,
@@ -1081,22 +1087,26 @@ impl Broker {
                 batch.header().record_count.max(0) as u64,
                 batch.len() as u64,
             );
-            async move {
-                let arrivals = this.arrivals(&topic, partition);
-                let r = this
-                    .append_in_order(&arrivals, &storage, partition, batch)
-                    .await;
-                drop(gate);
-                let r = match r {
-                    Ok(r) => r,
-                    Err(e) => return Err(this.tier_error(&topic, partition, e).await),
-                };
-                if !r.duplicate {
-                    this.inner.metrics.produced(&topic, records, bytes);
-                }
-                arrivals.notify_waiters();
-                Ok::<_, Error>(r)
-            }
+            let span = tracing::debug_span!("append");
+            tracing::Instrument::instrument(
+                async move {
+                    let arrivals = this.arrivals(&topic, partition);
+                    let r = this
+                        .append_in_order(&arrivals, &storage, partition, batch)
+                        .await;
+                    drop(gate);
+                    let r = match r {
+                        Ok(r) => r,
+                        Err(e) => return Err(this.tier_error(&topic, partition, e).await),
+                    };
+                    if !r.duplicate {
+                        this.inner.metrics.produced(&topic, records, bytes);
+                    }
+                    arrivals.notify_waiters();
+                    Ok::<_, Error>(r)
+                },
+                span,
+            )
         };
         if acks == Acks::None {
             tokio::spawn(async move {
@@ -1117,6 +1127,10 @@ impl Broker {
                 .inner
                 .tier
                 .wait_committed(storage, partition, r.last_offset + 1)
+                .instrument(tracing::debug_span!(
+                    "await_upload",
+                    end = r.last_offset + 1
+                ))
                 .await
         {
             return Err(self.tier_error(topic, partition, e).await);
@@ -1287,6 +1301,8 @@ impl Broker {
     /// against [`Limits::fetch_buffer_bytes`] until it is dropped, once the answer is sent. A
     /// read waits for the permit first when the node's fetch buffer is full; a read waiting for
     /// new records holds none while it waits.
+    #[tracing::instrument(level = "debug", name = "read", skip_all,
+        fields(topic = %topic, partition = partition, offset = offset, max_bytes = max_bytes))]
     pub async fn read_held(
         &self,
         topic: &str,

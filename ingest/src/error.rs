@@ -230,6 +230,37 @@ impl From<tier::batch::Error> for Error {
     }
 }
 
+impl Code {
+    /// The HTTP status of this code (the console's JSON API), next to the gRPC and Kafka ones.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Code::UnknownTopic | Code::UnknownPartition | Code::UnknownGroup => 404,
+            Code::RecordTooLarge
+            | Code::InvalidTopicName
+            | Code::InvalidRequest
+            | Code::InvalidGroup
+            | Code::UnsupportedAssignor => 400,
+            Code::TopicExists
+            | Code::GroupNotEmpty
+            | Code::NotLeader
+            | Code::NotCoordinator
+            | Code::OutOfOrderSequence
+            | Code::ProducerFenced
+            | Code::UnknownMember
+            | Code::IllegalGeneration
+            | Code::FencedInstance
+            | Code::InconsistentAssignor
+            | Code::RebalanceInProgress
+            | Code::InconsistentGroupProtocol => 409,
+            Code::OffsetOutOfRange => 416,
+            Code::Backpressure | Code::LimitExceeded => 429,
+            Code::Unavailable | Code::ShuttingDown => 503,
+            Code::Unsupported => 501,
+            Code::CorruptData | Code::Internal => 500,
+        }
+    }
+}
+
 impl Error {
     /// The stable code of this error.
     pub fn code(&self) -> Code {

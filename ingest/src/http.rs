@@ -1,6 +1,7 @@
 //! The node's HTTP front end (default 127.0.0.1:9644): `/metrics` (OpenMetrics text, see
-//! [`crate::metrics`]), `/healthz` (the process answers) and `/readyz` (the node can serve:
-//! [`Broker::ready`]). A thin adapter: what it shows is computed by the core.
+//! [`crate::metrics`]), `/healthz` (the process answers), `/readyz` (the node can serve:
+//! [`Broker::ready`]) and the web console at `/` with its API under `/api/v1/`
+//! ([`crate::console`]). A thin adapter: what it shows is computed by the core.
 //!
 //! Invariants: a request here never holds a lock produce or fetch wait on across an await
 //! (the snapshot copies what it reads); an unknown path or method is a 404/405 with a text
@@ -19,19 +20,19 @@ use crate::broker::Broker;
 /// The content type of the OpenMetrics text exposition.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The HTTP routes over `broker`.
-pub fn router(broker: Broker) -> Router {
+/// The HTTP routes over `broker`; the console's SQL runs on `engine`.
+pub fn router(
+    broker: Broker,
+    engine: Option<query::QueryEngine>,
+    console: crate::console::ConsoleSettings,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                "not found: this node serves /metrics, /healthz and /readyz\n",
-            )
-        })
-        .with_state(broker)
+        .with_state(broker.clone())
+        .merge(crate::console::router(broker, engine, console))
+        .fallback(crate::console::not_found)
 }
 
 async fn metrics(State(broker): State<Broker>) -> Response {
@@ -52,8 +53,14 @@ async fn ready(State(broker): State<Broker>) -> Response {
 }
 
 /// Serves HTTP on `listener` until `stop` is cancelled.
-pub async fn serve(broker: Broker, listener: TcpListener, stop: CancellationToken) {
-    let app = router(broker);
+pub async fn serve(
+    broker: Broker,
+    engine: Option<query::QueryEngine>,
+    console: crate::console::ConsoleSettings,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
+    let app = router(broker, engine, console);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

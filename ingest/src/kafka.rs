@@ -15,6 +15,7 @@
 //! acks=0 gets no answer; the connection's answers are never reordered.
 
 mod configs;
+mod errors;
 mod groups;
 mod handlers;
 
@@ -155,6 +156,8 @@ impl Request {
 pub(crate) struct Reply {
     body: BytesMut,
     held: Vec<crate::FetchPermit>,
+    /// The error codes in the answer other than NONE, for the metrics.
+    errors: Vec<i16>,
 }
 
 impl Reply {
@@ -169,12 +172,16 @@ impl Reply {
 type Answer = Result<Option<Reply>, String>;
 
 /// Encodes `response` with its header for `req`.
-pub(crate) fn respond<T: Encodable>(req: &Request, response: &T) -> Answer {
+pub(crate) fn respond<T: Encodable + errors::ErrorCodes>(req: &Request, response: &T) -> Answer {
     respond_as(req, req.version, response)
 }
 
 /// Encodes `response` at `version` (ApiVersions answers an unsupported version at v0).
-fn respond_as<T: Encodable>(req: &Request, version: i16, response: &T) -> Answer {
+fn respond_as<T: Encodable + errors::ErrorCodes>(
+    req: &Request,
+    version: i16,
+    response: &T,
+) -> Answer {
     let mut buf = BytesMut::new();
     let header = ResponseHeader::default().with_correlation_id(req.header.correlation_id);
     let header_version = req.key.response_header_version(version);
@@ -182,9 +189,13 @@ fn respond_as<T: Encodable>(req: &Request, version: i16, response: &T) -> Answer
         .encode(&mut buf, header_version)
         .and_then(|()| response.encode(&mut buf, version))
         .map_err(|e| format!("encoding the {:?} v{version} answer: {e}", req.key))?;
+    let mut errors = Vec::new();
+    response.error_codes(&mut errors);
+    errors.retain(|c| *c != 0);
     Ok(Some(Reply {
         body: buf,
         held: Vec::new(),
+        errors,
     }))
 }
 
@@ -292,13 +303,22 @@ async fn connection(
                 let api = i16::from_be_bytes([buf[0], buf[1]]);
                 let api = ApiKey::try_from(api).map_or("unknown".to_string(), |k| format!("{k:?}"));
                 let started = std::time::Instant::now();
-                let answer = handle(&broker, &settings, Bytes::from(buf), host).await;
+                let span = tracing::debug_span!("kafka", api = %api);
+                let answer = tracing::Instrument::instrument(
+                    handle(&broker, &settings, Bytes::from(buf), host),
+                    span,
+                )
+                .await;
                 // Kafka errors travel inside answers; a request that is not answered closes
                 // the connection.
                 let code = if answer.is_ok() { "answered" } else { "closed" };
-                broker
-                    .metrics()
-                    .request("kafka", &api, code, started.elapsed());
+                let metrics = broker.metrics();
+                metrics.request("kafka", &api, code, started.elapsed());
+                if let Ok(Some(reply)) = &answer {
+                    for &e in &reply.errors {
+                        metrics.kafka_error(&api, &errors::name(e));
+                    }
+                }
                 let _ = otx.send(answer);
             });
         }

@@ -4,6 +4,7 @@
 //! SQL engine.
 
 pub mod broker;
+pub mod console;
 pub mod error;
 pub mod flight;
 pub mod group;

@@ -10,7 +10,7 @@
 //! exported; group lag is exported only by the group's coordinator, so a cluster exports each
 //! group once.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -23,9 +23,39 @@ use prometheus_client::registry::{Registry, Unit};
 /// Label pairs of a series.
 type Labels = Vec<(&'static str, String)>;
 
+/// Latency buckets: 100 µs .. ~52 s, doubling.
+const LATENCY_BUCKETS: usize = 20;
+const LATENCY_FIRST: f64 = 0.000_1;
+
 fn latency_histogram() -> Histogram {
-    // 100 µs .. ~52 s.
-    Histogram::new(exponential_buckets(0.000_1, 2.0, 20))
+    Histogram::new(exponential_buckets(
+        LATENCY_FIRST,
+        2.0,
+        LATENCY_BUCKETS as u16,
+    ))
+}
+
+/// Node-wide running totals, for the console's live charts (the page takes differences).
+#[derive(Debug, Default)]
+struct Totals {
+    produced_records: AtomicU64,
+    produced_bytes: AtomicU64,
+    fetched_records: AtomicU64,
+    fetched_bytes: AtomicU64,
+    /// Produce requests (both front ends) per latency bucket; the last is +Inf.
+    produce_latency: [AtomicU64; LATENCY_BUCKETS + 1],
+}
+
+/// [`Metrics::totals`]: what the node counted since it started.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TotalsSnapshot {
+    pub produced_records: u64,
+    pub produced_bytes: u64,
+    pub fetched_records: u64,
+    pub fetched_bytes: u64,
+    /// (upper bound in seconds, produce requests answered within it and above the bound
+    /// before); the last bound is infinite (shown as `null`).
+    pub produce_latency: Vec<(Option<f64>, u64)>,
 }
 
 /// Counters and histograms updated as the node works.
@@ -46,6 +76,8 @@ pub struct Metrics {
     store_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     meta_requests: Family<Labels, Counter>,
     meta_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    kafka_errors: Family<Labels, Counter>,
+    totals: Totals,
     convert_seconds: Histogram,
     upload_commit_seconds: Histogram,
     uploaded_bytes: Counter,
@@ -100,6 +132,12 @@ impl Metrics {
             "Record batch bytes handed to consumers, by topic",
             Unit::Bytes,
             bytes_out.clone(),
+        );
+        let kafka_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "tierlog_kafka_errors",
+            "Error codes in Kafka answers, one per partition, group or resource they name, by API and Kafka error name",
+            kafka_errors.clone(),
         );
         let leadership_changes = Counter::default();
         registry.register(
@@ -181,6 +219,8 @@ impl Metrics {
             records_out,
             bytes_out,
             leadership_changes,
+            kafka_errors,
+            totals: Totals::default(),
             rebalances,
         }
     }
@@ -216,6 +256,52 @@ impl Metrics {
                 ("api", api.to_string()),
             ])
             .observe(took.as_secs_f64());
+        if api == "Produce" {
+            let secs = took.as_secs_f64();
+            let mut bound = LATENCY_FIRST;
+            let mut i = 0;
+            while i < LATENCY_BUCKETS && secs > bound {
+                bound *= 2.0;
+                i += 1;
+            }
+            self.totals.produce_latency[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What the node counted since it started (zeros when metrics are off).
+    pub fn totals(&self) -> TotalsSnapshot {
+        let t = &self.totals;
+        let mut bound = LATENCY_FIRST;
+        let produce_latency = t
+            .produce_latency
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let b = (i < LATENCY_BUCKETS).then_some(bound);
+                bound *= 2.0;
+                (b, n.load(Ordering::Relaxed))
+            })
+            .collect();
+        TotalsSnapshot {
+            produced_records: t.produced_records.load(Ordering::Relaxed),
+            produced_bytes: t.produced_bytes.load(Ordering::Relaxed),
+            fetched_records: t.fetched_records.load(Ordering::Relaxed),
+            fetched_bytes: t.fetched_bytes.load(Ordering::Relaxed),
+            produce_latency,
+        }
+    }
+
+    /// A Kafka answer to `api` carried `error` (Kafka's name of the code) once.
+    pub fn kafka_error(&self, api: &str, error: &str) {
+        if !self.enabled {
+            return;
+        }
+        self.kafka_errors
+            .get_or_create(&vec![
+                ("api", api.to_string()),
+                ("error", error.to_string()),
+            ])
+            .inc();
     }
 
     pub fn produced(&self, topic: &str, records: u64, bytes: u64) {
@@ -225,6 +311,12 @@ impl Metrics {
         let l = vec![("topic", topic.to_string())];
         self.records_in.get_or_create(&l).inc_by(records);
         self.bytes_in.get_or_create(&l).inc_by(bytes);
+        self.totals
+            .produced_records
+            .fetch_add(records, Ordering::Relaxed);
+        self.totals
+            .produced_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub fn fetched(&self, topic: &str, records: u64, bytes: u64) {
@@ -234,6 +326,12 @@ impl Metrics {
         let l = vec![("topic", topic.to_string())];
         self.records_out.get_or_create(&l).inc_by(records);
         self.bytes_out.get_or_create(&l).inc_by(bytes);
+        self.totals
+            .fetched_records
+            .fetch_add(records, Ordering::Relaxed);
+        self.totals
+            .fetched_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub fn leadership_changed(&self) {
@@ -336,6 +434,8 @@ pub struct GroupLag {
     pub partition: u32,
     /// Records between the committed offset and the log end.
     pub records: i64,
+    /// Now minus the timestamp of the first record not consumed, when it could be read.
+    pub seconds: Option<f64>,
 }
 
 /// A group this node coordinates.
@@ -600,14 +700,46 @@ fn scrape_registry(s: &Snapshot) -> Registry {
             "Records between a group's committed offset and the partition's log end (groups this node coordinates)",
             None,
         );
+        let seconds = FloatGauges::default();
+        r.register_with_unit(
+            "tierlog_group_lag",
+            "Age of the first record a group has not consumed, 0 when caught up (groups this node coordinates)",
+            Unit::Seconds,
+            seconds.clone(),
+        );
         for g in &s.lag {
-            lag.get_or_create(&vec![
+            let l = vec![
                 ("group", g.group.clone()),
                 ("topic", g.topic.clone()),
                 ("partition", g.partition.to_string()),
-            ])
-            .set(g.records);
+            ];
+            lag.get_or_create(&l).set(g.records);
+            if let Some(secs) = g.seconds {
+                seconds.get_or_create(&l).set(secs);
+            }
         }
+    }
+    let topic_seconds = FloatGauges::default();
+    r.register_with_unit(
+        "tierlog_group_topic_lag",
+        "Age of the oldest record a group has not consumed on a topic, the most over its partitions (groups this node coordinates)",
+        Unit::Seconds,
+        topic_seconds.clone(),
+    );
+    let mut oldest: std::collections::BTreeMap<(&str, &str), f64> = Default::default();
+    for g in &s.lag {
+        if let Some(secs) = g.seconds {
+            let o = oldest.entry((&g.group, &g.topic)).or_insert(0.0);
+            *o = o.max(secs);
+        }
+    }
+    for ((group, topic), secs) in oldest {
+        topic_seconds
+            .get_or_create(&vec![
+                ("group", group.to_string()),
+                ("topic", topic.to_string()),
+            ])
+            .set(secs);
     }
     let topic_lag = gauge(
         &mut r,
@@ -728,6 +860,7 @@ mod tests {
                     topic: format!("topic-{}", i / 100),
                     partition: i % 100,
                     records: 12_345,
+                    seconds: Some(42.5),
                 })
                 .collect(),
             ..Snapshot::default()
@@ -745,6 +878,10 @@ mod tests {
         assert!(over.len() < text.len(), "roll-ups only past the limit");
         assert!(over.contains(
             r#"tierlog_group_topic_lag_records{group="billing-service",topic="topic-49"} 1234500"#
+        ));
+        assert_eq!(text.matches("tierlog_group_lag_seconds{").count(), 1_000);
+        assert!(over.contains(
+            r#"tierlog_group_topic_lag_seconds{group="billing-service",topic="topic-49"} 42.5"#
         ));
     }
 }

@@ -542,32 +542,15 @@ impl Tierlog for Service {
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         let req = request.into_inner();
-        let (view, coordinator) = self
-            .broker
-            .describe_group(&req.group)
-            .await
-            .map_err(status)?;
-        let owners: std::collections::HashMap<(String, u32), String> = view
-            .members
-            .iter()
-            .flat_map(|m| {
-                m.owned
-                    .iter()
-                    .map(move |tp| (tp.clone(), m.member_id.clone()))
-            })
-            .collect();
-        let offsets = self
-            .broker
-            .group_lag_with(&req.group, owners.keys().cloned())
-            .await
-            .map_err(status)?
+        let report = self.broker.group_report(&req.group).await.map_err(status)?;
+        let (view, coordinator) = (report.view, report.coordinator);
+        let offsets = report
+            .partitions
             .into_iter()
-            .map(|r| pb::GroupPartitionLag {
+            .map(|(r, owner)| pb::GroupPartitionLag {
                 lag: r.lag(),
-                member_id: owners
-                    .get(&(r.topic.clone(), r.partition))
-                    .cloned()
-                    .unwrap_or_default(),
+                lag_ms: r.lag_ms,
+                member_id: owner.unwrap_or_default(),
                 topic: r.topic,
                 partition: r.partition,
                 committed: r.committed,
@@ -716,10 +699,12 @@ where
             .unwrap_or("")
             .to_string();
         let started = std::time::Instant::now();
-        let answer = self.inner.call(req);
+        // A span per request (exported when tracing is on; see the CLI's `telemetry`).
+        let span = tracing::debug_span!("grpc", api = %method, code = tracing::field::Empty);
+        let answer = span.in_scope(|| self.inner.call(req));
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let r = answer.await;
+            let r = tracing::Instrument::instrument(answer, span.clone()).await;
             let status = match &r {
                 Ok(resp) => resp
                     .headers()
@@ -734,7 +719,9 @@ where
             } else {
                 &method
             };
-            metrics.request("grpc", method, &format!("{status:?}"), started.elapsed());
+            let code = format!("{status:?}");
+            span.record("code", code.as_str());
+            metrics.request("grpc", method, &code, started.elapsed());
             r
         })
     }

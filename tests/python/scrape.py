@@ -5,7 +5,8 @@
   scrape.py URL [KAFKA_BOOTSTRAP TOPIC N]
 
 With a Kafka bootstrap address it first produces N records to TOPIC with confluent-kafka (so
-the node has Kafka requests to count). A text the parser refuses fails the script.
+the node has Kafka requests to count) and asks for the metadata of a topic that does not exist
+(so it has a Kafka error code to count: UNKNOWN_TOPIC_OR_PARTITION). A text the parser refuses fails the script.
 """
 
 import json
@@ -24,6 +25,10 @@ def produce(bootstrap, topic, n):
     left = p.flush(30)
     if left:
         sys.exit(f"{left} Kafka records not acknowledged")
+    md = p.list_topics(topic="no-such-topic-for-metrics", timeout=30)
+    err = md.topics["no-such-topic-for-metrics"].error
+    if err is None or err.name() != "UNKNOWN_TOPIC_OR_PART":
+        sys.exit(f"metadata of a missing topic answered {err!r}")
 
 
 def main():

@@ -96,6 +96,21 @@ pub fn python() -> Option<String> {
     }
 }
 
+/// The directory holding playwright-core (`node_modules/`) for the console's browser tests,
+/// from `TIERLOG_BROWSER`; required in CI like [`python`].
+pub fn browser() -> Option<String> {
+    match std::env::var("TIERLOG_BROWSER") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("TIERLOG_BROWSER is not set: the test command installs it (see README)")
+        }
+        _ => {
+            eprintln!("skipping: TIERLOG_BROWSER is not set (run the README test command)");
+            None
+        }
+    }
+}
+
 /// The repository's `tests/` directory: the one the test runner names at run time (cargo and
 /// nextest set `CARGO_MANIFEST_DIR`), so a build reused from another checkout still finds this
 /// checkout's scripts; the compile-time path otherwise.

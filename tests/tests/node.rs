@@ -3,6 +3,8 @@
 
 #[path = "node/cluster.rs"]
 mod cluster;
+#[path = "node/console.rs"]
+mod console;
 #[path = "node/groups.rs"]
 mod groups;
 #[path = "node/kafka.rs"]

@@ -1,9 +1,11 @@
 //! `tierlog bench observe`: what observing costs. The same produce workload (`--records` of
 //! `--record-bytes` over `--partitions`, at full speed, tierlog's own client) runs on a fresh
-//! node with metrics off (`--http-listen off`: nothing recorded, stores not wrapped) and on one
-//! with metrics on and `/metrics` scraped every second, as Prometheus would: off, on, on, off
-//! in the same run, each from a clean and synced disk, so drift in the machine falls on both. Scrapes are timed and
-//! sized too: with `--partitions 1000` this is the scrape cost docs/metrics.md quotes.
+//! node with metrics and tracing off (`--http-listen off`: nothing recorded, stores not
+//! wrapped; no OTLP endpoint) and on one with metrics on, `/metrics` scraped every second as
+//! Prometheus would, and every request traced (sample ratio 1) to an OTLP sink this command
+//! runs: off, on, on, off in the same run, each from a clean and synced disk, so drift in the
+//! machine falls on both. Scrapes are timed and sized, spans counted: with `--partitions 1000`
+//! this is the scrape cost docs/metrics.md quotes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +17,53 @@ use client::Producer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{BenchArgs, Node, histogram, lat, mbs, produce_phase, producer_config, row};
+
+/// An OTLP trace collector that counts the spans it receives and keeps none.
+#[derive(Debug, Clone, Default)]
+struct SpanSink(Arc<std::sync::atomic::AtomicU64>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for SpanSink
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let spans: usize = request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// Starts a [`SpanSink`] on a free loopback port: its endpoint URL and its count.
+async fn span_sink() -> anyhow::Result<(String, Arc<std::sync::atomic::AtomicU64>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let sink = SpanSink::default();
+    let count = sink.0.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(sink),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok((format!("http://{addr}"), count))
+}
 
 /// One `GET /metrics`: (bytes of the answer, time to read it all).
 async fn scrape(addr: &str) -> anyhow::Result<(usize, Duration)> {
@@ -40,6 +89,7 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         bail!("bench observe starts its own nodes; --external is not taken");
     }
     let epoch = Instant::now();
+    let (otlp, spans) = span_sink().await?;
     let mut results: Vec<(bool, f64, Duration)> = Vec::new();
     // Order alternates (off, on, on, off) and each run starts from a clean, synced disk, so
     // neither side pays for the other's writeback.
@@ -50,10 +100,11 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
             let sub = dir.join(&name);
             std::fs::create_dir_all(&sub)?;
             let extra: Vec<String> = if on {
-                Vec::new()
+                vec!["--otlp-endpoint".into(), otlp.clone()]
             } else {
                 vec!["--http-listen".into(), "off".into()]
             };
+            let spans_before = spans.load(Ordering::Relaxed);
             let node = Node::start_with(&sub, args, &extra).await?;
             let client = crate::commands::connect(&node.addr).await?;
             let topic = format!("bench-observe-{name}");
@@ -89,7 +140,11 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
             row(
                 &format!(
                     "produce, metrics {} (run {})",
-                    if on { "on, scraped 1/s" } else { "off" },
+                    if on {
+                        "and tracing on, scraped 1/s"
+                    } else {
+                        "and tracing off"
+                    },
                     round + 1
                 ),
                 format!("{:.0} MB/s", mbs(p.bytes, p.elapsed)),
@@ -104,6 +159,18 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
             }
             results.push((on, rate, p99));
             node.stop().await?;
+            if on {
+                // Stopping the node flushed its last spans.
+                let n = spans.load(Ordering::Relaxed) - spans_before;
+                row(
+                    "  spans exported over OTLP",
+                    format!("{n}"),
+                    &format!(
+                        "{:.2} per 1,000 records",
+                        n as f64 * 1000.0 / p.records.max(1) as f64
+                    ),
+                );
+            }
             std::fs::remove_dir_all(&sub)?;
         }
     }

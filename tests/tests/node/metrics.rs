@@ -249,6 +249,45 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
     )
     .await
     .unwrap();
+    // Two records stamped two hours and one hour ago, and a group at the first: two records
+    // and two hours behind.
+    c.create_topic("aged", 1).await.unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let hour = 3_600_000;
+    c.leader_rpc("aged", 0)
+        .await
+        .unwrap()
+        .produce(pb::ProduceRequest {
+            topic: "aged".into(),
+            partition: 0,
+            acks: pb::Acks::All as i32,
+            records: [2, 1]
+                .into_iter()
+                .map(|h| pb::Record {
+                    key: Some(b"k".to_vec().into()),
+                    value: Some(format!("{h} hours ago").into_bytes().into()),
+                    headers: vec![],
+                    timestamp_ms: now_ms - h * hour,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.commit_offsets(
+        "historians",
+        vec![pb::GroupOffset {
+            topic: "aged".into(),
+            partition: 0,
+            offset: 0,
+            metadata: String::new(),
+        }],
+    )
+    .await
+    .unwrap();
     let second = Scrape::take(&python, &node.http, Some((&node.kafka, "metered", 50)));
     assert_eq!(
         second.value("tierlog_produced_records_total", &[("topic", "metered")]),
@@ -269,9 +308,19 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
             .is_some_and(|n| n >= 1.0),
         "Kafka produce requests counted"
     );
+    assert!(
+        second
+            .value(
+                "tierlog_kafka_errors_total",
+                &[("api", "Metadata"), ("error", "UNKNOWN_TOPIC_OR_PARTITION")]
+            )
+            .is_some_and(|n| n >= 1.0),
+        "the error code in a Kafka answer counted"
+    );
     // A family shows once it has a series.
     for (family, kind) in [
         ("tierlog_requests", "counter"),
+        ("tierlog_kafka_errors", "counter"),
         ("tierlog_request_duration_seconds", "histogram"),
         ("tierlog_produced_records", "counter"),
         ("tierlog_produced_bytes", "counter"),
@@ -290,6 +339,8 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
         ("tierlog_hot_tier_budget_bytes", "gauge"),
         ("tierlog_read_cache_bytes", "gauge"),
         ("tierlog_group_lag_records", "gauge"),
+        ("tierlog_group_lag_seconds", "gauge"),
+        ("tierlog_group_topic_lag_seconds", "gauge"),
         ("tierlog_group_members", "gauge"),
         ("tierlog_object_store_requests", "counter"),
         ("tierlog_object_store_request_duration_seconds", "histogram"),
@@ -320,6 +371,40 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
         assert!(later >= v, "{series} went down: {v} -> {later}");
     }
 
+    // Lag in time is the age of the first record not consumed, by its timestamp.
+    let aged = second
+        .value(
+            "tierlog_group_lag_seconds",
+            &[
+                ("group", "historians"),
+                ("topic", "aged"),
+                ("partition", "0"),
+            ],
+        )
+        .expect("historians' lag in time");
+    assert!(
+        (7_200.0..7_200.0 + 3_600.0).contains(&aged),
+        "two hours behind, read {aged} s"
+    );
+    assert_eq!(
+        second.value(
+            "tierlog_group_topic_lag_seconds",
+            &[("group", "historians")]
+        ),
+        Some(aged),
+        "one partition: the topic's lag is the partition's"
+    );
+    let (ok, out, err) = cli(
+        &node.addr,
+        &["groups", "describe", "historians", "--json"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["offsets"][0]["lag"], 2, "{out}");
+    let secs = d["offsets"][0]["lag_seconds"].as_f64().unwrap();
+    assert!(secs >= aged && secs < 7_200.0 + 3_600.0, "{out}");
+
     // Lag per group equals high watermark - committed as `groups describe` reports it.
     for group in ["auditors", "manual"] {
         let (ok, out, err) = cli(&node.addr, &["groups", "describe", group, "--json"], None);
@@ -332,6 +417,13 @@ async fn a_scrape_parses_counts_both_front_ends_and_reports_group_lag() {
             };
             rows += 1;
             let partition = row["partition"].to_string();
+            // Records produced during this test: behind by less than an hour; none when
+            // caught up.
+            let secs = row["lag_seconds"].as_f64().unwrap_or(-1.0);
+            assert!((0.0..3_600.0).contains(&secs), "{out}");
+            if lag == 0 {
+                assert_eq!(secs, 0.0, "{out}");
+            }
             assert_eq!(
                 second.value(
                     "tierlog_group_lag_records",
@@ -496,4 +588,146 @@ fn json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string(), "{line}");
         assert!(v["fields"]["message"].is_string(), "{line}");
     }
+}
+
+/// A span as the OTLP collector script printed it.
+#[derive(Debug, Clone)]
+struct Exported {
+    name: String,
+    trace: String,
+    id: String,
+    parent: String,
+    attributes: Value,
+}
+
+/// Spans reach an OTLP collector nobody here wrote (tests/python/otlp_collector.py, on the
+/// OpenTelemetry project's protobuf definitions): a gRPC and a Kafka produce each trace
+/// through the request, its append and its wait for the object store; an upload traces its
+/// conversion and commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    let mut collector = Command::new(&python)
+        .arg(tierlog_tests::tests_dir().join("python/otlp_collector.py"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the collector");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = collector.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the collector's port")
+        .strip_prefix("listening ")
+        .expect("a listening line")
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let node = Node::start(dir.path(), &["--otlp-endpoint", &endpoint]);
+    let c = Client::connect(&node.addr).await.unwrap();
+    c.create_topic("traced", 1).await.unwrap();
+    c.leader_rpc("traced", 0)
+        .await
+        .unwrap()
+        .produce(pb::ProduceRequest {
+            topic: "traced".into(),
+            partition: 0,
+            acks: pb::Acks::All as i32,
+            records: vec![pb::Record {
+                key: Some(b"k".to_vec().into()),
+                value: Some(b"v".to_vec().into()),
+                headers: vec![],
+                timestamp_ms: 0,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Kafka produce (and a metadata error) through confluent-kafka.
+    Scrape::take(&python, &node.http, Some((&node.kafka, "traced", 5)));
+
+    let mut spans: Vec<Exported> = Vec::new();
+    let children = |spans: &[Exported], of: &Exported| -> Vec<String> {
+        spans
+            .iter()
+            .filter(|s| s.parent == of.id && s.trace == of.trace)
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    // Each front end's produce: its request span, then produce, then append and await_upload.
+    let traced = |spans: &[Exported], front: &str| -> bool {
+        spans
+            .iter()
+            .filter(|s| s.name == front && s.attributes["api"] == "Produce")
+            .any(|request| {
+                spans.iter().any(|p| {
+                    p.name == "produce"
+                        && p.parent == request.id
+                        && p.trace == request.trace
+                        && p.attributes["topic"] == "traced"
+                        && {
+                            let below = children(spans, p);
+                            below.contains(&"append".to_string())
+                                && below.contains(&"await_upload".to_string())
+                        }
+                })
+            })
+    };
+    let uploaded = |spans: &[Exported]| -> bool {
+        spans.iter().any(|u| {
+            // The tier names a topic by its storage name: `<topic>.<id>`.
+            u.name == "upload"
+                && u.attributes["storage"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("traced."))
+                && {
+                    let below = children(spans, u);
+                    below.contains(&"convert".to_string()) && below.contains(&"commit".to_string())
+                }
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !(traced(&spans, "grpc")
+        && traced(&spans, "kafka")
+        && uploaded(&spans)
+        && spans.iter().any(|s| s.name == "cut"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "spans missing; received: {:#?}",
+            spans
+                .iter()
+                .map(|s| format!(
+                    "{} trace {} id {} parent {} {}",
+                    s.name, s.trace, s.id, s.parent, s.attributes
+                ))
+                .collect::<Vec<_>>()
+        );
+        let Ok(line) = rx.recv_timeout(left) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["service"], "tierlog", "{line}");
+        spans.push(Exported {
+            name: v["name"].as_str().unwrap().to_string(),
+            trace: v["trace_id"].as_str().unwrap().to_string(),
+            id: v["span_id"].as_str().unwrap().to_string(),
+            parent: v["parent_span_id"].as_str().unwrap().to_string(),
+            attributes: v["attributes"].clone(),
+        });
+    }
+    node.stop();
+    let _ = collector.kill();
+    let _ = collector.wait();
 }

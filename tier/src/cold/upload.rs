@@ -247,6 +247,8 @@ fn waiters_need_cut(p: &Partition, started: i64) -> bool {
 }
 
 /// Cuts the active segment from `from`, with everything appended so far, for `why`.
+#[tracing::instrument(level = "debug", name = "cut", skip_all,
+    fields(storage = %p.id.topic, partition = p.id.partition, from = from, why = why))]
 async fn cut_active(p: &Partition, from: i64, why: &'static str) -> Result<Option<Span>> {
     let log = p.log.clone();
     let started = Instant::now();
@@ -290,6 +292,9 @@ async fn failed(inner: &Inner, p: &Partition, base: i64, e: Error) -> Next {
 
 /// Converts `span` and, once everything before it is committed, commits it. Returns how long
 /// that took from the start of the conversion to the answer of its waiters, less the PUT.
+#[tracing::instrument(level = "debug", name = "upload", skip_all,
+    fields(storage = %p.id.topic, partition = p.id.partition, base = span.base_offset,
+        next = span.next_offset, urgent = urgent))]
 async fn upload(
     inner: Arc<Inner>,
     p: Arc<Partition>,
@@ -340,6 +345,7 @@ struct Prepared {
 }
 
 /// Converts `span` into the log object that commits it (on the encoder threads).
+#[tracing::instrument(level = "debug", name = "convert", skip_all, fields(raw_bytes = span.bytes()))]
 async fn prepare(
     inner: Arc<Inner>,
     p: Arc<Partition>,
@@ -419,6 +425,7 @@ fn encode_span(
 
 /// Commits a converted span to the manifest: the cold tier now serves it, and acks=all
 /// waiters up to its end are answered. Returns when they were, and how long the PUT took.
+#[tracing::instrument(level = "debug", name = "commit", skip_all, fields(bytes = prepared.segment.bytes.len()))]
 async fn commit(
     p: &Partition,
     span: &Span,
