@@ -1123,9 +1123,10 @@ async fn every_bench_mode_runs_and_prints_its_baselines() {
             "observe",
             vec![],
             &[
-                "produce, metrics off (run 1)",
-                "produce, metrics on, scraped 1/s (run 2)",
+                "produce, metrics and tracing off (run 1)",
+                "produce, metrics and tracing on, scraped 1/s (run 2)",
                 "scrape of /metrics",
+                "spans exported over OTLP",
                 "mean throughput, on against off",
                 "mean send→ack p99, on against off",
             ],
