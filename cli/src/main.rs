@@ -615,6 +615,8 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
             Some(engine.clone()),
             ingest::console::ConsoleSettings {
                 admin: s.http.console_admin,
+                sql_timeout: Duration::from_millis(s.http.console_sql_timeout_ms),
+                sql_max_rows: s.http.console_sql_max_rows,
                 ..Default::default()
             },
             listener,

@@ -84,6 +84,10 @@ pub struct HttpSettings {
     /// Whether the web console may change things (create topics, delete groups, ...);
     /// read-only when false.
     pub console_admin: bool,
+    /// Longest a query from the console runs before it is cancelled, ms.
+    pub console_sql_timeout_ms: u64,
+    /// Rows a query from the console returns, at most.
+    pub console_sql_max_rows: usize,
 }
 
 impl Default for HttpSettings {
@@ -91,6 +95,8 @@ impl Default for HttpSettings {
         HttpSettings {
             listen: "127.0.0.1:9644".into(),
             console_admin: false,
+            console_sql_timeout_ms: 30_000,
+            console_sql_max_rows: 1_000,
         }
     }
 }
@@ -381,6 +387,11 @@ impl Settings {
             anyhow::bail!(
                 "http.listen must be an address like 127.0.0.1:9644 or off, not {:?}",
                 self.http.listen
+            );
+        }
+        if self.http.console_sql_timeout_ms == 0 || self.http.console_sql_max_rows == 0 {
+            anyhow::bail!(
+                "http.console_sql_timeout_ms and http.console_sql_max_rows must be positive"
             );
         }
         if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {

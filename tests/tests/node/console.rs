@@ -282,7 +282,11 @@ async fn the_console_shows_topics_groups_cold_records_and_sql_in_a_browser() {
 async fn console_changes_need_the_admin_setting() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
-    std::fs::write(&config, "[http]\nconsole_admin = true\n").unwrap();
+    std::fs::write(
+        &config,
+        "[http]\nconsole_admin = true\nconsole_sql_timeout_ms = 300\n",
+    )
+    .unwrap();
     let node = Node::start(
         &dir.path().join("data"),
         &["--config", config.to_str().unwrap()],
@@ -314,6 +318,25 @@ async fn console_changes_need_the_admin_setting() {
     )
     .await
     .unwrap();
+    // A query that would run for minutes (2,000³ comparisons) is cancelled at the console's
+    // time limit.
+    produce(
+        &c,
+        "made-here",
+        1,
+        (0..2_000).map(|i| format!("{i}").into_bytes()).collect(),
+    )
+    .await;
+    let (status, r) = call(
+        &node.http,
+        "POST",
+        "/api/v1/sql",
+        Some(
+            &json!({"sql": "SELECT COUNT(*) FROM \"made-here\" a, \"made-here\" b, \"made-here\" c WHERE a.\"offset\" < b.\"offset\" AND b.\"offset\" < c.\"offset\""}),
+        ),
+    );
+    assert_eq!(status, 504, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("cancelled"), "{r}");
     let (status, r) = call(&node.http, "DELETE", "/api/v1/groups/leaving", None);
     assert_eq!(status, 200, "{r}");
     let (_, g) = call(&node.http, "GET", "/api/v1/groups", None);
