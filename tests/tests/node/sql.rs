@@ -293,8 +293,19 @@ async fn sql_over_flight_from_adbc_and_the_cli() {
         "the heavy query was still running while produce was acknowledged"
     );
     let pid = node.child.id();
-    let busy = cpu_cores(pid, Duration::from_secs(1)).await;
-    assert!(busy > 0.5, "the node computes the query: {busy:.2} cores");
+    // The query runs at the lowest CPU priority: on a busy machine a second may pass with
+    // little of it, so the node is watched for up to 15 s until it shows the work.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let busy = cpu_cores(pid, Duration::from_secs(1)).await;
+        if busy > 0.3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node does not compute the query: {busy:.2} cores"
+        );
+    }
     heavy.kill().unwrap();
     heavy.wait().unwrap();
     // The node stops computing once the client is gone (the join alone would run for minutes).
