@@ -104,7 +104,8 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// A JSON error with its status.
-struct ApiError(StatusCode, String, &'static str);
+/// A JSON error: status, message, and the stable code name (`Code`'s, or the console's own).
+struct ApiError(StatusCode, String, std::borrow::Cow<'static, str>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -118,29 +119,13 @@ impl From<Error> for ApiError {
         ApiError(
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             e.to_string(),
-            code_name(code),
+            format!("{code:?}").into(),
         )
     }
 }
 
-fn code_name(c: crate::Code) -> &'static str {
-    // The Debug name is the stable one the gRPC error details carry.
-    match c {
-        crate::Code::UnknownTopic => "UnknownTopic",
-        crate::Code::UnknownPartition => "UnknownPartition",
-        crate::Code::UnknownGroup => "UnknownGroup",
-        crate::Code::InvalidRequest => "InvalidRequest",
-        crate::Code::TopicExists => "TopicExists",
-        crate::Code::GroupNotEmpty => "GroupNotEmpty",
-        crate::Code::NotLeader => "NotLeader",
-        crate::Code::Unavailable => "Unavailable",
-        crate::Code::OffsetOutOfRange => "OffsetOutOfRange",
-        _ => "Error",
-    }
-}
-
 fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into(), "InvalidRequest")
+    ApiError(StatusCode::BAD_REQUEST, msg.into(), "InvalidRequest".into())
 }
 
 type ApiResult = std::result::Result<Json<Value>, ApiError>;
@@ -151,7 +136,7 @@ pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
         return ApiError(
             StatusCode::NOT_FOUND,
             format!("no API at {}; see docs/console.md", uri.path()),
-            "NotFound",
+            "NotFound".into(),
         )
         .into_response();
     }
@@ -169,7 +154,7 @@ fn refuse_unless_admin(c: &Console) -> std::result::Result<(), ApiError> {
         Err(ApiError(
             StatusCode::FORBIDDEN,
             "the console is read-only: set [http] console_admin = true to allow changes".into(),
-            "ReadOnly",
+            "ReadOnly".into(),
         ))
     }
 }
@@ -467,7 +452,7 @@ async fn sql(
         ApiError(
             StatusCode::NOT_IMPLEMENTED,
             "this node runs no SQL engine".into(),
-            "Unsupported",
+            "Unsupported".into(),
         )
     })?;
     let max_rows = req
@@ -481,7 +466,7 @@ async fn sql(
         } else {
             StatusCode::BAD_REQUEST
         };
-        ApiError(status, e.to_string(), "SqlError")
+        ApiError(status, e.to_string(), "SqlError".into())
     };
     let timeout = c.settings.sql_timeout;
     let run = async {
@@ -531,7 +516,7 @@ async fn sql(
         ApiError(
             StatusCode::GATEWAY_TIMEOUT,
             format!("the query ran longer than {timeout:?} and was cancelled"),
-            "Timeout",
+            "Timeout".into(),
         )
     })??;
     Ok(Json(json!({

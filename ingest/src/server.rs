@@ -128,6 +128,16 @@ fn describe(t: TopicInfo) -> pb::TopicDescription {
     }
 }
 
+/// Record headers from the wire.
+pub(crate) fn headers(h: Vec<pb::Header>) -> Vec<tier::Header> {
+    h.into_iter()
+        .map(|h| tier::Header {
+            key: h.key,
+            value: h.value,
+        })
+        .collect()
+}
+
 fn fetched(r: tier::Record) -> pb::FetchedRecord {
     pb::FetchedRecord {
         offset: r.offset,
@@ -184,14 +194,7 @@ impl Tierlog for Service {
             .map(|r| ProduceRecord {
                 key: r.key,
                 value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|h| tier::Header {
-                        key: h.key,
-                        value: h.value,
-                    })
-                    .collect(),
+                headers: headers(r.headers),
                 timestamp_ms: r.timestamp_ms,
             })
             .collect();

@@ -84,28 +84,25 @@ pub fn first_at_or_after(partition: u32, n: i64, ts: i64) -> Option<i64> {
 /// `TIERLOG_PYTHON`. In CI (`CI` set) its absence fails the test; elsewhere the test is skipped
 /// with a printed reason.
 pub fn python() -> Option<String> {
-    match std::env::var("TIERLOG_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("TIERLOG_PYTHON is not set: the test command installs it (see README)")
-        }
-        _ => {
-            eprintln!("skipping: TIERLOG_PYTHON is not set (run the README test command)");
-            None
-        }
-    }
+    installed("TIERLOG_PYTHON")
 }
 
 /// The directory holding playwright-core (`node_modules/`) for the console's browser tests,
 /// from `TIERLOG_BROWSER`; required in CI like [`python`].
 pub fn browser() -> Option<String> {
-    match std::env::var("TIERLOG_BROWSER") {
+    installed("TIERLOG_BROWSER")
+}
+
+/// What the test command installed, named by `var`: required in CI (`CI` set), else the
+/// test is skipped with a printed reason.
+fn installed(var: &str) -> Option<String> {
+    match std::env::var(var) {
         Ok(p) if !p.is_empty() => Some(p),
         _ if std::env::var_os("CI").is_some() => {
-            panic!("TIERLOG_BROWSER is not set: the test command installs it (see README)")
+            panic!("{var} is not set: the test command installs it (see README)")
         }
         _ => {
-            eprintln!("skipping: TIERLOG_BROWSER is not set (run the README test command)");
+            eprintln!("skipping: {var} is not set (run the README test command)");
             None
         }
     }

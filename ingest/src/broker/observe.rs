@@ -276,14 +276,7 @@ impl Broker {
                     timestamp: r.timestamp_ms,
                     key: r.key,
                     value: r.value,
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|h| tier::Header {
-                            key: h.key,
-                            value: h.value,
-                        })
-                        .collect(),
+                    headers: crate::server::headers(r.headers),
                 })
                 .collect(),
         })
