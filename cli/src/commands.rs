@@ -70,12 +70,20 @@ pub async fn topic_describe(c: &Client, name: &str) -> anyhow::Result<()> {
     };
     println!("retention: {}", keep(cfg.retention_ms, cfg.retention_bytes));
     println!(
-        "{:>9} {:>12} {:>12} {:>12} {:>12} {:>10} {:>14} {:>14}  leader",
-        "partition", "low", "high", "cold below", "hot from", "segments", "cold bytes", "hot bytes"
+        "{:>9} {:>12} {:>12} {:>12} {:>12} {:>10} {:>14} {:>10} {:>14}  leader",
+        "partition",
+        "low",
+        "high",
+        "cold below",
+        "hot from",
+        "objects",
+        "cold bytes",
+        "to merge",
+        "hot bytes"
     );
     for p in t.partitions {
         println!(
-            "{:>9} {:>12} {:>12} {:>12} {:>12} {:>10} {:>14} {:>14}  {} (epoch {})",
+            "{:>9} {:>12} {:>12} {:>12} {:>12} {:>10} {:>14} {:>10} {:>14}  {} (epoch {})",
             p.partition,
             p.log_start_offset,
             p.high_watermark,
@@ -83,10 +91,100 @@ pub async fn topic_describe(c: &Client, name: &str) -> anyhow::Result<()> {
             p.hot_start,
             p.cold_segments,
             p.cold_bytes,
+            p.merge_waiting_segments,
             p.hot_bytes,
             p.leader,
             p.leader_epoch
         );
+    }
+    Ok(())
+}
+
+/// `tierlog storage gc`: what was (or, dry run, would be) deleted, per partition.
+pub async fn storage_gc(
+    c: &Client,
+    topic: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let parts = c
+        .maintain(topic, proto::v1::MaintainAction::MaintainGc, dry_run)
+        .await
+        .map_err(explain)?;
+    if json {
+        return maintenance_json(&parts);
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for p in &parts {
+        if !p.error.is_empty() {
+            println!("{}/{}: failed: {}", p.topic, p.partition, p.error);
+            continue;
+        }
+        let bytes: u64 = p.garbage.iter().map(|g| g.bytes).sum();
+        println!(
+            "{}/{}: {verb} {} objects ({bytes} bytes); {} wait for the grace period; {} objects live",
+            p.topic,
+            p.partition,
+            p.garbage.len(),
+            p.pending,
+            p.cold_segments
+        );
+        if dry_run {
+            for g in &p.garbage {
+                println!("  {}  {} bytes  ({})", g.path, g.bytes, g.why);
+            }
+        }
+    }
+    maintenance_failed(&parts)
+}
+
+/// `tierlog storage compact`: merges done, per partition.
+pub async fn storage_compact(c: &Client, topic: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let parts = c
+        .maintain(topic, proto::v1::MaintainAction::MaintainCompact, false)
+        .await
+        .map_err(explain)?;
+    if json {
+        return maintenance_json(&parts);
+    }
+    for p in &parts {
+        if p.error.is_empty() {
+            println!(
+                "{}/{}: {} merges; {} objects, {} bytes",
+                p.topic, p.partition, p.merges, p.cold_segments, p.cold_bytes
+            );
+        } else {
+            println!("{}/{}: failed: {}", p.topic, p.partition, p.error);
+        }
+    }
+    maintenance_failed(&parts)
+}
+
+/// Prints what maintenance did per partition as JSON, and fails as [`maintenance_failed`].
+fn maintenance_json(parts: &[proto::v1::PartitionMaintenance]) -> anyhow::Result<()> {
+    let v: Vec<_> = parts
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "topic": p.topic, "partition": p.partition, "leader": p.leader,
+                "error": (!p.error.is_empty()).then_some(&p.error),
+                "merges": p.merges, "pending": p.pending,
+                "cold_objects": p.cold_segments, "cold_bytes": p.cold_bytes,
+                "garbage": p.garbage.iter().map(|g| serde_json::json!({
+                    "path": g.path, "bytes": g.bytes, "why": g.why,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    maintenance_failed(parts)
+}
+
+/// Fails when maintenance failed on any partition (each said why above).
+fn maintenance_failed(parts: &[proto::v1::PartitionMaintenance]) -> anyhow::Result<()> {
+    let failed = parts.iter().filter(|p| !p.error.is_empty()).count();
+    if failed > 0 {
+        bail!("maintenance failed on {failed} partitions");
     }
     Ok(())
 }

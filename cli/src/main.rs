@@ -109,6 +109,31 @@ enum Command {
     /// List, describe, reset or delete consumer groups.
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// Cold-tier maintenance now instead of on the schedule, at each partition's leader.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StorageCommand {
+    /// Deletes objects the manifests no longer name (replaced by merges, retired by
+    /// retention, left by crashed writers) once older than the grace period.
+    Gc {
+        /// Only this topic's partitions (default: every topic).
+        topic: Option<String>,
+        /// List what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merges runs of small cold objects into large ones now.
+    Compact {
+        /// Only this topic's partitions (default: every topic).
+        topic: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,6 +393,19 @@ fn main() -> std::process::ExitCode {
                 }
             }
             Command::Bench(args) => bench::run(&server, args).await,
+            Command::Storage(cmd) => {
+                let c = commands::connect(&server).await?;
+                match cmd {
+                    StorageCommand::Gc {
+                        topic,
+                        dry_run,
+                        json,
+                    } => commands::storage_gc(&c, topic.as_deref(), dry_run, json).await,
+                    StorageCommand::Compact { topic, json } => {
+                        commands::storage_compact(&c, topic.as_deref(), json).await
+                    }
+                }
+            }
             Command::Groups(cmd) => {
                 let c = commands::connect(&server).await?;
                 match cmd {

@@ -154,8 +154,23 @@ pub struct TierSettings {
     pub encode_concurrency: usize,
     /// Segments of one partition converted and written at once (commits stay in order).
     pub uploads_in_flight: usize,
-    /// Age after which segment objects no commit references are deleted.
+    /// The grace period of garbage collection, ms: objects the manifest stopped naming (merged
+    /// away, retired, left by a crash) are deleted this long after.
     pub orphan_grace_ms: u64,
+    /// How often each partition's garbage is collected, ms.
+    pub gc_interval_ms: u64,
+    /// Merge runs of small cold objects into large ones (in the background, on each leader).
+    pub merge_enabled: bool,
+    /// The size merged objects aim for, bytes; objects under a quarter of it are merged.
+    pub merge_target_bytes: u64,
+    /// A run of adjacent small objects is merged once it holds this many.
+    pub merge_min_segments: usize,
+    /// Objects holding records younger than this are not merged yet, ms.
+    pub merge_min_age_ms: u64,
+    /// How often each partition looks for a merge, ms.
+    pub merge_interval_ms: u64,
+    /// The most bytes a second merging reads and writes (0: unpaced).
+    pub merge_bytes_per_sec: u64,
     /// Least time between two cuts a partition commits for acks=all requests, ms (0: as soon
     /// as the uploader is free).
     pub flush_interval_ms: u64,
@@ -181,6 +196,13 @@ impl Default for TierSettings {
             encode_concurrency: 0,
             uploads_in_flight: d.uploads_in_flight,
             orphan_grace_ms: d.orphan_grace_ms,
+            gc_interval_ms: d.gc_interval_ms,
+            merge_enabled: d.merge_enabled,
+            merge_target_bytes: d.merge_target_bytes,
+            merge_min_segments: d.merge_min_segments,
+            merge_min_age_ms: d.merge_min_age_ms,
+            merge_interval_ms: d.merge_interval_ms,
+            merge_bytes_per_sec: d.merge_bytes_per_sec,
             flush_interval_ms: d.flush_interval_ms,
             upload_interval_ms: d.upload_interval_ms,
             zstd_level: d.zstd_level,
@@ -322,6 +344,13 @@ impl Settings {
             },
             uploads_in_flight: t.uploads_in_flight,
             orphan_grace_ms: t.orphan_grace_ms,
+            gc_interval_ms: t.gc_interval_ms,
+            merge_enabled: t.merge_enabled,
+            merge_target_bytes: t.merge_target_bytes,
+            merge_min_segments: t.merge_min_segments,
+            merge_min_age_ms: t.merge_min_age_ms,
+            merge_interval_ms: t.merge_interval_ms,
+            merge_bytes_per_sec: t.merge_bytes_per_sec,
             flush_interval_ms: t.flush_interval_ms,
             upload_interval_ms: t.upload_interval_ms,
             zstd_level: t.zstd_level,

@@ -562,6 +562,30 @@ impl Client {
             .groups)
     }
 
+    /// Storage maintenance now, at each partition's leader (any node passes it on): `topic`
+    /// (every topic when `None`), merging or garbage collection (`dry_run`: list only).
+    pub async fn maintain(
+        &self,
+        topic: Option<&str>,
+        action: pb::MaintainAction,
+        dry_run: bool,
+    ) -> Result<Vec<pb::PartitionMaintenance>> {
+        let req = pb::MaintainRequest {
+            topic: topic.unwrap_or_default().to_string(),
+            action: action as i32,
+            dry_run,
+            local_only: false,
+        };
+        Ok(self
+            .any_node(|mut c| {
+                let req = req.clone();
+                async move { c.maintain(req).await }
+            })
+            .await?
+            .into_inner()
+            .partitions)
+    }
+
     pub async fn describe_group(&self, group: &str) -> Result<pb::DescribeGroupResponse> {
         let req = pb::DescribeGroupRequest {
             group: group.into(),

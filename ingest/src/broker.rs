@@ -19,11 +19,13 @@
 mod cluster;
 mod fetch;
 mod groups;
+mod maintain;
 mod observe;
 mod sql;
 
 pub use fetch::{Fetched, OffsetSpec};
 pub use groups::GroupListing;
+pub use maintain::Maintenance;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -757,17 +759,22 @@ impl Broker {
             .collect())
     }
 
-    pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
-        let t = self.topic(name).await?;
-        let storage = storage_name(&t);
-        let nodes: HashMap<NodeId, String> = self
+    /// The live nodes' addresses, from `meta` now.
+    async fn node_addrs(&self) -> Result<HashMap<NodeId, String>> {
+        Ok(self
             .inner
             .meta
             .list_nodes()
             .await?
             .into_iter()
             .map(|n| (n.node_id, n.addr))
-            .collect();
+            .collect())
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        let t = self.topic(name).await?;
+        let storage = storage_name(&t);
+        let nodes = self.node_addrs().await?;
         // Partitions at once: asking a slow leader for its log end must not add up.
         let describe = |p: u32| {
             let (nodes, storage) = (&nodes, &storage);

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 
-use crate::broker::{Acks, Broker, ProduceRecord, StartAt, TopicInfo};
+use crate::broker::{Acks, Broker, Maintenance, ProduceRecord, StartAt, TopicInfo};
 use crate::error::{Code, Error};
 use crate::group::{HeartbeatRequest, ResetTo, Subscription};
 use crate::metrics::Metrics;
@@ -123,6 +123,8 @@ fn describe(t: TopicInfo) -> pb::TopicDescription {
                 hot_bytes: p.offsets.hot_bytes,
                 cold_bytes: p.offsets.cold_bytes,
                 cold_segments: p.offsets.cold_segments,
+                merge_waiting_segments: p.offsets.merge_waiting_segments,
+                merge_waiting_bytes: p.offsets.merge_waiting_bytes,
             })
             .collect(),
     }
@@ -268,6 +270,32 @@ impl Tierlog for Service {
                 ..Default::default()
             },
         }))
+    }
+
+    async fn maintain(
+        &self,
+        request: Request<pb::MaintainRequest>,
+    ) -> Result<Response<pb::MaintainResponse>, Status> {
+        let req = request.into_inner();
+        let what = match pb::MaintainAction::try_from(req.action) {
+            Ok(pb::MaintainAction::MaintainGc) => Maintenance::Gc {
+                dry_run: req.dry_run,
+            },
+            Ok(pb::MaintainAction::MaintainCompact) => Maintenance::Compact,
+            Err(_) => {
+                return Err(status(Error::InvalidRequest(format!(
+                    "unknown maintenance action {}",
+                    req.action
+                ))));
+            }
+        };
+        let topic = (!req.topic.is_empty()).then_some(req.topic.as_str());
+        let partitions = self
+            .broker
+            .maintain(topic, what, req.local_only)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::MaintainResponse { partitions }))
     }
 
     type FetchStream = FetchStream;

@@ -71,6 +71,18 @@ def committed_segments(partition_dir, fs=None):
         seq = max(int(n.split(".")[0]) for n in names)
         state = read_envelope(f"{mdir}/checkpoints/{seq:020}.json", "checkpoint", fs=fs)
         levels, start = state["levels"], state["start_offset"]
+
+    def expand(nodes):
+        for node in nodes:
+            if node["type"] == "chunk":
+                chunk = read_envelope(partition_dir + "/" + node["path"], "chunk", fs=fs)
+                yield from expand(chunk["nodes"])
+            else:
+                yield node
+
+    # Levels hold the oldest entries last; chunks hold older entries, in offset order.
+    segments = [s for s in expand(n for level in reversed(levels) for n in level)
+                if s["last_offset"] >= start]
     # Every commit is a Parquet file in log/ whose footer holds the delta; one that adds a
     # segment is that segment, so its path and size are the file's own.
     ldir = partition_dir + "/log"
@@ -87,19 +99,19 @@ def committed_segments(partition_dir, fs=None):
         if d["op"] == "add":
             for s in d["segments"]:
                 s.update(type="segment", path=f"log/{name}", size=size)
-                levels[0].append(s)
+                segments.append(s)
         elif d["op"] == "truncate":
             start = max(start, d["start_offset"])
+            segments = [s for s in segments if s["last_offset"] >= start]
         elif d["op"] == "init":
             start = d["next_offset"]
-
-    def expand(nodes):
-        for node in nodes:
-            if node["type"] == "chunk":
-                chunk = read_envelope(partition_dir + "/" + node["path"], "chunk", fs=fs)
-                yield from expand(chunk["nodes"])
-            else:
-                yield node
-
-    ordered = [n for level in reversed(levels) for n in level]
-    return [s for s in expand(ordered) if s["last_offset"] >= start]
+        elif d["op"] == "replace":
+            # Merged or compacted objects take the place of exactly the segments they cover.
+            lo, hi = d["base_offset"], d["last_offset"]
+            inside = [i for i, s in enumerate(segments) if lo <= s["base_offset"] <= hi]
+            assert inside and segments[inside[0]]["base_offset"] == lo, (path, lo)
+            assert segments[inside[-1]]["last_offset"] == hi, (path, hi)
+            assert len(inside) == len(d["replaced"]), (path, len(inside))
+            new = [dict(s, type="segment") for s in d["segments"]]
+            segments[inside[0]:inside[-1] + 1] = new
+    return segments

@@ -13,6 +13,8 @@ mod kafka;
 mod metrics;
 #[path = "node/sql.rs"]
 mod sql;
+#[path = "node/storage.rs"]
+mod storage;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -540,9 +542,11 @@ async fn timestamps_seek_through_every_surface_and_describe_and_health_answer() 
             "below",
             "hot",
             "from",
-            "segments",
+            "objects",
             "cold",
             "bytes",
+            "to",
+            "merge",
             "hot",
             "bytes",
             "leader"
@@ -554,7 +558,7 @@ async fn timestamps_seek_through_every_surface_and_describe_and_health_answer() 
     let cold_below: i64 = row[3].parse().unwrap();
     assert!((500..=1000).contains(&cold_below), "{out}");
     assert!(
-        row[8] == node.addr && row[9] == "(epoch",
+        row[9] == node.addr && row[10] == "(epoch",
         "leader and epoch: {out}"
     );
 

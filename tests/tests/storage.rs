@@ -1,6 +1,8 @@
 //! The storage core end to end: real files, a real object store on the file system, and an
 //! independent Parquet reader; and the metadata store on a real etcd (`meta_etcd`).
 
+#[path = "storage/merge.rs"]
+mod merge;
 #[path = "storage/meta_etcd.rs"]
 mod meta_etcd;
 #[path = "storage/sql.rs"]
@@ -377,9 +379,10 @@ async fn cold_retention_removes_whole_segments() {
     t.close(false).await.unwrap();
 }
 
-/// A retired segment whose delete failed is swept once older than the grace period; live
-/// segments, the fence (a deposed writer may still try to create its slot) and the truncation,
-/// commits past the newest checkpoint and names that do not parse are never touched.
+/// A retired segment whose delete failed is collected once older than the grace period, and so
+/// is the truncation commit (a checkpoint covers it); live segments, the fence (a deposed writer
+/// may still try to create its slot) and names that do not parse are never touched, and a name
+/// past the log (a gap) stops collection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retired_segments_left_behind_are_swept_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
@@ -414,11 +417,20 @@ async fn retired_segments_left_behind_are_swept_and_nothing_else() {
         let path = Path::from(format!("cluster/topics/events/0/log/{name}"));
         store.put(&path, b"not ours".to_vec().into()).await.unwrap();
     }
+    // An object past the log is a gap in it, as a loader sees it: collection stops there with
+    // the loader's error and deletes nothing.
+    let err = t
+        .collect_garbage("events", 0, Duration::ZERO, false)
+        .await
+        .unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    let ahead_path = Path::from(format!("cluster/topics/events/0/log/{ahead}"));
+    store.delete(&ahead_path).await.unwrap();
     let swept = t
-        .sweep_orphans("events", 0, Duration::from_secs(3600))
+        .collect_garbage("events", 0, Duration::from_secs(3600), false)
         .await
         .unwrap();
-    assert_eq!(swept, 0, "nothing is older than an hour");
+    assert!(swept.garbage.is_empty(), "nothing is older than an hour");
     // Ages are taken on the store's clock: a store two hours behind this node does not make
     // the minutes-old objects look older than an hour.
     store
@@ -426,24 +438,37 @@ async fn retired_segments_left_behind_are_swept_and_nothing_else() {
         .clock_behind_ms
         .store(2 * 3600 * 1000, Ordering::SeqCst);
     let swept = t
-        .sweep_orphans("events", 0, Duration::from_secs(3600))
+        .collect_garbage("events", 0, Duration::from_secs(3600), false)
         .await
         .unwrap();
-    assert_eq!(
-        swept, 0,
+    assert!(
+        swept.garbage.is_empty(),
         "nothing is older than an hour on the store's clock"
     );
     store.faults.clock_behind_ms.store(0, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let swept = t.sweep_orphans("events", 0, Duration::ZERO).await.unwrap();
-    assert_eq!(swept, 1);
-    let mut expected = kept.clone();
-    expected.extend([ahead.clone(), "notes.txt".to_string()]);
+    let swept = t
+        .collect_garbage("events", 0, Duration::ZERO, false)
+        .await
+        .unwrap();
+    let mut why: Vec<&str> = swept.garbage.iter().map(|g| g.why).collect();
+    why.sort();
+    assert_eq!(
+        why,
+        vec!["a commit a checkpoint covers", "retired by retention"],
+        "{swept:?}"
+    );
+    let truncation = swept
+        .garbage
+        .iter()
+        .find(|g| g.why.starts_with("a commit"))
+        .map(|g| g.path.rsplit('/').next().unwrap().to_string())
+        .unwrap();
+    let mut expected: Vec<String> = kept.iter().filter(|n| **n != truncation).cloned().collect();
+    expected.push("notes.txt".to_string());
     expected.sort();
-    assert_eq!(names(), expected, "only {first} went");
+    assert_eq!(names(), expected, "only {first} and the truncation went");
     t.close(false).await.unwrap();
-    // The planted object past the log is not a commit: remove it before a new leader loads.
-    std::fs::remove_file(log_dir.join(&ahead)).unwrap();
     std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
     let t = open(config(&dir.path().join("hot"), 64 << 10), store).await;
     t.open_partition("events", 0, 4).await.unwrap();

@@ -93,9 +93,27 @@ pub struct TierConfig {
     pub upload_interval_ms: u64,
     /// How often background work (age-based sealing, retention, interval fsync checks) runs.
     pub housekeeping_ms: u64,
-    /// Retired segments whose delete failed are deleted once they are this old; each led
-    /// partition is swept this often.
+    /// The grace period of garbage collection (`cold::gc`), ms: objects the manifest no longer
+    /// names (replaced by a merge, retired by retention, left by a crashed or deposed writer)
+    /// are deleted once this much time has passed since they stopped being named (or since
+    /// they were written, for orphans), so readers still reading them finish. A merged object
+    /// is committed within half of it.
     pub orphan_grace_ms: u64,
+    /// How often each led partition's garbage is collected, ms.
+    pub gc_interval_ms: u64,
+    /// Whether the leader merges runs of small cold segments into large ones (`cold::merge`).
+    pub merge_enabled: bool,
+    /// The size merged objects aim for, bytes; segments under a quarter of it are small.
+    pub merge_target_bytes: u64,
+    /// A run of adjacent small segments is merged once it holds this many (or the target's
+    /// bytes).
+    pub merge_min_segments: usize,
+    /// Segments holding records younger than this (by record timestamp), ms, are not merged yet.
+    pub merge_min_age_ms: u64,
+    /// How often each led partition looks for a merge to do, ms.
+    pub merge_interval_ms: u64,
+    /// The most bytes a second merging reads and writes together (0: unpaced).
+    pub merge_bytes_per_sec: u64,
 }
 
 impl Default for TierConfig {
@@ -124,6 +142,13 @@ impl Default for TierConfig {
             uploads_in_flight: 1,
             flush_interval_ms: 100,
             upload_interval_ms: 1000,
+            gc_interval_ms: 3_600_000,
+            merge_enabled: true,
+            merge_target_bytes: 128 << 20,
+            merge_min_segments: 16,
+            merge_min_age_ms: 60_000,
+            merge_interval_ms: 10_000,
+            merge_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -188,11 +213,20 @@ impl TierConfig {
                 self.upload_interval_ms
             ));
         }
-        if self.orphan_grace_ms < 60_000 {
+        if self.orphan_grace_ms < 1000 {
             return bad(format!(
-                "orphan_grace_ms must be at least 60000, got {}",
+                "orphan_grace_ms must be at least 1000 (readers of replaced objects get this long), got {}",
                 self.orphan_grace_ms
             ));
+        }
+        if self.merge_target_bytes < 1 << 20 || self.merge_min_segments < 2 {
+            return bad(format!(
+                "merge_target_bytes must be at least 1 MiB and merge_min_segments at least 2, got {} and {}",
+                self.merge_target_bytes, self.merge_min_segments
+            ));
+        }
+        if self.merge_interval_ms == 0 || self.gc_interval_ms == 0 {
+            return bad("merge_interval_ms and gc_interval_ms must be positive".into());
         }
         if self.housekeeping_ms == 0 || self.segment_ms == 0 {
             return bad("housekeeping_ms and segment_ms must be positive".into());

@@ -17,16 +17,17 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Record, RecordBatch};
 use crate::cold::cache::{self, ColdCache};
+use crate::cold::gc::GcReport;
 use crate::cold::manifest::{Manifest, ManifestState, ManifestWriter, SegmentEntry};
-use crate::config::TierConfig;
+use crate::config::{FsyncPolicy, TierConfig};
 use crate::error::{Error, Result};
 use crate::hot::AppendResult;
 use crate::hot::log::PartitionLog;
+use crate::partition::{ColdRetention, Jobs, Partition, UploadObserver};
 use crate::store::Retry;
 use crate::{PartitionId, retention};
 
@@ -70,69 +71,15 @@ pub struct PartitionOffsets {
     pub hot_segments: u64,
     pub cold_bytes: u64,
     pub cold_segments: u64,
+    /// Small cold segments merging will fold into larger ones, and their bytes (known to the
+    /// leader; 0 elsewhere).
+    pub merge_waiting_segments: u64,
+    pub merge_waiting_bytes: u64,
     /// How long the oldest record below `next` not yet committed to the cold tier has waited
     /// (zero when there is none).
     pub upload_lag: std::time::Duration,
     /// Why uploads of this partition stopped, if they did (corrupt or unconvertible data).
     pub upload_error: Option<String>,
-}
-
-/// Cold retention of one partition (none by default: keep everything). `None` on either axis
-/// is no limit on it; there is no number that means "unlimited".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ColdRetention {
-    /// Remove segments whose newest record is older than this.
-    pub age: Option<Duration>,
-    /// Remove the oldest segments while the partition's cold bytes exceed this.
-    pub bytes: Option<std::num::NonZeroU64>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Partition {
-    pub id: PartitionId,
-    pub log: Arc<PartitionLog>,
-    pub epoch: u64,
-    pub writer: tokio::sync::Mutex<ManifestWriter>,
-    pub manifest: Manifest,
-    pub cold: RwLock<Arc<ManifestState>>,
-    pub notify: Notify,
-    /// Offsets below this are awaited by `wait_committed` callers (acks=all): the uploader cuts
-    /// the active segment when the cold tier does not yet cover them.
-    pub commit_wanted: std::sync::atomic::AtomicI64,
-    /// Offsets below this are committed or in upload (set by the uploader).
-    pub uploading_next: std::sync::atomic::AtomicI64,
-    /// Notified (all waiters) after every cold commit.
-    pub committed: Notify,
-    /// The epoch that fenced this partition's writer (0 while it leads).
-    pub fenced_by: AtomicU64,
-    pub retention: RwLock<ColdRetention>,
-    /// Stops this partition's background work (child of the tier's token).
-    pub cancel: CancellationToken,
-    /// When housekeeping last swept this partition's retired segments left behind.
-    pub swept_at: std::sync::Mutex<std::time::Instant>,
-    pub uploader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Why uploads stopped for good, if they did.
-    pub upload_error: RwLock<Option<String>>,
-}
-
-impl Partition {
-    pub fn cold(&self) -> Arc<ManifestState> {
-        self.cold.read().expect("cold lock poisoned").clone()
-    }
-    /// Fails with [`Error::Fenced`] once a higher epoch has taken over the manifest.
-    pub fn check_fenced(&self) -> Result<()> {
-        match self.fenced_by.load(Ordering::Acquire) {
-            0 => Ok(()),
-            current => Err(Error::Fenced {
-                partition: self.id.to_string(),
-                ours: self.epoch,
-                current,
-            }),
-        }
-    }
-    pub fn set_cold(&self, s: &ManifestState) {
-        *self.cold.write().expect("cold lock poisoned") = Arc::new(s.clone());
-    }
 }
 
 #[derive(Debug)]
@@ -144,31 +91,18 @@ pub(crate) struct Inner {
     pub cache: ColdCache,
     pub hot_bytes: Arc<AtomicU64>,
     pub cancel: CancellationToken,
-    pub tasks: tokio_util::task::TaskTracker,
-    /// Low-priority threads for segment → Parquet conversion (`encode_concurrency` of them).
-    pub encoders: crate::cold::encoder::Encoders,
+    /// What background jobs share; its task tracker holds every task of the tier.
+    pub jobs: Arc<Jobs>,
     /// Read-only views of partitions this node does not lead, for committed (cold) reads.
     pub readers: std::sync::Mutex<HashMap<PartitionId, Arc<ReaderView>>>,
     /// One gate per partition with an open, close, removal or hot housekeeping under way: they
     /// run one at a time, so its hot directory is never recovered twice, nor while a close,
     /// removal or housekeeping of the log before still uses it, and its bytes are counted once.
     pub gates: std::sync::Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<()>>>>,
-    /// When each partition next cuts for acks=all waiters (spread apart).
-    pub seal_plans: crate::cold::plan::SealPlans,
     /// Partitions closed to be reopened after a failed fsync whose open has not succeeded yet,
     /// with their epoch: housekeeping tries again until it does, or until the partition is
     /// opened, closed or removed through the API (changed under the partition's gate).
     pub reopening: std::sync::Mutex<HashMap<PartitionId, (u64, std::time::Instant)>>,
-    /// Told about every upload committed (for metrics); set by [`Tier::observe_uploads`].
-    pub upload_observer: RwLock<Option<Arc<dyn UploadObserver>>>,
-}
-
-/// Told about every upload the tier commits to the object store: how long converting the
-/// records to Parquet took, how long from the end of that until the commit answered its
-/// waiters (waiting for the commit before it, the PUTs), and the object's size. Must not
-/// block.
-pub trait UploadObserver: Send + Sync + std::fmt::Debug {
-    fn uploaded(&self, convert: Duration, commit: Duration, bytes: u64);
 }
 
 /// A partition another node leads, as far as its manifest goes: committed reads only.
@@ -187,11 +121,7 @@ impl Inner {
         self.retry_until(self.cancel.clone())
     }
     pub fn retry_until(&self, cancel: CancellationToken) -> Retry {
-        Retry::new(
-            Duration::from_millis(self.cfg.upload_retry_initial_ms),
-            Duration::from_millis(self.cfg.upload_retry_max_ms),
-            cancel,
-        )
+        self.jobs.retry_until(cancel)
     }
     /// The gate that opens, closes and removals of `id` pass one at a time. Gates nobody holds
     /// or waits for are dropped on the way, so the map stays as small as the work in progress.
@@ -237,24 +167,21 @@ impl Tier {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
         let cache = ColdCache::new(store.clone(), cfg.cache_bytes);
-        let encoders = crate::cold::encoder::Encoders::start(cfg.encode_concurrency);
+        let cfg = Arc::new(cfg);
         let inner = Arc::new(Inner {
-            cfg: Arc::new(cfg),
+            jobs: Arc::new(Jobs::new(cfg.clone())),
+            cfg,
             store,
             root,
             partitions: RwLock::default(),
             cache,
             hot_bytes: Arc::default(),
             cancel: CancellationToken::new(),
-            tasks: tokio_util::task::TaskTracker::new(),
-            encoders,
             readers: std::sync::Mutex::default(),
             gates: std::sync::Mutex::default(),
-            seal_plans: crate::cold::plan::SealPlans::default(),
             reopening: std::sync::Mutex::default(),
-            upload_observer: RwLock::default(),
         });
-        retention::spawn_housekeeping(&inner);
+        spawn_housekeeping(&inner);
         Ok(Tier { inner })
     }
 
@@ -266,6 +193,7 @@ impl Tier {
     pub fn observe_uploads(&self, observer: Arc<dyn UploadObserver>) {
         *self
             .inner
+            .jobs
             .upload_observer
             .write()
             .expect("observer lock poisoned") = Some(observer);
@@ -305,7 +233,7 @@ impl Tier {
         }
         let inner = &self.inner;
         let manifest = Manifest::new(inner.store.clone(), &inner.root, topic, partition);
-        let writer = ManifestWriter::open(manifest.clone(), epoch, inner.retry()).await?;
+        let writer = ManifestWriter::open(manifest, epoch, inner.retry()).await?;
         let state = writer.state().clone();
         let (cfg, root, hot) = (
             inner.cfg.clone(),
@@ -320,30 +248,19 @@ impl Tier {
             PartitionLog::open(&root, id2, cfg, cold_next, cold_epoch, cold_producers, hot)
         })
         .await?;
-        let p = Arc::new(Partition {
-            id: id.clone(),
-            log: Arc::new(log),
+        let p = Arc::new(Partition::new(
+            id.clone(),
+            log,
             epoch,
-            writer: tokio::sync::Mutex::new(writer),
-            manifest,
-            cold: RwLock::new(Arc::new(state)),
-            notify: Notify::new(),
-            commit_wanted: std::sync::atomic::AtomicI64::new(0),
-            uploading_next: std::sync::atomic::AtomicI64::new(cold_next),
-            committed: Notify::new(),
-            fenced_by: AtomicU64::new(0),
-            retention: RwLock::default(),
-            cancel: inner.cancel.child_token(),
-            uploader: std::sync::Mutex::new(None),
-            upload_error: RwLock::default(),
-            swept_at: std::sync::Mutex::new(std::time::Instant::now()),
-        });
+            writer,
+            inner.cancel.child_token(),
+        ));
         {
             let mut map = inner.partitions.write().expect("partitions lock poisoned");
             // Not open: checked above, under the gate that every change to the map passes.
             map.insert(id.clone(), p.clone());
         }
-        crate::cold::upload::spawn(inner.clone(), p);
+        crate::cold::upload::spawn(inner.jobs.clone(), p);
         tracing::info!(topic, partition, epoch, cold_next, "partition opened");
         Ok(())
     }
@@ -514,7 +431,18 @@ impl Tier {
         max_bytes: usize,
     ) -> Result<ReadResult> {
         let id = PartitionId::new(topic, partition);
-        let (view, cold) = self.reader(&id, Some(offset), READER_REFRESH).await?;
+        let (view, mut cold) = self.reader(&id, Some(offset), READER_REFRESH).await?;
+        let mut records = self
+            .read_cold(&view.manifest, &id, &cold, offset, max_bytes)
+            .await;
+        if records.as_ref().is_err_and(Error::is_not_found) {
+            // Objects named by a view older than a garbage collection (a merge replaced them, or
+            // retention retired them, longer than the grace period ago): read it again.
+            cold = self.reload_reader(&view).await?;
+            records = self
+                .read_cold(&view.manifest, &id, &cold, offset, max_bytes)
+                .await;
+        }
         if offset < cold.start_offset || offset > cold.next_offset {
             return Err(Error::OffsetOutOfRange {
                 topic: topic.to_string(),
@@ -524,9 +452,7 @@ impl Tier {
                 end: cold.next_offset,
             });
         }
-        let records = self
-            .read_cold(&view.manifest, &id, &cold, offset, max_bytes)
-            .await?;
+        let records = records?;
         Ok(ReadResult {
             high_watermark: cold.next_offset,
             log_start_offset: cold.start_offset,
@@ -557,6 +483,8 @@ impl Tier {
             hot_segments: 0,
             cold_bytes,
             cold_segments,
+            merge_waiting_segments: 0,
+            merge_waiting_bytes: 0,
             upload_lag: std::time::Duration::ZERO,
             upload_error: None,
         })
@@ -608,6 +536,14 @@ impl Tier {
         };
         drop(guard);
         Ok((view, state))
+    }
+
+    /// Reloads a reader view's state from the store now.
+    async fn reload_reader(&self, view: &ReaderView) -> Result<Arc<ManifestState>> {
+        let mut guard = view.state.lock().await;
+        let fresh = Arc::new(view.manifest.load().await?);
+        *guard = Some((fresh.clone(), std::time::Instant::now()));
+        Ok(fresh)
     }
 
     async fn read_cold(
@@ -755,6 +691,10 @@ impl Tier {
         let cold = p.cold();
         let (cold_bytes, _, cold_segments) = cold.totals();
         let hot_start = p.log.start_offset();
+        let (merge_waiting_segments, merge_waiting_bytes) = {
+            let st = p.merge_status.read().expect("merge status lock poisoned");
+            (st.waiting_segments, st.waiting_bytes)
+        };
         Ok(PartitionOffsets {
             log_start: log_start(&cold, hot_start),
             hot_start,
@@ -769,6 +709,8 @@ impl Tier {
             hot_segments: p.log.segment_count() as u64,
             cold_bytes,
             cold_segments,
+            merge_waiting_segments,
+            merge_waiting_bytes,
             upload_lag: p.log.upload_lag(),
             upload_error: p
                 .upload_error
@@ -1086,12 +1028,43 @@ impl Tier {
         retention::truncate_cold(&p, start_offset).await
     }
 
-    /// Deletes the partition's retired segments left behind, older than `grace`, now (normally done
-    /// by housekeeping every `orphan_grace_ms`; see `retention::sweep_orphans`). Returns how
-    /// many were deleted.
-    pub async fn sweep_orphans(&self, topic: &str, partition: u32, grace: Duration) -> Result<u64> {
+    /// Collects a led partition's garbage older than `grace` now (normally done by housekeeping
+    /// every `gc_interval_ms`; see `cold::gc`); with `dry_run`, only lists it.
+    pub async fn collect_garbage(
+        &self,
+        topic: &str,
+        partition: u32,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<GcReport> {
         let p = self.get(topic, partition)?;
-        retention::sweep_orphans(&p, grace).await
+        crate::cold::gc::collect(&p, grace, dry_run).await
+    }
+
+    /// Runs the merges due on a led partition now, whatever the schedule (see `cold::merge`),
+    /// until none is due. Returns how many were committed.
+    pub async fn merge_now(&self, topic: &str, partition: u32) -> Result<u64> {
+        let p = self.get(topic, partition)?;
+        let policy = crate::cold::merge::Policy::of(&self.inner.cfg);
+        let status = || {
+            p.merge_status
+                .read()
+                .expect("merge status lock poisoned")
+                .clone()
+        };
+        let before = status();
+        // Until none is due, or one is given up (the segments changed under it).
+        while crate::cold::merge::merge_once(&self.inner.jobs, &p, policy).await?
+            && status().abandoned == before.abandoned
+        {}
+        Ok(status().merges - before.merges)
+    }
+
+    /// What merging found and did on a led partition.
+    pub fn merge_status(&self, topic: &str, partition: u32) -> Result<crate::MergeStatus> {
+        let p = self.get(topic, partition)?;
+        let st = p.merge_status.read().expect("merge status lock poisoned");
+        Ok(st.clone())
     }
 
     /// Bytes of decoded cold data held by the read cache.
@@ -1120,8 +1093,8 @@ impl Tier {
         };
         let synced = self.sync_all().await;
         self.inner.cancel.cancel();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+        self.inner.jobs.tasks.close();
+        self.inner.jobs.tasks.wait().await;
         flushed.and(synced)
     }
 
@@ -1129,8 +1102,170 @@ impl Tier {
     /// page cache). For tests.
     pub async fn abort(&self) {
         self.inner.cancel.cancel();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+        self.inner.jobs.tasks.close();
+        self.inner.jobs.tasks.wait().await;
+    }
+}
+
+// Background housekeeping: interval fsync, age-based sealing, hot retention and back-pressure
+// relief, reopens after a failed fsync; per partition, the cold jobs (retention, merging,
+// garbage collection).
+
+fn spawn_housekeeping(inner: &Arc<Inner>) {
+    if let FsyncPolicy::Interval { ms } = inner.cfg.fsync {
+        let inner2 = inner.clone();
+        inner.jobs.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = inner2.cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let parts = inner2.all();
+                let r = tokio::task::spawn_blocking(move || {
+                    for p in parts {
+                        if let Err(e) = p.log.flush() {
+                            tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e, "interval fsync failed");
+                        }
+                    }
+                })
+                .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "fsync task failed");
+                }
+            }
+        });
+    }
+    let inner2 = inner.clone();
+    inner.jobs.tasks.spawn(async move {
+        let mut tick = tokio::time::interval(inner2.cfg.housekeeping());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = inner2.cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            housekeep(&inner2).await;
+        }
+    });
+}
+
+/// Runs `reopen` (of partition `id`, after a failed fsync) on a task of its own: an open waits
+/// for the store, and must not hold up the other partitions' housekeeping. A failure is logged;
+/// housekeeping tries again on its next round.
+fn spawn_reopen<F>(
+    inner: &Arc<Inner>,
+    id: crate::PartitionId,
+    reopen: impl FnOnce(crate::Tier, crate::PartitionId) -> F,
+) where
+    F: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let tier = crate::Tier {
+        inner: inner.clone(),
+    };
+    let (topic, partition) = (id.topic.clone(), id.partition);
+    let run = reopen(tier, id);
+    inner.jobs.tasks.spawn(async move {
+        if let Err(e) = run.await {
+            tracing::error!(%topic, partition, error = %e,
+                "cannot reopen the partition after a failed fsync; trying again later");
+        }
+    });
+}
+
+async fn housekeep(inner: &Arc<Inner>) {
+    // Reopens after a failed fsync that did not succeed yet (the store was down, say).
+    let pending: Vec<_> = inner
+        .reopening
+        .lock()
+        .expect("reopening lock poisoned")
+        .keys()
+        .cloned()
+        .collect();
+    for id in pending {
+        spawn_reopen(
+            inner,
+            id,
+            |tier, id| async move { tier.retry_reopen(&id).await },
+        );
+    }
+    let parts = inner.all();
+    let budget = inner.cfg.hot_budget_bytes;
+    // Above 80% of the budget, drop every uploaded hot segment rather than wait for age or size.
+    let over = inner.hot_bytes.load(Ordering::Acquire) > budget / 10 * 8;
+    for p in parts {
+        // Under the partition's gate: skipped while it opens or closes, and not at all once it
+        // closed since the snapshot (a reopened partition owns the directory).
+        let gate = inner.gate(&p.id);
+        let Ok(held) = gate.try_lock() else {
+            continue;
+        };
+        if p.log.is_released() {
+            continue;
+        }
+        let p2 = p.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<()> {
+            // Near the budget, an active segment holding committed records (cuts for acks=all)
+            // is sealed so that it can go once the rest is committed.
+            if (over && p2.log.seal_committed()?) || p2.log.seal_active(false)? {
+                p2.notify.notify_one();
+            }
+            p2.log.enforce_retention(over)?;
+            Ok(())
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e, "hot housekeeping failed")
+            }
+            Err(e) => tracing::error!(error = %e, "housekeeping task failed"),
+        }
+        drop(held);
+        if p.log.is_failed() {
+            let id = p.id.clone();
+            spawn_reopen(
+                inner,
+                id,
+                |tier, _| async move { tier.reopen_failed(&p).await },
+            );
+            continue;
+        }
+        if let Err(e) = retention::cold_retention(&p).await {
+            tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e, "cold retention failed");
+        }
+        if inner.cfg.merge_enabled {
+            let interval = Duration::from_millis(inner.cfg.merge_interval_ms);
+            let due = {
+                let mut st = p.merge_status.write().expect("merge status lock poisoned");
+                let due = !st.running && st.last_run.is_none_or(|at| at.elapsed() >= interval);
+                if due {
+                    st.running = true;
+                    st.last_run = Some(std::time::Instant::now());
+                }
+                due
+            };
+            if due {
+                inner
+                    .jobs
+                    .tasks
+                    .spawn(crate::cold::merge::run(inner.jobs.clone(), p.clone()));
+            }
+        }
+        let grace = Duration::from_millis(inner.cfg.orphan_grace_ms);
+        let every = Duration::from_millis(inner.cfg.gc_interval_ms);
+        let due = {
+            let mut at = p.collected_at.lock().expect("collect lock poisoned");
+            let due = at.elapsed() >= every;
+            if due {
+                *at = std::time::Instant::now();
+            }
+            due
+        };
+        if due && let Err(e) = crate::cold::gc::collect(&p, grace, false).await {
+            tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e, "garbage collection failed");
+        }
     }
 }
 

@@ -148,6 +148,23 @@ impl Error {
         }
     }
 
+    /// True when an object (or a Parquet read of one) was not found: for a reader, that its
+    /// view of the manifest is older than a garbage collection.
+    pub fn is_not_found(&self) -> bool {
+        let store = |e: &object_store::Error| matches!(e, object_store::Error::NotFound { .. });
+        match self {
+            Error::ObjectStore { source } => store(source),
+            Error::Shared(e) => e.is_not_found(),
+            Error::Parquet {
+                source: parquet::errors::ParquetError::External(inner),
+                ..
+            } => inner
+                .downcast_ref::<object_store::Error>()
+                .is_some_and(store),
+            _ => false,
+        }
+    }
+
     /// True when the data read back does not match what was written.
     pub fn is_corruption(&self) -> bool {
         match self {

@@ -26,6 +26,7 @@ pub mod config;
 mod engine;
 pub mod error;
 mod hot;
+mod partition;
 pub mod producers;
 mod retention;
 pub mod store;
@@ -34,10 +35,13 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use batch::{BatchBuilder, Compression, Header, ProducerInfo, Record, RecordBatch};
+pub use cold::gc::{Garbage, GcReport};
+pub use cold::merge::MergeStatus;
 pub use config::{FsyncPolicy, TierConfig};
-pub use engine::{ColdRetention, PartitionOffsets, ReadResult, Source, Tier, UploadObserver};
+pub use engine::{PartitionOffsets, ReadResult, Source, Tier};
 pub use error::{Error, Result};
 pub use hot::AppendResult;
+pub use partition::{ColdRetention, UploadObserver};
 
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

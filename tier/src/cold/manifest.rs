@@ -58,7 +58,13 @@ use crate::store::Retry;
 pub const FANOUT: usize = 256;
 /// A checkpoint is written after every this many commits.
 pub const CHECKPOINT_EVERY: u64 = 32;
-const VERSION: u32 = 2;
+/// The manifest format written. Version 3 added [`Op::Replace`]; objects of version 2 (the
+/// same shapes without it) are read as they are, so a version-2 bucket is migrated by its
+/// next commits, while a reader of version 2 only refuses a version-3 bucket instead of
+/// misreading it.
+const VERSION: u32 = 3;
+/// The oldest format version read.
+const OLDEST_READ: u32 = 2;
 /// Checkpoints kept after each new one: the newest few. Older ones only name states whose log
 /// may have holes (deleted retired segments); a reader that was sent to one that went lists the
 /// checkpoints again.
@@ -250,9 +256,90 @@ impl ManifestState {
                 self.next_offset = *next_offset;
                 self.start_offset = *next_offset;
             }
+            Op::Replace {
+                base_offset,
+                last_offset,
+                replaced,
+                segments,
+            } => self
+                .replace(*base_offset, *last_offset, replaced.len(), segments)
+                .map_err(|reason| self.corrupt(format!("delta {} {reason}", d.seq)))?,
         }
         self.seq = d.seq;
         self.epoch = d.epoch;
+        Ok(())
+    }
+
+    /// Replaces the entries covering exactly `base..=last` (`count` segments, none of them
+    /// inside a chunk that reaches past either end: see [`Manifest::split_around`]) with
+    /// `segments`, placed where the oldest of them was. `Err`: why the op does not apply.
+    fn replace(
+        &mut self,
+        base: i64,
+        last: i64,
+        count: usize,
+        segments: &[SegmentEntry],
+    ) -> std::result::Result<(), String> {
+        let what = format!("replaces [{base}, {last}]");
+        if base < self.start_offset || last >= self.next_offset || last < base {
+            return Err(format!(
+                "{what} outside the log [{}, {})",
+                self.start_offset, self.next_offset
+            ));
+        }
+        let mut expect = base;
+        for s in segments {
+            if s.base_offset != expect || s.last_offset < s.base_offset {
+                return Err(format!(
+                    "{what} with a segment [{}, {}] where offset {expect} was next",
+                    s.base_offset, s.last_offset
+                ));
+            }
+            expect = s.last_offset + 1;
+        }
+        if expect != last + 1 {
+            return Err(format!("{what} with segments ending at {}", expect - 1));
+        }
+        // The entries of each level that lie in the range, oldest level first.
+        let mut ranges = Vec::new();
+        let (mut found, mut first, mut end) = (0u64, None, None);
+        for (li, level) in self.levels.iter().enumerate().rev() {
+            let lo = level.partition_point(|n| n.last_offset() < base);
+            let hi = level.partition_point(|n| n.base_offset() <= last);
+            for n in &level[lo..hi] {
+                if n.base_offset() < base || n.last_offset() > last {
+                    return Err(format!(
+                        "{what} but [{}, {}] reaches past it",
+                        n.base_offset(),
+                        n.last_offset()
+                    ));
+                }
+                if end.is_some_and(|e: i64| n.base_offset() != e + 1) {
+                    return Err(format!(
+                        "{what} but it has a hole before {}",
+                        n.base_offset()
+                    ));
+                }
+                first.get_or_insert(n.base_offset());
+                end = Some(n.last_offset());
+                found += n.segments();
+            }
+            if lo < hi {
+                ranges.push((li, lo, hi));
+            }
+        }
+        if first != Some(base) || end != Some(last) {
+            return Err(format!("{what} but its entries span {first:?} to {end:?}"));
+        }
+        if found != count as u64 {
+            return Err(format!("{what}: {count} segments named, {found} there"));
+        }
+        let (oldest, at, _) = ranges[0];
+        for &(li, lo, hi) in ranges.iter().rev() {
+            self.levels[li].drain(lo..hi);
+        }
+        let new = segments.iter().cloned().map(Node::Segment);
+        self.levels[oldest].splice(at..at, new);
         Ok(())
     }
 
@@ -277,6 +364,16 @@ pub enum Op {
     Add { segments: Vec<SegmentEntry> },
     /// Removes whole segments below `start_offset` (retention). Objects are deleted after.
     Truncate { start_offset: i64 },
+    /// Replaces the segments that cover exactly `base_offset..=last_offset` (the objects named
+    /// by `replaced`, relative paths) with `segments`, which cover the same offsets and were
+    /// written before this commit (merged or compacted objects under `merged/`). The replaced
+    /// objects are garbage once this commit is older than the grace period (`cold::gc`).
+    Replace {
+        base_offset: i64,
+        last_offset: i64,
+        replaced: Vec<String>,
+        segments: Vec<SegmentEntry>,
+    },
 }
 
 /// One commit.
@@ -329,7 +426,7 @@ struct Chunk {
     nodes: Vec<Node>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Hint {
     seq: u64,
 }
@@ -367,7 +464,7 @@ fn decode<T: DeserializeOwned>(kind: &str, location: &Path, bytes: &[u8]) -> Res
             env.format
         )));
     }
-    if env.version != VERSION {
+    if !(OLDEST_READ..=VERSION).contains(&env.version) {
         return Err(corrupt(format!("unsupported version {}", env.version)));
     }
     let crc = crc32c::crc32c(env.body.get().as_bytes());
@@ -649,7 +746,7 @@ impl Manifest {
             let Some(d) = self.read_delta(seq, Some(size)).await? else {
                 return Ok(Err(seq));
             };
-            state.apply(&d)?;
+            self.apply(state, &d).await?;
             n += 1;
         }
         Ok(Ok(n))
@@ -730,6 +827,74 @@ impl Manifest {
         Ok(Some(d))
     }
 
+    /// Applies commit `d` to `state`, first splitting the chunks that a replacement's range
+    /// cuts through.
+    pub(crate) async fn apply(&self, state: &mut ManifestState, d: &Delta) -> Result<()> {
+        if let Op::Replace {
+            base_offset,
+            last_offset,
+            ..
+        } = &d.op
+        {
+            self.split_around(state, *base_offset, *last_offset).await?;
+        }
+        state.apply(d)
+    }
+
+    /// Replaces every chunk reference that holds offsets both inside and outside `base..=last`
+    /// with the entries of its chunk (children below the start offset dropped), until none
+    /// does: the state reads the same, and the range's entries can be replaced whole. A
+    /// level may then hold more than `FANOUT` entries, and entries of different depths; the
+    /// next checkpoint packs it again.
+    pub(crate) async fn split_around(
+        &self,
+        state: &mut ManifestState,
+        base: i64,
+        last: i64,
+    ) -> Result<()> {
+        let cuts = |n: &Node| {
+            let (b, l) = (n.base_offset(), n.last_offset());
+            (b < base && l >= base) || (b <= last && l > last)
+        };
+        loop {
+            let found = state.levels.iter().enumerate().find_map(|(li, level)| {
+                level
+                    .iter()
+                    .position(|n| matches!(n, Node::Chunk(_)) && cuts(n))
+                    .map(|i| (li, i))
+            });
+            let Some((li, i)) = found else {
+                return Ok(());
+            };
+            let Node::Chunk(c) = &state.levels[li][i] else {
+                unreachable!("found a chunk")
+            };
+            let children = self.chunk(&c.path).await?;
+            let start = state.start_offset;
+            let kept = children
+                .iter()
+                .filter(|n| n.last_offset() >= start)
+                .cloned();
+            state.levels[li].splice(i..=i, kept);
+        }
+    }
+
+    /// The entries of the chunk at `path` (relative to the partition prefix).
+    pub(crate) async fn chunk_nodes(&self, path: &str) -> Result<Arc<Vec<Node>>> {
+        self.chunk(path).await
+    }
+
+    /// Every checkpoint there is (one pruned meanwhile is left out), oldest first.
+    pub(crate) async fn checkpoints(&self) -> Result<Vec<ManifestState>> {
+        let mut out = Vec::new();
+        for seq in self.checkpoint_seqs().await? {
+            if let Some(state) = self.read_checkpoint(seq).await? {
+                out.push(state);
+            }
+        }
+        Ok(out)
+    }
+
     async fn chunk(&self, path: &str) -> Result<Arc<Vec<Node>>> {
         let store = self.store.clone();
         let p = self.paths.object(path);
@@ -798,21 +963,35 @@ impl Manifest {
 
     /// Every committed segment at or after `start_offset`, in offset order.
     pub async fn segments(&self, state: &ManifestState) -> Result<Vec<SegmentEntry>> {
+        self.segments_from(state, state.start_offset).await
+    }
+
+    /// The committed segments holding offsets at or after `from` (and `start_offset`), in
+    /// offset order; chunks wholly before it are not read.
+    pub async fn segments_from(
+        &self,
+        state: &ManifestState,
+        from: i64,
+    ) -> Result<Vec<SegmentEntry>> {
+        let from = from.max(state.start_offset);
         let mut out = Vec::new();
-        let mut stack: Vec<Node> = state.nodes().cloned().collect();
+        let mut stack: Vec<Node> = state
+            .nodes()
+            .filter(|n| n.last_offset() >= from)
+            .cloned()
+            .collect();
         stack.reverse();
         while let Some(n) = stack.pop() {
             match n {
-                Node::Segment(s) => {
-                    if s.last_offset >= state.start_offset {
-                        out.push(s);
-                    }
-                }
-                Node::Chunk(c) => {
-                    if c.last_offset >= state.start_offset {
-                        stack.extend(self.chunk(&c.path).await?.iter().rev().cloned());
-                    }
-                }
+                Node::Segment(s) => out.push(s),
+                Node::Chunk(c) => stack.extend(
+                    self.chunk(&c.path)
+                        .await?
+                        .iter()
+                        .rev()
+                        .filter(|n| n.last_offset() >= from)
+                        .cloned(),
+                ),
             }
         }
         Ok(out)
@@ -1013,7 +1192,7 @@ impl ManifestWriter {
             delta.place(seq, size);
             // Validate before writing: a delta that does not apply must never reach the store.
             let mut next = self.state.clone();
-            next.apply(&delta)?;
+            self.manifest.apply(&mut next, &delta).await?;
             let path = self.manifest.paths.log(seq);
             let store = self.manifest.store.clone();
             let (put, took) = self

@@ -552,6 +552,122 @@ pub struct SegmentShape {
     pub raw_bytes: u64,
 }
 
+/// Writes one segment object: rows in offset order, row groups of a given row count, the
+/// row-group and column-chunk CRCs and the footer digest. What the segment holds is checked by
+/// its callers (dense for uploads; increasing for merged and compacted objects).
+pub(crate) struct SegmentWriter {
+    w: ArrowWriter<Vec<u8>>,
+    rows_per_group: usize,
+    base_offset: i64,
+    last_offset: i64,
+    min_ts: i64,
+    max_ts: i64,
+    records: u64,
+}
+
+fn pq(context: &str) -> impl FnOnce(parquet::errors::ParquetError) -> Error {
+    let context = context.to_string();
+    move |source| Error::Parquet { context, source }
+}
+
+impl SegmentWriter {
+    /// A writer of the segment covering `base_offset..=last_offset` of `id`, whose records
+    /// take about `raw_bytes / records` bytes each (sizes its row groups at `row_group_bytes`).
+    pub fn new(
+        id: &PartitionId,
+        base_offset: i64,
+        last_offset: i64,
+        estimate: (u64, u64),
+        row_group_bytes: usize,
+        zstd_level: i32,
+    ) -> Result<Self> {
+        if last_offset < base_offset {
+            return Err(Error::invalid("cannot encode an empty segment"));
+        }
+        let (raw_bytes, records) = estimate;
+        let avg = (raw_bytes / records.max(1)).max(1) as usize;
+        let rows_per_group = (row_group_bytes / avg).clamp(1024, 1 << 20);
+        let props = writer_properties(id, base_offset, last_offset, rows_per_group, zstd_level)?;
+        let out = Vec::with_capacity((raw_bytes / 4) as usize);
+        Ok(SegmentWriter {
+            w: ArrowWriter::try_new(out, schema(), Some(props)).map_err(pq("open writer"))?,
+            rows_per_group,
+            base_offset,
+            last_offset,
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+            records: 0,
+        })
+    }
+
+    /// Appends rows in [`schema`] (the caller keeps them in offset order).
+    pub fn write(&mut self, batch: &ArrowBatch) -> Result<()> {
+        let ts = column::<TimestampMillisecondArray>(batch, "timestamp")?;
+        for &t in ts.values().iter() {
+            self.min_ts = self.min_ts.min(t);
+            self.max_ts = self.max_ts.max(t);
+        }
+        self.records += batch.num_rows() as u64;
+        self.w.write(batch).map_err(pq("write"))
+    }
+
+    /// Closes the file: `footer` gives extra file metadata from its summary (`raw_bytes`: the
+    /// hot-tier bytes it was made from), returned with the bytes and a value of its own.
+    pub fn finish<T>(
+        mut self,
+        raw_bytes: u64,
+        footer: impl FnOnce(&Summary) -> Result<(Vec<KeyValue>, T)>,
+    ) -> Result<(Bytes, T)> {
+        let w = &mut self.w;
+        w.flush().map_err(pq("flush"))?;
+        // Every row group is in the buffer once the writer's buffer is flushed through.
+        w.sync()
+            .map_err(|e| Error::invalid(format!("flushing the Parquet writer: {e}")))?;
+        let crc_of = |r: std::ops::Range<u64>| {
+            w.inner()
+                .get(r.start as usize..r.end as usize)
+                .map(|bytes| crc32c::crc32c(bytes).to_string())
+                .ok_or_else(|| Error::invalid(format!("byte range {r:?} past the file")))
+        };
+        let (mut rg_crcs, mut chunk_crcs) = (Vec::new(), Vec::new());
+        for rg in w.flushed_row_groups() {
+            rg_crcs.push(crc_of(row_group_range(rg).map_err(Error::invalid)?)?);
+            let chunks = rg
+                .columns()
+                .iter()
+                .map(|c| crc_of(chunk_range(c).map_err(Error::invalid)?))
+                .collect::<Result<Vec<_>>>()?;
+            chunk_crcs.push(chunks.join(","));
+        }
+        let (rg_crcs, chunk_crcs) = (rg_crcs.join(","), chunk_crcs.join(";"));
+        let schema_descr = parquet::arrow::ArrowSchemaConverter::new()
+            .convert(&schema())
+            .map_err(pq("schema"))?;
+        let summary = Summary {
+            base_offset: self.base_offset,
+            last_offset: self.last_offset,
+            min_timestamp: self.min_ts,
+            max_timestamp: self.max_ts,
+            records: self.records,
+            row_groups: w.flushed_row_groups().len() as u32,
+            raw_bytes,
+            footer_digest: footer_digest(
+                &schema_descr,
+                w.flushed_row_groups(),
+                &crc_text(&rg_crcs, &chunk_crcs),
+            ),
+        };
+        let (meta, value) = footer(&summary)?;
+        for kv in meta {
+            w.append_key_value_metadata(kv);
+        }
+        w.append_key_value_metadata(KeyValue::new(ROW_GROUP_CRC_KEY.into(), rg_crcs));
+        w.append_key_value_metadata(KeyValue::new(CHUNK_CRC_KEY.into(), chunk_crcs));
+        let out = self.w.into_inner().map_err(pq("close"))?;
+        Ok((Bytes::from(out), value))
+    }
+}
+
 /// Encodes the batches of one sealed segment as a Parquet file. The batches arrive in chunks
 /// (`chunks`), so memory is bounded by a chunk and a row group, not the segment; they must hold
 /// exactly the offsets `shape.base_offset..=shape.last_offset`, densely. `footer` gives extra
@@ -570,22 +686,17 @@ pub fn encode_segment<T>(
         last_offset,
         raw_bytes,
     } = shape;
-    if last_offset < base_offset {
-        return Err(Error::invalid("cannot encode an empty segment"));
-    }
-    let records = (last_offset - base_offset + 1) as u64;
-    let avg = (raw_bytes / records.max(1)).max(1) as usize;
-    let rows_per_group = (row_group_bytes / avg).clamp(1024, 1 << 20);
-    let props = writer_properties(id, base_offset, last_offset, rows_per_group, zstd_level)?;
-    let mut out = Vec::with_capacity((raw_bytes / 4) as usize);
-    let pq = |context: &str| {
-        let context = context.to_string();
-        move |source| Error::Parquet { context, source }
-    };
-    let mut w = ArrowWriter::try_new(&mut out, schema(), Some(props)).map_err(pq("open writer"))?;
+    let records = (last_offset - base_offset + 1).max(0) as u64;
+    let mut w = SegmentWriter::new(
+        id,
+        base_offset,
+        last_offset,
+        (raw_bytes, records),
+        row_group_bytes,
+        zstd_level,
+    )?;
+    let rows_per_group = w.rows_per_group;
     let mut cols = Columns::new();
-    let mut min_ts = i64::MAX;
-    let mut max_ts = i64::MIN;
     let mut scratch = Vec::new();
     let mut expect = base_offset;
     let partition = id.partition as i32;
@@ -601,11 +712,9 @@ pub fn encode_segment<T>(
                     )));
                 }
                 expect += 1;
-                min_ts = min_ts.min(r.timestamp);
-                max_ts = max_ts.max(r.timestamp);
                 cols.push(partition, r, b.header());
                 if cols.rows == rows_per_group {
-                    w.write(&cols.finish()?).map_err(pq("write"))?;
+                    w.write(&cols.finish()?)?;
                 }
             }
         }
@@ -617,54 +726,72 @@ pub fn encode_segment<T>(
         )));
     }
     if cols.rows > 0 {
-        w.write(&cols.finish()?).map_err(pq("write"))?;
+        w.write(&cols.finish()?)?;
     }
-    w.flush().map_err(pq("flush"))?;
-    // Every row group is in `out` once the writer's buffer is flushed through.
-    w.sync()
-        .map_err(|e| Error::invalid(format!("flushing the Parquet writer: {e}")))?;
-    let crc_of = |r: std::ops::Range<u64>| {
-        w.inner()
-            .get(r.start as usize..r.end as usize)
-            .map(|bytes| crc32c::crc32c(bytes).to_string())
-            .ok_or_else(|| Error::invalid(format!("byte range {r:?} past the file")))
+    w.finish(raw_bytes, footer)
+}
+
+/// Reads a whole segment object (`bytes`) as Arrow batches in [`schema`], after checking its
+/// footer against `digest` (the manifest entry's) and every row group against its CRC. Damage
+/// is [`Error::Corrupt`] naming `location`; a panic of the Parquet decoder on damaged data
+/// too.
+pub fn decode_checked(
+    bytes: Bytes,
+    location: &str,
+    digest: Option<u32>,
+) -> Result<Vec<ArrowBatch>> {
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    let corrupt = |reason: String| Error::Corrupt {
+        location: location.to_string(),
+        position: 0,
+        reason,
     };
-    let (mut rg_crcs, mut chunk_crcs) = (Vec::new(), Vec::new());
-    for rg in w.flushed_row_groups() {
-        rg_crcs.push(crc_of(row_group_range(rg).map_err(Error::invalid)?)?);
-        let chunks = rg
-            .columns()
-            .iter()
-            .map(|c| crc_of(chunk_range(c).map_err(Error::invalid)?))
-            .collect::<Result<Vec<_>>>()?;
-        chunk_crcs.push(chunks.join(","));
-    }
-    let (rg_crcs, chunk_crcs) = (rg_crcs.join(","), chunk_crcs.join(";"));
-    let schema_descr = parquet::arrow::ArrowSchemaConverter::new()
-        .convert(&schema())
-        .map_err(pq("schema"))?;
-    let summary = Summary {
-        base_offset,
-        last_offset,
-        min_timestamp: min_ts,
-        max_timestamp: max_ts,
-        records,
-        row_groups: w.flushed_row_groups().len() as u32,
-        raw_bytes,
-        footer_digest: footer_digest(
-            &schema_descr,
-            w.flushed_row_groups(),
-            &crc_text(&rg_crcs, &chunk_crcs),
-        ),
+    let run = || -> Result<Vec<ArrowBatch>> {
+        let size = bytes.len() as u64;
+        let md = parquet::file::metadata::ParquetMetaDataReader::new()
+            .parse_and_finish(&bytes)
+            .map_err(|e| corrupt(format!("reading footer: {e}")))?;
+        check_footer(&md, digest).map_err(corrupt)?;
+        match RowGroupChecks::of(&md, size).map_err(corrupt)? {
+            Some(checks) => {
+                for rg in 0..md.num_row_groups() {
+                    let r = checks
+                        .range(rg)
+                        .ok_or_else(|| corrupt(format!("no row group {rg}")))?;
+                    checks
+                        .check(rg, &bytes[r.start as usize..r.end as usize])
+                        .map_err(|reason| Error::Corrupt {
+                            location: location.to_string(),
+                            position: rg as u64,
+                            reason,
+                        })?;
+                }
+            }
+            None if digest.is_some() => {
+                return Err(corrupt("no row-group CRCs in a checked footer".into()));
+            }
+            None => {}
+        }
+        let opts = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes.clone(), opts)
+            .map_err(|e| corrupt(format!("opening: {e}")))?
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| corrupt(format!("opening: {e}")))?;
+        let mut out = Vec::new();
+        for b in reader {
+            let b = b.map_err(|e| corrupt(format!("decoding: {e}")))?;
+            out.push(
+                ArrowBatch::try_new(schema(), b.columns().to_vec())
+                    .map_err(|e| corrupt(format!("not the segment schema: {e}")))?,
+            );
+        }
+        Ok(out)
     };
-    let (meta, value) = footer(&summary)?;
-    for kv in meta {
-        w.append_key_value_metadata(kv);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(r) => r,
+        Err(_) => Err(corrupt("the Parquet decoder failed on damaged data".into())),
     }
-    w.append_key_value_metadata(KeyValue::new(ROW_GROUP_CRC_KEY.into(), rg_crcs));
-    w.append_key_value_metadata(KeyValue::new(CHUNK_CRC_KEY.into(), chunk_crcs));
-    w.close().map_err(pq("close"))?;
-    Ok((Bytes::from(out), value))
 }
 
 /// A Parquet file of the segment schema with no rows, carrying `meta` (and the partition) in

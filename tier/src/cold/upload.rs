@@ -35,14 +35,14 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::cold::manifest::{SegmentCommit, SegmentEntry, segment_footer};
 use crate::cold::parquet::{SegmentShape, encode_segment};
-use crate::engine::{Inner, Partition};
 use crate::error::{Error, Result};
 use crate::hot::log::Span;
+use crate::partition::{Jobs, Partition};
 use crate::producers::{ProducerBatch, ProducerStates};
 
-pub(crate) fn spawn(inner: Arc<Inner>, p: Arc<Partition>) {
-    let tracker = inner.tasks.clone();
-    let handle = tracker.spawn(run(inner, p.clone()));
+pub(crate) fn spawn(jobs: Arc<Jobs>, p: Arc<Partition>) {
+    let tracker = jobs.tasks.clone();
+    let handle = tracker.spawn(run(jobs, p.clone()));
     *p.uploader.lock().expect("uploader lock poisoned") = Some(handle);
 }
 
@@ -60,27 +60,27 @@ enum Next {
     Stop,
 }
 
-async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
-    let idle = inner.cfg.housekeeping();
-    let depth = inner.cfg.uploads_in_flight;
-    let interval = inner.cfg.flush_interval();
+async fn run(jobs: Arc<Jobs>, p: Arc<Partition>) {
+    let idle = jobs.cfg.housekeeping();
+    let depth = jobs.cfg.uploads_in_flight;
+    let interval = jobs.cfg.flush_interval();
     // When the next cut for acks=all waiters may be taken: planned after each cut, within the
     // interval less what a cut takes besides its PUT (so the oldest waiter's record is answered
     // about one interval plus one PUT after it arrived), apart from other partitions' cuts.
     let mut due: Option<Instant> = None;
     let mut overhead = Overhead::default();
     let owner = Arc::as_ptr(&p) as crate::cold::plan::Owner;
-    let _forget = PlanGuard(&inner, &p.id, owner);
+    let _forget = PlanGuard(&jobs, &p.id, owner);
     // Oldest first. Dropping an entry aborts its task; a task commits only after the one before
     // it, so the aborted ones behind a failure have written nothing.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let upload_interval = inner.cfg.upload_interval();
+    let upload_interval = jobs.cfg.upload_interval();
     let start = |in_flight: &mut VecDeque<InFlight>, span: Span, cut: bool| {
         p.uploading_next.store(span.next_offset, Ordering::Release);
         // Converted at normal priority when someone waits for it, or when it is a cut (which
         // bounds what a takeover can lose); see `cold::encoder`.
         let urgent = cut || p.commit_wanted.load(Ordering::Acquire) > span.base_offset;
-        let task = tokio::spawn(upload(inner.clone(), p.clone(), span.clone(), urgent));
+        let task = tokio::spawn(upload(jobs.clone(), p.clone(), span.clone(), urgent));
         in_flight.push_back(InFlight {
             span,
             task: AbortOnDropHandle::new(task),
@@ -121,7 +121,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                             start(&mut in_flight, span, true);
                             overhead.cut(at.elapsed());
                             let lead = overhead.lead(interval);
-                            due = Some(inner.seal_plans.plan(&p.id, owner, at, lead, interval));
+                            due = Some(jobs.seal_plans.plan(&p.id, owner, at, lead, interval));
                             continue;
                         }
                         Ok(None) => {}
@@ -150,7 +150,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
             }
         }
         let next = match unreadable {
-            Some((at, e)) if in_flight.is_empty() => Some(failed(&inner, &p, at, e).await),
+            Some((at, e)) if in_flight.is_empty() => Some(failed(&jobs, &p, at, e).await),
             Some((at, e)) => {
                 tracing::warn!(topic = %p.id.topic, partition = p.id.partition, at, error = %e,
                     "cannot read the hot log for upload; trying again after the uploads in flight");
@@ -171,7 +171,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
                             overhead.committed(rest);
                             continue
                         }
-                        Err(e) => failed(&inner, &p, span.base_offset, e).await,
+                        Err(e) => failed(&jobs, &p, span.base_offset, e).await,
                     }
                 }
                 // A waiter can only be served by a cut, for which a slot must be free.
@@ -193,7 +193,7 @@ async fn run(inner: Arc<Inner>, p: Arc<Partition>) {
 }
 
 /// Drops the partition's seal plan when its uploader stops.
-struct PlanGuard<'a>(&'a Inner, &'a crate::PartitionId, crate::cold::plan::Owner);
+struct PlanGuard<'a>(&'a Jobs, &'a crate::PartitionId, crate::cold::plan::Owner);
 
 impl Drop for PlanGuard<'_> {
     fn drop(&mut self) {
@@ -263,13 +263,13 @@ async fn cut_active(p: &Partition, from: i64, why: &'static str) -> Result<Optio
 }
 
 /// Decides what an upload failure at offset `base` means for the partition's uploads.
-async fn failed(inner: &Inner, p: &Partition, base: i64, e: Error) -> Next {
+async fn failed(jobs: &Jobs, p: &Partition, base: i64, e: Error) -> Next {
     match e {
         Error::Closed => Next::Stop,
         e @ Error::Fenced { current, .. } => {
             tracing::error!(topic = %p.id.topic, partition = p.id.partition, error = %e,
                 "deposed: stopping uploads; appends are refused");
-            p.fenced_by.store(current.max(1), Ordering::Release);
+            p.fenced(current);
             Next::Stop
         }
         e if !e.is_retryable() => {
@@ -285,7 +285,7 @@ async fn failed(inner: &Inner, p: &Partition, base: i64, e: Error) -> Next {
         e => {
             tracing::error!(topic = %p.id.topic, partition = p.id.partition,
                 base, error = %e, "upload failed; retrying later");
-            Next::Retry(Duration::from_millis(inner.cfg.upload_retry_max_ms))
+            Next::Retry(Duration::from_millis(jobs.cfg.upload_retry_max_ms))
         }
     }
 }
@@ -295,18 +295,13 @@ async fn failed(inner: &Inner, p: &Partition, base: i64, e: Error) -> Next {
 #[tracing::instrument(level = "debug", name = "upload", skip_all,
     fields(storage = %p.id.topic, partition = p.id.partition, base = span.base_offset,
         next = span.next_offset, urgent = urgent))]
-async fn upload(
-    inner: Arc<Inner>,
-    p: Arc<Partition>,
-    span: Span,
-    urgent: bool,
-) -> Result<Duration> {
-    let observer = inner
+async fn upload(jobs: Arc<Jobs>, p: Arc<Partition>, span: Span, urgent: bool) -> Result<Duration> {
+    let observer = jobs
         .upload_observer
         .read()
         .expect("observer lock poisoned")
         .clone();
-    let prepared = prepare(inner, p.clone(), span.clone(), urgent).await?;
+    let prepared = prepare(jobs, p.clone(), span.clone(), urgent).await?;
     let (started, encoded, size) = (
         prepared.started,
         prepared.encoded,
@@ -346,17 +341,12 @@ struct Prepared {
 
 /// Converts `span` into the log object that commits it (on the encoder threads).
 #[tracing::instrument(level = "debug", name = "convert", skip_all, fields(raw_bytes = span.bytes()))]
-async fn prepare(
-    inner: Arc<Inner>,
-    p: Arc<Partition>,
-    span: Span,
-    urgent: bool,
-) -> Result<Prepared> {
+async fn prepare(jobs: Arc<Jobs>, p: Arc<Partition>, span: Span, urgent: bool) -> Result<Prepared> {
     let started = std::time::Instant::now();
-    let (id, cfg, epoch) = (p.id.clone(), inner.cfg.clone(), p.epoch);
+    let (id, cfg, epoch) = (p.id.clone(), jobs.cfg.clone(), p.epoch);
     // On the encoder threads: few at once, at low priority unless someone waits for it (see
     // `cold::encoder`).
-    let job = inner.encoders.run(urgent, move || {
+    let job = jobs.encoders.run(urgent, move || {
         encode_span(&id, &span, epoch, cfg.row_group_bytes, cfg.zstd_level)
     });
     let segment = tokio::select! {

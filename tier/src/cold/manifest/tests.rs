@@ -437,3 +437,213 @@ async fn a_commit_publishes_before_its_checkpoint() {
     assert_eq!(again, Some(base + 10));
     assert_eq!(dec.stats.puts(), puts);
 }
+
+/// The merged entry replacing `segs` (adjacent), as a merge makes it.
+fn merged_entry(segs: &[SegmentEntry], epoch: u64) -> SegmentEntry {
+    let (first, last) = (&segs[0], &segs[segs.len() - 1]);
+    SegmentEntry {
+        path: format!(
+            "merged/{:020}-{:020}-x.parquet",
+            first.base_offset, last.last_offset
+        ),
+        base_offset: first.base_offset,
+        last_offset: last.last_offset,
+        min_timestamp: first.min_timestamp,
+        max_timestamp: last.max_timestamp,
+        records: segs.iter().map(|s| s.records).sum(),
+        size: segs.iter().map(|s| s.size).sum(),
+        raw_bytes: segs.iter().map(|s| s.raw_bytes).sum(),
+        row_groups: 1,
+        epoch,
+        producers: Default::default(),
+        footer_crc32c: None,
+    }
+}
+
+/// The op that replaces segments `from..to` (indexes into the committed list) with one.
+async fn replace_op(m: &Manifest, state: &ManifestState, from: usize, to: usize) -> Op {
+    let all = m.segments(state).await.unwrap();
+    let segs = &all[from..to];
+    Op::Replace {
+        base_offset: segs[0].base_offset,
+        last_offset: segs[segs.len() - 1].last_offset,
+        replaced: segs.iter().map(|s| s.path.clone()).collect(),
+        segments: vec![merged_entry(segs, state.epoch)],
+    }
+}
+
+/// Replacements anywhere in a long history (the newest level, across a chunk boundary, deep
+/// inside old chunks, and several levels at once) read back the same whether the state is kept
+/// by the writer, replayed from the log, or loaded from a checkpoint written after them; the
+/// history stays dense and lookups land in the merged entries.
+#[tokio::test]
+async fn replacements_split_chunks_and_read_back_from_log_and_checkpoint() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let m = manifest(store.clone());
+    let mut w = ManifestWriter::open(m.clone(), 2, retry()).await.unwrap();
+    let n = 3 * FANOUT + 50;
+    for i in 0..n as i64 {
+        add(&mut w, i * 10, 10).await.unwrap();
+    }
+    assert!(w.state().levels.len() >= 2, "old entries are in chunks");
+    let mut expect = n;
+    // Newest entries, across a chunk boundary, deep inside the first chunk, and a range that
+    // spans chunks and the newest level.
+    let ranges: [fn(usize) -> (usize, usize); 4] = [
+        |len| (len - 20, len - 5),
+        |_| (FANOUT - 10, FANOUT + 10),
+        |_| (3, 40),
+        |len| (2 * FANOUT - 60, len - 30),
+    ];
+    for range in ranges {
+        let (from, to) = range(expect);
+        let op = replace_op(&m, w.state(), from, to).await;
+        w.commit(op).await.unwrap();
+        expect -= to - from - 1;
+        let live = m.segments(w.state()).await.unwrap();
+        assert_eq!(live.len(), expect);
+        assert!(
+            live.windows(2)
+                .all(|p| p[0].last_offset + 1 == p[1].base_offset)
+        );
+        assert_eq!(
+            (live[0].base_offset, live[live.len() - 1].last_offset),
+            (0, n as i64 * 10 - 1)
+        );
+        let replayed = manifest(store.clone()).load().await.unwrap();
+        assert_eq!(
+            m.segments(&replayed).await.unwrap(),
+            live,
+            "replayed from the log"
+        );
+    }
+    let merged = m.find_offset(w.state(), 35).await.unwrap().unwrap();
+    assert!(merged.path.starts_with("merged/"), "{merged:?}");
+    assert_eq!((merged.base_offset, merged.records), (30, 370));
+    let s = m.find_timestamp(w.state(), 355).await.unwrap().unwrap();
+    assert_eq!(s.base_offset, 30, "by time too");
+    w.checkpoint().await.unwrap();
+    let loaded = manifest(store.clone()).load().await.unwrap();
+    assert_eq!(
+        m.segments(&loaded).await.unwrap(),
+        m.segments(w.state()).await.unwrap(),
+        "from the checkpoint"
+    );
+    for level in &loaded.levels {
+        assert!(
+            level.len() < FANOUT,
+            "the checkpoint packed the split levels again"
+        );
+    }
+}
+
+/// A replacement that does not match the committed segments (wrong count, a range that cuts a
+/// segment, one below the start or past the end, segments that do not cover it) is refused
+/// before anything is written.
+#[tokio::test]
+async fn replacements_that_do_not_fit_are_refused_unwritten() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let m = manifest(store.clone());
+    let mut w = ManifestWriter::open(m.clone(), 1, retry()).await.unwrap();
+    for i in 0..20 {
+        add(&mut w, i * 10, 10).await.unwrap();
+    }
+    w.commit(Op::Truncate { start_offset: 30 }).await.unwrap();
+    let all = m.segments(w.state()).await.unwrap();
+    let seq = w.state().seq;
+    let good = |from: usize, to: usize| {
+        let segs = &all[from..to];
+        (
+            segs[0].base_offset,
+            segs[segs.len() - 1].last_offset,
+            segs.iter().map(|s| s.path.clone()).collect::<Vec<_>>(),
+            merged_entry(segs, 1),
+        )
+    };
+    let (b, l, names, e) = good(2, 6);
+    let mut bad_ops = vec![Op::Replace {
+        base_offset: b,
+        last_offset: l,
+        replaced: names[..3].to_vec(),
+        segments: vec![e.clone()],
+    }];
+    let mut cut = e.clone();
+    cut.base_offset += 5;
+    bad_ops.push(Op::Replace {
+        base_offset: b + 5,
+        last_offset: l,
+        replaced: names.clone(),
+        segments: vec![cut],
+    });
+    let mut short = e.clone();
+    short.last_offset -= 1;
+    bad_ops.push(Op::Replace {
+        base_offset: b,
+        last_offset: l,
+        replaced: names.clone(),
+        segments: vec![short],
+    });
+    let (_, _, _, below) = good(0, 2);
+    let mut below = below;
+    below.base_offset = 0;
+    bad_ops.push(Op::Replace {
+        base_offset: 0,
+        last_offset: below.last_offset,
+        replaced: vec!["log/x".into(); 5],
+        segments: vec![below],
+    });
+    let mut past = e.clone();
+    past.last_offset = 10_000;
+    bad_ops.push(Op::Replace {
+        base_offset: b,
+        last_offset: 10_000,
+        replaced: names.clone(),
+        segments: vec![past],
+    });
+    for op in bad_ops {
+        let err = w.commit(op.clone()).await.unwrap_err();
+        assert!(
+            err.is_corruption() || matches!(err, Error::Invalid(_)),
+            "{op:?}: {err}"
+        );
+        assert_eq!(w.state().seq, seq, "nothing committed for {op:?}");
+    }
+    assert_eq!(
+        manifest(store).load().await.unwrap().seq,
+        seq,
+        "nothing written"
+    );
+    let (b, l, names, e) = good(2, 6);
+    w.commit(Op::Replace {
+        base_offset: b,
+        last_offset: l,
+        replaced: names,
+        segments: vec![e],
+    })
+    .await
+    .unwrap();
+}
+
+/// Objects of manifest format 2 (before replacements) are read as they are; a newer format
+/// than this build knows is refused by name.
+#[test]
+fn format_2_objects_are_read_and_newer_ones_refused() {
+    let body = r#"{"seq":7}"#;
+    let env = |v: u32| {
+        format!(
+            "{{\"format\":\"tierlog.hint\",\"version\":{v},\"crc32c\":{},\"body\":{body}}}\n",
+            crc32c::crc32c(body.as_bytes())
+        )
+    };
+    let p = Path::from("x");
+    assert_eq!(
+        decode::<Hint>("hint", &p, env(2).as_bytes()).unwrap().seq,
+        7
+    );
+    assert_eq!(
+        decode::<Hint>("hint", &p, env(3).as_bytes()).unwrap().seq,
+        7
+    );
+    let e = decode::<Hint>("hint", &p, env(4).as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("unsupported version 4"), "{e}");
+}

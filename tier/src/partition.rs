@@ -1,0 +1,168 @@
+//! An open partition as the engine owns it, and the narrow view of it that background jobs
+//! (upload, retention, merge, garbage collection) work through: one partition's hot log, its
+//! manifest writer and cold snapshot, and [`Jobs`], what the jobs share (settings, encoder
+//! threads, cut plans). A job never sees the tier: not the other partitions, the gates, the
+//! reader views or the cache.
+//!
+//! Invariants:
+//! - the cold snapshot (`Partition::cold`) only moves forward, and is set from the writer's
+//!   state under the writer lock, right after a commit lands;
+//! - a partition whose writer was fenced (`fenced_by` non-zero) never commits again.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::PartitionId;
+use crate::cold::manifest::{Manifest, ManifestState, ManifestWriter};
+use crate::config::TierConfig;
+use crate::error::{Error, Result};
+use crate::hot::log::PartitionLog;
+use crate::store::Retry;
+
+/// Cold retention of one partition (none by default: keep everything). `None` on either axis
+/// is no limit on it; there is no number that means "unlimited".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ColdRetention {
+    /// Remove segments whose newest record is older than this.
+    pub age: Option<Duration>,
+    /// Remove the oldest segments while the partition's cold bytes exceed this.
+    pub bytes: Option<std::num::NonZeroU64>,
+}
+
+/// Told about every upload the tier commits to the object store: how long converting the
+/// records to Parquet took, how long from the end of that until the commit answered its
+/// waiters (waiting for the commit before it, the PUTs), and the object's size. Must not
+/// block.
+pub trait UploadObserver: Send + Sync + std::fmt::Debug {
+    fn uploaded(&self, convert: Duration, commit: Duration, bytes: u64);
+}
+
+/// What background jobs share across partitions.
+#[derive(Debug)]
+pub(crate) struct Jobs {
+    pub cfg: Arc<TierConfig>,
+    /// Low-priority threads for Parquet encoding (`encode_concurrency` of them).
+    pub encoders: crate::cold::encoder::Encoders,
+    /// When each partition next cuts for acks=all waiters (spread apart).
+    pub seal_plans: crate::cold::plan::SealPlans,
+    /// Told about every upload committed (for metrics).
+    pub upload_observer: RwLock<Option<Arc<dyn UploadObserver>>>,
+    /// Merges run one at a time per node (each holds up to a merged object in memory).
+    pub merges: tokio::sync::Semaphore,
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
+impl Jobs {
+    pub fn new(cfg: Arc<TierConfig>) -> Self {
+        Jobs {
+            encoders: crate::cold::encoder::Encoders::start(cfg.encode_concurrency),
+            cfg,
+            seal_plans: crate::cold::plan::SealPlans::default(),
+            upload_observer: RwLock::default(),
+            merges: tokio::sync::Semaphore::new(1),
+            tasks: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    /// Store retries that stop when `cancel` does.
+    pub fn retry_until(&self, cancel: CancellationToken) -> Retry {
+        Retry::new(
+            Duration::from_millis(self.cfg.upload_retry_initial_ms),
+            Duration::from_millis(self.cfg.upload_retry_max_ms),
+            cancel,
+        )
+    }
+}
+
+/// One partition this tier leads.
+#[derive(Debug)]
+pub(crate) struct Partition {
+    pub id: PartitionId,
+    pub log: Arc<PartitionLog>,
+    pub epoch: u64,
+    pub writer: tokio::sync::Mutex<ManifestWriter>,
+    pub manifest: Manifest,
+    cold: RwLock<Arc<ManifestState>>,
+    pub notify: Notify,
+    /// Offsets below this are awaited by `wait_committed` callers (acks=all): the uploader cuts
+    /// the active segment when the cold tier does not yet cover them.
+    pub commit_wanted: AtomicI64,
+    /// Offsets below this are committed or in upload (set by the uploader).
+    pub uploading_next: AtomicI64,
+    /// Notified (all waiters) after every cold commit.
+    pub committed: Notify,
+    /// The epoch that fenced this partition's writer (0 while it leads).
+    fenced_by: AtomicU64,
+    pub retention: RwLock<ColdRetention>,
+    /// Stops this partition's background work (child of the tier's token).
+    pub cancel: CancellationToken,
+    /// When housekeeping last collected this partition's garbage.
+    pub collected_at: std::sync::Mutex<std::time::Instant>,
+    pub uploader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Why uploads stopped for good, if they did.
+    pub upload_error: RwLock<Option<String>>,
+    /// What the merge job last found or did (for `describe`).
+    pub merge_status: RwLock<crate::cold::merge::MergeStatus>,
+}
+
+impl Partition {
+    pub fn new(
+        id: PartitionId,
+        log: PartitionLog,
+        epoch: u64,
+        writer: ManifestWriter,
+        cancel: CancellationToken,
+    ) -> Self {
+        let state = writer.state().clone();
+        Partition {
+            id,
+            log: Arc::new(log),
+            epoch,
+            manifest: writer.manifest().clone(),
+            uploading_next: AtomicI64::new(state.next_offset),
+            cold: RwLock::new(Arc::new(state)),
+            writer: tokio::sync::Mutex::new(writer),
+            notify: Notify::new(),
+            commit_wanted: AtomicI64::new(0),
+            committed: Notify::new(),
+            fenced_by: AtomicU64::new(0),
+            retention: RwLock::default(),
+            cancel,
+            uploader: std::sync::Mutex::new(None),
+            upload_error: RwLock::default(),
+            collected_at: std::sync::Mutex::new(std::time::Instant::now()),
+            merge_status: RwLock::default(),
+        }
+    }
+
+    /// The committed cold state as of the last commit.
+    pub fn cold(&self) -> Arc<ManifestState> {
+        self.cold.read().expect("cold lock poisoned").clone()
+    }
+
+    /// Fails with [`Error::Fenced`] once a higher epoch has taken over the manifest.
+    pub fn check_fenced(&self) -> Result<()> {
+        match self.fenced_by.load(Ordering::Acquire) {
+            0 => Ok(()),
+            current => Err(Error::Fenced {
+                partition: self.id.to_string(),
+                ours: self.epoch,
+                current,
+            }),
+        }
+    }
+
+    /// Records that epoch `current` took the manifest over: appends and commits stop.
+    pub fn fenced(&self, current: u64) {
+        self.fenced_by.store(current.max(1), Ordering::Release);
+    }
+
+    /// Publishes the writer's state after a commit (the caller holds the writer lock).
+    pub fn set_cold(&self, s: &ManifestState) {
+        *self.cold.write().expect("cold lock poisoned") = Arc::new(s.clone());
+    }
+}
