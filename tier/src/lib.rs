@@ -36,12 +36,11 @@ use std::sync::Arc;
 
 pub use batch::{BatchBuilder, Compression, Header, ProducerInfo, Record, RecordBatch};
 pub use cold::gc::{Garbage, GcReport};
-pub use cold::merge::MergeStatus;
 pub use config::{FsyncPolicy, TierConfig};
 pub use engine::{PartitionOffsets, ReadResult, Source, Tier};
 pub use error::{Error, Result};
 pub use hot::AppendResult;
-pub use partition::{ColdRetention, UploadObserver};
+pub use partition::{ColdRetention, MergeStatus, UploadObserver};
 
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

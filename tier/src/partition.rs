@@ -41,6 +41,30 @@ pub trait UploadObserver: Send + Sync + std::fmt::Debug {
     fn uploaded(&self, convert: Duration, commit: Duration, bytes: u64);
 }
 
+/// What a partition's merging found and did, since this leader opened it.
+#[derive(Debug, Clone, Default)]
+pub struct MergeStatus {
+    /// Small segments (and their bytes) that merging would take now or later.
+    pub waiting_segments: u64,
+    pub waiting_bytes: u64,
+    /// Merges committed, segments they replaced, bytes they read and wrote.
+    pub merges: u64,
+    pub merged_segments: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    /// Merges given up because the segments changed meanwhile (retention, a new leader).
+    pub abandoned: u64,
+    /// The last failure, if the last merge failed.
+    pub last_error: Option<String>,
+    /// Segments never to be merged again (bad checksum or footer), by path.
+    pub bad: std::collections::BTreeSet<String>,
+    /// Offsets below this hold no segment merging would take (where planning starts).
+    pub frontier: i64,
+    /// A merge task is running, and when the last one started.
+    pub running: bool,
+    pub last_run: Option<std::time::Instant>,
+}
+
 /// What background jobs share across partitions.
 #[derive(Debug)]
 pub(crate) struct Jobs {
@@ -106,7 +130,7 @@ pub(crate) struct Partition {
     /// Why uploads stopped for good, if they did.
     pub upload_error: RwLock<Option<String>>,
     /// What the merge job last found or did (for `describe`).
-    pub merge_status: RwLock<crate::cold::merge::MergeStatus>,
+    pub merge_status: RwLock<MergeStatus>,
 }
 
 impl Partition {

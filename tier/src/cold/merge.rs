@@ -50,30 +50,6 @@ pub const MAX_INPUTS: usize = 1000;
 /// Where merged (and compacted) objects live under the partition prefix.
 pub const MERGED_DIR: &str = "merged";
 
-/// What a partition's merging found and did, since this leader opened it.
-#[derive(Debug, Clone, Default)]
-pub struct MergeStatus {
-    /// Small segments (and their bytes) that merging would take now or later.
-    pub waiting_segments: u64,
-    pub waiting_bytes: u64,
-    /// Merges committed, segments they replaced, bytes they read and wrote.
-    pub merges: u64,
-    pub merged_segments: u64,
-    pub read_bytes: u64,
-    pub written_bytes: u64,
-    /// Merges given up because the segments changed meanwhile (retention, a new leader).
-    pub abandoned: u64,
-    /// The last failure, if the last merge failed.
-    pub last_error: Option<String>,
-    /// Segments never to be merged again (bad checksum or footer), by path.
-    pub bad: BTreeSet<String>,
-    /// Offsets below this hold no segment merging would take (where planning starts).
-    pub frontier: i64,
-    /// A merge task is running, and when the last one started.
-    pub running: bool,
-    pub last_run: Option<Instant>,
-}
-
 /// The settings a plan needs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy {
