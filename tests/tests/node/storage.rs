@@ -68,7 +68,7 @@ async fn storage_compact_and_gc_merge_and_collect_small_objects() {
         std::fs::write(
             &path,
             format!(
-                "[tier]\nflush_interval_ms = 0\norphan_grace_ms = 1000\ngc_interval_ms = 3600000\n\
+                "[tier]\nflush_interval_ms = 0\norphan_grace_ms = 2000\ngc_interval_ms = 3600000\n\
                  merge_min_age_ms = 0\n\
                  merge_min_segments = 16\nmerge_enabled = {enabled}\nmerge_interval_ms = 200\n"
             ),
@@ -112,7 +112,7 @@ async fn storage_compact_and_gc_merge_and_collect_small_objects() {
     let gc = json(cli(&node.addr, &["storage", "gc", "--json"], None), "gc");
     assert_eq!(gc[0]["garbage"].as_array().unwrap().len(), 0, "{gc}");
     assert!(gc[0]["pending"].as_u64().unwrap() >= 41, "{gc}");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     let dry = json(
         cli(&node.addr, &["storage", "gc", "--dry-run", "--json"], None),
         "gc --dry-run",
