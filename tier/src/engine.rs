@@ -432,27 +432,33 @@ impl Tier {
     ) -> Result<ReadResult> {
         let id = PartitionId::new(topic, partition);
         let (view, mut cold) = self.reader(&id, Some(offset), READER_REFRESH).await?;
-        let mut records = self
+        let in_range = |cold: &ManifestState| {
+            if offset < cold.start_offset || offset > cold.next_offset {
+                return Err(Error::OffsetOutOfRange {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    start: cold.start_offset,
+                    end: cold.next_offset,
+                });
+            }
+            Ok(())
+        };
+        in_range(&cold)?;
+        let records = match self
             .read_cold(&view.manifest, &id, &cold, offset, max_bytes)
-            .await;
-        if records.as_ref().is_err_and(Error::is_not_found) {
-            // Objects named by a view older than a garbage collection (a merge replaced them, or
-            // retention retired them, longer than the grace period ago): read it again.
-            cold = self.reload_reader(&view).await?;
-            records = self
-                .read_cold(&view.manifest, &id, &cold, offset, max_bytes)
-                .await;
-        }
-        if offset < cold.start_offset || offset > cold.next_offset {
-            return Err(Error::OffsetOutOfRange {
-                topic: topic.to_string(),
-                partition,
-                offset,
-                start: cold.start_offset,
-                end: cold.next_offset,
-            });
-        }
-        let records = records?;
+            .await
+        {
+            // Objects named by a view older than a garbage collection (a merge replaced them,
+            // or retention retired them, longer than the grace period ago): read it again.
+            Err(e) if e.is_not_found() => {
+                cold = self.reload_reader(&view).await?;
+                in_range(&cold)?;
+                self.read_cold(&view.manifest, &id, &cold, offset, max_bytes)
+                    .await?
+            }
+            r => r?,
+        };
         Ok(ReadResult {
             high_watermark: cold.next_offset,
             log_start_offset: cold.start_offset,

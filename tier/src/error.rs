@@ -129,14 +129,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Backpressure { .. } => true,
-            Error::ObjectStore { source } => is_transient_store_error(source),
             Error::Shared(e) => e.is_retryable(),
-            Error::Parquet {
-                source: parquet::errors::ParquetError::External(inner),
-                ..
-            } => inner
-                .downcast_ref::<object_store::Error>()
-                .is_some_and(is_transient_store_error),
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::StorageFull
@@ -144,24 +137,27 @@ impl Error {
                     | std::io::ErrorKind::TimedOut
                     | std::io::ErrorKind::WouldBlock
             ),
-            _ => false,
+            _ => self.store_error().is_some_and(is_transient_store_error),
         }
     }
 
     /// True when an object (or a Parquet read of one) was not found: for a reader, that its
     /// view of the manifest is older than a garbage collection.
     pub fn is_not_found(&self) -> bool {
-        let store = |e: &object_store::Error| matches!(e, object_store::Error::NotFound { .. });
+        self.store_error()
+            .is_some_and(|e| matches!(e, object_store::Error::NotFound { .. }))
+    }
+
+    /// The object-store error behind this one, directly or inside a Parquet read.
+    fn store_error(&self) -> Option<&object_store::Error> {
         match self {
-            Error::ObjectStore { source } => store(source),
-            Error::Shared(e) => e.is_not_found(),
+            Error::ObjectStore { source } => Some(source),
+            Error::Shared(e) => e.store_error(),
             Error::Parquet {
                 source: parquet::errors::ParquetError::External(inner),
                 ..
-            } => inner
-                .downcast_ref::<object_store::Error>()
-                .is_some_and(store),
-            _ => false,
+            } => inner.downcast_ref::<object_store::Error>(),
+            _ => None,
         }
     }
 

@@ -91,6 +91,15 @@ async fn objects(store: &dyn ObjectStore, root: &Path, dir: &str) -> Vec<String>
     v
 }
 
+/// Collects partition 0's garbage with a one-second grace period, once that has passed on the
+/// store's clock (its HEAD answers in whole seconds) for what exists now.
+async fn collect_after_grace(t: &Tier) -> tier::GcReport {
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    t.collect_garbage("events", 0, Duration::from_secs(1), false)
+        .await
+        .unwrap()
+}
+
 /// What pyarrow and DuckDB read of partition 0 through the manifest alone: rows and objects.
 fn external(endpoint: &str, root: &Path, n: i64) -> Option<serde_json::Value> {
     let py = python()?;
@@ -162,12 +171,7 @@ async fn two_thousand_small_commits_merge_into_a_few_objects() {
     }
     // Replaced objects stay through the grace period.
     assert_eq!(objects(&*store, &root, "log").await.len(), 2000 + 1 + 2);
-    // Past the grace period on the store's clock (its HEAD answers in whole seconds).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let r = t
-        .collect_garbage("events", 0, Duration::from_secs(1), false)
-        .await
-        .unwrap();
+    let r = collect_after_grace(&t).await;
     assert_eq!(r.failed, 0, "{r:?}");
     // Left in the bucket: what the manifest names, and the fence.
     let mut live: Vec<String> = t
@@ -269,12 +273,7 @@ async fn a_crash_at_each_step_of_a_merge_loses_and_duplicates_nothing() {
     let t = open(epoch).await;
     assert_eq!(segments(&t), 40, "not committed: the old objects are live");
     assert_eq!(read_all(&t, n).await, before);
-    // Past the grace period on the store's clock (its HEAD answers in whole seconds).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let r = t
-        .collect_garbage("events", 0, Duration::from_secs(1), false)
-        .await
-        .unwrap();
+    let r = collect_after_grace(&t).await;
     assert_eq!(
         r.garbage
             .iter()
@@ -317,12 +316,7 @@ async fn a_crash_at_each_step_of_a_merge_loses_and_duplicates_nothing() {
     epoch += 1;
     let t = open(epoch).await;
     assert_eq!(read_all(&t, n).await, before);
-    // Past the grace period on the store's clock (its HEAD answers in whole seconds).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let r = t
-        .collect_garbage("events", 0, Duration::from_secs(1), false)
-        .await
-        .unwrap();
+    let r = collect_after_grace(&t).await;
     assert_eq!(r.failed, 0);
     assert_eq!(objects(&*store, &root, "merged").await.len(), 1);
     let left = objects(&*store, &root, "log").await;
@@ -386,12 +380,7 @@ async fn a_reader_in_the_middle_of_a_merged_object_finishes() {
     while got.len() < 2500 {
         read_some(&reader, &mut got).await;
     }
-    // Past the grace period on the store's clock (its HEAD answers in whole seconds).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let r = t
-        .collect_garbage("events", 0, Duration::from_secs(1), false)
-        .await
-        .unwrap();
+    let r = collect_after_grace(&t).await;
     assert!(r.garbage.len() >= 20, "{r:?}");
     while (got.len() as i64) < n {
         read_some(&reader, &mut got).await;

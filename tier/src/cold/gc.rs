@@ -246,34 +246,25 @@ pub(crate) async fn collect(p: &Partition, grace: Duration, dry_run: bool) -> Re
     if dry_run {
         return Ok(report);
     }
-    let failed = delete_objects(
+    let mut failed = delete_objects(
         p,
         first.iter().map(|g| Path::from(g.path.as_str())).collect(),
     )
     .await;
-    // A commit goes only once every object it names is gone.
-    let commits: Vec<Path> = commits
-        .iter()
-        .filter(|(_, named)| {
-            !named
-                .iter()
-                .any(|n| failed.contains(&m.paths.object(n).to_string()))
-        })
-        .map(|(g, _)| Path::from(g.path.as_str()))
-        .collect();
-    let failed2 = delete_objects(p, commits).await;
-    let failed3 = delete_objects(
-        p,
-        unnamed_chunks
+    // A commit goes only once every object it names is gone; the others wait (as failed).
+    let (commits, held): (Vec<_>, Vec<_>) = commits.iter().partition(|(_, named)| {
+        !named
             .iter()
-            .map(|g| Path::from(g.path.as_str()))
-            .collect(),
-    )
-    .await;
-    report.failed = (failed.len() + failed2.len() + failed3.len()) as u64;
-    report.garbage.retain(|g| {
-        !failed.contains(&g.path) && !failed2.contains(&g.path) && !failed3.contains(&g.path)
+            .any(|n| failed.contains(&m.paths.object(n).to_string()))
     });
+    failed.extend(held.iter().map(|(g, _)| g.path.clone()));
+    let commits = commits.iter().map(|(g, _)| Path::from(g.path.as_str()));
+    let commits = commits.collect();
+    failed.extend(delete_objects(p, commits).await);
+    let chunks = unnamed_chunks.iter().map(|g| Path::from(g.path.as_str()));
+    failed.extend(delete_objects(p, chunks.collect()).await);
+    report.failed = failed.len() as u64;
+    report.garbage.retain(|g| !failed.contains(&g.path));
     if !report.garbage.is_empty() {
         tracing::info!(topic = %p.id.topic, partition = p.id.partition,
             deleted = report.garbage.len(), pending = report.pending, "garbage collected");
@@ -312,7 +303,7 @@ async fn reachable_chunks(
         if !reached.insert(c.path.clone()) {
             continue;
         }
-        for n in m.chunk_nodes(&c.path).await?.iter() {
+        for n in m.chunk(&c.path).await?.iter() {
             if let Node::Chunk(child) = n {
                 roots.push(child.clone());
             }

@@ -879,11 +879,6 @@ impl Manifest {
         }
     }
 
-    /// The entries of the chunk at `path` (relative to the partition prefix).
-    pub(crate) async fn chunk_nodes(&self, path: &str) -> Result<Arc<Vec<Node>>> {
-        self.chunk(path).await
-    }
-
     /// Every checkpoint there is (one pruned meanwhile is left out), oldest first.
     pub(crate) async fn checkpoints(&self) -> Result<Vec<ManifestState>> {
         let mut out = Vec::new();
@@ -895,7 +890,8 @@ impl Manifest {
         Ok(out)
     }
 
-    async fn chunk(&self, path: &str) -> Result<Arc<Vec<Node>>> {
+    /// The entries of the chunk at `path` (relative to the partition prefix), cached.
+    pub(crate) async fn chunk(&self, path: &str) -> Result<Arc<Vec<Node>>> {
         let store = self.store.clone();
         let p = self.paths.object(path);
         self.chunks
@@ -973,13 +969,21 @@ impl Manifest {
         state: &ManifestState,
         from: i64,
     ) -> Result<Vec<SegmentEntry>> {
+        self.segments_in(state, from, i64::MAX).await
+    }
+
+    /// The committed segments holding offsets in `from..=to` (and at or after `start_offset`),
+    /// in offset order; chunks wholly outside are not read.
+    pub async fn segments_in(
+        &self,
+        state: &ManifestState,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<SegmentEntry>> {
         let from = from.max(state.start_offset);
+        let within = |n: &&Node| n.last_offset() >= from && n.base_offset() <= to;
         let mut out = Vec::new();
-        let mut stack: Vec<Node> = state
-            .nodes()
-            .filter(|n| n.last_offset() >= from)
-            .cloned()
-            .collect();
+        let mut stack: Vec<Node> = state.nodes().filter(within).cloned().collect();
         stack.reverse();
         while let Some(n) = stack.pop() {
             match n {
@@ -989,7 +993,7 @@ impl Manifest {
                         .await?
                         .iter()
                         .rev()
-                        .filter(|n| n.last_offset() >= from)
+                        .filter(within)
                         .cloned(),
                 ),
             }

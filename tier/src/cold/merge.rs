@@ -189,30 +189,23 @@ pub(crate) async fn merge_once(jobs: &Jobs, p: &Partition, policy: Policy) -> Re
     if planned.inputs.is_empty() {
         return Ok(false);
     }
-    match merge(jobs, p, planned.inputs).await {
-        Err(Error::Corrupt {
-            location,
-            position,
-            reason,
-        }) => {
-            // A bad input is never used again (by this leader); the error names it.
-            let path = location
-                .strip_prefix(&format!("{}/", p.manifest.paths.prefix))
-                .unwrap_or(&location)
-                .to_string();
+    let inputs: BTreeSet<String> = planned.inputs.iter().map(|s| s.path.clone()).collect();
+    let r = merge(jobs, p, planned.inputs).await;
+    if let Err(Error::Corrupt { location, .. }) = &r {
+        // A bad input (the error names it) is never used again by this leader.
+        let prefix = format!("{}/", p.manifest.paths.prefix);
+        if let Some(path) = location
+            .strip_prefix(&prefix)
+            .filter(|p| inputs.contains(*p))
+        {
             p.merge_status
                 .write()
                 .expect("merge status lock poisoned")
                 .bad
-                .insert(path);
-            Err(Error::Corrupt {
-                location,
-                position,
-                reason,
-            })
+                .insert(path.to_string());
         }
-        r => r,
     }
+    r
 }
 
 /// Sleeps as long as it takes for `bytes` moved since `started` to stay within `rate` bytes a
@@ -353,13 +346,8 @@ async fn commit(
     let mut w = p.writer.lock().await;
     let state = w.state();
     let (base, last) = (inputs[0].base_offset, inputs[inputs.len() - 1].last_offset);
-    let now: Vec<_> = p
-        .manifest
-        .segments_from(state, base)
-        .await?
-        .into_iter()
-        .take(inputs.len())
-        .collect();
+    // Under the writer lock, which acks=all commits wait for: only the range's entries.
+    let now = p.manifest.segments_in(state, base, last).await?;
     if now.len() != inputs.len() || now.iter().zip(inputs).any(|(a, b)| a.path != b.path) {
         tracing::info!(topic = %p.id.topic, partition = p.id.partition, base, last,
             "merge abandoned: the segments changed since it was planned");
@@ -456,16 +444,8 @@ pub(crate) fn encode_merged(
         path: String::new(),
         base_offset: first.base_offset,
         last_offset: last.last_offset,
-        min_timestamp: inputs
-            .iter()
-            .map(|(_, s, _)| s.min_timestamp)
-            .min()
-            .unwrap_or(summary.min_timestamp),
-        max_timestamp: inputs
-            .iter()
-            .map(|(_, s, _)| s.max_timestamp)
-            .max()
-            .unwrap_or(summary.max_timestamp),
+        min_timestamp: summary.min_timestamp,
+        max_timestamp: summary.max_timestamp,
         records,
         size: 0,
         raw_bytes: raw,
