@@ -10,6 +10,7 @@
 
 mod groups;
 mod kafka;
+mod merge;
 mod observe;
 mod sql;
 
@@ -46,6 +47,10 @@ pub enum BenchKind {
     /// The Kafka listener driven by librdkafka (--python with confluent-kafka): produce and
     /// replay next to the native gRPC path on the same node and loopback TCP.
     Kafka,
+    /// Merging small cold objects: objects and bytes per partition after --commits small
+    /// acks=all commits, unmerged and merged; SQL and cold replay over each; the CPU merging
+    /// took while another partition took acks=all load.
+    Merge,
     /// The cost of observing: produce throughput and send→ack latency on a node with metrics
     /// off (no HTTP port) against one with metrics on and scraped every second, alternated.
     Observe,
@@ -65,6 +70,9 @@ pub struct BenchArgs {
     pub record_bytes: usize,
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    /// `merge`: small acks=all commits written (--records spread over them).
+    #[arg(long, default_value_t = 36_000)]
+    pub commits: u64,
     /// groups: members of the large group.
     #[arg(long, default_value_t = 100)]
     pub members: usize,
@@ -407,6 +415,7 @@ pub async fn run(server: &str, args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Groups => groups::run(&args, dir.path()).await,
         BenchKind::Kafka => kafka::run(&args, dir.path()).await,
         BenchKind::Observe => observe::run(&args, dir.path()).await,
+        BenchKind::Merge => merge::run(&args, dir.path()).await,
     }
 }
 

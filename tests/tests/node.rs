@@ -1080,7 +1080,7 @@ async fn every_bench_mode_runs_and_prints_its_baselines() {
         tierlog_tests::unique("bench")
     );
     let group_meta = format!("{meta}-groups");
-    let modes: [(&str, Vec<&str>, &[&str]); 7] = [
+    let modes: [(&str, Vec<&str>, &[&str]); 8] = [
         (
             "produce",
             vec!["--load", "0.5", "--load-secs", "1"],
@@ -1121,6 +1121,21 @@ async fn every_bench_mode_runs_and_prints_its_baselines() {
                 "loopback TCP",
                 "tierlog's own client (gRPC), same node:",
                 "librdkafka through the Kafka listener, same node:",
+            ],
+        ),
+        (
+            "merge",
+            vec!["--commits", "200", "--repeat", "1"],
+            &[
+                "small acks=all commits written",
+                "objects per partition, unmerged",
+                "objects per partition, merged",
+                "merging",
+                "acks=all load on another partition",
+                "over the merged copy",
+                "baseline: raw read of its files",
+                "SQL full scan",
+                "cold replay from offset 0",
             ],
         ),
         (

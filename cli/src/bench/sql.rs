@@ -23,14 +23,14 @@ use tier::store::Decorated;
 
 use super::{BenchArgs, corpus, mbs, read_tree, row};
 
-const BASE_TS: i64 = 1_767_225_600_000;
+pub(super) const BASE_TS: i64 = 1_767_225_600_000;
 /// Milliseconds between a partition's records.
-const STEP_MS: i64 = 100;
+pub(super) const STEP_MS: i64 = 100;
 const COUNTRIES: [&str; 8] = ["de", "fr", "us", "jp", "br", "in", "ng", "au"];
 const EVENTS: [&str; 5] = ["click", "view", "purchase", "signup", "logout"];
 
 /// An event of about `len` bytes: JSON with nested fields, the tail cut from the corpus.
-fn event(p: u32, i: u64, len: usize) -> Vec<u8> {
+pub(super) fn event(p: u32, i: u64, len: usize) -> Vec<u8> {
     let h = (u64::from(p) << 40 ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut v = format!(
         r#"{{"user":{{"id":"u{}","country":"{}"}},"event":"{}","amount":{}.{:02},"seq":{i},"text":""#,
@@ -49,19 +49,19 @@ fn event(p: u32, i: u64, len: usize) -> Vec<u8> {
     v
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 /// One query as each engine spells it.
-struct Query {
-    name: &'static str,
-    tierlog: String,
+pub(super) struct Query {
+    pub name: &'static str,
+    pub tierlog: String,
     duckdb: String,
 }
 
-fn queries(narrow_from: &str, narrow_to: &str) -> Vec<Query> {
+pub(super) fn queries(narrow_from: &str, narrow_to: &str) -> Vec<Query> {
     // Every value is read, decoded and measured as text.
     let full =
         "SELECT COUNT(*) AS n, SUM(length(CAST(value AS VARCHAR))) AS b FROM events".to_string();
@@ -101,13 +101,34 @@ fn queries(narrow_from: &str, narrow_to: &str) -> Vec<Query> {
     ]
 }
 
+/// The queries over a history of `per_partition` records a partition written as [`event`]s
+/// `STEP_MS` apart: the time range is the minute in its middle.
+pub(super) fn history_queries(per_partition: u64) -> Vec<Query> {
+    let mid = BASE_TS + per_partition as i64 * STEP_MS / 2;
+    let fmt = |ms: i64| {
+        let secs = ms / 1000;
+        let (d, s) = (secs / 86_400, secs % 86_400);
+        // Days after 2026-01-01 (the bench's data spans days, not months).
+        format!(
+            "2026-01-{:02} {:02}:{:02}:{:02}",
+            1 + d,
+            s / 3600,
+            s % 3600 / 60,
+            s % 60
+        )
+    };
+    let mid = mid - mid % 60_000;
+    queries(&fmt(mid - BASE_TS), &fmt(mid - BASE_TS + 60_000))
+}
+
 /// What one query did on tierlog: median time, then (first row, rows, scan summary, objects
 /// read, bytes read) of the first timed run.
-type Ran = (f64, (Vec<String>, usize, query::ScanSummary, usize, u64));
+pub(super) type Ran = (f64, (Vec<String>, usize, query::ScanSummary, usize, u64));
 
 /// Runs each query once to warm up and `repeat` times timed.
-async fn run_tierlog(
+pub(super) async fn run_tierlog(
     store: &Arc<dyn ObjectStore>,
+    root: &str,
     catalog: &Arc<BucketCatalog>,
     qs: &[Query],
     repeat: usize,
@@ -158,7 +179,7 @@ async fn run_tierlog(
                     first,
                     rows,
                     scan,
-                    stats.objects_read("bench/topics").len(),
+                    stats.objects_read(&format!("{root}/topics")).len(),
                     stats.get_bytes(),
                 ));
             }
@@ -256,25 +277,11 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         ),
     );
 
-    let mid = BASE_TS + (args.records / u64::from(args.partitions)) as i64 * STEP_MS / 2;
-    let fmt = |ms: i64| {
-        let secs = ms / 1000;
-        let (d, s) = (secs / 86_400, secs % 86_400);
-        // Days after 2026-01-01 (the bench's data spans days, not months).
-        format!(
-            "2026-01-{:02} {:02}:{:02}:{:02}",
-            1 + d,
-            s / 3600,
-            s % 3600 / 60,
-            s % 60
-        )
-    };
-    let mid = mid - mid % 60_000;
-    let qs = queries(&fmt(mid - BASE_TS), &fmt(mid - BASE_TS + 60_000));
+    let qs = history_queries(args.records / u64::from(args.partitions));
 
     // tierlog, with the segment checks (the default) and without.
-    let ours = run_tierlog(&store, &catalog, &qs, args.repeat, true).await?;
-    let unchecked = run_tierlog(&store, &catalog, &qs, args.repeat, false).await?;
+    let ours = run_tierlog(&store, "bench", &catalog, &qs, args.repeat, true).await?;
+    let unchecked = run_tierlog(&store, "bench", &catalog, &qs, args.repeat, false).await?;
 
     // DuckDB, same files, same run.
     let spec = dir.join("duckdb-spec.json");
