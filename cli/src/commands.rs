@@ -26,13 +26,61 @@ pub fn explain(e: client::Error) -> anyhow::Error {
     }
 }
 
-pub async fn topic_create(c: &Client, name: &str, partitions: u32) -> anyhow::Result<()> {
-    let t = c.create_topic(name, partitions).await.map_err(explain)?;
+/// `key=value` settings as the command line gives them.
+fn settings(config: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    config
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--config {kv:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+pub async fn topic_create(
+    c: &Client,
+    name: &str,
+    partitions: u32,
+    config: &[String],
+) -> anyhow::Result<()> {
+    let t = c
+        .create_topic_with(name, partitions, &settings(config)?)
+        .await
+        .map_err(explain)?;
     println!(
         "created topic {} with {} partitions",
         t.name,
         t.partitions.len()
     );
+    Ok(())
+}
+
+pub async fn topic_alter(
+    c: &Client,
+    name: &str,
+    config: &[String],
+    delete: &[String],
+) -> anyhow::Result<()> {
+    let mut changes: Vec<(String, Option<String>)> = settings(config)?
+        .into_iter()
+        .map(|(k, v)| (k, Some(v)))
+        .collect();
+    changes.extend(delete.iter().map(|k| (k.clone(), None)));
+    if changes.is_empty() {
+        anyhow::bail!("nothing to change: give --config KEY=VALUE or --delete-config KEY");
+    }
+    let t = c.alter_topic(name, &changes).await.map_err(explain)?;
+    let now = t.config.unwrap_or_default().settings;
+    for (k, _) in &changes {
+        println!("{k} = {}", now.get(k).map_or("(default)", String::as_str));
+    }
+    Ok(())
+}
+
+pub async fn topic_add_partitions(c: &Client, name: &str, count: u32) -> anyhow::Result<()> {
+    let t = c.add_partitions(name, count).await.map_err(explain)?;
+    println!("topic {} has {} partitions", t.name, t.partitions.len());
     Ok(())
 }
 
@@ -69,6 +117,15 @@ pub async fn topic_describe(c: &Client, name: &str) -> anyhow::Result<()> {
         _ => format!("{} / {}", limit(ms, "ms"), limit(b, "bytes")),
     };
     println!("retention: {}", keep(cfg.retention_ms, cfg.retention_bytes));
+    let shown: Vec<String> = cfg
+        .settings
+        .iter()
+        .filter(|(k, _)| !k.starts_with("retention."))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !shown.is_empty() {
+        println!("settings: {}", shown.join(" "));
+    }
     println!(
         "{:>9} {:>12} {:>12} {:>12} {:>12} {:>10} {:>14} {:>10} {:>14}  leader",
         "partition",
@@ -138,7 +195,8 @@ pub async fn storage_gc(
     maintenance_failed(&parts)
 }
 
-/// `tierlog storage compact`: merges done, per partition.
+/// `tierlog storage compact`: records compacted away (compacted topics) and merges done, per
+/// partition.
 pub async fn storage_compact(c: &Client, topic: Option<&str>, json: bool) -> anyhow::Result<()> {
     let parts = c
         .maintain(topic, proto::v1::MaintainAction::MaintainCompact, false)
@@ -149,8 +207,16 @@ pub async fn storage_compact(c: &Client, topic: Option<&str>, json: bool) -> any
     }
     for p in &parts {
         if p.error.is_empty() {
+            let keys = if p.compacted_below > 0 || p.compacted_away > 0 {
+                format!(
+                    "{} records compacted away, one per key below offset {}; ",
+                    p.compacted_away, p.compacted_below
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{}/{}: {} merges; {} objects, {} bytes",
+                "{}/{}: {keys}{} merges; {} objects, {} bytes",
                 p.topic, p.partition, p.merges, p.cold_segments, p.cold_bytes
             );
         } else {
@@ -169,6 +235,7 @@ fn maintenance_json(parts: &[proto::v1::PartitionMaintenance]) -> anyhow::Result
                 "topic": p.topic, "partition": p.partition, "leader": p.leader,
                 "error": (!p.error.is_empty()).then_some(&p.error),
                 "merges": p.merges, "pending": p.pending,
+                "compacted_away": p.compacted_away, "compacted_below": p.compacted_below,
                 "cold_objects": p.cold_segments, "cold_bytes": p.cold_bytes,
                 "garbage": p.garbage.iter().map(|g| serde_json::json!({
                     "path": g.path, "bytes": g.bytes, "why": g.why,

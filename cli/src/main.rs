@@ -127,7 +127,8 @@ enum StorageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Merges runs of small cold objects into large ones now.
+    /// Compacts topics with cleanup.policy=compact by key (each key's newest record stays),
+    /// then merges runs of small cold objects into large ones, now.
     Compact {
         /// Only this topic's partitions (default: every topic).
         topic: Option<String>,
@@ -186,6 +187,23 @@ enum TopicCommand {
         name: String,
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// A setting by Kafka's name, `key=value` (e.g. cleanup.policy=compact); repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+    },
+    /// Changes settings by Kafka's names: `--config key=value` sets one, `--delete-config key`
+    /// puts its default back.
+    Alter {
+        name: String,
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_config: Vec<String>,
+    },
+    /// Grows a topic to COUNT partitions (never fewer).
+    AddPartitions {
+        name: String,
+        count: u32,
     },
     List,
     Describe {
@@ -299,8 +317,18 @@ fn main() -> std::process::ExitCode {
             Command::Topic(t) => {
                 let c = commands::connect(&server).await?;
                 match t {
-                    TopicCommand::Create { name, partitions } => {
-                        commands::topic_create(&c, &name, partitions).await
+                    TopicCommand::Create {
+                        name,
+                        partitions,
+                        config,
+                    } => commands::topic_create(&c, &name, partitions, &config).await,
+                    TopicCommand::Alter {
+                        name,
+                        config,
+                        delete_config,
+                    } => commands::topic_alter(&c, &name, &config, &delete_config).await,
+                    TopicCommand::AddPartitions { name, count } => {
+                        commands::topic_add_partitions(&c, &name, count).await
                     }
                     TopicCommand::List => commands::topic_list(&c).await,
                     TopicCommand::Describe { name } => commands::topic_describe(&c, &name).await,

@@ -169,8 +169,13 @@ pub struct TierSettings {
     pub merge_min_age_ms: u64,
     /// How often each partition looks for a merge, ms.
     pub merge_interval_ms: u64,
-    /// The most bytes a second merging reads and writes (0: unpaced).
+    /// The most bytes a second merging (and key compaction) reads and writes (0: unpaced).
     pub merge_bytes_per_sec: u64,
+    /// Memory one key compaction pass may use for its key map, bytes (more keys: more passes).
+    pub compaction_key_map_bytes: u64,
+    /// Compact a `cleanup.policy=compact` partition once this share of its cold bytes is not
+    /// compacted yet (Kafka's `min.cleanable.dirty.ratio`).
+    pub compaction_min_dirty_ratio: f64,
     /// Least time between two cuts a partition commits for acks=all requests, ms (0: as soon
     /// as the uploader is free).
     pub flush_interval_ms: u64,
@@ -203,6 +208,8 @@ impl Default for TierSettings {
             merge_min_age_ms: d.merge_min_age_ms,
             merge_interval_ms: d.merge_interval_ms,
             merge_bytes_per_sec: d.merge_bytes_per_sec,
+            compaction_key_map_bytes: d.compaction_key_map_bytes,
+            compaction_min_dirty_ratio: d.compaction_min_dirty_ratio,
             flush_interval_ms: d.flush_interval_ms,
             upload_interval_ms: d.upload_interval_ms,
             zstd_level: d.zstd_level,
@@ -351,6 +358,8 @@ impl Settings {
             merge_min_age_ms: t.merge_min_age_ms,
             merge_interval_ms: t.merge_interval_ms,
             merge_bytes_per_sec: t.merge_bytes_per_sec,
+            compaction_key_map_bytes: t.compaction_key_map_bytes,
+            compaction_min_dirty_ratio: t.compaction_min_dirty_ratio,
             flush_interval_ms: t.flush_interval_ms,
             upload_interval_ms: t.upload_interval_ms,
             zstd_level: t.zstd_level,

@@ -301,14 +301,62 @@ impl Client {
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicDescription> {
+        self.create_topic_with(name, partitions, &[]).await
+    }
+
+    /// Creates a topic with settings by Kafka's names (`cleanup.policy`, `retention.ms`, ...).
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: &[(String, String)],
+    ) -> Result<TopicDescription> {
         let r = self
             .rpc()
             .create_topic(pb::CreateTopicRequest {
                 name: name.into(),
                 config: Some(pb::TopicConfig {
                     partitions,
+                    settings: settings.iter().cloned().collect(),
                     ..Default::default()
                 }),
+            })
+            .await?;
+        Ok(r.into_inner().topic.unwrap_or_default())
+    }
+
+    /// Changes a topic's settings by Kafka's names (`None`: back to the default). Returns the
+    /// topic as it is afterwards.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        settings: &[(String, Option<String>)],
+    ) -> Result<TopicDescription> {
+        let r = self
+            .rpc()
+            .alter_topic(pb::AlterTopicRequest {
+                name: name.into(),
+                settings: settings
+                    .iter()
+                    .map(|(name, value)| pb::TopicSetting {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+                validate_only: false,
+            })
+            .await?;
+        Ok(r.into_inner().topic.unwrap_or_default())
+    }
+
+    /// Grows a topic to `count` partitions.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<TopicDescription> {
+        let r = self
+            .rpc()
+            .add_partitions(pb::AddPartitionsRequest {
+                name: name.into(),
+                count,
+                validate_only: false,
             })
             .await?;
         Ok(r.into_inner().topic.unwrap_or_default())

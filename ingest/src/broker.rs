@@ -883,12 +883,17 @@ impl Broker {
         Ok(o)
     }
 
-    /// The largest record `topic` accepts: the node's `max_record_bytes`, or the topic's own
-    /// `max.message.bytes` when that is lower.
-    async fn record_limit(&self, topic: &str) -> Result<usize> {
+    /// What `topic` accepts of a record: at most the node's `max_record_bytes`, or the
+    /// topic's own `max.message.bytes` when that is lower; and a key, when it is compacted.
+    async fn record_rules(&self, topic: &str) -> Result<RecordRules> {
         let node = self.inner.cfg.max_record_bytes;
-        let own = self.topic(topic).await?.config.max_record_bytes();
-        Ok(own.map_or(node, |t| node.min(usize::try_from(t).unwrap_or(usize::MAX))))
+        let t = self.topic(topic).await?;
+        let own = t.config.max_record_bytes();
+        Ok(RecordRules {
+            topic: topic.to_string(),
+            limit: own.map_or(node, |t| node.min(usize::try_from(t).unwrap_or(usize::MAX))),
+            key_required: t.config.compacted(),
+        })
     }
 
     /// Appends records to one partition as one batch. Oversized records are refused one by one.
@@ -907,7 +912,7 @@ impl Broker {
                 "a produce request needs at least one record".into(),
             ));
         }
-        let limit = self.record_limit(topic).await?;
+        let rules = self.record_rules(topic).await?;
         let now = now_ms();
         let mut errors = Vec::new();
         let mut b = BatchBuilder::new(compression);
@@ -915,9 +920,8 @@ impl Broker {
             b = b.producer(p, false);
         }
         for (index, r) in records.iter().enumerate() {
-            let size = record_size(r.key.as_ref(), r.value.as_ref(), &r.headers);
-            if size > limit {
-                errors.push((index, Error::RecordTooLarge { index, size, limit }));
+            if let Err(e) = rules.check(index, r.key.as_ref(), r.value.as_ref(), &r.headers) {
+                errors.push((index, e));
                 continue;
             }
             let ts = match r.timestamp_ms {
@@ -993,9 +997,9 @@ impl Broker {
             .map_err(|e| Error::InvalidRequest(format!("record batch: {e}")))?;
         // An uncompressed batch no larger than the limit cannot hold an oversized record: skip
         // decoding it here (the tier still checks every record on append).
-        let limit = self.record_limit(topic).await?;
+        let rules = self.record_rules(topic).await?;
         let compressed = batch.header().compression()? != Compression::None;
-        if !compressed && batch.len() <= limit {
+        if !compressed && batch.len() <= rules.limit && !rules.key_required {
             let accepted = batch.header().record_count.max(0) as usize;
             return self
                 .append(
@@ -1014,9 +1018,8 @@ impl Broker {
             .map_err(|e| Error::InvalidRequest(format!("record batch: {e}")))?;
         let mut errors = Vec::new();
         for (index, r) in records.iter().enumerate() {
-            let size = record_size(r.key.as_ref(), r.value.as_ref(), &r.headers);
-            if size > limit {
-                errors.push((index, Error::RecordTooLarge { index, size, limit }));
+            if let Err(e) = rules.check(index, r.key.as_ref(), r.value.as_ref(), &r.headers) {
+                errors.push((index, e));
             }
         }
         let (batch, accepted) = if errors.is_empty() {
@@ -1468,6 +1471,43 @@ fn overtakes(expected: i32, got: i32) -> bool {
 /// A batch appended whole or not at all (an idempotent producer's, whose sequence numbers
 /// cover every record, or a Kafka producer's): when some records are refused (too large, a
 /// bad timestamp), the others are refused too, naming why.
+/// What a topic accepts of one record (see [`Broker::record_rules`]).
+struct RecordRules {
+    topic: String,
+    limit: usize,
+    key_required: bool,
+}
+
+impl RecordRules {
+    fn check(
+        &self,
+        index: usize,
+        key: Option<&Bytes>,
+        value: Option<&Bytes>,
+        headers: &[Header],
+    ) -> Result<()> {
+        let size = record_size(key, value, headers);
+        if size > self.limit {
+            return Err(Error::RecordTooLarge {
+                index,
+                size,
+                limit: self.limit,
+            });
+        }
+        if self.key_required && key.is_none() {
+            return Err(Error::InvalidRecord {
+                index,
+                why: format!(
+                    "has no key: topic {:?} is compacted (cleanup.policy=compact keeps each \
+                     key's newest record), so every record needs one",
+                    self.topic
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 fn refuse_whole(records: usize, mut errors: Vec<(usize, Error)>) -> ProduceResult {
     let refused: std::collections::BTreeSet<usize> = errors.iter().map(|(i, _)| *i).collect();
     for index in 0..records {

@@ -34,6 +34,7 @@ pub enum Code {
     InconsistentAssignor = 26,
     RebalanceInProgress = 27,
     InconsistentGroupProtocol = 28,
+    InvalidRecord = 29,
 }
 
 /// Kafka's error codes that tierlog answers with (`org.apache.kafka.common.protocol.Errors`).
@@ -77,6 +78,7 @@ pub mod kafka_code {
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const FENCED_MEMBER_EPOCH: i16 = 110;
     pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
+    pub const INVALID_RECORD: i16 = 87;
 }
 
 impl Code {
@@ -115,6 +117,7 @@ impl Code {
                 INCONSISTENT_GROUP_PROTOCOL
             }
             Code::RebalanceInProgress => REBALANCE_IN_PROGRESS,
+            Code::InvalidRecord => INVALID_RECORD,
         }
     }
 }
@@ -135,6 +138,9 @@ pub enum Error {
         size: usize,
         limit: usize,
     },
+    /// A record the topic's settings refuse (a record without a key on a compacted topic).
+    #[error("record {index} {why}")]
+    InvalidRecord { index: usize, why: String },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// A configured limit refuses the request (`setting` names it, see docs/limits.md).
@@ -236,6 +242,7 @@ impl Code {
         match self {
             Code::UnknownTopic | Code::UnknownPartition | Code::UnknownGroup => 404,
             Code::RecordTooLarge
+            | Code::InvalidRecord
             | Code::InvalidTopicName
             | Code::InvalidRequest
             | Code::InvalidGroup
@@ -268,6 +275,7 @@ impl Error {
             Error::UnknownTopic(_) => Code::UnknownTopic,
             Error::UnknownPartition { .. } => Code::UnknownPartition,
             Error::RecordTooLarge { .. } => Code::RecordTooLarge,
+            Error::InvalidRecord { .. } => Code::InvalidRecord,
             Error::InvalidRequest(_) => Code::InvalidRequest,
             Error::LimitExceeded { .. } => Code::LimitExceeded,
             Error::InvalidTopicName(_) => Code::InvalidTopicName,

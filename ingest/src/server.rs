@@ -59,9 +59,10 @@ pub fn detail(e: &Error) -> pb::ErrorDetail {
 pub fn status(e: Error) -> Status {
     let code = match e.code() {
         Code::UnknownTopic | Code::UnknownPartition => tonic::Code::NotFound,
-        Code::RecordTooLarge | Code::InvalidTopicName | Code::InvalidRequest => {
-            tonic::Code::InvalidArgument
-        }
+        Code::RecordTooLarge
+        | Code::InvalidRecord
+        | Code::InvalidTopicName
+        | Code::InvalidRequest => tonic::Code::InvalidArgument,
         Code::TopicExists => tonic::Code::AlreadyExists,
         Code::OffsetOutOfRange => tonic::Code::OutOfRange,
         Code::Backpressure | Code::LimitExceeded => tonic::Code::ResourceExhausted,
@@ -97,6 +98,10 @@ fn topic_config(c: Option<pb::TopicConfig>) -> Result<TopicConfig, Status> {
     let limit = |name, v| meta::retention_limit(name, v).map_err(|e| invalid(e.to_string()));
     t.retention_ms = limit("retention_ms", c.retention_ms)?;
     t.retention_bytes = limit("retention_bytes", c.retention_bytes)?;
+    for (name, value) in &c.settings {
+        t.set(name, Some(value))
+            .map_err(|e| invalid(e.to_string()))?;
+    }
     Ok(t)
 }
 
@@ -108,6 +113,13 @@ fn describe(t: TopicInfo) -> pb::TopicDescription {
             partitions: t.meta.partitions(),
             retention_ms: meta::retention_wire(t.meta.config.retention_ms),
             retention_bytes: meta::retention_wire(t.meta.config.retention_bytes),
+            settings: t
+                .meta
+                .config
+                .settings()
+                .into_iter()
+                .map(|(name, value, _)| (name.to_string(), value))
+                .collect(),
         }),
         partitions: t
             .partitions
@@ -449,6 +461,49 @@ impl Tierlog for Service {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DescribeTopicResponse {
+            topic: Some(describe(t)),
+        }))
+    }
+
+    async fn alter_topic(
+        &self,
+        request: Request<pb::AlterTopicRequest>,
+    ) -> Result<Response<pb::AlterTopicResponse>, Status> {
+        let req = request.into_inner();
+        let changes: Vec<(String, Option<String>)> = req
+            .settings
+            .into_iter()
+            .map(|s| (s.name, s.value))
+            .collect();
+        self.broker
+            .alter_topic_settings(&req.name, &changes, false, req.validate_only)
+            .await
+            .map_err(status)?;
+        let t = self
+            .broker
+            .describe_topic(&req.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AlterTopicResponse {
+            topic: Some(describe(t)),
+        }))
+    }
+
+    async fn add_partitions(
+        &self,
+        request: Request<pb::AddPartitionsRequest>,
+    ) -> Result<Response<pb::AddPartitionsResponse>, Status> {
+        let req = request.into_inner();
+        self.broker
+            .add_partitions(&req.name, req.count, req.validate_only)
+            .await
+            .map_err(status)?;
+        let t = self
+            .broker
+            .describe_topic(&req.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AddPartitionsResponse {
             topic: Some(describe(t)),
         }))
     }

@@ -28,8 +28,8 @@ pub use self::leadership::{Leader, LeaderEvent, LeaderSnapshot, PartitionLeader,
 pub use self::nodes::NodeInfo;
 pub use self::offsets::PartitionOffset;
 pub use self::topics::{
-    CLEANUP_POLICY, COMPRESSION_TYPE, MAX_MESSAGE_BYTES, TopicConfig, TopicMeta, VISIBILITY,
-    retention_limit, retention_wire,
+    CLEANUP_POLICY, COMPRESSION_TYPE, DELETE_RETENTION_MS, MAX_MESSAGE_BYTES,
+    MIN_COMPACTION_LAG_MS, TopicConfig, TopicMeta, VISIBILITY, retention_limit, retention_wire,
 };
 
 use self::keys::Keys;

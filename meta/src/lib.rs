@@ -65,10 +65,11 @@ pub mod conformance;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use domain::{
     CLEANUP_POLICY, COMPRESSION_TYPE, ClassicMemberRecord, ClassicProtocol, ClassicRecord,
-    Coordinator, GroupClaim, GroupRecord, Leader, LeaderEpoch, LeaderEvent, LeaderSnapshot,
-    MAX_GROUP_ID_LEN, MAX_MESSAGE_BYTES, MemberRecord, Meta, MetaOptions, NodeId, NodeInfo,
-    PartitionLeader, PartitionOffset, TOPIC_ID_COUNTER, TopicConfig, TopicMeta, Unable, VISIBILITY,
-    retention_limit, retention_wire, validate_group, validate_topic_name,
+    Coordinator, DELETE_RETENTION_MS, GroupClaim, GroupRecord, Leader, LeaderEpoch, LeaderEvent,
+    LeaderSnapshot, MAX_GROUP_ID_LEN, MAX_MESSAGE_BYTES, MIN_COMPACTION_LAG_MS, MemberRecord, Meta,
+    MetaOptions, NodeId, NodeInfo, PartitionLeader, PartitionOffset, TOPIC_ID_COUNTER, TopicConfig,
+    TopicMeta, Unable, VISIBILITY, retention_limit, retention_wire, validate_group,
+    validate_topic_name,
 };
 pub use embedded::{EmbeddedKv, EmbeddedOptions};
 pub use error::{Error, ErrorClass, Result};

@@ -25,7 +25,8 @@
 //!
 //! Invariants: a [`RecordBatch`] always holds a structurally valid v2 header whose CRC matched when
 //! it was parsed; offsets within a batch are `base_offset + offset_delta` with deltas
-//! `0..record_count`.
+//! `0..record_count` (batches tierlog builds from a compacted log skip some: increasing
+//! deltas up to `last_offset_delta`).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -212,7 +213,18 @@ pub struct RecordBatch {
 impl RecordBatch {
     /// Parses and validates a batch: length, magic, CRC, counts. The bytes must hold exactly one batch.
     pub fn parse(bytes: Bytes) -> Result<Self> {
-        let header = parse_header(&bytes)?;
+        Self::parse_as(bytes, false)
+    }
+
+    /// [`RecordBatch::parse`] of a batch whose offsets may have gaps (offset deltas that skip
+    /// some, as a compacted log's batches do): its last offset delta may exceed the record
+    /// count. Only for batches tierlog builds to send (see [`batches_of`]).
+    pub fn parse_sparse(bytes: Bytes) -> Result<Self> {
+        Self::parse_as(bytes, true)
+    }
+
+    fn parse_as(bytes: Bytes, sparse: bool) -> Result<Self> {
+        let header = check_header(&bytes, sparse)?;
         let total = 12 + header.batch_length as usize;
         if total != bytes.len() {
             return Err(Error::invalid(format!(
@@ -269,15 +281,29 @@ impl RecordBatch {
         let mut records = Vec::new();
         self.decode_into(&mut records)?;
         let base = self.header.base_offset;
+        let dense = self.header.last_offset_delta == self.header.record_count - 1;
         let mut max_ts = i64::MIN;
+        let mut prev = -1;
         for (i, r) in records.iter().enumerate() {
-            if r.offset - base != i as i64 {
+            let delta = r.offset - base;
+            let fits = if dense {
+                delta == i as i64
+            } else {
+                delta > prev
+            };
+            if !fits {
                 return Err(Error::invalid(format!(
-                    "record {i} has offset delta {}, expected {i}",
-                    r.offset - base
+                    "record {i} has offset delta {delta} after {prev}"
                 )));
             }
+            prev = delta;
             max_ts = max_ts.max(r.timestamp);
+        }
+        if prev != i64::from(self.header.last_offset_delta) {
+            return Err(Error::invalid(format!(
+                "the last record has offset delta {prev}, the header says {}",
+                self.header.last_offset_delta
+            )));
         }
         if max_ts != self.header.max_timestamp {
             return Err(Error::invalid(format!(
@@ -432,6 +458,10 @@ fn snappy_decompress(body: &[u8]) -> Result<Vec<u8>> {
 
 /// Parses the fixed header and checks what can be checked without the body.
 pub fn parse_header(b: &[u8]) -> Result<BatchHeader> {
+    check_header(b, false)
+}
+
+fn check_header(b: &[u8], sparse: bool) -> Result<BatchHeader> {
     if b.len() < HEADER_LEN {
         return Err(Error::invalid(format!(
             "batch of {} bytes is shorter than the {HEADER_LEN}-byte header",
@@ -475,7 +505,12 @@ pub fn parse_header(b: &[u8]) -> Result<BatchHeader> {
             h.record_count
         )));
     }
-    if h.last_offset_delta != h.record_count - 1 {
+    let deltas_fit = if sparse {
+        h.last_offset_delta >= h.record_count - 1
+    } else {
+        h.last_offset_delta == h.record_count - 1
+    };
+    if !deltas_fit {
         return Err(Error::invalid(format!(
             "last offset delta {} does not match record count {}",
             h.last_offset_delta, h.record_count
@@ -636,6 +671,8 @@ pub struct BatchBuilder {
     base_timestamp: Option<i64>,
     max_timestamp: i64,
     count: i32,
+    /// The offset delta of the last record pushed (-1: none).
+    last_delta: i64,
     records: BytesMut,
 }
 
@@ -648,6 +685,7 @@ impl BatchBuilder {
             base_timestamp: None,
             max_timestamp: i64::MIN,
             count: 0,
+            last_delta: -1,
             records: BytesMut::new(),
         }
     }
@@ -669,7 +707,7 @@ impl BatchBuilder {
         HEADER_LEN + self.records.len()
     }
 
-    /// Appends a record with the given timestamp (ms).
+    /// Appends a record with the given timestamp (ms), at the offset after the last one.
     pub fn push(
         &mut self,
         timestamp: i64,
@@ -677,10 +715,34 @@ impl BatchBuilder {
         value: Option<&[u8]>,
         headers: &[Header],
     ) {
+        let delta = self.last_delta + 1;
+        self.push_at(delta, timestamp, key, value, headers);
+    }
+
+    /// The offset delta of the last record pushed (-1: none).
+    pub fn last_delta(&self) -> i64 {
+        self.last_delta
+    }
+
+    /// Appends a record at `offset_delta` from the batch's base offset, past the last one
+    /// pushed (a gap makes a batch of a compacted log, sent with [`RecordBatch::parse_sparse`]).
+    pub fn push_at(
+        &mut self,
+        offset_delta: i64,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) {
+        assert!(
+            offset_delta > self.last_delta && offset_delta <= i64::from(i32::MAX),
+            "offset delta {offset_delta} after {}",
+            self.last_delta
+        );
+        self.last_delta = offset_delta;
         let base = *self.base_timestamp.get_or_insert(timestamp);
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let ts_delta = timestamp - base;
-        let offset_delta = i64::from(self.count);
         let body_len = 1
             + varlong_len(ts_delta)
             + varlong_len(offset_delta)
@@ -755,7 +817,7 @@ impl BatchBuilder {
         b.put_i8(MAGIC);
         b.put_u32(0); // crc, patched below
         b.put_i16(attributes);
-        b.put_i32(self.count - 1);
+        b.put_i32(self.last_delta as i32);
         b.put_i64(base_ts);
         b.put_i64(self.max_timestamp);
         b.put_i64(self.producer.producer_id);
@@ -765,7 +827,7 @@ impl BatchBuilder {
         b.put_slice(&body);
         let crc = crc32c::crc32c(&b[CRC_START..]);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
-        RecordBatch::parse(b.freeze())
+        RecordBatch::parse_as(b.freeze(), self.last_delta != i64::from(self.count) - 1)
     }
 }
 
@@ -773,25 +835,25 @@ impl BatchBuilder {
 pub const REENCODED_BATCH_BYTES: usize = 1 << 20;
 
 /// Encodes records read back (decoded, from the cold tier) as v2 batches that carry their own
-/// offsets and timestamps: a batch per run of consecutive offsets (a gap starts a new batch) of
-/// at most [`REENCODED_BATCH_BYTES`], uncompressed, stamped with `leader_epoch`. Records must
-/// be in offset order.
+/// offsets and timestamps: batches of at most [`REENCODED_BATCH_BYTES`], uncompressed, stamped
+/// with `leader_epoch`. Offsets may have gaps (a compacted log): a batch's offset deltas skip
+/// them, as Kafka's compacted batches do. Records must be in offset order.
 pub fn batches_of(records: &[Record], leader_epoch: i32) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     let mut run: Option<(i64, BatchBuilder)> = None;
     for r in records {
-        if let Some((base, b)) = &run {
-            let next = base + b.len() as i64;
-            if r.offset != next
+        if let Some((base, b)) = &run
+            && (r.offset - base > i64::from(i32::MAX)
+                || r.offset - base <= b.last_delta()
                 || b.estimated_size() + r.payload_len() > REENCODED_BATCH_BYTES
-                || b.len() >= MAX_BATCH_RECORDS as usize
-            {
-                let (base, b) = run.take().expect("checked above");
-                out.push(b.build()?.with_assigned(base, leader_epoch));
-            }
+                || b.len() >= MAX_BATCH_RECORDS as usize)
+        {
+            let (base, b) = run.take().expect("checked above");
+            out.push(b.build()?.with_assigned(base, leader_epoch));
         }
-        let (_, b) = run.get_or_insert_with(|| (r.offset, BatchBuilder::new(Compression::None)));
-        b.push(
+        let (base, b) = run.get_or_insert_with(|| (r.offset, BatchBuilder::new(Compression::None)));
+        b.push_at(
+            r.offset - *base,
             r.timestamp,
             r.key.as_deref(),
             r.value.as_deref(),

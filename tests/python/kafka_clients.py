@@ -409,7 +409,7 @@ def configs(bootstrap, _state):
     d = described()
     check(d["retention.ms"] == ("-1", ConfigSource.DEFAULT_CONFIG.value), f"replaced: {d}")
     # Settings tierlog does not act on are refused, and nothing changes.
-    for name, value in [("cleanup.policy", "compact"), ("compression.type", "gzip"),
+    for name, value in [("cleanup.policy", "shrink"), ("compression.type", "gzip"),
                         ("segment.bytes", "1000"), ("retention.ms", "soon")]:
         bad = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
             ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)])
@@ -446,6 +446,25 @@ def configs(bootstrap, _state):
         check(False, "shrinking must be refused")
     except KafkaException as e:
         check(e.args[0].code() == KafkaError.INVALID_PARTITIONS, f"shrink: {e}")
+    # A compacted topic: described as such, and a record without a key is INVALID_RECORD.
+    kv = "settings-compacted"
+    admin.create_topics([NewTopic(kv, 1, config={"cleanup.policy": "compact",
+                                                 "delete.retention.ms": "60000"})])[kv].result(30)
+    res = ConfigResource(ResourceType.TOPIC, kv)
+    entries = admin.describe_configs([res])[res].result(30)
+    check(entries["cleanup.policy"].value == "compact", f"{entries['cleanup.policy']}")
+    check(entries["delete.retention.ms"].value == "60000", f"{entries['delete.retention.ms']}")
+    check(entries["min.compaction.lag.ms"].value == "0", f"{entries['min.compaction.lag.ms']}")
+    outcome = []
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    p.produce(kv, value=b"no key", partition=0, on_delivery=lambda err, msg: outcome.append(err))
+    p.flush(30)
+    p.produce(kv, key=b"k", value=b"v", partition=0,
+              on_delivery=lambda err, msg: outcome.append(err))
+    p.flush(30)
+    check(outcome[0] is not None and outcome[0].code() == KafkaError.INVALID_RECORD,
+          f"a record without a key on a compacted topic: {outcome}")
+    check(outcome[1] is None, f"a keyed record: {outcome}")
 
 
 def failover(bootstrap, seconds):

@@ -317,6 +317,7 @@ async fn retention_forms_through_the_api_keep_what_they_promise() {
                     partitions: 1,
                     retention_ms: ms,
                     retention_bytes: bytes,
+                    ..Default::default()
                 }),
             })
             .await
@@ -359,6 +360,7 @@ async fn retention_forms_through_the_api_keep_what_they_promise() {
                     partitions: 1,
                     retention_ms: ms,
                     retention_bytes: bytes,
+                    ..Default::default()
                 }),
             })
             .await

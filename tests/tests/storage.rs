@@ -1,6 +1,8 @@
 //! The storage core end to end: real files, a real object store on the file system, and an
 //! independent Parquet reader; and the metadata store on a real etcd (`meta_etcd`).
 
+#[path = "storage/compact.rs"]
+mod compact;
 #[path = "storage/merge.rs"]
 mod merge;
 #[path = "storage/meta_etcd.rs"]
@@ -321,6 +323,7 @@ async fn retain_half(t: &Tier, cold_bytes: u64) -> PartitionOffsets {
         ColdRetention {
             age: None,
             bytes: std::num::NonZeroU64::new(keep),
+            compact: None,
         },
     )
     .unwrap();
@@ -815,6 +818,7 @@ async fn time_based_retention_on_both_tiers() {
         ColdRetention {
             age: Some(Duration::from_millis(keep_ms as u64)),
             bytes: None,
+            compact: None,
         },
     )
     .unwrap();

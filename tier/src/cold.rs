@@ -3,6 +3,7 @@
 //! garbage collection.
 
 pub(crate) mod cache;
+pub(crate) mod compact;
 pub(crate) mod encoder;
 pub(crate) mod gc;
 pub mod manifest;

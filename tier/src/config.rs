@@ -112,8 +112,16 @@ pub struct TierConfig {
     pub merge_min_age_ms: u64,
     /// How often each led partition looks for a merge to do, ms.
     pub merge_interval_ms: u64,
-    /// The most bytes a second merging reads and writes together (0: unpaced).
+    /// The most bytes a second merging reads and writes together (0: unpaced). Key
+    /// compaction moves at this pace too.
     pub merge_bytes_per_sec: u64,
+    /// Memory one key compaction pass may use for its map of keys (`cold::compact`), bytes:
+    /// a log with more distinct keys since the last pass is compacted in several passes.
+    pub compaction_key_map_bytes: u64,
+    /// A compacted topic's partition is compacted once the bytes not compacted yet (and old
+    /// enough) are at least this share of its cold bytes (Kafka's
+    /// `min.cleanable.dirty.ratio`), or when tombstones are due to go.
+    pub compaction_min_dirty_ratio: f64,
 }
 
 impl Default for TierConfig {
@@ -149,6 +157,8 @@ impl Default for TierConfig {
             merge_min_age_ms: 60_000,
             merge_interval_ms: 10_000,
             merge_bytes_per_sec: 64 << 20,
+            compaction_key_map_bytes: 64 << 20,
+            compaction_min_dirty_ratio: 0.5,
         }
     }
 }
@@ -223,6 +233,15 @@ impl TierConfig {
             return bad(format!(
                 "merge_target_bytes must be at least 1 MiB and merge_min_segments at least 2, got {} and {}",
                 self.merge_target_bytes, self.merge_min_segments
+            ));
+        }
+        if self.compaction_key_map_bytes < 64 << 10
+            || !(0.0..=1.0).contains(&self.compaction_min_dirty_ratio)
+        {
+            return bad(format!(
+                "compaction_key_map_bytes must be at least 64 KiB and compaction_min_dirty_ratio \
+                 between 0 and 1, got {} and {}",
+                self.compaction_key_map_bytes, self.compaction_min_dirty_ratio
             ));
         }
         if self.merge_interval_ms == 0 || self.gc_interval_ms == 0 {

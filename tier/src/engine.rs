@@ -578,40 +578,56 @@ impl Tier {
                     })?;
             let path = manifest.paths.object(&seg.path);
             let meta = cache.metadata(&path, seg.size, seg.footer_crc32c).await?;
-            let (rg, first) =
-                cache::locate(&meta, seg.base_offset, cur).ok_or_else(|| Error::Corrupt {
-                    location: path.to_string(),
-                    position: 0,
-                    reason: format!("offset {cur} is not in the segment's row groups"),
-                })?;
+            let corrupt = |position: usize, reason: String| Error::Corrupt {
+                location: path.to_string(),
+                position: position as u64,
+                reason,
+            };
+            let Some(rg) = cache::locate(&meta, &seg, cur).map_err(|r| corrupt(0, r))? else {
+                // A compacted segment with no record left at or after `cur`.
+                if seg.is_dense() {
+                    return Err(corrupt(
+                        0,
+                        format!("offset {cur} is not in the segment's row groups"),
+                    ));
+                }
+                cur = seg.last_offset + 1;
+                continue;
+            };
             let rows = cache
                 .row_group(&path, seg.size, seg.footer_crc32c, rg)
                 .await?;
-            let skip = usize::try_from(cur - first).unwrap_or(usize::MAX);
+            let skip = rows.records.partition_point(|r| r.offset < cur);
             if skip >= rows.records.len() {
-                return Err(Error::Corrupt {
-                    location: path.to_string(),
-                    position: rg as u64,
-                    reason: format!(
-                        "row group {rg} holds {} rows, offset {cur} needs more",
+                return Err(corrupt(
+                    rg,
+                    format!(
+                        "row group {rg} holds {} rows, none at offset {cur} or after",
                         rows.records.len()
                     ),
-                });
+                ));
             }
-            for r in rows.records.iter().skip(skip) {
-                if r.offset != cur {
-                    return Err(Error::Corrupt {
-                        location: path.to_string(),
-                        position: rg as u64,
-                        reason: format!("row for offset {cur} holds offset {}", r.offset),
-                    });
+            let dense = seg.is_dense();
+            for r in &rows.records[skip..] {
+                if dense && r.offset != cur {
+                    return Err(corrupt(
+                        rg,
+                        format!("row for offset {cur} holds offset {}", r.offset),
+                    ));
                 }
                 bytes += r.payload_len();
                 out.push(r.clone());
-                cur += 1;
+                cur = r.offset + 1;
                 if bytes >= max_bytes {
                     break;
                 }
+            }
+            if bytes < max_bytes
+                && rg + 1 == meta.metadata().num_row_groups()
+                && cur <= seg.last_offset
+            {
+                // The segment's last records were compacted away.
+                cur = seg.last_offset + 1;
             }
             self.read_ahead(
                 manifest,
@@ -1066,11 +1082,51 @@ impl Tier {
         Ok(status().merges - before.merges)
     }
 
+    /// Runs a key compaction pass of a led partition of a compacted topic now, whatever the
+    /// schedule and the dirty ratio (see `cold::compact`); then, with `until_done`, more passes
+    /// until nothing is left to compact (a key set larger than the key map takes several).
+    /// `None` when the partition is not compacted or nothing is to be done.
+    pub async fn compact_now(
+        &self,
+        topic: &str,
+        partition: u32,
+        until_done: bool,
+    ) -> Result<Option<crate::cold::compact::CompactReport>> {
+        let p = self.get(topic, partition)?;
+        let Some(c) = p.retention.read().expect("retention lock poisoned").compact else {
+            return Ok(None);
+        };
+        let mut total: Option<crate::cold::compact::CompactReport> = None;
+        loop {
+            let Some(r) = crate::cold::compact::compact_once(&self.inner.jobs, &p, c, true).await?
+            else {
+                return Ok(total);
+            };
+            let before = total.as_ref().map(|t| t.below);
+            let t = total.get_or_insert_with(Default::default);
+            t.inputs += r.inputs;
+            t.outputs += r.outputs;
+            t.removed += r.removed;
+            t.kept = r.kept;
+            t.below = r.below;
+            t.abandoned |= r.abandoned;
+            // Done when asked for one pass, when it was given up, or when it moved nothing.
+            if !until_done || r.abandoned || before == Some(r.below) || r.inputs == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
     /// What merging found and did on a led partition.
     pub fn merge_status(&self, topic: &str, partition: u32) -> Result<crate::MergeStatus> {
         let p = self.get(topic, partition)?;
-        let st = p.merge_status.read().expect("merge status lock poisoned");
-        Ok(st.clone())
+        let mut st = p
+            .merge_status
+            .read()
+            .expect("merge status lock poisoned")
+            .clone();
+        st.compacted_below = p.cold().compacted_below();
+        Ok(st)
     }
 
     /// Bytes of decoded cold data held by the read cache.
@@ -1241,7 +1297,13 @@ async fn housekeep(inner: &Arc<Inner>) {
         if let Err(e) = retention::cold_retention(&p).await {
             tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e, "cold retention failed");
         }
-        if inner.cfg.merge_enabled {
+        let compacted = p
+            .retention
+            .read()
+            .expect("retention lock poisoned")
+            .compact
+            .is_some();
+        if inner.cfg.merge_enabled || compacted {
             let interval = Duration::from_millis(inner.cfg.merge_interval_ms);
             let due = {
                 let mut st = p.merge_status.write().expect("merge status lock poisoned");

@@ -35,12 +35,13 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use batch::{BatchBuilder, Compression, Header, ProducerInfo, Record, RecordBatch};
+pub use cold::compact::CompactReport;
 pub use cold::gc::{Garbage, GcReport};
 pub use config::{FsyncPolicy, TierConfig};
 pub use engine::{PartitionOffsets, ReadResult, Source, Tier};
 pub use error::{Error, Result};
 pub use hot::AppendResult;
-pub use partition::{ColdRetention, MergeStatus, UploadObserver};
+pub use partition::{ColdRetention, KeyCompaction, MergeStatus, UploadObserver};
 
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -31,6 +31,30 @@ pub struct ColdRetention {
     pub age: Option<Duration>,
     /// Remove the oldest segments while the partition's cold bytes exceed this.
     pub bytes: Option<std::num::NonZeroU64>,
+    /// Keep only the newest record of each key in the cold tier (Kafka's
+    /// `cleanup.policy=compact`); `None`: no key compaction.
+    pub compact: Option<KeyCompaction>,
+}
+
+/// Key compaction of one partition (`cold::compact`), as Kafka's topic settings say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCompaction {
+    /// Records younger than this (by timestamp) are not compacted yet
+    /// (`min.compaction.lag.ms`).
+    pub min_lag: Duration,
+    /// How long a tombstone (a record with a null value) stays after the pass that compacted
+    /// it (`delete.retention.ms`).
+    pub delete_retention: Duration,
+}
+
+impl Default for KeyCompaction {
+    /// Kafka's defaults: no lag, tombstones kept a day.
+    fn default() -> Self {
+        KeyCompaction {
+            min_lag: Duration::ZERO,
+            delete_retention: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// Told about every upload the tier commits to the object store: how long converting the
@@ -60,6 +84,11 @@ pub struct MergeStatus {
     pub bad: std::collections::BTreeSet<String>,
     /// Offsets below this hold no segment merging would take (where planning starts).
     pub frontier: i64,
+    /// Key compaction passes committed, records they removed, and the offset below which the
+    /// log holds one record per key (compacted topics).
+    pub compactions: u64,
+    pub compacted_away: u64,
+    pub compacted_below: i64,
     /// A merge task is running, and when the last one started.
     pub running: bool,
     pub last_run: Option<std::time::Instant>,

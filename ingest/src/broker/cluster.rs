@@ -244,6 +244,15 @@ impl Broker {
                 self.give_up(&key, &led, since.elapsed()).await;
                 continue;
             }
+            // Settings changed since the partition was taken apply at once.
+            if let Some(t) = by_name.get(&key.0)
+                && let Err(e) =
+                    self.inner
+                        .tier
+                        .set_cold_retention(&led.storage, p, cold_policy(&t.config))
+            {
+                tracing::debug!(topic = key.0, partition = p, error = %e, "applying cold settings");
+            }
             if owners.get(&key) != Some(&me) && rejoined.is_none() {
                 hand_offs.push(self.hand_off(key, led));
             }
@@ -290,17 +299,9 @@ impl Broker {
         let storage = storage_name(t);
         let opened = async {
             inner.tier.open_partition(&storage, p, epoch).await?;
-            inner.tier.set_cold_retention(
-                &storage,
-                p,
-                tier::ColdRetention {
-                    age: t
-                        .config
-                        .retention_ms
-                        .map(|ms| Duration::from_millis(ms.get())),
-                    bytes: t.config.retention_bytes,
-                },
-            )
+            inner
+                .tier
+                .set_cold_retention(&storage, p, cold_policy(&t.config))
         }
         .await;
         let key = (t.name.clone(), p);
@@ -556,6 +557,23 @@ impl Broker {
             granted_at + inner.cfg.lease_ttl;
         tracing::info!(node_id = inner.cfg.node_id, lease = %lease, "rejoined the cluster");
         Ok(())
+    }
+}
+
+/// What a topic's settings ask of its partitions' cold tier: retention by age and size when
+/// `cleanup.policy` has `delete`, key compaction when it has `compact`.
+pub(crate) fn cold_policy(c: &meta::TopicConfig) -> tier::ColdRetention {
+    let deletes = c.deletes();
+    tier::ColdRetention {
+        age: c
+            .retention_ms
+            .filter(|_| deletes)
+            .map(|ms| Duration::from_millis(ms.get())),
+        bytes: c.retention_bytes.filter(|_| deletes),
+        compact: c.compacted().then(|| tier::KeyCompaction {
+            min_lag: Duration::from_millis(c.min_compaction_lag_ms()),
+            delete_retention: Duration::from_millis(c.delete_retention_ms()),
+        }),
     }
 }
 

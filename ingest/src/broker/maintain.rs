@@ -16,7 +16,7 @@ pub enum Maintenance {
     /// Delete what the manifests no longer name, once older than the grace period (`dry_run`:
     /// list it only).
     Gc { dry_run: bool },
-    /// Merge runs of small cold objects now.
+    /// Compact compacted topics by key, and merge runs of small cold objects, now.
     Compact,
 }
 
@@ -110,9 +110,17 @@ impl Broker {
             ..Default::default()
         };
         let done = match what {
-            Maintenance::Compact => tier.merge_now(storage, partition).await.map(|n| {
-                answer.merges = n;
-            }),
+            Maintenance::Compact => {
+                async {
+                    // Key compaction first (compacted topics), then merging what is left small.
+                    if let Some(r) = tier.compact_now(storage, partition, true).await? {
+                        answer.compacted_away = r.removed;
+                    }
+                    answer.merges = tier.merge_now(storage, partition).await?;
+                    Ok(())
+                }
+                .await
+            }
             Maintenance::Gc { dry_run } => {
                 let grace = Duration::from_millis(tier.config().orphan_grace_ms);
                 tier.collect_garbage(storage, partition, grace, dry_run)
@@ -137,6 +145,9 @@ impl Broker {
         if let Ok(o) = tier.offsets(storage, partition) {
             answer.cold_segments = o.cold_segments;
             answer.cold_bytes = o.cold_bytes;
+        }
+        if let Ok(st) = tier.merge_status(storage, partition) {
+            answer.compacted_below = st.compacted_below;
         }
         answer
     }

@@ -46,7 +46,10 @@ const DELETE: i8 = 1;
 
 fn config_type(name: &str) -> i8 {
     match name {
-        "retention.ms" | "retention.bytes" => LONG,
+        "retention.ms"
+        | "retention.bytes"
+        | meta::MIN_COMPACTION_LAG_MS
+        | meta::DELETE_RETENTION_MS => LONG,
         meta::MAX_MESSAGE_BYTES => INT,
         meta::CLEANUP_POLICY => LIST,
         _ => STRING,
@@ -220,7 +223,7 @@ pub(super) async fn incremental_alter_configs(
                 },
                 DELETE => Ok((c.name.to_string(), None)),
                 // APPEND and SUBTRACT apply to list settings; the one tierlog has,
-                // cleanup.policy, takes one value, so they are refused.
+                // cleanup.policy, is set whole ("compact,delete"), so they are refused.
                 op => Err((
                     kafka_code::INVALID_REQUEST,
                     format!(

@@ -76,8 +76,17 @@ impl TopicConfig {
 /// leader appended, as soon as it is appended: lower latency, and records acknowledged with
 /// acks=leader may be read and then lost in a takeover). See docs/kafka.md.
 pub const VISIBILITY: &str = "tierlog.visibility";
-/// Kafka's `cleanup.policy`; only `delete` is implemented (compaction is not yet).
+/// Kafka's `cleanup.policy`: `delete` (the default: retention by age and size only),
+/// `compact` (keep each key's newest record; age and size retention do not apply) or
+/// `compact,delete` (both).
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
+/// Kafka's `min.compaction.lag.ms`: records younger than this are not compacted (default 0).
+pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
+/// Kafka's `delete.retention.ms`: how long a tombstone of a compacted topic stays after it was
+/// compacted (default one day).
+pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
+/// Kafka's default `delete.retention.ms`.
+pub const DEFAULT_DELETE_RETENTION_MS: u64 = 24 * 3_600_000;
 /// Kafka's `max.message.bytes`: the largest record the topic accepts (tierlog checks each
 /// record: key, value and headers), under the node's own `max_record_bytes`.
 pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
@@ -103,14 +112,40 @@ impl TopicConfig {
             "retention.bytes" => {
                 self.retention_bytes = retention_limit(name, value.map(number).transpose()?)?;
             }
-            CLEANUP_POLICY => match value {
-                None | Some("delete") => {
-                    self.extra.remove(CLEANUP_POLICY);
+            CLEANUP_POLICY => {
+                let policies: Option<Vec<&str>> =
+                    value.map(|v| v.split(',').map(str::trim).collect());
+                match policies.as_deref() {
+                    None | Some(["delete"]) => {
+                        self.extra.remove(CLEANUP_POLICY);
+                    }
+                    Some(["compact"]) => {
+                        self.extra.insert(CLEANUP_POLICY.into(), "compact".into());
+                    }
+                    Some(["compact", "delete"] | ["delete", "compact"]) => {
+                        self.extra
+                            .insert(CLEANUP_POLICY.into(), "compact,delete".into());
+                    }
+                    Some(_) => {
+                        return Err(Error::invalid(format!(
+                            "{CLEANUP_POLICY} {:?} is not a policy; use \"delete\", \"compact\" or \"compact,delete\"",
+                            value.unwrap_or_default()
+                        )));
+                    }
+                }
+            }
+            MIN_COMPACTION_LAG_MS | DELETE_RETENTION_MS => match value {
+                None => {
+                    self.extra.remove(name);
                 }
                 Some(v) => {
-                    return Err(Error::invalid(format!(
-                        "{CLEANUP_POLICY} {v:?} is not supported; only \"delete\" is (key compaction is not built yet)"
-                    )));
+                    let n = number(v)?;
+                    if n < 0 {
+                        return Err(Error::invalid(format!(
+                            "{name} must be 0 or more (ms), got {n}"
+                        )));
+                    }
+                    self.extra.insert(name.to_string(), n.to_string());
                 }
             },
             MAX_MESSAGE_BYTES => match value {
@@ -157,7 +192,8 @@ impl TopicConfig {
             other => {
                 return Err(Error::invalid(format!(
                     "unknown topic setting {other:?}; known: retention.ms, retention.bytes, \
-                     {CLEANUP_POLICY}, {MAX_MESSAGE_BYTES}, {COMPRESSION_TYPE}, {VISIBILITY}"
+                     {CLEANUP_POLICY}, {MIN_COMPACTION_LAG_MS}, {DELETE_RETENTION_MS}, \
+                     {MAX_MESSAGE_BYTES}, {COMPRESSION_TYPE}, {VISIBILITY}"
                 )));
             }
         }
@@ -175,7 +211,24 @@ impl TopicConfig {
         vec![
             ("retention.ms", ms, ms_default),
             ("retention.bytes", bytes, bytes_default),
-            (CLEANUP_POLICY, "delete".into(), true),
+            (
+                CLEANUP_POLICY,
+                self.extra
+                    .get(CLEANUP_POLICY)
+                    .cloned()
+                    .unwrap_or_else(|| "delete".into()),
+                !self.extra.contains_key(CLEANUP_POLICY),
+            ),
+            (
+                MIN_COMPACTION_LAG_MS,
+                self.min_compaction_lag_ms().to_string(),
+                !self.extra.contains_key(MIN_COMPACTION_LAG_MS),
+            ),
+            (
+                DELETE_RETENTION_MS,
+                self.delete_retention_ms().to_string(),
+                !self.extra.contains_key(DELETE_RETENTION_MS),
+            ),
             (
                 MAX_MESSAGE_BYTES,
                 self.extra
@@ -198,6 +251,36 @@ impl TopicConfig {
         self.extra
             .get(MAX_MESSAGE_BYTES)
             .and_then(|v| v.parse().ok())
+    }
+
+    /// Whether the topic keeps only each key's newest record (`cleanup.policy` has `compact`).
+    pub fn compacted(&self) -> bool {
+        self.extra
+            .get(CLEANUP_POLICY)
+            .is_some_and(|v| v.split(',').any(|p| p == "compact"))
+    }
+
+    /// Whether retention by age and size applies (`cleanup.policy` has `delete`).
+    pub fn deletes(&self) -> bool {
+        self.extra
+            .get(CLEANUP_POLICY)
+            .is_none_or(|v| v.split(',').any(|p| p == "delete"))
+    }
+
+    /// [`MIN_COMPACTION_LAG_MS`], ms.
+    pub fn min_compaction_lag_ms(&self) -> u64 {
+        self.extra
+            .get(MIN_COMPACTION_LAG_MS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// [`DELETE_RETENTION_MS`], ms.
+    pub fn delete_retention_ms(&self) -> u64 {
+        self.extra
+            .get(DELETE_RETENTION_MS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_DELETE_RETENTION_MS)
     }
 
     /// Whether consumers may read what the leader appended before it is committed.

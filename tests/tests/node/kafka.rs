@@ -47,7 +47,7 @@ fn kafka_clients_produce_consume_commit_and_replay_from_the_cold_tier() {
 }
 
 /// kcat, `apt-get install kcat`: the test command installs it.
-fn kcat() -> Option<String> {
+pub(super) fn kcat() -> Option<String> {
     let found = Command::new("kcat")
         .arg("-V")
         .output()

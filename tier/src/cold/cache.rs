@@ -7,8 +7,9 @@
 //! one load (moka's `try_get_with`), so N readers replaying the same history cost one GET.
 //! Read-ahead is a background `row_group` call for what a sequential reader wants next.
 //!
-//! Invariant: a cached row group of segment object `path` holds its rows in offset order; row
-//! group `i` starts at `segment base + rows in row groups before i` (segments are dense).
+//! Invariant: a cached row group of segment object `path` holds its rows in offset order. In a
+//! dense segment row group `i` starts at `segment base + rows in row groups before i`; in a
+//! compacted one (offsets with gaps) the row groups' offset statistics say where each ends.
 
 use std::sync::Arc;
 
@@ -365,18 +366,42 @@ async fn decoded<T>(
     }
 }
 
-/// The row group holding `offset` in a segment starting at `base`, with that row group's first
-/// offset. `None` past the end.
-pub(crate) fn locate(meta: &ArrowReaderMetadata, base: i64, offset: i64) -> Option<(usize, i64)> {
-    let mut first = base;
-    for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
-        let next = first + rg.num_rows();
-        if offset < next {
-            return Some((i, first));
+/// The row group holding `offset` (or, in a compacted segment, the first record after it) in
+/// segment `seg`. A dense segment (one record per offset) is found by counting rows; a
+/// compacted one by the row groups' offset statistics. `None` past its last record.
+pub(crate) fn locate(
+    meta: &ArrowReaderMetadata,
+    seg: &crate::cold::manifest::SegmentEntry,
+    offset: i64,
+) -> std::result::Result<Option<usize>, String> {
+    let md = meta.metadata();
+    if seg.is_dense() {
+        let mut first = seg.base_offset;
+        for (i, rg) in md.row_groups().iter().enumerate() {
+            let next = first + rg.num_rows();
+            if offset < next {
+                return Ok(Some(i));
+            }
+            first = next;
         }
-        first = next;
+        return Ok(None);
     }
-    None
+    let schema = md.file_metadata().schema_descr();
+    let col = (0..schema.num_columns())
+        .find(|&i| schema.column(i).name() == "offset")
+        .ok_or("no offset column")?;
+    for (i, rg) in md.row_groups().iter().enumerate() {
+        match rg.column(col).statistics() {
+            Some(Statistics::Int64(s)) => match s.max_opt() {
+                Some(&max) if max >= offset => return Ok(Some(i)),
+                Some(_) => {}
+                None => return Err(format!("row group {i} has no offset statistics")),
+            },
+            _ if rg.num_rows() == 0 => {}
+            _ => return Err(format!("row group {i} has no offset statistics")),
+        }
+    }
+    Ok(None)
 }
 
 /// Index of the first row group whose max timestamp is ≥ `ts` (from column statistics; a row

@@ -142,7 +142,7 @@ pub(crate) async fn collect(p: &Partition, grace: Duration, dry_run: bool) -> Re
             ))
         })
         .collect();
-    logs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    logs.sort_unstable_by_key(|l| std::cmp::Reverse(l.0));
     let mut named: HashSet<String> = HashSet::new();
     for (seq, meta) in logs {
         let Some(path) = rel(&meta.location) else {

@@ -58,11 +58,12 @@ use crate::store::Retry;
 pub const FANOUT: usize = 256;
 /// A checkpoint is written after every this many commits.
 pub const CHECKPOINT_EVERY: u64 = 32;
-/// The manifest format written. Version 3 added [`Op::Replace`]; objects of version 2 (the
-/// same shapes without it) are read as they are, so a version-2 bucket is migrated by its
-/// next commits, while a reader of version 2 only refuses a version-3 bucket instead of
-/// misreading it.
-const VERSION: u32 = 3;
+/// The manifest format written. Version 3 added [`Op::Replace`]; version 4 key compaction
+/// (segments whose offsets have gaps, and [`Compaction`] marks). Objects of older versions
+/// (the same shapes without these) are read as they are, so an older bucket is migrated by
+/// its next commits, while an older reader refuses a newer bucket by name instead of
+/// misreading it (a version-3 reader would take a compacted segment for a damaged one).
+const VERSION: u32 = 4;
 /// The oldest format version read.
 const OLDEST_READ: u32 = 2;
 /// Checkpoints kept after each new one: the newest few. Older ones only name states whose log
@@ -101,6 +102,13 @@ pub struct SegmentEntry {
     /// `None` for segments written before it (read unchecked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub footer_crc32c: Option<u32>,
+}
+
+impl SegmentEntry {
+    /// Whether it holds a record at every offset of its range (key compaction leaves gaps).
+    pub fn is_dense(&self) -> bool {
+        i64::try_from(self.records).ok() == Some(self.last_offset - self.base_offset + 1)
+    }
 }
 
 /// A reference to an immutable chunk holding up to `FANOUT` entries of the level below.
@@ -188,7 +196,38 @@ pub struct ManifestState {
     /// Idempotent producers as of `next_offset`: every added segment's producers folded in.
     #[serde(default, skip_serializing_if = "ProducerStates::is_empty")]
     pub producers: ProducerStates,
+    /// Key compaction passes, oldest first (see `cold::compact`): a few recent ones and the
+    /// newest one older than any tombstone retention that may be asked of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compactions: Vec<CompactionPoint>,
 }
+
+/// A key compaction pass as the manifest keeps it: when it committed, and the offset below
+/// which the log was compacted by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionPoint {
+    /// Offsets below this hold at most one record per key, as of `at_ms`.
+    pub below: i64,
+    /// When the pass committed (the commit's time, ms).
+    pub at_ms: i64,
+    /// The oldest tombstone (null value) the pass kept, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_tombstone: Option<i64>,
+}
+
+/// What a compacting [`Op::Replace`] says about the log besides its segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compaction {
+    /// Offsets below this now hold at most one record per key.
+    pub below: i64,
+    /// The oldest tombstone kept in the log below `below`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_tombstone: Option<i64>,
+}
+
+/// Compaction points kept in the state at most (when there are more, the one closest to its
+/// neighbours goes, which only makes tombstones wait longer).
+pub const COMPACTION_POINTS_KEPT: usize = 64;
 
 impl ManifestState {
     pub fn new(topic: &str, partition: u32) -> Self {
@@ -201,7 +240,26 @@ impl ManifestState {
             next_offset: 0,
             levels: vec![Vec::new()],
             producers: ProducerStates::default(),
+            compactions: Vec::new(),
         }
+    }
+
+    /// Offsets below this hold at most one record per key (the log start when no key
+    /// compaction ran).
+    pub fn compacted_below(&self) -> i64 {
+        self.compactions
+            .last()
+            .map_or(self.start_offset, |c| c.below.max(self.start_offset))
+    }
+
+    /// Tombstones below this offset were compacted at least `retention_ms` before `now_ms`
+    /// (the newest pass that old), so they may go.
+    pub fn tombstone_horizon(&self, now_ms: i64, retention_ms: i64) -> i64 {
+        self.compactions
+            .iter()
+            .rev()
+            .find(|c| c.at_ms <= now_ms.saturating_sub(retention_ms))
+            .map_or(self.start_offset, |c| c.below)
     }
 
     /// Entries in offset order (oldest level first).
@@ -261,9 +319,15 @@ impl ManifestState {
                 last_offset,
                 replaced,
                 segments,
-            } => self
-                .replace(*base_offset, *last_offset, replaced.len(), segments)
-                .map_err(|reason| self.corrupt(format!("delta {} {reason}", d.seq)))?,
+                compaction,
+            } => {
+                self.replace(*base_offset, *last_offset, replaced.len(), segments)
+                    .map_err(|reason| self.corrupt(format!("delta {} {reason}", d.seq)))?;
+                if let Some(c) = compaction {
+                    self.compacted(c, d.time_ms)
+                        .map_err(|reason| self.corrupt(format!("delta {} {reason}", d.seq)))?;
+                }
+            }
         }
         self.seq = d.seq;
         self.epoch = d.epoch;
@@ -343,6 +407,36 @@ impl ManifestState {
         Ok(())
     }
 
+    /// Records a compaction pass that committed at `at_ms`.
+    pub(crate) fn compacted(
+        &mut self,
+        c: &Compaction,
+        at_ms: i64,
+    ) -> std::result::Result<(), String> {
+        if c.below < self.compacted_below() || c.below > self.next_offset {
+            return Err(format!(
+                "compacts below {} where the log is compacted below {} and ends at {}",
+                c.below,
+                self.compacted_below(),
+                self.next_offset
+            ));
+        }
+        self.compactions.push(CompactionPoint {
+            below: c.below,
+            at_ms,
+            first_tombstone: c.first_tombstone,
+        });
+        if self.compactions.len() > COMPACTION_POINTS_KEPT {
+            // Thin out where passes came closest together (the oldest and newest stay), so
+            // the points span the whole history: dropping one only makes tombstones wait.
+            let at = (1..self.compactions.len() - 1)
+                .min_by_key(|&i| self.compactions[i + 1].at_ms - self.compactions[i - 1].at_ms)
+                .expect("more than two points");
+            self.compactions.remove(at);
+        }
+        Ok(())
+    }
+
     fn corrupt(&self, reason: String) -> Error {
         Error::Corrupt {
             location: format!("manifest of {}/{}", self.topic, self.partition),
@@ -373,6 +467,10 @@ pub enum Op {
         last_offset: i64,
         replaced: Vec<String>,
         segments: Vec<SegmentEntry>,
+        /// Set by key compaction (version 4): the new segments hold at most one record per
+        /// key below `below`, and their offsets may have gaps.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compaction: Option<Compaction>,
     },
 }
 

@@ -129,9 +129,36 @@ pub(crate) fn plan(
     out
 }
 
-/// Runs merges of `p` until none is due (or one fails), then returns. The caller marks the
-/// partition's status `running` before and this clears it.
+/// Runs a key compaction pass of `p` if one is due (compacted topics), then merges until none
+/// is due (or one fails), then returns. The caller marks the partition's status `running`
+/// before and this clears it.
 pub(crate) async fn run(jobs: Arc<Jobs>, p: Arc<Partition>) {
+    // Key compaction first (compacted topics): it rewrites the history merging would.
+    let compaction = p.retention.read().expect("retention lock poisoned").compact;
+    if let Some(c) = compaction {
+        let r = tokio::select! {
+            _ = p.cancel.cancelled() => Err(Error::Closed),
+            r = crate::cold::compact::compact_once(&jobs, &p, c, false) => r,
+        };
+        match r {
+            Ok(_) | Err(Error::Closed) => {}
+            Err(e) => {
+                tracing::warn!(topic = %p.id.topic, partition = p.id.partition, error = %e,
+                    "key compaction failed; trying again later");
+                p.merge_status
+                    .write()
+                    .expect("merge status lock poisoned")
+                    .last_error = Some(e.to_string());
+            }
+        }
+    }
+    if !jobs.cfg.merge_enabled {
+        p.merge_status
+            .write()
+            .expect("merge status lock poisoned")
+            .running = false;
+        return;
+    }
     let policy = Policy::of(&jobs.cfg);
     // A round ends when nothing is due, or when a merge was given up (the next round plans
     // again from what changed).
@@ -210,7 +237,7 @@ pub(crate) async fn merge_once(jobs: &Jobs, p: &Partition, policy: Policy) -> Re
 
 /// Sleeps as long as it takes for `bytes` moved since `started` to stay within `rate` bytes a
 /// second (0: unpaced).
-async fn pace(started: Instant, bytes: u64, rate: u64) {
+pub(crate) async fn pace(started: Instant, bytes: u64, rate: u64) {
     if rate == 0 {
         return;
     }
@@ -295,9 +322,8 @@ async fn merge(jobs: &Jobs, p: &Partition, inputs: Vec<SegmentEntry>) -> Result<
         .await?;
     moved += written;
     pace(started, moved, rate).await;
-    let replaced: Vec<String> = inputs.iter().map(|s| s.path.clone()).collect();
     let deadline = Duration::from_millis(cfg.orphan_grace_ms / 2);
-    let committed = commit(p, &inputs, entry, replaced, uploaded_at, deadline).await;
+    let committed = commit(p, &inputs, vec![entry], None, uploaded_at, deadline).await;
     let committed = match committed {
         Ok(c) => c,
         Err(e) => {
@@ -332,17 +358,19 @@ async fn merge(jobs: &Jobs, p: &Partition, inputs: Vec<SegmentEntry>) -> Result<
     Ok(true)
 }
 
-/// Commits the merge under the writer lock if the inputs are still the committed segments
-/// there and the merged object is younger than `deadline`: true if it committed, false if it
-/// gave up (nothing written).
-async fn commit(
+/// Commits a rewrite of `inputs` (a merge, or a key compaction with its `compaction` mark)
+/// into `segments` under the writer lock, if the inputs are still the committed segments there
+/// and the new objects are younger than `deadline`: true if it committed, false if it gave up
+/// (nothing written).
+pub(crate) async fn commit(
     p: &Partition,
     inputs: &[SegmentEntry],
-    entry: SegmentEntry,
-    replaced: Vec<String>,
+    segments: Vec<SegmentEntry>,
+    compaction: Option<crate::cold::manifest::Compaction>,
     uploaded_at: Instant,
     deadline: Duration,
 ) -> Result<bool> {
+    let replaced: Vec<String> = inputs.iter().map(|s| s.path.clone()).collect();
     let mut w = p.writer.lock().await;
     let state = w.state();
     let (base, last) = (inputs[0].base_offset, inputs[inputs.len() - 1].last_offset);
@@ -350,12 +378,12 @@ async fn commit(
     let now = p.manifest.segments_in(state, base, last).await?;
     if now.len() != inputs.len() || now.iter().zip(inputs).any(|(a, b)| a.path != b.path) {
         tracing::info!(topic = %p.id.topic, partition = p.id.partition, base, last,
-            "merge abandoned: the segments changed since it was planned");
+            "rewrite abandoned: the segments changed since it was planned");
         return Ok(false);
     }
     if uploaded_at.elapsed() > deadline {
         tracing::warn!(topic = %p.id.topic, partition = p.id.partition, base, last,
-            "merge abandoned: its commit came too long after the upload");
+            "rewrite abandoned: its commit came too long after the upload");
         return Ok(false);
     }
     let r = w
@@ -363,7 +391,8 @@ async fn commit(
             base_offset: base,
             last_offset: last,
             replaced,
-            segments: vec![entry],
+            segments,
+            compaction,
         })
         .await;
     p.set_cold(w.state());

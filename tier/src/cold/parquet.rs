@@ -504,8 +504,6 @@ fn identity(id: &PartitionId) -> Vec<KeyValue> {
 
 fn writer_properties(
     id: &PartitionId,
-    first: i64,
-    last: i64,
     rows_per_group: usize,
     zstd_level: i32,
 ) -> Result<WriterProperties> {
@@ -513,11 +511,7 @@ fn writer_properties(
         context: "zstd level".into(),
         source: e,
     })?;
-    let mut meta = identity(id);
-    meta.extend([
-        KeyValue::new("tierlog.base_offset".into(), first.to_string()),
-        KeyValue::new("tierlog.last_offset".into(), last.to_string()),
-    ]);
+    let meta = identity(id);
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(rows_per_group))
@@ -587,7 +581,7 @@ impl SegmentWriter {
         let (raw_bytes, records) = estimate;
         let avg = (raw_bytes / records.max(1)).max(1) as usize;
         let rows_per_group = (row_group_bytes / avg).clamp(1024, 1 << 20);
-        let props = writer_properties(id, base_offset, last_offset, rows_per_group, zstd_level)?;
+        let props = writer_properties(id, rows_per_group, zstd_level)?;
         let out = Vec::with_capacity((raw_bytes / 4) as usize);
         Ok(SegmentWriter {
             w: ArrowWriter::try_new(out, schema(), Some(props)).map_err(pq("open writer"))?,
@@ -598,6 +592,12 @@ impl SegmentWriter {
             max_ts: i64::MIN,
             records: 0,
         })
+    }
+
+    /// Sets the last offset the segment covers, when it is known only once its rows are
+    /// written (key compaction). Written in the footer.
+    pub fn set_last_offset(&mut self, last_offset: i64) {
+        self.last_offset = last_offset;
     }
 
     /// Appends rows in [`schema`] (the caller keeps them in offset order).
@@ -658,6 +658,14 @@ impl SegmentWriter {
             ),
         };
         let (meta, value) = footer(&summary)?;
+        w.append_key_value_metadata(KeyValue::new(
+            "tierlog.base_offset".into(),
+            self.base_offset.to_string(),
+        ));
+        w.append_key_value_metadata(KeyValue::new(
+            "tierlog.last_offset".into(),
+            self.last_offset.to_string(),
+        ));
         for kv in meta {
             w.append_key_value_metadata(kv);
         }
