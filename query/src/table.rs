@@ -190,23 +190,38 @@ fn file_statistics(schema: &SchemaRef, partition: u32, e: &SegmentEntry) -> Stat
     let mut s = Statistics::new_unknown(schema);
     s.num_rows = Precision::Exact(e.records as usize);
     s.total_byte_size = Precision::Inexact(e.raw_bytes as usize);
-    let mut set = |name: &str, min: ScalarValue, max: ScalarValue| {
+    // Bounds are exact when the segment holds a record at each end of its range; a compacted
+    // segment (offsets with gaps) only bounds them.
+    let mut set = |name: &str, min: ScalarValue, max: ScalarValue, exact: bool| {
         if let Ok(i) = schema.index_of(name) {
             let c = &mut s.column_statistics[i];
-            c.min_value = Precision::Exact(min);
-            c.max_value = Precision::Exact(max);
+            let bound = |v| {
+                if exact {
+                    Precision::Exact(v)
+                } else {
+                    Precision::Inexact(v)
+                }
+            };
+            c.min_value = bound(min);
+            c.max_value = bound(max);
             c.null_count = Precision::Exact(0);
         }
     };
     let p = ScalarValue::Int32(Some(partition as i32));
-    set("partition", p.clone(), p);
+    set("partition", p.clone(), p, true);
     set(
         "offset",
         ScalarValue::Int64(Some(e.base_offset)),
         ScalarValue::Int64(Some(e.last_offset)),
+        e.is_dense(),
     );
     let ts = |v| ScalarValue::TimestampMillisecond(Some(v), Some("UTC".into()));
-    set("timestamp", ts(e.min_timestamp), ts(e.max_timestamp));
+    set(
+        "timestamp",
+        ts(e.min_timestamp),
+        ts(e.max_timestamp),
+        e.records > 0,
+    );
     s
 }
 

@@ -84,7 +84,7 @@ const CASES: &[Case] = &[
 ];
 
 /// Rows of a result as JSON values, columns in order.
-fn rows(batches: &[RecordBatch]) -> Vec<Vec<serde_json::Value>> {
+pub(super) fn rows(batches: &[RecordBatch]) -> Vec<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     for b in batches {
         let names: Vec<String> = b
