@@ -71,8 +71,9 @@ pub struct PartitionOffsets {
     pub hot_segments: u64,
     pub cold_bytes: u64,
     pub cold_segments: u64,
-    /// Small cold segments merging will fold into larger ones, and their bytes (known to the
-    /// leader; 0 elsewhere).
+    /// Small cold segments merging will fold into larger ones, and their bytes: as the leader
+    /// last planned; elsewhere, counted from the manifest's entries (old ones by their
+    /// chunk's average size).
     pub merge_waiting_segments: u64,
     pub merge_waiting_bytes: u64,
     /// How long the oldest record below `next` not yet committed to the cold tier has waited
@@ -478,6 +479,8 @@ impl Tier {
             .reader(&PartitionId::new(topic, partition), None, READER_REFRESH)
             .await?;
         let (cold_bytes, _, cold_segments) = cold.totals();
+        let (merge_waiting_segments, merge_waiting_bytes) =
+            crate::cold::merge::waiting_in(&cold, crate::cold::merge::Policy::of(&self.inner.cfg));
         Ok(PartitionOffsets {
             log_start: cold.start_offset,
             hot_start: cold.next_offset,
@@ -489,8 +492,8 @@ impl Tier {
             hot_segments: 0,
             cold_bytes,
             cold_segments,
-            merge_waiting_segments: 0,
-            merge_waiting_bytes: 0,
+            merge_waiting_segments,
+            merge_waiting_bytes,
             upload_lag: std::time::Duration::ZERO,
             upload_error: None,
         })
@@ -530,7 +533,7 @@ impl Tier {
                 s
             }
             Some((s, at_time))
-                if at.is_some_and(|o| o >= s.next_offset) && at_time.elapsed() >= max_age =>
+                if at.is_none_or(|o| o >= s.next_offset) && at_time.elapsed() >= max_age =>
             {
                 let mut fresh = (**s).clone();
                 view.manifest.catch_up(&mut fresh).await?;

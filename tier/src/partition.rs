@@ -76,6 +76,8 @@ pub struct MergeStatus {
     pub merged_segments: u64,
     pub read_bytes: u64,
     pub written_bytes: u64,
+    /// Time merges and compaction passes waited for uploads to finish (they give way).
+    pub gave_way: Duration,
     /// Merges given up because the segments changed meanwhile (retention, a new leader).
     pub abandoned: u64,
     /// The last failure, if the last merge failed.
@@ -106,7 +108,64 @@ pub(crate) struct Jobs {
     pub upload_observer: RwLock<Option<Arc<dyn UploadObserver>>>,
     /// Merges run one at a time per node (each holds up to a merged object in memory).
     pub merges: tokio::sync::Semaphore,
+    /// Uploads running now, over all partitions: background rewrites give way to them.
+    pub uploads: Uploads,
     pub tasks: tokio_util::task::TaskTracker,
+}
+
+/// How many uploads (segments on their way to the cold tier) run on this node now, so that
+/// background rewrites (merging, key compaction) send their store requests in the gaps between
+/// them: commits that producers wait for never queue behind a rewrite's reads and writes at the
+/// object store.
+#[derive(Debug, Default)]
+pub(crate) struct Uploads {
+    running: std::sync::atomic::AtomicUsize,
+    idle: Notify,
+}
+
+/// One running upload; counted until dropped.
+pub(crate) struct Running<'a>(&'a Uploads);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Uploads {
+    /// Counts an upload until the guard is dropped.
+    pub fn start(&self) -> Running<'_> {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        Running(self)
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Waits until no upload runs, or at most `longest` (a rewrite still moves under steady
+    /// load). Returns how long it waited.
+    pub async fn give_way(&self, longest: Duration) -> Duration {
+        if self.running() == 0 {
+            return Duration::ZERO;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let idle = self.idle.notified();
+            if self.running() == 0 {
+                return started.elapsed();
+            }
+            let Some(left) = longest.checked_sub(started.elapsed()) else {
+                return started.elapsed();
+            };
+            tokio::select! {
+                _ = idle => {}
+                _ = tokio::time::sleep(left) => return started.elapsed(),
+            }
+        }
+    }
 }
 
 impl Jobs {
@@ -117,6 +176,7 @@ impl Jobs {
             seal_plans: crate::cold::plan::SealPlans::default(),
             upload_observer: RwLock::default(),
             merges: tokio::sync::Semaphore::new(1),
+            uploads: Uploads::default(),
             tasks: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -217,5 +277,39 @@ impl Partition {
     /// Publishes the writer's state after a commit (the caller holds the writer lock).
     pub fn set_cold(&self, s: &ManifestState) {
         *self.cold.write().expect("cold lock poisoned") = Arc::new(s.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rewrite gives way while an upload runs: it goes on when the last one ends, and after
+    /// at most the longest wait when uploads never stop; with none running it does not wait.
+    #[tokio::test]
+    async fn rewrites_give_way_to_running_uploads() {
+        let uploads = Arc::new(Uploads::default());
+        assert_eq!(
+            uploads.give_way(Duration::from_secs(1)).await,
+            Duration::ZERO
+        );
+        let a = uploads.start();
+        let b = uploads.start();
+        assert_eq!(uploads.running(), 2);
+        // Never idle: the wait ends at the longest.
+        let waited = uploads.give_way(Duration::from_millis(20)).await;
+        assert!(waited >= Duration::from_millis(20), "{waited:?}");
+        let u = uploads.clone();
+        let waiting = tokio::spawn(async move { u.give_way(Duration::from_secs(3600)).await });
+        tokio::task::yield_now().await;
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one upload still runs");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(60), waiting)
+            .await
+            .expect("goes on once no upload runs")
+            .unwrap();
+        assert_eq!(uploads.running(), 0);
     }
 }

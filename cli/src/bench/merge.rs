@@ -174,14 +174,9 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     for p in 0..args.partitions {
         t.open_partition("events", p, 2).await?;
     }
-    // The load goes to a root of its own (its objects stay out of the copies' figures), on a
-    // second tier in this process: the process's CPU covers both.
-    let lt = tier::Tier::open(
-        tier_config(&dir.join("hot-load")),
-        store.clone(),
-        ObjectPath::from("load"),
-    )
-    .await?;
+    // The load goes to the same tier, as on a node (merges give way to its uploads); its
+    // partition is removed before the copy is read.
+    let lt = t.clone();
     lt.open_partition("load", 0, 1).await?;
     let before: Vec<_> = (0..args.partitions)
         .map(|p| t.offsets("events", p))
@@ -211,7 +206,10 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     let merge_cpu = cpu1.zip(CpuTicks::now(pid));
     stop.store(true, Ordering::Relaxed);
     loader.await??;
-    lt.close(false).await?;
+    let gave_way: Duration = (0..args.partitions)
+        .map(|p| t.merge_status("events", p).map(|s| s.gave_way))
+        .sum::<Result<Duration, _>>()?;
+    lt.remove_partition("load", 0).await?;
     let mut collected = 0;
     for p in 0..args.partitions {
         collected += t
@@ -278,7 +276,11 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     row(
         "acks=all load on another partition",
         format!("{busy_rate:.0} commits/s"),
-        &format!("while merging; {idle_rate:.0} commits/s before, without merging"),
+        &format!(
+            "while merging; {idle_rate:.0} commits/s before, without merging; merging gave \
+             way to uploads for {:.1} s",
+            gave_way.as_secs_f64()
+        ),
     );
 
     // Reads over each copy.

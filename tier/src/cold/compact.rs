@@ -358,6 +358,7 @@ async fn pass(
         .map_or(planned.dirty_from, |s| s.last_offset + 1);
     for s in &planned.dirty {
         p.check_fenced()?;
+        crate::cold::merge::give_way(jobs, p).await;
         let (location, bytes) = read_segment(p, s).await?;
         moved += s.size;
         let (from, capacity, digest) =
@@ -405,6 +406,7 @@ async fn pass(
     let (row_group_bytes, zstd, epoch) = (cfg.row_group_bytes, cfg.zstd_level, p.epoch);
     for s in &inputs {
         p.check_fenced()?;
+        crate::cold::merge::give_way(jobs, p).await;
         let (location, bytes) = read_segment(p, s).await?;
         moved += s.size;
         let (id, s2, map2) = (p.id.clone(), s.clone(), map.clone());
@@ -506,6 +508,7 @@ async fn pass(
         entry.path = rel.clone();
         entry.size = bytes.len() as u64;
         let path = p.manifest.paths.object(&rel);
+        crate::cold::merge::give_way(jobs, p).await;
         let mut retry = jobs.retry_until(p.cancel.clone());
         retry.max_attempts = Some(5);
         let written = bytes.len() as u64;

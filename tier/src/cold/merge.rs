@@ -18,8 +18,10 @@
 //!    lock, fenced by epoch like every commit. If retention or another merge changed those
 //!    segments meanwhile, the merge is abandoned and its object deleted.
 //!
-//! Pacing: reads and the upload move at most `merge_bytes_per_sec`; one merge runs at a time
-//! per node; encoding runs at the idle CPU priority.
+//! Pacing: reads and the upload move at most `merge_bytes_per_sec`; each store request waits
+//! (up to [`GIVE_WAY_MAX`]) until no upload runs on the node, so commits producers wait for
+//! never queue behind a merge at the object store; one merge runs at a time per node; encoding
+//! runs at the idle CPU priority.
 //!
 //! Invariants: offsets, timestamps, keys, values, headers and producer fields are copied
 //! unchanged (a merged object holds exactly its inputs' rows, checked); the replaced objects
@@ -46,6 +48,22 @@ use crate::producers::ProducerStates;
 
 /// The most segments one merge takes (their paths are listed in the commit).
 pub const MAX_INPUTS: usize = 1000;
+
+/// The longest a merge or compaction waits for uploads to finish before each store request:
+/// it sends its requests in the gaps between uploads, and still moves under steady load.
+pub(crate) const GIVE_WAY_MAX: Duration = Duration::from_millis(250);
+
+/// Waits (up to [`GIVE_WAY_MAX`]) until no upload runs on the node, counting the wait in `p`'s
+/// status.
+pub(crate) async fn give_way(jobs: &Jobs, p: &Partition) {
+    let waited = jobs.uploads.give_way(GIVE_WAY_MAX).await;
+    if !waited.is_zero() {
+        p.merge_status
+            .write()
+            .expect("merge status lock poisoned")
+            .gave_way += waited;
+    }
+}
 
 /// Where merged (and compacted) objects live under the partition prefix.
 pub const MERGED_DIR: &str = "merged";
@@ -126,6 +144,28 @@ pub(crate) fn plan(
         close(&mut run, &mut out);
     }
     close(&mut run, &mut out);
+    out
+}
+
+/// Small segments (and their bytes) of a committed `state`, counted from its entries alone
+/// without loading chunks (a chunk's segments by their average size): what a node that does not
+/// lead the partition says waits to merge.
+pub(crate) fn waiting_in(
+    state: &crate::cold::manifest::ManifestState,
+    policy: Policy,
+) -> (u64, u64) {
+    use crate::cold::manifest::Node;
+    let mut out = (0, 0);
+    for n in state.nodes() {
+        let (segments, bytes) = match n {
+            Node::Segment(s) => (1, s.size),
+            Node::Chunk(c) => (c.segments, c.size),
+        };
+        if segments > 0 && bytes / segments < policy.target_bytes / 4 {
+            out.0 += segments;
+            out.1 += bytes;
+        }
+    }
     out
 }
 
@@ -261,6 +301,7 @@ async fn merge(jobs: &Jobs, p: &Partition, inputs: Vec<SegmentEntry>) -> Result<
     for s in &inputs {
         p.check_fenced()?;
         let path = p.manifest.paths.object(&s.path);
+        give_way(jobs, p).await;
         let bytes = match store.get(&path).await {
             Ok(r) => r.bytes().await?,
             // The leader's own state names it, and garbage collection never deletes what that
@@ -303,6 +344,7 @@ async fn merge(jobs: &Jobs, p: &Partition, inputs: Vec<SegmentEntry>) -> Result<
     let path = p.manifest.paths.object(&rel);
     let written = bytes.len() as u64;
     let uploaded_at = Instant::now();
+    give_way(jobs, p).await;
     let mut retry = jobs.retry_until(p.cancel.clone());
     retry.max_attempts = Some(5);
     retry

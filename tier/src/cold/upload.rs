@@ -296,6 +296,8 @@ async fn failed(jobs: &Jobs, p: &Partition, base: i64, e: Error) -> Next {
     fields(storage = %p.id.topic, partition = p.id.partition, base = span.base_offset,
         next = span.next_offset, urgent = urgent))]
 async fn upload(jobs: Arc<Jobs>, p: Arc<Partition>, span: Span, urgent: bool) -> Result<Duration> {
+    let jobs2 = jobs.clone();
+    let _running = jobs2.uploads.start();
     let observer = jobs
         .upload_observer
         .read()

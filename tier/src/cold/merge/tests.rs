@@ -250,7 +250,34 @@ async fn small_segments_merge_and_their_objects_go_after_the_grace_period() {
     }
     let before = read_all(&t).await;
     assert_eq!(t.offsets("t", 0).unwrap().cold_segments, 40);
+    // A node that does not lead the partition counts what waits from the manifest.
+    let other = tempfile::tempdir().unwrap();
+    let reader = {
+        let cfg = TierConfig {
+            data_dir: other.path().join("hot"),
+            merge_enabled: false,
+            ..TierConfig::default()
+        };
+        Tier::open(cfg, store.clone(), Path::from("c"))
+            .await
+            .unwrap()
+    };
+    let seen = |reader: &Tier| {
+        let reader = reader.clone();
+        async move {
+            let o = reader.committed_offsets("t", 0).await.unwrap();
+            (o.cold_segments, o.merge_waiting_segments)
+        }
+    };
+    assert_eq!(seen(&reader).await, (40, 40));
     assert_eq!(t.merge_now("t", 0).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        seen(&reader).await,
+        (1, 1),
+        "the merged object, small for the target"
+    );
+    reader.close(false).await.unwrap();
     let o = t.offsets("t", 0).unwrap();
     assert_eq!(o.cold_segments, 1, "{o:?}");
     assert_eq!(read_all(&t).await, before, "the same records");
