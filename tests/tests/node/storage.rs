@@ -336,3 +336,155 @@ async fn a_compacted_topic_through_the_cli_and_kcat() {
     assert_eq!(replay, newest, "each key's newest value");
     node.stop();
 }
+
+/// Every record of partition 0 of `topic` from its start, as (offset, key, value).
+async fn everything(node: &Node, topic: &str) -> Vec<(i64, String, Option<String>)> {
+    let mut c = node.client().await;
+    let (records, _) = super::fetch_all(&mut c, topic, 0).await;
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+    let out: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.offset,
+                r.key.as_deref().map(text).unwrap_or_default(),
+                r.value.as_deref().map(text),
+            )
+        })
+        .collect();
+    assert!(out.windows(2).all(|w| w[0].0 < w[1].0), "offsets increase");
+    out
+}
+
+/// kill -9 of the real binary while it merges, compacts by key (in the background and on
+/// `storage compact`) and collects garbage, at a different moment each round, with its hot tier
+/// deleted before each restart (reads come from the cold tier): every acknowledged record of
+/// the archive is read exactly once, the compacted topic gives each key's newest value, and in
+/// the end garbage collection leaves nothing the manifests do not name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_merging_and_compacting_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        "[tier]\nflush_interval_ms = 0\nmerge_min_age_ms = 0\nmerge_min_segments = 4\n\
+         merge_interval_ms = 100\norphan_grace_ms = 1000\ngc_interval_ms = 300\n\
+         compaction_min_dirty_ratio = 0.0\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", cfg.to_str().unwrap()];
+    let mut node = Node::start(&data, &args);
+    let mut c = node.client().await;
+    create(&mut c, "archive", 1).await;
+    let (ok, _, err) = cli(
+        &node.addr,
+        &[
+            "topic",
+            "create",
+            "prices",
+            "--config",
+            "cleanup.policy=compact",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let mut archived = 0u64;
+    let mut newest = std::collections::BTreeMap::new();
+    for round in 0..5u64 {
+        let mut c = node.client().await;
+        for j in 0..12u64 {
+            small_commits(&node, archived, 1).await;
+            archived += 1;
+            let key = format!("key-{}", j % 5);
+            let value = format!("r{round}-{j}");
+            c.produce(pb::ProduceRequest {
+                topic: "prices".into(),
+                records: vec![pb::Record {
+                    key: Some(key.clone().into_bytes().into()),
+                    value: Some(value.clone().into_bytes().into()),
+                    ..Default::default()
+                }],
+                acks: pb::Acks::All as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            newest.insert(key, Some(value));
+        }
+        // A compaction on demand in flight, and the background jobs, when the node dies.
+        let addr = node.addr.clone();
+        let compacting = std::thread::spawn(move || cli(&addr, &["storage", "compact"], None));
+        tokio::time::sleep(Duration::from_millis(30 + 60 * round)).await;
+        node.kill9();
+        let _ = compacting.join();
+        std::fs::remove_dir_all(data.join("hot")).unwrap();
+        node = Node::start(&data, &args);
+        let archive = everything(&node, "archive").await;
+        let want: Vec<i64> = (0..archived as i64).collect();
+        assert_eq!(
+            archive.iter().map(|r| r.0).collect::<Vec<_>>(),
+            want,
+            "round {round}: every acknowledged record once"
+        );
+        for (o, _, v) in &archive {
+            assert_eq!(
+                v.as_deref().map(str::as_bytes),
+                record(0, *o as u64).value.as_deref(),
+                "offset {o}"
+            );
+        }
+        let prices = everything(&node, "prices").await;
+        let replay: std::collections::BTreeMap<_, _> =
+            prices.into_iter().map(|(_, k, v)| (k, v)).collect();
+        assert_eq!(replay, newest, "round {round}: each key's newest value");
+    }
+    // In the end: compaction and merging run to completion, and after the grace period garbage
+    // collection leaves only what the manifests name.
+    let done = json(
+        cli(&node.addr, &["storage", "compact", "--json"], None),
+        "compact",
+    );
+    assert!(
+        done.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["error"].is_null()),
+        "{done}"
+    );
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let gc = json(cli(&node.addr, &["storage", "gc", "--json"], None), "gc");
+    assert!(
+        gc.as_array().unwrap().iter().all(|p| p["error"].is_null()),
+        "{gc}"
+    );
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let dry = json(
+        cli(&node.addr, &["storage", "gc", "--dry-run", "--json"], None),
+        "gc",
+    );
+    for p in dry.as_array().unwrap() {
+        assert_eq!(p["garbage"].as_array().unwrap().len(), 0, "{dry}");
+    }
+    let below = done
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["topic"] == "prices")
+        .and_then(|p| p["compacted_below"].as_i64())
+        .unwrap();
+    assert!(below > 0, "{done}");
+    let prices = everything(&node, "prices").await;
+    let mut keys = std::collections::BTreeSet::new();
+    for (o, k, _) in prices.iter().filter(|r| r.0 < below) {
+        assert!(
+            keys.insert(k.clone()),
+            "{k} twice below {below} (at {o}): {prices:?}"
+        );
+    }
+    let replay: std::collections::BTreeMap<_, _> =
+        prices.into_iter().map(|(_, k, v)| (k, v)).collect();
+    assert_eq!(replay, newest);
+    assert_eq!(everything(&node, "archive").await.len() as u64, archived);
+    node.stop();
+}

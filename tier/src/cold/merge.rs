@@ -6,7 +6,9 @@
 //! 1. **Plan** from the leader's committed state: the oldest run of adjacent small segments
 //!    (under a quarter of `merge_target_bytes`, with every record older than
 //!    `merge_min_age_ms`) of at least `merge_min_segments` of them, or of at least the target's
-//!    bytes; its prefix of up to the target's bytes (and [`MAX_INPUTS`] segments) is merged.
+//!    bytes; its prefix of up to the target's bytes (and [`MAX_INPUTS`] segments) is merged,
+//!    less a first input larger than the rest together (an earlier merge's object waits until
+//!    the small ones after it outweigh it).
 //! 2. **Read** the inputs whole, each checked against its manifest entry's footer digest and
 //!    its row-group CRCs; a bad input stops the merge with an error naming it, and is never an
 //!    input again while this leader runs.
@@ -126,6 +128,13 @@ pub(crate) fn plan(
                 }
                 total += s.size;
                 out.inputs.push((*s).clone());
+            }
+            // Tiered: an input larger than all those after it together (an earlier merge's
+            // object) waits until they outweigh it, so a byte is rewritten a logarithmic
+            // number of times, not once per merge.
+            while out.inputs.len() > 2 && out.inputs[0].size > total - out.inputs[0].size {
+                total -= out.inputs[0].size;
+                out.inputs.remove(0);
             }
             chosen = true;
         }

@@ -85,6 +85,18 @@ fn plans_take_the_oldest_run_of_small_old_segments_up_to_the_target() {
             .inputs
             .is_empty()
     );
+    // An earlier merge's object followed by small ones it outweighs: it waits for them.
+    let mut tiered = vec![entry(0, 100, 10 * MIB, 0)];
+    tiered.extend((1..6).map(|i| entry(i * 100, 10, MIB, 0)));
+    let p = plan(&tiered, policy(), now, &BTreeSet::new());
+    let bases: Vec<i64> = p.inputs.iter().map(|s| s.base_offset).collect();
+    assert_eq!(bases, vec![100, 200, 300, 400, 500], "10 MiB > 5 × 1 MiB");
+    tiered.extend((6..17).map(|i| entry(i * 100, 10, MIB, 0)));
+    assert_eq!(
+        plan(&tiered, policy(), now, &BTreeSet::new()).inputs.len(),
+        17,
+        "16 × 1 MiB outweigh it"
+    );
     // Thousands of tiny segments: at most MAX_INPUTS in one merge.
     let tiny: Vec<_> = (0..2500).map(|i| entry(i, 1, 1000, 0)).collect();
     assert_eq!(
@@ -373,5 +385,121 @@ async fn orphaned_merged_objects_are_collected() {
         .collect();
     assert_eq!(orphans.len(), 1, "{r:?}");
     assert!(store.head(&orphan).await.is_err());
+    t.close(false).await.unwrap();
+}
+
+/// Appends 40 batches of 25 records to `t/0`, each its own committed segment.
+async fn forty_segments(t: &Tier) {
+    for i in 0..40 {
+        let mut b = BatchBuilder::new(Compression::None);
+        for j in 0..25 {
+            b.push(
+                i * 100 + j,
+                Some(b"k"),
+                Some(format!("v{i}-{j}").as_bytes()),
+                &[],
+            );
+        }
+        t.append("t", 0, b.build().unwrap()).await.unwrap();
+        t.flush("t", 0).await.unwrap();
+    }
+}
+
+/// Two nodes that both believe they lead merge at once: the deposed one's merge is fenced
+/// (nothing of it committed), the new leader's lands, and the history stays one line that a
+/// later leader reads once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_leaders_merging_at_once_commit_one_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, store) = tier(dir.path()).await;
+    old.open_partition("t", 0, 1).await.unwrap();
+    forty_segments(&old).await;
+    let before = read_all(&old).await;
+    let other = tempfile::tempdir().unwrap();
+    let new = {
+        let cfg = TierConfig {
+            data_dir: other.path().join("hot"),
+            merge_enabled: false,
+            merge_min_age_ms: 0,
+            merge_min_segments: 4,
+            ..TierConfig::default()
+        };
+        Tier::open(cfg, store.clone(), Path::from("c"))
+            .await
+            .unwrap()
+    };
+    new.open_partition("t", 0, 2).await.unwrap();
+    let (a, b) = tokio::join!(old.merge_now("t", 0), new.merge_now("t", 0));
+    let e = a.unwrap_err();
+    assert!(matches!(e, Error::Fenced { .. }), "{e}");
+    assert_eq!(b.unwrap(), 1);
+    old.close(false).await.unwrap();
+    new.close(false).await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
+    let (t, _) = tier(dir.path()).await;
+    t.open_partition("t", 0, 3).await.unwrap();
+    assert_eq!(t.offsets("t", 0).unwrap().cold_segments, 1);
+    assert_eq!(read_all(&t).await, before);
+    t.close(false).await.unwrap();
+}
+
+/// Retention that commits while a merge uploads its object: the merge finds its inputs
+/// changed, gives up and deletes its object; what retention kept reads back unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_racing_retention_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let (fs, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let store = Arc::new(crate::store::Decorated::new(fs));
+    let cfg = TierConfig {
+        data_dir: dir.path().join("hot"),
+        merge_enabled: false,
+        merge_min_age_ms: 0,
+        merge_min_segments: 4,
+        ..TierConfig::default()
+    };
+    let t = Tier::open(cfg, store.clone(), Path::from("c"))
+        .await
+        .unwrap();
+    t.open_partition("t", 0, 1).await.unwrap();
+    forty_segments(&t).await;
+    let before = read_all(&t).await;
+    store
+        .faults
+        .hold_puts
+        .lock()
+        .unwrap()
+        .push("/merged/".into());
+    let merging = {
+        let t = t.clone();
+        tokio::spawn(async move { t.merge_now("t", 0).await })
+    };
+    while store
+        .faults
+        .held_puts
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Retention retires the first ten segments while the merged object is on its way.
+    t.truncate_cold("t", 0, 250).await.unwrap();
+    store.faults.hold_puts.lock().unwrap().clear();
+    assert_eq!(merging.await.unwrap().unwrap(), 0, "nothing merged");
+    assert_eq!(t.merge_status("t", 0).unwrap().abandoned, 1);
+    let merged = std::fs::read_dir(bucket.join("c/topics/t/0/merged")).map_or(0, |d| d.count());
+    assert_eq!(merged, 0, "the abandoned object is deleted");
+    let o = t.offsets("t", 0).unwrap();
+    assert_eq!((o.log_start, o.cold_segments), (250, 30));
+    let mut kept = Vec::new();
+    let mut pos = 250;
+    while pos < o.next {
+        let r = t.read("t", 0, pos, 1 << 20).await.unwrap();
+        pos = r.records.last().unwrap().offset + 1;
+        kept.extend(r.records);
+    }
+    assert_eq!(kept, before[250..].to_vec());
+    // The next merge plans from what is there now.
+    assert_eq!(t.merge_now("t", 0).await.unwrap(), 1);
     t.close(false).await.unwrap();
 }
