@@ -117,15 +117,6 @@ pub async fn topic_describe(c: &Client, name: &str) -> anyhow::Result<()> {
         _ => format!("{} / {}", limit(ms, "ms"), limit(b, "bytes")),
     };
     println!("retention: {}", keep(cfg.retention_ms, cfg.retention_bytes));
-    let shown: Vec<String> = cfg
-        .settings
-        .iter()
-        .filter(|(k, _)| !k.starts_with("retention."))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    if !shown.is_empty() {
-        println!("settings: {}", shown.join(" "));
-    }
     println!(
         "{:>9} {:>12} {:>12} {:>12} {:>12} {:>10} {:>14} {:>10} {:>14}  leader",
         "partition",
@@ -153,6 +144,15 @@ pub async fn topic_describe(c: &Client, name: &str) -> anyhow::Result<()> {
             p.leader,
             p.leader_epoch
         );
+    }
+    let shown: Vec<String> = cfg
+        .settings
+        .iter()
+        .filter(|(k, _)| !k.starts_with("retention."))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !shown.is_empty() {
+        println!("settings: {}", shown.join(" "));
     }
     Ok(())
 }
