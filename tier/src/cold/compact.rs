@@ -34,10 +34,9 @@ use std::time::Instant;
 
 use arrow_array::{Array, BinaryArray, BooleanArray, Int64Array, RecordBatch as ArrowBatch};
 use bytes::Bytes;
-use object_store::{ObjectStoreExt, PutMode, PutPayload};
 
 use crate::cold::manifest::{Compaction, ManifestState, SegmentEntry};
-use crate::cold::merge::{MAX_INPUTS, MERGED_DIR, pace};
+use crate::cold::merge::{MAX_INPUTS, pace};
 use crate::cold::parquet::{SegmentWriter, decode_checked};
 use crate::error::{Error, Result};
 use crate::partition::{Jobs, KeyCompaction, Partition};
@@ -302,30 +301,6 @@ pub(crate) async fn compact_once(
     Ok(Some(report))
 }
 
-/// Reads a committed segment's object whole, checked against its entry's size.
-async fn read_segment(p: &Partition, s: &SegmentEntry) -> Result<(String, Bytes)> {
-    let path = p.manifest.paths.object(&s.path);
-    let bytes = match p.manifest.store().get(&path).await {
-        Ok(r) => r.bytes().await?,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(Error::Corrupt {
-                location: path.to_string(),
-                position: 0,
-                reason: "a committed segment's object is missing".into(),
-            });
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if bytes.len() as u64 != s.size {
-        return Err(Error::Corrupt {
-            location: path.to_string(),
-            position: 0,
-            reason: format!("{} bytes where the manifest has {}", bytes.len(), s.size),
-        });
-    }
-    Ok((path.to_string(), bytes))
-}
-
 /// One output object being written: the inputs it covers so far.
 struct Output {
     writer: SegmentWriter,
@@ -359,7 +334,7 @@ async fn pass(
     for s in &planned.dirty {
         p.check_fenced()?;
         crate::cold::merge::give_way(jobs, p).await;
-        let (location, bytes) = read_segment(p, s).await?;
+        let (location, bytes) = crate::cold::merge::read_segment(p, s).await?;
         moved += s.size;
         let (from, capacity, digest) =
             (planned.dirty_from, policy.key_map_entries, s.footer_crc32c);
@@ -407,7 +382,7 @@ async fn pass(
     for s in &inputs {
         p.check_fenced()?;
         crate::cold::merge::give_way(jobs, p).await;
-        let (location, bytes) = read_segment(p, s).await?;
+        let (location, bytes) = crate::cold::merge::read_segment(p, s).await?;
         moved += s.size;
         let (id, s2, map2) = (p.id.clone(), s.clone(), map.clone());
         let cur = current.take();
@@ -494,38 +469,12 @@ async fn pass(
         outputs.push(finish(jobs, out, epoch).await?);
     }
     // 3. Upload, outside the commit sequence.
-    let store = p.manifest.store().clone();
     let uploaded_at = Instant::now();
     let mut entries = Vec::with_capacity(outputs.len());
     let mut paths = Vec::with_capacity(outputs.len());
     for (bytes, mut entry) in outputs {
-        let rel = format!(
-            "{MERGED_DIR}/{:020}-{:020}-{:016x}.parquet",
-            entry.base_offset,
-            entry.last_offset,
-            fastrand::u64(..)
-        );
-        entry.path = rel.clone();
-        entry.size = bytes.len() as u64;
-        let path = p.manifest.paths.object(&rel);
-        crate::cold::merge::give_way(jobs, p).await;
-        let mut retry = jobs.retry_until(p.cancel.clone());
-        retry.max_attempts = Some(5);
         let written = bytes.len() as u64;
-        retry
-            .run("upload compacted object", || {
-                let (store, path, bytes) = (store.clone(), path.clone(), bytes.clone());
-                async move {
-                    match store
-                        .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
-                        .await
-                    {
-                        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-                        Err(e) => Err(Error::from(e)),
-                    }
-                }
-            })
-            .await?;
+        let path = crate::cold::merge::upload_rewritten(jobs, p, bytes, &mut entry).await?;
         moved += written;
         pace(started, moved, rate).await;
         entries.push(entry);
@@ -542,11 +491,7 @@ async fn pass(
         crate::cold::merge::commit(p, &inputs, entries, Some(mark), uploaded_at, deadline).await?;
     if !committed {
         report.abandoned = true;
-        for path in paths {
-            if let Err(e) = store.delete(&path).await {
-                tracing::debug!(path = %path, error = %e, "deleting an abandoned compacted object");
-            }
-        }
+        crate::cold::gc::delete_objects(p, paths).await;
         return Ok(report);
     }
     tracing::info!(topic = %p.id.topic, partition = p.id.partition, below = dirty_end,

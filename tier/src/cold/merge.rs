@@ -296,68 +296,55 @@ pub(crate) async fn pace(started: Instant, bytes: u64, rate: u64) {
     }
 }
 
-/// Merges `inputs` (adjacent committed segments) into one object and commits it.
-#[tracing::instrument(level = "debug", name = "merge", skip_all,
-    fields(storage = %p.id.topic, partition = p.id.partition, inputs = inputs.len(),
-        base = inputs[0].base_offset))]
-async fn merge(jobs: &Jobs, p: &Partition, inputs: Vec<SegmentEntry>) -> Result<bool> {
-    let cfg = &jobs.cfg;
-    let store = p.manifest.store().clone();
-    let rate = cfg.merge_bytes_per_sec;
-    let started = Instant::now();
-    let mut moved = 0u64;
-    let mut blobs = Vec::with_capacity(inputs.len());
-    for s in &inputs {
-        p.check_fenced()?;
-        let path = p.manifest.paths.object(&s.path);
-        give_way(jobs, p).await;
-        let bytes = match store.get(&path).await {
-            Ok(r) => r.bytes().await?,
-            // The leader's own state names it, and garbage collection never deletes what that
-            // names: the object is missing.
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::Corrupt {
-                    location: path.to_string(),
-                    position: 0,
-                    reason: "a committed segment's object is missing".into(),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if bytes.len() as u64 != s.size {
+/// Reads a committed segment's object whole, checked against its entry's size.
+pub(crate) async fn read_segment(p: &Partition, s: &SegmentEntry) -> Result<(String, Bytes)> {
+    let path = p.manifest.paths.object(&s.path);
+    let bytes = match p.manifest.store().get(&path).await {
+        Ok(r) => r.bytes().await?,
+        Err(object_store::Error::NotFound { .. }) => {
             return Err(Error::Corrupt {
                 location: path.to_string(),
                 position: 0,
-                reason: format!("{} bytes where the manifest has {}", bytes.len(), s.size),
+                reason: "a committed segment's object is missing".into(),
             });
         }
-        moved += s.size;
-        pace(started, moved, rate).await;
-        blobs.push((path.to_string(), s.clone(), bytes));
+        Err(e) => return Err(e.into()),
+    };
+    if bytes.len() as u64 != s.size {
+        return Err(Error::Corrupt {
+            location: path.to_string(),
+            position: 0,
+            reason: format!("{} bytes where the manifest has {}", bytes.len(), s.size),
+        });
     }
-    let (id, epoch) = (p.id.clone(), p.epoch);
-    let (row_group_bytes, zstd) = (cfg.row_group_bytes, cfg.zstd_level);
-    let (bytes, mut entry) = jobs
-        .encoders
-        .run(false, move || {
-            encode_merged(&id, &blobs, epoch, row_group_bytes, zstd)
-        })
-        .await?;
-    let (base, last) = (entry.base_offset, entry.last_offset);
+    Ok((path.to_string(), bytes))
+}
+
+/// Names a rewritten object (merged or compacted) of `entry`'s range under [`MERGED_DIR`],
+/// fills in the entry's path and size, and uploads `bytes` there with a create-only PUT
+/// (retried; a retry finding its own object is fine) once no upload runs on the node. Returns
+/// the object's path.
+pub(crate) async fn upload_rewritten(
+    jobs: &Jobs,
+    p: &Partition,
+    bytes: Bytes,
+    entry: &mut SegmentEntry,
+) -> Result<object_store::path::Path> {
     let rel = format!(
-        "{MERGED_DIR}/{base:020}-{last:020}-{:016x}.parquet",
+        "{MERGED_DIR}/{:020}-{:020}-{:016x}.parquet",
+        entry.base_offset,
+        entry.last_offset,
         fastrand::u64(..)
     );
     entry.path = rel.clone();
     entry.size = bytes.len() as u64;
     let path = p.manifest.paths.object(&rel);
-    let written = bytes.len() as u64;
-    let uploaded_at = Instant::now();
+    let store = p.manifest.store().clone();
     give_way(jobs, p).await;
     let mut retry = jobs.retry_until(p.cancel.clone());
     retry.max_attempts = Some(5);
     retry
-        .run("upload merged object", || {
+        .run("upload a rewritten object", || {
             let (store, path, bytes) = (store.clone(), path.clone(), bytes.clone());
             async move {
                 match store
@@ -371,6 +358,39 @@ async fn merge(jobs: &Jobs, p: &Partition, inputs: Vec<SegmentEntry>) -> Result<
             }
         })
         .await?;
+    Ok(path)
+}
+
+/// Merges `inputs` (adjacent committed segments) into one object and commits it.
+#[tracing::instrument(level = "debug", name = "merge", skip_all,
+    fields(storage = %p.id.topic, partition = p.id.partition, inputs = inputs.len(),
+        base = inputs[0].base_offset))]
+async fn merge(jobs: &Jobs, p: &Partition, inputs: Vec<SegmentEntry>) -> Result<bool> {
+    let cfg = &jobs.cfg;
+    let rate = cfg.merge_bytes_per_sec;
+    let started = Instant::now();
+    let mut moved = 0u64;
+    let mut blobs = Vec::with_capacity(inputs.len());
+    for s in &inputs {
+        p.check_fenced()?;
+        give_way(jobs, p).await;
+        let (location, bytes) = read_segment(p, s).await?;
+        moved += s.size;
+        pace(started, moved, rate).await;
+        blobs.push((location, s.clone(), bytes));
+    }
+    let (id, epoch) = (p.id.clone(), p.epoch);
+    let (row_group_bytes, zstd) = (cfg.row_group_bytes, cfg.zstd_level);
+    let (bytes, mut entry) = jobs
+        .encoders
+        .run(false, move || {
+            encode_merged(&id, &blobs, epoch, row_group_bytes, zstd)
+        })
+        .await?;
+    let (base, last) = (entry.base_offset, entry.last_offset);
+    let written = bytes.len() as u64;
+    let uploaded_at = Instant::now();
+    let path = upload_rewritten(jobs, p, bytes, &mut entry).await?;
     moved += written;
     pace(started, moved, rate).await;
     let deadline = Duration::from_millis(cfg.orphan_grace_ms / 2);
@@ -392,9 +412,8 @@ async fn merge(jobs: &Jobs, p: &Partition, inputs: Vec<SegmentEntry>) -> Result<
             .write()
             .expect("merge status lock poisoned")
             .abandoned += 1;
-        if let Err(e) = store.delete(&path).await {
-            tracing::debug!(path = %path, error = %e, "deleting an abandoned merged object");
-        }
+        // One left behind is an orphan that garbage collection removes.
+        crate::cold::gc::delete_objects(p, vec![path]).await;
         return Ok(true);
     }
     let mut st = p.merge_status.write().expect("merge status lock poisoned");

@@ -208,16 +208,21 @@ fn arrow_select_concat(batches: &[arrow_array::RecordBatch]) -> Vec<String> {
 
 /// A tier whose partitions merge on demand (no schedule, no minimum age), on a file-system
 /// bucket under `dir`.
-async fn tier(dir: &std::path::Path) -> (Tier, Arc<dyn object_store::ObjectStore>) {
-    let bucket = dir.join("bucket");
-    let (store, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
-    let cfg = TierConfig {
-        data_dir: dir.join("hot"),
+/// Merging on demand only, with no minimum age.
+fn config(hot: &std::path::Path) -> TierConfig {
+    TierConfig {
+        data_dir: hot.to_path_buf(),
         merge_enabled: false,
         merge_min_age_ms: 0,
         merge_min_segments: 4,
         ..TierConfig::default()
-    };
+    }
+}
+
+async fn tier(dir: &std::path::Path) -> (Tier, Arc<dyn object_store::ObjectStore>) {
+    let bucket = dir.join("bucket");
+    let (store, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
+    let cfg = config(&dir.join("hot"));
     (
         Tier::open(cfg, store.clone(), Path::from("c"))
             .await
@@ -247,33 +252,18 @@ async fn small_segments_merge_and_their_objects_go_after_the_grace_period() {
     let (t, store) = tier(dir.path()).await;
     t.open_partition("t", 0, 1).await.unwrap();
     let id = PartitionId::new("t", 0);
-    for i in 0..40 {
-        let mut b = BatchBuilder::new(Compression::None);
-        for j in 0..25 {
-            b.push(
-                i * 100 + j,
-                Some(b"k"),
-                Some(format!("v{i}-{j}").as_bytes()),
-                &[],
-            );
-        }
-        t.append("t", 0, b.build().unwrap()).await.unwrap();
-        t.flush("t", 0).await.unwrap();
-    }
+    forty_segments(&t).await;
     let before = read_all(&t).await;
     assert_eq!(t.offsets("t", 0).unwrap().cold_segments, 40);
     // A node that does not lead the partition counts what waits from the manifest.
     let other = tempfile::tempdir().unwrap();
-    let reader = {
-        let cfg = TierConfig {
-            data_dir: other.path().join("hot"),
-            merge_enabled: false,
-            ..TierConfig::default()
-        };
-        Tier::open(cfg, store.clone(), Path::from("c"))
-            .await
-            .unwrap()
-    };
+    let reader = Tier::open(
+        config(&other.path().join("hot")),
+        store.clone(),
+        Path::from("c"),
+    )
+    .await
+    .unwrap();
     let seen = |reader: &Tier| {
         let reader = reader.clone();
         async move {
@@ -416,18 +406,13 @@ async fn two_leaders_merging_at_once_commit_one_merge() {
     forty_segments(&old).await;
     let before = read_all(&old).await;
     let other = tempfile::tempdir().unwrap();
-    let new = {
-        let cfg = TierConfig {
-            data_dir: other.path().join("hot"),
-            merge_enabled: false,
-            merge_min_age_ms: 0,
-            merge_min_segments: 4,
-            ..TierConfig::default()
-        };
-        Tier::open(cfg, store.clone(), Path::from("c"))
-            .await
-            .unwrap()
-    };
+    let new = Tier::open(
+        config(&other.path().join("hot")),
+        store.clone(),
+        Path::from("c"),
+    )
+    .await
+    .unwrap();
     new.open_partition("t", 0, 2).await.unwrap();
     let (a, b) = tokio::join!(old.merge_now("t", 0), new.merge_now("t", 0));
     let e = a.unwrap_err();
@@ -451,16 +436,13 @@ async fn a_merge_racing_retention_gives_up() {
     let bucket = dir.path().join("bucket");
     let (fs, _) = crate::store::open_store(bucket.to_str().unwrap(), &[]).unwrap();
     let store = Arc::new(crate::store::Decorated::new(fs));
-    let cfg = TierConfig {
-        data_dir: dir.path().join("hot"),
-        merge_enabled: false,
-        merge_min_age_ms: 0,
-        merge_min_segments: 4,
-        ..TierConfig::default()
-    };
-    let t = Tier::open(cfg, store.clone(), Path::from("c"))
-        .await
-        .unwrap();
+    let t = Tier::open(
+        config(&dir.path().join("hot")),
+        store.clone(),
+        Path::from("c"),
+    )
+    .await
+    .unwrap();
     t.open_partition("t", 0, 1).await.unwrap();
     forty_segments(&t).await;
     let before = read_all(&t).await;
