@@ -79,6 +79,11 @@ pub mod kafka_code {
     pub const FENCED_MEMBER_EPOCH: i16 = 110;
     pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
     pub const INVALID_RECORD: i16 = 87;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    /// What a transactional producer is told until transactions exist: a fatal,
+    /// non-retriable code (librdkafka, the Java client, kafka-python and kafkajs all stop
+    /// at once on it instead of retrying), with a message saying why where the API has one.
+    pub const TRANSACTIONS_REFUSED: i16 = TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
 }
 
 impl Code {

@@ -13,7 +13,8 @@ usage: kafka_clients.py write BOOTSTRAP STATE_JSON   create topics, produce with
                                                      (JoinGroup/SyncGroup, the client's own
                                                      assignors), then the group admin calls
        kafka_clients.py configs BOOTSTRAP -          topic settings described and changed
-                                                     (both alter APIs), partitions added
+                                                     (both alter APIs), partitions added;
+                                                     a transactional producer refused
        kafka_clients.py failover BOOTSTRAP SECONDS   an idempotent acks=all producer and a
                                                      classic group member run for SECONDS
                                                      while the test kills and restarts nodes;
@@ -28,7 +29,8 @@ import time
 from confluent_kafka import (OFFSET_BEGINNING, ConsumerGroupState, ConsumerGroupTopicPartitions,
                              Consumer, KafkaError, KafkaException, Producer, TopicPartition)
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
-                                  ConfigSource, NewPartitions, NewTopic, ResourceType)
+                                  ConfigSource, NewPartitions, NewTopic, OffsetSpec,
+                                  ResourceType)
 
 TOPIC = "events"
 PARTITIONS = 3
@@ -210,6 +212,20 @@ def replay(bootstrap, state_file):
                     key=lambda x: x["offset"])
         check(tp.offset == first["offset"], f"offset for time {r['ts']}: {tp.offset}")
     c.close()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    check_max_timestamps(admin, produced)
+    # Records with older times appended after a restart (hot) leave the answer in the cold tier.
+    late = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    delivered = []
+    for p in range(PARTITIONS):
+        late.produce(TOPIC, key=f"late-{p}", value=b"late", partition=p, timestamp=BASE_TS + 1,
+                     on_delivery=lambda err, msg: delivered.append((err, msg.partition(),
+                                                                    msg.offset())))
+    check(late.flush(30) == 0 and all(e is None for e, _, _ in delivered), f"late: {delivered}")
+    ends = {p: o + 1 for _, p, o in delivered}
+    produced += [{"partition": p, "offset": o, "key": f"late-{p}", "value": "late",
+                  "ts": BASE_TS + 1, "headers": []} for _, p, o in delivered]
+    check_max_timestamps(admin, produced)
     # New records continue the offsets; a consumer sees old (cold) and new (hot) in one read.
     more = produce(bootstrap, "zstd", 10_000, 300)
     for r in more:
@@ -218,9 +234,25 @@ def replay(bootstrap, state_file):
     c, got = read_all(bootstrap, "kafka-replay-2", ends_of(all_records))
     check(by_position(got) == by_position(all_records), "cold and hot read together")
     c.close()
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    check_max_timestamps(admin, all_records)
     admin.delete_topics([TOPIC])[TOPIC].result(30)
     check(TOPIC not in admin.list_topics(timeout=10).topics, "deleted")
+
+
+def check_max_timestamps(admin, records):
+    """ListOffsets v7 (MAX_TIMESTAMP): per partition, the record with the highest timestamp
+    (the first of equals)."""
+    want = {}
+    for r in sorted(records, key=lambda r: r["offset"]):
+        best = want.get(r["partition"])
+        if best is None or r["ts"] > best[1]:
+            want[r["partition"]] = (r["offset"], r["ts"])
+    asked = {TopicPartition(TOPIC, p): OffsetSpec.max_timestamp() for p in want}
+    for tp, f in admin.list_offsets(asked).items():
+        got = f.result(30)
+        check((got.offset, got.timestamp) == want[tp.partition],
+              f"max timestamp of {tp.partition}: {(got.offset, got.timestamp)}, "
+              f"want {want[tp.partition]}")
 
 
 def member(bootstrap, group):
@@ -465,6 +497,22 @@ def configs(bootstrap, _state):
     check(outcome[0] is not None and outcome[0].code() == KafkaError.INVALID_RECORD,
           f"a record without a key on a compacted topic: {outcome}")
     check(outcome[1] is None, f"a keyed record: {outcome}")
+    transactions_are_refused(bootstrap)
+
+
+def transactions_are_refused(bootstrap):
+    """Until transactions exist, a transactional producer stops at once with a fatal error
+    that says why, instead of retrying until its timeout."""
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": "tx-refused"})
+    try:
+        p.init_transactions(60)
+        check(False, "init_transactions must be refused")
+    except KafkaException as e:
+        # A client that retried would end in _TIMED_OUT after the call's 60 s instead.
+        err = e.args[0]
+        check(err.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED and err.fatal()
+              and not err.retriable(), f"a transactional producer is told: {err}")
+        check("transactions are not supported" in err.str(), f"the error says why: {err.str()}")
 
 
 def failover(bootstrap, seconds):

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Record, RecordBatch};
 use crate::cold::cache::{self, ColdCache};
 use crate::cold::gc::GcReport;
-use crate::cold::manifest::{Manifest, ManifestState, ManifestWriter, SegmentEntry};
+use crate::cold::manifest::{Manifest, ManifestState, ManifestWriter, Node, SegmentEntry};
 use crate::config::{FsyncPolicy, TierConfig};
 use crate::error::{Error, Result};
 use crate::hot::AppendResult;
@@ -708,6 +708,75 @@ impl Tier {
         }
         let log = p.log.clone();
         blocking(move || log.offset_for_timestamp(ts)).await
+    }
+
+    /// The record with the highest timestamp below offset `below` (Kafka's ListOffsets
+    /// MAX_TIMESTAMP; the lowest offset among equal timestamps), as `(offset, timestamp)`.
+    /// The cold tier is searched best-first by the maximum timestamps the manifest keeps for
+    /// each chunk and segment (an upper bound: records below the log start do not count), so
+    /// only the objects that can hold the answer are read; then the hot tier's batches whose
+    /// maximum can beat it.
+    pub async fn max_timestamp_record(
+        &self,
+        topic: &str,
+        partition: u32,
+        below: i64,
+    ) -> Result<Option<(i64, i64)>> {
+        let p = self.get(topic, partition)?;
+        let cold = p.cold();
+        let start = log_start(&cold, p.log.start_offset());
+        let cache = &self.inner.cache;
+        let mut best: Option<(i64, i64)> = None;
+        let mut frontier: Vec<Node> = cold
+            .nodes()
+            .filter(|n| n.last_offset() >= start && n.base_offset() < below)
+            .cloned()
+            .collect();
+        // The node that may hold the highest timestamp, the lowest offset first among equals.
+        let next = |f: &Vec<Node>| {
+            (0..f.len()).max_by(|&a, &b| {
+                (f[a].max_timestamp(), f[b].base_offset())
+                    .cmp(&(f[b].max_timestamp(), f[a].base_offset()))
+            })
+        };
+        while let Some(i) = next(&frontier) {
+            let n = frontier.swap_remove(i);
+            if best.is_some_and(|(o, t)| {
+                n.max_timestamp() < t || (n.max_timestamp() == t && n.base_offset() > o)
+            }) {
+                break;
+            }
+            match n {
+                Node::Chunk(c) => frontier.extend(
+                    p.manifest
+                        .chunk(&c.path)
+                        .await?
+                        .iter()
+                        .filter(|n| n.last_offset() >= start && n.base_offset() < below)
+                        .cloned(),
+                ),
+                Node::Segment(seg) => {
+                    let path = p.manifest.paths.object(&seg.path);
+                    let meta = cache.metadata(&path, seg.size, seg.footer_crc32c).await?;
+                    for rg in 0..meta.metadata().num_row_groups() {
+                        let rows = cache
+                            .row_group(&path, seg.size, seg.footer_crc32c, rg)
+                            .await?;
+                        for r in rows.records.iter() {
+                            let (o, t) = (r.offset, r.timestamp);
+                            if o >= start
+                                && o < below
+                                && best.is_none_or(|(bo, bt)| t > bt || (t == bt && o < bo))
+                            {
+                                best = Some((o, t));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let log = p.log.clone();
+        blocking(move || log.max_timestamp_record(below, best)).await
     }
 
     /// Where the partition's data lives now.

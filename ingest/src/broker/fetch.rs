@@ -37,6 +37,8 @@ pub enum OffsetSpec {
     Latest,
     /// The first record with a timestamp at or after this (ms).
     Timestamp(i64),
+    /// The record with the highest timestamp (the first of equals) below the high watermark.
+    MaxTimestamp,
 }
 
 /// The end of what consumers of `t` may read.
@@ -189,6 +191,16 @@ impl Broker {
             OffsetSpec::Earliest => return Ok(Some((o.log_start, -1))),
             OffsetSpec::Latest => return Ok(Some((hw, -1))),
             OffsetSpec::Timestamp(ts) => ts,
+            OffsetSpec::MaxTimestamp => {
+                let found = self
+                    .inner
+                    .tier
+                    .max_timestamp_record(&storage, partition, hw);
+                return match found.await {
+                    Ok(f) => Ok(f),
+                    Err(e) => Err(self.tier_error(topic, partition, e).await),
+                };
+            }
         };
         let tier = &self.inner.tier;
         let found = async {

@@ -394,7 +394,7 @@ async fn produce(broker: &Broker, req: &Request) -> Handled {
                     _ if transactional => PartitionProduceResponse::default()
                         .with_index(index)
                         .with_base_offset(-1)
-                        .with_error_code(kafka_code::INVALID_REQUEST)
+                        .with_error_code(kafka_code::TRANSACTIONS_REFUSED)
                         .with_error_message(Some(str(
                             "transactions are not supported yet: produce without a transactional id",
                         ))),
@@ -557,6 +557,7 @@ async fn list_offsets(broker: &Broker, req: &Request) -> anyhow::Result<ListOffs
             let spec = match p.timestamp {
                 -2 => Some(OffsetSpec::Earliest),
                 -1 => Some(OffsetSpec::Latest),
+                -3 if req.version >= 7 => Some(OffsetSpec::MaxTimestamp),
                 ts if ts >= 0 => Some(OffsetSpec::Timestamp(ts)),
                 _ => None,
             };
@@ -568,7 +569,8 @@ async fn list_offsets(broker: &Broker, req: &Request) -> anyhow::Result<ListOffs
             let found = match (partition(p.partition_index), spec) {
                 (Err(e), _) => Err(e),
                 (_, None) => Err(Error::InvalidRequest(format!(
-                    "timestamp {} asks for nothing served (-2 earliest, -1 latest, or a time)",
+                    "timestamp {} asks for nothing served (-2 earliest, -1 latest, -3 the highest \
+                     timestamp from version 7 on, or a time)",
                     p.timestamp
                 ))),
                 (Ok(pn), Some(spec)) => broker.list_offset(&name, pn, spec).await,
@@ -733,7 +735,7 @@ async fn find_coordinator(
             .with_node_id(BrokerId(-1))
             .with_port(-1);
         if r.key_type != 0 {
-            c.error_code = kafka_code::INVALID_REQUEST;
+            c.error_code = kafka_code::TRANSACTIONS_REFUSED;
             c.error_message = Some(str(
                 "transactions are not supported yet: there is no transaction coordinator",
             ));
@@ -874,7 +876,7 @@ async fn init_producer_id(
         .with_producer_epoch(-1);
     if r.transactional_id.is_some() {
         // Transactions come later; until then a transactional producer is told plainly.
-        resp.error_code = kafka_code::INVALID_REQUEST;
+        resp.error_code = kafka_code::TRANSACTIONS_REFUSED;
         return Ok(resp);
     }
     match broker.init_producer().await {

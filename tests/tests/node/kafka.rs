@@ -29,7 +29,9 @@ fn clients(python: &str, mode: &str, bootstrap: &str, state: &std::path::Path) {
 /// acks=all with idempotence, reads everything back from offset 0, commits and reads commits;
 /// an oversized record, an unknown topic, an existing topic and an unknown setting get Kafka's
 /// errors. After a restart without the hot tier, the same records come back from the cold
-/// tier, identical, seek by time works, and new records continue the offsets.
+/// tier, identical, seek by time works, ListOffsets MAX_TIMESTAMP finds each partition's
+/// newest-stamped record (cold, then with hot records stamped earlier), and new records
+/// continue the offsets.
 #[test]
 fn kafka_clients_produce_consume_commit_and_replay_from_the_cold_tier() {
     let Some(python) = tierlog_tests::python() else {
@@ -306,7 +308,8 @@ fn kafka_consumers_share_a_topic_with_the_classic_group_protocol() {
 
 /// Kafka admin clients describe and change a topic's settings (both alter APIs, validate
 /// nothing but what tierlog acts on), and the topic's own record limit applies to producers at
-/// once; partitions are added, led, produced to and read, never removed.
+/// once; partitions are added, led, produced to and read, never removed. A transactional
+/// producer is refused at once with a fatal error that says transactions are not supported.
 #[test]
 fn kafka_admin_clients_describe_and_change_topic_settings_and_add_partitions() {
     let Some(python) = tierlog_tests::python() else {

@@ -718,6 +718,48 @@ impl PartitionLog {
     }
 
     /// First offset whose record timestamp is ≥ `ts` among the hot segments, if any.
+    /// The record with the highest timestamp below offset `below` (the lowest offset among
+    /// equal timestamps), as `(offset, timestamp)`, if it beats `best` (found elsewhere, say in
+    /// the cold tier): a higher timestamp, or the same one at a lower offset. Segments and
+    /// batches whose maximum cannot beat it are skipped unread.
+    pub fn max_timestamp_record(
+        &self,
+        below: i64,
+        mut best: Option<(i64, i64)>,
+    ) -> Result<Option<(i64, i64)>> {
+        let beats = |best: Option<(i64, i64)>, offset: i64, ts: i64| {
+            best.is_none_or(|(o, t)| ts > t || (ts == t && offset < o))
+        };
+        for seg in self.snapshot() {
+            if best.is_some_and(|(_, t)| seg.max_timestamp() < t) {
+                continue;
+            }
+            let mut pos = 0;
+            loop {
+                let batches = seg.read_batches(pos, 1 << 20, i64::MIN)?;
+                if batches.is_empty() {
+                    break;
+                }
+                for b in &batches {
+                    pos += segment::frame_len(b.len());
+                    let h = b.header();
+                    if h.base_offset >= below {
+                        return Ok(best);
+                    }
+                    if !beats(best, h.base_offset, h.max_timestamp) {
+                        continue;
+                    }
+                    for r in b.records()? {
+                        if r.offset < below && beats(best, r.offset, r.timestamp) {
+                            best = Some((r.offset, r.timestamp));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(best)
+    }
+
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<i64>> {
         for seg in self.snapshot() {
             if seg.max_timestamp() < ts {
