@@ -5,6 +5,7 @@
 #   localstack/install.sh etcd     # Debian's etcd-server and etcd-client (etcdctl), if etcd is missing
 #   localstack/install.sh kcat     # Debian's kcat (librdkafka 2.0.2): an old Kafka client to test against
 #   localstack/install.sh browser  # Debian's chromium, and playwright-core (which fetches no browser) to drive it
+#   localstack/install.sh kafkajs  # kafkajs (a pure JavaScript Kafka client) with snappy, lz4 and zstd codecs
 # Prints the installed interpreter or server path on the last line of its output.
 set -euo pipefail
 
@@ -29,7 +30,8 @@ install_venv() {
 }
 
 install_python() {
-    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 kafka-python==2.2.15 confluent-kafka==2.16.1 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 prometheus-client==0.26.0 grpcio==1.85.3 protobuf==6.33.6 opentelemetry-proto==1.45.2" python
+    # python-snappy (on cramjam), lz4 and zstandard: the codecs kafka-python imports if present.
+    install_venv venv "pyarrow==21.0.0 duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 kafka-python==2.2.15 python-snappy==0.7.3 cramjam==2.14.0 lz4==4.4.5 zstandard==0.25.0 confluent-kafka==2.16.1 adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 prometheus-client==0.26.0 grpcio==1.85.3 protobuf==6.33.6 opentelemetry-proto==1.45.2" python
 }
 install_s3() { install_venv moto "moto[server]==5.1.14" moto_server; }
 
@@ -87,12 +89,31 @@ install_browser() {
     echo "$dir"
 }
 
+# Under $CACHE/kafkajs, the npm packages tests/kafkajs/package-lock.json pins: kafkajs and its
+# codecs (kafkajs-snappy, kafkajs-lz4 whose lz4 module node-gyp builds from the npm package, and
+# @mongodb-js/zstd whose Linux binary is an npm package of its own); reinstalled only when the
+# lock changes. Prints that directory.
+install_kafkajs() {
+    local dir="$CACHE/kafkajs" lock
+    lock="$(dirname "$0")/../tests/kafkajs/package-lock.json"
+    if [ -d "$dir/node_modules/kafkajs" ] && cmp -s "$lock" "$dir/package-lock.json"; then
+        echo "kafkajs already installed in $dir" >&2
+    else
+        echo "installing kafkajs into $dir" >&2
+        mkdir -p "$dir"
+        cp "$(dirname "$lock")/package.json" "$lock" "$dir/"
+        (cd "$dir" && npm ci --no-audit --no-fund >&2)
+    fi
+    echo "$dir"
+}
+
 case "${1:-all}" in
     python) install_python ;;
     s3) install_s3 ;;
     etcd) install_etcd ;;
     kcat) apt_install kcat kcat ;;
     browser) install_browser ;;
-    all) install_python >/dev/null; install_s3 >/dev/null; apt_install kcat kcat >/dev/null; install_browser >/dev/null; install_etcd ;;
-    *) echo "usage: $0 [python|s3|etcd|kcat|browser|all]" >&2; exit 2 ;;
+    kafkajs) install_kafkajs ;;
+    all) install_python >/dev/null; install_s3 >/dev/null; apt_install kcat kcat >/dev/null; install_browser >/dev/null; install_kafkajs >/dev/null; install_etcd ;;
+    *) echo "usage: $0 [python|s3|etcd|kcat|browser|kafkajs|all]" >&2; exit 2 ;;
 esac

@@ -11,6 +11,9 @@ bash localstack/install.sh kcat >/dev/null
 # The console's browser tests: Debian's chromium driven by playwright-core.
 TIERLOG_BROWSER="$(bash localstack/install.sh browser | tail -n 1)"
 export TIERLOG_BROWSER
+# kafkajs and its codecs, a Kafka client of its own (not librdkafka) to test the listener against.
+TIERLOG_KAFKAJS="$(bash localstack/install.sh kafkajs | tail -n 1)"
+export TIERLOG_KAFKAJS
 
 S3_PORT="${TIERLOG_TEST_S3_PORT:-39000}"
 ETCD_PORT="${TIERLOG_TEST_ETCD_PORT:-23790}"

@@ -20,6 +20,9 @@ usage: kafka_clients.py write BOOTSTRAP STATE_JSON   create topics, produce with
                                                      while the test kills and restarts nodes;
                                                      then every acknowledged record is read
                                                      back once, at its acknowledged offset
+       kafka_clients.py epochs-first BOOTSTRAP STATE_JSON, then (after a restart without
+       the hot tier) epochs-second: leader epochs on fetched records (KIP-320) and
+       OffsetForLeaderEpoch
 Prints "kafka clients ok" on success; any failed check raises.
 """
 import json
@@ -515,6 +518,103 @@ def transactions_are_refused(bootstrap):
         check("transactions are not supported" in err.str(), f"the error says why: {err.str()}")
 
 
+EPOCHS = "epochs"
+
+
+def consume_epochs(bootstrap, end):
+    """(offset, value, leader epoch) of every record of EPOCHS below `end`."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "epochs-reader",
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(EPOCHS, 0, OFFSET_BEGINNING)])
+    got = []
+    deadline = time.time() + 60
+    while len(got) < end and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        if m.error():
+            raise KafkaException(m.error())
+        got.append((m.offset(), m.value().decode(), m.leader_epoch()))
+    c.close()
+    check([o for o, _, _ in got] == list(range(end)), f"read offsets {[o for o, _, _ in got]}")
+    return got
+
+
+def produce_epochs(bootstrap, start, count):
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    acked = []
+    for i in range(start, start + count):
+        p.produce(EPOCHS, value=f"v{i}".encode(), partition=0,
+                  on_delivery=lambda err, msg: acked.append((err, msg.offset())))
+    check(p.flush(30) == 0, "delivered")
+    check(all(e is None for e, _ in acked), f"acknowledged: {acked}")
+    check(sorted(o for _, o in acked) == list(range(start, start + count)), f"offsets {acked}")
+
+
+def epochs_first(bootstrap, state_file):
+    """Before a restart: records are stamped with the leader's epoch."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(EPOCHS, 1)])[EPOCHS].result(30)
+    produce_epochs(bootstrap, 0, 10)
+    got = consume_epochs(bootstrap, 10)
+    first = {e for _, _, e in got}
+    check(len(first) == 1 and min(first) >= 0, f"one leader epoch: {first}")
+    with open(state_file, "w") as f:
+        json.dump({"epoch": first.pop()}, f)
+
+
+def leader_epoch_ends(bootstrap, asks):
+    """OffsetForLeaderEpoch v2 (kafka-python's protocol classes, sent as they are) for
+    partition 0 of EPOCHS: [(error, leader epoch, end offset)] per (current, asked)."""
+    from kafka import KafkaClient
+    from kafka.protocol.offset_for_leader_epoch import OffsetForLeaderEpochRequest
+    client = KafkaClient(bootstrap_servers=bootstrap, api_version=(2, 8))
+    try:
+        node = client.least_loaded_node()
+        deadline = time.time() + 30
+        while not client.ready(node) and time.time() < deadline:
+            client.poll(timeout_ms=100)
+        out = []
+        for current, asked in asks:
+            req = OffsetForLeaderEpochRequest[2]([(EPOCHS, [(0, current, asked)])])
+            fut = client.send(node, req)
+            client.poll(future=fut, timeout_ms=10_000)
+            check(fut.succeeded(), f"OffsetForLeaderEpoch answered: {fut.exception}")
+            [(_, [(err, _, epoch, end)])] = fut.value.topics
+            out.append((err, epoch, end))
+        return out
+    finally:
+        client.close()
+
+
+def epochs_second(bootstrap, state_file):
+    """After a restart without the hot tier: a new epoch; records read back from the cold tier
+    keep the epoch that appended them, and OffsetForLeaderEpoch says where each epoch ends."""
+    with open(state_file) as f:
+        before = json.load(f)["epoch"]
+    produce_epochs(bootstrap, 10, 10)
+    got = consume_epochs(bootstrap, 20)
+    check({e for o, _, e in got if o < 10} == {before}, f"cold records keep their epoch: {got}")
+    after = {e for o, _, e in got if o >= 10}
+    check(len(after) == 1 and after.pop() > before, f"a new leader epoch after it: {got}")
+    now = got[-1][2]
+    answers = leader_epoch_ends(bootstrap, [
+        (now, before),      # the old epoch ends where the new one began
+        (now, now),         # the current one at the high watermark
+        (now, before - 1 if before > 0 else before),
+        (now, now + 1),     # after the current epoch: undefined
+        (before, before) if before < now else (now, now),
+        (-1, before),       # no current epoch given: not checked
+    ])
+    check(answers[0] == (0, before, 10), f"epoch {before} ends at 10: {answers[0]}")
+    check(answers[1] == (0, now, 20), f"epoch {now} ends at the high watermark: {answers[1]}")
+    if before > 0:
+        check(answers[2] == (0, before - 1, 0), f"before the history: {answers[2]}")
+    check(answers[3] == (0, -1, -1), f"a future epoch is undefined: {answers[3]}")
+    check(answers[4][0] == KafkaError.FENCED_LEADER_EPOCH, f"a stale leader epoch: {answers[4]}")
+    check(answers[5] == (0, before, 10), f"unchecked current epoch: {answers[5]}")
+
+
 def failover(bootstrap, seconds):
     """Clients that only know Kafka follow partition leaders through kill -9 and restarts."""
     seconds = float(seconds)
@@ -583,7 +683,8 @@ def failover(bootstrap, seconds):
 def main():
     mode, bootstrap, state = sys.argv[1:4]
     {"write": write, "replay": replay, "groups": groups, "classic": classic,
-     "configs": configs, "failover": failover}[mode](bootstrap, state)
+     "configs": configs, "failover": failover, "epochs-first": epochs_first,
+     "epochs-second": epochs_second}[mode](bootstrap, state)
     print("kafka clients ok")
 
 

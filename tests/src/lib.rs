@@ -93,6 +93,12 @@ pub fn browser() -> Option<String> {
     installed("TIERLOG_BROWSER")
 }
 
+/// The directory holding kafkajs and its codecs (`node_modules/`, pinned by
+/// tests/kafkajs/package-lock.json), from `TIERLOG_KAFKAJS`; required in CI like [`python`].
+pub fn kafkajs() -> Option<String> {
+    installed("TIERLOG_KAFKAJS")
+}
+
 /// What the test command installed, named by `var`: required in CI (`CI` set), else the
 /// test is skipped with a printed reason.
 fn installed(var: &str) -> Option<String> {

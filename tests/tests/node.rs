@@ -9,6 +9,8 @@ mod console;
 mod groups;
 #[path = "node/kafka.rs"]
 mod kafka;
+#[path = "node/kafka_matrix.rs"]
+mod kafka_matrix;
 #[path = "node/metrics.rs"]
 mod metrics;
 #[path = "node/sql.rs"]

@@ -24,6 +24,7 @@ use crate::cold::cache::{self, ColdCache};
 use crate::cold::gc::GcReport;
 use crate::cold::manifest::{Manifest, ManifestState, ManifestWriter, Node, SegmentEntry};
 use crate::config::{FsyncPolicy, TierConfig};
+use crate::epochs::{EpochRun, push_epoch_run};
 use crate::error::{Error, Result};
 use crate::hot::AppendResult;
 use crate::hot::log::PartitionLog;
@@ -777,6 +778,23 @@ impl Tier {
         }
         let log = p.log.clone();
         blocking(move || log.max_timestamp_record(below, best)).await
+    }
+
+    /// The partition's leader epoch history as readers meet it (see `crate::epochs`): the
+    /// cold tier's, then the runs of the hot tier, then this leader's epoch from where it
+    /// began appending.
+    pub fn leader_epochs(&self, topic: &str, partition: u32) -> Result<Vec<EpochRun>> {
+        let p = self.get(topic, partition)?;
+        let mut runs = p.cold().leader_epochs.clone();
+        for run in p.log.epoch_runs() {
+            push_epoch_run(&mut runs, run);
+        }
+        let current = EpochRun {
+            epoch: i32::try_from(p.epoch).unwrap_or(i32::MAX),
+            start: p.epoch_start,
+        };
+        push_epoch_run(&mut runs, current);
+        Ok(runs)
     }
 
     /// Where the partition's data lives now.

@@ -24,6 +24,7 @@ pub use proto::batch;
 pub mod cold;
 pub mod config;
 mod engine;
+pub mod epochs;
 pub mod error;
 mod hot;
 mod partition;

@@ -197,6 +197,8 @@ pub(crate) struct Partition {
     pub id: PartitionId,
     pub log: Arc<PartitionLog>,
     pub epoch: u64,
+    /// The hot tier's next offset when this leader opened it: where its epoch begins.
+    pub epoch_start: i64,
     pub writer: tokio::sync::Mutex<ManifestWriter>,
     pub manifest: Manifest,
     cold: RwLock<Arc<ManifestState>>,
@@ -233,6 +235,7 @@ impl Partition {
         let state = writer.state().clone();
         Partition {
             id,
+            epoch_start: log.next_offset(),
             log: Arc::new(log),
             epoch,
             manifest: writer.manifest().clone(),

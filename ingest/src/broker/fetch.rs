@@ -11,6 +11,7 @@
 //! back from the cold tier are encoded again with their own offsets and timestamps.
 
 use meta::TopicMeta;
+use tier::epochs::{end_offset_for, epoch_at};
 use tier::{PartitionOffsets, RecordBatch};
 
 use super::{Broker, FetchPermit};
@@ -113,11 +114,18 @@ impl Broker {
                 {
                     Some((batches, _)) => batches,
                     None => {
-                        // Uploaded and gone from local disk: read it back from the cold tier.
+                        // Uploaded and gone from local disk: read it back from the cold tier,
+                        // each batch stamped with the epoch that appended its records.
                         let mut r = tier.read(&storage, partition, offset, max_bytes).await?;
                         r.records.retain(|r| r.offset < hw);
-                        let epoch = i32::try_from(epoch).unwrap_or(i32::MAX);
-                        proto::batch::batches_of(&r.records, epoch)?
+                        let runs = tier.leader_epochs(&storage, partition)?;
+                        let at = |o| epoch_at(&runs, o).unwrap_or(-1);
+                        let mut batches = Vec::new();
+                        for run in r.records.chunk_by(|a, b| at(a.offset) == at(b.offset)) {
+                            let e = at(run[0].offset);
+                            batches.extend(proto::batch::batches_of(run, e)?);
+                        }
+                        batches
                     }
                 },
             )
@@ -177,45 +185,82 @@ impl Broker {
         }
     }
 
-    /// Kafka's ListOffsets on the leader: the offset and the timestamp of its record (`-1`
-    /// where there is none), or `None` when no record at or below the high watermark has a
-    /// timestamp at or after the one asked for.
+    /// Kafka's ListOffsets on the leader: the offset, the timestamp of its record (`-1`
+    /// where there is none) and the leader epoch that appended it (the current one for the
+    /// high watermark), or `None` when no record below the high watermark has a timestamp at
+    /// or after the one asked for.
     pub async fn list_offset(
         &self,
         topic: &str,
         partition: u32,
         spec: OffsetSpec,
-    ) -> Result<Option<(i64, i64)>> {
-        let (_, storage, _, o, hw) = self.led_offsets(topic, partition).await?;
+    ) -> Result<Option<(i64, i64, i32)>> {
+        let (_, storage, epoch, o, hw) = self.led_offsets(topic, partition).await?;
+        let found = async {
+            let found = self.find_offset(&storage, partition, spec, &o, hw).await?;
+            Ok::<_, tier::Error>((found, self.inner.tier.leader_epochs(&storage, partition)?))
+        };
+        let (found, runs) = match found.await {
+            Ok(f) => f,
+            Err(e) => return Err(self.tier_error(topic, partition, e).await),
+        };
+        let current = i32::try_from(epoch).unwrap_or(i32::MAX);
+        Ok(found.map(|(offset, ts)| {
+            let e = match spec {
+                OffsetSpec::Latest => current,
+                _ => epoch_at(&runs, offset).unwrap_or(current),
+            };
+            (offset, ts, e)
+        }))
+    }
+
+    /// Kafka's OffsetForLeaderEpoch on the leader: the largest epoch at or below `epoch` in
+    /// the partition's history and where the epoch after it begins (the high watermark for
+    /// the current epoch), or `None` for an epoch after the current one; with the leader's
+    /// own epoch, which the caller checks the request's against.
+    ///
+    /// Every epoch stamped on a batch a consumer can read is in the history, so a consumer
+    /// whose position is still in the log never gets an end offset below it; after an
+    /// acks=leader takeover lost records it read (`tierlog.visibility = leader`), it does.
+    pub async fn end_offset_for_epoch(
+        &self,
+        topic: &str,
+        partition: u32,
+        epoch: i32,
+    ) -> Result<(u64, Option<(i32, i64)>)> {
+        let (_, storage, leader_epoch, _, hw) = self.led_offsets(topic, partition).await?;
+        let runs = match self.inner.tier.leader_epochs(&storage, partition) {
+            Ok(r) => r,
+            Err(e) => return Err(self.tier_error(topic, partition, e).await),
+        };
+        Ok((leader_epoch, end_offset_for(&runs, epoch, hw)))
+    }
+
+    /// The offset and timestamp `spec` points at below the high watermark `hw`.
+    async fn find_offset(
+        &self,
+        storage: &str,
+        partition: u32,
+        spec: OffsetSpec,
+        o: &PartitionOffsets,
+        hw: i64,
+    ) -> tier::Result<Option<(i64, i64)>> {
+        let tier = &self.inner.tier;
         let ts = match spec {
             OffsetSpec::Earliest => return Ok(Some((o.log_start, -1))),
             OffsetSpec::Latest => return Ok(Some((hw, -1))),
             OffsetSpec::Timestamp(ts) => ts,
             OffsetSpec::MaxTimestamp => {
-                let found = self
-                    .inner
-                    .tier
-                    .max_timestamp_record(&storage, partition, hw);
-                return match found.await {
-                    Ok(f) => Ok(f),
-                    Err(e) => Err(self.tier_error(topic, partition, e).await),
-                };
+                return tier.max_timestamp_record(storage, partition, hw).await;
             }
         };
-        let tier = &self.inner.tier;
-        let found = async {
-            let Some(offset) = tier.offset_for_timestamp(&storage, partition, ts).await? else {
-                return Ok(None);
-            };
-            if offset >= hw {
-                return Ok(None);
-            }
-            let r = tier.read(&storage, partition, offset, 1).await?;
-            Ok::<_, tier::Error>(r.records.first().map(|r| (r.offset, r.timestamp)))
+        let Some(offset) = tier.offset_for_timestamp(storage, partition, ts).await? else {
+            return Ok(None);
         };
-        match found.await {
-            Ok(f) => Ok(f),
-            Err(e) => Err(self.tier_error(topic, partition, e).await),
+        if offset >= hw {
+            return Ok(None);
         }
+        let r = tier.read(storage, partition, offset, 1).await?;
+        Ok(r.records.first().map(|r| (r.offset, r.timestamp)))
     }
 }

@@ -35,14 +35,17 @@ use kafka_protocol::messages::offset_commit_response::{
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponse, OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{
     ApiKey, BrokerId, ConsumerGroupHeartbeatRequest, CreateTopicsRequest, DeleteTopicsRequest,
     FetchRequest, FindCoordinatorRequest, InitProducerIdRequest, ListOffsetsRequest,
-    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProducerId,
-    TopicName,
+    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
+    ProduceRequest, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use meta::{PartitionOffset, TopicConfig};
@@ -126,6 +129,9 @@ pub(super) async fn dispatch(broker: &Broker, settings: &KafkaSettings, req: Req
             respond(&req, &resp).map(|r| r.map(|r| r.holding(held)))
         }
         ApiKey::ListOffsets => respond(&req, &list_offsets(broker, &req).await?),
+        ApiKey::OffsetForLeaderEpoch => {
+            respond(&req, &offsets_for_leader_epoch(broker, &req).await?)
+        }
         ApiKey::OffsetCommit => respond(&req, &offset_commit(broker, &req).await?),
         ApiKey::OffsetFetch => respond(&req, &offset_fetch(broker, &req).await?),
         ApiKey::FindCoordinator => respond(&req, &find_coordinator(broker, &req).await?),
@@ -576,11 +582,51 @@ async fn list_offsets(broker: &Broker, req: &Request) -> anyhow::Result<ListOffs
                 (Ok(pn), Some(spec)) => broker.list_offset(&name, pn, spec).await,
             };
             match found {
-                Ok(Some((offset, ts))) => {
+                Ok(Some((offset, ts, epoch))) => {
                     out.offset = offset;
                     out.timestamp = ts;
+                    if req.version >= 4 {
+                        out.leader_epoch = epoch;
+                    }
                 }
                 Ok(None) => {}
+                Err(e) => out.error_code = e.code().kafka(),
+            }
+            topic.partitions.push(out);
+        }
+        resp.topics.push(topic);
+    }
+    Ok(resp)
+}
+
+/// KIP-320: where a leader epoch ends, so a consumer that saw a new leader can check that its
+/// position is still in the log (`Broker::end_offset_for_epoch`).
+async fn offsets_for_leader_epoch(
+    broker: &Broker,
+    req: &Request,
+) -> anyhow::Result<OffsetForLeaderEpochResponse> {
+    let r: OffsetForLeaderEpochRequest = req.decode()?;
+    let mut resp = OffsetForLeaderEpochResponse::default();
+    for t in &r.topics {
+        let name = t.topic.0.to_string();
+        let mut topic = OffsetForLeaderTopicResult::default().with_topic(t.topic.clone());
+        for p in &t.partitions {
+            let mut out = EpochEndOffset::default()
+                .with_partition(p.partition)
+                .with_leader_epoch(-1)
+                .with_end_offset(-1);
+            let found = match partition(p.partition) {
+                Ok(pn) => broker.end_offset_for_epoch(&name, pn, p.leader_epoch).await,
+                Err(e) => Err(e),
+            };
+            match found {
+                Ok((leader, found)) => {
+                    out.error_code = epoch_check(p.current_leader_epoch, leader);
+                    if let (kafka_code::NONE, Some((epoch, end))) = (out.error_code, found) {
+                        out.leader_epoch = epoch;
+                        out.end_offset = end;
+                    }
+                }
                 Err(e) => out.error_code = e.code().kafka(),
             }
             topic.partitions.push(out);

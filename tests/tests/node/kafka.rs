@@ -48,6 +48,26 @@ fn kafka_clients_produce_consume_commit_and_replay_from_the_cold_tier() {
     node.stop();
 }
 
+/// KIP-320 leader epochs: records carry the epoch of the leader that appended them, also when
+/// read back from the cold tier after a restart (a new epoch) without the hot tier, and
+/// OffsetForLeaderEpoch says where each epoch ends, refuses a stale current epoch and leaves
+/// a future one undefined.
+#[test]
+fn kafka_leader_epochs_survive_a_restart_and_the_cold_tier() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let node = Node::start(dir.path(), &[]);
+    clients(&python, "epochs-first", &node.kafka, &state);
+    node.stop();
+    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
+    let node = Node::start(dir.path(), &[]);
+    clients(&python, "epochs-second", &node.kafka, &state);
+    node.stop();
+}
+
 /// kcat, `apt-get install kcat`: the test command installs it.
 pub(super) fn kcat() -> Option<String> {
     let found = Command::new("kcat")

@@ -38,6 +38,7 @@ use bytes::Bytes;
 use crate::cold::manifest::{Compaction, ManifestState, SegmentEntry};
 use crate::cold::merge::{MAX_INPUTS, pace};
 use crate::cold::parquet::{SegmentWriter, decode_checked};
+use crate::epochs::{EpochRun, push_epoch_run};
 use crate::error::{Error, Result};
 use crate::partition::{Jobs, KeyCompaction, Partition};
 use crate::producers::ProducerStates;
@@ -310,6 +311,7 @@ struct Output {
     /// Bytes of the inputs it was made from, scaled by the share of rows kept.
     estimate: u64,
     producers: ProducerStates,
+    leader_epochs: Vec<EpochRun>,
 }
 
 #[tracing::instrument(level = "debug", name = "compact", skip_all,
@@ -405,6 +407,7 @@ async fn pass(
                         raw: 0,
                         estimate: 0,
                         producers: ProducerStates::default(),
+                        leader_epochs: Vec::new(),
                     },
                 };
                 let mut kept = Kept::default();
@@ -450,6 +453,9 @@ async fn pass(
                 out.raw += s2.raw_bytes * kept.rows / s2.records.max(1);
                 out.estimate += s2.size * kept.rows / s2.records.max(1);
                 out.producers.merge(&s2.producers);
+                for run in s2.epoch_runs() {
+                    push_epoch_run(&mut out.leader_epochs, run);
+                }
                 Ok((out, kept))
             })
             .await?;
@@ -511,6 +517,7 @@ async fn finish(jobs: &Jobs, out: Output, epoch: u64) -> Result<(Bytes, SegmentE
                 last,
                 raw,
                 producers,
+                leader_epochs,
                 ..
             } = out;
             let (bytes, sum) = writer.finish(raw, |sum| Ok((Vec::new(), *sum)))?;
@@ -537,6 +544,7 @@ async fn finish(jobs: &Jobs, out: Output, epoch: u64) -> Result<(Bytes, SegmentE
                 epoch,
                 producers,
                 footer_crc32c: Some(sum.footer_digest),
+                leader_epochs,
             };
             Ok((bytes, entry))
         })

@@ -39,6 +39,7 @@
 //! **Lookups** by offset or timestamp walk levels oldest-first using each entry's offset range and
 //! max timestamp, loading (cached) chunks on the way: O(FANOUT × levels) comparisons.
 
+use crate::epochs::{EpochRun, push_epoch_run};
 use crate::producers::ProducerStates;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,9 +103,26 @@ pub struct SegmentEntry {
     /// `None` for segments written before it (read unchecked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub footer_crc32c: Option<u32>,
+    /// Where each leader epoch's batches begin in the segment, as the hot tier stamped them
+    /// (Kafka's partition leader epoch); empty for segments written before it was recorded,
+    /// which count as one run of the writer's `epoch`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leader_epochs: Vec<EpochRun>,
 }
 
 impl SegmentEntry {
+    /// Its epoch runs; a segment from before they were recorded is one run of its writer's.
+    pub fn epoch_runs(&self) -> Vec<EpochRun> {
+        if self.leader_epochs.is_empty() {
+            vec![EpochRun {
+                epoch: i32::try_from(self.epoch).unwrap_or(i32::MAX),
+                start: self.base_offset,
+            }]
+        } else {
+            self.leader_epochs.clone()
+        }
+    }
+
     /// Whether it holds a record at every offset of its range (key compaction leaves gaps).
     pub fn is_dense(&self) -> bool {
         i64::try_from(self.records).ok() == Some(self.last_offset - self.base_offset + 1)
@@ -200,6 +218,10 @@ pub struct ManifestState {
     /// newest one older than any tombstone retention that may be asked of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compactions: Vec<CompactionPoint>,
+    /// The log's leader epoch history (Kafka's leader epoch cache): where each epoch's
+    /// batches begin, folded from added segments; runs wholly below `start_offset` go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leader_epochs: Vec<EpochRun>,
 }
 
 /// A key compaction pass as the manifest keeps it: when it committed, and the offset below
@@ -241,6 +263,7 @@ impl ManifestState {
             levels: vec![Vec::new()],
             producers: ProducerStates::default(),
             compactions: Vec::new(),
+            leader_epochs: Vec::new(),
         }
     }
 
@@ -295,6 +318,9 @@ impl ManifestState {
                         )));
                     }
                     self.next_offset = s.last_offset + 1;
+                    for run in s.epoch_runs() {
+                        push_epoch_run(&mut self.leader_epochs, run);
+                    }
                     self.producers.merge(&s.producers);
                     self.producers.expire(s.max_timestamp);
                     self.levels[0].push(Node::Segment(s.clone()));
@@ -306,6 +332,9 @@ impl ManifestState {
                 for level in self.levels.iter_mut() {
                     level.retain(|n| n.last_offset() >= start);
                 }
+                // The run holding the new start stays.
+                let below = self.leader_epochs.partition_point(|r| r.start <= start);
+                self.leader_epochs.drain(..below.saturating_sub(1));
             }
             Op::Init { next_offset } => {
                 if self.next_offset != 0 || self.seq != 0 {

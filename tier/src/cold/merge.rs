@@ -44,6 +44,7 @@ use object_store::{ObjectStoreExt, PutMode, PutPayload};
 
 use crate::cold::manifest::{Op, SegmentEntry};
 use crate::cold::parquet::{SegmentWriter, decode_checked};
+use crate::epochs::push_epoch_run;
 use crate::error::{Error, Result};
 use crate::partition::{Jobs, Partition};
 use crate::producers::ProducerStates;
@@ -499,6 +500,7 @@ pub(crate) fn encode_merged(
     )?;
     let mut expect = first.base_offset;
     let mut producers = ProducerStates::default();
+    let mut epochs = Vec::new();
     for (location, s, bytes) in inputs {
         if s.base_offset != expect {
             return Err(Error::invalid(format!(
@@ -537,6 +539,9 @@ pub(crate) fn encode_merged(
         }
         expect = s.last_offset + 1;
         producers.merge(&s.producers);
+        for run in s.epoch_runs() {
+            push_epoch_run(&mut epochs, run);
+        }
     }
     let (bytes, summary) = w.finish(raw, |sum| Ok((Vec::new(), *sum)))?;
     let entry = SegmentEntry {
@@ -552,6 +557,7 @@ pub(crate) fn encode_merged(
         epoch,
         producers,
         footer_crc32c: Some(summary.footer_digest),
+        leader_epochs: epochs,
     };
     Ok((bytes, entry))
 }

@@ -35,6 +35,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::cold::manifest::{SegmentCommit, SegmentEntry, segment_footer};
 use crate::cold::parquet::{SegmentShape, encode_segment};
+use crate::epochs::{EpochRun, push_epoch_run};
 use crate::error::{Error, Result};
 use crate::hot::log::Span;
 use crate::partition::{Jobs, Partition};
@@ -378,9 +379,15 @@ fn encode_span(
         raw_bytes: span.bytes(),
     };
     let producers = std::cell::RefCell::new(ProducerStates::default());
+    let epochs = std::cell::RefCell::new(Vec::new());
     let chunks = span.chunks(row_group_bytes).inspect(|chunk| {
         for b in chunk.iter().flatten() {
             let h = b.header();
+            let run = EpochRun {
+                epoch: h.partition_leader_epoch,
+                start: h.base_offset,
+            };
+            push_epoch_run(&mut epochs.borrow_mut(), run);
             if let Some((id, pb)) = ProducerBatch::of(h, h.base_offset) {
                 producers.borrow_mut().record(id, pb);
             }
@@ -400,6 +407,7 @@ fn encode_span(
             epoch,
             producers: producers.take(),
             footer_crc32c: Some(sum.footer_digest),
+            leader_epochs: epochs.take(),
         };
         let (delta, kv) = segment_footer(epoch, entry)?;
         Ok((vec![kv], delta))

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use crate::PartitionId;
 use crate::batch::RecordBatch;
 use crate::config::{FsyncPolicy, TierConfig};
+use crate::epochs::{EpochRun, push_epoch_run};
 use crate::error::{Error, Result};
 use crate::hot::segment::{self, Segment};
 
@@ -718,6 +719,17 @@ impl PartitionLog {
     }
 
     /// First offset whose record timestamp is ≥ `ts` among the hot segments, if any.
+    /// Where each leader epoch's batches begin in the hot tier, oldest first.
+    pub fn epoch_runs(&self) -> Vec<EpochRun> {
+        let mut runs = Vec::new();
+        for seg in self.snapshot() {
+            for run in seg.epoch_runs() {
+                push_epoch_run(&mut runs, run);
+            }
+        }
+        runs
+    }
+
     /// The record with the highest timestamp below offset `below` (the lowest offset among
     /// equal timestamps), as `(offset, timestamp)`, if it beats `best` (found elsewhere, say in
     /// the cold tier): a higher timestamp, or the same one at a lower offset. Segments and

@@ -24,6 +24,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use crate::batch::{self, HEADER_LEN, RecordBatch};
+use crate::epochs::{EpochRun, push_epoch_run};
 use crate::error::{Error, Result};
 
 pub(crate) const FRAME_HEADER: usize = 8;
@@ -45,6 +46,8 @@ pub(crate) struct Scan {
     pub max_timestamp: i64,
     /// The highest leader epoch among the segment's batches (-1 when empty).
     pub max_epoch: i32,
+    /// Where each leader epoch's batches begin.
+    pub epoch_runs: Vec<EpochRun>,
     pub index: Vec<IndexEntry>,
     /// Where the scan stopped early and why (only for a torn or corrupt tail).
     pub stopped: Option<(u64, String)>,
@@ -71,6 +74,7 @@ pub(crate) struct Segment {
     next_offset: AtomicI64,
     max_timestamp: AtomicI64,
     max_epoch: std::sync::atomic::AtomicI32,
+    epoch_runs: RwLock<Vec<EpochRun>>,
     sealed: AtomicBool,
     /// A failed write could not be cut back: the file's tail is unknown.
     broken: AtomicBool,
@@ -189,6 +193,7 @@ impl Segment {
             next_offset: AtomicI64::new(scan.next_offset),
             max_timestamp: AtomicI64::new(scan.max_timestamp),
             max_epoch: std::sync::atomic::AtomicI32::new(scan.max_epoch),
+            epoch_runs: RwLock::new(scan.epoch_runs),
             sealed: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             index: RwLock::new(scan.index),
@@ -210,6 +215,13 @@ impl Segment {
     /// The highest leader epoch among the segment's batches (-1 when empty).
     pub fn max_epoch(&self) -> i32 {
         self.max_epoch.load(Ordering::Acquire)
+    }
+    /// Where each leader epoch's batches begin in it.
+    pub fn epoch_runs(&self) -> Vec<EpochRun> {
+        self.epoch_runs
+            .read()
+            .expect("epoch runs lock poisoned")
+            .clone()
     }
     pub fn is_sealed(&self) -> bool {
         self.sealed.load(Ordering::Acquire)
@@ -286,7 +298,14 @@ impl Segment {
         }
         self.max_timestamp
             .fetch_max(h.max_timestamp, Ordering::AcqRel);
-        self.max_epoch.fetch_max(leader_epoch, Ordering::AcqRel);
+        if leader_epoch > self.max_epoch.fetch_max(leader_epoch, Ordering::AcqRel) {
+            let run = EpochRun {
+                epoch: leader_epoch,
+                start: base_offset,
+            };
+            let mut runs = self.epoch_runs.write().expect("epoch runs lock poisoned");
+            push_epoch_run(&mut runs, run);
+        }
         self.next_offset.store(
             base_offset + i64::from(h.last_offset_delta) + 1,
             Ordering::Release,
@@ -508,6 +527,7 @@ fn empty_scan(base: i64) -> Scan {
         next_offset: base,
         max_timestamp: i64::MIN,
         max_epoch: -1,
+        epoch_runs: Vec::new(),
         index: Vec::new(),
         stopped: None,
     }
@@ -587,6 +607,11 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64, verify: bool) ->
         since_index += next - pos;
         s.max_timestamp = s.max_timestamp.max(h.max_timestamp);
         s.max_epoch = s.max_epoch.max(h.partition_leader_epoch);
+        let run = EpochRun {
+            epoch: h.partition_leader_epoch,
+            start: h.base_offset,
+        };
+        push_epoch_run(&mut s.epoch_runs, run);
         s.next_offset = h.next_offset();
         pos = next;
         s.size = pos;

@@ -31,6 +31,7 @@ fn seg(base: i64, n: i64, epoch: u64) -> SegmentEntry {
         row_groups: 1,
         epoch,
         footer_crc32c: None,
+        leader_epochs: Vec::new(),
     }
 }
 
@@ -457,6 +458,7 @@ fn merged_entry(segs: &[SegmentEntry], epoch: u64) -> SegmentEntry {
         epoch,
         producers: Default::default(),
         footer_crc32c: None,
+        leader_epochs: Vec::new(),
     }
 }
 
@@ -655,4 +657,39 @@ fn format_2_objects_are_read_and_newer_ones_refused() {
     }
     let e = decode::<Hint>("hint", &p, env(5).as_bytes()).unwrap_err();
     assert!(e.to_string().contains("unsupported version 5"), "{e}");
+}
+
+#[tokio::test]
+async fn the_state_keeps_the_leader_epoch_history_and_retention_trims_it() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let m = manifest(store.clone());
+    let run = |epoch, start| EpochRun { epoch, start };
+    for (epoch, bases) in [(1, vec![0, 10]), (3, vec![20]), (5, vec![30, 40])] {
+        let mut w = ManifestWriter::open(m.clone(), epoch, retry())
+            .await
+            .unwrap();
+        for base in bases {
+            add(&mut w, base, 10).await.unwrap();
+        }
+    }
+    // Segments from before runs were recorded count as one run of their writer's epoch.
+    let state = m.load().await.unwrap();
+    assert_eq!(state.leader_epochs, [run(1, 0), run(3, 20), run(5, 30)]);
+    // Runs recorded by the uploader are folded in as they are.
+    let mut w = ManifestWriter::open(m.clone(), 7, retry()).await.unwrap();
+    let mut c = seg(50, 10, 7);
+    c.leader_epochs = vec![run(5, 50), run(6, 52), run(7, 55)];
+    let (delta, kv) = segment_footer(7, c).unwrap();
+    let id = crate::PartitionId::new("events", 3);
+    let bytes = crate::cold::parquet::encode_empty(&id, vec![kv]).unwrap();
+    w.commit_segment(SegmentCommit { bytes, delta }, |_| {})
+        .await
+        .unwrap();
+    let want = [run(1, 0), run(3, 20), run(5, 30), run(6, 52), run(7, 55)];
+    assert_eq!(m.load().await.unwrap().leader_epochs, want);
+    // Retention keeps the run that holds the new start.
+    w.commit(Op::Truncate { start_offset: 25 }).await.unwrap();
+    assert_eq!(m.load().await.unwrap().leader_epochs, want[1..]);
+    w.commit(Op::Truncate { start_offset: 52 }).await.unwrap();
+    assert_eq!(m.load().await.unwrap().leader_epochs, want[3..]);
 }

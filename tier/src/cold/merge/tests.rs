@@ -19,6 +19,7 @@ fn entry(base: i64, n: i64, size: u64, max_ts: i64) -> SegmentEntry {
         epoch: 1,
         producers: Default::default(),
         footer_crc32c: None,
+        leader_epochs: Vec::new(),
     }
 }
 

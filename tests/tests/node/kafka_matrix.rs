@@ -1,0 +1,189 @@
+//! The Kafka listener driven by two more clients nobody here wrote, neither built on
+//! librdkafka: kafka-python 2.2.15 (pure Python; snappy, lz4 and zstd through python-snappy,
+//! lz4 and zstandard) and kafkajs 2.2.4 (pure JavaScript; snappy, lz4 and zstd through
+//! kafkajs-snappy, kafkajs-lz4 and @mongodb-js/zstd). Each runs the same scenarios: topic
+//! administration, produce and consume with every codec, a replay from the cold tier only,
+//! seek by time, a consumer group of three, and a transactional producer that is refused.
+//! The scripts are tests/python/kafka_python_client.py and tests/kafkajs/client.js;
+//! docs/kafka.md's client matrix says what each client is tested for.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::Node;
+
+/// What a script prints last when every check held.
+const OK: &str = "kafka matrix ok";
+
+/// Runs `command` (a client script in `mode` against `bootstrap`, with `state`) and fails with
+/// its output unless it printed [`OK`]; returns how long it ran.
+fn run(mut command: Command, what: &str, mode: &str, bootstrap: &str, state: &Path) -> Duration {
+    let start = Instant::now();
+    let out = command
+        .args([mode, bootstrap])
+        .arg(state)
+        .output()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l.trim() == OK),
+        "{what} {mode} failed ({:?}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "{what} {mode}: {:.1} s\n{stdout}",
+        start.elapsed().as_secs_f64()
+    );
+    start.elapsed()
+}
+
+/// tests/python/kafka_python_client.py (kafka-python) in `mode`.
+fn kafka_python(python: &str, mode: &str, bootstrap: &str, state: &Path) -> Duration {
+    let mut c = Command::new(python);
+    c.arg(tierlog_tests::tests_dir().join("python/kafka_python_client.py"));
+    run(c, "kafka_python_client.py", mode, bootstrap, state)
+}
+
+/// tests/kafkajs/client.js (kafkajs, from the directory the test command installed it in) in
+/// `mode`.
+fn kafkajs(modules: &str, mode: &str, bootstrap: &str, state: &Path) -> Duration {
+    let mut c = Command::new("node");
+    c.arg(tierlog_tests::tests_dir().join("kafkajs/client.js"))
+        .env("NODE_PATH", Path::new(modules).join("node_modules"));
+    run(c, "kafkajs client.js", mode, bootstrap, state)
+}
+
+/// Writes with `client` on a fresh node, stops it, deletes its hot tier and restarts it, then
+/// replays with `client`: what the second run reads comes from the cold tier only.
+fn write_then_replay_cold(client: impl Fn(&str, &str, &Path) -> Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let node = Node::start(dir.path(), &[]);
+    client("write", &node.kafka, &state);
+    node.stop();
+    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
+    let node = Node::start(dir.path(), &[]);
+    client("replay", &node.kafka, &state);
+    node.stop();
+}
+
+/// One `mode` of `client` against a fresh node (on etcd for groups, as the other group tests).
+fn on_a_node(mode: &str, groups: bool, client: impl Fn(&str, &str, &Path) -> Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = if groups {
+        super::groups::node(dir.path())
+    } else {
+        Node::start(dir.path(), &[])
+    };
+    client(mode, &node.kafka, Path::new("-"));
+    node.stop();
+}
+
+/// kafka-python's admin client creates a topic with settings (retention.ms=-1,
+/// cleanup.policy, max.message.bytes), describes them, alters them (AlterConfigs: the client
+/// has no IncrementalAlterConfigs) and sees the change, is refused an unknown setting, a bad
+/// value, an existing name and fewer partitions with Kafka's codes, adds partitions and sees the
+/// count in metadata, produces to and reads a new partition, deletes the topic and sees it gone.
+#[test]
+fn kafka_python_administers_topics_settings_and_partitions() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    on_a_node("admin", false, |m, b, s| kafka_python(&python, m, b, s));
+}
+
+/// kafka-python produces with every codec it has (none, gzip, snappy, lz4, zstd), keyed, with
+/// headers and timestamps, idempotent at acks=all, and reads every record back from offset 0
+/// identical (partition, dense offsets, key, value, headers, timestamp); ListOffsets by
+/// timestamp (`offsets_for_times`) finds the first record at or after a time. After a restart
+/// without the hot tier the same records, and the same offsets for times, come back from the
+/// cold tier; new records continue the offsets.
+#[test]
+fn kafka_python_produces_every_codec_and_replays_from_the_cold_tier() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    write_then_replay_cold(|m, b, s| kafka_python(&python, m, b, s));
+}
+
+/// Three kafka-python group members (classic protocol, the client's range assignor) share a
+/// topic of six partitions: each partition owned by exactly one member, every record read
+/// once, each member committing what it read. Then one member leaves and a new one joins:
+/// after the rebalance the group reads the records produced since exactly once, resuming from
+/// the commits, and the committed offsets are the partitions' ends. The admin client describes
+/// the group as Stable with three members, and Empty once all have left.
+#[test]
+fn kafka_python_consumer_group_of_three_shares_and_hands_over() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    on_a_node("groups", true, |m, b, s| kafka_python(&python, m, b, s));
+}
+
+/// kafka-python's transactional producer (`transactional_id`, `init_transactions()`) fails
+/// within a bounded time with an error naming the refused transactional request, and never
+/// hangs; an idempotent producer on the same node works.
+#[test]
+fn kafka_python_transactional_producer_is_refused_without_retries() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    on_a_node("transactions", false, |m, b, s| {
+        kafka_python(&python, m, b, s)
+    });
+}
+
+/// kafkajs's admin client creates a topic with settings (retention.ms=-1, cleanup.policy,
+/// max.message.bytes), describes them, alters them (AlterConfigs) and sees the change, is
+/// refused an unknown setting, a bad value, an existing name and fewer partitions with Kafka's
+/// codes, adds partitions and sees the count in metadata, produces to and reads a new
+/// partition, deletes the topic and sees it gone.
+#[test]
+fn kafkajs_administers_topics_settings_and_partitions() {
+    let Some(modules) = tierlog_tests::kafkajs() else {
+        return;
+    };
+    on_a_node("admin", false, |m, b, s| kafkajs(&modules, m, b, s));
+}
+
+/// kafkajs produces with every codec (none, gzip, snappy, lz4, zstd), keyed, with headers and
+/// timestamps, idempotent at acks=all, and reads every record back from offset 0 identical
+/// (partition, dense offsets, key, value, headers, timestamp); ListOffsets by timestamp
+/// (`admin.fetchTopicOffsetsByTimestamp`) finds the first record at or after a time. After a
+/// restart without the hot tier the same records come back from the cold tier; new records
+/// continue the offsets.
+#[test]
+fn kafkajs_produces_every_codec_and_replays_from_the_cold_tier() {
+    let Some(modules) = tierlog_tests::kafkajs() else {
+        return;
+    };
+    write_then_replay_cold(|m, b, s| kafkajs(&modules, m, b, s));
+}
+
+/// Three kafkajs group members (classic protocol, kafkajs's round-robin assignor) share a topic
+/// of six partitions: each partition owned by exactly one member, every record read once,
+/// each member committing what it read. Then one member leaves and a new one joins: after the
+/// rebalance the group reads the records produced since exactly once, resuming from the
+/// commits, and the committed offsets are the partitions' ends. The admin client describes the
+/// group as Stable with three members, and Empty once all have left.
+#[test]
+fn kafkajs_consumer_group_of_three_shares_and_hands_over() {
+    let Some(modules) = tierlog_tests::kafkajs() else {
+        return;
+    };
+    on_a_node("groups", true, |m, b, s| kafkajs(&modules, m, b, s));
+}
+
+/// kafkajs's transactional producer (`transactionalId`, `connect()` then
+/// `producer.transaction()`) fails within a bounded time and never hangs. kafkajs hides the
+/// node's answer behind its own `KafkaJSGroupCoordinatorNotFound`, so the test also finds the
+/// node's code in kafkajs's error log. An idempotent producer on the same node works.
+#[test]
+fn kafkajs_transactional_producer_is_refused_without_retries() {
+    let Some(modules) = tierlog_tests::kafkajs() else {
+        return;
+    };
+    on_a_node("transactions", false, |m, b, s| kafkajs(&modules, m, b, s));
+}
