@@ -28,7 +28,8 @@ pub struct TopicInfo {
 /// What one partition has committed to the cold tier.
 #[derive(Debug, Clone, Default)]
 pub struct ColdView {
-    /// Offsets below this were removed by retention.
+    /// The log start: offsets below it were removed (retention, deleted records). A segment
+    /// may begin below it (deleting records cuts anywhere); its rows below it are not read.
     pub start_offset: i64,
     /// The offset after the last committed segment: where the hot tail starts.
     pub next_offset: i64,

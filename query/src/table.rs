@@ -35,10 +35,14 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, col, lit};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::union::UnionExec;
@@ -225,6 +229,49 @@ fn file_statistics(schema: &SchemaRef, partition: u32, e: &SegmentEntry) -> Stat
     s
 }
 
+/// The scan `builder` describes, without the rows below each cut partition's log start, in
+/// the columns of `projection`: the scan also reads `partition` and `offset`, a filter drops
+/// the rows, a projection leaves the columns asked for. The limit applies above the filter.
+fn below_log_start_removed(
+    state: &dyn Session,
+    schema: &SchemaRef,
+    builder: FileScanConfigBuilder,
+    projection: Option<&Vec<usize>>,
+    cut: &[(u32, i64)],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let all: Vec<usize> = (0..schema.fields().len()).collect();
+    let wanted = projection.cloned().unwrap_or(all);
+    let mut read = wanted.clone();
+    for name in ["partition", "offset"] {
+        let i = schema.index_of(name)?;
+        if !read.contains(&i) {
+            read.push(i);
+        }
+    }
+    let scan =
+        DataSourceExec::from_data_source(builder.with_projection_indices(Some(read))?.build());
+    let scanned = scan.schema();
+    let keep = cut
+        .iter()
+        .map(|&(p, start)| {
+            col("partition")
+                .not_eq(lit(p as i32))
+                .or(col("offset").gt_eq(lit(start)))
+        })
+        .reduce(Expr::and)
+        .expect("at least one cut partition");
+    let keep = state.create_physical_expr(keep, &DFSchema::try_from(scanned.as_ref().clone())?)?;
+    let filtered = Arc::new(FilterExec::try_new(keep, scan)?);
+    let columns = (0..wanted.len())
+        .map(|i| {
+            let name = scanned.field(i).name().clone();
+            let c: Arc<dyn PhysicalExpr> = Arc::new(PhysicalColumn::new(&name, i));
+            (c, name)
+        })
+        .collect::<Vec<_>>();
+    Ok(Arc::new(ProjectionExec::try_new(columns, filtered)?))
+}
+
 /// Spreads files over `n` groups, biggest first into the lightest group.
 fn balance(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
     files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
@@ -313,6 +360,17 @@ impl TableProvider for TopicTable {
                 .try_collect()
                 .await?;
 
+        // Partitions whose log start cuts through a segment (deleted records): their rows
+        // below it are filtered out.
+        let cut: Vec<(u32, i64)> = views
+            .iter()
+            .filter(|(_, v, _)| {
+                v.segments
+                    .iter()
+                    .any(|(_, e)| e.base_offset < v.start_offset)
+            })
+            .map(|(p, v, _)| (*p, v.start_offset))
+            .collect();
         // Segments the filters leave.
         let segments: Vec<(u32, &SegmentEntry)> = views
             .iter()
@@ -360,12 +418,19 @@ impl TableProvider for TopicTable {
                 source = source.with_predicate(p.clone());
             }
             let builder = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
-                .with_file_groups(balance(files, state.config().target_partitions()))
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit);
+                .with_file_groups(balance(files, state.config().target_partitions()));
             let builder =
                 builder.with_statistics(Statistics::try_merge_iter(&file_stats, &schema)?);
-            inputs.push(DataSourceExec::from_data_source(builder.build()));
+            if cut.is_empty() {
+                let builder = builder
+                    .with_projection_indices(projection.cloned())?
+                    .with_limit(limit);
+                inputs.push(DataSourceExec::from_data_source(builder.build()));
+            } else {
+                inputs.push(below_log_start_removed(
+                    state, &schema, builder, projection, &cut,
+                )?);
+            }
         }
         let hot: Vec<Arc<dyn PartitionStream>> = views
             .into_iter()

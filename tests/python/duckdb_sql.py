@@ -13,19 +13,25 @@ import duckdb
 
 from plain import plain
 
-from manifest import committed_segments
+from manifest import committed
 
 topic_dir, queries_path = sys.argv[1], sys.argv[2]
 files = []
+starts = []
 for part in sorted(os.listdir(topic_dir), key=int):
     pdir = os.path.join(topic_dir, part)
-    files += [os.path.join(pdir, s["path"]) for s in committed_segments(pdir)]
+    start, segments = committed(pdir)
+    files += [os.path.join(pdir, s["path"]) for s in segments]
+    # Rows below the log start were deleted (a cut through the first segment).
+    if segments and segments[0]["base_offset"] < start:
+        starts.append(f"(partition = {int(part)} AND \"offset\" < {int(start)})")
 assert files, f"no committed segments under {topic_dir}"
 
 con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
 listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet([{listed}])")
+deleted = f" WHERE NOT ({' OR '.join(starts)})" if starts else ""
+con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet([{listed}]){deleted}")
 
 
 out = []

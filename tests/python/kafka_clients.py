@@ -23,14 +23,16 @@ usage: kafka_clients.py write BOOTSTRAP STATE_JSON   create topics, produce with
        kafka_clients.py epochs-first BOOTSTRAP STATE_JSON, then (after a restart without
        the hot tier) epochs-second: leader epochs on fetched records (KIP-320) and
        OffsetForLeaderEpoch
+       kafka_clients.py delete-records BOOTSTRAP STATE_JSON   DeleteRecords, then reads
 Prints "kafka clients ok" on success; any failed check raises.
 """
 import json
 import sys
 import time
 
-from confluent_kafka import (OFFSET_BEGINNING, ConsumerGroupState, ConsumerGroupTopicPartitions,
-                             Consumer, KafkaError, KafkaException, Producer, TopicPartition)
+from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, ConsumerGroupState,
+                             ConsumerGroupTopicPartitions, Consumer, KafkaError, KafkaException,
+                             Producer, TopicPartition)
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
                                   ConfigSource, NewPartitions, NewTopic, OffsetSpec,
                                   ResourceType)
@@ -615,6 +617,58 @@ def epochs_second(bootstrap, state_file):
     check(answers[5] == (0, before, 10), f"unchecked current epoch: {answers[5]}")
 
 
+DELREC = "delrec"
+
+
+def delete_records(bootstrap, state_file):
+    """DeleteRecords moves each partition's log start: to an offset inside the log, to the high
+    watermark (-1); never back; past the high watermark is OFFSET_OUT_OF_RANGE. Readers start
+    at the new start and nothing below it is read."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(DELREC, 3, config={"retention.ms": "-1"})])[DELREC].result(30)
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    for part in range(3):
+        for i in range(100):
+            p.produce(DELREC, key=f"k{i}", value=f"{part}-{i}".encode(), partition=part)
+    check(p.flush(30) == 0, "delivered")
+
+    def cut(offsets):
+        asked = [TopicPartition(DELREC, part, o) for part, o in offsets.items()]
+        return {tp.partition: f.result(30)
+                for tp, f in admin.delete_records(asked, operation_timeout=30).items()}
+
+    done = cut({0: 37, 1: OFFSET_END})
+    check(done[0].low_watermark == 37, f"partition 0 starts at 37: {done[0]}")
+    check(done[1].low_watermark == 100, f"partition 1 starts at its end: {done[1]}")
+    # Never back, and never past the high watermark.
+    check(cut({0: 10})[0].low_watermark == 37, "the log start does not move back")
+    try:
+        cut({2: 500})
+        check(False, "deleting past the high watermark must be refused")
+    except KafkaException as e:
+        check(e.args[0].code() == KafkaError.OFFSET_OUT_OF_RANGE, f"past the end: {e}")
+    earliest = {tp.partition: f.result(30).offset for tp, f in admin.list_offsets(
+        {TopicPartition(DELREC, part): OffsetSpec.earliest() for part in range(3)}).items()}
+    check(earliest == {0: 37, 1: 100, 2: 0}, f"earliest offsets: {earliest}")
+    # A reader from the beginning starts at the log start.
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "delrec-reader",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    c.assign([TopicPartition(DELREC, part, OFFSET_BEGINNING) for part in range(3)])
+    got = {0: [], 1: [], 2: []}
+    deadline = time.time() + 60
+    while (len(got[0]) < 63 or len(got[2]) < 100) and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        if m.error():
+            raise KafkaException(m.error())
+        got[m.partition()].append(m.offset())
+    c.close()
+    check(got == {0: list(range(37, 100)), 1: [], 2: list(range(100))}, f"read {got}")
+    with open(state_file, "w") as f:
+        json.dump({"starts": {"0": 37, "1": 100, "2": 0}}, f)
+
+
 def failover(bootstrap, seconds):
     """Clients that only know Kafka follow partition leaders through kill -9 and restarts."""
     seconds = float(seconds)
@@ -684,7 +738,7 @@ def main():
     mode, bootstrap, state = sys.argv[1:4]
     {"write": write, "replay": replay, "groups": groups, "classic": classic,
      "configs": configs, "failover": failover, "epochs-first": epochs_first,
-     "epochs-second": epochs_second}[mode](bootstrap, state)
+     "epochs-second": epochs_second, "delete-records": delete_records}[mode](bootstrap, state)
     print("kafka clients ok")
 
 

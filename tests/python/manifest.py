@@ -58,10 +58,17 @@ def _list(fs, directory):
 
 
 def committed_segments(partition_dir, fs=None):
-    """The committed segment entries of a partition, in offset order.
+    """The committed segment entries of a partition, in offset order (see `committed`)."""
+    return committed(partition_dir, fs)[1]
+
+
+def committed(partition_dir, fs=None):
+    """The log start and the committed segment entries of a partition, in offset order.
 
     `partition_dir` is a path in `fs` (a pyarrow FileSystem: the local one by default, or
-    `pyarrow.fs.S3FileSystem` for a bucket, with paths as `bucket/prefix/...`)."""
+    `pyarrow.fs.S3FileSystem` for a bucket, with paths as `bucket/prefix/...`). Rows with an
+    offset below the log start are not part of the log: deleting records (Kafka's
+    DeleteRecords) can cut through the first segment, which stays whole."""
     mdir = partition_dir + "/manifest"
     levels, start, seq = [[]], 0, 0
     # The newest checkpoint (the _last_checkpoint hint names it too, but a slow writer can leave
@@ -114,4 +121,4 @@ def committed_segments(partition_dir, fs=None):
             assert len(inside) == len(d["replaced"]), (path, len(inside))
             new = [dict(s, type="segment") for s in d["segments"]]
             segments[inside[0]:inside[-1] + 1] = new
-    return segments
+    return start, segments

@@ -1137,7 +1137,29 @@ impl Tier {
         start_offset: i64,
     ) -> Result<u64> {
         let p = self.get(topic, partition)?;
-        retention::truncate_cold(&p, start_offset).await
+        retention::truncate_cold(&p, start_offset, retention::Cut::Segments).await
+    }
+
+    /// Deletes the records below `before` (Kafka's DeleteRecords): waits until the cold tier
+    /// holds them, then commits `before` as the log start. Offsets below it are out of range
+    /// from then on; whole segments below it are deleted, one it cuts through stays until a
+    /// later cut passes it. Returns the log start, which never moves back (a `before` at or
+    /// below it changes nothing).
+    pub async fn delete_records(&self, topic: &str, partition: u32, before: i64) -> Result<i64> {
+        let p = self.get(topic, partition)?;
+        let next = p.log.next_offset();
+        if before > next {
+            return Err(Error::OffsetOutOfRange {
+                topic: topic.to_string(),
+                partition,
+                offset: before,
+                start: log_start(&p.cold(), p.log.start_offset()),
+                end: next,
+            });
+        }
+        self.wait_committed(topic, partition, before).await?;
+        retention::truncate_cold(&p, before, retention::Cut::Exact).await?;
+        Ok(log_start(&p.cold(), p.log.start_offset()))
     }
 
     /// Collects a led partition's garbage older than `grace` now (normally done by housekeeping

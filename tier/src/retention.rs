@@ -1,8 +1,13 @@
 //! Cold retention of one partition: segments past its age or size limit are removed from the
 //! manifest first (a truncation commit, then a checkpoint), their objects deleted after.
 //!
-//! Invariant: only whole segments go, oldest first; an object is deleted only after a
-//! checkpoint covers the truncation (loading starts from the newest checkpoint), otherwise it
+//! Deleting records (Kafka's DeleteRecords) moves the log start the same way, to any offset
+//! the cold tier holds: a segment it cuts through stays whole in the bucket, its rows below
+//! the start are no longer part of the log (readers, SQL and external readers skip them), and
+//! it goes once a later cut passes its end.
+//!
+//! Invariant: only whole segments' objects go, oldest first; an object is deleted only after
+//! a checkpoint covers the truncation (loading starts from the newest checkpoint), otherwise it
 //! is left to garbage collection (`cold::gc`).
 
 use crate::cold::manifest::Op;
@@ -33,15 +38,31 @@ pub(crate) async fn cold_retention(p: &Partition) -> Result<()> {
         start = s.last_offset + 1;
     }
     if start > cold.start_offset {
-        truncate_cold(p, start).await?;
+        truncate_cold(p, start, Cut::Segments).await?;
     }
     Ok(())
 }
 
-/// Commits `start_offset` as the new cold start (whole segments only), then deletes the objects
-/// of the segments it removed. Returns how many objects were deleted.
-pub(crate) async fn truncate_cold(p: &Partition, start_offset: i64) -> Result<u64> {
+/// Where a truncation may cut the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// At the end of the last whole segment below the offset (retention).
+    Segments,
+    /// At the offset itself (deleting records); it must not pass the cold tier's end.
+    Exact,
+}
+
+/// Commits `start_offset` (or, for [`Cut::Segments`], the segment boundary below it) as the
+/// new cold start, then deletes the objects of the segments wholly below it. Returns how many
+/// objects were deleted.
+pub(crate) async fn truncate_cold(p: &Partition, start_offset: i64, cut: Cut) -> Result<u64> {
     let before = p.cold();
+    if cut == Cut::Exact && start_offset > before.next_offset {
+        return Err(crate::Error::invalid(format!(
+            "{}: the log start cannot move to {start_offset}, past the committed end {}",
+            p.id, before.next_offset
+        )));
+    }
     let victims: Vec<_> = p
         .manifest
         .segments(&before)
@@ -49,15 +70,20 @@ pub(crate) async fn truncate_cold(p: &Partition, start_offset: i64) -> Result<u6
         .into_iter()
         .filter(|s| s.last_offset < start_offset)
         .collect();
-    // Cut at a segment boundary so no segment is half in, half out.
-    let cut = victims
-        .last()
-        .map_or(before.start_offset, |s| s.last_offset + 1);
+    let cut = match cut {
+        // At a segment boundary so no segment is half in, half out.
+        Cut::Segments => victims
+            .last()
+            .map_or(before.start_offset, |s| s.last_offset + 1),
+        Cut::Exact => start_offset,
+    };
     if cut <= before.start_offset {
         return Ok(0);
     }
     {
         let mut w = p.writer.lock().await;
+        // The state may have moved since it was read (retention, another cut): the op keeps
+        // the larger start, and only whole segments below the new start were picked.
         w.commit(Op::Truncate { start_offset: cut }).await?;
         // The victims are log objects: a checkpoint must cover them before they go, as loading
         // starts from the newest checkpoint. Without one they stay for the orphan sweep.

@@ -236,6 +236,42 @@ impl Broker {
         Ok((leader_epoch, end_offset_for(&runs, epoch, hw)))
     }
 
+    /// Kafka's DeleteRecords on the leader: moves the partition's log start to `before` (`-1`:
+    /// the high watermark) once the cold tier holds what lies below it, and returns the new
+    /// log start. An offset past the high watermark is OFFSET_OUT_OF_RANGE; one at or below
+    /// the log start changes nothing.
+    pub async fn delete_records(&self, topic: &str, partition: u32, before: i64) -> Result<i64> {
+        let (_, storage, _, o, hw) = self.led_offsets(topic, partition).await?;
+        let before = match before {
+            -1 => hw,
+            b if b < 0 => {
+                return Err(Error::InvalidRequest(format!(
+                    "records cannot be deleted before offset {b}: give an offset or -1 (the \
+                     high watermark)"
+                )));
+            }
+            b => b,
+        };
+        if before > hw {
+            return Err(Error::Storage(tier::Error::OffsetOutOfRange {
+                topic: topic.to_string(),
+                partition,
+                offset: before,
+                start: o.log_start,
+                end: hw,
+            }));
+        }
+        match self
+            .inner
+            .tier
+            .delete_records(&storage, partition, before)
+            .await
+        {
+            Ok(start) => Ok(start),
+            Err(e) => Err(self.tier_error(topic, partition, e).await),
+        }
+    }
+
     /// The offset and timestamp `spec` points at below the high watermark `hw`.
     async fn find_offset(
         &self,

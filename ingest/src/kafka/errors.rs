@@ -47,6 +47,11 @@ codes!(ListOffsetsResponse => |r, out| {
         out.extend(t.partitions.iter().map(|p| p.error_code));
     }
 });
+codes!(DeleteRecordsResponse => |r, out| {
+    for t in &r.topics {
+        out.extend(t.partitions.iter().map(|p| p.error_code));
+    }
+});
 codes!(OffsetForLeaderEpochResponse => |r, out| {
     for t in &r.topics {
         out.extend(t.partitions.iter().map(|p| p.error_code));

@@ -12,6 +12,9 @@ use kafka_protocol::messages::consumer_group_heartbeat_response::{
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
 };
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsResponse, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::{
     DeletableTopicResult, DeleteTopicsResponse,
 };
@@ -42,10 +45,10 @@ use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ConsumerGroupHeartbeatRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    FetchRequest, FindCoordinatorRequest, InitProducerIdRequest, ListOffsetsRequest,
-    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
-    ProduceRequest, ProducerId, TopicName,
+    ApiKey, BrokerId, ConsumerGroupHeartbeatRequest, CreateTopicsRequest, DeleteRecordsRequest,
+    DeleteTopicsRequest, FetchRequest, FindCoordinatorRequest, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use meta::{PartitionOffset, TopicConfig};
@@ -129,6 +132,7 @@ pub(super) async fn dispatch(broker: &Broker, settings: &KafkaSettings, req: Req
             respond(&req, &resp).map(|r| r.map(|r| r.holding(held)))
         }
         ApiKey::ListOffsets => respond(&req, &list_offsets(broker, &req).await?),
+        ApiKey::DeleteRecords => respond(&req, &delete_records(broker, &req).await?),
         ApiKey::OffsetForLeaderEpoch => {
             respond(&req, &offsets_for_leader_epoch(broker, &req).await?)
         }
@@ -595,6 +599,42 @@ async fn list_offsets(broker: &Broker, req: &Request) -> anyhow::Result<ListOffs
             topic.partitions.push(out);
         }
         resp.topics.push(topic);
+    }
+    Ok(resp)
+}
+
+/// Moves partitions' log starts (`Broker::delete_records`), each within the request's timeout
+/// (REQUEST_TIMED_OUT past it: the cut may still land).
+async fn delete_records(broker: &Broker, req: &Request) -> anyhow::Result<DeleteRecordsResponse> {
+    let r: DeleteRecordsRequest = req.decode()?;
+    let timeout = Duration::from_millis(u64::try_from(r.timeout_ms.max(0)).unwrap_or(0));
+    let mut resp = DeleteRecordsResponse::default();
+    for t in &r.topics {
+        let name = t.name.0.to_string();
+        let jobs = t.partitions.iter().map(|p| {
+            let name = &name;
+            async move {
+                let mut out = DeleteRecordsPartitionResult::default()
+                    .with_partition_index(p.partition_index)
+                    .with_low_watermark(-1);
+                let cut = async {
+                    let pn = partition(p.partition_index)?;
+                    broker.delete_records(name, pn, p.offset).await
+                };
+                match tokio::time::timeout(timeout, cut).await {
+                    Ok(Ok(start)) => out.low_watermark = start,
+                    Ok(Err(e)) => out.error_code = e.code().kafka(),
+                    Err(_) => out.error_code = kafka_code::REQUEST_TIMED_OUT,
+                }
+                out
+            }
+        });
+        let partitions = futures::future::join_all(jobs).await;
+        resp.topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions),
+        );
     }
     Ok(resp)
 }

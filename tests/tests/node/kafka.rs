@@ -68,6 +68,68 @@ fn kafka_leader_epochs_survive_a_restart_and_the_cold_tier() {
     node.stop();
 }
 
+/// DeleteRecords (librdkafka's admin client) moves partitions' log starts, to an offset
+/// inside a committed segment and to the high watermark; never back, never past the end.
+/// Every reader starts there: Kafka consumers and ListOffsets, tierlog's SQL, and DuckDB
+/// reading the bucket through the manifest alone.
+#[test]
+fn kafka_delete_records_moves_the_log_start_for_every_reader() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let node = Node::start(dir.path(), &[]);
+    clients(&python, "delete-records", &node.kafka, &state);
+    let query = r#"SELECT "partition", COUNT(*), MIN("offset"), MAX("offset") FROM delrec GROUP BY "partition" ORDER BY "partition""#;
+    let (ok, out, err) = cli(&node.addr, &["sql", query, "--format", "csv"], None);
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(rows[1..], ["0,63,37,99", "2,100,0,99"], "{out}");
+    // DuckDB over the bucket, with the manifest's log start and no tierlog code.
+    let topics = dir.path().join("objects");
+    let topic_dir = find_dir(&topics, "delrec.").expect("the topic's directory in the bucket");
+    let queries = dir.path().join("queries.json");
+    let duck = r#"SELECT partition, COUNT(*), MIN("offset"), MAX("offset") FROM events GROUP BY partition ORDER BY partition"#;
+    std::fs::write(&queries, serde_json::to_vec(&[duck]).unwrap()).unwrap();
+    let out = Command::new(&python)
+        .arg(tierlog_tests::tests_dir().join("python/duckdb_sql.py"))
+        .arg(&topic_dir)
+        .arg(&queries)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        theirs["results"][0],
+        serde_json::json!([[0, 63, 37, 99], [2, 100, 0, 99]]),
+        "{theirs}"
+    );
+    node.stop();
+}
+
+/// The first directory under `root` whose name starts with `prefix`.
+fn find_dir(root: &std::path::Path, prefix: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(root).ok()? {
+        let path = entry.ok()?.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let name = path.file_name()?.to_string_lossy().to_string();
+        if name.starts_with(prefix) {
+            return Some(path);
+        }
+        if let Some(found) = find_dir(&path, prefix) {
+            return Some(found);
+        }
+    }
+    None
+}
+
 /// kcat, `apt-get install kcat`: the test command installs it.
 pub(super) fn kcat() -> Option<String> {
     let found = Command::new("kcat")

@@ -204,7 +204,8 @@ pub struct ManifestState {
     pub seq: u64,
     /// The highest writer epoch seen.
     pub epoch: u64,
-    /// Offsets below this were removed by retention.
+    /// The log start: offsets below it were removed (retention, deleted records). The first
+    /// segment may begin below it; its rows below it are not part of the log.
     pub start_offset: i64,
     /// The offset after the last committed segment.
     pub next_offset: i64,
@@ -374,7 +375,9 @@ impl ManifestState {
         segments: &[SegmentEntry],
     ) -> std::result::Result<(), String> {
         let what = format!("replaces [{base}, {last}]");
-        if base < self.start_offset || last >= self.next_offset || last < base {
+        // A range may begin below the log start: deleting records can cut a segment, which
+        // stays whole (its rows below the start are no longer part of the log).
+        if last < self.start_offset || last >= self.next_offset || last < base {
             return Err(format!(
                 "{what} outside the log [{}, {})",
                 self.start_offset, self.next_offset
@@ -485,7 +488,9 @@ pub enum Op {
     Init { next_offset: i64 },
     /// Appends segments; each must start at the current next offset.
     Add { segments: Vec<SegmentEntry> },
-    /// Removes whole segments below `start_offset` (retention). Objects are deleted after.
+    /// Moves the log start to `start_offset` (retention: a segment boundary; deleting records:
+    /// any offset up to the end, so the first segment left may begin below it) and removes the
+    /// whole segments below it. Objects are deleted after.
     Truncate { start_offset: i64 },
     /// Replaces the segments that cover exactly `base_offset..=last_offset` (the objects named
     /// by `replaced`, relative paths) with `segments`, which cover the same offsets and were

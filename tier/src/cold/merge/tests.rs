@@ -486,3 +486,43 @@ async fn a_merge_racing_retention_gives_up() {
     assert_eq!(t.merge_now("t", 0).await.unwrap(), 1);
     t.close(false).await.unwrap();
 }
+
+/// Deleted records cut through a segment: the log starts inside it, offsets below are out of
+/// range, the start never moves back, and a merge whose first input begins below the start
+/// commits (the merged object keeps the cut rows, which stay outside the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_inside_a_segment_and_a_merge_over_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, _) = tier(dir.path()).await;
+    t.open_partition("t", 0, 1).await.unwrap();
+    forty_segments(&t).await;
+    let before = read_all(&t).await;
+    assert_eq!(t.delete_records("t", 0, 260).await.unwrap(), 260);
+    assert_eq!(
+        t.delete_records("t", 0, 10).await.unwrap(),
+        260,
+        "never back"
+    );
+    let e = t.delete_records("t", 0, 5000).await.unwrap_err();
+    assert!(matches!(e, Error::OffsetOutOfRange { .. }), "{e}");
+    let o = t.offsets("t", 0).unwrap();
+    // Segments of 25 records: [250, 274] holds the start and stays whole.
+    assert_eq!((o.log_start, o.cold_segments), (260, 30));
+    let e = t.read("t", 0, 259, 1 << 20).await.unwrap_err();
+    assert!(matches!(e, Error::OffsetOutOfRange { .. }), "{e}");
+    let first = t.read("t", 0, 260, 1 << 20).await.unwrap();
+    assert_eq!(first.records[0], before[260]);
+    assert_eq!(t.merge_now("t", 0).await.unwrap(), 1);
+    assert_eq!(t.merge_status("t", 0).unwrap().abandoned, 0);
+    let o = t.offsets("t", 0).unwrap();
+    assert_eq!(o.log_start, 260);
+    let mut kept = Vec::new();
+    let mut pos = 260;
+    while pos < o.next {
+        let r = t.read("t", 0, pos, 1 << 20).await.unwrap();
+        pos = r.records.last().unwrap().offset + 1;
+        kept.extend(r.records.into_iter().filter(|r| r.offset >= 260));
+    }
+    assert_eq!(kept, before[260..].to_vec());
+    t.close(false).await.unwrap();
+}
