@@ -1067,23 +1067,28 @@ async fn a_group_carries_on_when_its_coordinator_is_killed() {
     producer.close().await;
 }
 
-/// Kafka clients follow leadership changes unchanged (3 nodes on etcd and the S3 server): an
-/// idempotent acks=all librdkafka producer and a classic group member run while one node is
-/// killed with SIGKILL (its partitions are taken over) and restarted (partitions are handed
-/// back to it). Every record is acknowledged, none twice, each at the offset it was
-/// acknowledged at, offsets dense; the member and a fresh reader read exactly that.
+/// Kafka clients keep every acknowledged record through a schedule of faults (3 nodes on a
+/// private etcd and a private S3 server): an idempotent acks=all librdkafka producer and a
+/// classic group member run while a node is killed with SIGKILL and restarted, a leader is
+/// paused (SIGSTOP) past its lease and resumed, etcd is frozen past the leases, and the object
+/// store is frozen for a few seconds. Every record is acknowledged, none twice, each at the
+/// offset it was acknowledged at, offsets dense; every record the member read during the
+/// faults is the one its offset holds at the end; a fresh reader reads exactly the log.
 #[test]
-fn kafka_clients_follow_leaders_through_a_kill_and_a_restart() {
+fn kafka_clients_lose_nothing_through_kills_pauses_and_outages() {
     use std::io::{BufRead, BufReader};
-    let (Some(s3), Some(binary), Some(python)) = (
+    let (Some(_), Some(binary), Some(python)) = (
         tierlog_tests::s3_options(),
         tierlog_tests::etcd_binary(),
         tierlog_tests::python(),
     ) else {
         return;
     };
+    // Private servers, so freezing them disturbs no other test.
+    let moto = tierlog_tests::PrivateS3::start();
+    let s3 = moto.options();
     let etcd = PrivateEtcd::start(binary, 1);
-    let ns = tierlog_tests::unique("kafka-failover");
+    let ns = tierlog_tests::unique("kafka-faults");
     let mut cluster = Cluster::new(&etcd, &s3, &ns);
     for id in 1..=3 {
         cluster.start(id);
@@ -1096,7 +1101,7 @@ fn kafka_clients_follow_leaders_through_a_kill_and_a_restart() {
         .join(",");
     let mut script = std::process::Command::new(python)
         .arg(tierlog_tests::tests_dir().join("python/kafka_clients.py"))
-        .args(["failover", &bootstrap, "20"])
+        .args(["failover", &bootstrap, "36"])
         .stdout(std::process::Stdio::piped())
         // librdkafka logs every refused connection: let it through rather than fill a pipe.
         .stderr(std::process::Stdio::inherit())
@@ -1111,10 +1116,28 @@ fn kafka_clients_follow_leaders_through_a_kill_and_a_restart() {
             break;
         }
     }
-    std::thread::sleep(Duration::from_secs(4));
+    let lease = Duration::from_millis(LEASE_TTL_MS.parse().unwrap());
+    let step = |what: &str, wait: Duration| {
+        eprintln!("fault schedule: {what}");
+        std::thread::sleep(wait);
+    };
+    step("producing", Duration::from_secs(4));
     cluster.kill9(1);
-    std::thread::sleep(Duration::from_secs(6));
+    step("node 1 killed", Duration::from_secs(5));
     cluster.start(1);
+    step("node 1 restarted", Duration::from_secs(3));
+    cluster.signal(2, "STOP");
+    step("node 2 paused", lease * 2);
+    cluster.signal(2, "CONT");
+    step("node 2 resumed", Duration::from_secs(3));
+    etcd.signal(0, "STOP");
+    step("etcd frozen", lease + Duration::from_secs(1));
+    etcd.signal(0, "CONT");
+    step("etcd back", Duration::from_secs(3));
+    moto.signal("STOP");
+    step("the object store frozen", Duration::from_secs(4));
+    moto.signal("CONT");
+    eprintln!("fault schedule: the object store back");
     printed.extend(lines.map_while(Result::ok));
     let out = script.wait_with_output().unwrap();
     let printed = printed.join("\n");
