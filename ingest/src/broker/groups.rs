@@ -11,6 +11,11 @@
 //! commits, each write fenced by the claim. Heartbeats that change nothing stay in memory. A
 //! reply is sent only after what it tells the member is stored, so a member never acts on a
 //! grant a new coordinator would not know.
+//!
+//! Record writes are group-committed: a change is applied in memory and numbered, and one
+//! write of the newest record stores every change made before it, so the requests of a large
+//! group that change the record at once share one write instead of queueing one each behind
+//! the group's lock. Lock order: the record writer, then the state.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -49,6 +54,21 @@ pub(super) struct Coordinated {
     claim: GroupClaim,
     lease: LeaseId,
     pub(super) state: tokio::sync::Mutex<Group>,
+    /// How many changes of the record were made in memory (numbered under `state`'s lock).
+    changes: std::sync::atomic::AtomicU64,
+    /// The record writer: the number of the last change stored, or `None` once a write failed
+    /// (the group is dropped from memory; waiting callers get NOT_COORDINATOR).
+    stored: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl Coordinated {
+    /// Marks what is stored as everything changed so far: after the record was deleted, the
+    /// state in memory is the empty group that `meta` now holds.
+    fn all_stored(&self, stored: &mut Option<u64>) {
+        if stored.is_some() {
+            *stored = Some(self.changes.load(std::sync::atomic::Ordering::SeqCst));
+        }
+    }
 }
 
 impl std::fmt::Debug for Coordinated {
@@ -178,6 +198,8 @@ impl Broker {
             claim,
             lease,
             state: tokio::sync::Mutex::new(state),
+            changes: std::sync::atomic::AtomicU64::new(0),
+            stored: tokio::sync::Mutex::new(Some(0)),
         });
         let mut map = self.inner.coordinated.lock().expect("lock poisoned");
         // Another request may have loaded it meanwhile: keep one.
@@ -232,12 +254,14 @@ impl Broker {
         }
     }
 
-    /// Runs `f` on the group's state and stores the record when `f` changed it.
+    /// Runs `f` on the group's state and, when `f` changed the record, waits until a record
+    /// holding the change is stored (group commit: see the module's doc).
     async fn with_group<T>(
         &self,
         group: &str,
         f: impl FnOnce(&mut Group, Now, &BTreeMap<String, u32>) -> Result<T>,
     ) -> Result<T> {
+        use std::sync::atomic::Ordering::SeqCst;
         let c = self.coordinate(group).await?;
         let topics = self.topic_partitions().await?;
         let mut g = c.state.lock().await;
@@ -248,17 +272,28 @@ impl Broker {
         if g.record().generation > before.generation {
             self.inner.metrics.rebalanced(group);
         }
-        if *g.record() != before
-            && let Err(e) = self
-                .inner
-                .meta
-                .store_group(group, &c.claim, g.record())
-                .await
-        {
-            drop(g);
-            return Err(self.coordinator_write_failed(group, &c, e).await);
-        }
+        let change = (*g.record() != before).then(|| c.changes.fetch_add(1, SeqCst) + 1);
         drop(g);
+        if let Some(change) = change {
+            let mut stored = c.stored.lock().await;
+            match *stored {
+                None => return Err(self.not_coordinator(group, None)),
+                Some(done) if done >= change => {}
+                Some(_) => {
+                    // The newest record holds this change and every one before it.
+                    let (newest, record) = {
+                        let g = c.state.lock().await;
+                        (c.changes.load(SeqCst), g.record().clone())
+                    };
+                    if let Err(e) = self.inner.meta.store_group(group, &c.claim, &record).await {
+                        *stored = None;
+                        drop(stored);
+                        return Err(self.coordinator_write_failed(group, &c, e).await);
+                    }
+                    *stored = Some(newest);
+                }
+            }
+        }
         for d in outbox {
             d.deliver();
         }
@@ -471,6 +506,7 @@ impl Broker {
     /// Deletes a group's offsets and record; refused while it has members.
     pub async fn delete_group(&self, group: &str) -> Result<()> {
         let c = self.coordinate(group).await?;
+        let mut stored = c.stored.lock().await;
         let mut g = c.state.lock().await;
         if !g.is_empty() {
             return Err(Error::GroupNotEmpty {
@@ -481,12 +517,14 @@ impl Broker {
         let deleted = match self.inner.meta.delete_group_as(group, &c.claim).await {
             Ok(d) => d,
             Err(e) => {
-                drop(g);
+                *stored = None;
+                drop((g, stored));
                 return Err(self.coordinator_write_failed(group, &c, e).await);
             }
         };
         let topics = self.topic_partitions().await?;
         *g = Group::load(group, None, now(), &topics)?;
+        c.all_stored(&mut stored);
         if !deleted {
             return Err(Error::UnknownGroup(group.to_string()));
         }
@@ -679,6 +717,7 @@ impl Broker {
                 Err(Error::NotCoordinator { .. }) => continue,
                 Err(e) => return Err(e),
             };
+            let mut stored = c.stored.lock().await;
             let g = c.state.lock().await;
             if !g.is_empty() {
                 continue;
@@ -691,17 +730,20 @@ impl Broker {
             let left = match expired {
                 Ok(_) => self.inner.meta.fetch_offsets(&group, None).await?,
                 Err(e) => {
-                    drop(g);
+                    *stored = None;
+                    drop((g, stored));
                     return Err(self.coordinator_write_failed(&group, &c, e).await);
                 }
             };
             if left.is_empty() && record.is_some() {
                 // Nothing left of the group: its record goes too.
                 if let Err(e) = self.inner.meta.delete_group_as(&group, &c.claim).await {
-                    drop(g);
+                    *stored = None;
+                    drop((g, stored));
                     return Err(self.coordinator_write_failed(&group, &c, e).await);
                 }
-                drop(g);
+                c.all_stored(&mut stored);
+                drop((g, stored));
                 self.forget_group(&group, &c);
                 tracing::info!(group, "expired an empty group");
             }
