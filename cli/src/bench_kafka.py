@@ -1,7 +1,7 @@
 """`tierlog bench kafka`'s Kafka client side: librdkafka (confluent-kafka) produces and then
 consumes through a node's Kafka listener. Written to the bench directory and run by the bench.
 
-usage: bench_kafka.py SPEC_JSON
+usage: bench_kafka.py SPEC_JSON [--replay-only]
 SPEC: {"bootstrap", "topic", "partitions", "records", "record_bytes", "acks", "linger_ms",
        "batch_bytes"}
 Prints one JSON object: produce seconds and send→ack latencies (ms quantiles), consume seconds,
@@ -24,6 +24,10 @@ def quantiles(xs):
 def main():
     spec = json.load(open(sys.argv[1]))
     n, size, parts = spec["records"], spec["record_bytes"], spec["partitions"]
+    if "--replay-only" in sys.argv[2:]:
+        consume_s, got, got_bytes = replay(spec, n, parts)
+        print(json.dumps({"consume_s": consume_s, "consumed": got, "consumed_bytes": got_bytes}))
+        return
     rng = random.Random(7)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rng.randrange(3, 10)))
              for _ in range(4096)]
@@ -63,6 +67,14 @@ def main():
     if left or errors:
         raise SystemExit(f"{left} records unacknowledged, {len(errors)} failed: {errors[:3]}")
 
+    consume_s, got, got_bytes = replay(spec, n, parts)
+    print(json.dumps({"produce_s": produce_s, "bytes": sent_bytes, "records": n,
+                      "ack_ms": quantiles(lat), "consume_s": consume_s,
+                      "consumed": got, "consumed_bytes": got_bytes}))
+
+
+def replay(spec, n, parts):
+    """Reads the topic from offset 0 to its `n` records: seconds, records, bytes."""
     c = Consumer({"bootstrap.servers": spec["bootstrap"], "group.id": "bench-kafka-replay",
                   "enable.auto.commit": False,
                   "fetch.max.bytes": 50 << 20, "max.partition.fetch.bytes": 8 << 20})
@@ -79,9 +91,7 @@ def main():
             raise SystemExit(f"consumed {got} of {n} in 600 s")
     consume_s = time.perf_counter() - start
     c.close()
-    print(json.dumps({"produce_s": produce_s, "bytes": sent_bytes, "records": n,
-                      "ack_ms": quantiles(lat), "consume_s": consume_s,
-                      "consumed": got, "consumed_bytes": got_bytes}))
+    return consume_s, got, got_bytes
 
 
 if __name__ == "__main__":

@@ -627,14 +627,7 @@ impl Broker {
         if let Err(e) = self.reconcile().await {
             tracing::warn!(topic = name, error = %e, "reconciliation after create failed");
         }
-        let deadline = Instant::now() + self.inner.cfg.lease_ttl;
-        for p in 0..t.partitions() {
-            while self.inner.meta.current_leader(name, p).await?.is_none()
-                && Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        self.await_leaders(name, t.partitions()).await?;
         self.describe_topic(name).await
     }
 
@@ -709,14 +702,7 @@ impl Broker {
         if let Err(e) = self.reconcile().await {
             tracing::warn!(topic = name, error = %e, "reconciliation after adding partitions failed");
         }
-        let deadline = Instant::now() + self.inner.cfg.lease_ttl;
-        for p in 0..t.partitions() {
-            while self.inner.meta.current_leader(name, p).await?.is_none()
-                && Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        self.await_leaders(name, t.partitions()).await?;
         tracing::info!(topic = name, partitions = count, "added partitions");
         Ok(t)
     }
@@ -771,15 +757,30 @@ impl Broker {
             .collect())
     }
 
+    /// Waits (up to the lease TTL) until each of the topic's first `partitions` partitions has a
+    /// leader, reading the topic's leaders in one request at a time.
+    async fn await_leaders(&self, name: &str, partitions: u32) -> Result<()> {
+        let deadline = Instant::now() + self.inner.cfg.lease_ttl;
+        while self.inner.meta.topic_leaders(name).await?.len() < partitions as usize
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
         let t = self.topic(name).await?;
         let storage = storage_name(&t);
-        let nodes = self.node_addrs().await?;
-        // Partitions at once: asking a slow leader for its log end must not add up.
+        let (nodes, leaders) = futures::try_join!(self.node_addrs(), async {
+            Ok(self.inner.meta.topic_leaders(name).await?)
+        })?;
+        // Partitions a few at a time: asking a slow leader for its log end must not add up,
+        // and a large topic must not become thousands of requests at once.
         let describe = |p: u32| {
-            let (nodes, storage) = (&nodes, &storage);
+            let (nodes, storage, leaders) = (&nodes, &storage, &leaders);
             async move {
-                let leader = self.inner.meta.current_leader(name, p).await?;
+                let leader = leaders.get(&p).copied();
                 let addr = leader
                     .and_then(|l| nodes.get(&l.node_id).cloned())
                     .unwrap_or_default();
@@ -795,7 +796,12 @@ impl Broker {
                 })
             }
         };
-        let partitions = futures::future::try_join_all((0..t.partitions()).map(describe)).await?;
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let partitions: Vec<PartitionInfo> = futures::stream::iter(0..t.partitions())
+            .map(describe)
+            .buffered(DESCRIBE_CONCURRENCY)
+            .try_collect()
+            .await?;
         Ok(TopicInfo {
             meta: t,
             partitions,
@@ -1461,6 +1467,9 @@ pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 
 /// How long a pipelined batch that got ahead of its predecessor waits for it.
 const OVERTAKE_WAIT: Duration = Duration::from_millis(500);
+
+/// Partitions a DescribeTopic asks about at once (their leaders are read in one request).
+const DESCRIBE_CONCURRENCY: usize = 64;
 
 /// Whether sequence `got` is ahead of `expected` (a later batch), with Kafka's wrap-around.
 fn overtakes(expected: i32, got: i32) -> bool {

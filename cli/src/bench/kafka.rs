@@ -6,7 +6,9 @@
 //! records of `--record-bytes` go into one through tierlog's own producer at full speed and are
 //! replayed from offset 0 through its fetch stream; the same workload goes into the other
 //! through librdkafka (same acks, linger and batch size, no compression), replayed by a
-//! librdkafka consumer. Send→ack latencies are per record on both paths.
+//! librdkafka consumer. Send→ack latencies are per record on both paths. Then the node stops,
+//! its hot tier is deleted and it starts again: librdkafka replays the Kafka topic from offset
+//! 0 out of the cold tier alone, next to a plain read of the same Parquet files.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use client::Producer;
 
-use super::{BenchArgs, Node, lat, loopback, mbs, produce_phase, producer_config, replay, row};
+use super::{
+    BenchArgs, Node, lat, loopback, mbs, produce_phase, producer_config, read_tree, replay, row,
+};
 
 pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     if args.external {
@@ -86,22 +90,7 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
             "batch_bytes": args.batch_bytes,
         }))?,
     )?;
-    let out = tokio::process::Command::new(&args.python)
-        .arg(&script)
-        .arg(&spec)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
-        .with_context(|| format!("running {} with confluent-kafka", args.python))?;
-    if !out.status.success() {
-        bail!(
-            "the librdkafka side failed ({}): {}",
-            args.python,
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    let r: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("reading the librdkafka side's figures")?;
+    let r = librdkafka(args, &script, &spec, false).await?;
     let num = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     let produce_s = Duration::from_secs_f64(num("produce_s"));
     let bytes = num("bytes") as u64;
@@ -143,5 +132,73 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
             "",
         );
     }
+
+    // Seal and upload everything, drop the hot tier, and replay over Kafka from the cold tier.
+    node.stop().await?;
+    std::fs::remove_dir_all(dir.join("data").join("hot"))?;
+    let node = Node::start_kafka(dir, args).await?;
+    let kafka_addr = node
+        .kafka
+        .clone()
+        .context("the node named no Kafka listener")?;
+    let mut spec_json: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec)?)?;
+    spec_json["bootstrap"] = kafka_addr.into();
+    std::fs::write(&spec, serde_json::to_vec(&spec_json)?)?;
+    println!("librdkafka, cold tier only (the node restarted without its hot tier):");
+    let (b0, d0) = read_tree(&dir.join("data").join("objects"))?;
+    row(
+        "plain read of the cold Parquet files",
+        format!("{:.0} MB/s", mbs(b0, d0)),
+        &format!(
+            "{:.0} MB on disk, both topics (the same records twice)",
+            b0 as f64 / 1e6
+        ),
+    );
+    let r = librdkafka(args, &script, &spec, true).await?;
+    let num = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let consume_s = Duration::from_secs_f64(num("consume_s"));
+    row(
+        "replay from offset 0, cold tier only",
+        format!("{:.0} MB/s", mbs(num("consumed_bytes") as u64, consume_s)),
+        &format!(
+            "{:.0} records/s (record bytes; the Parquet files hold them compressed)",
+            num("consumed") / consume_s.as_secs_f64()
+        ),
+    );
+    if let Some((peak_mib, _)) = node.memory() {
+        row(
+            "node resident memory, peak (cold replay)",
+            format!("{peak_mib:.0} MiB"),
+            "",
+        );
+    }
     node.stop().await
+}
+
+/// Runs the librdkafka side (`bench_kafka.py`) on `spec`: produce then replay, or with
+/// `replay_only` the replay alone; returns the figures it printed.
+async fn librdkafka(
+    args: &BenchArgs,
+    script: &Path,
+    spec: &Path,
+    replay_only: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let mut cmd = tokio::process::Command::new(&args.python);
+    cmd.arg(script).arg(spec);
+    if replay_only {
+        cmd.arg("--replay-only");
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| format!("running {} with confluent-kafka", args.python))?;
+    if !out.status.success() {
+        bail!(
+            "the librdkafka side failed ({}): {}",
+            args.python,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("reading the librdkafka side's figures")
 }

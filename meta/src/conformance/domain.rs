@@ -184,6 +184,22 @@ pub async fn leadership_exclusive_and_epochs_increase(kv: Backend, _opts: SuiteO
         .await
         .expect("re-acquire");
     assert!(e2 > e1, "re-acquiring bumps the epoch");
+    // A topic's leaders in one read: only that topic's (not a topic whose name it prefixes).
+    meta.create_topic("t2", config(1)).await.expect("create");
+    meta.acquire_leadership("t2", 0, 2, lease2)
+        .await
+        .expect("acquire");
+    let leaders = meta.topic_leaders("t").await.expect("topic leaders");
+    assert_eq!(
+        leaders.into_iter().collect::<Vec<_>>(),
+        [(
+            0,
+            Leader {
+                node_id: 1,
+                epoch: e2
+            }
+        )]
+    );
     let res = meta.check_epoch("t", 0, e1).await;
     assert!(
         matches!(res, Err(Error::Fenced { current, .. }) if current == e2),

@@ -16,6 +16,8 @@
 //! epoch. Fencing a write on the epoch is done with [`Meta::epoch_fence`] inside the writer's
 //! own txn; [`Meta::check_epoch`] is the advisory (racy) form.
 
+use std::collections::BTreeMap;
+
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -166,6 +168,25 @@ impl Meta {
             .get(self.keys.leader(topic, partition).as_bytes())
             .await?;
         kv.map(|kv| decode_json(&kv)).transpose()
+    }
+
+    /// The current leaders of every partition of `topic` that has one, in one read (a
+    /// topic's partitions are never asked one request each: a large topic would send that
+    /// many requests at once).
+    pub async fn topic_leaders(&self, topic: &str) -> Result<BTreeMap<u32, Leader>> {
+        validate_topic_name(topic)?;
+        let prefix = format!("{}{topic}/", self.keys.partitions());
+        let range = self.kv.range(prefix.as_bytes(), None).await?;
+        let mut out = BTreeMap::new();
+        for kv in &range.kvs {
+            if let Some((t, partition, PartitionKey::Leader)) =
+                self.keys.parse_partition_key(&kv.key)
+                && t == topic
+            {
+                out.insert(partition, decode_json(kv)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Gives up leadership held at `epoch`. Returns `false` (and changes nothing) when the
