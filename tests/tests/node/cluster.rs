@@ -1149,3 +1149,59 @@ fn kafka_clients_lose_nothing_through_kills_pauses_and_outages() {
         cluster.nodes.remove(&id).unwrap().stop();
     }
 }
+
+/// etcd's count of KV requests it answered (`Txn` and `Range`), from its /metrics.
+fn etcd_kv_requests(endpoint: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to etcd");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("etcd's metrics");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && (l.contains("grpc_method=\"Txn\"") || l.contains("grpc_method=\"Range\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Describing a topic of many partitions reads their leaders in one metadata request, not one
+/// each: a DescribeTopic of a 1,000-partition topic used to send 1,000 etcd requests at once,
+/// which overran the etcd connection and cost the node its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describing_a_large_topic_costs_a_few_metadata_requests() {
+    let (Some(s3), Some(binary)) = (tierlog_tests::s3_options(), tierlog_tests::etcd_binary())
+    else {
+        return;
+    };
+    const PARTITIONS: u32 = 600;
+    let etcd = PrivateEtcd::start(binary, 1);
+    let ns = tierlog_tests::unique("describe");
+    let mut cluster = Cluster::new(&etcd, &s3, &ns);
+    cluster.start(1);
+    let c = Client::connect(&cluster.addrs()).await.unwrap();
+    c.create_topic("wide", PARTITIONS).await.unwrap();
+    wait_for_leaders(&c, "wide", PARTITIONS, Duration::from_secs(60)).await;
+    let endpoint = etcd.endpoint(0);
+    let mut spent = Vec::new();
+    for _ in 0..3 {
+        let before = etcd_kv_requests(&endpoint);
+        let d = c.describe_topic("wide").await.unwrap();
+        spent.push(etcd_kv_requests(&endpoint) - before);
+        assert_eq!(d.partitions.len(), PARTITIONS as usize);
+        assert!(d.partitions.iter().all(|p| !p.leader.is_empty()));
+    }
+    // The node's own background requests (lease, leadership) may fall in between, but one
+    // request per partition would be at least 600.
+    assert!(
+        spent.iter().all(|&n| n < u64::from(PARTITIONS) / 4),
+        "etcd requests per DescribeTopic: {spent:?}"
+    );
+    cluster.nodes.remove(&1).unwrap().stop();
+}
