@@ -150,7 +150,8 @@ pub(super) fn kcat() -> Option<String> {
 
 /// Debian's kcat (librdkafka 2.0.2, which mis-reads tagged fields in ApiVersions v3) lists
 /// the cluster, produces gzip-compressed keyed records and consumes them back, then reads them
-/// as a member of a classic group that commits and resumes.
+/// as a member of a classic group that commits and resumes; after a restart without the hot
+/// tier it reads the same records from the cold tier and seeks there by time.
 #[test]
 fn kcat_on_an_old_librdkafka_lists_produces_and_consumes() {
     let Some(kcat) = kcat() else { return };
@@ -278,6 +279,53 @@ fn kcat_on_an_old_librdkafka_lists_produces_and_consumes() {
         group("the next member"),
         10,
         "it resumes where the first committed"
+    );
+    // After a restart without the hot tier, kcat reads the same records from the cold tier,
+    // and seeks by time there.
+    node.stop();
+    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let read = |args: &[&str]| {
+        let out = Command::new(&kcat)
+            .args(["-b", &node.kafka, "-C", "-t", "clicks", "-e", "-q"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let text = read(&["-f", "%p %o %T %k:%s\n"]);
+    let mut cold: Vec<(u32, i64, i64, String)> = text
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let p = f.next().unwrap().parse().unwrap();
+            let o = f.next().unwrap().parse().unwrap();
+            let ts = f.next().unwrap().parse().unwrap();
+            (p, o, ts, f.next().unwrap().to_string())
+        })
+        .collect();
+    cold.sort();
+    assert_eq!(cold.len(), 510, "{text}");
+    let first: Vec<_> = cold
+        .iter()
+        .filter(|r| r.3.rsplit('-').next().unwrap().parse::<usize>().unwrap() < 500)
+        .map(|r| (r.0, r.1, r.3.clone()))
+        .collect();
+    assert!(first == got, "the cold tier holds what was consumed hot");
+    let p0: Vec<_> = cold.iter().filter(|r| r.0 == 0).collect();
+    let pick = p0[p0.len() / 2];
+    let want = p0.iter().find(|r| r.2 >= pick.2).unwrap().1;
+    let from = read(&["-p", "0", "-o", &format!("s@{}", pick.2), "-f", "%o\n"]);
+    assert_eq!(
+        from.lines().next().and_then(|l| l.parse::<i64>().ok()),
+        Some(want),
+        "seek to {} ms",
+        pick.2
     );
     node.stop();
 }
