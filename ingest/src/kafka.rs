@@ -201,6 +201,64 @@ fn respond_as<T: Encodable + errors::ErrorCodes>(
     }))
 }
 
+/// Decodes a request frame (what follows its size) as the node does before handling it: the
+/// header, the version check, then the body as the message its API key and version name. No
+/// broker is involved; the `kafka` fuzz target runs it. `Ok`: the API the frame holds.
+#[doc(hidden)]
+pub fn decode_frame(frame: Bytes) -> Result<ApiKey, String> {
+    if frame.len() < 8 {
+        return Err(format!("a frame of {} bytes", frame.len()));
+    }
+    let mut fixed = frame.clone();
+    let (raw_key, version) = (fixed.get_i16(), fixed.get_i16());
+    let key = ApiKey::try_from(raw_key).map_err(|()| format!("unknown API key {raw_key}"))?;
+    if !supported(key).is_some_and(|(lo, hi)| (lo..=hi).contains(&version)) {
+        return Err(format!("{key:?} v{version} is not served"));
+    }
+    let mut rest = frame;
+    kafka_protocol::protocol::decode_request_header_from_buffer(&mut rest)
+        .map_err(|e| format!("request header: {e}"))?;
+    use kafka_protocol::messages::*;
+    fn read<T: Decodable>(b: &mut Bytes, version: i16) -> anyhow::Result<()> {
+        T::decode(b, version).map(drop)
+    }
+    let decoded = match key {
+        ApiKey::Produce => read::<ProduceRequest>(&mut rest, version),
+        ApiKey::Fetch => read::<FetchRequest>(&mut rest, version),
+        ApiKey::ListOffsets => read::<ListOffsetsRequest>(&mut rest, version),
+        ApiKey::OffsetForLeaderEpoch => read::<OffsetForLeaderEpochRequest>(&mut rest, version),
+        ApiKey::DeleteRecords => read::<DeleteRecordsRequest>(&mut rest, version),
+        ApiKey::Metadata => read::<MetadataRequest>(&mut rest, version),
+        ApiKey::OffsetCommit => read::<OffsetCommitRequest>(&mut rest, version),
+        ApiKey::OffsetFetch => read::<OffsetFetchRequest>(&mut rest, version),
+        ApiKey::FindCoordinator => read::<FindCoordinatorRequest>(&mut rest, version),
+        ApiKey::ApiVersions => read::<ApiVersionsRequest>(&mut rest, version),
+        ApiKey::CreateTopics => read::<CreateTopicsRequest>(&mut rest, version),
+        ApiKey::DeleteTopics => read::<DeleteTopicsRequest>(&mut rest, version),
+        ApiKey::InitProducerId => read::<InitProducerIdRequest>(&mut rest, version),
+        ApiKey::DescribeCluster => read::<DescribeClusterRequest>(&mut rest, version),
+        ApiKey::ConsumerGroupHeartbeat => read::<ConsumerGroupHeartbeatRequest>(&mut rest, version),
+        ApiKey::JoinGroup => read::<JoinGroupRequest>(&mut rest, version),
+        ApiKey::SyncGroup => read::<SyncGroupRequest>(&mut rest, version),
+        ApiKey::Heartbeat => read::<HeartbeatRequest>(&mut rest, version),
+        ApiKey::LeaveGroup => read::<LeaveGroupRequest>(&mut rest, version),
+        ApiKey::ListGroups => read::<ListGroupsRequest>(&mut rest, version),
+        ApiKey::DescribeGroups => read::<DescribeGroupsRequest>(&mut rest, version),
+        ApiKey::DeleteGroups => read::<DeleteGroupsRequest>(&mut rest, version),
+        ApiKey::OffsetDelete => read::<OffsetDeleteRequest>(&mut rest, version),
+        ApiKey::ConsumerGroupDescribe => read::<ConsumerGroupDescribeRequest>(&mut rest, version),
+        ApiKey::DescribeConfigs => read::<DescribeConfigsRequest>(&mut rest, version),
+        ApiKey::AlterConfigs => read::<AlterConfigsRequest>(&mut rest, version),
+        ApiKey::IncrementalAlterConfigs => {
+            read::<IncrementalAlterConfigsRequest>(&mut rest, version)
+        }
+        ApiKey::CreatePartitions => read::<CreatePartitionsRequest>(&mut rest, version),
+        other => return Err(format!("{other:?} has no decoder here")),
+    };
+    decoded.map_err(|e| format!("{key:?} v{version}: {e:#}"))?;
+    Ok(key)
+}
+
 /// Serves Kafka clients on `listener` until `stop` is cancelled.
 pub async fn serve(
     broker: Broker,

@@ -1107,6 +1107,7 @@ fn fuzz_targets_short_fixed_seed_run() {
         (Target::Batch, 10_000),
         (Target::Produce, 500),
         (Target::Cold, 1_000),
+        (Target::Kafka, 20_000),
     ] {
         let r = fuzz::run(target, 20_261_204, execs);
         println!(

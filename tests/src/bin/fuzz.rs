@@ -1,4 +1,4 @@
-//! Runs a fuzz target: `fuzz <batch|produce|cold> [--seed N] [--execs N]`. Replays the target's
+//! Runs a fuzz target: `fuzz <batch|produce|cold|kafka> [--seed N] [--execs N]`. Replays the target's
 //! corpus first, then generates inputs from the seed. Memory in use may grow by at most
 //! `tierlog_tests::fuzz::ALLOCATION_BOUND` during one input: an allocation past that fails and
 //! aborts the run (the defect class "one request aborts the node"), with the seed and the
@@ -13,7 +13,7 @@ static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::Syste
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: fuzz <batch|produce|cold> [--seed N] [--execs N] [--chunk N]";
+    let usage = "usage: fuzz <batch|produce|cold|kafka> [--seed N] [--execs N] [--chunk N]";
     let target = args
         .first()
         .and_then(|t| Target::parse(t))
