@@ -40,13 +40,14 @@ impl Broker {
         let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for t in &topics {
             let storage = storage_name(t);
+            // One read for the topic's leaders, not one per partition.
+            let leaders = self.inner.meta.topic_leaders(&t.name).await?;
             for p in 0..t.partitions() {
                 if self.led(&t.name, p).is_some() {
                     out.push(self.maintain_led(&t.name, &storage, p, what).await);
                     continue;
                 }
-                let leader = self.inner.meta.current_leader(&t.name, p).await?;
-                let addr = leader.and_then(|l| nodes.get(&l.node_id).cloned());
+                let addr = leaders.get(&p).and_then(|l| nodes.get(&l.node_id).cloned());
                 match addr {
                     Some(addr) if !local_only && addr != self.inner.cfg.advertised_addr => {
                         let topics = elsewhere.entry(addr).or_default();
