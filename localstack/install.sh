@@ -72,39 +72,34 @@ apt_install() {
     command -v "$command"
 }
 
-# Debian's chromium and, under $CACHE/browser, the npm packages tests/console/package-lock.json
-# pins (playwright-core only); reinstalled only when the lock changes. Prints that directory.
-install_browser() {
-    apt_install chromium chromium >/dev/null
-    local dir="$CACHE/browser" lock
-    lock="$(dirname "$0")/../tests/console/package-lock.json"
-    if [ -d "$dir/node_modules/playwright-core" ] && cmp -s "$lock" "$dir/package-lock.json"; then
-        echo "playwright-core already installed in $dir" >&2
+# install_npm NAME LOCK_DIR PACKAGE: under $CACHE/NAME, the npm packages LOCK_DIR/package-lock.json
+# pins (PACKAGE is the one that shows they are there); reinstalled only when the lock changes.
+# Prints that directory.
+install_npm() {
+    local dir="$CACHE/$1" lock="$2/package-lock.json" package="$3"
+    if [ -d "$dir/node_modules/$package" ] && cmp -s "$lock" "$dir/package-lock.json"; then
+        echo "$package already installed in $dir" >&2
     else
-        echo "installing playwright-core into $dir" >&2
+        echo "installing $package into $dir" >&2
         mkdir -p "$dir"
-        cp "$(dirname "$lock")/package.json" "$lock" "$dir/"
+        cp "$2/package.json" "$lock" "$dir/"
         (cd "$dir" && npm ci --no-audit --no-fund >&2)
     fi
     echo "$dir"
 }
 
+# Debian's chromium and, under $CACHE/browser, the npm packages tests/console/package-lock.json
+# pins (playwright-core only). Prints that directory.
+install_browser() {
+    apt_install chromium chromium >/dev/null
+    install_npm browser "$(dirname "$0")/../tests/console" playwright-core
+}
+
 # Under $CACHE/kafkajs, the npm packages tests/kafkajs/package-lock.json pins: kafkajs and its
 # codecs (kafkajs-snappy, kafkajs-lz4 whose lz4 module node-gyp builds from the npm package, and
-# @mongodb-js/zstd whose Linux binary is an npm package of its own); reinstalled only when the
-# lock changes. Prints that directory.
+# @mongodb-js/zstd whose Linux binary is an npm package of its own). Prints that directory.
 install_kafkajs() {
-    local dir="$CACHE/kafkajs" lock
-    lock="$(dirname "$0")/../tests/kafkajs/package-lock.json"
-    if [ -d "$dir/node_modules/kafkajs" ] && cmp -s "$lock" "$dir/package-lock.json"; then
-        echo "kafkajs already installed in $dir" >&2
-    else
-        echo "installing kafkajs into $dir" >&2
-        mkdir -p "$dir"
-        cp "$(dirname "$lock")/package.json" "$lock" "$dir/"
-        (cd "$dir" && npm ci --no-audit --no-fund >&2)
-    fi
-    echo "$dir"
+    install_npm kafkajs "$(dirname "$0")/../tests/kafkajs" kafkajs
 }
 
 case "${1:-all}" in

@@ -212,9 +212,7 @@ pub fn decode_frame(frame: Bytes) -> Result<ApiKey, String> {
     let mut fixed = frame.clone();
     let (raw_key, version) = (fixed.get_i16(), fixed.get_i16());
     let key = ApiKey::try_from(raw_key).map_err(|()| format!("unknown API key {raw_key}"))?;
-    if !supported(key).is_some_and(|(lo, hi)| (lo..=hi).contains(&version)) {
-        return Err(format!("{key:?} v{version} is not served"));
-    }
+    check_served(key, version)?;
     let mut rest = frame;
     kafka_protocol::protocol::decode_request_header_from_buffer(&mut rest)
         .map_err(|e| format!("request header: {e}"))?;
@@ -420,18 +418,21 @@ async fn handle(
     if key == ApiKey::ApiVersions {
         return handlers::api_versions(&req, served);
     }
-    match served {
-        Some((lo, hi)) if (lo..=hi).contains(&version) => {}
-        Some((lo, hi)) => {
-            return Err(format!(
-                "{key:?} v{version} is not served (v{lo} to v{hi} are)"
-            ));
-        }
-        None => return Err(format!("{key:?} is not served")),
-    }
+    check_served(key, version)?;
     handlers::dispatch(broker, settings, req)
         .await
         .map_err(|e| format!("{key:?} v{version}: {e:#}"))
+}
+
+/// `Ok` when this node serves `version` of `key`; else why not (the connection closes).
+fn check_served(key: ApiKey, version: i16) -> Result<(), String> {
+    match supported(key) {
+        Some((lo, hi)) if (lo..=hi).contains(&version) => Ok(()),
+        Some((lo, hi)) => Err(format!(
+            "{key:?} v{version} is not served (v{lo} to v{hi} are)"
+        )),
+        None => Err(format!("{key:?} is not served")),
+    }
 }
 
 #[cfg(test)]

@@ -251,15 +251,13 @@ fn below_log_start_removed(
     let scan =
         DataSourceExec::from_data_source(builder.with_projection_indices(Some(read))?.build());
     let scanned = scan.schema();
-    let keep = cut
-        .iter()
-        .map(|&(p, start)| {
+    let keep = cut.iter().fold(lit(true), |keep, &(p, start)| {
+        keep.and(
             col("partition")
                 .not_eq(lit(p as i32))
-                .or(col("offset").gt_eq(lit(start)))
-        })
-        .reduce(Expr::and)
-        .expect("at least one cut partition");
+                .or(col("offset").gt_eq(lit(start))),
+        )
+    });
     let keep = state.create_physical_expr(keep, &DFSchema::try_from(scanned.as_ref().clone())?)?;
     let filtered = Arc::new(FilterExec::try_new(keep, scan)?);
     let columns = (0..wanted.len())

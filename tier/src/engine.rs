@@ -27,7 +27,7 @@ use crate::config::{FsyncPolicy, TierConfig};
 use crate::epochs::{EpochRun, push_epoch_run};
 use crate::error::{Error, Result};
 use crate::hot::AppendResult;
-use crate::hot::log::PartitionLog;
+use crate::hot::log::{PartitionLog, beats};
 use crate::partition::{ColdRetention, Jobs, Partition, UploadObserver};
 use crate::store::Retry;
 use crate::{PartitionId, retention};
@@ -742,9 +742,7 @@ impl Tier {
         };
         while let Some(i) = next(&frontier) {
             let n = frontier.swap_remove(i);
-            if best.is_some_and(|(o, t)| {
-                n.max_timestamp() < t || (n.max_timestamp() == t && n.base_offset() > o)
-            }) {
+            if !beats(best, n.base_offset(), n.max_timestamp()) {
                 break;
             }
             match n {
@@ -765,10 +763,7 @@ impl Tier {
                             .await?;
                         for r in rows.records.iter() {
                             let (o, t) = (r.offset, r.timestamp);
-                            if o >= start
-                                && o < below
-                                && best.is_none_or(|(bo, bt)| t > bt || (t == bt && o < bo))
-                            {
+                            if o >= start && o < below && beats(best, o, t) {
                                 best = Some((o, t));
                             }
                         }

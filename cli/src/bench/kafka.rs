@@ -77,19 +77,17 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         crate::AcksArg::Leader => "1",
         crate::AcksArg::All => "all",
     };
-    std::fs::write(
-        &spec,
-        serde_json::to_vec(&serde_json::json!({
-            "bootstrap": kafka_addr,
-            "topic": viakafka,
-            "partitions": args.partitions,
-            "records": args.records,
-            "record_bytes": args.record_bytes,
-            "acks": acks,
-            "linger_ms": args.linger_ms,
-            "batch_bytes": args.batch_bytes,
-        }))?,
-    )?;
+    let mut spec_json = serde_json::json!({
+        "bootstrap": kafka_addr,
+        "topic": viakafka,
+        "partitions": args.partitions,
+        "records": args.records,
+        "record_bytes": args.record_bytes,
+        "acks": acks,
+        "linger_ms": args.linger_ms,
+        "batch_bytes": args.batch_bytes,
+    });
+    std::fs::write(&spec, serde_json::to_vec(&spec_json)?)?;
     let r = librdkafka(args, &script, &spec, false).await?;
     let num = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     let produce_s = Duration::from_secs_f64(num("produce_s"));
@@ -141,7 +139,6 @@ pub async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
         .kafka
         .clone()
         .context("the node named no Kafka listener")?;
-    let mut spec_json: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec)?)?;
     spec_json["bootstrap"] = kafka_addr.into();
     std::fs::write(&spec, serde_json::to_vec(&spec_json)?)?;
     println!("librdkafka, cold tier only (the node restarted without its hot tier):");

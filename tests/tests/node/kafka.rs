@@ -4,25 +4,55 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::{Node, cli};
 
-/// Runs tests/python/kafka_clients.py in `mode` against `bootstrap`.
-fn clients(python: &str, mode: &str, bootstrap: &str, state: &std::path::Path) {
-    let out = Command::new(python)
-        .arg(tierlog_tests::tests_dir().join("python/kafka_clients.py"))
+/// Runs a client script (`command`) in `mode` against `bootstrap`, with `state`, and fails with
+/// its output unless it printed the line `ok`.
+pub(super) fn run_client(
+    mut command: Command,
+    mode: &str,
+    bootstrap: &str,
+    state: &Path,
+    ok: &str,
+) {
+    let out = command
         .args([mode, bootstrap])
         .arg(state)
         .output()
-        .expect("run kafka_clients.py");
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("kafka clients ok"),
-        "kafka_clients.py {mode} failed:\n{stdout}\n{}",
+        out.status.success() && stdout.lines().any(|l| l.trim() == ok),
+        "{command:?} {mode} failed ({:?}):\n{stdout}\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs tests/python/kafka_clients.py in `mode` against `bootstrap`.
+fn clients(python: &str, mode: &str, bootstrap: &str, state: &Path) {
+    let mut c = Command::new(python);
+    c.arg(tierlog_tests::tests_dir().join("python/kafka_clients.py"));
+    run_client(c, mode, bootstrap, state, "kafka clients ok");
+}
+
+/// Runs `client` in mode `first` on a fresh node, stops it, deletes its hot tier and restarts
+/// it, then runs `client` in mode `second` (with the same state file): what the second run
+/// reads of the first's records comes from the cold tier only.
+pub(super) fn across_a_cold_restart(first: &str, second: &str, client: impl Fn(&str, &str, &Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let node = Node::start(dir.path(), &[]);
+    client(first, &node.kafka, &state);
+    node.stop();
+    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
+    let node = Node::start(dir.path(), &[]);
+    client(second, &node.kafka, &state);
+    node.stop();
 }
 
 /// librdkafka creates a topic (retention.ms=-1: forever), produces with every codec at
@@ -37,15 +67,7 @@ fn kafka_clients_produce_consume_commit_and_replay_from_the_cold_tier() {
     let Some(python) = tierlog_tests::python() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.json");
-    let node = Node::start(dir.path(), &[]);
-    clients(&python, "write", &node.kafka, &state);
-    node.stop();
-    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
-    let node = Node::start(dir.path(), &[]);
-    clients(&python, "replay", &node.kafka, &state);
-    node.stop();
+    across_a_cold_restart("write", "replay", |m, b, s| clients(&python, m, b, s));
 }
 
 /// KIP-320 leader epochs: records carry the epoch of the leader that appended them, also when
@@ -57,15 +79,9 @@ fn kafka_leader_epochs_survive_a_restart_and_the_cold_tier() {
     let Some(python) = tierlog_tests::python() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.json");
-    let node = Node::start(dir.path(), &[]);
-    clients(&python, "epochs-first", &node.kafka, &state);
-    node.stop();
-    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
-    let node = Node::start(dir.path(), &[]);
-    clients(&python, "epochs-second", &node.kafka, &state);
-    node.stop();
+    across_a_cold_restart("epochs-first", "epochs-second", |m, b, s| {
+        clients(&python, m, b, s)
+    });
 }
 
 /// DeleteRecords (librdkafka's admin client) moves partitions' log starts, to an offset
@@ -113,7 +129,7 @@ fn kafka_delete_records_moves_the_log_start_for_every_reader() {
 }
 
 /// The first directory under `root` whose name starts with `prefix`.
-fn find_dir(root: &std::path::Path, prefix: &str) -> Option<std::path::PathBuf> {
+fn find_dir(root: &Path, prefix: &str) -> Option<std::path::PathBuf> {
     for entry in std::fs::read_dir(root).ok()? {
         let path = entry.ok()?.path();
         if !path.is_dir() {
@@ -416,7 +432,7 @@ fn kafka_consumers_share_a_topic_with_the_new_group_protocol() {
     };
     let dir = tempfile::tempdir().unwrap();
     let node = super::groups::node(dir.path());
-    clients(&python, "groups", &node.kafka, std::path::Path::new("-"));
+    clients(&python, "groups", &node.kafka, Path::new("-"));
     node.stop();
 }
 
@@ -432,7 +448,7 @@ fn kafka_consumers_share_a_topic_with_the_classic_group_protocol() {
     };
     let dir = tempfile::tempdir().unwrap();
     let node = super::groups::node(dir.path());
-    clients(&python, "classic", &node.kafka, std::path::Path::new("-"));
+    clients(&python, "classic", &node.kafka, Path::new("-"));
     node.stop();
 }
 
@@ -447,6 +463,6 @@ fn kafka_admin_clients_describe_and_change_topic_settings_and_add_partitions() {
     };
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
-    clients(&python, "configs", &node.kafka, std::path::Path::new("-"));
+    clients(&python, "configs", &node.kafka, Path::new("-"));
     node.stop();
 }

@@ -9,68 +9,31 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use super::Node;
+use super::kafka::{across_a_cold_restart, run_client};
 
 /// What a script prints last when every check held.
 const OK: &str = "kafka matrix ok";
 
-/// Runs `command` (a client script in `mode` against `bootstrap`, with `state`) and fails with
-/// its output unless it printed [`OK`]; returns how long it ran.
-fn run(mut command: Command, what: &str, mode: &str, bootstrap: &str, state: &Path) -> Duration {
-    let start = Instant::now();
-    let out = command
-        .args([mode, bootstrap])
-        .arg(state)
-        .output()
-        .unwrap_or_else(|e| panic!("run {what}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.lines().any(|l| l.trim() == OK),
-        "{what} {mode} failed ({:?}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!(
-        "{what} {mode}: {:.1} s\n{stdout}",
-        start.elapsed().as_secs_f64()
-    );
-    start.elapsed()
-}
-
 /// tests/python/kafka_python_client.py (kafka-python) in `mode`.
-fn kafka_python(python: &str, mode: &str, bootstrap: &str, state: &Path) -> Duration {
+fn kafka_python(python: &str, mode: &str, bootstrap: &str, state: &Path) {
     let mut c = Command::new(python);
     c.arg(tierlog_tests::tests_dir().join("python/kafka_python_client.py"));
-    run(c, "kafka_python_client.py", mode, bootstrap, state)
+    run_client(c, mode, bootstrap, state, OK);
 }
 
 /// tests/kafkajs/client.js (kafkajs, from the directory the test command installed it in) in
 /// `mode`.
-fn kafkajs(modules: &str, mode: &str, bootstrap: &str, state: &Path) -> Duration {
+fn kafkajs(modules: &str, mode: &str, bootstrap: &str, state: &Path) {
     let mut c = Command::new("node");
     c.arg(tierlog_tests::tests_dir().join("kafkajs/client.js"))
         .env("NODE_PATH", Path::new(modules).join("node_modules"));
-    run(c, "kafkajs client.js", mode, bootstrap, state)
-}
-
-/// Writes with `client` on a fresh node, stops it, deletes its hot tier and restarts it, then
-/// replays with `client`: what the second run reads comes from the cold tier only.
-fn write_then_replay_cold(client: impl Fn(&str, &str, &Path) -> Duration) {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.json");
-    let node = Node::start(dir.path(), &[]);
-    client("write", &node.kafka, &state);
-    node.stop();
-    std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
-    let node = Node::start(dir.path(), &[]);
-    client("replay", &node.kafka, &state);
-    node.stop();
+    run_client(c, mode, bootstrap, state, OK);
 }
 
 /// One `mode` of `client` against a fresh node (on etcd for groups, as the other group tests).
-fn on_a_node(mode: &str, groups: bool, client: impl Fn(&str, &str, &Path) -> Duration) {
+fn on_a_node(mode: &str, groups: bool, client: impl Fn(&str, &str, &Path)) {
     let dir = tempfile::tempdir().unwrap();
     let node = if groups {
         super::groups::node(dir.path())
@@ -105,7 +68,7 @@ fn kafka_python_produces_every_codec_and_replays_from_the_cold_tier() {
     let Some(python) = tierlog_tests::python() else {
         return;
     };
-    write_then_replay_cold(|m, b, s| kafka_python(&python, m, b, s));
+    across_a_cold_restart("write", "replay", |m, b, s| kafka_python(&python, m, b, s));
 }
 
 /// Three kafka-python group members (classic protocol, the client's range assignor) share a
@@ -122,9 +85,9 @@ fn kafka_python_consumer_group_of_three_shares_and_hands_over() {
     on_a_node("groups", true, |m, b, s| kafka_python(&python, m, b, s));
 }
 
-/// kafka-python's transactional producer (`transactional_id`, `init_transactions()`) fails
-/// within a bounded time with an error naming the refused transactional request, and never
-/// hangs; an idempotent producer on the same node works.
+/// kafka-python's transactional producer (`transactional_id`, `init_transactions()`) stops at
+/// once with TransactionalIdAuthorizationFailedError (the node's fatal answer), not a timeout
+/// after retries; an idempotent producer on the same node works.
 #[test]
 fn kafka_python_transactional_producer_is_refused_without_retries() {
     let Some(python) = tierlog_tests::python() else {
@@ -159,7 +122,7 @@ fn kafkajs_produces_every_codec_and_replays_from_the_cold_tier() {
     let Some(modules) = tierlog_tests::kafkajs() else {
         return;
     };
-    write_then_replay_cold(|m, b, s| kafkajs(&modules, m, b, s));
+    across_a_cold_restart("write", "replay", |m, b, s| kafkajs(&modules, m, b, s));
 }
 
 /// Three kafkajs group members (classic protocol, kafkajs's round-robin assignor) share a topic
@@ -177,7 +140,7 @@ fn kafkajs_consumer_group_of_three_shares_and_hands_over() {
 }
 
 /// kafkajs's transactional producer (`transactionalId`, `connect()` then
-/// `producer.transaction()`) fails within a bounded time and never hangs. kafkajs hides the
+/// `producer.transaction()`) fails after one FindCoordinator, not retried. kafkajs hides the
 /// node's answer behind its own `KafkaJSGroupCoordinatorNotFound`, so the test also finds the
 /// node's code in kafkajs's error log. An idempotent producer on the same node works.
 #[test]

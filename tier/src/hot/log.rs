@@ -11,6 +11,7 @@
 //!   read only whole frames.
 
 use crate::producers::{ProducerBatch, ProducerStates};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -718,7 +719,6 @@ impl PartitionLog {
         Ok(Some(out))
     }
 
-    /// First offset whose record timestamp is ≥ `ts` among the hot segments, if any.
     /// Where each leader epoch's batches begin in the hot tier, oldest first.
     pub fn epoch_runs(&self) -> Vec<EpochRun> {
         let mut runs = Vec::new();
@@ -731,71 +731,86 @@ impl PartitionLog {
     }
 
     /// The record with the highest timestamp below offset `below` (the lowest offset among
-    /// equal timestamps), as `(offset, timestamp)`, if it beats `best` (found elsewhere, say in
-    /// the cold tier): a higher timestamp, or the same one at a lower offset. Segments and
-    /// batches whose maximum cannot beat it are skipped unread.
+    /// equal timestamps), as `(offset, timestamp)`, if it [`beats`] `best` (found elsewhere,
+    /// say in the cold tier). Segments and batches whose maximum cannot beat it are skipped
+    /// unread.
     pub fn max_timestamp_record(
         &self,
         below: i64,
         mut best: Option<(i64, i64)>,
     ) -> Result<Option<(i64, i64)>> {
-        let beats = |best: Option<(i64, i64)>, offset: i64, ts: i64| {
-            best.is_none_or(|(o, t)| ts > t || (ts == t && offset < o))
-        };
         for seg in self.snapshot() {
             if best.is_some_and(|(_, t)| seg.max_timestamp() < t) {
                 continue;
             }
-            let mut pos = 0;
-            loop {
-                let batches = seg.read_batches(pos, 1 << 20, i64::MIN)?;
-                if batches.is_empty() {
-                    break;
+            let past_below = each_batch(&seg, 0, |b| {
+                let h = b.header();
+                if h.base_offset >= below {
+                    return Ok(ControlFlow::Break(()));
                 }
-                for b in &batches {
-                    pos += segment::frame_len(b.len());
-                    let h = b.header();
-                    if h.base_offset >= below {
-                        return Ok(best);
-                    }
-                    if !beats(best, h.base_offset, h.max_timestamp) {
-                        continue;
-                    }
+                if beats(best, h.base_offset, h.max_timestamp) {
                     for r in b.records()? {
                         if r.offset < below && beats(best, r.offset, r.timestamp) {
                             best = Some((r.offset, r.timestamp));
                         }
                     }
                 }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            if past_below.is_some() {
+                break;
             }
         }
         Ok(best)
     }
 
+    /// First offset whose record timestamp is ≥ `ts` among the hot segments, if any.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<i64>> {
         for seg in self.snapshot() {
             if seg.max_timestamp() < ts {
                 continue;
             }
-            let mut pos = seg.position_for_timestamp(ts);
-            loop {
-                let batches = seg.read_batches(pos, 1 << 20, i64::MIN)?;
-                if batches.is_empty() {
-                    break;
+            let hit = each_batch(&seg, seg.position_for_timestamp(ts), |b| {
+                if b.header().max_timestamp >= ts
+                    && let Some(r) = b.records()?.into_iter().find(|r| r.timestamp >= ts)
+                {
+                    return Ok(ControlFlow::Break(r.offset));
                 }
-                for b in &batches {
-                    pos += segment::frame_len(b.len());
-                    if b.header().max_timestamp < ts {
-                        continue;
-                    }
-                    let hit = b.records()?.into_iter().find(|r| r.timestamp >= ts);
-                    if let Some(r) = hit {
-                        return Ok(Some(r.offset));
-                    }
-                }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            if hit.is_some() {
+                return Ok(hit);
             }
         }
         Ok(None)
+    }
+}
+
+/// Whether a record at `offset` stamped `ts` (or a batch or object whose first offset and
+/// highest timestamp these are) can beat `best` as the answer to "the record with the highest
+/// timestamp": a higher timestamp, or the same one at a lower offset.
+pub(crate) fn beats(best: Option<(i64, i64)>, offset: i64, ts: i64) -> bool {
+    best.is_none_or(|(o, t)| ts > t || (ts == t && offset < o))
+}
+
+/// Calls `visit` on each of `seg`'s batches from byte position `pos` on, in order, until it
+/// breaks with a value (`None`: it never did).
+fn each_batch<T>(
+    seg: &Segment,
+    mut pos: u64,
+    mut visit: impl FnMut(&RecordBatch) -> Result<ControlFlow<T>>,
+) -> Result<Option<T>> {
+    loop {
+        let batches = seg.read_batches(pos, 1 << 20, i64::MIN)?;
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        for b in &batches {
+            pos += segment::frame_len(b.len());
+            if let ControlFlow::Break(v) = visit(b)? {
+                return Ok(Some(v));
+            }
+        }
     }
 }
 
