@@ -646,6 +646,7 @@ async fn follow(
                     max_bytes: 1 << 20,
                     follow: true,
                     max_records: 0,
+                    member: None,
                 })
                 .await?
                 .into_inner();
@@ -1096,6 +1097,7 @@ async fn replay(
                     max_bytes: 1 << 20,
                     follow: false,
                     max_records: end as u64,
+                    member: None,
                 })
                 .await?
                 .into_inner();

@@ -66,6 +66,23 @@ pub type Tp = (String, u32);
 /// A group member's (member id, epoch), shared by its commits and heartbeats.
 pub(crate) type Member = std::sync::Arc<tokio::sync::Mutex<(String, i32)>>;
 
+/// Orders a consumer's commits. Each commit takes a number when it is made (in call order)
+/// and, when its turn comes, sends only the partitions no later commit has sent yet, holding
+/// the lane while it is sent: a `commit_async` that runs after a newer commit never moves an
+/// offset back.
+#[derive(Debug, Default)]
+pub(crate) struct CommitLane {
+    next: std::sync::atomic::AtomicU64,
+    sent: tokio::sync::Mutex<std::collections::HashMap<Tp, u64>>,
+}
+
+impl CommitLane {
+    /// The number of a commit made now.
+    fn ticket(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+}
+
 /// A record and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumedRecord {
@@ -100,6 +117,7 @@ pub struct Consumer {
     /// For a group member: (member id, epoch). Held across every commit and heartbeat, so a
     /// commit never carries an epoch a heartbeat in flight is moving on.
     pub(crate) member: Option<Member>,
+    commits: std::sync::Arc<CommitLane>,
     tx: mpsc::Sender<Fetched>,
     rx: mpsc::Receiver<Fetched>,
 }
@@ -127,6 +145,7 @@ impl Consumer {
             buffered: BTreeMap::new(),
             hand_out_turn: 0,
             member: None,
+            commits: Default::default(),
             tx,
             rx,
         }
@@ -238,12 +257,16 @@ impl Consumer {
             }
             self.generation += 1;
             let generation = self.generation;
+            // A member's streams carry its id: the node refuses a partition the group has
+            // moved away from it.
+            let fence = self.cfg.group.clone().zip(self.member.clone());
             let task = tokio::spawn(fetch_loop(
                 self.client.clone(),
                 tp.clone(),
                 from,
                 self.cfg.max_bytes,
                 generation,
+                fence,
                 self.tx.clone(),
             ));
             self.fetchers
@@ -398,40 +421,74 @@ impl Consumer {
             return Ok(());
         };
         let offsets = self.offsets_of(tps);
-        commit(&self.client, &group, self.member.as_ref(), offsets).await?;
+        self.commit_offsets(&group, offsets).await?;
         if tps.is_none() {
             self.last_commit = Instant::now();
         }
         Ok(())
     }
 
-    /// Commits the current positions in the background; the handle reports the outcome.
+    /// Commits chosen offsets for `group`, in turn with this consumer's other commits.
+    pub(crate) async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: Vec<pb::GroupOffset>,
+    ) -> Result<()> {
+        let ticket = self.commits.ticket();
+        commit(
+            &self.client,
+            group,
+            self.member.as_ref(),
+            &self.commits,
+            ticket,
+            offsets,
+        )
+        .await
+    }
+
+    /// Commits the current positions in the background; the handle reports the outcome. A
+    /// commit made after this one wins where both name a partition, whichever is sent first.
     pub fn commit_async(&mut self) -> tokio::task::JoinHandle<Result<()>> {
         let (client, group, offsets) = (
             self.client.clone(),
             self.cfg.group.clone(),
             self.offsets_of(None),
         );
-        let member = self.member.clone();
+        let (member, lane) = (self.member.clone(), self.commits.clone());
+        let ticket = lane.ticket();
         self.last_commit = Instant::now();
         tokio::spawn(async move {
             match group {
-                Some(g) => commit(&client, &g, member.as_ref(), offsets).await,
+                Some(g) => commit(&client, &g, member.as_ref(), &lane, ticket, offsets).await,
                 None => Ok(()),
             }
         })
     }
 }
 
-/// Commits `offsets`: as a member at its current epoch (holding the member's lock, so no
-/// heartbeat moves the epoch meanwhile), or without membership. Nothing to commit sends
-/// nothing.
+/// Commits `offsets` in its turn on `lane` (see [`CommitLane`]): as a member at its current
+/// epoch (holding the member's lock, so no heartbeat moves the epoch meanwhile), or without
+/// membership. Nothing left to commit sends nothing.
 async fn commit(
     client: &Client,
     group: &str,
     member: Option<&Member>,
+    lane: &CommitLane,
+    ticket: u64,
     offsets: Vec<pb::GroupOffset>,
 ) -> Result<()> {
+    let mut sent = lane.sent.lock().await;
+    let offsets: Vec<pb::GroupOffset> = offsets
+        .into_iter()
+        .filter(|o| {
+            let tp = (o.topic.clone(), o.partition);
+            if sent.get(&tp).is_some_and(|&newer| newer > ticket) {
+                return false;
+            }
+            sent.insert(tp, ticket);
+            true
+        })
+        .collect();
     if offsets.is_empty() {
         return Ok(());
     }
@@ -453,11 +510,23 @@ async fn fetch_loop(
     mut from: i64,
     max_bytes: u32,
     generation: u64,
+    fence: Option<(String, Member)>,
     tx: tokio::sync::mpsc::Sender<Fetched>,
 ) {
     let (topic, partition) = (tp.0.clone(), tp.1);
     let mut backoff = Duration::from_millis(50);
     loop {
+        let member = match &fence {
+            Some((group, m)) => {
+                let (id, epoch) = m.lock().await.clone();
+                Some(pb::FetchMember {
+                    group: group.clone(),
+                    member_id: id,
+                    member_epoch: epoch,
+                })
+            }
+            None => None,
+        };
         let req = pb::FetchRequest {
             topic: topic.clone(),
             partition,
@@ -465,6 +534,7 @@ async fn fetch_loop(
             max_bytes,
             follow: true,
             max_records: 0,
+            member,
         };
         let failed: tonic::Status = match client.leader_rpc(&topic, partition).await {
             Err(e) if e.is_retriable() => tonic::Status::unavailable(e.to_string()),

@@ -105,6 +105,14 @@ struct Shared {
     stop: bool,
 }
 
+/// A refusal that means the group has moved on without this member's knowing.
+fn is_fenced(e: &Error) -> bool {
+    matches!(
+        e.code(),
+        Some(ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration)
+    )
+}
+
 /// The rebalance callback.
 type Listener = Box<dyn FnMut(&Rebalance) + Send>;
 
@@ -288,7 +296,17 @@ impl GroupConsumer {
             let slice = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
-            let records = self.consumer.poll_at_most(slice, max).await?;
+            let records = match self.consumer.poll_at_most(slice, max).await {
+                Ok(r) => r,
+                // A partition's node refused this member (the group moved the partition or
+                // dropped the member): the heartbeat brings the group's answer, which the next
+                // turn applies; the stream restarts until then.
+                Err(e) if is_fenced(&e) => {
+                    self.wake.notify_one();
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
             if !records.is_empty() || Instant::now() >= deadline {
                 return Ok(records);
             }
@@ -303,12 +321,7 @@ impl GroupConsumer {
     /// Commits chosen offsets (with their metadata), as the member: for an application that
     /// tracks what it has processed itself.
     pub async fn commit_offsets(&mut self, offsets: Vec<pb::GroupOffset>) -> Result<()> {
-        let guard = self.member.lock().await;
-        let (id, epoch) = &*guard;
-        self.consumer
-            .client()
-            .commit_member_offsets(&self.cfg.group, id, *epoch, offsets)
-            .await
+        self.consumer.commit_offsets(&self.cfg.group, offsets).await
     }
 
     /// [`GroupConsumer::commit`] in the background.

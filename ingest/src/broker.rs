@@ -24,7 +24,7 @@ mod observe;
 mod sql;
 
 pub use fetch::{Fetched, OffsetSpec};
-pub use groups::GroupListing;
+pub use groups::{FetchFence, GroupListing};
 pub use maintain::Maintenance;
 
 use std::collections::HashMap;
@@ -308,6 +308,8 @@ struct Inner {
     coordinated: Mutex<HashMap<String, Arc<groups::Coordinated>>>,
     /// The cluster's topics and partition counts as the coordinator last read them.
     group_topics: Mutex<Option<(Instant, groups::TopicPartitions)>>,
+    /// Group records read to fence members' fetches at a node that does not coordinate them.
+    group_fences: Mutex<HashMap<String, (Instant, Arc<meta::GroupRecord>)>>,
     /// Timestamps of records at committed offsets, for group lag in time (see [`observe`]).
     record_times: Mutex<HashMap<(PartitionKey, i64), i64>>,
     metrics: Arc<Metrics>,
@@ -387,6 +389,7 @@ impl Broker {
                 draining: CancellationToken::new(),
                 coordinated: Mutex::default(),
                 group_topics: Mutex::default(),
+                group_fences: Mutex::default(),
                 record_times: Mutex::default(),
                 metrics,
             }),

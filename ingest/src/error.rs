@@ -200,6 +200,19 @@ pub enum Error {
         got: i32,
         current: i32,
     },
+    /// A member's fetch of a partition the group's coordinator does not have with it (a
+    /// rebalance moved it, or it was never granted). The member heartbeats and follows the
+    /// assignment it gets; stable code: ILLEGAL_GENERATION.
+    #[error(
+        "member {member:?} of group {group:?} does not hold {topic}/{partition} (its epoch was {epoch}); a rebalance moved it"
+    )]
+    PartitionNotHeld {
+        group: String,
+        member: String,
+        epoch: i32,
+        topic: String,
+        partition: u32,
+    },
     /// Another process joined with this static member's instance id and took its place.
     #[error("instance {instance:?} of group {group:?} was taken over by a newer member")]
     FencedInstance { group: String, instance: String },
@@ -288,7 +301,9 @@ impl Error {
             Error::NotLeader { .. } => Code::NotLeader,
             Error::NotCoordinator { .. } => Code::NotCoordinator,
             Error::UnknownMember { .. } => Code::UnknownMember,
-            Error::IllegalGeneration { .. } => Code::IllegalGeneration,
+            Error::IllegalGeneration { .. } | Error::PartitionNotHeld { .. } => {
+                Code::IllegalGeneration
+            }
             Error::FencedInstance { .. } => Code::FencedInstance,
             Error::GroupNotEmpty { .. } => Code::GroupNotEmpty,
             Error::UnknownGroup(_) => Code::UnknownGroup,

@@ -15,7 +15,8 @@ pub mod metrics;
 pub mod server;
 
 pub use broker::{
-    Acks, Broker, BrokerConfig, ClusterView, FetchPermit, Fetched, GroupSettings, Limits,
-    OffsetSpec, PartitionInfo, PartitionLag, ProduceRecord, ProduceResult, StartAt, TopicInfo,
+    Acks, Broker, BrokerConfig, ClusterView, FetchFence, FetchPermit, Fetched, GroupSettings,
+    Limits, OffsetSpec, PartitionInfo, PartitionLag, ProduceRecord, ProduceResult, StartAt,
+    TopicInfo,
 };
 pub use error::{Code, Error, Result};

@@ -327,6 +327,18 @@ impl Tierlog for Service {
             None => StartAt::Earliest,
         };
         let broker = self.broker.clone();
+        // A group member's stream is checked before it starts and before each answer.
+        let fence = req.member.as_ref().map(|m| crate::FetchFence {
+            group: m.group.clone(),
+            member_id: m.member_id.clone(),
+            member_epoch: m.member_epoch,
+        });
+        if let Some(f) = &fence {
+            broker
+                .fence_fetch(f, &req.topic, req.partition)
+                .await
+                .map_err(status)?;
+        }
         let mut offset = broker
             .resolve(&req.topic, req.partition, start)
             .await
@@ -363,6 +375,12 @@ impl Tierlog for Service {
                 let mut records = r.records;
                 if req.max_records > 0 {
                     records.truncate((req.max_records - sent).min(records.len() as u64) as usize);
+                }
+                if let Some(f) = &fence
+                    && let Err(e) = broker.fence_fetch(f, &req.topic, req.partition).await
+                {
+                    let _ = tx.send(Err(status(e))).await;
+                    return;
                 }
                 offset = records.last().map_or(offset, |x| x.offset + 1);
                 sent += records.len() as u64;

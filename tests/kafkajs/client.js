@@ -14,6 +14,11 @@
 //                                                    one leaves, one joins; every record once
 //        node client.js transactions BOOTSTRAP -     a transactional producer is refused
 //                                                    quickly and says why
+//        node client.js failover-write BOOTSTRAP STATE_JSON
+//                                                    200 more acknowledged records, added to
+//                                                    the state file (a leader may be dead)
+//        node client.js failover-read BOOTSTRAP STATE_JSON
+//                                                    read back exactly those records
 // NODE_PATH names the node_modules holding kafkajs (localstack/install.sh kafkajs).
 // Prints "kafka matrix ok" last on success; a failed check exits non-zero with its reason.
 'use strict'
@@ -60,7 +65,7 @@ const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 // What kafkajs logged (errors only): some answers of the node reach the application only here.
 const logged = []
 
-function client(bootstrap, clientId) {
+function client(bootstrap, clientId, retries = 5) {
   return new Kafka({
     clientId,
     brokers: bootstrap.split(','),
@@ -70,7 +75,7 @@ function client(bootstrap, clientId) {
       logged.push(log)
       console.error(`[kafkajs ${namespace}] ${log.message} ${JSON.stringify(log)}`)
     },
-    retry: { retries: 5, initialRetryTime: 100, maxRetryTime: 2000 },
+    retry: { retries, initialRetryTime: 100, maxRetryTime: 2000 },
   })
 }
 
@@ -345,6 +350,31 @@ async function write(bootstrap, stateFile) {
   fs.writeFileSync(stateFile, JSON.stringify({ topic, partitions, produced }))
 }
 
+const FAILOVER_TOPIC = 'kj-failover'
+const FAILOVER_PARTITIONS = 3
+
+// Before a partition's leader is killed with SIGKILL and again after: the producer retries
+// until another node has taken the partition over.
+async function failoverWrite(bootstrap, stateFile) {
+  const kafka = client(bootstrap, 'kafkajs-failover', 40)
+  let produced = []
+  if (fs.existsSync(stateFile)) produced = JSON.parse(fs.readFileSync(stateFile))
+  produced = produced.concat(
+    await produce(kafka, FAILOVER_TOPIC, FAILOVER_PARTITIONS, CODECS[3], produced.length, 200))
+  checkDense(produced, FAILOVER_PARTITIONS)
+  console.log(`${produced.length} records acknowledged`)
+  fs.writeFileSync(stateFile, JSON.stringify(produced))
+}
+
+async function failoverRead(bootstrap, stateFile) {
+  const kafka = client(bootstrap, 'kafkajs-failover', 40)
+  const produced = JSON.parse(fs.readFileSync(stateFile))
+  const got = await readAll(kafka, FAILOVER_TOPIC, endsOf(produced, FAILOVER_PARTITIONS), 'kj-failover-reader')
+  const diff = firstDifference(got, produced)
+  check(diff === null, `read what was acknowledged: ${diff}`)
+  console.log(`read ${got.length} records after the takeover`)
+}
+
 async function replay(bootstrap, stateFile) {
   const { topic, partitions, produced } = JSON.parse(fs.readFileSync(stateFile))
   const kafka = client(bootstrap, 'kafkajs-replay')
@@ -506,9 +536,12 @@ async function transactions(bootstrap) {
 
 async function main() {
   const [mode, bootstrap, state] = process.argv.slice(2)
-  const modes = { admin, write, replay, groups, transactions }
+  const modes = {
+    admin, write, replay, groups, transactions,
+    'failover-write': failoverWrite, 'failover-read': failoverRead,
+  }
   if (!modes[mode] || !bootstrap) {
-    console.error('usage: node client.js admin|write|replay|groups|transactions BOOTSTRAP STATE')
+    console.error(`usage: node client.js ${Object.keys(modes).join('|')} BOOTSTRAP STATE`)
     process.exit(2)
   }
   console.log(`kafkajs ${VERSION}, ${mode}`)

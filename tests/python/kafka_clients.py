@@ -6,9 +6,9 @@ usage: kafka_clients.py write BOOTSTRAP STATE_JSON   create topics, produce with
        kafka_clients.py replay BOOTSTRAP STATE_JSON  after a restart without the hot tier:
                                                      read everything back from offset 0, check
                                                      commits and times, produce more, clean up
-       kafka_clients.py groups BOOTSTRAP -           two members of a group with the new
+       kafka_clients.py groups BOOTSTRAP -           three members of a group with the new
                                                      protocol (KIP-848) share a topic; one
-                                                     leaves and the other takes over
+                                                     leaves, another joins
        kafka_clients.py classic BOOTSTRAP -          the same with the classic protocol
                                                      (JoinGroup/SyncGroup, the client's own
                                                      assignors), then the group admin calls
@@ -267,14 +267,15 @@ def member(bootstrap, group):
 
 
 def share(bootstrap, topic, parts, group, make_member, produced):
-    """Two members of `group` share `topic`; b leaves and a takes over; every record is read
-    once, each member committing what it was handed before its next poll. Returns member a
-    (still open)."""
+    """Three members of `group` (a, b, c) share `topic`; b leaves and d joins, and a, c and d
+    share it again; every record is read once, each member committing what it was handed
+    before its next poll. Yields (members, split) once settled, then (members, None) at the
+    end with a, c and d still open."""
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     for i in range(produced):
         p.produce(topic, key=f"k{i}", value=f"v{i}")
     check(p.flush(60) == 0, "produced")
-    members = {"a": make_member(bootstrap, group), "b": make_member(bootstrap, group)}
+    members = {n: make_member(bootstrap, group) for n in "abc"}
     for c in members.values():
         c.subscribe([topic])
     seen = {}      # (partition, offset) -> how many times read
@@ -283,43 +284,49 @@ def share(bootstrap, topic, parts, group, make_member, produced):
     def poll_all(names, until):
         while time.time() < until:
             for name in names:
-                m = members[name].poll(0.2)
-                if m is None or m.error():
-                    continue
-                key = (m.partition(), m.offset())
-                seen[key] = seen.get(key, 0) + 1
-                readers.setdefault(m.partition(), set()).add(name)
-                members[name].commit(message=m, asynchronous=False)
+                got = [m for m in members[name].consume(200, 0.1) if not m.error()]
+                for m in got:
+                    key = (m.partition(), m.offset())
+                    seen[key] = seen.get(key, 0) + 1
+                    readers.setdefault(m.partition(), set()).add(name)
+                if got:
+                    # The positions: everything this member was handed.
+                    members[name].commit(asynchronous=False)
             yield
 
     def assignments(names):
         return {n: sorted(tp.partition for tp in members[n].assignment()) for n in names}
 
-    # Both members settle on a split of the partitions, and read everything between them.
-    deadline = time.time() + 90
-    for _ in poll_all(["a", "b"], deadline):
-        a = assignments(["a", "b"])
-        if len(seen) >= produced and a["a"] and a["b"]:
+    def split(names):
+        """Each member holds some partitions, none twice, all of them between them."""
+        a = assignments(names)
+        held = [q for n in names for q in a[n]]
+        return all(a.values()) and sorted(held) == list(range(parts)), a
+
+    # The members settle on a split of the partitions, and read everything between them.
+    for _ in poll_all("abc", time.time() + 90):
+        if len(seen) >= produced and split("abc")[0]:
             break
-    a = assignments(["a", "b"])
+    ok, a = split("abc")
     check(len(seen) == produced, f"read {len(seen)} of {produced}")
-    check(a["a"] and a["b"] and not set(a["a"]) & set(a["b"])
-          and sorted(a["a"] + a["b"]) == list(range(parts)), f"a split of the partitions: {a}")
+    check(ok, f"a split of the partitions: {a}")
     yield members, a
-    # b leaves; a takes over everything.
+    # b leaves and d joins; a, c and d split the partitions again.
     members["b"].close()
-    deadline = time.time() + 60
-    for _ in poll_all(["a"], deadline):
-        if assignments(["a"])["a"] == list(range(parts)):
+    members["d"] = make_member(bootstrap, group)
+    members["d"].subscribe([topic])
+    for _ in poll_all("acd", time.time() + 90):
+        if split("acd")[0]:
             break
-    check(assignments(["a"])["a"] == list(range(parts)), f"a holds all: {assignments(['a'])}")
+    ok, a = split("acd")
+    check(ok, f"a, c and d split the partitions: {a}")
     for i in range(200):
         p.produce(topic, key=f"more{i}", value=f"more{i}")
     check(p.flush(60) == 0, "produced more")
-    for _ in poll_all(["a"], time.time() + 60):
+    for _ in poll_all("acd", time.time() + 60):
         if len(seen) >= produced + 200:
             break
-    check(len(seen) == produced + 200, f"read {len(seen)} of {produced + 200} after the takeover")
+    check(len(seen) == produced + 200, f"read {len(seen)} of {produced + 200} after the hand-over")
     # A partition moves only after its holder committed what it was handed: nothing is read
     # twice.
     twice = sorted(k for k, n in seen.items() if n > 1)
@@ -334,6 +341,11 @@ def share(bootstrap, topic, parts, group, make_member, produced):
     yield members, None
 
 
+def close_all(members):
+    for n in "acd":
+        members[n].close()
+
+
 def groups(bootstrap, _state):
     topic, parts = "shared", 4
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -341,7 +353,7 @@ def groups(bootstrap, _state):
     steps = share(bootstrap, topic, parts, "kip848", member, 2000)
     next(steps)
     members, _ = next(steps)
-    members["a"].close()
+    close_all(members)
 
 
 def classic_member(strategy):
@@ -367,7 +379,7 @@ def classic(bootstrap, _state):
         check(group in [g.group_id for g in listed.valid], f"{group} listed as stable: {listed.valid}")
         d = admin.describe_consumer_groups([group])[group].result(30)
         check(d.state == ConsumerGroupState.STABLE, f"state {d.state}")
-        check(not d.is_simple_consumer_group and len(d.members) == 2, f"members {d.members}")
+        check(not d.is_simple_consumer_group and len(d.members) == 3, f"members {d.members}")
         described = sorted(sorted(tp.partition for tp in m.assignment.topic_partitions)
                            for m in d.members)
         check(described == sorted(split.values()), f"described {described} vs held {split}")
@@ -378,7 +390,7 @@ def classic(bootstrap, _state):
         except KafkaException as e:
             check(e.args[0].code() == KafkaError.NON_EMPTY_GROUP, f"delete: {e}")
         members, _ = next(steps)
-        members["a"].close()
+        close_all(members)
         # Empty now: its offsets are listed, altered and then the group deleted.
         d = admin.describe_consumer_groups([group])[group].result(30)
         check(d.state == ConsumerGroupState.EMPTY and not d.members, f"after close: {d.state}")

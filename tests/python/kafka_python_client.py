@@ -16,6 +16,11 @@ usage: kafka_python_client.py admin BOOTSTRAP -            create a topic with s
                                                             joins; every record read once
        kafka_python_client.py transactions BOOTSTRAP -     a transactional producer is
                                                             refused quickly and says why
+       kafka_python_client.py failover-write BOOTSTRAP STATE_JSON
+                                                            200 more acknowledged records,
+                                                            added to the state file
+       kafka_python_client.py failover-read BOOTSTRAP STATE_JSON
+                                                            read back exactly those records
 Prints "kafka matrix ok" last on success; a failed check exits non-zero with its reason.
 """
 import json
@@ -189,11 +194,12 @@ def check_dense(records, partitions):
         check(offsets == list(range(len(offsets))), f"partition {p}: offsets dense from 0")
 
 
-def produce(bootstrap, topic, codec, start, count):
+def produce(bootstrap, topic, codec, start, count, retries=5):
     """`count` keyed records with headers from an idempotent acks=all producer compressing
     with `codec`; returns them as the node acknowledged them."""
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                      compression_type=codec, linger_ms=5, retries=5)
+                      compression_type=codec, linger_ms=5, retries=retries,
+                      retry_backoff_ms=200)
     name = codec or "none"
     sent = []
     for i in range(start, start + count):
@@ -290,6 +296,35 @@ def replay(bootstrap, state_file):
     check(by_position(got) == by_position(everything),
           "cold and hot read together: " + first_difference(got, everything))
     print(f"replayed {len(produced)} records from the cold tier; {n} offsets for times")
+
+
+FAILOVER_TOPIC, FAILOVER_PARTITIONS = "kp-failover", 3
+
+
+def failover_write(bootstrap, state_file):
+    """Appends 200 acknowledged records to the state file: run before a partition's leader is
+    killed with SIGKILL and again after, while another node takes the partition over (the
+    producer retries until it finds the new leader)."""
+    try:
+        with open(state_file) as f:
+            produced = json.load(f)
+    except FileNotFoundError:
+        produced = []
+    produced += produce(bootstrap, FAILOVER_TOPIC, "lz4", len(produced), 200, retries=1000)
+    check_dense(produced, FAILOVER_PARTITIONS)
+    print(f"{len(produced)} records acknowledged")
+    with open(state_file, "w") as f:
+        json.dump(produced, f)
+
+
+def failover_read(bootstrap, state_file):
+    """Reads the topic from offset 0: exactly what was acknowledged, before and after."""
+    with open(state_file) as f:
+        produced = json.load(f)
+    got = read_partitions(bootstrap, FAILOVER_TOPIC, ends_of(produced, FAILOVER_PARTITIONS))
+    check(by_position(got) == by_position(produced),
+          "read what was acknowledged: " + first_difference(got, produced))
+    print(f"read {len(got)} records after the takeover")
 
 
 class Member(threading.Thread):
@@ -435,7 +470,8 @@ def main():
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     mode, bootstrap, state = sys.argv[1:4]
     modes = {"admin": admin, "write": write, "replay": replay, "groups": groups,
-             "transactions": transactions}
+             "transactions": transactions, "failover-write": failover_write,
+             "failover-read": failover_read}
     print(f"kafka-python {kafka.__version__}, {mode}", flush=True)
     try:
         modes[mode](bootstrap, state)

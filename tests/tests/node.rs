@@ -172,6 +172,16 @@ async fn fetch_all(
     (out, sources)
 }
 
+/// What a fetch stream the node must refuse was refused with.
+fn fetch_refused(
+    r: Result<tonic::Response<tonic::Streaming<pb::FetchResponse>>, tonic::Status>,
+) -> Option<client::ErrorCode> {
+    match r {
+        Ok(_) => panic!("the fetch was let through"),
+        Err(s) => client::Error::from(s).code(),
+    }
+}
+
 fn code_of(s: &tonic::Status) -> i32 {
     pb::ErrorDetail::decode(s.details())
         .map(|d| d.code)

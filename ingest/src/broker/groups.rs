@@ -79,6 +79,20 @@ impl std::fmt::Debug for Coordinated {
     }
 }
 
+/// A group member's claim on the partition it fetches (gRPC's `FetchMember`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchFence {
+    pub group: String,
+    pub member_id: String,
+    pub member_epoch: i32,
+}
+
+/// How long a node that does not coordinate a group lets members' fetches through on a copy
+/// of the group's record; a refusal always reads the record again first.
+const FENCE_TTL: Duration = Duration::from_secs(1);
+/// Groups whose record copies a node keeps for fetch fences before it drops stale ones.
+const FENCE_COPIES: usize = 1024;
+
 /// How often the coordinator looks for timed-out members and changed topics.
 const TICK: Duration = Duration::from_millis(250);
 /// How long a snapshot of the cluster's topics is reused by the coordinator.
@@ -315,6 +329,69 @@ impl Broker {
                 group: group.to_string(),
             }),
         }
+    }
+
+    /// Refuses a member's fetch of a partition its group's coordinator does not have with it:
+    /// UNKNOWN_MEMBER_ID for a member the group dropped, ILLEGAL_GENERATION for a partition a
+    /// rebalance moved. The coordinating node checks its state in memory; another node checks
+    /// the group's record in `meta`, allowing on a copy up to [`FENCE_TTL`] old and reading
+    /// the record again before it refuses. A grant is stored before the member hears of it,
+    /// so a member is never refused a partition it was granted, and a member that lost one is
+    /// refused within [`FENCE_TTL`] (at once on the coordinator).
+    pub async fn fence_fetch(&self, f: &FetchFence, topic: &str, partition: u32) -> Result<()> {
+        use crate::group::state::check_fetch;
+        validate_group(&f.group)?;
+        let check = |rec: &meta::GroupRecord| {
+            check_fetch(
+                &f.group,
+                rec,
+                &f.member_id,
+                f.member_epoch,
+                topic,
+                partition,
+            )
+        };
+        let lease = *self.inner.lease.lock().expect("lease lock poisoned");
+        let here = self
+            .inner
+            .coordinated
+            .lock()
+            .expect("lock poisoned")
+            .get(&f.group)
+            .filter(|c| c.lease == lease)
+            .cloned();
+        if let Some(c) = here
+            && !self.lease_lapsed()
+        {
+            return check(c.state.lock().await.record());
+        }
+        let copy = self
+            .inner
+            .group_fences
+            .lock()
+            .expect("lock poisoned")
+            .get(&f.group)
+            .filter(|(at, _)| at.elapsed() < FENCE_TTL)
+            .map(|(_, rec)| rec.clone());
+        if let Some(rec) = copy
+            && check(&rec).is_ok()
+        {
+            return Ok(());
+        }
+        let rec = Arc::new(
+            self.inner
+                .meta
+                .load_group(&f.group)
+                .await?
+                .unwrap_or_default(),
+        );
+        let mut copies = self.inner.group_fences.lock().expect("lock poisoned");
+        if copies.len() >= FENCE_COPIES {
+            copies.retain(|_, (at, _)| at.elapsed() < FENCE_TTL);
+        }
+        copies.insert(f.group.clone(), (Instant::now(), rec.clone()));
+        drop(copies);
+        check(&rec)
     }
 
     /// A classic member's JoinGroup (see [`crate::group::classic`]). `Ok(Err(id))`: join again

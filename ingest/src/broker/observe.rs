@@ -256,6 +256,7 @@ impl Broker {
                 start: Some(pb::fetch_request::Start::Offset(offset)),
                 max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
                 max_records: 0,
+                member: None,
                 follow: false,
             })
             .await

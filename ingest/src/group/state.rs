@@ -72,6 +72,35 @@ fn owned_map(set: &BTreeSet<Tp>) -> BTreeMap<String, Vec<u32>> {
     out
 }
 
+/// Whether `member` may read `topic`/`partition` now: `rec` has the partition with it (at
+/// most one member of a group holds a partition in `owned`, so a fetch that passes is the
+/// partition's only reader in the group).
+pub fn check_fetch(
+    group: &str,
+    rec: &GroupRecord,
+    member: &str,
+    epoch: i32,
+    topic: &str,
+    partition: u32,
+) -> Result<()> {
+    let Some(m) = rec.members.iter().find(|m| m.member_id == member) else {
+        return Err(Error::UnknownMember {
+            group: group.to_string(),
+            member: member.to_string(),
+        });
+    };
+    if m.owned.get(topic).is_some_and(|ps| ps.contains(&partition)) {
+        return Ok(());
+    }
+    Err(Error::PartitionNotHeld {
+        group: group.to_string(),
+        member: member.to_string(),
+        epoch,
+        topic: topic.to_string(),
+        partition,
+    })
+}
+
 fn compile(re: &str) -> Result<regex::Regex> {
     if re.len() > MAX_REGEX_LEN {
         return Err(Error::InvalidRequest(format!(

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::{Acks, Client, Producer, ProducerConfig};
+use client::{Acks, Client, ErrorCode, Producer, ProducerConfig};
 use prost::Message;
 use proto::v1 as pb;
 use tierlog_tests::PrivateEtcd;
@@ -106,6 +106,15 @@ impl Cluster {
             .unwrap()
             .success();
         assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// The nodes' Kafka listeners, as a bootstrap list.
+    fn kafka_addrs(&self) -> String {
+        self.nodes
+            .values()
+            .map(|n| n.kafka.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn addrs(&self) -> String {
@@ -1015,6 +1024,54 @@ async fn a_group_carries_on_when_its_coordinator_is_killed() {
         assert!(Instant::now() < deadline, "never settled: {d:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Fetch fences, at a node that does not coordinate the group (it reads the group's record
+    // from etcd): a member reads the partitions it holds, not another member's, and a member
+    // the group does not know reads nothing.
+    let other = cluster
+        .nodes
+        .iter()
+        .find(|(id, _)| **id != before.coordinator)
+        .map(|(_, n)| n.addr.clone())
+        .unwrap();
+    let mut rpc = proto::v1::tierlog_client::TierlogClient::connect(format!("http://{other}"))
+        .await
+        .unwrap();
+    let (a, b) = (&before.members[0], &before.members[1]);
+    let held = |m: &pb::GroupMember| -> Vec<u32> {
+        m.owned.iter().flat_map(|t| t.partitions.clone()).collect()
+    };
+    let fetch_as = |member: &pb::GroupMember, id: &str, partition: u32| pb::FetchRequest {
+        topic: "jobs".into(),
+        partition,
+        start: Some(pb::fetch_request::Start::Offset(0)),
+        max_records: 1,
+        member: Some(pb::FetchMember {
+            group: "workers".into(),
+            member_id: id.into(),
+            member_epoch: member.member_epoch,
+        }),
+        ..Default::default()
+    };
+    let a_part = held(a)[0];
+    assert_eq!(
+        super::fetch_refused(rpc.fetch(fetch_as(b, &b.member_id, a_part)).await),
+        Some(ErrorCode::IllegalGeneration),
+        "another member's partition"
+    );
+    assert_eq!(
+        super::fetch_refused(rpc.fetch(fetch_as(b, "nobody", a_part)).await),
+        Some(ErrorCode::UnknownMemberId),
+        "a member the group does not know"
+    );
+    match rpc.fetch(fetch_as(a, &a.member_id, a_part)).await {
+        // The member passes the fence; only the leader serves the records.
+        Ok(_) => {}
+        Err(s) => assert_eq!(
+            client::Error::from(s).code(),
+            Some(ErrorCode::NotLeader),
+            "the holder is let through"
+        ),
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let committed_before: BTreeMap<u32, i64> = c
         .fetch_offsets("workers", "jobs")
@@ -1093,12 +1150,7 @@ fn kafka_clients_lose_nothing_through_kills_pauses_and_outages() {
     for id in 1..=3 {
         cluster.start(id);
     }
-    let bootstrap = cluster
-        .nodes
-        .values()
-        .map(|n| n.kafka.clone())
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = cluster.kafka_addrs();
     let mut script = std::process::Command::new(python)
         .arg(tierlog_tests::tests_dir().join("python/kafka_clients.py"))
         .args(["failover", &bootstrap, "36"])
@@ -1147,6 +1199,165 @@ fn kafka_clients_lose_nothing_through_kills_pauses_and_outages() {
     );
     for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
         cluster.nodes.remove(&id).unwrap().stop();
+    }
+}
+
+/// kcat (librdkafka 2.0.2), kafka-python and kafkajs each follow a partition's leader killed
+/// with SIGKILL (3 nodes on etcd and the S3 server). Each client, on a topic of its own:
+/// acknowledged records; the leader of partition 0 killed; more acknowledged records while
+/// another node takes the partition over (the client finds the new leader by itself); then
+/// everything read back from offset 0: every record once, at the offset it was acknowledged at
+/// (kcat reports none: there, every record once at dense offsets).
+#[test]
+fn kafka_clients_follow_a_leader_killed_with_sigkill() {
+    use std::path::Path;
+
+    use super::kafka_matrix::{kafka_python, kafkajs};
+    let (Some(s3), Some(binary), Some(python), Some(modules), Some(kcat)) = (
+        tierlog_tests::s3_options(),
+        tierlog_tests::etcd_binary(),
+        tierlog_tests::python(),
+        tierlog_tests::kafkajs(),
+        super::kafka::kcat(),
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = PrivateEtcd::start(binary, 1);
+    let ns = tierlog_tests::unique("kafka-takeover");
+    let mut cluster = Cluster::new(&etcd, &s3, &ns);
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    let states = tempfile::tempdir().unwrap();
+    let kcat_client =
+        |mode: &str, bootstrap: &str, state: &Path| kcat_failover(&kcat, mode, bootstrap, state);
+    type Run<'a> = Box<dyn Fn(&str, &str, &Path) + 'a>;
+    let clients: Vec<(&str, Run)> = vec![
+        ("kcat-failover", Box::new(kcat_client)),
+        (
+            "kp-failover",
+            Box::new(|m: &str, b: &str, s: &Path| kafka_python(&python, m, b, s)),
+        ),
+        (
+            "kj-failover",
+            Box::new(|m: &str, b: &str, s: &Path| kafkajs(&modules, m, b, s)),
+        ),
+    ];
+    for (topic, client) in clients {
+        // A restarted node listens on new ports.
+        let c = rt.block_on(Client::connect(&cluster.addrs())).unwrap();
+        rt.block_on(c.create_topic(topic, 3)).unwrap();
+        rt.block_on(wait_for_leaders(&c, topic, 3, Duration::from_secs(30)));
+        let state = states.path().join(format!("{topic}.json"));
+        client("failover-write", &cluster.kafka_addrs(), &state);
+        let before = rt.block_on(c.describe_topic(topic)).unwrap();
+        let leader = before.partitions[0].leader.clone();
+        let id = cluster
+            .nodes
+            .iter()
+            .find(|(_, n)| n.addr == leader)
+            .map(|(id, _)| *id)
+            .expect("partition 0 has a live leader");
+        // The dead node stays in the bootstrap list, as it would in a client's settings.
+        let bootstrap = cluster.kafka_addrs();
+        cluster.kill9(id);
+        eprintln!("{topic}: node {id}, leader of partition 0, killed");
+        client("failover-write", &bootstrap, &state);
+        client("failover-read", &bootstrap, &state);
+        // The client reached a new leader; tierlog's own client says which (it may first ask
+        // the dead node).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rt.block_on(c.describe_topic(topic)) {
+                Ok(d) if d.partitions[0].leader != leader && !d.partitions[0].leader.is_empty() => {
+                    break;
+                }
+                other => assert!(
+                    Instant::now() < deadline,
+                    "{topic}: partition 0 still led by {leader}: {other:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        cluster.start(id);
+    }
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.nodes.remove(&id).unwrap().stop();
+    }
+}
+
+/// The failover modes of kafka_python_client.py and client.js, with kcat: `failover-write`
+/// produces 200 more keyed records (idempotent, acks=all, lz4) to `kcat-failover` and counts
+/// them in `state`; `failover-read` reads the topic from offset 0 and checks every record is
+/// there once, at dense offsets.
+fn kcat_failover(kcat: &str, mode: &str, bootstrap: &str, state: &std::path::Path) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let written: usize = std::fs::read_to_string(state)
+        .ok()
+        .map_or(0, |s| s.trim().parse().unwrap());
+    match mode {
+        "failover-write" => {
+            let lines: String = (written..written + 200)
+                .map(|i| format!("k{}:v{i}\n", i % 20))
+                .collect();
+            let mut p = Command::new(kcat)
+                .args([
+                    "-b",
+                    bootstrap,
+                    "-P",
+                    "-t",
+                    "kcat-failover",
+                    "-K:",
+                    "-z",
+                    "lz4",
+                ])
+                .args(["-X", "acks=all", "-X", "enable.idempotence=true"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            p.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+            assert!(p.wait().unwrap().success(), "kcat produce failed");
+            std::fs::write(state, (written + 200).to_string()).unwrap();
+        }
+        "failover-read" => {
+            let out = Command::new(kcat)
+                .args(["-b", bootstrap, "-C", "-t", "kcat-failover", "-e", "-q"])
+                .args(["-f", "%p %o %s\n"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut by_partition: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+            let mut values: Vec<usize> = Vec::new();
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                let f: Vec<&str> = l.split(' ').collect();
+                by_partition
+                    .entry(f[0].parse().unwrap())
+                    .or_default()
+                    .push(f[1].parse().unwrap());
+                values.push(f[2].trim_start_matches('v').parse().unwrap());
+            }
+            values.sort_unstable();
+            assert_eq!(
+                values,
+                (0..written).collect::<Vec<_>>(),
+                "every record once"
+            );
+            for (p, mut offsets) in by_partition {
+                offsets.sort_unstable();
+                assert_eq!(
+                    offsets,
+                    (0..offsets.len() as i64).collect::<Vec<_>>(),
+                    "partition {p}: dense offsets"
+                );
+            }
+        }
+        other => panic!("no mode {other}"),
     }
 }
 

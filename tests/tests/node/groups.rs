@@ -492,6 +492,45 @@ async fn stale_commits_are_refused_and_static_members_restart_without_a_rebalanc
         (10, "m"),
         "nothing moved back"
     );
+    // Fetches are fenced too, by what the group has with the member: m1 reads what it holds,
+    // not what it gave up for m2, and a member the group does not know reads nothing.
+    let fetch_as = |id: &str, epoch: i32, partition: u32| pb::FetchRequest {
+        topic: "t".into(),
+        partition,
+        start: Some(pb::fetch_request::Start::Offset(0)),
+        member: Some(pb::FetchMember {
+            group: "raw".into(),
+            member_id: id.into(),
+            member_epoch: epoch,
+        }),
+        ..Default::default()
+    };
+    let parts = |r: &pb::GroupHeartbeatResponse| -> Vec<u32> {
+        r.assignment
+            .iter()
+            .flat_map(|t| t.partitions.clone())
+            .collect()
+    };
+    let mine = parts(&r1);
+    let theirs: Vec<u32> = (0..4).filter(|p| !mine.contains(p)).collect();
+    assert!(!mine.is_empty() && !theirs.is_empty(), "{r1:?}");
+    let mut rpc = c.rpc();
+    rpc.fetch(fetch_as(&m1.member_id, r1.member_epoch, mine[0]))
+        .await
+        .expect("the holder reads");
+    assert_eq!(
+        super::fetch_refused(
+            rpc.fetch(fetch_as(&m1.member_id, r1.member_epoch, theirs[0]))
+                .await
+        ),
+        Some(ErrorCode::IllegalGeneration),
+        "another member's partition"
+    );
+    assert_eq!(
+        super::fetch_refused(rpc.fetch(fetch_as("nobody", 1, mine[0])).await),
+        Some(ErrorCode::UnknownMemberId),
+        "an unknown member"
+    );
     let e = c.delete_group("raw").await.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::GroupNotEmpty), "{e}");
     let e = c
@@ -533,6 +572,14 @@ async fn stale_commits_are_refused_and_static_members_restart_without_a_rebalanc
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::UnknownMemberId), "{e}: it left");
+    assert_eq!(
+        super::fetch_refused(
+            rpc.fetch(fetch_as(&m1.member_id, r1.member_epoch, mine[0]))
+                .await
+        ),
+        Some(ErrorCode::UnknownMemberId),
+        "a member that left"
+    );
 
     // Static members: one restarts and comes back to its partitions, with no rebalance.
     let mut a = Member::start(&node.addr, "t", "static", "a", &["--instance-id", "a"]);
@@ -558,6 +605,71 @@ async fn stale_commits_are_refused_and_static_members_restart_without_a_rebalanc
     );
     drop((a2, b));
     node.stop();
+}
+
+/// A `commit_async` made before a synchronous commit never lands after it: on one thread the
+/// synchronous commit is sent first, and the background one, queued behind it, would follow it
+/// with older offsets.
+#[tokio::test]
+async fn an_async_commit_never_moves_a_newer_commit_back() {
+    use client::{GroupConfig, GroupConsumer, OffsetReset};
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let c = Client::connect(&node.addr).await.unwrap();
+    c.create_topic("ordered", 1).await.unwrap();
+    let producer = Producer::new(c.clone(), ProducerConfig::default());
+    for i in 0..50u32 {
+        let rx = producer
+            .send(
+                "ordered",
+                Some(0),
+                None,
+                Some(i.to_be_bytes().to_vec()),
+                vec![],
+            )
+            .await
+            .unwrap();
+        rx.await.unwrap().unwrap();
+    }
+    producer.close().await;
+    let mut m = GroupConsumer::join(
+        c.clone(),
+        GroupConfig {
+            group: "ordered".into(),
+            topics: vec!["ordered".into()],
+            auto_commit: None,
+            offset_reset: OffsetReset::Earliest,
+            ..GroupConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut read = 0;
+    while read < 10 {
+        read += m
+            .poll_at_most(Duration::from_secs(1), 10 - read)
+            .await
+            .unwrap()
+            .len();
+    }
+    // Offset 10 in the background, then 20 by hand with nothing in between.
+    let older = m.commit_async();
+    m.commit_offsets(vec![pb::GroupOffset {
+        topic: "ordered".into(),
+        partition: 0,
+        offset: 20,
+        metadata: String::new(),
+    }])
+    .await
+    .unwrap();
+    older.await.unwrap().unwrap();
+    let got = c.fetch_offsets("ordered", "ordered").await.unwrap();
+    assert_eq!(got[0].offset, 20, "the newer commit stands");
+    m.close().await.unwrap();
+    // The node's shutdown waits for this runtime's connections to close: stop it off-thread.
+    tokio::task::spawn_blocking(move || node.stop())
+        .await
+        .unwrap();
 }
 
 /// A second group reads the whole topic on its own; `groups reset-offsets` (a dry run first)

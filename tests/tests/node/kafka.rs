@@ -346,6 +346,218 @@ fn kcat_on_an_old_librdkafka_lists_produces_and_consumes() {
     node.stop();
 }
 
+/// Produces `lines` ("key:value" each) with kcat and `args` (codec, headers, settings).
+fn kcat_produce(kcat: &str, bootstrap: &str, topic: &str, args: &[&str], lines: &str) {
+    let mut p = Command::new(kcat)
+        .args(["-b", bootstrap, "-P", "-t", topic, "-K:"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    assert!(p.wait().unwrap().success(), "kcat produce {args:?} failed");
+}
+
+/// A kcat balanced consumer (`-G`, the classic group protocol) printing "partition offset
+/// value" lines into `seen` under its name.
+struct KcatMember {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl KcatMember {
+    fn start(
+        kcat: &str,
+        bootstrap: &str,
+        name: &str,
+        seen: &std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    ) -> KcatMember {
+        use std::io::BufRead;
+        let mut child = Command::new(kcat)
+            .args([
+                "-b",
+                bootstrap,
+                "-G",
+                "kcat-three",
+                "kcat-group",
+                "-q",
+                "-u",
+            ])
+            .args(["-X", "auto.offset.reset=earliest", "-f", "%p %o %s\n"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (seen, name) = (seen.clone(), name.to_string());
+        let reader = std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                seen.lock().unwrap().push((name.clone(), line));
+            }
+        });
+        KcatMember { child, reader }
+    }
+
+    /// SIGTERM: kcat closes its consumer (a final commit, LeaveGroup) and exits.
+    fn stop(mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        assert!(self.child.wait().unwrap().success(), "kcat member exit");
+        self.reader.join().unwrap();
+    }
+}
+
+/// kcat produces with every codec (none, gzip, snappy, lz4, zstd), keyed, with headers, from
+/// an idempotent acks=all producer, and reads every record back with its key and headers.
+/// Then three kcat members of one classic group share a topic of six partitions: one leaves
+/// (SIGTERM: it commits and leaves) and another joins while records keep coming; every record
+/// is read once by the group, and each member reads some.
+#[test]
+fn kcat_produces_every_codec_and_shares_a_group_of_three() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    let Some(kcat) = kcat() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let node = super::groups::node(dir.path());
+    for (topic, n) in [("kcat-codecs", "2"), ("kcat-group", "6")] {
+        let (ok, _, err) = cli(
+            &node.addr,
+            &["topic", "create", topic, "--partitions", n],
+            None,
+        );
+        assert!(ok, "{err}");
+    }
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    for (n, codec) in codecs.iter().enumerate() {
+        let lines: String = (n * 100..n * 100 + 100)
+            .map(|i| format!("user-{}:{codec}-{i}\n", i % 7))
+            .collect();
+        let header = format!("codec={codec}");
+        kcat_produce(
+            &kcat,
+            &node.kafka,
+            "kcat-codecs",
+            &[
+                "-z", codec, "-H", &header, "-H", "app=kcat", "-X", "acks=all",
+            ],
+            &lines,
+        );
+    }
+    let out = Command::new(&kcat)
+        .args(["-b", &node.kafka, "-C", "-t", "kcat-codecs", "-e", "-q"])
+        .args(["-f", "%k|%h|%s\n"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut got: Vec<String> = text.lines().map(str::to_string).collect();
+    got.sort();
+    let mut want: Vec<String> = codecs
+        .iter()
+        .enumerate()
+        .flat_map(|(n, codec)| {
+            (n * 100..n * 100 + 100)
+                .map(move |i| format!("user-{}|codec={codec},app=kcat|{codec}-{i}", i % 7))
+        })
+        .collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "every record with its key and headers, whatever its codec"
+    );
+
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let read = |n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} of {n} read",
+                seen.lock().unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let stable = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, out, err) = cli(
+                &node.addr,
+                &["groups", "describe", "kcat-three", "--json"],
+                None,
+            );
+            // Unknown until the first member's join is stored.
+            assert!(ok || err.contains("unknown group"), "{err}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            if v["state"] == "Stable" && v["members"].as_array().map(Vec::len) == Some(3) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: never stable with 3 members: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let batch = |from: usize| -> String {
+        (from..from + 300)
+            .map(|i| format!("k{}:{i}\n", i % 30))
+            .collect()
+    };
+    let mut members: Vec<KcatMember> = ["a", "b", "c"]
+        .iter()
+        .map(|n| KcatMember::start(&kcat, &node.kafka, n, &seen))
+        .collect();
+    stable("three members");
+    kcat_produce(
+        &kcat,
+        &node.kafka,
+        "kcat-group",
+        &["-X", "enable.idempotence=true"],
+        &batch(0),
+    );
+    read(300, "three members");
+    members.remove(0).stop();
+    members.push(KcatMember::start(&kcat, &node.kafka, "d", &seen));
+    stable("after one left and one joined");
+    kcat_produce(
+        &kcat,
+        &node.kafka,
+        "kcat-group",
+        &["-X", "enable.idempotence=true"],
+        &batch(300),
+    );
+    read(600, "after the hand-over");
+    for m in members {
+        m.stop();
+    }
+    let seen = seen.lock().unwrap().clone();
+    let mut values: Vec<usize> = seen
+        .iter()
+        .map(|(_, l)| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        (0..600).collect::<Vec<_>>(),
+        "every record read once"
+    );
+    for name in ["a", "b", "c", "d"] {
+        assert!(
+            seen.iter().any(|(n, _)| n == name),
+            "member {name} read nothing"
+        );
+    }
+    node.stop();
+}
+
 /// Sends one frame and reads one answer (`None`: the node closed the connection).
 fn exchange(addr: &str, frame: &[u8]) -> Option<Vec<u8>> {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -421,10 +633,11 @@ fn malformed_kafka_frames_close_the_connection_and_the_node_serves_on() {
     node.stop();
 }
 
-/// Two librdkafka consumers with `group.protocol=consumer` (KIP-848) share a topic through the
-/// core's coordinator (its state in etcd when the suite has one): a split of the partitions,
-/// every record read once with each member committing what it was handed; when one leaves,
-/// the other takes every partition, and the group's commits are the partitions' ends.
+/// Three librdkafka consumers with `group.protocol=consumer` (KIP-848) share a topic through
+/// the core's coordinator (its state in etcd when the suite has one): a split of the
+/// partitions, every record read once with each member committing what it was handed; one
+/// leaves and another joins, the three split the partitions again, nothing is read twice, and
+/// the group's commits are the partitions' ends.
 #[test]
 fn kafka_consumers_share_a_topic_with_the_new_group_protocol() {
     let Some(python) = tierlog_tests::python() else {
@@ -436,10 +649,10 @@ fn kafka_consumers_share_a_topic_with_the_new_group_protocol() {
     node.stop();
 }
 
-/// Two librdkafka consumers with the classic protocol (JoinGroup/SyncGroup, the client's leader
-/// computing the assignment) share a topic through the same coordinator, with the eager range
-/// assignor and with cooperative-sticky: a split, every record read once, a takeover when one
-/// leaves. Admin clients list and describe the group with each member's assignment, cannot
+/// Three librdkafka consumers with the classic protocol (JoinGroup/SyncGroup, the client's
+/// leader computing the assignment) share a topic through the same coordinator, with the eager
+/// range assignor and with cooperative-sticky: a split, every record read once, one member
+/// leaving and another joining. Admin clients list and describe the group with each member's assignment, cannot
 /// delete it while it has members, and list, alter and delete its offsets once it is empty.
 #[test]
 fn kafka_consumers_share_a_topic_with_the_classic_group_protocol() {

@@ -17,7 +17,7 @@ use super::kafka::{across_a_cold_restart, run_client};
 const OK: &str = "kafka matrix ok";
 
 /// tests/python/kafka_python_client.py (kafka-python) in `mode`.
-fn kafka_python(python: &str, mode: &str, bootstrap: &str, state: &Path) {
+pub(super) fn kafka_python(python: &str, mode: &str, bootstrap: &str, state: &Path) {
     let mut c = Command::new(python);
     c.arg(tierlog_tests::tests_dir().join("python/kafka_python_client.py"));
     run_client(c, mode, bootstrap, state, OK);
@@ -25,7 +25,7 @@ fn kafka_python(python: &str, mode: &str, bootstrap: &str, state: &Path) {
 
 /// tests/kafkajs/client.js (kafkajs, from the directory the test command installed it in) in
 /// `mode`.
-fn kafkajs(modules: &str, mode: &str, bootstrap: &str, state: &Path) {
+pub(super) fn kafkajs(modules: &str, mode: &str, bootstrap: &str, state: &Path) {
     let mut c = Command::new("node");
     c.arg(tierlog_tests::tests_dir().join("kafkajs/client.js"))
         .env("NODE_PATH", Path::new(modules).join("node_modules"));
