@@ -15,8 +15,8 @@ usage: kafka_clients.py write BOOTSTRAP STATE_JSON   create topics, produce with
        kafka_clients.py configs BOOTSTRAP -          topic settings described and changed
                                                      (both alter APIs), partitions added;
                                                      a transactional producer refused
-       kafka_clients.py failover BOOTSTRAP SECONDS   an idempotent acks=all producer and a
-                                                     classic group member run for SECONDS
+       kafka_clients.py failover BOOTSTRAP SECONDS   two idempotent acks=all producers and
+                                                     a classic group of two run for SECONDS
                                                      while the test kills and restarts nodes;
                                                      then every acknowledged record is read
                                                      back once, at its acknowledged offset
@@ -682,9 +682,10 @@ def delete_records(bootstrap, state_file):
 
 
 def failover(bootstrap, seconds):
-    """Clients that only know Kafka follow partition leaders through the faults the test
-    causes meanwhile (kills, pauses, outages); every record the member reads is logged as it
-    is read, and each must be the one its offset holds at the end."""
+    """Clients that only know Kafka (two idempotent acks=all producers, a group of two
+    members) follow partition leaders through the faults the test causes meanwhile (kills,
+    pauses, outages); every record a member reads is logged as it is read, and each must be
+    the one its offset holds at the end."""
     seconds = float(seconds)
     topic, parts = "moving", 6
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -698,48 +699,60 @@ def failover(bootstrap, seconds):
         else:
             acked[msg.key()] = (msg.partition(), msg.offset())
 
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                  "linger.ms": 5, "message.timeout.ms": 120000})
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "movers",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "session.timeout.ms": 30000})
-    c.subscribe([topic])
+    # Two idempotent producers, and a group of two members.
+    producers = [Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                           "enable.idempotence": True, "linger.ms": 5,
+                           "message.timeout.ms": 120000}) for _ in range(2)]
+    members = [Consumer({"bootstrap.servers": bootstrap, "group.id": "movers",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "session.timeout.ms": 30000}) for _ in range(2)]
+    for c in members:
+        c.subscribe([topic])
     consumed = {}   # (partition, offset) -> key
-    seen = []       # every (partition, offset, key) the member was handed, as it was handed
+    seen = []       # every (partition, offset, key) a member was handed, as it was handed
+
+    def take(m):
+        if m is not None and not m.error():
+            consumed[(m.partition(), m.offset())] = m.key()
+            seen.append((m.partition(), m.offset(), m.key()))
+            return True
+        return False
+
     print("ready", flush=True)
-    # 200 records a second, the member reading and committing in between.
+    # 200 records a second, the members reading and committing in between.
     i, start = 0, time.time()
     end = start + seconds
     while time.time() < end:
         for _ in range(20):
-            p.produce(topic, key=f"k{i:07}".encode(), value=f"v{i}".encode(), on_delivery=report)
+            producers[i % 2].produce(topic, key=f"k{i:07}".encode(), value=f"v{i}".encode(),
+                                     on_delivery=report)
             i += 1
-        p.poll(0)
+        for p in producers:
+            p.poll(0)
         next_batch = start + i / 200
         while time.time() < next_batch:
-            m = c.poll(max(0.0, min(0.05, next_batch - time.time())))
-            if m is not None and not m.error():
-                consumed[(m.partition(), m.offset())] = m.key()
-                seen.append((m.partition(), m.offset(), m.key()))
-                c.commit(message=m, asynchronous=True)
-    check(p.flush(180) == 0, "every record was acknowledged or failed")
+            for c in members:
+                m = c.poll(max(0.0, min(0.025, next_batch - time.time())))
+                if take(m):
+                    c.commit(message=m, asynchronous=True)
+    for p in producers:
+        check(p.flush(180) == 0, "every record was acknowledged or failed")
     check(not failed, f"{len(failed)} records failed, first: {failed[:3]}")
     check(len(acked) == i, f"acknowledged {len(acked)} of {i}")
     print(f"produced {i} records through the failover", flush=True)
-    # The group member reads on to the end, through the same leader changes.
+    # The members read on to the end, through the same leader changes.
     want = {v: k for k, v in acked.items()}
     deadline = time.time() + 120
     while len(consumed) < len(want) and time.time() < deadline:
-        m = c.poll(0.5)
-        if m is not None and not m.error():
-            consumed[(m.partition(), m.offset())] = m.key()
-            seen.append((m.partition(), m.offset(), m.key()))
-    c.close()
+        for c in members:
+            take(c.poll(0.25))
+    for c in members:
+        c.close()
     # No value was shown at an offset that later holds another.
     taken_back = [(q, o, k) for (q, o, k) in seen if want.get((q, o)) != k]
     check(not taken_back, f"{len(taken_back)} records read during the faults are not in the "
           f"log at their offsets: {taken_back[:5]}")
-    print(f"the member read {len(seen)} records ({len(seen) - len(consumed)} again after a "
+    print(f"the members read {len(seen)} records ({len(seen) - len(consumed)} again after a "
           f"rebalance), each where the log holds it", flush=True)
     # Acknowledged offsets are the log: dense per partition, each record where it was acked.
     check(consumed == want, f"consumed {len(consumed)} of {len(want)} acknowledged; "

@@ -1125,12 +1125,13 @@ async fn a_group_carries_on_when_its_coordinator_is_killed() {
 }
 
 /// Kafka clients keep every acknowledged record through a schedule of faults (3 nodes on a
-/// private etcd and a private S3 server): an idempotent acks=all librdkafka producer and a
-/// classic group member run while a node is killed with SIGKILL and restarted, a leader is
-/// paused (SIGSTOP) past its lease and resumed, etcd is frozen past the leases, and the object
-/// store is frozen for a few seconds. Every record is acknowledged, none twice, each at the
-/// offset it was acknowledged at, offsets dense; every record the member read during the
-/// faults is the one its offset holds at the end; a fresh reader reads exactly the log.
+/// private etcd and a private S3 server): two idempotent acks=all librdkafka producers and a
+/// classic group of two members run while a node is killed with SIGKILL and restarted, a
+/// leader is paused (SIGSTOP) past its lease and resumed, etcd is frozen past the leases, and
+/// the object store is frozen for a few seconds. Every record is acknowledged, none twice,
+/// each at the offset it was acknowledged at, offsets dense; every record a member read
+/// during the faults is the one its offset holds at the end; a fresh reader reads exactly the
+/// log.
 #[test]
 fn kafka_clients_lose_nothing_through_kills_pauses_and_outages() {
     use std::io::{BufRead, BufReader};
