@@ -18,6 +18,7 @@ mod configs;
 mod errors;
 mod groups;
 mod handlers;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -266,6 +267,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let settings = Arc::new(settings);
+    let sessions = Arc::new(sessions::FetchSessions::default());
     let mut incoming = Box::pin(crate::listen::accept_limited(
         listener,
         limits.max_connections,
@@ -282,9 +284,10 @@ pub async fn serve(
             None => return,
         };
         let (broker, settings, stop) = (broker.clone(), settings.clone(), stop.clone());
+        let sessions = sessions.clone();
         let in_flight = limits.max_requests_per_connection;
         tokio::spawn(async move {
-            if let Err(e) = connection(broker, settings, conn, in_flight, stop).await {
+            if let Err(e) = connection(broker, settings, sessions, conn, in_flight, stop).await {
                 tracing::debug!(error = %e, "kafka connection ended");
             }
         });
@@ -294,6 +297,7 @@ pub async fn serve(
 async fn connection(
     broker: Broker,
     settings: Arc<KafkaSettings>,
+    sessions: Arc<sessions::FetchSessions>,
     conn: crate::listen::Limited,
     in_flight: usize,
     stop: CancellationToken,
@@ -356,6 +360,7 @@ async fn connection(
             }
             let broker = broker.clone();
             let settings = settings.clone();
+            let sessions = sessions.clone();
             let host = host.clone();
             tokio::spawn(async move {
                 let api = i16::from_be_bytes([buf[0], buf[1]]);
@@ -363,7 +368,7 @@ async fn connection(
                 let started = std::time::Instant::now();
                 let span = tracing::debug_span!("kafka", api = %api);
                 let answer = tracing::Instrument::instrument(
-                    handle(&broker, &settings, Bytes::from(buf), host),
+                    handle(&broker, &settings, &sessions, Bytes::from(buf), host),
                     span,
                 )
                 .await;
@@ -391,6 +396,7 @@ async fn connection(
 async fn handle(
     broker: &Broker,
     settings: &KafkaSettings,
+    sessions: &sessions::FetchSessions,
     mut frame: Bytes,
     host: Arc<str>,
 ) -> Answer {
@@ -419,7 +425,7 @@ async fn handle(
         return handlers::api_versions(&req, served);
     }
     check_served(key, version)?;
-    handlers::dispatch(broker, settings, req)
+    handlers::dispatch(broker, settings, sessions, req)
         .await
         .map_err(|e| format!("{key:?} v{version}: {e:#}"))
 }

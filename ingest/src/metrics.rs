@@ -77,6 +77,7 @@ pub struct Metrics {
     meta_requests: Family<Labels, Counter>,
     meta_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     kafka_errors: Family<Labels, Counter>,
+    kafka_fetches: Family<Labels, Counter>,
     totals: Totals,
     convert_seconds: Histogram,
     upload_commit_seconds: Histogram,
@@ -138,6 +139,12 @@ impl Metrics {
             "tierlog_kafka_errors",
             "Error codes in Kafka answers, one per partition, group or resource they name, by API and Kafka error name",
             kafka_errors.clone(),
+        );
+        let kafka_fetches = Family::<Labels, Counter>::default();
+        registry.register(
+            "tierlog_kafka_fetches",
+            "Kafka Fetch requests by fetch session (KIP-227): none, full (opens one), incremental, refused (an unknown session or a wrong epoch)",
+            kafka_fetches.clone(),
         );
         let leadership_changes = Counter::default();
         registry.register(
@@ -220,6 +227,7 @@ impl Metrics {
             bytes_out,
             leadership_changes,
             kafka_errors,
+            kafka_fetches,
             totals: Totals::default(),
             rebalances,
         }
@@ -301,6 +309,16 @@ impl Metrics {
                 ("api", api.to_string()),
                 ("error", error.to_string()),
             ])
+            .inc();
+    }
+
+    /// A Kafka Fetch of this fetch session kind.
+    pub fn kafka_fetch(&self, session: &'static str) {
+        if !self.enabled {
+            return;
+        }
+        self.kafka_fetches
+            .get_or_create(&vec![("session", session.to_string())])
             .inc();
     }
 

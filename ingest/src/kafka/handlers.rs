@@ -53,6 +53,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use meta::{PartitionOffset, TopicConfig};
 
+use super::sessions::{FetchSessions, Key, Plan, Wanted};
 use super::{KafkaSettings, Request, SUPPORTED, configs, groups, respond, respond_as};
 use crate::broker::{Acks, Broker, ClusterView, OffsetSpec};
 use crate::error::{Code, Error, kafka_code};
@@ -123,12 +124,17 @@ pub(super) fn api_versions(req: &Request, served: Option<(i16, i16)>) -> super::
     respond_as(req, if ok { req.version } else { 0 }, &r)
 }
 
-pub(super) async fn dispatch(broker: &Broker, settings: &KafkaSettings, req: Request) -> Handled {
+pub(super) async fn dispatch(
+    broker: &Broker,
+    settings: &KafkaSettings,
+    sessions: &FetchSessions,
+    req: Request,
+) -> Handled {
     let answer = match req.key {
         ApiKey::Metadata => respond(&req, &metadata(broker, settings, &req).await?),
         ApiKey::Produce => return produce(broker, &req).await,
         ApiKey::Fetch => {
-            let (resp, held) = fetch(broker, &req).await?;
+            let (resp, held) = fetch(broker, sessions, &req).await?;
             respond(&req, &resp).map(|r| r.map(|r| r.holding(held)))
         }
         ApiKey::ListOffsets => respond(&req, &list_offsets(broker, &req).await?),
@@ -458,11 +464,70 @@ fn epoch_check(asked: i32, current: u64) -> i16 {
 }
 
 /// The answer, and the fetch buffer permits of the records in it: held until it is written.
+/// From version 7 a fetch may belong to an incremental fetch session (see [`super::sessions`]).
 async fn fetch(
     broker: &Broker,
+    sessions: &FetchSessions,
     req: &Request,
 ) -> anyhow::Result<(FetchResponse, Vec<crate::FetchPermit>)> {
     let r: FetchRequest = req.decode()?;
+    let named: Vec<(Key, Wanted)> = r
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    (t.topic.0.to_string(), p.partition),
+                    Wanted::new(
+                        p.fetch_offset,
+                        p.partition_max_bytes,
+                        p.current_leader_epoch,
+                    ),
+                )
+            })
+        })
+        .collect();
+    let plan = if req.version >= 7 {
+        let forgotten: Vec<Key> = r
+            .forgotten_topics_data
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|&p| (t.topic.0.to_string(), p)))
+            .collect();
+        sessions.begin(r.session_id, r.session_epoch, named.clone(), &forgotten)
+    } else {
+        Plan::Sessionless
+    };
+    broker.metrics().kafka_fetch(match &plan {
+        Plan::Sessionless => "none",
+        Plan::Full(_) => "full",
+        Plan::Incremental { .. } => "incremental",
+        Plan::Refused(_) => "refused",
+    });
+    let (wanted, session) = match plan {
+        Plan::Sessionless => (named, None),
+        Plan::Full(id) => (named, Some((id, true))),
+        Plan::Incremental { id, parts } => (parts, Some((id, false))),
+        Plan::Refused(code) => {
+            let mut resp = FetchResponse::default();
+            resp.error_code = code;
+            return Ok((resp, Vec::new()));
+        }
+    };
+    let (mut resp, permits) = fetch_partitions(broker, &r, &wanted).await;
+    if let Some((id, full)) = session {
+        sessions.answered(id, full, &mut resp);
+        resp.session_id = id;
+    }
+    Ok((resp, permits))
+}
+
+/// Reads `wanted` for a fetch: long poll (`max_wait_ms`, `min_bytes`) and `max_bytes` from
+/// `r`. Partitions of a topic are answered together, in the order given.
+async fn fetch_partitions(
+    broker: &Broker,
+    r: &FetchRequest,
+    wanted: &[(Key, Wanted)],
+) -> (FetchResponse, Vec<crate::FetchPermit>) {
     let wait = Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = r.min_bytes.max(0) as usize;
@@ -478,75 +543,66 @@ async fn fetch(
         let mut waits = Vec::new();
         // Held until the answer is written: the node's fetch buffer bounds what is read.
         let mut permits = Vec::new();
-        for t in &r.topics {
-            let name = t.topic.0.to_string();
-            let mut topic = FetchableTopicResponse::default().with_topic(t.topic.clone());
-            for p in &t.partitions {
-                let mut data = PartitionData::default()
-                    .with_partition_index(p.partition)
-                    .with_high_watermark(-1)
-                    .with_last_stable_offset(-1)
-                    .with_log_start_offset(-1)
-                    .with_preferred_read_replica(BrokerId(-1))
-                    .with_records(Some(Bytes::new()));
-                let room = max_bytes.saturating_sub(total);
-                // At least one batch for the first partition with records (KIP-74), then
-                // within the request's max_bytes.
-                let budget = if total == 0 {
-                    (p.partition_max_bytes.max(1) as usize).min(max_bytes)
-                } else {
-                    (p.partition_max_bytes.max(0) as usize).min(room)
-                };
-                let fetched = match (partition(p.partition), budget) {
-                    (Err(e), _) => Err(e),
-                    (Ok(_), 0) => {
-                        topic.partitions.push(data);
-                        continue;
-                    }
-                    (Ok(pn), budget) => {
-                        broker
-                            .fetch_visible(&name, pn, p.fetch_offset, budget)
-                            .await
-                    }
-                };
-                match fetched {
-                    Ok(f) => {
-                        data.high_watermark = f.high_watermark;
-                        data.last_stable_offset = f.high_watermark;
-                        data.log_start_offset = f.log_start;
-                        data.error_code = epoch_check(p.current_leader_epoch, f.leader_epoch);
-                        if data.error_code != kafka_code::NONE {
-                            failed = true;
-                        } else if f.batches.is_empty() {
-                            if let Ok(pn) = partition(p.partition) {
-                                waits.push((name.clone(), pn, p.fetch_offset));
-                            }
-                        } else {
-                            let size: usize = f.batches.iter().map(|b| b.len()).sum();
-                            let mut records = BytesMut::with_capacity(size);
-                            for b in &f.batches {
-                                records.extend_from_slice(b.as_bytes());
-                            }
-                            total += size;
-                            data.records = Some(records.freeze());
-                        }
-                        permits.extend(f.permit);
-                    }
-                    Err(e) => {
-                        data.error_code = e.code().kafka();
-                        failed = true;
-                    }
+        for ((name, index), p) in wanted {
+            let mut data = PartitionData::default()
+                .with_partition_index(*index)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(BrokerId(-1))
+                .with_records(Some(Bytes::new()));
+            let room = max_bytes.saturating_sub(total);
+            // At least one batch for the first partition with records (KIP-74), then
+            // within the request's max_bytes.
+            let budget = if total == 0 {
+                (p.partition_max_bytes.max(1) as usize).min(max_bytes)
+            } else {
+                (p.partition_max_bytes.max(0) as usize).min(room)
+            };
+            let fetched = match (partition(*index), budget) {
+                (Err(e), _) => Err(e),
+                (Ok(_), 0) => {
+                    push_partition(&mut resp, name, data);
+                    continue;
                 }
-                topic.partitions.push(data);
+                (Ok(pn), budget) => broker.fetch_visible(name, pn, p.fetch_offset, budget).await,
+            };
+            match fetched {
+                Ok(f) => {
+                    data.high_watermark = f.high_watermark;
+                    data.last_stable_offset = f.high_watermark;
+                    data.log_start_offset = f.log_start;
+                    data.error_code = epoch_check(p.current_leader_epoch, f.leader_epoch);
+                    if data.error_code != kafka_code::NONE {
+                        failed = true;
+                    } else if f.batches.is_empty() {
+                        if let Ok(pn) = partition(*index) {
+                            waits.push((name.clone(), pn, p.fetch_offset));
+                        }
+                    } else {
+                        let size: usize = f.batches.iter().map(|b| b.len()).sum();
+                        let mut records = BytesMut::with_capacity(size);
+                        for b in &f.batches {
+                            records.extend_from_slice(b.as_bytes());
+                        }
+                        total += size;
+                        data.records = Some(records.freeze());
+                    }
+                    permits.extend(f.permit);
+                }
+                Err(e) => {
+                    data.error_code = e.code().kafka();
+                    failed = true;
+                }
             }
-            resp.responses.push(topic);
+            push_partition(&mut resp, name, data);
         }
         if total >= min_bytes.max(1)
             || failed
             || waits.is_empty()
             || tokio::time::Instant::now() >= deadline
         {
-            return Ok((resp, permits));
+            return (resp, permits);
         }
         drop(permits);
         // Nothing yet: wait for any partition's high watermark to move, then read again.
@@ -554,6 +610,19 @@ async fn fetch(
             .iter()
             .map(|(t, p, o)| Box::pin(broker.wait_visible(t, *p, *o, deadline)));
         let _ = futures::future::select_all(waiting).await;
+    }
+}
+
+/// Adds a partition's answer under its topic: the same topic as the last one answered joins
+/// it, as a request names each topic once.
+fn push_partition(resp: &mut FetchResponse, topic: &str, data: PartitionData) {
+    match resp.responses.last_mut() {
+        Some(t) if t.topic.0.as_str() == topic => t.partitions.push(data),
+        _ => resp.responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(str(topic)))
+                .with_partitions(vec![data]),
+        ),
     }
 }
 

@@ -57,6 +57,42 @@ fn kafka_python_administers_topics_settings_and_partitions() {
     on_a_node("admin", false, |m, b, s| kafka_python(&python, m, b, s));
 }
 
+/// kafka-python's consumers read through incremental fetch sessions (KIP-227): a full fetch
+/// opens a session, later fetches name only what changed, and what they read is checked record
+/// by record (the `write` scenario: every codec, three partitions, offsets by time). The
+/// node's metrics show full and incremental session fetches, and none refused for a wrong
+/// epoch or an unknown session.
+#[test]
+fn kafka_python_reads_through_incremental_fetch_sessions() {
+    let Some(python) = tierlog_tests::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    kafka_python(
+        &python,
+        "write",
+        &node.kafka,
+        &dir.path().join("state.json"),
+    );
+    let (status, text) = super::metrics::get(&node.http, "/metrics");
+    assert_eq!(status, 200);
+    let fetches = |session: &str| -> f64 {
+        let line = format!("tierlog_kafka_fetches_total{{session=\"{session}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map_or(0.0, |n| n.trim().parse().unwrap())
+    };
+    assert!(
+        fetches("full") >= 1.0 && fetches("incremental") >= 1.0,
+        "full {}, incremental {}",
+        fetches("full"),
+        fetches("incremental")
+    );
+    assert_eq!(fetches("refused"), 0.0, "no fetch refused");
+    node.stop();
+}
+
 /// kafka-python produces with every codec it has (none, gzip, snappy, lz4, zstd), keyed, with
 /// headers and timestamps, idempotent at acks=all, and reads every record back from offset 0
 /// identical (partition, dense offsets, key, value, headers, timestamp); ListOffsets by

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::{Node, cli};
 
 /// `GET path` over HTTP/1.1: (status, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
+pub(super) fn get(addr: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
