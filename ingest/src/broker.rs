@@ -309,7 +309,7 @@ struct Inner {
     /// The cluster's topics and partition counts as the coordinator last read them.
     group_topics: Mutex<Option<(Instant, groups::TopicPartitions)>>,
     /// Group records read to fence members' fetches at a node that does not coordinate them.
-    group_fences: Mutex<HashMap<String, (Instant, Arc<meta::GroupRecord>)>>,
+    group_fences: Mutex<HashMap<String, Arc<groups::FenceCopy>>>,
     /// Timestamps of records at committed offsets, for group lag in time (see [`observe`]).
     record_times: Mutex<HashMap<(PartitionKey, i64), i64>>,
     metrics: Arc<Metrics>,

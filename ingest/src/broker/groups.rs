@@ -88,8 +88,12 @@ pub struct FetchFence {
 }
 
 /// How long a node that does not coordinate a group lets members' fetches through on a copy
-/// of the group's record; a refusal always reads the record again first.
+/// of the group's record; a refusal always reads the record again first (or takes a copy read
+/// after it asked).
 const FENCE_TTL: Duration = Duration::from_secs(1);
+/// A node's copy of a group's record for fetch fences: when it was read, and the record. Its
+/// lock is held while the record is read again.
+pub(super) type FenceCopy = tokio::sync::Mutex<Option<(Instant, Arc<meta::GroupRecord>)>>;
 /// Groups whose record copies a node keeps for fetch fences before it drops stale ones.
 const FENCE_COPIES: usize = 1024;
 
@@ -365,18 +369,29 @@ impl Broker {
         {
             return check(c.state.lock().await.record());
         }
-        let copy = self
-            .inner
-            .group_fences
-            .lock()
-            .expect("lock poisoned")
-            .get(&f.group)
-            .filter(|(at, _)| at.elapsed() < FENCE_TTL)
-            .map(|(_, rec)| rec.clone());
-        if let Some(rec) = copy
-            && check(&rec).is_ok()
-        {
-            return Ok(());
+        // One read of the record at a time per group: streams that find the copy stale
+        // wait for it, then use what it read (a read that started after they asked is as
+        // fresh as their own), so a thousand streams of one group cost one read, not a flood.
+        let slot = {
+            let mut copies = self.inner.group_fences.lock().expect("lock poisoned");
+            if copies.len() >= FENCE_COPIES {
+                copies.retain(|_, slot| {
+                    slot.try_lock().map_or(true, |c| {
+                        c.as_ref().is_some_and(|(at, _)| at.elapsed() < FENCE_TTL)
+                    })
+                });
+            }
+            copies.entry(f.group.clone()).or_default().clone()
+        };
+        let asked = Instant::now();
+        let mut copy = slot.lock().await;
+        if let Some((at, rec)) = &*copy {
+            if at.elapsed() < FENCE_TTL && check(rec).is_ok() {
+                return Ok(());
+            }
+            if *at >= asked {
+                return check(rec);
+            }
         }
         let rec = Arc::new(
             self.inner
@@ -385,12 +400,7 @@ impl Broker {
                 .await?
                 .unwrap_or_default(),
         );
-        let mut copies = self.inner.group_fences.lock().expect("lock poisoned");
-        if copies.len() >= FENCE_COPIES {
-            copies.retain(|_, (at, _)| at.elapsed() < FENCE_TTL);
-        }
-        copies.insert(f.group.clone(), (Instant::now(), rec.clone()));
-        drop(copies);
+        *copy = Some((Instant::now(), rec.clone()));
         check(&rec)
     }
 
