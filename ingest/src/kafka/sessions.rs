@@ -182,6 +182,10 @@ impl FetchSessions {
                 let Some((_, w)) = session.parts.iter_mut().find(|(k, _)| *k == key) else {
                     return true;
                 };
+                if p.high_watermark < 0 && p.error_code == kafka_code::NONE {
+                    // Not read this time (the answer was full): nothing was told.
+                    return full;
+                }
                 let now = (p.high_watermark, p.log_start_offset);
                 let has_records = p.records.as_ref().is_some_and(|r| !r.is_empty());
                 let news = has_records || p.error_code != kafka_code::NONE || w.told != Some(now);
@@ -277,10 +281,20 @@ mod tests {
         let mut r = answer(&[(1, 3, false), (0, 5, false)]);
         s.answered(id, false, &mut r);
         assert_eq!(named(&r), vec![1], "a moved high watermark is news");
+        // A partition the answer had no room to read (high watermark -1) is not named, and
+        // what the client was told of it stands.
+        let _ = s.begin(id, 3, vec![], &[]);
+        let mut r = answer(&[(1, -1, false), (0, 5, false)]);
+        s.answered(id, false, &mut r);
+        assert!(named(&r).is_empty(), "{r:?}");
+        let _ = s.begin(id, 4, vec![], &[]);
+        let mut r = answer(&[(1, 3, false), (0, 5, false)]);
+        s.answered(id, false, &mut r);
+        assert!(named(&r).is_empty(), "still 3: no news {r:?}");
 
         // Wrong epochs and unknown sessions change nothing.
         assert_eq!(
-            s.begin(id, 9, vec![], &[]),
+            s.begin(id, 11, vec![], &[]),
             Plan::Refused(kafka_code::INVALID_FETCH_SESSION_EPOCH)
         );
         assert_eq!(
@@ -288,18 +302,18 @@ mod tests {
             Plan::Refused(kafka_code::FETCH_SESSION_ID_NOT_FOUND)
         );
         assert_eq!(
-            s.begin(0, 3, vec![], &[]),
+            s.begin(0, 5, vec![], &[]),
             Plan::Refused(kafka_code::INVALID_FETCH_SESSION_EPOCH)
         );
-        // Forgotten partitions leave the session; the epoch is still 3.
-        let Plan::Incremental { parts, .. } = s.begin(id, 3, vec![], &[key(1)]) else {
-            panic!("epoch 3 follows")
+        // Forgotten partitions leave the session; the epoch is still 5.
+        let Plan::Incremental { parts, .. } = s.begin(id, 5, vec![], &[key(1)]) else {
+            panic!("epoch 5 follows")
         };
         assert_eq!(parts.iter().map(|(k, _)| k.1).collect::<Vec<_>>(), vec![0]);
         // Epoch -1 closes it.
         assert_eq!(s.begin(id, -1, vec![], &[]), Plan::Sessionless);
         assert_eq!(
-            s.begin(id, 4, vec![], &[]),
+            s.begin(id, 6, vec![], &[]),
             Plan::Refused(kafka_code::FETCH_SESSION_ID_NOT_FOUND)
         );
     }
