@@ -59,6 +59,9 @@ pub(super) struct Coordinated {
     /// The record writer: the number of the last change stored, or `None` once a write failed
     /// (the group is dropped from memory; waiting callers get NOT_COORDINATOR).
     stored: tokio::sync::Mutex<Option<u64>>,
+    /// The record as last stored (or loaded), which members' fetches are checked against
+    /// without waiting for `state`.
+    fenced_by: std::sync::RwLock<Arc<meta::GroupRecord>>,
 }
 
 impl Coordinated {
@@ -215,6 +218,7 @@ impl Broker {
         let c = Arc::new(Coordinated {
             claim,
             lease,
+            fenced_by: std::sync::RwLock::new(Arc::new(state.record().clone())),
             state: tokio::sync::Mutex::new(state),
             changes: std::sync::atomic::AtomicU64::new(0),
             stored: tokio::sync::Mutex::new(Some(0)),
@@ -308,6 +312,7 @@ impl Broker {
                         drop(stored);
                         return Err(self.coordinator_write_failed(group, &c, e).await);
                     }
+                    *c.fenced_by.write().expect("lock poisoned") = Arc::new(record);
                     *stored = Some(newest);
                 }
             }
@@ -337,9 +342,10 @@ impl Broker {
 
     /// Refuses a member's fetch of a partition its group's coordinator does not have with it:
     /// UNKNOWN_MEMBER_ID for a member the group dropped, ILLEGAL_GENERATION for a partition a
-    /// rebalance moved. The coordinating node checks its state in memory; another node checks
-    /// the group's record in `meta`, allowing on a copy up to [`FENCE_TTL`] old and reading
-    /// the record again before it refuses. A grant is stored before the member hears of it,
+    /// rebalance moved. The coordinating node checks the record it last stored, in memory (not
+    /// waiting for the group's lock, as every answer of every member's stream is checked);
+    /// another node checks the group's record in `meta`, allowing on a copy up to
+    /// [`FENCE_TTL`] old and reading the record again before it refuses. A grant is stored before the member hears of it,
     /// so a member is never refused a partition it was granted, and a member that lost one is
     /// refused within [`FENCE_TTL`] (at once on the coordinator).
     pub async fn fence_fetch(&self, f: &FetchFence, topic: &str, partition: u32) -> Result<()> {
@@ -367,7 +373,8 @@ impl Broker {
         if let Some(c) = here
             && !self.lease_lapsed()
         {
-            return check(c.state.lock().await.record());
+            let rec = c.fenced_by.read().expect("lock poisoned").clone();
+            return check(&rec);
         }
         // One read of the record at a time per group: streams that find the copy stale
         // wait for it, then use what it read (a read that started after they asked is as
