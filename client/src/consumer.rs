@@ -67,9 +67,9 @@ pub type Tp = (String, u32);
 pub(crate) type Member = std::sync::Arc<tokio::sync::Mutex<(String, i32)>>;
 
 /// Orders a consumer's commits. Each commit takes a number when it is made (in call order)
-/// and, when its turn comes, sends only the partitions no later commit has sent yet, holding
-/// the lane while it is sent: a `commit_async` that runs after a newer commit never moves an
-/// offset back.
+/// and, when its turn comes, sends only the partitions no later commit has committed yet,
+/// holding the lane while it is sent: a `commit_async` that runs after a newer commit never
+/// moves an offset back.
 #[derive(Debug, Default)]
 pub(crate) struct CommitLane {
     next: std::sync::atomic::AtomicU64,
@@ -482,24 +482,34 @@ async fn commit(
         .into_iter()
         .filter(|o| {
             let tp = (o.topic.clone(), o.partition);
-            if sent.get(&tp).is_some_and(|&newer| newer > ticket) {
-                return false;
-            }
-            sent.insert(tp, ticket);
-            true
+            sent.get(&tp).is_none_or(|&newer| newer < ticket)
         })
         .collect();
     if offsets.is_empty() {
         return Ok(());
     }
-    let Some(member) = member else {
-        return client.commit_offsets(group, offsets).await;
+    let tps: Vec<Tp> = offsets
+        .iter()
+        .map(|o| (o.topic.clone(), o.partition))
+        .collect();
+    let done = match member {
+        None => client.commit_offsets(group, offsets).await,
+        Some(member) => {
+            let guard = member.lock().await;
+            let (id, epoch) = &*guard;
+            client
+                .commit_member_offsets(group, id, *epoch, offsets)
+                .await
+        }
     };
-    let guard = member.lock().await;
-    let (id, epoch) = &*guard;
-    client
-        .commit_member_offsets(group, id, *epoch, offsets)
-        .await
+    // Only a commit that landed supersedes older ones: after a failed one, an older commit
+    // still waiting is sent.
+    if done.is_ok() {
+        for tp in tps {
+            sent.insert(tp, ticket);
+        }
+    }
+    done
 }
 /// Follows one partition from `from`, at its leader: a retriable failure (leader moved or died,
 /// node shutting down) re-routes and resumes after the last record passed on, with backoff; only
@@ -515,18 +525,26 @@ async fn fetch_loop(
 ) {
     let (topic, partition) = (tp.0.clone(), tp.1);
     let mut backoff = Duration::from_millis(50);
+    // The member as the last stream carried it: a heartbeat or commit holds the member's
+    // lock through its request, and a stream restarted meanwhile (its leader died, say) does
+    // not wait for that.
+    let mut carried: Option<pb::FetchMember> = None;
     loop {
-        let member = match &fence {
-            Some((group, m)) => {
-                let (id, epoch) = m.lock().await.clone();
-                Some(pb::FetchMember {
+        if let Some((group, m)) = &fence {
+            let now = match (m.try_lock(), &carried) {
+                (Ok(g), _) => Some(g.clone()),
+                (Err(_), Some(_)) => None,
+                (Err(_), None) => Some(m.lock().await.clone()),
+            };
+            if let Some((id, epoch)) = now {
+                carried = Some(pb::FetchMember {
                     group: group.clone(),
                     member_id: id,
                     member_epoch: epoch,
-                })
+                });
             }
-            None => None,
-        };
+        }
+        let member = carried.clone();
         let req = pb::FetchRequest {
             topic: topic.clone(),
             partition,

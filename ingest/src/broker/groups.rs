@@ -400,6 +400,8 @@ impl Broker {
                 return check(rec);
             }
         }
+        // Stamped with when the read started: it holds what was stored before then.
+        let started = Instant::now();
         let rec = Arc::new(
             self.inner
                 .meta
@@ -407,7 +409,7 @@ impl Broker {
                 .await?
                 .unwrap_or_default(),
         );
-        *copy = Some((Instant::now(), rec.clone()));
+        *copy = Some((started, rec.clone()));
         check(&rec)
     }
 

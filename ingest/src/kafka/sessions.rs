@@ -14,7 +14,7 @@
 //! - partitions that returned records move to the end of the session's order, so one busy
 //!   partition cannot keep the first batch of every answer (KIP-74) to itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use kafka_protocol::messages::FetchResponse;
@@ -33,7 +33,7 @@ pub(crate) struct Wanted {
     pub fetch_offset: i64,
     pub partition_max_bytes: i32,
     pub current_leader_epoch: i32,
-    /// (high watermark, log start offset) last answered; `None` until answered once.
+    /// (high watermark, log start offset) last answered without an error; `None` until then.
     told: Option<(i64, i64)>,
 }
 
@@ -58,8 +58,46 @@ struct Session {
     epoch: i32,
     /// When it was last used, on the cache's own clock.
     used: u64,
-    /// In fetch order.
-    parts: Vec<(Key, Wanted)>,
+    parts: HashMap<Key, Wanted>,
+    /// Fetch order.
+    order: Vec<Key>,
+}
+
+impl Session {
+    fn new(used: u64, parts: Vec<(Key, Wanted)>) -> Session {
+        let mut s = Session {
+            epoch: 1,
+            used,
+            parts: HashMap::with_capacity(parts.len()),
+            order: Vec::with_capacity(parts.len()),
+        };
+        s.upsert(parts);
+        s
+    }
+
+    /// Adds partitions, or updates how they are fetched (what was told stays).
+    fn upsert(&mut self, parts: Vec<(Key, Wanted)>) {
+        for (key, w) in parts {
+            match self.parts.get_mut(&key) {
+                Some(had) => {
+                    had.fetch_offset = w.fetch_offset;
+                    had.partition_max_bytes = w.partition_max_bytes;
+                    had.current_leader_epoch = w.current_leader_epoch;
+                }
+                None => {
+                    self.order.push(key.clone());
+                    self.parts.insert(key, w);
+                }
+            }
+        }
+    }
+
+    fn in_order(&self) -> Vec<(Key, Wanted)> {
+        self.order
+            .iter()
+            .map(|k| (k.clone(), self.parts[k].clone()))
+            .collect()
+    }
 }
 
 /// What a fetch does with respect to sessions.
@@ -78,8 +116,7 @@ pub(crate) enum Plan {
 
 #[derive(Debug, Default)]
 struct Sessions {
-    last_id: i32,
-    /// Counts fetches that use a session.
+    /// Counts fetches that use the cache.
     clock: u64,
     by_id: HashMap<i32, Session>,
 }
@@ -92,7 +129,8 @@ pub(crate) struct FetchSessions {
 
 impl FetchSessions {
     /// Starts a fetch with `session_id`/`epoch` naming `parts` (partitions to add or update)
-    /// and `forgotten` (partitions to drop).
+    /// and `forgotten` (partitions to drop). As Kafka: epoch 0 or -1 is a full fetch, closing
+    /// session `session_id` if there is one; 0 opens a new session, -1 none.
     pub(crate) fn begin(
         &self,
         session_id: i32,
@@ -104,8 +142,12 @@ impl FetchSessions {
         s.clock += 1;
         let now = s.clock;
         match (session_id, epoch) {
-            (0, -1) => Plan::Sessionless,
-            (0, 0) => {
+            (id, -1) => {
+                s.by_id.remove(&id);
+                Plan::Sessionless
+            }
+            (id, 0) => {
+                s.by_id.remove(&id);
                 if s.by_id.len() >= SLOTS
                     && let Some(oldest) = s
                         .by_id
@@ -115,29 +157,18 @@ impl FetchSessions {
                 {
                     s.by_id.remove(&oldest);
                 }
-                let mut id = s.last_id;
-                loop {
-                    id = id.checked_add(1).filter(|i| *i > 0).unwrap_or(1);
+                // Random ids, so a client holding an id from before a restart does not find
+                // another client's session under it.
+                let id = loop {
+                    let id = fastrand::i32(1..=i32::MAX);
                     if !s.by_id.contains_key(&id) {
-                        break;
+                        break id;
                     }
-                }
-                s.last_id = id;
-                s.by_id.insert(
-                    id,
-                    Session {
-                        epoch: 1,
-                        used: now,
-                        parts,
-                    },
-                );
+                };
+                s.by_id.insert(id, Session::new(now, parts));
                 Plan::Full(id)
             }
-            (0, _) => Plan::Refused(kafka_code::INVALID_FETCH_SESSION_EPOCH),
-            (id, -1) => {
-                s.by_id.remove(&id);
-                Plan::Sessionless
-            }
+            (0, _) => Plan::Refused(kafka_code::FETCH_SESSION_ID_NOT_FOUND),
             (id, e) => {
                 let Some(session) = s.by_id.get_mut(&id) else {
                     return Plan::Refused(kafka_code::FETCH_SESSION_ID_NOT_FOUND);
@@ -147,20 +178,15 @@ impl FetchSessions {
                 }
                 session.epoch = if e == i32::MAX { 1 } else { e + 1 };
                 session.used = now;
-                session.parts.retain(|(k, _)| !forgotten.contains(k));
-                for (key, w) in parts {
-                    match session.parts.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, had)) => {
-                            had.fetch_offset = w.fetch_offset;
-                            had.partition_max_bytes = w.partition_max_bytes;
-                            had.current_leader_epoch = w.current_leader_epoch;
-                        }
-                        None => session.parts.push((key, w)),
-                    }
+                if !forgotten.is_empty() {
+                    let gone: HashSet<&Key> = forgotten.iter().collect();
+                    session.order.retain(|k| !gone.contains(k));
+                    session.parts.retain(|k, _| !gone.contains(k));
                 }
+                session.upsert(parts);
                 Plan::Incremental {
                     id,
-                    parts: session.parts.clone(),
+                    parts: session.in_order(),
                 }
             }
         }
@@ -174,35 +200,42 @@ impl FetchSessions {
             // Evicted meanwhile: the client is told everything, and learns at its next fetch.
             return;
         };
-        let mut busy = Vec::new();
+        let mut busy = HashSet::new();
         for t in &mut resp.responses {
             let topic = t.topic.0.to_string();
             t.partitions.retain(|p| {
                 let key = (topic.clone(), p.partition_index);
-                let Some((_, w)) = session.parts.iter_mut().find(|(k, _)| *k == key) else {
+                let Some(w) = session.parts.get_mut(&key) else {
                     return true;
                 };
-                if p.high_watermark < 0 && p.error_code == kafka_code::NONE {
+                if p.error_code != kafka_code::NONE {
+                    // The next clean answer is news, whatever it says.
+                    w.told = None;
+                    return true;
+                }
+                if p.high_watermark < 0 {
                     // Not read this time (the answer was full): nothing was told.
                     return full;
                 }
                 let now = (p.high_watermark, p.log_start_offset);
                 let has_records = p.records.as_ref().is_some_and(|r| !r.is_empty());
-                let news = has_records || p.error_code != kafka_code::NONE || w.told != Some(now);
+                let news = has_records || w.told != Some(now);
                 w.told = Some(now);
                 if has_records {
-                    busy.push(key);
+                    busy.insert(key);
                 }
                 full || news
             });
         }
         resp.responses.retain(|t| !t.partitions.is_empty());
         // Busy partitions go last next time.
-        let (mut rest, moved): (Vec<_>, Vec<_>) = std::mem::take(&mut session.parts)
-            .into_iter()
-            .partition(|(k, _)| !busy.contains(k));
-        rest.extend(moved);
-        session.parts = rest;
+        if !busy.is_empty() {
+            let (mut rest, moved): (Vec<Key>, Vec<Key>) = std::mem::take(&mut session.order)
+                .into_iter()
+                .partition(|k| !busy.contains(k));
+            rest.extend(moved);
+            session.order = rest;
+        }
     }
 }
 
@@ -303,19 +336,51 @@ mod tests {
         );
         assert_eq!(
             s.begin(0, 5, vec![], &[]),
-            Plan::Refused(kafka_code::INVALID_FETCH_SESSION_EPOCH)
+            Plan::Refused(kafka_code::FETCH_SESSION_ID_NOT_FOUND)
         );
         // Forgotten partitions leave the session; the epoch is still 5.
         let Plan::Incremental { parts, .. } = s.begin(id, 5, vec![], &[key(1)]) else {
             panic!("epoch 5 follows")
         };
         assert_eq!(parts.iter().map(|(k, _)| k.1).collect::<Vec<_>>(), vec![0]);
-        // Epoch -1 closes it.
-        assert_eq!(s.begin(id, -1, vec![], &[]), Plan::Sessionless);
+        // Epoch 0 with the id (what a client sends after a refusal or a lost answer) closes
+        // it and opens a new one, full.
+        let Plan::Full(again) = s.begin(id, 0, vec![(key(2), want(0))], &[]) else {
+            panic!("epoch 0 is a full fetch")
+        };
+        assert_ne!(again, id);
         assert_eq!(
             s.begin(id, 6, vec![], &[]),
             Plan::Refused(kafka_code::FETCH_SESSION_ID_NOT_FOUND)
         );
+        let Plan::Incremental { parts, .. } = s.begin(again, 1, vec![], &[]) else {
+            panic!("the new session goes on")
+        };
+        assert_eq!(parts, vec![(key(2), want(0))]);
+        // Epoch -1 closes it, with no new one.
+        assert_eq!(s.begin(again, -1, vec![], &[]), Plan::Sessionless);
+        assert_eq!(
+            s.begin(again, 2, vec![], &[]),
+            Plan::Refused(kafka_code::FETCH_SESSION_ID_NOT_FOUND)
+        );
+    }
+
+    #[test]
+    fn an_error_makes_the_next_clean_answer_news() {
+        let s = FetchSessions::default();
+        let Plan::Full(id) = s.begin(0, 0, vec![(key(0), want(0))], &[]) else {
+            panic!()
+        };
+        s.answered(id, true, &mut answer(&[(0, 5, false)]));
+        let _ = s.begin(id, 1, vec![], &[]);
+        let mut r = answer(&[(0, 5, false)]);
+        r.responses[0].partitions[0].error_code = kafka_code::FENCED_LEADER_EPOCH;
+        s.answered(id, false, &mut r);
+        assert_eq!(named(&r), vec![0], "an error is news");
+        let _ = s.begin(id, 2, vec![], &[]);
+        let mut r = answer(&[(0, 5, false)]);
+        s.answered(id, false, &mut r);
+        assert_eq!(named(&r), vec![0], "and so is the clean answer after it");
     }
 
     fn want_told(offset: i64, hw: i64) -> Wanted {
