@@ -16,6 +16,8 @@ usage: kafka_python_client.py admin BOOTSTRAP -            create a topic with s
                                                             joins; every record read once
        kafka_python_client.py transactions BOOTSTRAP -     a transactional producer is
                                                             refused quickly and says why
+       kafka_python_client.py sessions BOOTSTRAP -         fetch sessions (KIP-227) with the
+                                                            client's own request classes
        kafka_python_client.py failover-write BOOTSTRAP STATE_JSON
                                                             200 more acknowledged records,
                                                             added to the state file
@@ -327,6 +329,78 @@ def failover_read(bootstrap, state_file):
     print(f"read {len(got)} records after the takeover")
 
 
+def sessions(bootstrap, _state):
+    """Fetch sessions (KIP-227) through kafka-python's own FetchRequest v7 classes, sent as
+    they are: a full fetch opens a session and answers every partition; an incremental fetch
+    that names nothing answers nothing until a partition has news, then only that partition;
+    a forgotten partition is not answered again; wrong epochs and unknown sessions are refused
+    with Kafka's codes, and epoch 0 with the id opens a fresh session."""
+    from kafka import KafkaClient
+    from kafka.protocol.fetch import FetchRequest
+    topic = "kp-sessions"
+    a = admin_client(bootstrap)
+    a.create_topics([NewTopic(topic, 3, 1)])
+    a.close()
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for part in range(3):
+        p.send(topic, value=f"first-{part}".encode(), partition=part).get(timeout=30)
+    client = KafkaClient(bootstrap_servers=bootstrap, api_version=(2, 8))
+    try:
+        node = client.least_loaded_node()
+        deadline = time.time() + 30
+        while not client.ready(node) and time.time() < deadline:
+            client.poll(timeout_ms=100)
+
+        def fetch(session_id, epoch, parts, forgotten=(), wait_ms=300):
+            req = FetchRequest[7](-1, wait_ms, 1, 1 << 20, 0, session_id, epoch,
+                                  [(topic, [(q, off, -1, 1 << 20) for q, off in parts])] if parts else [],
+                                  [(topic, list(forgotten))] if forgotten else [])
+            fut = client.send(node, req)
+            client.poll(future=fut, timeout_ms=10_000)
+            check(fut.succeeded(), f"Fetch answered: {fut.exception}")
+            r = fut.value
+            answered = {q: (err, hw, len(records or b"")) for t, ps in r.topics
+                        for (q, err, hw, _, _, _, records) in ps}
+            return r.error_code, r.session_id, answered
+
+        err, sid, got = fetch(0, 0, [(0, 0), (1, 0), (2, 0)])
+        check(err == 0 and sid != 0, f"a full fetch opens a session: {err} {sid}")
+        check(sorted(got) == [0, 1, 2] and all(n > 0 for _, _, n in got.values()),
+              f"a full fetch answers every partition: {got}")
+        # Each partition read to 1 (the new offsets named): nothing new anywhere, so, as
+        # Kafka, nothing is answered.
+        err, sid2, got = fetch(sid, 1, [(0, 1), (1, 1), (2, 1)])
+        check(err == 0 and sid2 == sid and got == {}, f"epoch 1: {err} {sid2} {got}")
+        err, _, got = fetch(sid, 2, [])
+        check(err == 0 and got == {}, f"nothing changed, nothing answered: {got}")
+        p.send(topic, value=b"second-1", partition=1).get(timeout=30)
+        err, _, got = fetch(sid, 3, [])
+        check(err == 0 and list(got) == [1] and got[1][1] == 2 and got[1][2] > 0,
+              f"only the partition with a new record: {got}")
+        # Partition 2 is forgotten: a record there is no longer answered.
+        err, _, got = fetch(sid, 4, [(1, 2)], forgotten=[2])
+        p.send(topic, value=b"second-2", partition=2).get(timeout=30)
+        err, _, got = fetch(sid, 5, [])
+        check(err == 0 and got == {}, f"a forgotten partition is not answered: {got}")
+        err, _, got = fetch(sid, 9, [])
+        check(err == 71, f"a wrong epoch: INVALID_FETCH_SESSION_EPOCH, got {err}")
+        err, _, got = fetch(sid + 1 if sid < 2**31 - 1 else 1, 1, [])
+        check(err == 70, f"an unknown session: FETCH_SESSION_ID_NOT_FOUND, got {err}")
+        # What a client sends after a refusal: epoch 0 with its id, a full fetch.
+        err, fresh, got = fetch(sid, 0, [(2, 0)])
+        check(err == 0 and fresh not in (0, sid) and list(got) == [2] and got[2][2] > 0,
+              f"epoch 0 with the id opens a fresh session: {err} {fresh} {got}")
+        err, _, got = fetch(sid, 6, [])
+        check(err == 70, f"the old session is closed: {err}")
+        err, closed, got = fetch(fresh, -1, [(0, 0)])
+        check(err == 0 and closed == 0 and list(got) == [0],
+              f"epoch -1 closes it and fetches without a session: {err} {closed} {got}")
+        print("fetch sessions answered as Kafka's")
+    finally:
+        client.close()
+        p.close()
+
+
 class Member(threading.Thread):
     """A group member in a thread of its own: polls, records what it read, commits it
     synchronously before its next poll, and closes (LeaveGroup) when told to stop."""
@@ -470,7 +544,8 @@ def main():
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     mode, bootstrap, state = sys.argv[1:4]
     modes = {"admin": admin, "write": write, "replay": replay, "groups": groups,
-             "transactions": transactions, "failover-write": failover_write,
+             "transactions": transactions, "sessions": sessions,
+             "failover-write": failover_write,
              "failover-read": failover_read}
     print(f"kafka-python {kafka.__version__}, {mode}", flush=True)
     try:

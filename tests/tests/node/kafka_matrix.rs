@@ -61,7 +61,8 @@ fn kafka_python_administers_topics_settings_and_partitions() {
 /// opens a session, later fetches name only what changed, and what they read is checked record
 /// by record (the `write` scenario: every codec, three partitions, offsets by time). The
 /// node's metrics show full and incremental session fetches, and none refused for a wrong
-/// epoch or an unknown session.
+/// epoch or an unknown session. Then kafka-python's FetchRequest v7 classes, sent by hand,
+/// check what each kind of session fetch answers.
 #[test]
 fn kafka_python_reads_through_incremental_fetch_sessions() {
     let Some(python) = tierlog_tests::python() else {
@@ -90,6 +91,9 @@ fn kafka_python_reads_through_incremental_fetch_sessions() {
         fetches("incremental")
     );
     assert_eq!(fetches("refused"), 0.0, "no fetch refused");
+    // The protocol itself, with kafka-python's request classes: what an incremental fetch
+    // answers, forgetting, refusals, and epoch 0 with an id.
+    kafka_python(&python, "sessions", &node.kafka, Path::new("-"));
     node.stop();
 }
 
