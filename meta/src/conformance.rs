@@ -71,6 +71,7 @@ pub fn kv_checks() -> Vec<(&'static str, Check)> {
         kv::put_get_delete,
         kv::range_is_sorted_and_prefix_bounded,
         kv::delete_prefix,
+        kv::a_range_over_4_mib_is_read_whole,
     ]
 }
 

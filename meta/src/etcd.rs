@@ -256,7 +256,7 @@ impl EtcdKv {
                 | Code::ResourceExhausted => self.unavailable(e.into()),
                 Code::DeadlineExceeded => Error::Timeout { operation },
                 Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(format!(
-                    "etcd rejected the request: {}",
+                    "etcd rejected the request, or its answer was over the client's limit: {}",
                     status.message()
                 )),
                 Code::NotFound if status.message().contains("lease not found") => {
@@ -454,6 +454,10 @@ fn ttl_seconds(ttl: Duration) -> Result<i64> {
     i64::try_from(secs).map_err(|_| Error::invalid(format!("lease TTL {ttl:?} is too long")))
 }
 
+/// The largest answer read from etcd (a range of many keys). etcd's own limit on what it
+/// sends is 2 GiB; a request stays under etcd's 1.5 MiB.
+const MAX_ANSWER_BYTES: usize = 512 << 20;
+
 #[async_trait]
 impl KvBackend for EtcdKv {
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
@@ -470,7 +474,12 @@ impl KvBackend for EtcdKv {
             .or_else(txn.failure.iter().map(|op| self.op(op)).collect::<Vec<_>>());
         let response = self
             .call("txn", lease, || {
-                let mut kv = self.client.kv_client();
+                // A range's answer may be far over gRPC's default 4 MiB limit (every group's
+                // committed offsets, every topic): take what etcd sends.
+                let mut kv = self
+                    .client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_ANSWER_BYTES);
                 let request = request.clone();
                 async move { kv.txn(request).await }
             })

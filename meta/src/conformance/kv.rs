@@ -157,3 +157,26 @@ pub async fn delete_prefix(kv: Backend, _opts: SuiteOptions) {
     assert!(kv.get(b"e/1").await.expect("get").is_some());
     assert_eq!(kv.delete_prefix(b"d/").await.expect("again").deleted, 0);
 }
+
+/// A range whose answer is larger than a gRPC client's default message limit (4 MiB) is read
+/// whole: 6,000 keys of 1 KiB, written 100 to a txn. Listing every group's committed offsets
+/// (and every topic) is one such range on a large cluster.
+pub async fn a_range_over_4_mib_is_read_whole(kv: Backend, _opts: SuiteOptions) {
+    use crate::kv::{Txn, TxnOp};
+    let value = Bytes::from(vec![b'v'; 1024]);
+    for batch in 0..60 {
+        let ops = (0..100).map(|i| {
+            TxnOp::put(
+                format!("big/{:05}", batch * 100 + i).into_bytes(),
+                value.clone(),
+                None,
+            )
+        });
+        let resp = kv.txn(Txn::new().and_then(ops)).await.expect("put a batch");
+        assert!(resp.succeeded);
+    }
+    let all = kv.range(b"big/", None).await.expect("a range over 4 MiB");
+    assert_eq!(all.kvs.len(), 6_000);
+    assert!(!all.more);
+    assert!(all.kvs.iter().all(|k| k.value == value));
+}
