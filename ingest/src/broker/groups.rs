@@ -852,7 +852,9 @@ impl Broker {
     pub(super) fn spawn_group_ticker(&self) {
         let broker = self.clone();
         let retention = Duration::from_millis(broker.inner.cfg.groups.offsets_retention_ms);
-        let sweep_every = (retention / 2).clamp(TICK, Duration::from_secs(60));
+        // As Kafka's `offsets.retention.check.interval.ms` (10 minutes): a sweep lists every
+        // group's committed offsets, so it runs rarely against a retention of days.
+        let sweep_every = (retention / 2).clamp(TICK, Duration::from_secs(600));
         tokio::spawn(async move {
             let mut last_sweep = Instant::now();
             loop {
