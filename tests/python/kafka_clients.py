@@ -580,25 +580,16 @@ def epochs_first(bootstrap, state_file):
 def leader_epoch_ends(bootstrap, asks):
     """OffsetForLeaderEpoch v2 (kafka-python's protocol classes, sent as they are) for
     partition 0 of EPOCHS: [(error, leader epoch, end offset)] per (current, asked)."""
-    from kafka import KafkaClient
     from kafka.protocol.offset_for_leader_epoch import OffsetForLeaderEpochRequest
-    client = KafkaClient(bootstrap_servers=bootstrap, api_version=(2, 8))
-    try:
-        node = client.least_loaded_node()
-        deadline = time.time() + 30
-        while not client.ready(node) and time.time() < deadline:
-            client.poll(timeout_ms=100)
+    from kafka_raw import raw_node
+    with raw_node(bootstrap) as send:
         out = []
         for current, asked in asks:
-            req = OffsetForLeaderEpochRequest[2]([(EPOCHS, [(0, current, asked)])])
-            fut = client.send(node, req)
-            client.poll(future=fut, timeout_ms=10_000)
+            fut = send(OffsetForLeaderEpochRequest[2]([(EPOCHS, [(0, current, asked)])]))
             check(fut.succeeded(), f"OffsetForLeaderEpoch answered: {fut.exception}")
             [(_, [(err, _, epoch, end)])] = fut.value.topics
             out.append((err, epoch, end))
         return out
-    finally:
-        client.close()
 
 
 def epochs_second(bootstrap, state_file):

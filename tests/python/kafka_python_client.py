@@ -25,6 +25,7 @@ usage: kafka_python_client.py admin BOOTSTRAP -            create a topic with s
                                                             read back exactly those records
 Prints "kafka matrix ok" last on success; a failed check exits non-zero with its reason.
 """
+import contextlib
 import json
 import logging
 import sys
@@ -335,8 +336,8 @@ def sessions(bootstrap, _state):
     that names nothing answers nothing until a partition has news, then only that partition;
     a forgotten partition is not answered again; wrong epochs and unknown sessions are refused
     with Kafka's codes, and epoch 0 with the id opens a fresh session."""
-    from kafka import KafkaClient
     from kafka.protocol.fetch import FetchRequest
+    from kafka_raw import raw_node
     topic = "kp-sessions"
     a = admin_client(bootstrap)
     a.create_topics([NewTopic(topic, 3, 1)])
@@ -344,19 +345,13 @@ def sessions(bootstrap, _state):
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     for part in range(3):
         p.send(topic, value=f"first-{part}".encode(), partition=part).get(timeout=30)
-    client = KafkaClient(bootstrap_servers=bootstrap, api_version=(2, 8))
-    try:
-        node = client.least_loaded_node()
-        deadline = time.time() + 30
-        while not client.ready(node) and time.time() < deadline:
-            client.poll(timeout_ms=100)
+    with raw_node(bootstrap) as send, contextlib.closing(p):
 
         def fetch(session_id, epoch, parts, forgotten=(), wait_ms=300):
             req = FetchRequest[7](-1, wait_ms, 1, 1 << 20, 0, session_id, epoch,
                                   [(topic, [(q, off, -1, 1 << 20) for q, off in parts])] if parts else [],
                                   [(topic, list(forgotten))] if forgotten else [])
-            fut = client.send(node, req)
-            client.poll(future=fut, timeout_ms=10_000)
+            fut = send(req)
             check(fut.succeeded(), f"Fetch answered: {fut.exception}")
             r = fut.value
             answered = {q: (err, hw, len(records or b"")) for t, ps in r.topics
@@ -396,9 +391,6 @@ def sessions(bootstrap, _state):
         check(err == 0 and closed == 0 and list(got) == [0],
               f"epoch -1 closes it and fetches without a session: {err} {closed} {got}")
         print("fetch sessions answered as Kafka's")
-    finally:
-        client.close()
-        p.close()
 
 
 class Member(threading.Thread):

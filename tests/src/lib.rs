@@ -125,6 +125,34 @@ pub fn tests_dir() -> std::path::PathBuf {
 
 /// The S3-compatible server to test against (`TIERLOG_S3_ENDPOINT`, started by
 /// `localstack/s3.sh`), as object_store options. Required in CI; skipped with a reason elsewhere.
+/// Runs `queries` with DuckDB over a topic's directory of a bucket on disk
+/// (tests/python/duckdb_sql.py: the manifest read with no tierlog code), the queries written
+/// to `scratch`: its JSON answer (`files`, `results`).
+pub fn duckdb_sql(
+    python: &str,
+    topic_dir: &std::path::Path,
+    queries: &[&str],
+    scratch: &std::path::Path,
+) -> serde_json::Value {
+    std::fs::write(
+        scratch,
+        serde_json::to_vec(queries).expect("queries as JSON"),
+    )
+    .expect("write the queries");
+    let out = std::process::Command::new(python)
+        .arg(tests_dir().join("python/duckdb_sql.py"))
+        .arg(topic_dir)
+        .arg(scratch)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "duckdb failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("duckdb_sql.py prints JSON")
+}
+
 pub fn s3_options() -> Option<Vec<(String, String)>> {
     let endpoint = match std::env::var("TIERLOG_S3_ENDPOINT") {
         Ok(e) if !e.is_empty() => e,

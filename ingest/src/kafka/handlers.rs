@@ -487,7 +487,10 @@ async fn fetch(
             })
         })
         .collect();
-    let plan = if req.version >= 7 {
+    // Before v7, and for clients without sessions (id 0, epoch -1: librdkafka, kafkajs), the
+    // session cache is not touched.
+    let sessionless = req.version < 7 || (r.session_id == 0 && r.session_epoch == -1);
+    let plan = if !sessionless {
         let forgotten: Vec<Key> = r
             .forgotten_topics_data
             .iter()

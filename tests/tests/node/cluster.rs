@@ -1293,8 +1293,6 @@ fn kafka_clients_follow_a_leader_killed_with_sigkill() {
 /// them in `state`; `failover-read` reads the topic from offset 0 and checks every record is
 /// there once, at dense offsets.
 fn kcat_failover(kcat: &str, mode: &str, bootstrap: &str, state: &std::path::Path) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     let written: usize = std::fs::read_to_string(state)
         .ok()
         .map_or(0, |s| s.trim().parse().unwrap());
@@ -1303,39 +1301,28 @@ fn kcat_failover(kcat: &str, mode: &str, bootstrap: &str, state: &std::path::Pat
             let lines: String = (written..written + 200)
                 .map(|i| format!("k{}:v{i}\n", i % 20))
                 .collect();
-            let mut p = Command::new(kcat)
-                .args([
-                    "-b",
-                    bootstrap,
-                    "-P",
-                    "-t",
-                    "kcat-failover",
-                    "-K:",
+            super::kafka::kcat_produce(
+                kcat,
+                bootstrap,
+                "kcat-failover",
+                &[
                     "-z",
                     "lz4",
-                ])
-                .args(["-X", "acks=all", "-X", "enable.idempotence=true"])
-                .stdin(Stdio::piped())
-                .spawn()
-                .unwrap();
-            p.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
-            assert!(p.wait().unwrap().success(), "kcat produce failed");
+                    "-X",
+                    "acks=all",
+                    "-X",
+                    "enable.idempotence=true",
+                ],
+                &lines,
+            );
             std::fs::write(state, (written + 200).to_string()).unwrap();
         }
         "failover-read" => {
-            let out = Command::new(kcat)
-                .args(["-b", bootstrap, "-C", "-t", "kcat-failover", "-e", "-q"])
-                .args(["-f", "%p %o %s\n"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let text =
+                super::kafka::kcat_read(kcat, bootstrap, "kcat-failover", &["-f", "%p %o %s\n"]);
             let mut by_partition: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
             let mut values: Vec<usize> = Vec::new();
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
+            for l in text.lines() {
                 let f: Vec<&str> = l.split(' ').collect();
                 by_partition
                     .entry(f[0].parse().unwrap())

@@ -105,21 +105,13 @@ fn kafka_delete_records_moves_the_log_start_for_every_reader() {
     // DuckDB over the bucket, with the manifest's log start and no tierlog code.
     let topics = dir.path().join("objects");
     let topic_dir = find_dir(&topics, "delrec.").expect("the topic's directory in the bucket");
-    let queries = dir.path().join("queries.json");
     let duck = r#"SELECT partition, COUNT(*), MIN("offset"), MAX("offset") FROM events GROUP BY partition ORDER BY partition"#;
-    std::fs::write(&queries, serde_json::to_vec(&[duck]).unwrap()).unwrap();
-    let out = Command::new(&python)
-        .arg(tierlog_tests::tests_dir().join("python/duckdb_sql.py"))
-        .arg(&topic_dir)
-        .arg(&queries)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let theirs = tierlog_tests::duckdb_sql(
+        &python,
+        &topic_dir,
+        &[duck],
+        &dir.path().join("queries.json"),
     );
-    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         theirs["results"][0],
         serde_json::json!([[0, 63, 37, 99], [2, 100, 0, 99]]),
@@ -164,6 +156,35 @@ pub(super) fn kcat() -> Option<String> {
     }
 }
 
+/// Produces `lines` ("key:value" each) to `topic` with kcat and `args` (partition, codec,
+/// headers, settings); fails unless kcat says every record was delivered.
+pub(super) fn kcat_produce(kcat: &str, bootstrap: &str, topic: &str, args: &[&str], lines: &str) {
+    let mut p = Command::new(kcat)
+        .args(["-b", bootstrap, "-P", "-t", topic, "-K:"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    assert!(p.wait().unwrap().success(), "kcat produce {args:?} failed");
+}
+
+/// Reads `topic` with kcat up to its end, with `args` (format, partition, start): what kcat
+/// printed.
+pub(super) fn kcat_read(kcat: &str, bootstrap: &str, topic: &str, args: &[&str]) -> String {
+    let out = Command::new(kcat)
+        .args(["-b", bootstrap, "-C", "-t", topic, "-e", "-q"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kcat read {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Debian's kcat (librdkafka 2.0.2, which mis-reads tagged fields in ApiVersions v3) lists
 /// the cluster, produces gzip-compressed keyed records and consumes them back, then reads them
 /// as a member of a classic group that commits and resumes; after a restart without the hot
@@ -192,25 +213,14 @@ fn kcat_on_an_old_librdkafka_lists_produces_and_consumes() {
     let input: String = (0..500)
         .map(|i| format!("user-{}:click-{i}\n", i % 7))
         .collect();
-    let mut p = Command::new(&kcat)
-        .args(["-b", &node.kafka, "-P", "-t", "clicks", "-K:", "-z", "gzip"])
-        .args(["-X", "acks=all"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    assert!(p.wait().unwrap().success(), "kcat produce failed");
-    let out = Command::new(&kcat)
-        .args(["-b", &node.kafka, "-C", "-t", "clicks", "-e", "-q"])
-        .args(["-f", "%p %o %k:%s\n"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    kcat_produce(
+        &kcat,
+        &node.kafka,
+        "clicks",
+        &["-z", "gzip", "-X", "acks=all"],
+        &input,
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = kcat_read(&kcat, &node.kafka, "clicks", &["-f", "%p %o %k:%s\n"]);
     let mut got: Vec<(u32, i64, String)> = text
         .lines()
         .map(|l| {
@@ -284,13 +294,7 @@ fn kcat_on_an_old_librdkafka_lists_produces_and_consumes() {
         .collect();
     assert_eq!(lags, vec![0, 0], "{out}");
     let more: String = (500..510).map(|i| format!("user-1:click-{i}\n")).collect();
-    let mut p = Command::new(&kcat)
-        .args(["-b", &node.kafka, "-P", "-t", "clicks", "-K:"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(more.as_bytes()).unwrap();
-    assert!(p.wait().unwrap().success(), "kcat produce failed");
+    kcat_produce(&kcat, &node.kafka, "clicks", &[], &more);
     assert_eq!(
         group("the next member"),
         10,
@@ -301,19 +305,7 @@ fn kcat_on_an_old_librdkafka_lists_produces_and_consumes() {
     node.stop();
     std::fs::remove_dir_all(dir.path().join("hot")).unwrap();
     let node = Node::start(dir.path(), &[]);
-    let read = |args: &[&str]| {
-        let out = Command::new(&kcat)
-            .args(["-b", &node.kafka, "-C", "-t", "clicks", "-e", "-q"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let read = |args: &[&str]| kcat_read(&kcat, &node.kafka, "clicks", args);
     let text = read(&["-f", "%p %o %T %k:%s\n"]);
     let mut cold: Vec<(u32, i64, i64, String)> = text
         .lines()
@@ -344,18 +336,6 @@ fn kcat_on_an_old_librdkafka_lists_produces_and_consumes() {
         pick.2
     );
     node.stop();
-}
-
-/// Produces `lines` ("key:value" each) with kcat and `args` (codec, headers, settings).
-fn kcat_produce(kcat: &str, bootstrap: &str, topic: &str, args: &[&str], lines: &str) {
-    let mut p = Command::new(kcat)
-        .args(["-b", bootstrap, "-P", "-t", topic, "-K:"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
-    assert!(p.wait().unwrap().success(), "kcat produce {args:?} failed");
 }
 
 /// A kcat balanced consumer (`-G`, the classic group protocol) printing "partition offset
@@ -446,17 +426,7 @@ fn kcat_produces_every_codec_and_shares_a_group_of_three() {
             &lines,
         );
     }
-    let out = Command::new(&kcat)
-        .args(["-b", &node.kafka, "-C", "-t", "kcat-codecs", "-e", "-q"])
-        .args(["-f", "%k|%h|%s\n"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = kcat_read(&kcat, &node.kafka, "kcat-codecs", &["-f", "%k|%h|%s\n"]);
     let mut got: Vec<String> = text.lines().map(str::to_string).collect();
     got.sort();
     let mut want: Vec<String> = codecs

@@ -161,27 +161,8 @@ async fn storage_compact_and_gc_merge_and_collect_small_objects() {
 /// Consumes every record of partition 0 of `topic` with kcat from offset 0: (offset, key,
 /// value; `None` for a tombstone).
 fn kcat_all(kcat: &str, bootstrap: &str, topic: &str) -> Vec<(i64, String, Option<String>)> {
-    let out = std::process::Command::new(kcat)
-        .args([
-            "-b",
-            bootstrap,
-            "-C",
-            "-t",
-            topic,
-            "-p",
-            "0",
-            "-o",
-            "beginning",
-        ])
-        .args(["-e", "-q", "-Z", "-f", "%o|%k|%s\n"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    let args = ["-p", "0", "-o", "beginning", "-Z", "-f", "%o|%k|%s\n"];
+    super::kafka::kcat_read(kcat, bootstrap, topic, &args)
         .lines()
         .map(|l| {
             let mut f = l.splitn(3, '|');
@@ -280,25 +261,13 @@ async fn a_compacted_topic_through_the_cli_and_kcat() {
             input.push_str(&format!("{key}:{value}\n"));
             newest.insert(key, (!value.is_empty()).then_some(value));
         }
-        let mut p = std::process::Command::new(&kcat)
-            .args([
-                "-b",
-                &node.kafka,
-                "-P",
-                "-t",
-                "prices",
-                "-p",
-                "0",
-                "-K:",
-                "-Z",
-            ])
-            .args(["-X", "acks=all"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        assert!(p.wait().unwrap().success(), "kcat produce failed");
+        super::kafka::kcat_produce(
+            &kcat,
+            &node.kafka,
+            "prices",
+            &["-p", "0", "-Z", "-X", "acks=all"],
+            &input,
+        );
     }
     let before = kcat_all(&kcat, &node.kafka, "prices");
     assert_eq!(before.len(), 200);

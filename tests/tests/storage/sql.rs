@@ -10,7 +10,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use query::{BucketCatalog, Error as QueryError, QueryConfig, QueryEngine};
 use tier::store::{Decorated, StoreStats, open_store};
-use tierlog_tests::{python, tests_dir};
+use tierlog_tests::python;
 
 use super::{config, open, produce};
 
@@ -176,21 +176,13 @@ async fn sql_answers_match_duckdb_and_prune_segments() {
     }
     assert_eq!(ours[0], vec![vec![serde_json::json!(PARTS as i64 * N)]]);
 
-    let queries = dir.path().join("queries.json");
     let duck: Vec<&str> = CASES.iter().map(|c| c.duckdb).collect();
-    std::fs::write(&queries, serde_json::to_vec(&duck).unwrap()).unwrap();
-    let out = std::process::Command::new(&py)
-        .arg(tests_dir().join("python/duckdb_sql.py"))
-        .arg(bucket.join("cluster/topics/events"))
-        .arg(&queries)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "duckdb failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let theirs = tierlog_tests::duckdb_sql(
+        &py,
+        &bucket.join("cluster/topics/events"),
+        &duck,
+        &dir.path().join("queries.json"),
     );
-    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let files = theirs["files"].as_u64().unwrap();
     assert!(files >= 40, "many segments: {files}");
     for ((case, ours), theirs) in CASES
